@@ -1,0 +1,459 @@
+//! Qwen3-VL `config.json`, read with serde and validated.
+//!
+//! Both spellings of the rotary settings are accepted: transformers' current
+//! `text_config.rope_parameters {rope_type, rope_theta, mrope_section, ...}` and the
+//! hub's legacy `text_config.rope_scaling {...}` plus a separate `text_config.rope_theta`.
+
+use std::path::Path;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Rotary embedding settings of the text decoder (interleaved MRoPE).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RopeParameters {
+    /// Base of the inverse frequencies.
+    pub rope_theta: f64,
+    /// Frequencies given to the (t, h, w) rows; only `[1]` and `[2]` are read (see the notes).
+    pub mrope_section: [usize; 3],
+}
+
+/// The language-decoder part of the config (`text_config`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextConfig {
+    /// Vocabulary size of `embed_tokens` and `lm_head`.
+    pub vocab_size: usize,
+    /// Model width H.
+    pub hidden_size: usize,
+    /// MLP width.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// Query heads.
+    pub num_attention_heads: usize,
+    /// Key/value heads (GQA).
+    pub num_key_value_heads: usize,
+    /// Per-head width (explicit in Qwen3, not H / heads).
+    pub head_dim: usize,
+    /// RMSNorm epsilon.
+    pub rms_norm_eps: f64,
+    /// Whether q/k/v/o projections carry a bias.
+    pub attention_bias: bool,
+    /// Longest sequence the model was trained for.
+    pub max_position_embeddings: usize,
+    /// Rotary settings.
+    pub rope: RopeParameters,
+}
+
+/// Token ids the multimodal prompt format relies on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpecialTokens {
+    /// `<|image_pad|>`: one placeholder per visual (soft) token.
+    pub image_token_id: u32,
+    /// `<|video_pad|>`.
+    pub video_token_id: u32,
+    /// `<|vision_start|>`.
+    pub vision_start_token_id: u32,
+    /// `<|vision_end|>`.
+    pub vision_end_token_id: u32,
+}
+
+/// A parsed Qwen3-VL (or surgered, text-only) `config.json`.
+#[derive(Debug, Clone)]
+pub struct Qwen3VlConfig {
+    /// The decoder's settings.
+    pub text: TextConfig,
+    /// Multimodal special token ids.
+    pub tokens: SpecialTokens,
+    /// Whether `lm_head` shares `embed_tokens`' weights.
+    pub tie_word_embeddings: bool,
+    /// Number of DeepStack levels the decoder was trained with
+    /// (`len(vision_config.deepstack_visual_indexes)`, or the surgery record).
+    pub deepstack_levels: usize,
+    /// Whether the config still describes a vision tower.
+    pub has_vision_config: bool,
+    /// The JSON as read, kept so a surgered copy can be written faithfully.
+    pub raw: Value,
+}
+
+/// Key under which a surgered config records what was removed.
+pub const SURGERY_KEY: &str = "mosaic_surgery";
+
+#[derive(Deserialize)]
+struct RawRope {
+    #[serde(default)]
+    rope_type: Option<String>,
+    #[serde(default, alias = "type")]
+    legacy_type: Option<String>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    mrope_section: Option<Vec<usize>>,
+}
+
+#[derive(Deserialize)]
+struct RawText {
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    #[serde(default)]
+    num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    head_dim: Option<usize>,
+    #[serde(default = "default_act")]
+    hidden_act: String,
+    #[serde(default = "default_eps")]
+    rms_norm_eps: f64,
+    #[serde(default)]
+    attention_bias: bool,
+    #[serde(default = "default_max_pos")]
+    max_position_embeddings: usize,
+    #[serde(default)]
+    rope_parameters: Option<RawRope>,
+    #[serde(default)]
+    rope_scaling: Option<RawRope>,
+    #[serde(default)]
+    rope_theta: Option<f64>,
+    #[serde(default)]
+    tie_word_embeddings: Option<bool>,
+}
+
+fn default_act() -> String {
+    "silu".into()
+}
+fn default_eps() -> f64 {
+    1e-6
+}
+fn default_max_pos() -> usize {
+    128_000
+}
+
+fn field<T: for<'de> Deserialize<'de>>(raw: &Value, name: &str) -> Result<Option<T>> {
+    match raw.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| Error::config(name, e.to_string())),
+    }
+}
+
+impl Qwen3VlConfig {
+    /// Read and validate `config.json` at `path`.
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let raw: Value = serde_json::from_str(&text).map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        Self::from_value(raw)
+    }
+
+    /// Parse and validate an already-decoded config.
+    pub fn from_value(raw: Value) -> Result<Self> {
+        if let Some(mt) = raw.get("model_type").and_then(Value::as_str)
+            && mt != "qwen3_vl"
+        {
+            return Err(Error::config(
+                "model_type",
+                format!("expected \"qwen3_vl\", found {mt:?} (only dense Qwen3-VL is supported)"),
+            ));
+        }
+        let text_raw = raw
+            .get("text_config")
+            .ok_or_else(|| Error::config("text_config", "missing"))?;
+        let t: RawText = serde_json::from_value(text_raw.clone())
+            .map_err(|e| Error::config("text_config", e.to_string()))?;
+        if t.hidden_act != "silu" {
+            return Err(Error::config(
+                "text_config.hidden_act",
+                format!("only \"silu\" is supported, found {:?}", t.hidden_act),
+            ));
+        }
+        let rope = parse_rope(&t)?;
+        let head_dim = match t.head_dim {
+            Some(h) => h,
+            None => {
+                if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+                    return Err(Error::config(
+                        "text_config.head_dim",
+                        "absent and hidden_size is not a multiple of num_attention_heads",
+                    ));
+                }
+                t.hidden_size / t.num_attention_heads
+            }
+        };
+        let text = TextConfig {
+            vocab_size: t.vocab_size,
+            hidden_size: t.hidden_size,
+            intermediate_size: t.intermediate_size,
+            num_hidden_layers: t.num_hidden_layers,
+            num_attention_heads: t.num_attention_heads,
+            num_key_value_heads: t.num_key_value_heads.unwrap_or(t.num_attention_heads),
+            head_dim,
+            rms_norm_eps: t.rms_norm_eps,
+            attention_bias: t.attention_bias,
+            max_position_embeddings: t.max_position_embeddings,
+            rope,
+        };
+        validate_text(&text)?;
+
+        let tok = |name: &str| -> Result<u32> {
+            field::<u32>(&raw, name)?.ok_or_else(|| Error::config(name, "missing"))
+        };
+        let tokens = SpecialTokens {
+            image_token_id: tok("image_token_id")?,
+            video_token_id: tok("video_token_id")?,
+            vision_start_token_id: tok("vision_start_token_id")?,
+            vision_end_token_id: tok("vision_end_token_id")?,
+        };
+        for (name, id) in [
+            ("image_token_id", tokens.image_token_id),
+            ("video_token_id", tokens.video_token_id),
+            ("vision_start_token_id", tokens.vision_start_token_id),
+            ("vision_end_token_id", tokens.vision_end_token_id),
+        ] {
+            if id as usize >= text.vocab_size {
+                return Err(Error::config(
+                    name,
+                    format!("id {id} is outside the vocabulary (size {})", text.vocab_size),
+                ));
+            }
+        }
+        let tie_word_embeddings = field::<bool>(&raw, "tie_word_embeddings")?
+            .or(t.tie_word_embeddings)
+            .unwrap_or(false);
+
+        let vision = raw.get("vision_config").filter(|v| !v.is_null());
+        let deepstack_levels = match vision {
+            Some(v) => match v.get("deepstack_visual_indexes") {
+                Some(Value::Array(a)) => a.len(),
+                None | Some(Value::Null) => 0,
+                Some(other) => {
+                    return Err(Error::config(
+                        "vision_config.deepstack_visual_indexes",
+                        format!("expected a list, found {other}"),
+                    ));
+                }
+            },
+            None => raw
+                .get(SURGERY_KEY)
+                .and_then(|s| s.get("deepstack_levels"))
+                .and_then(Value::as_u64)
+                .map(|n| n as usize)
+                .unwrap_or(0),
+        };
+        if deepstack_levels > text.num_hidden_layers {
+            return Err(Error::config(
+                "vision_config.deepstack_visual_indexes",
+                format!(
+                    "{deepstack_levels} DeepStack levels but only {} decoder layers",
+                    text.num_hidden_layers
+                ),
+            ));
+        }
+        Ok(Self {
+            text,
+            tokens,
+            tie_word_embeddings,
+            deepstack_levels,
+            has_vision_config: vision.is_some(),
+            raw,
+        })
+    }
+
+    /// The config of the surgered, text-only checkpoint: `vision_config` removed and a
+    /// `mosaic_surgery` record of what was removed (DeepStack levels, parameters, bytes).
+    pub fn surgered_json(&self, removed_parameters: u64, removed_bytes: u64) -> Value {
+        let mut v = self.raw.clone();
+        if let Value::Object(map) = &mut v {
+            let previous = map.remove(SURGERY_KEY);
+            map.remove("vision_config");
+            let (params, bytes) = previous
+                .as_ref()
+                .map(|p| {
+                    (
+                        p.get("removed_parameters").and_then(Value::as_u64).unwrap_or(0),
+                        p.get("removed_bytes").and_then(Value::as_u64).unwrap_or(0),
+                    )
+                })
+                .unwrap_or((0, 0));
+            map.insert(
+                SURGERY_KEY.into(),
+                serde_json::json!({
+                    "deepstack_levels": self.deepstack_levels,
+                    "removed_parameters": params + removed_parameters,
+                    "removed_bytes": bytes + removed_bytes,
+                    "note": "vision tower removed by mosaic vision-surgery; visual inputs come from an EmbeddingAdapter",
+                }),
+            );
+        }
+        v
+    }
+}
+
+fn parse_rope(t: &RawText) -> Result<RopeParameters> {
+    let (src, r) = match (&t.rope_parameters, &t.rope_scaling) {
+        (Some(r), _) => ("text_config.rope_parameters", r),
+        (None, Some(r)) => ("text_config.rope_scaling", r),
+        (None, None) => {
+            return Err(Error::config(
+                "text_config.rope_parameters",
+                "missing (neither rope_parameters nor the legacy rope_scaling is present)",
+            ));
+        }
+    };
+    let kind = r
+        .rope_type
+        .as_deref()
+        .or(r.legacy_type.as_deref())
+        .unwrap_or("default");
+    if kind != "default" && kind != "mrope" {
+        return Err(Error::config(
+            format!("{src}.rope_type"),
+            format!("only \"default\" rotary scaling is supported, found {kind:?}"),
+        ));
+    }
+    let theta = r
+        .rope_theta
+        .or(t.rope_theta)
+        .ok_or_else(|| Error::config(format!("{src}.rope_theta"), "missing"))?;
+    if !(theta.is_finite() && theta > 1.0) {
+        return Err(Error::config(
+            format!("{src}.rope_theta"),
+            format!("must be a finite number > 1, found {theta}"),
+        ));
+    }
+    let sec = r
+        .mrope_section
+        .as_ref()
+        .ok_or_else(|| Error::config(format!("{src}.mrope_section"), "missing"))?;
+    let sec: [usize; 3] = sec.as_slice().try_into().map_err(|_| {
+        Error::config(
+            format!("{src}.mrope_section"),
+            format!("expected 3 entries (t, h, w), found {}", sec.len()),
+        )
+    })?;
+    Ok(RopeParameters {
+        rope_theta: theta,
+        mrope_section: sec,
+    })
+}
+
+fn validate_text(t: &TextConfig) -> Result<()> {
+    let positive = [
+        ("vocab_size", t.vocab_size),
+        ("hidden_size", t.hidden_size),
+        ("intermediate_size", t.intermediate_size),
+        ("num_hidden_layers", t.num_hidden_layers),
+        ("num_attention_heads", t.num_attention_heads),
+        ("num_key_value_heads", t.num_key_value_heads),
+        ("head_dim", t.head_dim),
+    ];
+    for (name, v) in positive {
+        if v == 0 {
+            return Err(Error::config(format!("text_config.{name}"), "must be > 0"));
+        }
+    }
+    if t.num_attention_heads % t.num_key_value_heads != 0 {
+        return Err(Error::config(
+            "text_config.num_key_value_heads",
+            format!(
+                "{} query heads are not a multiple of {} key/value heads",
+                t.num_attention_heads, t.num_key_value_heads
+            ),
+        ));
+    }
+    if t.head_dim % 2 != 0 {
+        return Err(Error::config(
+            "text_config.head_dim",
+            format!("must be even for rotary embeddings, found {}", t.head_dim),
+        ));
+    }
+    let half = t.head_dim / 2;
+    let [_, h, w] = t.rope.mrope_section;
+    if 3 * h > half + 2 || 3 * w > half + 1 {
+        return Err(Error::config(
+            "text_config.rope_parameters.mrope_section",
+            format!(
+                "{:?} does not fit head_dim/2 = {half} frequencies",
+                t.rope.mrope_section
+            ),
+        ));
+    }
+    if !(t.rms_norm_eps > 0.0) {
+        return Err(Error::config(
+            "text_config.rms_norm_eps",
+            format!("must be > 0, found {}", t.rms_norm_eps),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn base(text_extra: Value) -> Value {
+        let mut text = json!({
+            "vocab_size": 320, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "head_dim": 16, "rms_norm_eps": 1e-6
+        });
+        if let (Value::Object(t), Value::Object(e)) = (&mut text, text_extra) {
+            t.extend(e);
+        }
+        json!({
+            "model_type": "qwen3_vl", "image_token_id": 268, "video_token_id": 269,
+            "vision_start_token_id": 265, "vision_end_token_id": 266,
+            "text_config": text,
+            "vision_config": {"deepstack_visual_indexes": [0, 2]}
+        })
+    }
+
+    #[test]
+    fn both_rope_spellings_parse_to_the_same_thing() {
+        let new = Qwen3VlConfig::from_value(base(json!({"rope_parameters": {
+            "rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2],
+            "mrope_interleaved": true}})))
+        .unwrap();
+        let legacy = Qwen3VlConfig::from_value(base(json!({
+            "rope_scaling": {"rope_type": "default", "mrope_section": [4, 2, 2], "mrope_interleaved": true},
+            "rope_theta": 5e6})))
+        .unwrap();
+        assert_eq!(new.text, legacy.text);
+        assert_eq!(new.text.rope.rope_theta, 5e6);
+        assert_eq!(new.deepstack_levels, 2);
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let e = Qwen3VlConfig::from_value(base(json!({"rope_scaling": {"mrope_section": [4, 2, 2]}})))
+            .unwrap_err();
+        assert!(e.to_string().contains("rope_theta"), "{e}");
+        let e = Qwen3VlConfig::from_value(base(json!({"num_key_value_heads": 3,
+            "rope_parameters": {"rope_theta": 1e4, "mrope_section": [4, 2, 2]}})))
+        .unwrap_err();
+        assert!(e.to_string().contains("num_key_value_heads"), "{e}");
+        let e = Qwen3VlConfig::from_value(base(json!({
+            "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "mrope_section": [4, 2, 2]}})))
+        .unwrap_err();
+        assert!(e.to_string().contains("yarn"), "{e}");
+    }
+
+    #[test]
+    fn surgered_config_drops_vision_but_keeps_deepstack_levels() {
+        let c = Qwen3VlConfig::from_value(base(json!({"rope_parameters": {
+            "rope_theta": 5e6, "mrope_section": [4, 2, 2]}})))
+        .unwrap();
+        let s = Qwen3VlConfig::from_value(c.surgered_json(10, 40)).unwrap();
+        assert!(!s.has_vision_config);
+        assert_eq!(s.deepstack_levels, 2);
+        assert_eq!(s.raw[SURGERY_KEY]["removed_bytes"], 40);
+        assert_eq!(s.text, c.text);
+    }
+}

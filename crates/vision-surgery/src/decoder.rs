@@ -1,0 +1,515 @@
+//! The Qwen3-VL text decoder (`model.language_model.*` and `lm_head`).
+//!
+//! One struct per checkpoint module, built by `new(cfg, params)` where
+//! `params.pp("name")` mirrors the checkpoint's tensor names, so the code reads line
+//! by line against `modeling_qwen3_vl.py`:
+//! layer = `x += o_proj(attn(rmsnorm(x)))`, then `x += down(silu(gate(y)) * up(y))`
+//! with `y = rmsnorm(x)`; attention applies q/k RMSNorm per head before the
+//! interleaved MRoPE; DeepStack features are added at the visual positions after
+//! the first decoder layers.
+
+use candle_core::{D, DType, Device, Module, Tensor};
+use candle_nn::kv_cache::KvCache;
+use candle_nn::{Embedding, Linear};
+
+use crate::config::{Qwen3VlConfig, TextConfig};
+use crate::error::{Error, Result};
+use crate::position::Positions;
+use crate::rotary::MRope;
+use crate::weights::Weights;
+
+/// Prefix of the decoder's tensors in a Qwen3-VL checkpoint.
+pub const TEXT_PREFIX: &str = "model.language_model";
+/// Prefix of the vision tower's tensors, never read by the surgered decoder.
+pub const VISUAL_PREFIX: &str = "model.visual.";
+/// Name of the untied output projection.
+pub const LM_HEAD: &str = "lm_head.weight";
+
+/// Whether a checkpoint tensor belongs to the vision tower.
+pub fn is_visual_tensor(name: &str) -> bool {
+    name.starts_with(VISUAL_PREFIX)
+}
+
+/// A view of the checkpoint under a name prefix, converting to one dtype and device.
+/// It refuses vision-tower names, so the decoder cannot read one by mistake.
+#[derive(Clone)]
+pub struct Params<'a> {
+    weights: &'a Weights,
+    prefix: String,
+    dtype: DType,
+    device: Device,
+}
+
+impl<'a> Params<'a> {
+    /// The root of `weights`.
+    pub fn new(weights: &'a Weights, dtype: DType, device: &Device) -> Self {
+        Self {
+            weights,
+            prefix: String::new(),
+            dtype,
+            device: device.clone(),
+        }
+    }
+
+    /// The sub-module `name` (like candle's `VarBuilder::pp`).
+    pub fn pp(&self, name: impl std::fmt::Display) -> Self {
+        let prefix = if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        };
+        Self {
+            prefix,
+            ..self.clone()
+        }
+    }
+
+    fn full(&self, name: &str) -> String {
+        if self.prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{}.{name}", self.prefix)
+        }
+    }
+
+    /// Whether tensor `name` exists under this prefix.
+    pub fn contains(&self, name: &str) -> bool {
+        self.weights.contains(&self.full(name))
+    }
+
+    /// Load tensor `name`, checking it has `shape`.
+    pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        let full = self.full(name);
+        if is_visual_tensor(&full) {
+            return Err(Error::Input {
+                message: format!("refusing to read vision-tower tensor {full} in surgery mode"),
+            });
+        }
+        self.weights.tensor(&full, shape, self.dtype, &self.device)
+    }
+
+    fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+        let w = self.get(&[out_dim, in_dim], "weight")?;
+        let b = if bias {
+            Some(self.get(&[out_dim], "bias")?)
+        } else {
+            None
+        };
+        Ok(Linear::new(w, b))
+    }
+}
+
+/// RMSNorm: `w * x / sqrt(mean(x^2) + eps)`, computed in f32.
+#[derive(Debug, Clone)]
+pub struct RmsNorm {
+    weight: Tensor,
+    eps: f32,
+}
+
+impl RmsNorm {
+    /// Load `weight` of width `dim`.
+    pub fn new(dim: usize, eps: f64, p: Params) -> Result<Self> {
+        Ok(Self {
+            weight: p.get(&[dim], "weight")?,
+            eps: eps as f32,
+        })
+    }
+}
+
+impl Module for RmsNorm {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+    }
+}
+
+/// SwiGLU MLP.
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    /// Load `gate_proj`, `up_proj`, `down_proj`.
+    pub fn new(cfg: &TextConfig, p: Params) -> Result<Self> {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Ok(Self {
+            gate_proj: p.pp("gate_proj").linear(h, i, false)?,
+            up_proj: p.pp("up_proj").linear(h, i, false)?,
+            down_proj: p.pp("down_proj").linear(i, h, false)?,
+        })
+    }
+}
+
+impl Module for Mlp {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
+    }
+}
+
+/// Grouped-query self-attention with per-head q/k RMSNorm and MRoPE.
+#[derive(Debug, Clone)]
+pub struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    q_norm: RmsNorm,
+    k_norm: RmsNorm,
+    n_heads: usize,
+    n_kv: usize,
+    head_dim: usize,
+    scale: f64,
+}
+
+impl Attention {
+    /// Load the projections and q/k norms.
+    pub fn new(cfg: &TextConfig, p: Params) -> Result<Self> {
+        let (h, hd, nh, nkv) = (
+            cfg.hidden_size,
+            cfg.head_dim,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+        );
+        let bias = cfg.attention_bias;
+        Ok(Self {
+            q_proj: p.pp("q_proj").linear(h, nh * hd, bias)?,
+            k_proj: p.pp("k_proj").linear(h, nkv * hd, bias)?,
+            v_proj: p.pp("v_proj").linear(h, nkv * hd, bias)?,
+            o_proj: p.pp("o_proj").linear(nh * hd, h, bias)?,
+            q_norm: RmsNorm::new(hd, cfg.rms_norm_eps, p.pp("q_norm"))?,
+            k_norm: RmsNorm::new(hd, cfg.rms_norm_eps, p.pp("k_norm"))?,
+            n_heads: nh,
+            n_kv: nkv,
+            head_dim: hd,
+            scale: (hd as f64).powf(-0.5),
+        })
+    }
+
+    /// `x`: (b, s, H); `cos`/`sin`: (b, s, hd/2); `mask`: additive f32 (b, 1, s, t) or none.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let (b, s, _) = x.dims3()?;
+        let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
+        let q = self.q_proj.forward(x)?.reshape((b, s, nh, hd))?;
+        let k = self.k_proj.forward(x)?.reshape((b, s, nkv, hd))?;
+        let v = self.v_proj.forward(x)?.reshape((b, s, nkv, hd))?;
+        let q = self.q_norm.forward(&q)?.transpose(1, 2)?.contiguous()?;
+        let k = self.k_norm.forward(&k)?.transpose(1, 2)?.contiguous()?;
+        let v = v.transpose(1, 2)?.contiguous()?;
+        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
+        let (k, v) = cache.append(&k, &v)?;
+        let t = k.dim(2)?;
+        // Query heads j*g .. j*g+g-1 share kv head j: fold them into the row axis
+        // instead of copying K and V g times.
+        let g = nh / nkv;
+        let q = q.reshape((b, nkv, g * s, hd))?;
+        let k = k.contiguous()?;
+        let v = v.contiguous()?;
+        let scores = (q.matmul(&k.t()?)? * self.scale)?;
+        let scores = scores.to_dtype(DType::F32)?.reshape((b, nh, s, t))?;
+        let scores = match mask {
+            Some(m) => scores.broadcast_add(m)?,
+            None => scores,
+        };
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?
+            .to_dtype(v.dtype())?
+            .reshape((b, nkv, g * s, t))?;
+        let out = probs.matmul(&v)?.reshape((b, nh, s, hd))?;
+        let out = out.transpose(1, 2)?.reshape((b, s, nh * hd))?;
+        self.o_proj.forward(&out)
+    }
+}
+
+/// One Qwen3 decoder block.
+#[derive(Debug, Clone)]
+pub struct DecoderLayer {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+impl DecoderLayer {
+    /// Load layer tensors under `p`.
+    pub fn new(cfg: &TextConfig, p: Params) -> Result<Self> {
+        Ok(Self {
+            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, p.pp("input_layernorm"))?,
+            self_attn: Attention::new(cfg, p.pp("self_attn"))?,
+            post_attention_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                p.pp("post_attention_layernorm"),
+            )?,
+            mlp: Mlp::new(cfg, p.pp("mlp"))?,
+        })
+    }
+
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: Option<&Tensor>,
+        cache: &mut KvCache,
+    ) -> candle_core::Result<Tensor> {
+        let h = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache)?;
+        let x = (x + h)?;
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        x + h
+    }
+}
+
+/// Key/value cache of every layer plus which cached slots are real tokens.
+#[derive(Debug, Clone)]
+pub struct DecoderCache {
+    layers: Vec<KvCache>,
+    /// `valid[b][j]`: whether cached slot j of sequence b is a real (unpadded) token.
+    valid: Vec<Vec<bool>>,
+}
+
+impl DecoderCache {
+    /// An empty cache for `layers` layers, preallocating `capacity` slots (it grows past that).
+    pub fn new(layers: usize, capacity: usize) -> Self {
+        Self {
+            layers: (0..layers).map(|_| KvCache::new(2, capacity.max(1))).collect(),
+            valid: Vec::new(),
+        }
+    }
+
+    /// Number of cached slots (padding included).
+    pub fn len(&self) -> usize {
+        self.valid.first().map_or(0, Vec::len)
+    }
+
+    /// Whether nothing is cached.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Batch size of the cached sequences (0 when empty).
+    pub fn batch(&self) -> usize {
+        self.valid.len()
+    }
+
+    /// Repeat a single cached sequence `n` times (shared prompt, several continuations).
+    pub fn repeat(&self, n: usize, capacity: usize) -> Result<Self> {
+        if self.batch() != 1 {
+            return Err(Error::Input {
+                message: format!("can only repeat a cache of one sequence, this one holds {}", self.batch()),
+            });
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for l in &self.layers {
+            let mut c = KvCache::new(2, capacity.max(self.len()).max(1));
+            if let (Some(k), Some(v)) = (l.k()?, l.v()?) {
+                let k = k.repeat((n, 1, 1, 1))?;
+                let v = v.repeat((n, 1, 1, 1))?;
+                c.append(&k, &v)?;
+            }
+            layers.push(c);
+        }
+        Ok(Self {
+            layers,
+            valid: vec![self.valid[0].clone(); n],
+        })
+    }
+}
+
+/// Additive attention mask for `s` new query tokens after `past` cached slots, or
+/// `None` when plain causal attention over a fully valid cache needs none.
+/// A query row whose every allowed key is padding may attend to itself, so no row
+/// is fully masked (its output is never used).
+fn attention_mask(valid: &[Vec<bool>], past: usize, s: usize, device: &Device) -> Result<Option<Tensor>> {
+    let all_valid = valid.iter().all(|v| v.iter().all(|&x| x));
+    if all_valid && s == 1 {
+        return Ok(None);
+    }
+    let b = valid.len();
+    let t = past + s;
+    let mut m = vec![0f32; b * s * t];
+    for (bi, v) in valid.iter().enumerate() {
+        for i in 0..s {
+            let row = &mut m[(bi * s + i) * t..(bi * s + i + 1) * t];
+            let qpos = past + i;
+            for (j, slot) in row.iter_mut().enumerate() {
+                let allowed = j <= qpos && (v[j] || j == qpos && !v[qpos]);
+                if !allowed {
+                    *slot = f32::NEG_INFINITY;
+                }
+            }
+        }
+    }
+    Ok(Some(Tensor::from_vec(m, (b, 1, s, t), device)?))
+}
+
+/// DeepStack features to add after the first decoder layers.
+#[derive(Debug, Clone)]
+pub struct DeepStack {
+    /// Flat indices `b * seq + s` of the visual positions, in placeholder order.
+    pub positions: Tensor,
+    /// `features[k]`: (n_visual, H), added after layer k.
+    pub features: Vec<Tensor>,
+}
+
+/// The text decoder with its output head.
+#[derive(Debug, Clone)]
+pub struct TextDecoder {
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    lm_head: Linear,
+    rope: MRope,
+    cfg: TextConfig,
+    dtype: DType,
+    device: Device,
+}
+
+impl TextDecoder {
+    /// Build the decoder from `weights`, reading only `model.language_model.*` and `lm_head`.
+    pub fn new(cfg: &Qwen3VlConfig, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+        let t = &cfg.text;
+        let root = Params::new(weights, dtype, device);
+        let p = root.pp(TEXT_PREFIX);
+        let embed = p.pp("embed_tokens").get(&[t.vocab_size, t.hidden_size], "weight")?;
+        let layers = (0..t.num_hidden_layers)
+            .map(|i| DecoderLayer::new(t, p.pp("layers").pp(i)))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(t.hidden_size, t.rms_norm_eps, p.pp("norm"))?;
+        let lm_head = if cfg.tie_word_embeddings {
+            Linear::new(embed.clone(), None)
+        } else if root.contains(LM_HEAD) {
+            root.pp("lm_head").linear(t.hidden_size, t.vocab_size, false)?
+        } else {
+            return Err(Error::MissingTensor {
+                name: format!("{LM_HEAD} (tie_word_embeddings is false)"),
+            });
+        };
+        Ok(Self {
+            embed_tokens: Embedding::new(embed, t.hidden_size),
+            layers,
+            norm,
+            lm_head,
+            rope: MRope::new(t),
+            cfg: t.clone(),
+            dtype,
+            device: device.clone(),
+        })
+    }
+
+    /// The decoder's config.
+    pub fn config(&self) -> &TextConfig {
+        &self.cfg
+    }
+
+    /// Compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    /// Device the weights live on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A fresh cache sized for `capacity` tokens.
+    pub fn new_cache(&self, capacity: usize) -> DecoderCache {
+        DecoderCache::new(self.layers.len(), capacity)
+    }
+
+    /// Token embeddings (b, s, H) of `ids` (b, s).
+    pub fn embed(&self, ids: &Tensor) -> Result<Tensor> {
+        Ok(self.embed_tokens.forward(ids)?)
+    }
+
+    /// Run `embeds` (b, s, H) through the decoder and the final norm.
+    ///
+    /// `pos` holds the 3-D positions of the new tokens, `valid[b][i]` whether new token
+    /// i of sequence b is real (false for left padding), `deepstack` the features to
+    /// add after the first layers. The cache receives the new keys and values.
+    pub fn forward(
+        &self,
+        embeds: &Tensor,
+        pos: &Positions,
+        valid: &[Vec<bool>],
+        deepstack: Option<&DeepStack>,
+        cache: &mut DecoderCache,
+    ) -> Result<Tensor> {
+        let (b, s, h) = embeds.dims3()?;
+        if pos.batch != b || pos.seq != s || valid.len() != b || valid.iter().any(|v| v.len() != s) {
+            return Err(Error::Input {
+                message: format!(
+                    "embeddings are {b}x{s}, positions {}x{}, validity mask {}x{}",
+                    pos.batch,
+                    pos.seq,
+                    valid.len(),
+                    valid.first().map_or(0, Vec::len)
+                ),
+            });
+        }
+        if h != self.cfg.hidden_size {
+            return Err(Error::Input {
+                message: format!("embedding width {h} != hidden_size {}", self.cfg.hidden_size),
+            });
+        }
+        let past = cache.len();
+        if past > 0 && cache.batch() != b {
+            return Err(Error::Input {
+                message: format!("cache holds {} sequences, input has {b}", cache.batch()),
+            });
+        }
+        if let Some(ds) = deepstack
+            && ds.features.len() > self.layers.len()
+        {
+            return Err(Error::Input {
+                message: format!(
+                    "{} DeepStack levels for {} decoder layers",
+                    ds.features.len(),
+                    self.layers.len()
+                ),
+            });
+        }
+        if cache.valid.is_empty() {
+            cache.valid = vec![Vec::new(); b];
+        }
+        for (c, v) in cache.valid.iter_mut().zip(valid) {
+            c.extend_from_slice(v);
+        }
+        let mask = attention_mask(&cache.valid, past, s, &self.device)?;
+        let (cos, sin) = self.rope.cos_sin(pos, self.dtype, &self.device)?;
+        let mut x = embeds.to_dtype(self.dtype)?;
+        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
+            x = layer.forward(&x, &cos, &sin, mask.as_ref(), kv)?;
+            if let Some(ds) = deepstack
+                && let Some(f) = ds.features.get(i)
+            {
+                x = x
+                    .reshape((b * s, h))?
+                    .index_add(&ds.positions, &f.to_dtype(self.dtype)?, 0)?
+                    .reshape((b, s, h))?;
+            }
+        }
+        Ok(self.norm.forward(&x)?)
+    }
+
+    /// Output logits (…, vocab) in f32 for normed hidden states.
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        Ok(self.lm_head.forward(hidden)?.to_dtype(DType::F32)?)
+    }
+
+    /// Log-softmax over the vocabulary of `logits`, in f32.
+    pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
+        Ok(candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?)
+    }
+}

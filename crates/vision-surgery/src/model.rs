@@ -1,0 +1,271 @@
+//! Token sequences with visual soft tokens in, logits out: the multimodal glue around
+//! the [`TextDecoder`] (placeholder replacement, 3-D positions, left padding,
+//! DeepStack positions, cached continuation).
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+use crate::config::{Qwen3VlConfig, SpecialTokens};
+use crate::decoder::{DecoderCache, DeepStack, TextDecoder};
+use crate::error::{Error, Result};
+use crate::position::{Positions, VisualGrid, rope_index_batch};
+use crate::weights::Weights;
+
+/// Visual inputs of one sequence, in placeholder order.
+#[derive(Debug, Clone)]
+pub struct VisualInput {
+    /// Soft tokens replacing the placeholders: (n_placeholders, H).
+    pub embeds: Tensor,
+    /// DeepStack features, `deepstack[k]` of shape (n_placeholders, H), added after layer k.
+    pub deepstack: Vec<Tensor>,
+    /// One grid per visual run (item), in order.
+    pub grids: Vec<VisualGrid>,
+}
+
+/// One prompt: token ids (with placeholders) and its visual inputs.
+#[derive(Debug, Clone)]
+pub struct SequenceInput {
+    /// Token ids; every `<|image_pad|>` is a placeholder.
+    pub ids: Vec<u32>,
+    /// Soft tokens for the placeholders (required iff there are any).
+    pub visual: Option<VisualInput>,
+}
+
+/// Which positions to return logits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogitsScope {
+    /// Only the last position of each sequence: (b, vocab).
+    Last,
+    /// Every position: (b, s, vocab).
+    All,
+}
+
+/// What a prefill returns.
+#[derive(Debug, Clone)]
+pub struct Prefill {
+    /// Logits in f32, shaped per [`LogitsScope`].
+    pub logits: Tensor,
+    /// Per sequence, `rope_delta`: a token appended at cache slot `j` has position `j + delta`.
+    pub deltas: Vec<i64>,
+    /// Left padding applied to each sequence.
+    pub padding: Vec<usize>,
+}
+
+/// The Qwen3-VL language model with its multimodal input handling.
+#[derive(Debug, Clone)]
+pub struct TextModel {
+    decoder: TextDecoder,
+    tokens: SpecialTokens,
+    deepstack_levels: usize,
+}
+
+impl TextModel {
+    /// Build from a config and mapped weights (reads no vision tensor).
+    pub fn new(cfg: &Qwen3VlConfig, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+        Ok(Self {
+            decoder: TextDecoder::new(cfg, weights, dtype, device)?,
+            tokens: cfg.tokens,
+            deepstack_levels: cfg.deepstack_levels,
+        })
+    }
+
+    /// The underlying decoder.
+    pub fn decoder(&self) -> &TextDecoder {
+        &self.decoder
+    }
+
+    /// Multimodal special tokens.
+    pub fn tokens(&self) -> SpecialTokens {
+        self.tokens
+    }
+
+    /// DeepStack levels the checkpoint was trained with.
+    pub fn deepstack_levels(&self) -> usize {
+        self.deepstack_levels
+    }
+
+    /// Whether `id` is a visual placeholder.
+    pub fn is_placeholder(&self, id: u32) -> bool {
+        id == self.tokens.image_token_id || id == self.tokens.video_token_id
+    }
+
+    /// A fresh cache for `capacity` tokens.
+    pub fn new_cache(&self, capacity: usize) -> DecoderCache {
+        self.decoder.new_cache(capacity)
+    }
+
+    /// Run a batch of prompts (left-padded to the longest) into an empty `cache`.
+    pub fn prefill(&self, seqs: &[SequenceInput], cache: &mut DecoderCache, scope: LogitsScope) -> Result<Prefill> {
+        if seqs.is_empty() {
+            return Err(Error::Input {
+                message: "empty batch".into(),
+            });
+        }
+        if !cache.is_empty() {
+            return Err(Error::Input {
+                message: "prefill needs an empty cache".into(),
+            });
+        }
+        let cfg = self.decoder.config();
+        let dev = self.decoder.device().clone();
+        let hidden = cfg.hidden_size;
+        let b = seqs.len();
+        let s = seqs.iter().map(|q| q.ids.len()).max().unwrap_or(0);
+        if s == 0 {
+            return Err(Error::Input {
+                message: "every sequence is empty".into(),
+            });
+        }
+        let mut flat_ids = Vec::with_capacity(b * s);
+        let mut valid = Vec::with_capacity(b);
+        let mut padding = Vec::with_capacity(b);
+        // gather index into [token embeddings (b*s rows); visual rows]
+        let mut gather: Vec<u32> = Vec::with_capacity(b * s);
+        let mut visual_positions: Vec<u32> = Vec::new();
+        let mut visual_rows: Vec<Tensor> = Vec::new();
+        let mut deep_rows: Vec<Vec<Tensor>> = Vec::new();
+        let mut n_visual = 0usize;
+        let mut levels: Option<usize> = None;
+        for (bi, q) in seqs.iter().enumerate() {
+            let pad = s - q.ids.len();
+            padding.push(pad);
+            let mut v = vec![false; pad];
+            v.resize(s, true);
+            valid.push(v);
+            let n_ph = q.ids.iter().filter(|&&t| self.is_placeholder(t)).count();
+            for (i, &t) in q.ids.iter().enumerate() {
+                if t as usize >= cfg.vocab_size {
+                    return Err(Error::Input {
+                        message: format!("sequence {bi}, token {i}: id {t} is outside the vocabulary (size {})", cfg.vocab_size),
+                    });
+                }
+            }
+            flat_ids.extend(std::iter::repeat_n(0u32, pad));
+            flat_ids.extend_from_slice(&q.ids);
+            let base = (bi * s) as u32;
+            gather.extend((0..s as u32).map(|i| base + i));
+            match &q.visual {
+                None if n_ph > 0 => {
+                    return Err(Error::Input {
+                        message: format!("sequence {bi} has {n_ph} visual placeholders but no visual input"),
+                    });
+                }
+                None => {}
+                Some(vis) => {
+                    let (rows, width) = vis.embeds.dims2()?;
+                    if width != hidden {
+                        return Err(Error::Input {
+                            message: format!("sequence {bi}: soft tokens are {width} wide, the decoder's hidden_size is {hidden}"),
+                        });
+                    }
+                    if rows != n_ph {
+                        return Err(Error::Input {
+                            message: format!("sequence {bi} has {n_ph} visual placeholders but {rows} soft tokens"),
+                        });
+                    }
+                    if *levels.get_or_insert(vis.deepstack.len()) != vis.deepstack.len() {
+                        return Err(Error::Input {
+                            message: format!("sequence {bi} has {} DeepStack levels, an earlier one {}", vis.deepstack.len(), levels.unwrap_or(0)),
+                        });
+                    }
+                    if vis.deepstack.len() > self.deepstack_levels {
+                        return Err(Error::Input {
+                            message: format!("sequence {bi} has {} DeepStack levels, the model was trained with {}", vis.deepstack.len(), self.deepstack_levels),
+                        });
+                    }
+                    for (k, d) in vis.deepstack.iter().enumerate() {
+                        if d.dims2()? != (n_ph, hidden) {
+                            return Err(Error::Input {
+                                message: format!("sequence {bi}: DeepStack level {k} has shape {:?}, expected ({n_ph}, {hidden})", d.dims()),
+                            });
+                        }
+                    }
+                    let mut k = 0u32;
+                    for (i, &t) in q.ids.iter().enumerate() {
+                        if self.is_placeholder(t) {
+                            let p = (bi * s + pad + i) as u32;
+                            gather[p as usize] = (b * s) as u32 + n_visual as u32 + k;
+                            visual_positions.push(p);
+                            k += 1;
+                        }
+                    }
+                    n_visual += n_ph;
+                    visual_rows.push(vis.embeds.to_dtype(self.decoder.dtype())?.to_device(&dev)?);
+                    deep_rows.push(vis.deepstack.clone());
+                }
+            }
+        }
+        let id_refs: Vec<&[u32]> = seqs.iter().map(|q| q.ids.as_slice()).collect();
+        let grid_refs: Vec<&[VisualGrid]> = seqs
+            .iter()
+            .map(|q| q.visual.as_ref().map_or(&[][..], |v| v.grids.as_slice()))
+            .collect();
+        let (pos, deltas) = rope_index_batch(&id_refs, s, |t| self.is_placeholder(t), &grid_refs)?;
+
+        let ids = Tensor::from_vec(flat_ids, (b, s), &dev)?;
+        let mut embeds = self.decoder.embed(&ids)?;
+        let mut deepstack = None;
+        if n_visual > 0 {
+            let mut table = vec![embeds.reshape((b * s, hidden))?];
+            table.extend(visual_rows);
+            let table = Tensor::cat(&table, 0)?;
+            let index = Tensor::from_vec(gather, b * s, &dev)?;
+            embeds = table.index_select(&index, 0)?.reshape((b, s, hidden))?;
+            let levels = levels.unwrap_or(0);
+            if levels > 0 {
+                let features = (0..levels)
+                    .map(|k| {
+                        let parts: Vec<&Tensor> = deep_rows.iter().map(|d| &d[k]).collect();
+                        Tensor::cat(&parts, 0)?.to_device(&dev)
+                    })
+                    .collect::<candle_core::Result<Vec<_>>>()?;
+                deepstack = Some(DeepStack {
+                    positions: Tensor::from_vec(visual_positions, n_visual, &dev)?,
+                    features,
+                });
+            }
+        }
+        let hidden_states = self.decoder.forward(&embeds, &pos, &valid, deepstack.as_ref(), cache)?;
+        let logits = match scope {
+            LogitsScope::Last => self.decoder.logits(&hidden_states.i((.., s - 1, ..))?)?,
+            LogitsScope::All => self.decoder.logits(&hidden_states)?,
+        };
+        Ok(Prefill {
+            logits,
+            deltas,
+            padding,
+        })
+    }
+
+    /// Append `ids[b]` (all the same length) to each cached sequence and return logits.
+    /// Positions continue from the cache: slot `j` gets `j + deltas[b]` on all rows.
+    pub fn extend(&self, ids: &[Vec<u32>], deltas: &[i64], cache: &mut DecoderCache, scope: LogitsScope) -> Result<Tensor> {
+        let b = ids.len();
+        let n = ids.first().map_or(0, Vec::len);
+        if b == 0 || n == 0 || ids.iter().any(|v| v.len() != n) {
+            return Err(Error::Input {
+                message: "extend needs a non-empty batch of equally long token lists".into(),
+            });
+        }
+        if deltas.len() != b || cache.batch() != b {
+            return Err(Error::Input {
+                message: format!("{b} sequences, {} deltas, {} cached sequences", deltas.len(), cache.batch()),
+            });
+        }
+        let vocab = self.decoder.config().vocab_size;
+        if let Some(&bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab || self.is_placeholder(t)) {
+            return Err(Error::Input {
+                message: format!("token {bad} cannot be appended (outside the vocabulary or a visual placeholder)"),
+            });
+        }
+        let pos = Positions::continuation(cache.len(), n, deltas);
+        let flat: Vec<u32> = ids.iter().flatten().copied().collect();
+        let t = Tensor::from_vec(flat, (b, n), self.decoder.device())?;
+        let embeds = self.decoder.embed(&t)?;
+        let valid = vec![vec![true; n]; b];
+        let h = self.decoder.forward(&embeds, &pos, &valid, None, cache)?;
+        match scope {
+            LogitsScope::Last => self.decoder.logits(&h.i((.., n - 1, ..))?),
+            LogitsScope::All => self.decoder.logits(&h),
+        }
+    }
+}

@@ -1,0 +1,2 @@
+//! Mosaic facade.
+pub use vision_surgery;
