@@ -4,15 +4,30 @@
 //! Modules hold what they are named after: [`config`] (config.json), [`checkpoint`]
 //! (locating local or hub checkpoints), [`weights`] (memory-mapped safetensors),
 //! [`position`] (3-D position ids), [`rotary`] (interleaved MRoPE), [`decoder`] (the
-//! text model).
+//! text model), [`model`] (multimodal inputs around the decoder), [`adapter`] (the
+//! embedding-to-token adapter and its file format), [`prompt`] (chat template and
+//! tokenizer), [`sampling`] (generation options), [`surgered`] (the user-facing model:
+//! load, generate, score, save).
 
+pub mod adapter;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod model;
 pub mod error;
 pub mod position;
+pub mod prompt;
 pub mod rotary;
+pub mod sampling;
+pub mod surgered;
 pub mod weights;
 
 pub use error::{Error, Result};
+pub use adapter::{Activation, AdapterSpec, EmbeddingAdapter, SoftTokens};
+pub use checkpoint::ModelSource;
+pub use prompt::{ITEM_MARKER, Prompt};
+pub use sampling::{GenerateOptions, Sampling};
+pub use surgered::{
+    ContinuationScore, FinishReason, Generation, LoadOptions, SaveOptions, SavedCheckpoint, SurgeredModel,
+    SurgeryReport, load_npy_items, save_npy_items,
+};

@@ -1,0 +1,649 @@
+//! The surgered model: a Qwen3-VL checkpoint loaded without its vision tower, a
+//! tokenizer, and an embedding adapter; `generate`, `score` and `save_surgered`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use candle_core::{D, DType, Device, IndexOp, Tensor};
+
+use crate::adapter::{EmbeddingAdapter, RawView};
+use crate::checkpoint::{
+    ADAPTER_FILE, CONFIG_FILE, CheckpointFiles, ModelSource, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+};
+use crate::config::Qwen3VlConfig;
+use crate::decoder::is_visual_tensor;
+use crate::error::{Error, Result};
+use crate::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
+use crate::prompt::{Prompt, PromptTokenizer};
+use crate::sampling::{GenerateOptions, Sampler};
+use crate::weights::{Weights, read_header};
+
+/// How to load a checkpoint.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute dtype of the decoder (f32, bf16 or f16).
+    pub dtype: DType,
+    /// Device the weights go to.
+    pub device: Device,
+    /// An adapter file to attach (overrides one shipped in the checkpoint).
+    pub adapter: Option<PathBuf>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            device: Device::Cpu,
+            adapter: None,
+        }
+    }
+}
+
+impl LoadOptions {
+    /// Set the compute dtype.
+    pub fn dtype(mut self, dtype: DType) -> Self {
+        self.dtype = dtype;
+        self
+    }
+    /// Set the device.
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+    /// Attach the adapter at `path`.
+    pub fn adapter(mut self, path: impl Into<PathBuf>) -> Self {
+        self.adapter = Some(path.into());
+        self
+    }
+}
+
+/// What loading in surgery mode kept and what it left unread.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SurgeryReport {
+    /// Decoder tensors read.
+    pub loaded_tensors: usize,
+    /// Their parameters.
+    pub loaded_parameters: u64,
+    /// Their bytes on disk.
+    pub loaded_bytes: u64,
+    /// Vision-tower tensors skipped (never read).
+    pub skipped_tensors: usize,
+    /// Parameters of the skipped tensors whose size is known from a readable header.
+    pub skipped_parameters: u64,
+    /// Bytes of the skipped tensors whose size is known from a readable header.
+    pub skipped_bytes: u64,
+    /// Skipped tensors listed by the shard index whose shard is absent or unreadable,
+    /// so their size is unknown.
+    pub skipped_unsized: Vec<String>,
+    /// Shards never opened because they hold only vision-tower tensors.
+    pub skipped_shards: Vec<PathBuf>,
+    /// Non-vision tensors present but not used by the decoder.
+    pub unused_tensors: Vec<String>,
+    /// Vision-tower tensors whose bytes were read: always empty (checked by the tests).
+    pub vision_tensors_read: Vec<String>,
+}
+
+fn human_bytes(b: u64) -> String {
+    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut i = 0;
+    while v >= 1024.0 && i < U.len() - 1 {
+        v /= 1024.0;
+        i += 1;
+    }
+    if i == 0 { format!("{b} B") } else { format!("{v:.2} {}", U[i]) }
+}
+
+impl fmt::Display for SurgeryReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "removed vision tower: {} tensors, {} parameters, {} ({} bytes)",
+            self.skipped_tensors,
+            self.skipped_parameters,
+            human_bytes(self.skipped_bytes),
+            self.skipped_bytes
+        )?;
+        if !self.skipped_unsized.is_empty() {
+            writeln!(
+                f,
+                "  of which {} tensors sit in absent or unreadable shards (size unknown)",
+                self.skipped_unsized.len()
+            )?;
+        }
+        for s in &self.skipped_shards {
+            writeln!(f, "  shard never opened: {}", s.display())?;
+        }
+        writeln!(
+            f,
+            "kept text decoder: {} tensors, {} parameters, {} ({} bytes)",
+            self.loaded_tensors,
+            self.loaded_parameters,
+            human_bytes(self.loaded_bytes),
+            self.loaded_bytes
+        )?;
+        if !self.unused_tensors.is_empty() {
+            writeln!(f, "  {} other tensors present but unused", self.unused_tensors.len())?;
+        }
+        write!(f, "vision-tower tensors read: {}", self.vision_tensors_read.len())
+    }
+}
+
+/// Log-probabilities of one continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContinuationScore {
+    /// Its token ids.
+    pub tokens: Vec<u32>,
+    /// `log P(token_i | prompt, tokens_<i)` for each token.
+    pub token_logprobs: Vec<f32>,
+    /// Their sum.
+    pub total: f32,
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// A stop token was produced (not included in the output).
+    Stop(u32),
+    /// `max_tokens` were produced.
+    MaxTokens,
+}
+
+/// The result of [`SurgeredModel::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Decoded text (special tokens dropped).
+    pub text: String,
+    /// Generated ids, stop token excluded.
+    pub tokens: Vec<u32>,
+    /// Why it stopped.
+    pub finish: FinishReason,
+    /// Length of the prompt in tokens (placeholders included).
+    pub prompt_tokens: usize,
+}
+
+/// Options of [`SurgeredModel::save_surgered`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SaveOptions {
+    /// Largest shard; more data is split into `model-0000i-of-0000n.safetensors`.
+    pub max_shard_bytes: u64,
+}
+
+impl Default for SaveOptions {
+    fn default() -> Self {
+        Self {
+            max_shard_bytes: 4 << 30,
+        }
+    }
+}
+
+/// What [`SurgeredModel::save_surgered`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedCheckpoint {
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Weight files written.
+    pub shards: Vec<PathBuf>,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Bytes of tensor data written.
+    pub bytes: u64,
+}
+
+/// Qwen3-VL without its vision tower, fed by an [`EmbeddingAdapter`].
+pub struct SurgeredModel {
+    files: CheckpointFiles,
+    config: Qwen3VlConfig,
+    weights: Weights,
+    model: TextModel,
+    tokenizer: Option<PromptTokenizer>,
+    adapter: Option<EmbeddingAdapter>,
+    report: SurgeryReport,
+}
+
+impl fmt::Debug for SurgeredModel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SurgeredModel")
+            .field("source", &self.files.source)
+            .field("adapter", &self.adapter.as_ref().map(|a| a.spec()))
+            .finish()
+    }
+}
+
+impl SurgeredModel {
+    /// Load from a directory path or a hub id (`org/name[@revision]`).
+    pub fn load(spec: &str, opts: &LoadOptions) -> Result<Self> {
+        Self::load_source(&ModelSource::parse(spec), opts)
+    }
+
+    /// Load `source` in surgery mode: no `model.visual.*` tensor is read, and shards
+    /// holding only vision tensors are never opened.
+    pub fn load_source(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
+        if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F16) {
+            return Err(Error::Options {
+                option: "dtype",
+                message: format!("{:?} is not supported (use f32, bf16 or f16)", opts.dtype),
+            });
+        }
+        let files = CheckpointFiles::locate(source)?;
+        let config = Qwen3VlConfig::from_file(&files.config)?;
+        let (shards, unopened) = files.weights.shards_for(|n| !is_visual_tensor(n));
+        let weights = Weights::open(&shards)?;
+        let model = TextModel::new(&config, &weights, opts.dtype, &opts.device)?;
+        let report = build_report(&weights, &unopened);
+        let tokenizer = match &files.tokenizer {
+            Some(p) => Some(PromptTokenizer::from_file(p, &config.tokens)?),
+            None => None,
+        };
+        let adapter_path = opts.adapter.clone().or_else(|| files.adapter.clone());
+        let mut me = Self {
+            files,
+            config,
+            weights,
+            model,
+            tokenizer,
+            adapter: None,
+            report,
+        };
+        if let Some(p) = adapter_path {
+            me.attach_adapter(EmbeddingAdapter::load(&p, opts.dtype, &opts.device)?)?;
+        }
+        Ok(me)
+    }
+
+    /// What the surgery removed and kept.
+    pub fn surgery_report(&self) -> &SurgeryReport {
+        &self.report
+    }
+
+    /// The parsed config.
+    pub fn config(&self) -> &Qwen3VlConfig {
+        &self.config
+    }
+
+    /// The language model.
+    pub fn text_model(&self) -> &TextModel {
+        &self.model
+    }
+
+    /// The tokenizer, when the checkpoint has one.
+    pub fn tokenizer(&self) -> Option<&PromptTokenizer> {
+        self.tokenizer.as_ref()
+    }
+
+    /// The attached adapter.
+    pub fn adapter(&self) -> Option<&EmbeddingAdapter> {
+        self.adapter.as_ref()
+    }
+
+    /// Names of every tensor whose bytes were read so far.
+    pub fn tensors_read(&self) -> Vec<String> {
+        self.weights.read_log()
+    }
+
+    /// Attach an adapter after checking it fits the decoder.
+    pub fn attach_adapter(&mut self, adapter: EmbeddingAdapter) -> Result<()> {
+        adapter.validate_for(self.config.text.hidden_size, self.config.deepstack_levels)?;
+        self.adapter = Some(adapter);
+        Ok(())
+    }
+
+    fn tokenizer_or_err(&self) -> Result<&PromptTokenizer> {
+        self.tokenizer.as_ref().ok_or_else(|| Error::Tokenizer {
+            message: "the checkpoint has no tokenizer.json".into(),
+        })
+    }
+
+    /// Token ids of `prompt` and the visual input built from `items` (N, in_dim).
+    pub fn prepare(&self, prompt: &Prompt, items: Option<&Tensor>) -> Result<SequenceInput> {
+        let tok = self.tokenizer_or_err()?;
+        let n = match items {
+            Some(t) => t.dims().first().copied().unwrap_or(0),
+            None => 0,
+        };
+        if n == 0 {
+            return Ok(SequenceInput {
+                ids: tok.encode_prompt(prompt, 0, 0)?,
+                visual: None,
+            });
+        }
+        let adapter = self.adapter.as_ref().ok_or_else(|| Error::Embeddings {
+            message: format!("{n} items were given but no adapter is attached"),
+        })?;
+        let items = items.ok_or_else(|| Error::Embeddings {
+            message: "missing items".into(),
+        })?;
+        let spec = adapter.spec();
+        let soft = adapter.forward(items)?;
+        let (k, h) = (spec.tokens_per_item, spec.hidden_size);
+        let embeds = soft.tokens.reshape((n * k, h))?;
+        let deepstack = soft
+            .deepstack
+            .iter()
+            .map(|d| d.reshape((n * k, h)))
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        Ok(SequenceInput {
+            ids: tok.encode_prompt(prompt, n, k)?,
+            visual: Some(VisualInput {
+                embeds,
+                deepstack,
+                grids: vec![spec.grid; n],
+            }),
+        })
+    }
+
+    /// Generate the assistant's answer to `prompt` about `items` (N, in_dim), calling
+    /// `on_text` with each new piece of decoded text as it is produced.
+    pub fn generate(
+        &self,
+        prompt: &Prompt,
+        items: Option<&Tensor>,
+        opts: &GenerateOptions,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<Generation> {
+        let vocab = self.config.text.vocab_size;
+        opts.validate(vocab)?;
+        let tok = self.tokenizer_or_err()?;
+        let seq = self.prepare(prompt, items)?;
+        let prompt_tokens = seq.ids.len();
+        let mut stops: BTreeSet<u32> = opts.stop_tokens.iter().copied().collect();
+        if opts.default_stops {
+            stops.extend(tok.default_stop_tokens());
+        }
+        let mut cache = self.model.new_cache(prompt_tokens + opts.max_tokens);
+        let pre = self.model.prefill(&[seq], &mut cache, LogitsScope::Last)?;
+        let mut logits = pre.logits;
+        let mut sampler = Sampler::new(opts.sampling);
+        let mut tokens = Vec::new();
+        let mut emitted = 0usize;
+        let mut finish = FinishReason::MaxTokens;
+        for _ in 0..opts.max_tokens {
+            let row: Vec<f32> = logits.i(0)?.to_vec1()?;
+            let next = sampler.next(&row);
+            if stops.contains(&next) {
+                finish = FinishReason::Stop(next);
+                break;
+            }
+            tokens.push(next);
+            let text = tok.decode(&tokens)?;
+            // hold back an incomplete UTF-8 sequence until its last byte arrives
+            if !text.ends_with('\u{FFFD}') && text.len() > emitted && text.is_char_boundary(emitted) {
+                on_text(&text[emitted..]);
+                emitted = text.len();
+            }
+            if tokens.len() == opts.max_tokens {
+                break;
+            }
+            logits = self.model.extend(&[vec![next]], &pre.deltas, &mut cache, LogitsScope::Last)?;
+        }
+        let text = tok.decode(&tokens)?;
+        if text.len() > emitted && text.is_char_boundary(emitted) {
+            on_text(&text[emitted..]);
+        }
+        Ok(Generation {
+            text,
+            tokens,
+            finish,
+            prompt_tokens,
+        })
+    }
+
+    /// Log-probabilities of each continuation given `prompt` and `items`. The prompt is
+    /// run once; the continuations run as one batch on copies of its cache.
+    pub fn score(&self, prompt: &Prompt, items: Option<&Tensor>, continuations: &[&str]) -> Result<Vec<ContinuationScore>> {
+        let tok = self.tokenizer_or_err()?;
+        let conts = continuations
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let ids = tok.encode_text(c)?;
+                if ids.is_empty() {
+                    return Err(Error::Prompt {
+                        message: format!("continuation {i} is empty"),
+                    });
+                }
+                Ok(ids)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let seq = self.prepare(prompt, items)?;
+        self.score_ids(seq, &conts)
+    }
+
+    /// [`SurgeredModel::score`] on token ids.
+    pub fn score_ids(&self, seq: SequenceInput, continuations: &[Vec<u32>]) -> Result<Vec<ContinuationScore>> {
+        if continuations.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(i) = continuations.iter().position(Vec::is_empty) {
+            return Err(Error::Prompt {
+                message: format!("continuation {i} is empty"),
+            });
+        }
+        let longest = continuations.iter().map(Vec::len).max().unwrap_or(1);
+        let prompt_len = seq.ids.len();
+        let mut cache = self.model.new_cache(prompt_len);
+        let pre = self.model.prefill(&[seq], &mut cache, LogitsScope::Last)?;
+        let first = crate::decoder::TextDecoder::log_softmax(&pre.logits)?.i(0)?.to_vec1::<f32>()?;
+        let b = continuations.len();
+        let mut out: Vec<ContinuationScore> = continuations
+            .iter()
+            .map(|c| ContinuationScore {
+                tokens: c.clone(),
+                token_logprobs: vec![first[c[0] as usize]],
+                total: 0.0,
+            })
+            .collect();
+        if longest > 1 {
+            // every continuation but its last token, right-padded with token 0: padding sits
+            // after the real tokens, so causal attention keeps it out of every scored row
+            let steps = longest - 1;
+            let inputs: Vec<Vec<u32>> = continuations
+                .iter()
+                .map(|c| {
+                    let mut v = c[..c.len() - 1].to_vec();
+                    v.resize(steps, 0);
+                    v
+                })
+                .collect();
+            let mut batch_cache = cache.repeat(b, prompt_len + steps)?;
+            let deltas = vec![pre.deltas[0]; b];
+            let logits = self.model.extend(&inputs, &deltas, &mut batch_cache, LogitsScope::All)?;
+            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            for (bi, c) in continuations.iter().enumerate() {
+                if c.len() < 2 {
+                    continue;
+                }
+                let idx = Tensor::from_vec(c[1..].to_vec(), (c.len() - 1, 1), lp.device())?;
+                let rows = lp.i((bi, 0..c.len() - 1, ..))?;
+                let picked: Vec<f32> = rows.gather(&idx, 1)?.flatten_all()?.to_vec1()?;
+                out[bi].token_logprobs.extend(picked);
+            }
+        }
+        for s in &mut out {
+            s.total = s.token_logprobs.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Write a text-only checkpoint to `dir`: the decoder tensors as stored (sharded past
+    /// `opts.max_shard_bytes`), config.json without `vision_config` (with a record of the
+    /// surgery), the tokenizer and side files, and the attached adapter.
+    pub fn save_surgered(&self, dir: &Path, opts: &SaveOptions) -> Result<SavedCheckpoint> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let names: Vec<&String> = self
+            .weights
+            .entries()
+            .keys()
+            .filter(|n| !is_visual_tensor(n))
+            .collect();
+        // pack tensors into shards in name order
+        let mut shards: Vec<Vec<&String>> = vec![Vec::new()];
+        let mut shard_bytes = 0u64;
+        for n in &names {
+            let bytes = self.weights.entry(n).map_or(0, |e| e.bytes());
+            if shard_bytes > 0 && shard_bytes + bytes > opts.max_shard_bytes {
+                shards.push(Vec::new());
+                shard_bytes = 0;
+            }
+            shard_bytes += bytes;
+            if let Some(last) = shards.last_mut() {
+                last.push(n);
+            }
+        }
+        let count = shards.len();
+        let mut written = Vec::new();
+        let mut weight_map = BTreeMap::new();
+        let mut total = 0u64;
+        for (i, shard) in shards.iter().enumerate() {
+            let file = if count == 1 {
+                WEIGHTS_FILE.to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", i + 1, count)
+            };
+            let mut views = Vec::with_capacity(shard.len());
+            for n in shard {
+                let (entry, data) = self.weights.raw(n)?;
+                total += data.len() as u64;
+                views.push((
+                    n.to_string(),
+                    RawView {
+                        dtype: entry.dtype,
+                        shape: entry.shape.clone(),
+                        data: data.into(),
+                    },
+                ));
+                weight_map.insert(n.to_string(), file.clone());
+            }
+            let path = dir.join(&file);
+            let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
+            safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| Error::Safetensors {
+                path: path.clone(),
+                message: e.to_string(),
+            })?;
+            written.push(path);
+        }
+        if count > 1 {
+            let index = serde_json::json!({
+                "metadata": {"total_size": total},
+                "weight_map": weight_map,
+            });
+            write_json(&dir.join(WEIGHTS_INDEX_FILE), &index)?;
+        } else {
+            let stale = dir.join(WEIGHTS_INDEX_FILE);
+            if stale.exists() {
+                std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+            }
+        }
+        let cfg = self
+            .config
+            .surgered_json(self.report.skipped_parameters, self.report.skipped_bytes);
+        write_json(&dir.join(CONFIG_FILE), &cfg)?;
+        let mut copies: Vec<PathBuf> = self.files.side_files.clone();
+        copies.extend(self.files.tokenizer.clone());
+        for src in copies {
+            if let Some(name) = src.file_name() {
+                let dst = dir.join(name);
+                std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+            }
+        }
+        if let Some(a) = &self.adapter {
+            a.save(&dir.join(ADAPTER_FILE))?;
+        }
+        Ok(SavedCheckpoint {
+            dir: dir.to_path_buf(),
+            shards: written,
+            tensors: names.len(),
+            bytes: total,
+        })
+    }
+}
+
+fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+}
+
+fn build_report(weights: &Weights, unopened: &[(String, PathBuf)]) -> SurgeryReport {
+    let read: BTreeSet<String> = weights.read_log().into_iter().collect();
+    let mut r = SurgeryReport::default();
+    for (name, e) in weights.entries() {
+        if is_visual_tensor(name) {
+            r.skipped_tensors += 1;
+            r.skipped_parameters += e.numel();
+            r.skipped_bytes += e.bytes();
+            if read.contains(name) {
+                r.vision_tensors_read.push(name.clone());
+            }
+        } else if read.contains(name) {
+            r.loaded_tensors += 1;
+            r.loaded_parameters += e.numel();
+            r.loaded_bytes += e.bytes();
+        } else {
+            r.unused_tensors.push(name.clone());
+        }
+    }
+    // tensors in shards never opened: size them from the shard header when it is readable
+    let mut by_shard: BTreeMap<&PathBuf, Vec<&String>> = BTreeMap::new();
+    for (n, p) in unopened {
+        by_shard.entry(p).or_default().push(n);
+    }
+    for (shard, names) in by_shard {
+        r.skipped_shards.push(shard.clone());
+        let header = read_header(shard).ok();
+        for n in names {
+            if is_visual_tensor(n) {
+                r.skipped_tensors += 1;
+            } else {
+                r.unused_tensors.push(n.clone());
+                continue;
+            }
+            match header.as_ref().and_then(|h| h.get(n.as_str())) {
+                Some(e) => {
+                    r.skipped_parameters += e.numel();
+                    r.skipped_bytes += e.bytes();
+                }
+                None => r.skipped_unsized.push(n.clone()),
+            }
+        }
+    }
+    r
+}
+
+/// Load (N, in_dim) item embeddings from a `.npy` file (f32 or f64, 1-D = one item).
+pub fn load_npy_items(path: &Path, device: &Device) -> Result<Tensor> {
+    use ndarray::{Array1, Array2};
+    use ndarray_npy::ReadNpyExt;
+    let open = || std::fs::File::open(path).map_err(|e| Error::io(path, e));
+    let bad = |e: ndarray_npy::ReadNpyError| Error::Embeddings {
+        message: format!("{}: {e}", path.display()),
+    };
+    let arr: Array2<f32> = match Array2::<f32>::read_npy(open()?) {
+        Ok(a) => a,
+        Err(_) => match Array2::<f64>::read_npy(open()?) {
+            Ok(a) => a.mapv(|v| v as f32),
+            Err(_) => match Array1::<f32>::read_npy(open()?) {
+                Ok(a) => a.insert_axis(ndarray::Axis(0)),
+                Err(_) => Array2::<f32>::read_npy(open()?).map_err(bad)?,
+            },
+        },
+    };
+    let (n, d) = arr.dim();
+    let data: Vec<f32> = arr.iter().copied().collect();
+    Ok(Tensor::from_vec(data, (n, d), device)?)
+}
+
+/// Save (N, in_dim) item embeddings as a little-endian f32 `.npy` file.
+pub fn save_npy_items(path: &Path, items: &Tensor) -> Result<()> {
+    use ndarray_npy::WriteNpyExt;
+    let (n, d) = items.dims2()?;
+    let v: Vec<f32> = items.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
+    let arr = ndarray::Array2::from_shape_vec((n, d), v).map_err(|e| Error::Embeddings { message: e.to_string() })?;
+    let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    arr.write_npy(std::io::BufWriter::new(file)).map_err(|e| Error::Embeddings {
+        message: format!("{}: {e}", path.display()),
+    })
+}

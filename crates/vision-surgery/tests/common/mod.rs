@@ -1,0 +1,46 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, IndexOp, Tensor};
+
+/// The committed tiny checkpoint directory of fixture `name`.
+pub fn fixture_model(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).join("model")
+}
+
+/// A golden case of fixture `name`.
+pub fn fixture_case(name: &str, case: &str) -> HashMap<String, Tensor> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .join("cases")
+        .join(format!("{case}.safetensors"));
+    candle_core::safetensors::load(p, &Device::Cpu).unwrap()
+}
+
+/// The input ids of a golden case.
+pub fn case_ids(t: &HashMap<String, Tensor>) -> Vec<u32> {
+    t["input_ids"].to_dtype(DType::U32).unwrap().i(0).unwrap().to_vec1().unwrap()
+}
+
+/// Copy every file of `src` into a fresh directory `dst`.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        if e.path().is_file() {
+            std::fs::copy(e.path(), dst.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+/// max |a - b| over all elements.
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shape mismatch");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+}
