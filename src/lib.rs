@@ -1,2 +1,7 @@
-//! Mosaic facade.
+//! Mosaic: a visual-discovery recommendation SDK. This facade re-exports the
+//! workspace's crates; the README below is compiled as a doctest so it stays true.
+#![doc = include_str!("../README.md")]
+#![warn(missing_docs)]
+
+/// Qwen3-VL surgery: the decoder fed by precomputed item embeddings.
 pub use vision_surgery;

@@ -74,7 +74,9 @@ impl Activation {
             other => {
                 return Err(Error::AdapterFormat {
                     field: "activation".into(),
-                    message: format!("unknown activation {other:?} (expected none, gelu, gelu_tanh, silu or relu)"),
+                    message: format!(
+                        "unknown activation {other:?} (expected none, gelu, gelu_tanh, silu or relu)"
+                    ),
                 });
             }
         })
@@ -136,7 +138,13 @@ impl AdapterSpec {
     }
 
     /// A 2-layer MLP adapter with the default token grid.
-    pub fn mlp(in_dim: usize, hidden: usize, activation: Activation, tokens_per_item: usize, hidden_size: usize) -> Self {
+    pub fn mlp(
+        in_dim: usize,
+        hidden: usize,
+        activation: Activation,
+        tokens_per_item: usize,
+        hidden_size: usize,
+    ) -> Self {
         Self {
             architecture: Architecture::Mlp { hidden, activation },
             ..Self::linear(in_dim, tokens_per_item, hidden_size)
@@ -194,12 +202,18 @@ impl AdapterSpec {
             ("architecture".into(), arch.into()),
             ("activation".into(), act.as_str().into()),
             ("deepstack_layers".into(), self.deepstack_layers.to_string()),
-            ("token_grid".into(), format!("{}x{}", self.grid.h, self.grid.w)),
+            (
+                "token_grid".into(),
+                format!("{}x{}", self.grid.h, self.grid.w),
+            ),
         ])
     }
 
     /// Parse and check header metadata; `hidden` is the MLP width read from `fc1.weight`.
-    pub fn from_metadata(meta: &HashMap<String, String>, mlp_hidden: Option<usize>) -> Result<Self> {
+    pub fn from_metadata(
+        meta: &HashMap<String, String>,
+        mlp_hidden: Option<usize>,
+    ) -> Result<Self> {
         let get = |k: &str| {
             meta.get(k).ok_or_else(|| Error::AdapterFormat {
                 field: k.into(),
@@ -227,7 +241,9 @@ impl AdapterSpec {
         if version != FORMAT_VERSION {
             return Err(Error::AdapterFormat {
                 field: "format_version".into(),
-                message: format!("this build reads version {FORMAT_VERSION}, the file is version {version:?}"),
+                message: format!(
+                    "this build reads version {FORMAT_VERSION}, the file is version {version:?}"
+                ),
             });
         }
         let in_dim = num("in_dim")?;
@@ -239,7 +255,10 @@ impl AdapterSpec {
                 if activation != Activation::None {
                     return Err(Error::AdapterFormat {
                         field: "activation".into(),
-                        message: format!("a linear adapter has no activation, found {:?}", activation.as_str()),
+                        message: format!(
+                            "a linear adapter has no activation, found {:?}",
+                            activation.as_str()
+                        ),
                     });
                 }
                 Architecture::Linear
@@ -248,7 +267,9 @@ impl AdapterSpec {
                 if activation == Activation::None {
                     return Err(Error::AdapterFormat {
                         field: "activation".into(),
-                        message: "an mlp adapter needs an activation (gelu, gelu_tanh, silu or relu)".into(),
+                        message:
+                            "an mlp adapter needs an activation (gelu, gelu_tanh, silu or relu)"
+                                .into(),
                     });
                 }
                 let hidden = mlp_hidden.ok_or_else(|| Error::AdapterFormat {
@@ -266,23 +287,31 @@ impl AdapterSpec {
         };
         let deepstack_layers = match meta.get("deepstack_layers") {
             None => 0,
-            Some(v) => v.trim().parse::<usize>().map_err(|_| Error::AdapterFormat {
-                field: "deepstack_layers".into(),
-                message: format!("expected a non-negative integer, found {v:?}"),
-            })?,
+            Some(v) => v
+                .trim()
+                .parse::<usize>()
+                .map_err(|_| Error::AdapterFormat {
+                    field: "deepstack_layers".into(),
+                    message: format!("expected a non-negative integer, found {v:?}"),
+                })?,
         };
         let grid = match meta.get("token_grid") {
             None => VisualGrid::for_tokens(tokens_per_item),
             Some(g) => {
-                let parsed = g
-                    .split_once('x')
-                    .and_then(|(h, w)| Some((h.trim().parse::<usize>().ok()?, w.trim().parse::<usize>().ok()?)));
+                let parsed = g.split_once('x').and_then(|(h, w)| {
+                    Some((
+                        h.trim().parse::<usize>().ok()?,
+                        w.trim().parse::<usize>().ok()?,
+                    ))
+                });
                 match parsed {
                     Some((h, w)) if h * w == tokens_per_item && h > 0 => VisualGrid::still(h, w),
                     _ => {
                         return Err(Error::AdapterFormat {
                             field: "token_grid".into(),
-                            message: format!("expected \"HxW\" with H*W = tokens_per_item = {tokens_per_item}, found {g:?}"),
+                            message: format!(
+                                "expected \"HxW\" with H*W = tokens_per_item = {tokens_per_item}, found {g:?}"
+                            ),
                         });
                     }
                 }
@@ -317,7 +346,13 @@ pub struct EmbeddingAdapter {
     deepstack: Vec<Linear>,
 }
 
-fn mismatch(field: &'static str, expected_what: &str, expected: impl ToString, actual_what: &str, actual: impl ToString) -> Error {
+fn mismatch(
+    field: &'static str,
+    expected_what: &str,
+    expected: impl ToString,
+    actual_what: &str,
+    actual: impl ToString,
+) -> Error {
     Error::AdapterMismatch {
         field,
         expected_what: expected_what.into(),
@@ -332,7 +367,9 @@ impl EmbeddingAdapter {
     pub fn load(path: &Path, dtype: DType, device: &Device) -> Result<Self> {
         let weights = Weights::open(&[path.to_path_buf()])?;
         let meta = read_metadata(path)?;
-        let mlp_hidden = weights.entry("fc1.weight").and_then(|e| e.shape.first().copied());
+        let mlp_hidden = weights
+            .entry("fc1.weight")
+            .and_then(|e| e.shape.first().copied());
         let spec = AdapterSpec::from_metadata(&meta, mlp_hidden)?;
         let expected = spec.tensor_shapes();
         let mut tensors = HashMap::new();
@@ -346,12 +383,20 @@ impl EmbeddingAdapter {
             }
             tensors.insert(name.clone(), weights.tensor(name, shape, dtype, device)?);
         }
-        if let Some(extra) = weights.entries().keys().find(|k| !expected.iter().any(|(n, _)| n == *k)) {
+        if let Some(extra) = weights
+            .entries()
+            .keys()
+            .find(|k| !expected.iter().any(|(n, _)| n == *k))
+        {
             return Err(Error::AdapterFormat {
                 field: extra.clone(),
                 message: format!(
                     "unexpected tensor for a {} adapter with {} DeepStack layers",
-                    if spec.architecture == Architecture::Linear { "linear" } else { "mlp" },
+                    if spec.architecture == Architecture::Linear {
+                        "linear"
+                    } else {
+                        "mlp"
+                    },
                     spec.deepstack_layers
                 ),
             });
@@ -381,10 +426,18 @@ impl EmbeddingAdapter {
         };
         let (fc1, head) = match spec.architecture {
             Architecture::Linear => (None, take("proj.weight", "proj.bias")?),
-            Architecture::Mlp { .. } => (Some(take("fc1.weight", "fc1.bias")?), take("fc2.weight", "fc2.bias")?),
+            Architecture::Mlp { .. } => (
+                Some(take("fc1.weight", "fc1.bias")?),
+                take("fc2.weight", "fc2.bias")?,
+            ),
         };
         let deepstack = (0..spec.deepstack_layers)
-            .map(|l| take(&format!("deepstack.{l}.weight"), &format!("deepstack.{l}.bias")))
+            .map(|l| {
+                take(
+                    &format!("deepstack.{l}.weight"),
+                    &format!("deepstack.{l}.bias"),
+                )
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             spec,
@@ -400,9 +453,14 @@ impl EmbeddingAdapter {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut tensors = HashMap::new();
         for (name, shape) in spec.tensor_shapes() {
-            let fan_in = if name.ends_with(".weight") { shape[1] } else {
+            let fan_in = if name.ends_with(".weight") {
+                shape[1]
+            } else {
                 // bias: fan_in of its weight
-                spec.tensor_shapes().iter().find(|(n, _)| *n == name.replace(".bias", ".weight")).map_or(1, |(_, s)| s[1])
+                spec.tensor_shapes()
+                    .iter()
+                    .find(|(n, _)| *n == name.replace(".bias", ".weight"))
+                    .map_or(1, |(_, s)| s[1])
             };
             let bound = 1.0 / (fan_in as f32).sqrt();
             let n: usize = shape.iter().product();
@@ -435,7 +493,11 @@ impl EmbeddingAdapter {
             }
         }
         for (l, d) in self.deepstack.iter().enumerate() {
-            push(&format!("deepstack.{l}.weight"), &format!("deepstack.{l}.bias"), d);
+            push(
+                &format!("deepstack.{l}.weight"),
+                &format!("deepstack.{l}.bias"),
+                d,
+            );
         }
         v
     }
@@ -475,7 +537,13 @@ impl EmbeddingAdapter {
             }
         };
         if d != self.spec.in_dim {
-            return Err(mismatch("in_dim", "the adapter's in_dim", self.spec.in_dim, "the item embeddings' width", d));
+            return Err(mismatch(
+                "in_dim",
+                "the adapter's in_dim",
+                self.spec.in_dim,
+                "the item embeddings' width",
+                d,
+            ));
         }
         check_finite(items)?;
         let dtype = self.head.weight().dtype();
@@ -513,7 +581,11 @@ fn shape_error(spec: &AdapterSpec, name: &str, expected: &[usize], actual: &[usi
     let field: &'static str = if expected.len() != actual.len() {
         "tensor rank"
     } else if name.starts_with("fc1.") {
-        if out_axis_differs { "architecture (mlp width)" } else { "in_dim" }
+        if out_axis_differs {
+            "architecture (mlp width)"
+        } else {
+            "in_dim"
+        }
     } else if out_axis_differs {
         "tokens_per_item * hidden_size"
     } else if name == "proj.weight" {
@@ -539,7 +611,12 @@ pub fn check_finite(items: &Tensor) -> Result<()> {
     let width = items.dims().last().copied().unwrap_or(1).max(1);
     if let Some(i) = flat.iter().position(|v| !v.is_finite()) {
         return Err(Error::Embeddings {
-            message: format!("value {} at item {}, column {} is not finite", flat[i], i / width, i % width),
+            message: format!(
+                "value {} at item {}, column {} is not finite",
+                flat[i],
+                i / width,
+                i % width
+            ),
         });
     }
     Ok(())
@@ -550,10 +627,11 @@ pub fn read_metadata(path: &Path) -> Result<HashMap<String, String>> {
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: read-only map of a file we do not modify.
     let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
-    let (_, meta) = safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&mmap).map_err(|e| Error::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
     Ok(meta.metadata().clone().unwrap_or_default())
 }
 
@@ -587,10 +665,26 @@ pub(crate) fn tensor_bytes(t: &Tensor) -> Result<(safetensors::Dtype, Vec<u8>)> 
     })?;
     let flat = t.flatten_all()?;
     let bytes = match t.dtype() {
-        DType::F32 => flat.to_vec1::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F16 => flat.to_vec1::<half::f16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::BF16 => flat.to_vec1::<half::bf16>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
-        DType::F64 => flat.to_vec1::<f64>()?.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        DType::F32 => flat
+            .to_vec1::<f32>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F16 => flat
+            .to_vec1::<half::f16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::BF16 => flat
+            .to_vec1::<half::bf16>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
+        DType::F64 => flat
+            .to_vec1::<f64>()?
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect(),
         other => {
             return Err(Error::Input {
                 message: format!("cannot write dtype {other:?}"),
@@ -606,7 +700,11 @@ pub fn write_adapter(path: &Path, spec: &AdapterSpec, tensors: &[(String, Tensor
     if tensors.len() != expected.len() {
         return Err(Error::AdapterFormat {
             field: "tensors".into(),
-            message: format!("{} tensors given, the spec needs {}", tensors.len(), expected.len()),
+            message: format!(
+                "{} tensors given, the spec needs {}",
+                tensors.len(),
+                expected.len()
+            ),
         });
     }
     let mut views = Vec::with_capacity(tensors.len());
@@ -632,9 +730,11 @@ pub fn write_adapter(path: &Path, spec: &AdapterSpec, tensors: &[(String, Tensor
             },
         ));
     }
-    safetensors::serialize_to_file(views, Some(spec.metadata()), path).map_err(|e| Error::Safetensors {
-        path: path.to_path_buf(),
-        message: e.to_string(),
+    safetensors::serialize_to_file(views, Some(spec.metadata()), path).map_err(|e| {
+        Error::Safetensors {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        }
     })
 }
 
@@ -655,11 +755,21 @@ mod tests {
 
         let mut bad = meta.clone();
         bad.insert("format_version".into(), "7".into());
-        assert!(AdapterSpec::from_metadata(&bad, Some(40)).unwrap_err().to_string().contains("format_version"));
+        assert!(
+            AdapterSpec::from_metadata(&bad, Some(40))
+                .unwrap_err()
+                .to_string()
+                .contains("format_version")
+        );
 
         let mut bad = meta;
         bad.insert("token_grid".into(), "3x3".into());
-        assert!(AdapterSpec::from_metadata(&bad, Some(40)).unwrap_err().to_string().contains("token_grid"));
+        assert!(
+            AdapterSpec::from_metadata(&bad, Some(40))
+                .unwrap_err()
+                .to_string()
+                .contains("token_grid")
+        );
     }
 
     #[test]
@@ -674,7 +784,10 @@ mod tests {
 
         let wide = Tensor::ones((5, 9), DType::F32, &Device::Cpu).unwrap();
         let e = a.forward(&wide).unwrap_err().to_string();
-        assert!(e.contains("in_dim") && e.contains('8') && e.contains('9'), "{e}");
+        assert!(
+            e.contains("in_dim") && e.contains('8') && e.contains('9'),
+            "{e}"
+        );
 
         let mut v = vec![0.5f32; 16];
         v[11] = f32::NAN;
@@ -683,7 +796,10 @@ mod tests {
         assert!(e.contains("item 1, column 3"), "{e}");
 
         let e = a.validate_for(32, 2).unwrap_err().to_string();
-        assert!(e.contains("hidden_size") && e.contains("32") && e.contains("16"), "{e}");
+        assert!(
+            e.contains("hidden_size") && e.contains("32") && e.contains("16"),
+            "{e}"
+        );
         let e = a.validate_for(16, 0).unwrap_err().to_string();
         assert!(e.contains("deepstack_layers"), "{e}");
         a.validate_for(16, 1).unwrap();

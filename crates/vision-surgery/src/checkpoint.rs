@@ -86,7 +86,10 @@ pub enum WeightLayout {
 impl WeightLayout {
     /// Shards holding at least one tensor accepted by `keep`, and every tensor name
     /// whose shard holds none (known from the index only).
-    pub fn shards_for(&self, keep: impl Fn(&str) -> bool) -> (Vec<PathBuf>, Vec<(String, PathBuf)>) {
+    pub fn shards_for(
+        &self,
+        keep: impl Fn(&str) -> bool,
+    ) -> (Vec<PathBuf>, Vec<(String, PathBuf)>) {
         match self {
             WeightLayout::Single(p) => (vec![p.clone()], vec![]),
             WeightLayout::Sharded { weight_map, .. } => {
@@ -140,7 +143,10 @@ impl CheckpointFiles {
         let config = find(CONFIG_FILE).ok_or_else(|| {
             Error::io(
                 dir.join(CONFIG_FILE),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint has no config.json"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "checkpoint has no config.json",
+                ),
             )
         })?;
         let weights = if let Some(index) = find(WEIGHTS_INDEX_FILE) {
@@ -282,7 +288,8 @@ impl HubRepo {
             return Some(p);
         }
         // A commit hash has no refs/ entry: look in its snapshot directly.
-        let is_commit = self.revision.len() == 40 && self.revision.bytes().all(|b| b.is_ascii_hexdigit());
+        let is_commit =
+            self.revision.len() == 40 && self.revision.bytes().all(|b| b.is_ascii_hexdigit());
         if is_commit {
             let p = self
                 .cache
@@ -326,11 +333,16 @@ mod tests {
     fn offline_hub_lookup_reads_the_hf_home_cache_layout() {
         let home = tempfile::tempdir().unwrap();
         let repo_dir = home.path().join("hub").join("models--acme--tiny");
-        let snap = repo_dir.join("snapshots").join("0123456789abcdef0123456789abcdef01234567");
+        let snap = repo_dir
+            .join("snapshots")
+            .join("0123456789abcdef0123456789abcdef01234567");
         std::fs::create_dir_all(&snap).unwrap();
         std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
-        std::fs::write(repo_dir.join("refs").join("main"), "0123456789abcdef0123456789abcdef01234567")
-            .unwrap();
+        std::fs::write(
+            repo_dir.join("refs").join("main"),
+            "0123456789abcdef0123456789abcdef01234567",
+        )
+        .unwrap();
         std::fs::write(snap.join("config.json"), "{}").unwrap();
         std::fs::write(snap.join("model.safetensors"), b"x").unwrap();
         let cache = Cache::new(home.path().join("hub"));

@@ -177,7 +177,9 @@ impl Qwen3VlConfig {
         let head_dim = match t.head_dim {
             Some(h) => h,
             None => {
-                if t.num_attention_heads == 0 || t.hidden_size % t.num_attention_heads != 0 {
+                if t.num_attention_heads == 0
+                    || !t.hidden_size.is_multiple_of(t.num_attention_heads)
+                {
                     return Err(Error::config(
                         "text_config.head_dim",
                         "absent and hidden_size is not a multiple of num_attention_heads",
@@ -219,7 +221,10 @@ impl Qwen3VlConfig {
             if id as usize >= text.vocab_size {
                 return Err(Error::config(
                     name,
-                    format!("id {id} is outside the vocabulary (size {})", text.vocab_size),
+                    format!(
+                        "id {id} is outside the vocabulary (size {})",
+                        text.vocab_size
+                    ),
                 ));
             }
         }
@@ -276,7 +281,9 @@ impl Qwen3VlConfig {
                 .as_ref()
                 .map(|p| {
                     (
-                        p.get("removed_parameters").and_then(Value::as_u64).unwrap_or(0),
+                        p.get("removed_parameters")
+                            .and_then(Value::as_u64)
+                            .unwrap_or(0),
                         p.get("removed_bytes").and_then(Value::as_u64).unwrap_or(0),
                     )
                 })
@@ -358,7 +365,7 @@ fn validate_text(t: &TextConfig) -> Result<()> {
             return Err(Error::config(format!("text_config.{name}"), "must be > 0"));
         }
     }
-    if t.num_attention_heads % t.num_key_value_heads != 0 {
+    if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
         return Err(Error::config(
             "text_config.num_key_value_heads",
             format!(
@@ -367,7 +374,7 @@ fn validate_text(t: &TextConfig) -> Result<()> {
             ),
         ));
     }
-    if t.head_dim % 2 != 0 {
+    if !t.head_dim.is_multiple_of(2) {
         return Err(Error::config(
             "text_config.head_dim",
             format!("must be even for rotary embeddings, found {}", t.head_dim),
@@ -384,7 +391,7 @@ fn validate_text(t: &TextConfig) -> Result<()> {
             ),
         ));
     }
-    if !(t.rms_norm_eps > 0.0) {
+    if t.rms_norm_eps.is_nan() || t.rms_norm_eps <= 0.0 {
         return Err(Error::config(
             "text_config.rms_norm_eps",
             format!("must be > 0, found {}", t.rms_norm_eps),
@@ -432,8 +439,9 @@ mod tests {
 
     #[test]
     fn bad_configs_name_the_field() {
-        let e = Qwen3VlConfig::from_value(base(json!({"rope_scaling": {"mrope_section": [4, 2, 2]}})))
-            .unwrap_err();
+        let e =
+            Qwen3VlConfig::from_value(base(json!({"rope_scaling": {"mrope_section": [4, 2, 2]}})))
+                .unwrap_err();
         assert!(e.to_string().contains("rope_theta"), "{e}");
         let e = Qwen3VlConfig::from_value(base(json!({"num_key_value_heads": 3,
             "rope_parameters": {"rope_theta": 1e4, "mrope_section": [4, 2, 2]}})))

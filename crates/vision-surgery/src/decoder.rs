@@ -243,7 +243,11 @@ impl DecoderLayer {
     /// Load layer tensors under `p`.
     pub fn new(cfg: &TextConfig, p: Params) -> Result<Self> {
         Ok(Self {
-            input_layernorm: RmsNorm::new(cfg.hidden_size, cfg.rms_norm_eps, p.pp("input_layernorm"))?,
+            input_layernorm: RmsNorm::new(
+                cfg.hidden_size,
+                cfg.rms_norm_eps,
+                p.pp("input_layernorm"),
+            )?,
             self_attn: Attention::new(cfg, p.pp("self_attn"))?,
             post_attention_layernorm: RmsNorm::new(
                 cfg.hidden_size,
@@ -266,7 +270,9 @@ impl DecoderLayer {
             .self_attn
             .forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache)?;
         let x = (x + h)?;
-        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x)?)?;
+        let h = self
+            .mlp
+            .forward(&self.post_attention_layernorm.forward(&x)?)?;
         x + h
     }
 }
@@ -283,7 +289,9 @@ impl DecoderCache {
     /// An empty cache for `layers` layers, preallocating `capacity` slots (it grows past that).
     pub fn new(layers: usize, capacity: usize) -> Self {
         Self {
-            layers: (0..layers).map(|_| KvCache::new(2, capacity.max(1))).collect(),
+            layers: (0..layers)
+                .map(|_| KvCache::new(2, capacity.max(1)))
+                .collect(),
             valid: Vec::new(),
         }
     }
@@ -307,7 +315,10 @@ impl DecoderCache {
     pub fn repeat(&self, n: usize, capacity: usize) -> Result<Self> {
         if self.batch() != 1 {
             return Err(Error::Input {
-                message: format!("can only repeat a cache of one sequence, this one holds {}", self.batch()),
+                message: format!(
+                    "can only repeat a cache of one sequence, this one holds {}",
+                    self.batch()
+                ),
             });
         }
         let mut layers = Vec::with_capacity(self.layers.len());
@@ -331,7 +342,12 @@ impl DecoderCache {
 /// `None` when plain causal attention over a fully valid cache needs none.
 /// A query row whose every allowed key is padding may attend to itself, so no row
 /// is fully masked (its output is never used).
-fn attention_mask(valid: &[Vec<bool>], past: usize, s: usize, device: &Device) -> Result<Option<Tensor>> {
+fn attention_mask(
+    valid: &[Vec<bool>],
+    past: usize,
+    s: usize,
+    device: &Device,
+) -> Result<Option<Tensor>> {
     let all_valid = valid.iter().all(|v| v.iter().all(|&x| x));
     if all_valid && s == 1 {
         return Ok(None);
@@ -378,11 +394,18 @@ pub struct TextDecoder {
 
 impl TextDecoder {
     /// Build the decoder from `weights`, reading only `model.language_model.*` and `lm_head`.
-    pub fn new(cfg: &Qwen3VlConfig, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &Qwen3VlConfig,
+        weights: &Weights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         let t = &cfg.text;
         let root = Params::new(weights, dtype, device);
         let p = root.pp(TEXT_PREFIX);
-        let embed = p.pp("embed_tokens").get(&[t.vocab_size, t.hidden_size], "weight")?;
+        let embed = p
+            .pp("embed_tokens")
+            .get(&[t.vocab_size, t.hidden_size], "weight")?;
         let layers = (0..t.num_hidden_layers)
             .map(|i| DecoderLayer::new(t, p.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
@@ -390,7 +413,8 @@ impl TextDecoder {
         let lm_head = if cfg.tie_word_embeddings {
             Linear::new(embed.clone(), None)
         } else if root.contains(LM_HEAD) {
-            root.pp("lm_head").linear(t.hidden_size, t.vocab_size, false)?
+            root.pp("lm_head")
+                .linear(t.hidden_size, t.vocab_size, false)?
         } else {
             return Err(Error::MissingTensor {
                 name: format!("{LM_HEAD} (tie_word_embeddings is false)"),
@@ -447,7 +471,8 @@ impl TextDecoder {
         cache: &mut DecoderCache,
     ) -> Result<Tensor> {
         let (b, s, h) = embeds.dims3()?;
-        if pos.batch != b || pos.seq != s || valid.len() != b || valid.iter().any(|v| v.len() != s) {
+        if pos.batch != b || pos.seq != s || valid.len() != b || valid.iter().any(|v| v.len() != s)
+        {
             return Err(Error::Input {
                 message: format!(
                     "embeddings are {b}x{s}, positions {}x{}, validity mask {}x{}",
@@ -460,7 +485,10 @@ impl TextDecoder {
         }
         if h != self.cfg.hidden_size {
             return Err(Error::Input {
-                message: format!("embedding width {h} != hidden_size {}", self.cfg.hidden_size),
+                message: format!(
+                    "embedding width {h} != hidden_size {}",
+                    self.cfg.hidden_size
+                ),
             });
         }
         let past = cache.len();
@@ -510,6 +538,9 @@ impl TextDecoder {
 
     /// Log-softmax over the vocabulary of `logits`, in f32.
     pub fn log_softmax(logits: &Tensor) -> Result<Tensor> {
-        Ok(candle_nn::ops::log_softmax(&logits.to_dtype(DType::F32)?, D::Minus1)?)
+        Ok(candle_nn::ops::log_softmax(
+            &logits.to_dtype(DType::F32)?,
+            D::Minus1,
+        )?)
     }
 }

@@ -78,7 +78,9 @@ pub enum Error {
         message: String,
     },
     /// An adapter file's metadata disagrees with its tensors or with the decoder.
-    #[error("adapter {field} mismatch: {expected_what} is {expected}, but {actual_what} is {actual}")]
+    #[error(
+        "adapter {field} mismatch: {expected_what} is {expected}, but {actual_what} is {actual}"
+    )]
     AdapterMismatch {
         /// The adapter metadata field at fault (e.g. `hidden_size`).
         field: &'static str,

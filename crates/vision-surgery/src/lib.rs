@@ -9,12 +9,14 @@
 //! tokenizer), [`sampling`] (generation options), [`surgered`] (the user-facing model:
 //! load, generate, score, save).
 
+#![warn(missing_docs)]
+
 pub mod adapter;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
-pub mod model;
 pub mod error;
+pub mod model;
 pub mod position;
 pub mod prompt;
 pub mod rotary;
@@ -22,12 +24,12 @@ pub mod sampling;
 pub mod surgered;
 pub mod weights;
 
-pub use error::{Error, Result};
 pub use adapter::{Activation, AdapterSpec, EmbeddingAdapter, SoftTokens};
 pub use checkpoint::ModelSource;
+pub use error::{Error, Result};
 pub use prompt::{ITEM_MARKER, Prompt};
 pub use sampling::{GenerateOptions, Sampling};
 pub use surgered::{
-    ContinuationScore, FinishReason, Generation, LoadOptions, SaveOptions, SavedCheckpoint, SurgeredModel,
-    SurgeryReport, load_npy_items, save_npy_items,
+    ContinuationScore, FinishReason, Generation, LoadOptions, SaveOptions, SavedCheckpoint,
+    SurgeredModel, SurgeryReport, load_npy_items, save_npy_items,
 };

@@ -60,7 +60,12 @@ pub struct TextModel {
 
 impl TextModel {
     /// Build from a config and mapped weights (reads no vision tensor).
-    pub fn new(cfg: &Qwen3VlConfig, weights: &Weights, dtype: DType, device: &Device) -> Result<Self> {
+    pub fn new(
+        cfg: &Qwen3VlConfig,
+        weights: &Weights,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<Self> {
         Ok(Self {
             decoder: TextDecoder::new(cfg, weights, dtype, device)?,
             tokens: cfg.tokens,
@@ -94,7 +99,12 @@ impl TextModel {
     }
 
     /// Run a batch of prompts (left-padded to the longest) into an empty `cache`.
-    pub fn prefill(&self, seqs: &[SequenceInput], cache: &mut DecoderCache, scope: LogitsScope) -> Result<Prefill> {
+    pub fn prefill(
+        &self,
+        seqs: &[SequenceInput],
+        cache: &mut DecoderCache,
+        scope: LogitsScope,
+    ) -> Result<Prefill> {
         if seqs.is_empty() {
             return Err(Error::Input {
                 message: "empty batch".into(),
@@ -135,7 +145,10 @@ impl TextModel {
             for (i, &t) in q.ids.iter().enumerate() {
                 if t as usize >= cfg.vocab_size {
                     return Err(Error::Input {
-                        message: format!("sequence {bi}, token {i}: id {t} is outside the vocabulary (size {})", cfg.vocab_size),
+                        message: format!(
+                            "sequence {bi}, token {i}: id {t} is outside the vocabulary (size {})",
+                            cfg.vocab_size
+                        ),
                     });
                 }
             }
@@ -146,7 +159,9 @@ impl TextModel {
             match &q.visual {
                 None if n_ph > 0 => {
                     return Err(Error::Input {
-                        message: format!("sequence {bi} has {n_ph} visual placeholders but no visual input"),
+                        message: format!(
+                            "sequence {bi} has {n_ph} visual placeholders but no visual input"
+                        ),
                     });
                 }
                 None => {}
@@ -154,28 +169,43 @@ impl TextModel {
                     let (rows, width) = vis.embeds.dims2()?;
                     if width != hidden {
                         return Err(Error::Input {
-                            message: format!("sequence {bi}: soft tokens are {width} wide, the decoder's hidden_size is {hidden}"),
+                            message: format!(
+                                "sequence {bi}: soft tokens are {width} wide, the decoder's hidden_size is {hidden}"
+                            ),
                         });
                     }
                     if rows != n_ph {
                         return Err(Error::Input {
-                            message: format!("sequence {bi} has {n_ph} visual placeholders but {rows} soft tokens"),
+                            message: format!(
+                                "sequence {bi} has {n_ph} visual placeholders but {rows} soft tokens"
+                            ),
                         });
                     }
                     if *levels.get_or_insert(vis.deepstack.len()) != vis.deepstack.len() {
                         return Err(Error::Input {
-                            message: format!("sequence {bi} has {} DeepStack levels, an earlier one {}", vis.deepstack.len(), levels.unwrap_or(0)),
+                            message: format!(
+                                "sequence {bi} has {} DeepStack levels, an earlier one {}",
+                                vis.deepstack.len(),
+                                levels.unwrap_or(0)
+                            ),
                         });
                     }
                     if vis.deepstack.len() > self.deepstack_levels {
                         return Err(Error::Input {
-                            message: format!("sequence {bi} has {} DeepStack levels, the model was trained with {}", vis.deepstack.len(), self.deepstack_levels),
+                            message: format!(
+                                "sequence {bi} has {} DeepStack levels, the model was trained with {}",
+                                vis.deepstack.len(),
+                                self.deepstack_levels
+                            ),
                         });
                     }
                     for (k, d) in vis.deepstack.iter().enumerate() {
                         if d.dims2()? != (n_ph, hidden) {
                             return Err(Error::Input {
-                                message: format!("sequence {bi}: DeepStack level {k} has shape {:?}, expected ({n_ph}, {hidden})", d.dims()),
+                                message: format!(
+                                    "sequence {bi}: DeepStack level {k} has shape {:?}, expected ({n_ph}, {hidden})",
+                                    d.dims()
+                                ),
                             });
                         }
                     }
@@ -224,7 +254,9 @@ impl TextModel {
                 });
             }
         }
-        let hidden_states = self.decoder.forward(&embeds, &pos, &valid, deepstack.as_ref(), cache)?;
+        let hidden_states =
+            self.decoder
+                .forward(&embeds, &pos, &valid, deepstack.as_ref(), cache)?;
         let logits = match scope {
             LogitsScope::Last => self.decoder.logits(&hidden_states.i((.., s - 1, ..))?)?,
             LogitsScope::All => self.decoder.logits(&hidden_states)?,
@@ -238,7 +270,13 @@ impl TextModel {
 
     /// Append `ids[b]` (all the same length) to each cached sequence and return logits.
     /// Positions continue from the cache: slot `j` gets `j + deltas[b]` on all rows.
-    pub fn extend(&self, ids: &[Vec<u32>], deltas: &[i64], cache: &mut DecoderCache, scope: LogitsScope) -> Result<Tensor> {
+    pub fn extend(
+        &self,
+        ids: &[Vec<u32>],
+        deltas: &[i64],
+        cache: &mut DecoderCache,
+        scope: LogitsScope,
+    ) -> Result<Tensor> {
         let b = ids.len();
         let n = ids.first().map_or(0, Vec::len);
         if b == 0 || n == 0 || ids.iter().any(|v| v.len() != n) {
@@ -248,13 +286,23 @@ impl TextModel {
         }
         if deltas.len() != b || cache.batch() != b {
             return Err(Error::Input {
-                message: format!("{b} sequences, {} deltas, {} cached sequences", deltas.len(), cache.batch()),
+                message: format!(
+                    "{b} sequences, {} deltas, {} cached sequences",
+                    deltas.len(),
+                    cache.batch()
+                ),
             });
         }
         let vocab = self.decoder.config().vocab_size;
-        if let Some(&bad) = ids.iter().flatten().find(|&&t| t as usize >= vocab || self.is_placeholder(t)) {
+        if let Some(&bad) = ids
+            .iter()
+            .flatten()
+            .find(|&&t| t as usize >= vocab || self.is_placeholder(t))
+        {
             return Err(Error::Input {
-                message: format!("token {bad} cannot be appended (outside the vocabulary or a visual placeholder)"),
+                message: format!(
+                    "token {bad} cannot be appended (outside the vocabulary or a visual placeholder)"
+                ),
             });
         }
         let pos = Positions::continuation(cache.len(), n, deltas);

@@ -29,7 +29,7 @@ impl VisualGrid {
     /// adapter are laid out unless its header says otherwise.
     pub fn for_tokens(k: usize) -> Self {
         let mut h = (k as f64).sqrt() as usize;
-        while h > 1 && k % h != 0 {
+        while h > 1 && !k.is_multiple_of(h) {
             h -= 1;
         }
         let h = h.max(1);
@@ -223,10 +223,19 @@ mod tests {
         let g = [VisualGrid::still(1, 2)];
         let (p, d) = rope_index_batch(&[&a, &b], 4, |t| t == 9, &[&g, &[]]).unwrap();
         // a: text 0, visual (t=1,h=1,w=0..1) -> 1,1 / 1,1 / 1,2 ; cur=1+2=3 ; text 3
-        assert_eq!((0..4).map(|s| p.get(2, 0, s)).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
-        assert_eq!((0..4).map(|s| p.get(1, 0, s)).collect::<Vec<_>>(), vec![0, 1, 1, 3]);
+        assert_eq!(
+            (0..4).map(|s| p.get(2, 0, s)).collect::<Vec<_>>(),
+            vec![0, 1, 2, 3]
+        );
+        assert_eq!(
+            (0..4).map(|s| p.get(1, 0, s)).collect::<Vec<_>>(),
+            vec![0, 1, 1, 3]
+        );
         // b: padded twice
-        assert_eq!((0..4).map(|s| p.get(0, 1, s)).collect::<Vec<_>>(), vec![0, 0, 0, 1]);
+        assert_eq!(
+            (0..4).map(|s| p.get(0, 1, s)).collect::<Vec<_>>(),
+            vec![0, 0, 0, 1]
+        );
         assert_eq!(d, vec![0, 2 - 4]);
         // the next token of b sits at position 2
         assert_eq!(Positions::decode_step(4, &d).get(0, 1, 0), 2);

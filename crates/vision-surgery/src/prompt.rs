@@ -84,27 +84,41 @@ fn tok_err(message: impl Into<String>) -> Error {
 impl PromptTokenizer {
     /// Load `tokenizer.json` and check its special tokens agree with `tokens`.
     pub fn from_file(path: &Path, tokens: &SpecialTokens) -> Result<Self> {
-        let tok = Tokenizer::from_file(path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+        let tok =
+            Tokenizer::from_file(path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
         Self::new(tok, tokens)
     }
 
     /// Wrap a tokenizer, checking its special tokens agree with `tokens`.
     pub fn new(tok: Tokenizer, tokens: &SpecialTokens) -> Result<Self> {
         let id = |s: &str| {
-            tok.token_to_id(s)
-                .ok_or_else(|| tok_err(format!("the tokenizer has no special token {s}, which the Qwen3-VL chat template needs")))
+            tok.token_to_id(s).ok_or_else(|| {
+                tok_err(format!(
+                    "the tokenizer has no special token {s}, which the Qwen3-VL chat template needs"
+                ))
+            })
         };
         for s in TEMPLATE_TOKENS {
             id(s)?;
         }
         for (name, s, want) in [
             ("image_token_id", "<|image_pad|>", tokens.image_token_id),
-            ("vision_start_token_id", "<|vision_start|>", tokens.vision_start_token_id),
-            ("vision_end_token_id", "<|vision_end|>", tokens.vision_end_token_id),
+            (
+                "vision_start_token_id",
+                "<|vision_start|>",
+                tokens.vision_start_token_id,
+            ),
+            (
+                "vision_end_token_id",
+                "<|vision_end|>",
+                tokens.vision_end_token_id,
+            ),
         ] {
             let got = id(s)?;
             if got != want {
-                return Err(tok_err(format!("{s} is id {got} in the tokenizer but config.json says {name} = {want}")));
+                return Err(tok_err(format!(
+                    "{s} is id {got} in the tokenizer but config.json says {name} = {want}"
+                )));
             }
         }
         Ok(Self {
@@ -126,7 +140,11 @@ impl PromptTokenizer {
 
     /// Render the chat template for `prompt` with `n_items` items of `k` soft tokens each.
     pub fn render(&self, prompt: &Prompt, n_items: usize, k: usize) -> Result<String> {
-        check_text("system message", prompt.system.as_deref().unwrap_or(""), &self.tok)?;
+        check_text(
+            "system message",
+            prompt.system.as_deref().unwrap_or(""),
+            &self.tok,
+        )?;
         check_text("user message", &prompt.user, &self.tok)?;
         let item = |out: &mut String| {
             out.push_str("<|vision_start|>");
@@ -182,13 +200,18 @@ impl PromptTokenizer {
     }
 
     fn encode_raw(&self, text: &str) -> Result<Vec<u32>> {
-        let enc = self.tok.encode(text, false).map_err(|e| tok_err(e.to_string()))?;
+        let enc = self
+            .tok
+            .encode(text, false)
+            .map_err(|e| tok_err(e.to_string()))?;
         Ok(enc.get_ids().to_vec())
     }
 
     /// Decode ids to text, dropping special tokens.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.tok.decode(ids, true).map_err(|e| tok_err(e.to_string()))
+        self.tok
+            .decode(ids, true)
+            .map_err(|e| tok_err(e.to_string()))
     }
 }
 
@@ -204,7 +227,9 @@ fn check_text(what: &str, text: &str, tok: &Tokenizer) -> Result<()> {
         if !inner.is_empty() && !inner.contains(char::is_whitespace) {
             return Err(Error::Prompt {
                 message: if tok.token_to_id(name).is_some() {
-                    format!("{what} contains the special token {name}, which is reserved for the chat template (reference items with {ITEM_MARKER})")
+                    format!(
+                        "{what} contains the special token {name}, which is reserved for the chat template (reference items with {ITEM_MARKER})"
+                    )
                 } else {
                     format!("{what} contains the unknown special token {name}")
                 },
@@ -239,17 +264,28 @@ mod tests {
         assert_eq!(ids[0], 257);
         // no markers: items go first
         let text = t.render(&Prompt::user("hi"), 1, 1).unwrap();
-        assert!(text.starts_with("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi"));
+        assert!(
+            text.starts_with("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>hi")
+        );
     }
 
     #[test]
     fn bad_prompts_are_typed_errors() {
         let t = fixture_tokenizer();
-        let e = t.render(&Prompt::user("<item>"), 2, 1).unwrap_err().to_string();
+        let e = t
+            .render(&Prompt::user("<item>"), 2, 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("1 <item> placeholders but 2 items"), "{e}");
-        let e = t.render(&Prompt::user("x <|image_pad|>"), 0, 1).unwrap_err().to_string();
+        let e = t
+            .render(&Prompt::user("x <|image_pad|>"), 0, 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("reserved"), "{e}");
-        let e = t.render(&Prompt::user("x <|made_up|>"), 0, 1).unwrap_err().to_string();
+        let e = t
+            .render(&Prompt::user("x <|made_up|>"), 0, 1)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown special token <|made_up|>"), "{e}");
         // plain text with pipes is fine
         t.render(&Prompt::user("a <| b |> c"), 0, 1).unwrap();

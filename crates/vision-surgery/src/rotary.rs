@@ -41,7 +41,12 @@ impl MRope {
     }
 
     /// `cos` and `sin` of shape (batch, seq, hd/2) for `pos`, in `dtype` on `device`.
-    pub fn cos_sin(&self, pos: &Positions, dtype: DType, device: &Device) -> Result<(Tensor, Tensor)> {
+    pub fn cos_sin(
+        &self,
+        pos: &Positions,
+        dtype: DType,
+        device: &Device,
+    ) -> Result<(Tensor, Tensor)> {
         let half = self.inv_freq.len();
         let n = pos.batch * pos.seq;
         let mut cos = Vec::with_capacity(n * half);

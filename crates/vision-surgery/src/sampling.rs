@@ -78,8 +78,23 @@ impl GenerateOptions {
     /// Restrict sampling to the k most likely tokens (switches to sampling at T=1 if greedy).
     pub fn top_k(mut self, k: usize) -> Self {
         self.sampling = match self.sampling {
-            Sampling::Sample { temperature, top_p, seed, .. } => Sampling::Sample { temperature, top_k: Some(k), top_p, seed },
-            Sampling::Greedy => Sampling::Sample { temperature: 1.0, top_k: Some(k), top_p: None, seed: 0 },
+            Sampling::Sample {
+                temperature,
+                top_p,
+                seed,
+                ..
+            } => Sampling::Sample {
+                temperature,
+                top_k: Some(k),
+                top_p,
+                seed,
+            },
+            Sampling::Greedy => Sampling::Sample {
+                temperature: 1.0,
+                top_k: Some(k),
+                top_p: None,
+                seed: 0,
+            },
         };
         self
     }
@@ -87,8 +102,23 @@ impl GenerateOptions {
     /// Nucleus sampling with mass `p` (switches to sampling at T=1 if greedy).
     pub fn top_p(mut self, p: f32) -> Self {
         self.sampling = match self.sampling {
-            Sampling::Sample { temperature, top_k, seed, .. } => Sampling::Sample { temperature, top_k, top_p: Some(p), seed },
-            Sampling::Greedy => Sampling::Sample { temperature: 1.0, top_k: None, top_p: Some(p), seed: 0 },
+            Sampling::Sample {
+                temperature,
+                top_k,
+                seed,
+                ..
+            } => Sampling::Sample {
+                temperature,
+                top_k,
+                top_p: Some(p),
+                seed,
+            },
+            Sampling::Greedy => Sampling::Sample {
+                temperature: 1.0,
+                top_k: None,
+                top_p: Some(p),
+                seed: 0,
+            },
         };
         self
     }
@@ -102,22 +132,45 @@ impl GenerateOptions {
     /// Check every option, naming the first invalid one.
     pub fn validate(&self, vocab: usize) -> Result<()> {
         if self.max_tokens == 0 {
-            return Err(Error::Options { option: "max_tokens", message: "must be > 0".into() });
+            return Err(Error::Options {
+                option: "max_tokens",
+                message: "must be > 0".into(),
+            });
         }
         if let Some(&t) = self.stop_tokens.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::Options { option: "stop_tokens", message: format!("id {t} is outside the vocabulary (size {vocab})") });
+            return Err(Error::Options {
+                option: "stop_tokens",
+                message: format!("id {t} is outside the vocabulary (size {vocab})"),
+            });
         }
-        if let Sampling::Sample { temperature, top_k, top_p, .. } = self.sampling {
+        if let Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        } = self.sampling
+        {
             if !(temperature.is_finite() && temperature > 0.0) {
-                return Err(Error::Options { option: "temperature", message: format!("must be finite and > 0, found {temperature} (use greedy for 0)") });
+                return Err(Error::Options {
+                    option: "temperature",
+                    message: format!(
+                        "must be finite and > 0, found {temperature} (use greedy for 0)"
+                    ),
+                });
             }
             if top_k == Some(0) {
-                return Err(Error::Options { option: "top_k", message: "must be > 0".into() });
+                return Err(Error::Options {
+                    option: "top_k",
+                    message: "must be > 0".into(),
+                });
             }
             if let Some(p) = top_p
                 && !(p > 0.0 && p <= 1.0)
             {
-                return Err(Error::Options { option: "top_p", message: format!("must be in (0, 1], found {p}") });
+                return Err(Error::Options {
+                    option: "top_p",
+                    message: format!("must be in (0, 1], found {p}"),
+                });
             }
         }
         Ok(())
@@ -148,12 +201,24 @@ impl Sampler {
 
     /// Choose the next token from one row of logits.
     pub fn next(&mut self, logits: &[f32]) -> u32 {
-        let Sampling::Sample { temperature, top_k, top_p, .. } = self.sampling else {
+        let Sampling::Sample {
+            temperature,
+            top_k,
+            top_p,
+            ..
+        } = self.sampling
+        else {
             return argmax(logits);
         };
         let c = &mut self.scratch;
         c.clear();
-        c.extend(logits.iter().enumerate().filter(|(_, l)| !l.is_nan()).map(|(i, &l)| (l / temperature, i as u32)));
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| !l.is_nan())
+                .map(|(i, &l)| (l / temperature, i as u32)),
+        );
         if c.is_empty() {
             return 0;
         }
@@ -241,13 +306,29 @@ mod tests {
 
     #[test]
     fn invalid_options_name_the_option() {
-        let e = GenerateOptions::new().sample(0.0, 1).validate(10).unwrap_err().to_string();
+        let e = GenerateOptions::new()
+            .sample(0.0, 1)
+            .validate(10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("temperature"), "{e}");
-        let e = GenerateOptions::new().top_p(1.5).validate(10).unwrap_err().to_string();
+        let e = GenerateOptions::new()
+            .top_p(1.5)
+            .validate(10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("top_p"), "{e}");
-        let e = GenerateOptions::new().stop_token(99).validate(10).unwrap_err().to_string();
+        let e = GenerateOptions::new()
+            .stop_token(99)
+            .validate(10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("stop_tokens"), "{e}");
-        let e = GenerateOptions::new().max_tokens(0).validate(10).unwrap_err().to_string();
+        let e = GenerateOptions::new()
+            .max_tokens(0)
+            .validate(10)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("max_tokens"), "{e}");
     }
 }

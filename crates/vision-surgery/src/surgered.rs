@@ -92,7 +92,11 @@ fn human_bytes(b: u64) -> String {
         v /= 1024.0;
         i += 1;
     }
-    if i == 0 { format!("{b} B") } else { format!("{v:.2} {}", U[i]) }
+    if i == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.2} {}", U[i])
+    }
 }
 
 impl fmt::Display for SurgeryReport {
@@ -124,9 +128,17 @@ impl fmt::Display for SurgeryReport {
             self.loaded_bytes
         )?;
         if !self.unused_tensors.is_empty() {
-            writeln!(f, "  {} other tensors present but unused", self.unused_tensors.len())?;
+            writeln!(
+                f,
+                "  {} other tensors present but unused",
+                self.unused_tensors.len()
+            )?;
         }
-        write!(f, "vision-tower tensors read: {}", self.vision_tensors_read.len())
+        write!(
+            f,
+            "vision-tower tensors read: {}",
+            self.vision_tensors_read.len()
+        )
     }
 }
 
@@ -368,14 +380,17 @@ impl SurgeredModel {
             tokens.push(next);
             let text = tok.decode(&tokens)?;
             // hold back an incomplete UTF-8 sequence until its last byte arrives
-            if !text.ends_with('\u{FFFD}') && text.len() > emitted && text.is_char_boundary(emitted) {
+            if !text.ends_with('\u{FFFD}') && text.len() > emitted && text.is_char_boundary(emitted)
+            {
                 on_text(&text[emitted..]);
                 emitted = text.len();
             }
             if tokens.len() == opts.max_tokens {
                 break;
             }
-            logits = self.model.extend(&[vec![next]], &pre.deltas, &mut cache, LogitsScope::Last)?;
+            logits =
+                self.model
+                    .extend(&[vec![next]], &pre.deltas, &mut cache, LogitsScope::Last)?;
         }
         let text = tok.decode(&tokens)?;
         if text.len() > emitted && text.is_char_boundary(emitted) {
@@ -391,7 +406,12 @@ impl SurgeredModel {
 
     /// Log-probabilities of each continuation given `prompt` and `items`. The prompt is
     /// run once; the continuations run as one batch on copies of its cache.
-    pub fn score(&self, prompt: &Prompt, items: Option<&Tensor>, continuations: &[&str]) -> Result<Vec<ContinuationScore>> {
+    pub fn score(
+        &self,
+        prompt: &Prompt,
+        items: Option<&Tensor>,
+        continuations: &[&str],
+    ) -> Result<Vec<ContinuationScore>> {
         let tok = self.tokenizer_or_err()?;
         let conts = continuations
             .iter()
@@ -411,7 +431,11 @@ impl SurgeredModel {
     }
 
     /// [`SurgeredModel::score`] on token ids.
-    pub fn score_ids(&self, seq: SequenceInput, continuations: &[Vec<u32>]) -> Result<Vec<ContinuationScore>> {
+    pub fn score_ids(
+        &self,
+        seq: SequenceInput,
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<ContinuationScore>> {
         if continuations.is_empty() {
             return Ok(Vec::new());
         }
@@ -424,7 +448,9 @@ impl SurgeredModel {
         let prompt_len = seq.ids.len();
         let mut cache = self.model.new_cache(prompt_len);
         let pre = self.model.prefill(&[seq], &mut cache, LogitsScope::Last)?;
-        let first = crate::decoder::TextDecoder::log_softmax(&pre.logits)?.i(0)?.to_vec1::<f32>()?;
+        let first = crate::decoder::TextDecoder::log_softmax(&pre.logits)?
+            .i(0)?
+            .to_vec1::<f32>()?;
         let b = continuations.len();
         let mut out: Vec<ContinuationScore> = continuations
             .iter()
@@ -448,7 +474,9 @@ impl SurgeredModel {
                 .collect();
             let mut batch_cache = cache.repeat(b, prompt_len + steps)?;
             let deltas = vec![pre.deltas[0]; b];
-            let logits = self.model.extend(&inputs, &deltas, &mut batch_cache, LogitsScope::All)?;
+            let logits = self
+                .model
+                .extend(&inputs, &deltas, &mut batch_cache, LogitsScope::All)?;
             let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
             for (bi, c) in continuations.iter().enumerate() {
                 if c.len() < 2 {
@@ -517,9 +545,11 @@ impl SurgeredModel {
             }
             let path = dir.join(&file);
             let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-            safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| Error::Safetensors {
-                path: path.clone(),
-                message: e.to_string(),
+            safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| {
+                Error::Safetensors {
+                    path: path.clone(),
+                    message: e.to_string(),
+                }
             })?;
             written.push(path);
         }
@@ -641,9 +671,12 @@ pub fn save_npy_items(path: &Path, items: &Tensor) -> Result<()> {
     use ndarray_npy::WriteNpyExt;
     let (n, d) = items.dims2()?;
     let v: Vec<f32> = items.to_dtype(DType::F32)?.flatten_all()?.to_vec1()?;
-    let arr = ndarray::Array2::from_shape_vec((n, d), v).map_err(|e| Error::Embeddings { message: e.to_string() })?;
+    let arr = ndarray::Array2::from_shape_vec((n, d), v).map_err(|e| Error::Embeddings {
+        message: e.to_string(),
+    })?;
     let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    arr.write_npy(std::io::BufWriter::new(file)).map_err(|e| Error::Embeddings {
-        message: format!("{}: {e}", path.display()),
-    })
+    arr.write_npy(std::io::BufWriter::new(file))
+        .map_err(|e| Error::Embeddings {
+            message: format!("{}: {e}", path.display()),
+        })
 }

@@ -62,7 +62,13 @@ impl std::fmt::Debug for Weights {
 }
 
 /// Open and parse the header of one safetensors file; the data pages are not read.
-fn map_file(path: &Path) -> Result<(Mmap, usize, BTreeMap<String, safetensors::tensor::TensorInfo>)> {
+fn map_file(
+    path: &Path,
+) -> Result<(
+    Mmap,
+    usize,
+    BTreeMap<String, safetensors::tensor::TensorInfo>,
+)> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: the file is opened read-only; like every mmap-based model loader we
     // rely on the checkpoint not being truncated while it is mapped.

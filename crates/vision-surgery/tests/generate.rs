@@ -7,16 +7,23 @@ use common::{case_ids, fixture_case, fixture_model, max_abs_diff};
 use vision_surgery::model::{LogitsScope, SequenceInput, VisualInput};
 use vision_surgery::position::VisualGrid;
 use vision_surgery::{
-    AdapterSpec, EmbeddingAdapter, FinishReason, GenerateOptions, LoadOptions, Prompt, SurgeredModel,
+    AdapterSpec, EmbeddingAdapter, FinishReason, GenerateOptions, LoadOptions, Prompt,
+    SurgeredModel,
 };
 
 const FIXTURE: &str = "tiny-s0";
 const IN_DIM: usize = 24;
 
 fn model_with_adapter(deepstack: usize) -> SurgeredModel {
-    let mut m = SurgeredModel::load(fixture_model(FIXTURE).to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let spec = AdapterSpec::mlp(IN_DIM, 48, vision_surgery::Activation::Gelu, 4, 64).with_deepstack(deepstack);
-    m.attach_adapter(EmbeddingAdapter::init(spec, 11, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    let mut m = SurgeredModel::load(
+        fixture_model(FIXTURE).to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let spec = AdapterSpec::mlp(IN_DIM, 48, vision_surgery::Activation::Gelu, 4, 64)
+        .with_deepstack(deepstack);
+    m.attach_adapter(EmbeddingAdapter::init(spec, 11, DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
     m
 }
 
@@ -33,16 +40,34 @@ fn left_padded_batch_matches_single_sequences() {
     let model = m.text_model();
     let a = fixture_case(FIXTURE, "a_text");
     let d = fixture_case(FIXTURE, "d_injected");
-    let ds: Vec<Tensor> = (0..2).map(|k| d[&format!("deepstack_{k}")].clone()).collect();
-    let seq_a = SequenceInput { ids: case_ids(&a), visual: None };
+    let ds: Vec<Tensor> = (0..2)
+        .map(|k| d[&format!("deepstack_{k}")].clone())
+        .collect();
+    let seq_a = SequenceInput {
+        ids: case_ids(&a),
+        visual: None,
+    };
     let seq_d = SequenceInput {
         ids: case_ids(&d),
-        visual: Some(VisualInput { embeds: d["visual_embeds"].clone(), deepstack: ds, grids: vec![VisualGrid::still(3, 4)] }),
+        visual: Some(VisualInput {
+            embeds: d["visual_embeds"].clone(),
+            deepstack: ds,
+            grids: vec![VisualGrid::still(3, 4)],
+        }),
     };
     let mut cache = model.new_cache(64);
-    let batch = model.prefill(&[seq_a.clone(), seq_d.clone()], &mut cache, LogitsScope::All).unwrap();
+    let batch = model
+        .prefill(
+            &[seq_a.clone(), seq_d.clone()],
+            &mut cache,
+            LogitsScope::All,
+        )
+        .unwrap();
     let (la, ld) = (case_ids(&a).len(), case_ids(&d).len());
-    assert!(la < ld, "a_text must be the shorter one for this test to pad");
+    assert!(
+        la < ld,
+        "a_text must be the shorter one for this test to pad"
+    );
     assert_eq!(batch.padding, vec![ld - la, 0]);
     let pa = batch.logits.i((0, ld - la.., ..)).unwrap();
     let pd = batch.logits.i(1).unwrap();
@@ -51,12 +76,24 @@ fn left_padded_batch_matches_single_sequences() {
 
     // decode one step for both: each matches its own unbatched decode
     let next = vec![vec![7u32], vec![9u32]];
-    let step = model.extend(&next, &batch.deltas, &mut cache, LogitsScope::Last).unwrap();
+    let step = model
+        .extend(&next, &batch.deltas, &mut cache, LogitsScope::Last)
+        .unwrap();
     for (bi, seq) in [seq_a, seq_d].into_iter().enumerate() {
         let mut c = model.new_cache(64);
         let single = model.prefill(&[seq], &mut c, LogitsScope::Last).unwrap();
-        let s = model.extend(&[next[bi].clone()], &single.deltas, &mut c, LogitsScope::Last).unwrap();
-        assert!(max_abs_diff(&step.i(bi..bi + 1).unwrap(), &s) <= 1e-4, "sequence {bi}");
+        let s = model
+            .extend(
+                &[next[bi].clone()],
+                &single.deltas,
+                &mut c,
+                LogitsScope::Last,
+            )
+            .unwrap();
+        assert!(
+            max_abs_diff(&step.i(bi..bi + 1).unwrap(), &s) <= 1e-4,
+            "sequence {bi}"
+        );
     }
 }
 
@@ -66,7 +103,14 @@ fn greedy_generation_streams_and_matches_a_manual_argmax_loop() {
     let it = items(2, 1);
     let prompt = Prompt::user("Compare <item> with <item>.");
     let mut streamed = String::new();
-    let g = m.generate(&prompt, Some(&it), &GenerateOptions::new().max_tokens(12).greedy(), |s| streamed.push_str(s)).unwrap();
+    let g = m
+        .generate(
+            &prompt,
+            Some(&it),
+            &GenerateOptions::new().max_tokens(12).greedy(),
+            |s| streamed.push_str(s),
+        )
+        .unwrap();
     assert_eq!(streamed, g.text);
     assert!(!g.tokens.is_empty() && g.tokens.len() <= 12);
 
@@ -75,7 +119,9 @@ fn greedy_generation_streams_and_matches_a_manual_argmax_loop() {
     let seq = m.prepare(&prompt, Some(&it)).unwrap();
     assert_eq!(seq.ids.len(), g.prompt_tokens);
     let mut cache = model.new_cache(64);
-    let pre = model.prefill(&[seq], &mut cache, LogitsScope::Last).unwrap();
+    let pre = model
+        .prefill(&[seq], &mut cache, LogitsScope::Last)
+        .unwrap();
     let mut logits = pre.logits;
     let stops = m.tokenizer().unwrap().default_stop_tokens();
     let mut manual = Vec::new();
@@ -85,16 +131,32 @@ fn greedy_generation_streams_and_matches_a_manual_argmax_loop() {
             break;
         }
         manual.push(t);
-        logits = model.extend(&[vec![t]], &pre.deltas, &mut cache, LogitsScope::Last).unwrap();
+        logits = model
+            .extend(&[vec![t]], &pre.deltas, &mut cache, LogitsScope::Last)
+            .unwrap();
     }
     assert_eq!(g.tokens, manual);
 
     // a stop token ends generation before it is emitted
     let first = g.tokens[0];
-    let s = m.generate(&prompt, Some(&it), &GenerateOptions::new().stop_token(first), |_| {}).unwrap();
+    let s = m
+        .generate(
+            &prompt,
+            Some(&it),
+            &GenerateOptions::new().stop_token(first),
+            |_| {},
+        )
+        .unwrap();
     assert_eq!(s.finish, FinishReason::Stop(first));
     assert!(s.tokens.is_empty());
-    let s = m.generate(&prompt, Some(&it), &GenerateOptions::new().max_tokens(3), |_| {}).unwrap();
+    let s = m
+        .generate(
+            &prompt,
+            Some(&it),
+            &GenerateOptions::new().max_tokens(3),
+            |_| {},
+        )
+        .unwrap();
     assert_eq!(s.finish, FinishReason::MaxTokens);
     assert_eq!(s.tokens, g.tokens[..3]);
 }
@@ -105,11 +167,19 @@ fn seeded_sampling_is_reproducible() {
     let it = items(1, 4);
     let p = Prompt::user("Describe <item>");
     let run = |seed| {
-        let o = GenerateOptions::new().max_tokens(16).sample(1.5, seed).top_k(50).top_p(0.95);
+        let o = GenerateOptions::new()
+            .max_tokens(16)
+            .sample(1.5, seed)
+            .top_k(50)
+            .top_p(0.95);
         m.generate(&p, Some(&it), &o, |_| {}).unwrap().tokens
     };
     assert_eq!(run(3), run(3));
-    assert_ne!(run(3), run(4), "different seeds should differ on a random model");
+    assert_ne!(
+        run(3),
+        run(4),
+        "different seeds should differ on a random model"
+    );
 }
 
 #[test]
@@ -130,12 +200,20 @@ fn scores_equal_a_full_recomputation() {
         let plen = seq.ids.len();
         seq.ids.extend(&cont);
         let mut cache = model.new_cache(128);
-        let all = model.prefill(&[seq], &mut cache, LogitsScope::All).unwrap().logits;
+        let all = model
+            .prefill(&[seq], &mut cache, LogitsScope::All)
+            .unwrap()
+            .logits;
         let lp = candle_nn::ops::log_softmax(&all, D::Minus1).unwrap();
         let want: Vec<f32> = cont
             .iter()
             .enumerate()
-            .map(|(i, &t)| lp.i((0, plen - 1 + i, t as usize)).unwrap().to_scalar::<f32>().unwrap())
+            .map(|(i, &t)| {
+                lp.i((0, plen - 1 + i, t as usize))
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap()
+            })
             .collect();
         assert_eq!(s.token_logprobs.len(), want.len());
         for (a, b) in s.token_logprobs.iter().zip(&want) {
@@ -150,37 +228,72 @@ fn bad_input_is_a_typed_error() {
     let m = model_with_adapter(0);
     let o = GenerateOptions::new().max_tokens(2);
     // more items than placeholders
-    let e = m.generate(&Prompt::user("only <item>"), Some(&items(2, 1)), &o, |_| {}).unwrap_err();
+    let e = m
+        .generate(&Prompt::user("only <item>"), Some(&items(2, 1)), &o, |_| {})
+        .unwrap_err();
     assert!(matches!(e, vision_surgery::Error::Prompt { .. }), "{e}");
     // wrong embedding width
     let wide = Tensor::zeros((1, IN_DIM + 1), DType::F32, &Device::Cpu).unwrap();
-    let e = m.generate(&Prompt::user("<item>"), Some(&wide), &o, |_| {}).unwrap_err().to_string();
-    assert!(e.contains("in_dim") && e.contains(&IN_DIM.to_string()) && e.contains(&(IN_DIM + 1).to_string()), "{e}");
+    let e = m
+        .generate(&Prompt::user("<item>"), Some(&wide), &o, |_| {})
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("in_dim")
+            && e.contains(&IN_DIM.to_string())
+            && e.contains(&(IN_DIM + 1).to_string()),
+        "{e}"
+    );
     // NaN embedding
     let mut v = vec![0.1f32; 2 * IN_DIM];
     v[IN_DIM + 5] = f32::NAN;
     let nan = Tensor::from_vec(v, (2, IN_DIM), &Device::Cpu).unwrap();
-    let e = m.score(&Prompt::user("<item> <item>"), Some(&nan), &["a"]).unwrap_err().to_string();
+    let e = m
+        .score(&Prompt::user("<item> <item>"), Some(&nan), &["a"])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("item 1, column 5"), "{e}");
     // unknown special token
-    let e = m.generate(&Prompt::user("hello <|shiny|>"), None, &o, |_| {}).unwrap_err().to_string();
+    let e = m
+        .generate(&Prompt::user("hello <|shiny|>"), None, &o, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown special token <|shiny|>"), "{e}");
     // items but no adapter
-    let bare = SurgeredModel::load(fixture_model(FIXTURE).to_str().unwrap(), &LoadOptions::default()).unwrap();
-    let e = bare.generate(&Prompt::user("<item>"), Some(&items(1, 1)), &o, |_| {}).unwrap_err().to_string();
+    let bare = SurgeredModel::load(
+        fixture_model(FIXTURE).to_str().unwrap(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let e = bare
+        .generate(&Prompt::user("<item>"), Some(&items(1, 1)), &o, |_| {})
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("no adapter"), "{e}");
     // empty continuation
-    let e = m.score(&Prompt::user("x"), None, &["ok", ""]).unwrap_err().to_string();
+    let e = m
+        .score(&Prompt::user("x"), None, &["ok", ""])
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("continuation 1 is empty"), "{e}");
     // bad option
-    let e = m.generate(&Prompt::user("x"), None, &GenerateOptions::new().sample(-1.0, 0), |_| {}).unwrap_err().to_string();
+    let e = m
+        .generate(
+            &Prompt::user("x"),
+            None,
+            &GenerateOptions::new().sample(-1.0, 0),
+            |_| {},
+        )
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("temperature"), "{e}");
 }
 
 #[test]
 fn adapter_file_round_trip_and_shape_checks() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = AdapterSpec::mlp(IN_DIM, 40, vision_surgery::Activation::Silu, 2, 64).with_deepstack(1);
+    let spec =
+        AdapterSpec::mlp(IN_DIM, 40, vision_surgery::Activation::Silu, 2, 64).with_deepstack(1);
     let a = EmbeddingAdapter::init(spec.clone(), 3, DType::F32, &Device::Cpu).unwrap();
     let p = dir.path().join("a.safetensors");
     a.save(&p).unwrap();
@@ -200,15 +313,30 @@ fn adapter_file_round_trip_and_shape_checks() {
         .iter()
         .map(|(n, t)| {
             let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
-            (n.clone(), v.iter().flat_map(|x| x.to_le_bytes()).collect(), t.dims().to_vec())
+            (
+                n.clone(),
+                v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                t.dims().to_vec(),
+            )
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
-        .map(|(n, b, s)| (n.clone(), safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).unwrap()))
+        .map(|(n, b, s)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
         .collect();
     let bad = dir.path().join("bad.safetensors");
     safetensors::serialize_to_file(views, Some(meta), &bad).unwrap();
-    let e = EmbeddingAdapter::load(&bad, DType::F32, &Device::Cpu).unwrap_err().to_string();
-    assert!(e.contains("tokens_per_item") && e.contains("[128, 40]") && e.contains("[192, 40]"), "{e}");
+    let e = EmbeddingAdapter::load(&bad, DType::F32, &Device::Cpu)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokens_per_item") && e.contains("[128, 40]") && e.contains("[192, 40]"),
+        "{e}"
+    );
 }

@@ -25,7 +25,11 @@ fn hub_ids_resolve_from_the_offline_cache() {
     assert!(m.surgery_report().skipped_tensors > 0);
     assert!(m.tokenizer().is_some());
     // a pinned commit resolves through snapshots/ directly
-    let pinned = SurgeredModel::load(&format!("mosaic/tiny-qwen3vl@{COMMIT}"), &LoadOptions::default()).unwrap();
+    let pinned = SurgeredModel::load(
+        &format!("mosaic/tiny-qwen3vl@{COMMIT}"),
+        &LoadOptions::default(),
+    )
+    .unwrap();
     assert_eq!(pinned.surgery_report(), m.surgery_report());
     // a model that is not cached is a typed hub error, not a network attempt
     let e = SurgeredModel::load("mosaic/not-cached", &LoadOptions::default()).unwrap_err();

@@ -21,7 +21,10 @@ fn text_logits(m: &SurgeredModel) -> Tensor {
         ids: case_ids(&t),
         visual: None,
     };
-    model.prefill(&[seq], &mut cache, LogitsScope::All).unwrap().logits
+    model
+        .prefill(&[seq], &mut cache, LogitsScope::All)
+        .unwrap()
+        .logits
 }
 
 fn golden_text_logits() -> Tensor {
@@ -30,8 +33,16 @@ fn golden_text_logits() -> Tensor {
 
 /// Every visual tensor of the fixture, with its size.
 fn visual_tensors() -> (usize, u64, u64) {
-    let all = candle_core::safetensors::load(fixture_model(FIXTURE).join("model.safetensors"), &Device::Cpu).unwrap();
-    let vis: Vec<&Tensor> = all.iter().filter(|(k, _)| k.starts_with("model.visual.")).map(|(_, t)| t).collect();
+    let all = candle_core::safetensors::load(
+        fixture_model(FIXTURE).join("model.safetensors"),
+        &Device::Cpu,
+    )
+    .unwrap();
+    let vis: Vec<&Tensor> = all
+        .iter()
+        .filter(|(k, _)| k.starts_with("model.visual."))
+        .map(|(_, t)| t)
+        .collect();
     let params: u64 = vis.iter().map(|t| t.elem_count() as u64).sum();
     (vis.len(), params, params * 4)
 }
@@ -96,7 +107,10 @@ fn missing_visual_tensors_still_load() {
     copy_dir(&fixture_model(FIXTURE), dir.path());
     let p = dir.path().join("model.safetensors");
     let all = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
-    let text: HashMap<String, Tensor> = all.into_iter().filter(|(k, _)| !k.starts_with("model.visual.")).collect();
+    let text: HashMap<String, Tensor> = all
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("model.visual."))
+        .collect();
     candle_core::safetensors::save(&text, &p).unwrap();
     let m = load(dir.path());
     assert_eq!(m.surgery_report().skipped_tensors, 0);
@@ -108,7 +122,9 @@ fn shard(dir: &Path) -> std::path::PathBuf {
     let p = dir.join("model.safetensors");
     let all = candle_core::safetensors::load(&p, &Device::Cpu).unwrap();
     std::fs::remove_file(&p).unwrap();
-    let (vis, text): (HashMap<_, _>, HashMap<_, _>) = all.into_iter().partition(|(k, _)| k.starts_with("model.visual."));
+    let (vis, text): (HashMap<_, _>, HashMap<_, _>) = all
+        .into_iter()
+        .partition(|(k, _)| k.starts_with("model.visual."));
     candle_core::safetensors::save(&text, dir.join("model-00001-of-00002.safetensors")).unwrap();
     let vis_path = dir.join("model-00002-of-00002.safetensors");
     candle_core::safetensors::save(&vis, &vis_path).unwrap();
@@ -133,7 +149,10 @@ fn sharded_checkpoint_never_opens_the_vision_shard() {
     let vis_path = shard(dir.path());
     let m = load(dir.path());
     let r = m.surgery_report();
-    assert_eq!((r.skipped_tensors, r.skipped_parameters, r.skipped_bytes), (n, params, bytes));
+    assert_eq!(
+        (r.skipped_tensors, r.skipped_parameters, r.skipped_bytes),
+        (n, params, bytes)
+    );
     assert_eq!(r.skipped_shards, vec![vis_path.clone()]);
     assert!(max_abs_diff(&text_logits(&m), &golden_text_logits()) <= 1e-4);
 
@@ -159,14 +178,19 @@ fn save_surgered_round_trips_without_the_original() {
     copy_dir(&fixture_model(FIXTURE), src.path());
     let mut m = load(src.path());
     let spec = AdapterSpec::linear(12, 4, 64).with_deepstack(2);
-    m.attach_adapter(EmbeddingAdapter::init(spec.clone(), 5, DType::F32, &Device::Cpu).unwrap()).unwrap();
+    m.attach_adapter(EmbeddingAdapter::init(spec.clone(), 5, DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
     let out = tempfile::tempdir().unwrap();
-    let saved = m.save_surgered(out.path(), &SaveOptions::default()).unwrap();
+    let saved = m
+        .save_surgered(out.path(), &SaveOptions::default())
+        .unwrap();
     assert_eq!(saved.shards.len(), 1);
     drop(m);
     drop(src); // the original is gone
 
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+            .unwrap();
     assert!(cfg.get("vision_config").is_none());
     let (_, params, bytes) = visual_tensors();
     assert_eq!(cfg["mosaic_surgery"]["removed_parameters"], params);
@@ -183,14 +207,21 @@ fn save_surgered_round_trips_without_the_original() {
     // small shards: an index and several files, same numbers
     let sharded = tempfile::tempdir().unwrap();
     let saved = again
-        .save_surgered(sharded.path(), &SaveOptions { max_shard_bytes: 64 << 10 })
+        .save_surgered(
+            sharded.path(),
+            &SaveOptions {
+                max_shard_bytes: 64 << 10,
+            },
+        )
         .unwrap();
     assert!(saved.shards.len() > 2, "{:?}", saved.shards);
     assert!(sharded.path().join("model.safetensors.index.json").exists());
     let third = load(sharded.path());
     assert!(max_abs_diff(&text_logits(&third), &golden_text_logits()) <= 1e-4);
     // surgery records accumulate, not reset
-    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(sharded.path().join("config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(sharded.path().join("config.json")).unwrap())
+            .unwrap();
     assert_eq!(cfg["mosaic_surgery"]["removed_parameters"], params);
 }
 
@@ -199,7 +230,8 @@ fn legacy_rope_spelling_gives_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
     copy_dir(&fixture_model(FIXTURE), dir.path());
     let p = dir.path().join("config.json");
-    let mut cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     let text = cfg["text_config"].as_object_mut().unwrap();
     let mut rope = text.remove("rope_parameters").unwrap();
     let theta = rope.as_object_mut().unwrap().remove("rope_theta").unwrap();
@@ -213,24 +245,51 @@ fn legacy_rope_spelling_gives_the_same_logits() {
 #[test]
 fn half_precision_dtypes_load_and_track_f32() {
     let golden = golden_text_logits();
-    let scale = golden.abs().unwrap().max_all().unwrap().to_scalar::<f32>().unwrap();
+    let scale = golden
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     for (dtype, rel) in [(DType::BF16, 0.08), (DType::F16, 0.01)] {
-        let m = SurgeredModel::load(fixture_model(FIXTURE).to_str().unwrap(), &LoadOptions::default().dtype(dtype)).unwrap();
+        let m = SurgeredModel::load(
+            fixture_model(FIXTURE).to_str().unwrap(),
+            &LoadOptions::default().dtype(dtype),
+        )
+        .unwrap();
         let d = max_abs_diff(&text_logits(&m), &golden);
         println!("{dtype:?}: max|Δ| = {d:.4} (logit scale {scale:.2})");
         assert!(d <= rel * scale, "{dtype:?}: {d} > {rel} * {scale}");
     }
-    let e = SurgeredModel::load(fixture_model(FIXTURE).to_str().unwrap(), &LoadOptions::default().dtype(DType::U8)).unwrap_err();
+    let e = SurgeredModel::load(
+        fixture_model(FIXTURE).to_str().unwrap(),
+        &LoadOptions::default().dtype(DType::U8),
+    )
+    .unwrap_err();
     assert!(e.to_string().contains("dtype"), "{e}");
 }
 
 #[test]
 fn adapter_that_does_not_fit_is_refused_with_both_values() {
     let mut m = load(&fixture_model(FIXTURE));
-    let wrong = EmbeddingAdapter::init(AdapterSpec::linear(8, 2, 96), 1, DType::F32, &Device::Cpu).unwrap();
+    let wrong =
+        EmbeddingAdapter::init(AdapterSpec::linear(8, 2, 96), 1, DType::F32, &Device::Cpu).unwrap();
     let e = m.attach_adapter(wrong).unwrap_err().to_string();
-    assert!(e.contains("hidden_size") && e.contains("64") && e.contains("96"), "{e}");
-    let deep = EmbeddingAdapter::init(AdapterSpec::linear(8, 2, 64).with_deepstack(3), 1, DType::F32, &Device::Cpu).unwrap();
+    assert!(
+        e.contains("hidden_size") && e.contains("64") && e.contains("96"),
+        "{e}"
+    );
+    let deep = EmbeddingAdapter::init(
+        AdapterSpec::linear(8, 2, 64).with_deepstack(3),
+        1,
+        DType::F32,
+        &Device::Cpu,
+    )
+    .unwrap();
     let e = m.attach_adapter(deep).unwrap_err().to_string();
-    assert!(e.contains("deepstack_layers") && e.contains('2') && e.contains('3'), "{e}");
+    assert!(
+        e.contains("deepstack_layers") && e.contains('2') && e.contains('3'),
+        "{e}"
+    );
 }

@@ -8,7 +8,10 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 
 /// The committed tiny checkpoint directory of fixture `name`.
 pub fn fixture_model(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name).join("model")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+        .join("model")
 }
 
 /// A golden case of fixture `name`.
@@ -23,7 +26,13 @@ pub fn fixture_case(name: &str, case: &str) -> HashMap<String, Tensor> {
 
 /// The input ids of a golden case.
 pub fn case_ids(t: &HashMap<String, Tensor>) -> Vec<u32> {
-    t["input_ids"].to_dtype(DType::U32).unwrap().i(0).unwrap().to_vec1().unwrap()
+    t["input_ids"]
+        .to_dtype(DType::U32)
+        .unwrap()
+        .i(0)
+        .unwrap()
+        .to_vec1()
+        .unwrap()
 }
 
 /// Copy every file of `src` into a fresh directory `dst`.
@@ -42,5 +51,14 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shape mismatch");
     let a = a.to_dtype(DType::F32).unwrap();
     let b = b.to_dtype(DType::F32).unwrap();
-    (a - b).unwrap().abs().unwrap().flatten_all().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap()
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
 }
