@@ -452,16 +452,12 @@ impl EmbeddingAdapter {
     pub fn init(spec: AdapterSpec, seed: u64, dtype: DType, device: &Device) -> Result<Self> {
         let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
         let mut tensors = HashMap::new();
+        // tensor_shapes() lists each weight right before its bias, which shares its fan-in
+        let mut fan_in = 1;
         for (name, shape) in spec.tensor_shapes() {
-            let fan_in = if name.ends_with(".weight") {
-                shape[1]
-            } else {
-                // bias: fan_in of its weight
-                spec.tensor_shapes()
-                    .iter()
-                    .find(|(n, _)| *n == name.replace(".bias", ".weight"))
-                    .map_or(1, |(_, s)| s[1])
-            };
+            if let [_, inputs] = shape.as_slice() {
+                fan_in = *inputs;
+            }
             let bound = 1.0 / (fan_in as f32).sqrt();
             let n: usize = shape.iter().product();
             let data: Vec<f32> = (0..n).map(|_| rng.random_range(-bound..bound)).collect();

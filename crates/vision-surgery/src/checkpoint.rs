@@ -49,11 +49,17 @@ pub enum ModelSource {
 }
 
 impl ModelSource {
-    /// An existing directory is [`ModelSource::Dir`]; anything else is a hub id,
-    /// optionally written `id@revision` (default revision `main`).
+    /// An existing directory, or anything shaped like a path (absolute, starting with
+    /// `.` or `~`, or with more than one `/`), is [`ModelSource::Dir`]; anything else is
+    /// a hub id `org/name`, optionally written `org/name@revision` (default `main`).
     pub fn parse(spec: &str) -> Self {
         let p = Path::new(spec);
-        if p.is_dir() {
+        let path_like = p.is_absolute()
+            || spec.starts_with('.')
+            || spec.starts_with('~')
+            || spec.matches('/').count() > 1
+            || spec.contains('\\');
+        if p.is_dir() || path_like {
             return ModelSource::Dir(p.to_path_buf());
         }
         match spec.split_once('@') {
@@ -371,5 +377,10 @@ mod tests {
             ModelSource::parse(d.path().to_str().unwrap()),
             ModelSource::Dir(d.path().to_path_buf())
         );
+        // a mistyped local path is reported as a missing directory, not looked up on the hub
+        let typo = ModelSource::parse("./models/qwen3-vl-2b");
+        assert_eq!(typo, ModelSource::Dir("./models/qwen3-vl-2b".into()));
+        let e = CheckpointFiles::locate(&typo).unwrap_err().to_string();
+        assert!(e.contains("config.json"), "{e}");
     }
 }
