@@ -60,6 +60,76 @@ pub struct SpecialTokens {
     pub vision_end_token_id: u32,
 }
 
+/// The vision tower's part of the config (`vision_config`), absent after surgery.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VisionConfig {
+    /// Number of ViT blocks.
+    pub depth: usize,
+    /// ViT width Dv.
+    pub hidden_size: usize,
+    /// ViT MLP width.
+    pub intermediate_size: usize,
+    /// ViT attention heads.
+    pub num_heads: usize,
+    /// Input channels (3).
+    #[serde(default = "default_channels")]
+    pub in_channels: usize,
+    /// Spatial patch side P.
+    pub patch_size: usize,
+    /// Frames per temporal patch Tp.
+    #[serde(default = "default_tp")]
+    pub temporal_patch_size: usize,
+    /// Side m of the square of patches merged into one LLM token.
+    #[serde(default = "default_merge")]
+    pub spatial_merge_size: usize,
+    /// Output width of the mergers (the decoder's H).
+    pub out_hidden_size: usize,
+    /// Entries of the learned position table (a square side x side grid).
+    pub num_position_embeddings: usize,
+    /// Blocks whose outputs feed the DeepStack mergers.
+    #[serde(default)]
+    pub deepstack_visual_indexes: Vec<usize>,
+    /// Activation of the ViT MLP.
+    #[serde(default = "default_vision_act")]
+    pub hidden_act: String,
+    /// 2-D rotary settings (default theta 10000).
+    #[serde(default)]
+    pub rope_parameters: Option<VisionRope>,
+}
+
+/// Rotary settings of the vision tower.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct VisionRope {
+    /// Base of the inverse frequencies.
+    #[serde(default = "default_vision_theta")]
+    pub rope_theta: f64,
+}
+
+fn default_channels() -> usize {
+    3
+}
+fn default_tp() -> usize {
+    2
+}
+fn default_merge() -> usize {
+    2
+}
+fn default_vision_act() -> String {
+    "gelu_pytorch_tanh".into()
+}
+fn default_vision_theta() -> f64 {
+    10_000.0
+}
+
+impl VisionConfig {
+    /// Rotary base of the 2-D vision RoPE.
+    pub fn rope_theta(&self) -> f64 {
+        self.rope_parameters
+            .as_ref()
+            .map_or(10_000.0, |r| r.rope_theta)
+    }
+}
+
 /// A parsed Qwen3-VL (or surgered, text-only) `config.json`.
 #[derive(Debug, Clone)]
 pub struct Qwen3VlConfig {
@@ -268,6 +338,61 @@ impl Qwen3VlConfig {
             has_vision_config: vision.is_some(),
             raw,
         })
+    }
+
+    /// The vision tower's settings. Parsed on demand: surgery mode never needs them, so a
+    /// checkpoint with a broken `vision_config` still loads its decoder.
+    pub fn vision_config(&self) -> Result<VisionConfig> {
+        let v = self
+            .raw
+            .get("vision_config")
+            .filter(|v| !v.is_null())
+            .ok_or_else(|| {
+                Error::config(
+                    "vision_config",
+                    "absent (a surgered checkpoint has no vision tower)",
+                )
+            })?;
+        let vc: VisionConfig = serde_json::from_value(v.clone())
+            .map_err(|e| Error::config("vision_config", e.to_string()))?;
+        let side = (vc.num_position_embeddings as f64).sqrt() as usize;
+        let checks = [
+            (
+                "vision_config.num_heads",
+                vc.num_heads > 0 && vc.hidden_size.is_multiple_of(vc.num_heads),
+            ),
+            (
+                "vision_config.hidden_size",
+                vc.num_heads > 0 && (vc.hidden_size / vc.num_heads).is_multiple_of(4),
+            ),
+            (
+                "vision_config.num_position_embeddings",
+                side * side == vc.num_position_embeddings && side > 0,
+            ),
+            (
+                "vision_config.spatial_merge_size",
+                vc.spatial_merge_size > 0,
+            ),
+            (
+                "vision_config.patch_size",
+                vc.patch_size > 0 && vc.temporal_patch_size > 0,
+            ),
+            (
+                "vision_config.out_hidden_size",
+                vc.out_hidden_size == self.text.hidden_size,
+            ),
+            (
+                "vision_config.deepstack_visual_indexes",
+                vc.deepstack_visual_indexes.iter().all(|&i| i < vc.depth),
+            ),
+        ];
+        if let Some((field, _)) = checks.iter().find(|(_, ok)| !ok) {
+            return Err(Error::config(
+                *field,
+                format!("inconsistent vision tower settings: {vc:?}"),
+            ));
+        }
+        Ok(vc)
     }
 
     /// The config of the surgered, text-only checkpoint: `vision_config` removed and a

@@ -31,23 +31,34 @@ pub fn is_visual_tensor(name: &str) -> bool {
 }
 
 /// A view of the checkpoint under a name prefix, converting to one dtype and device.
-/// It refuses vision-tower names, so the decoder cannot read one by mistake.
+/// Made by [`Params::new`] it refuses vision-tower names, so the decoder cannot read
+/// one by mistake; only [`Params::with_vision`] (the full-model baseline) may.
 #[derive(Clone)]
 pub struct Params<'a> {
     weights: &'a Weights,
     prefix: String,
     dtype: DType,
     device: Device,
+    allow_visual: bool,
 }
 
 impl<'a> Params<'a> {
-    /// The root of `weights`.
+    /// The root of `weights`, in surgery mode (vision-tower names refused).
     pub fn new(weights: &'a Weights, dtype: DType, device: &Device) -> Self {
         Self {
             weights,
             prefix: String::new(),
             dtype,
             device: device.clone(),
+            allow_visual: false,
+        }
+    }
+
+    /// The root of `weights`, vision-tower names allowed (the unmodified model).
+    pub fn with_vision(weights: &'a Weights, dtype: DType, device: &Device) -> Self {
+        Self {
+            allow_visual: true,
+            ..Self::new(weights, dtype, device)
         }
     }
 
@@ -80,7 +91,7 @@ impl<'a> Params<'a> {
     /// Load tensor `name`, checking it has `shape`.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
         let full = self.full(name);
-        if is_visual_tensor(&full) {
+        if is_visual_tensor(&full) && !self.allow_visual {
             return Err(Error::Input {
                 message: format!("refusing to read vision-tower tensor {full} in surgery mode"),
             });
@@ -88,7 +99,8 @@ impl<'a> Params<'a> {
         self.weights.tensor(&full, shape, self.dtype, &self.device)
     }
 
-    fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
+    /// A `Linear` from `weight` [out, in] (and `bias` [out]).
+    pub fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
         let w = self.get(&[out_dim, in_dim], "weight")?;
         let b = if bias {
             Some(self.get(&[out_dim], "bias")?)

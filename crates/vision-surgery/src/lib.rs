@@ -22,6 +22,7 @@ pub mod prompt;
 pub mod rotary;
 pub mod sampling;
 pub mod surgered;
+pub mod vision;
 pub mod weights;
 
 pub use adapter::{Activation, AdapterSpec, EmbeddingAdapter, SoftTokens};

@@ -14,6 +14,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use vision_surgery::config::Qwen3VlConfig;
 use vision_surgery::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
 use vision_surgery::position::{VisualGrid, rope_index_one};
+use vision_surgery::vision::{PatchGrid, VisionTower};
 use vision_surgery::weights::Weights;
 
 const TOL: f32 = 1e-4;
@@ -48,6 +49,7 @@ fn fixture_dirs() -> Vec<PathBuf> {
 
 struct Fixture {
     model: TextModel,
+    vision: VisionTower,
     merge: usize,
     cases: PathBuf,
 }
@@ -60,8 +62,11 @@ impl Fixture {
             .unwrap_or(2) as usize;
         let weights = Weights::open(&[dir.join("model/model.safetensors")]).expect("weights");
         let model = TextModel::new(&cfg, &weights, DType::F32, &Device::Cpu).expect("model");
+        let vision =
+            VisionTower::new(&cfg, &weights, DType::F32, &Device::Cpu).expect("vision tower");
         Self {
             model,
+            vision,
             merge,
             cases: dir.join("cases"),
         }
@@ -71,6 +76,21 @@ impl Fixture {
         let p = self.cases.join(format!("{name}.safetensors"));
         p.exists()
             .then(|| candle_core::safetensors::load(&p, &Device::Cpu).expect("case file"))
+    }
+
+    fn patch_grids(&self, t: &HashMap<String, Tensor>) -> Vec<PatchGrid> {
+        let thw = t["image_grid_thw"]
+            .to_dtype(DType::U32)
+            .unwrap()
+            .to_vec2::<u32>()
+            .unwrap();
+        thw.iter()
+            .map(|g| PatchGrid {
+                t: g[0] as usize,
+                h: g[1] as usize,
+                w: g[2] as usize,
+            })
+            .collect()
     }
 
     fn grids(&self, t: &HashMap<String, Tensor>) -> Vec<VisualGrid> {
@@ -212,6 +232,76 @@ fn parity_with_reference_fixtures() {
                 );
                 let g = f.grids(&t);
                 report(case, "position_ids", check_positions(&f, &t, &g) as f32);
+
+                // the vision tower itself: intermediates, outputs, and full-model logits
+                let (out, trace) = f
+                    .vision
+                    .forward_traced(&t["pixel_values"], &f.patch_grids(&t), true)
+                    .unwrap();
+                let trace = trace.unwrap();
+                if let Some(want) = t.get("vision_patch_embeds") {
+                    report(
+                        case,
+                        "vision patch_embeds",
+                        max_abs_diff(&trace.patch_embeds, want),
+                    );
+                }
+                if let Some(want) = t.get("vision_pos_embeds") {
+                    report(
+                        case,
+                        "vision pos_embeds",
+                        max_abs_diff(&trace.pos_embeds, want),
+                    );
+                }
+                let mut worst_block = None::<f32>;
+                for (i, b) in trace.blocks.iter().enumerate() {
+                    if let Some(want) = t.get(&format!("vision_block_{i}_output")) {
+                        worst_block = Some(worst_block.unwrap_or(0.0).max(max_abs_diff(b, want)));
+                    }
+                }
+                if let Some(w) = worst_block {
+                    report(case, "vision block outputs", w);
+                }
+                report(
+                    case,
+                    "vision image_embeds",
+                    max_abs_diff(&out.embeds, &t["image_embeds"]),
+                );
+                let want_ds = deepstack(&t);
+                assert_eq!(
+                    out.deepstack.len(),
+                    want_ds.len(),
+                    "{name}/{case}: DeepStack levels"
+                );
+                if !want_ds.is_empty() {
+                    let ds_worst = out
+                        .deepstack
+                        .iter()
+                        .zip(&want_ds)
+                        .map(|(a, b)| max_abs_diff(a, b))
+                        .fold(0.0, f32::max);
+                    report(case, "vision deepstack", ds_worst);
+                }
+                assert_eq!(out.grids, g);
+                let mut cache = f.model.new_cache(64);
+                let seq = SequenceInput {
+                    ids: ids(&t),
+                    visual: Some(VisualInput {
+                        embeds: out.embeds,
+                        deepstack: out.deepstack,
+                        grids: out.grids,
+                    }),
+                };
+                let full = f
+                    .model
+                    .prefill(&[seq], &mut cache, LogitsScope::All)
+                    .unwrap()
+                    .logits;
+                report(
+                    case,
+                    "logits(full model)",
+                    max_abs_diff(&full, &t["logits"]),
+                );
             }
         }
         if let Some(t) = f.case("d_injected") {
