@@ -127,6 +127,12 @@ pub enum Error {
         /// What is wrong with its value.
         message: String,
     },
+    /// An image could not be decoded or has an unusable size.
+    #[error("image: {message}")]
+    Image {
+        /// What is wrong.
+        message: String,
+    },
     /// Input tensors handed to the decoder have inconsistent shapes.
     #[error("decoder input: {message}")]
     Input {

@@ -7,7 +7,8 @@
 //! text model), [`model`] (multimodal inputs around the decoder), [`adapter`] (the
 //! embedding-to-token adapter and its file format), [`prompt`] (chat template and
 //! tokenizer), [`sampling`] (generation options), [`surgered`] (the user-facing model:
-//! load, generate, score, save).
+//! load, generate, score, save), and for the full-encoder baseline [`vision`] (the vision
+//! tower) and [`image_processor`] (image preprocessing).
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod image_processor;
 pub mod model;
 pub mod position;
 pub mod prompt;
