@@ -99,7 +99,7 @@ impl<'a> Params<'a> {
         self.weights.tensor(&full, shape, self.dtype, &self.device)
     }
 
-    /// A `Linear` from `weight` [out, in] (and `bias` [out]).
+    /// A `Linear` from `weight` `[out, in]` (and `bias` `[out]`).
     pub fn linear(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<Linear> {
         let w = self.get(&[out_dim, in_dim], "weight")?;
         let b = if bias {
