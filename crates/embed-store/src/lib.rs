@@ -1,0 +1,26 @@
+//! A versioned, crash-safe store of item embeddings.
+//!
+//! A *generation* (named after the embedding model version) holds vectors of one
+//! dimension and storage type (f32, f16, int8 with a per-vector scale) plus a few u32
+//! attributes per item. It lives in a [`Directory`] as immutable
+//! [`segment`] files, [`tombstones`] for deleted or replaced rows, and a [`manifest`]
+//! swapped atomically on every commit ([`store`]). Readers take cheap
+//! [`Snapshot`]s that stay valid while commits and new generations land;
+//! [`search`] gives exact top-k with filters.
+
+#![warn(missing_docs)]
+
+pub mod directory;
+pub mod error;
+pub mod manifest;
+pub mod search;
+pub mod segment;
+pub mod store;
+pub mod tombstones;
+pub mod types;
+
+pub use directory::{Directory, MmapDirectory, RamDirectory};
+pub use error::{Error, Result};
+pub use search::{Filter, Hit};
+pub use store::{GenerationSpec, Snapshot, Store, Writer};
+pub use types::{ItemId, Metric, StorageType};

@@ -1,0 +1,281 @@
+//! Exact top-k search over a snapshot: every live row scored, filters applied, the k
+//! best kept in a bounded heap. Batches of queries run in parallel (rayon).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+use crate::store::Snapshot;
+use crate::types::{ItemId, Metric};
+
+/// A search result.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Hit {
+    /// The item.
+    pub id: ItemId,
+    /// Its score; larger is better for every metric.
+    pub score: f32,
+}
+
+/// A predicate over an item's u32 attributes.
+pub type AttrPredicate = dyn Fn(&[u32]) -> bool + Sync;
+
+/// Restrictions applied while searching (never after, so k results come back when k
+/// eligible items exist).
+#[derive(Default, Clone, Copy)]
+pub struct Filter<'a> {
+    /// Ids to skip (e.g. already seen), sorted ascending.
+    pub exclude_sorted: &'a [u64],
+    /// A predicate over an item's attributes; items failing it are skipped.
+    pub attrs: Option<&'a AttrPredicate>,
+}
+
+impl<'a> Filter<'a> {
+    /// No restriction.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// Skip these ids (must be sorted ascending).
+    pub fn exclude(mut self, sorted_ids: &'a [u64]) -> Self {
+        self.exclude_sorted = sorted_ids;
+        self
+    }
+
+    /// Keep only items whose attributes satisfy `pred`.
+    pub fn with_attrs(mut self, pred: &'a AttrPredicate) -> Self {
+        self.attrs = Some(pred);
+        self
+    }
+
+    /// Whether `id` with `attrs` may be returned.
+    #[inline]
+    pub fn admits(&self, id: u64, attrs: impl FnOnce() -> &'a [u32]) -> bool {
+        if !self.exclude_sorted.is_empty() && self.exclude_sorted.binary_search(&id).is_ok() {
+            return false;
+        }
+        match self.attrs {
+            Some(p) => p(attrs()),
+            None => true,
+        }
+    }
+}
+
+#[derive(PartialEq)]
+struct Entry(f32, u64);
+impl Eq for Entry {}
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Entry {
+    // reversed so that BinaryHeap's top is the worst kept hit; ties prefer the lower id
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.0.total_cmp(&self.0).then(self.1.cmp(&o.1))
+    }
+}
+
+/// Keeps the k best hits seen.
+pub struct TopK {
+    k: usize,
+    heap: BinaryHeap<Entry>,
+}
+
+impl TopK {
+    /// Room for `k` hits.
+    pub fn new(k: usize) -> Self {
+        Self {
+            k,
+            heap: BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    /// The score a new hit must beat to enter (−inf until full).
+    #[inline]
+    pub fn threshold(&self) -> f32 {
+        if self.heap.len() < self.k {
+            f32::NEG_INFINITY
+        } else {
+            self.heap.peek().map_or(f32::NEG_INFINITY, |e| e.0)
+        }
+    }
+
+    /// Offer a hit.
+    #[inline]
+    pub fn push(&mut self, id: u64, score: f32) {
+        if self.k == 0 || score.is_nan() {
+            return;
+        }
+        if self.heap.len() < self.k {
+            self.heap.push(Entry(score, id));
+        } else if let Some(top) = self.heap.peek()
+            && (score > top.0 || (score == top.0 && id < top.1))
+        {
+            self.heap.pop();
+            self.heap.push(Entry(score, id));
+        }
+    }
+
+    /// Hits, best first.
+    pub fn into_sorted(self) -> Vec<Hit> {
+        let mut v: Vec<Hit> = self
+            .heap
+            .into_iter()
+            .map(|e| Hit {
+                id: ItemId(e.1),
+                score: e.0,
+            })
+            .collect();
+        v.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        v
+    }
+}
+
+/// Dot product with 8 independent accumulators (vectorizes well).
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (ca, ra) = a.as_chunks::<8>();
+    let (cb, rb) = b.as_chunks::<8>();
+    for (x, y) in ca.iter().zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Dot product of f32 `q` with int8 codes `x` (unscaled).
+#[inline]
+pub fn dot_i8(q: &[f32], x: &[i8]) -> f32 {
+    let mut acc = [0f32; 8];
+    let (cq, rq) = q.as_chunks::<8>();
+    let (cx, rx) = x.as_chunks::<8>();
+    for (a, b) in cq.iter().zip(cx) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i] as f32;
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (a, b) in rq.iter().zip(rx) {
+        s += a * *b as f32;
+    }
+    s
+}
+
+/// Score of a row given `q·x`, `|x|²` and the query's precomputed norm terms.
+#[inline]
+fn finish(metric: Metric, dot: f32, x2: f32, q_norm: f32, q2: f32) -> f32 {
+    match metric {
+        Metric::InnerProduct => dot,
+        Metric::Cosine => {
+            let d = q_norm * x2.sqrt();
+            if d > 0.0 { dot / d } else { 0.0 }
+        }
+        Metric::L2 => -(q2 - 2.0 * dot + x2),
+    }
+}
+
+impl Snapshot {
+    fn check_query(&self, q: &[f32]) -> Result<()> {
+        if q.len() != self.dim() {
+            return Err(Error::Query {
+                message: format!(
+                    "query has {} values, the generation's dim is {}",
+                    q.len(),
+                    self.dim()
+                ),
+            });
+        }
+        if let Some(i) = q.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Query {
+                message: format!("query value {} at column {i} is not finite", q[i]),
+            });
+        }
+        Ok(())
+    }
+
+    /// The exact `k` best items for `query` under `metric`, best first.
+    pub fn search(
+        &self,
+        query: &[f32],
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+    ) -> Result<Vec<Hit>> {
+        self.check_query(query)?;
+        let d = self.dim();
+        let q2 = dot(query, query);
+        let q_norm = q2.sqrt();
+        let need_x2 = metric != Metric::InnerProduct;
+        let mut top = TopK::new(k);
+        let mut buf = vec![0f32; d];
+        for ls in self.segments() {
+            let seg = &ls.segment;
+            let ids = seg.ids();
+            let admits =
+                |r: usize| !ls.tombstones.is_deleted(r) && filter.admits(ids[r], || seg.attrs(r));
+            if let Some(data) = seg.f32_data() {
+                for (r, x) in data.chunks_exact(d).enumerate() {
+                    if admits(r) {
+                        let x2 = if need_x2 { dot(x, x) } else { 0.0 };
+                        top.push(ids[r], finish(metric, dot(query, x), x2, q_norm, q2));
+                    }
+                }
+            } else if let Some(data) = seg.f16_data() {
+                for (r, x) in data.chunks_exact(d).enumerate() {
+                    if admits(r) {
+                        x.convert_to_f32_slice(&mut buf);
+                        let x2 = if need_x2 { dot(&buf, &buf) } else { 0.0 };
+                        top.push(ids[r], finish(metric, dot(query, &buf), x2, q_norm, q2));
+                    }
+                }
+            } else if let Some((codes, scales)) = seg.int8_data() {
+                for (r, x) in codes.chunks_exact(d).enumerate() {
+                    if admits(r) {
+                        let s = scales[r];
+                        let x2 = if need_x2 {
+                            let n: i32 = x.iter().map(|&v| v as i32 * v as i32).sum();
+                            n as f32 * s * s
+                        } else {
+                            0.0
+                        };
+                        top.push(ids[r], finish(metric, dot_i8(query, x) * s, x2, q_norm, q2));
+                    }
+                }
+            }
+        }
+        Ok(top.into_sorted())
+    }
+
+    /// [`Snapshot::search`] for `queries.len() / dim` queries, in parallel.
+    pub fn search_batch(
+        &self,
+        queries: &[f32],
+        k: usize,
+        metric: Metric,
+        filter: &Filter,
+    ) -> Result<Vec<Vec<Hit>>> {
+        let d = self.dim();
+        if !queries.len().is_multiple_of(d) {
+            return Err(Error::Query {
+                message: format!(
+                    "{} query values are not a multiple of dim {d}",
+                    queries.len()
+                ),
+            });
+        }
+        queries
+            .par_chunks(d)
+            .map(|q| self.search(q, k, metric, filter))
+            .collect()
+    }
+}

@@ -1,0 +1,713 @@
+//! The embedded store: generations of immutable segments, a manifest swapped atomically
+//! on commit, cheap snapshots for readers, and one writer at a time.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+use crate::directory::{Directory, LockGuard};
+use crate::error::{Error, Result};
+use crate::manifest::{GenerationMeta, MANIFEST, Manifest, SegmentMeta};
+use crate::segment::{self, Row, Segment};
+use crate::tombstones::Tombstones;
+use crate::types::{ItemId, StorageType};
+
+/// Name of the writer lock file.
+pub const WRITER_LOCK: &str = "writer.lock";
+
+/// A segment with its tombstones, as seen by one snapshot.
+#[derive(Debug, Clone)]
+pub struct LiveSegment {
+    /// The segment.
+    pub segment: Arc<Segment>,
+    /// Its deleted rows.
+    pub tombstones: Arc<Tombstones>,
+    /// The tombstone file backing `tombstones`, kept alive for garbage collection.
+    _deletes_file: Option<Arc<String>>,
+}
+
+/// A consistent, immutable view of one generation. Cheap to clone; stays valid while
+/// new commits and generations land.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    name: String,
+    meta: GenerationMeta,
+    segments: Arc<Vec<LiveSegment>>,
+    opstamp: u64,
+}
+
+impl Snapshot {
+    /// The generation's name.
+    pub fn generation(&self) -> &str {
+        &self.name
+    }
+    /// Vector width.
+    pub fn dim(&self) -> usize {
+        self.meta.dim
+    }
+    /// Storage type.
+    pub fn storage(&self) -> StorageType {
+        self.meta.storage
+    }
+    /// Attributes per item.
+    pub fn n_attrs(&self) -> usize {
+        self.meta.n_attrs
+    }
+    /// Live items.
+    pub fn len(&self) -> usize {
+        self.meta.live()
+    }
+    /// Whether there is no live item.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Commit this view was taken at.
+    pub fn opstamp(&self) -> u64 {
+        self.opstamp
+    }
+    /// Segments, oldest first.
+    pub fn segments(&self) -> &[LiveSegment] {
+        &self.segments
+    }
+
+    /// Where the live row of `id` is: (segment index, row).
+    pub fn locate(&self, id: ItemId) -> Option<(usize, usize)> {
+        // newest first: a replaced row is tombstoned, so at most one is live
+        self.segments.iter().enumerate().rev().find_map(|(i, s)| {
+            s.segment
+                .find(id.0)
+                .filter(|&r| !s.tombstones.is_deleted(r))
+                .map(|r| (i, r))
+        })
+    }
+
+    /// The vector of `id`, decoded to f32.
+    pub fn get(&self, id: ItemId) -> Option<Vec<f32>> {
+        let (s, r) = self.locate(id)?;
+        let mut v = vec![0f32; self.meta.dim];
+        self.segments[s].segment.read_vector(r, &mut v);
+        Some(v)
+    }
+
+    /// Vectors of `ids` into `out` (ids.len() x dim, row-major); returns which were found.
+    pub fn get_many(&self, ids: &[ItemId], out: &mut [f32]) -> Result<Vec<bool>> {
+        let d = self.meta.dim;
+        if out.len() != ids.len() * d {
+            return Err(Error::Query {
+                message: format!(
+                    "output holds {} values, {} ids x dim {d} need {}",
+                    out.len(),
+                    ids.len(),
+                    ids.len() * d
+                ),
+            });
+        }
+        Ok(ids
+            .iter()
+            .zip(out.chunks_mut(d))
+            .map(|(id, o)| match self.locate(*id) {
+                Some((s, r)) => {
+                    self.segments[s].segment.read_vector(r, o);
+                    true
+                }
+                None => {
+                    o.fill(0.0);
+                    false
+                }
+            })
+            .collect())
+    }
+
+    /// Attributes of `id`.
+    pub fn attrs(&self, id: ItemId) -> Option<&[u32]> {
+        let (s, r) = self.locate(id)?;
+        Some(self.segments[s].segment.attrs(r))
+    }
+
+    /// Every live (id, segment index, row), oldest segment first.
+    pub fn iter_live(&self) -> impl Iterator<Item = (ItemId, usize, usize)> + '_ {
+        self.segments.iter().enumerate().flat_map(|(si, s)| {
+            s.segment
+                .ids()
+                .iter()
+                .enumerate()
+                .filter(|(r, _)| !s.tombstones.is_deleted(*r))
+                .map(move |(r, id)| (ItemId(*id), si, r))
+        })
+    }
+}
+
+/// Settings of a new generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationSpec {
+    /// Name, e.g. the embedding model version `pinclip-2026-11-20`.
+    pub name: String,
+    /// Vector width.
+    pub dim: usize,
+    /// Storage type.
+    pub storage: StorageType,
+    /// u32 attributes per item.
+    pub n_attrs: usize,
+}
+
+impl GenerationSpec {
+    /// A generation of `dim`-wide vectors stored as `storage`, without attributes.
+    pub fn new(name: impl Into<String>, dim: usize, storage: StorageType) -> Self {
+        Self {
+            name: name.into(),
+            dim,
+            storage,
+            n_attrs: 0,
+        }
+    }
+
+    /// With `n` u32 attributes per item.
+    pub fn attrs(mut self, n: usize) -> Self {
+        self.n_attrs = n;
+        self
+    }
+}
+
+struct State {
+    manifest: Manifest,
+    snapshots: BTreeMap<String, Snapshot>,
+}
+
+/// A store of embedding generations in a [`Directory`].
+pub struct Store {
+    dir: Arc<dyn Directory>,
+    state: RwLock<Arc<State>>,
+    /// Open segments and tombstone files by name, weakly: a file is in use while some
+    /// snapshot holds it.
+    segments: Mutex<HashMap<String, Weak<Segment>>>,
+    deletes: Mutex<HashMap<String, Weak<String>>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("dir", &self.dir).finish()
+    }
+}
+
+impl Store {
+    /// Open the store in `dir` (an empty directory is an empty store). Every segment and
+    /// tombstone file of the manifest is verified.
+    pub fn open(dir: Arc<dyn Directory>) -> Result<Arc<Self>> {
+        let store = Arc::new(Self {
+            dir,
+            state: RwLock::new(Arc::new(State {
+                manifest: Manifest::default(),
+                snapshots: BTreeMap::new(),
+            })),
+            segments: Mutex::new(HashMap::new()),
+            deletes: Mutex::new(HashMap::new()),
+        });
+        store.reload()?;
+        Ok(store)
+    }
+
+    /// Re-read the manifest (to see commits made by another process).
+    pub fn reload(&self) -> Result<()> {
+        let manifest = if self.dir.exists(MANIFEST) {
+            Manifest::decode(self.dir.open_read(MANIFEST)?.as_slice())?
+        } else {
+            Manifest::default()
+        };
+        let state = self.build_state(manifest)?;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        Ok(())
+    }
+
+    fn segment(&self, name: &str) -> Result<Arc<Segment>> {
+        let mut cache = self.segments.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = cache.get(name).and_then(Weak::upgrade) {
+            return Ok(s);
+        }
+        let s = Arc::new(Segment::open(name, self.dir.open_read(name)?)?);
+        cache.insert(name.to_string(), Arc::downgrade(&s));
+        Ok(s)
+    }
+
+    fn deletes_handle(&self, name: &str) -> Arc<String> {
+        let mut cache = self.deletes.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = cache.get(name).and_then(Weak::upgrade) {
+            return s;
+        }
+        let h = Arc::new(name.to_string());
+        cache.insert(name.to_string(), Arc::downgrade(&h));
+        h
+    }
+
+    fn build_state(&self, manifest: Manifest) -> Result<State> {
+        let mut snapshots = BTreeMap::new();
+        for (name, g) in &manifest.generations {
+            let mut segs = Vec::with_capacity(g.segments.len());
+            for sm in &g.segments {
+                let segment = self.segment(&sm.file)?;
+                if segment.len() != sm.count
+                    || segment.dim() != g.dim
+                    || segment.storage() != g.storage
+                    || segment.n_attrs() != g.n_attrs
+                {
+                    return Err(Error::corrupt(
+                        &sm.file,
+                        format!("segment does not match the manifest entry of generation {name:?}"),
+                    ));
+                }
+                let (tombstones, handle) = match &sm.deletes {
+                    Some(d) => (
+                        Tombstones::decode(d, &self.dir.open_read(d)?, sm.count)?,
+                        Some(self.deletes_handle(d)),
+                    ),
+                    None => (Tombstones::empty(sm.count), None),
+                };
+                if tombstones.count() != sm.deleted {
+                    return Err(Error::corrupt(
+                        sm.deletes.as_deref().unwrap_or(&sm.file),
+                        format!(
+                            "{} rows deleted, the manifest says {}",
+                            tombstones.count(),
+                            sm.deleted
+                        ),
+                    ));
+                }
+                segs.push(LiveSegment {
+                    segment,
+                    tombstones: Arc::new(tombstones),
+                    _deletes_file: handle,
+                });
+            }
+            snapshots.insert(
+                name.clone(),
+                Snapshot {
+                    name: name.clone(),
+                    meta: g.clone(),
+                    segments: Arc::new(segs),
+                    opstamp: manifest.opstamp,
+                },
+            );
+        }
+        Ok(State {
+            manifest,
+            snapshots,
+        })
+    }
+
+    fn state(&self) -> Arc<State> {
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The current generation, if one is set.
+    pub fn snapshot(&self) -> Option<Snapshot> {
+        let st = self.state();
+        st.manifest
+            .current
+            .as_ref()
+            .and_then(|c| st.snapshots.get(c).cloned())
+    }
+
+    /// A named generation.
+    pub fn generation(&self, name: &str) -> Result<Snapshot> {
+        self.state()
+            .snapshots
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Generation {
+                name: name.into(),
+                message: "no such generation".into(),
+            })
+    }
+
+    /// Names of all generations.
+    pub fn generations(&self) -> Vec<String> {
+        self.state().snapshots.keys().cloned().collect()
+    }
+
+    /// Name of the current generation.
+    pub fn current(&self) -> Option<String> {
+        self.state().manifest.current.clone()
+    }
+
+    /// The manifest as last committed or loaded.
+    pub fn manifest(&self) -> Manifest {
+        self.state().manifest.clone()
+    }
+
+    /// Take the single writer; a second one gets [`Error::Locked`].
+    pub fn writer(self: &Arc<Self>) -> Result<Writer> {
+        let lock = self.dir.try_lock(WRITER_LOCK)?;
+        // see commits made by a previous writer of another process
+        self.reload()?;
+        let w = Writer {
+            store: self.clone(),
+            _lock: lock,
+            pending: BTreeMap::new(),
+            new_generations: Vec::new(),
+            dropped: Vec::new(),
+            current: None,
+        };
+        w.collect_garbage()?;
+        Ok(w)
+    }
+}
+
+#[derive(Default)]
+struct Pending {
+    /// id -> (vector, attrs); the last put of an id wins.
+    puts: BTreeMap<u64, (Vec<f32>, Vec<u32>)>,
+    deletes: HashSet<u64>,
+}
+
+/// The single writer of a store: buffers puts and deletes, applies them on `commit`.
+pub struct Writer {
+    store: Arc<Store>,
+    _lock: Box<dyn LockGuard>,
+    pending: BTreeMap<String, Pending>,
+    new_generations: Vec<GenerationSpec>,
+    dropped: Vec<String>,
+    current: Option<String>,
+}
+
+impl Writer {
+    fn spec_of(&self, name: &str) -> Result<(usize, usize)> {
+        if let Some(g) = self.new_generations.iter().find(|g| g.name == name) {
+            return Ok((g.dim, g.n_attrs));
+        }
+        match self.store.state().manifest.generations.get(name) {
+            Some(g) if !self.dropped.iter().any(|d| d == name) => Ok((g.dim, g.n_attrs)),
+            _ => Err(Error::Generation {
+                name: name.into(),
+                message: "no such generation".into(),
+            }),
+        }
+    }
+
+    /// Declare a new generation (visible after commit).
+    pub fn create_generation(&mut self, spec: GenerationSpec) -> Result<()> {
+        if spec.name.is_empty() || spec.name.len() > 200 || spec.name.chars().any(char::is_control)
+        {
+            return Err(Error::Generation {
+                name: spec.name,
+                message: "names must be 1..=200 printable characters".into(),
+            });
+        }
+        if spec.dim == 0 || spec.dim > 65_536 {
+            return Err(Error::Generation {
+                name: spec.name,
+                message: format!("dim must be in 1..=65536, got {}", spec.dim),
+            });
+        }
+        if self.spec_of(&spec.name).is_ok() {
+            return Err(Error::Generation {
+                name: spec.name,
+                message: "already exists".into(),
+            });
+        }
+        self.new_generations.push(spec);
+        Ok(())
+    }
+
+    /// Make `name` the generation readers get from [`Store::snapshot`] (at commit).
+    pub fn set_current(&mut self, name: &str) -> Result<()> {
+        self.spec_of(name)?;
+        self.current = Some(name.to_string());
+        Ok(())
+    }
+
+    /// Remove a generation and its files (at commit; readers holding it keep it).
+    pub fn drop_generation(&mut self, name: &str) -> Result<()> {
+        self.spec_of(name)?;
+        if self.current.as_deref() == Some(name)
+            || (self.current.is_none() && self.store.current().as_deref() == Some(name))
+        {
+            return Err(Error::Generation {
+                name: name.into(),
+                message: "is current; switch to another generation first".into(),
+            });
+        }
+        self.new_generations.retain(|g| g.name != name);
+        self.pending.remove(name);
+        self.dropped.push(name.to_string());
+        Ok(())
+    }
+
+    /// Validate and buffer `ids.len()` vectors (row-major in `vectors`) with optional
+    /// attributes (row-major, `n_attrs` each). Wrong dims, NaN/Inf values, duplicate ids
+    /// in the batch: a typed error, and nothing of the batch is kept.
+    pub fn put_many(
+        &mut self,
+        generation: &str,
+        ids: &[ItemId],
+        vectors: &[f32],
+        attrs: Option<&[u32]>,
+    ) -> Result<()> {
+        let (dim, n_attrs) = self.spec_of(generation)?;
+        let n = ids.len();
+        if vectors.len() != n * dim {
+            return Err(Error::batch(format!(
+                "{n} ids with dim {dim} need {} values, got {}",
+                n * dim,
+                vectors.len()
+            )));
+        }
+        match attrs {
+            Some(a) if a.len() != n * n_attrs => {
+                return Err(Error::batch(format!(
+                    "{n} ids with {n_attrs} attributes need {} attribute values, got {}",
+                    n * n_attrs,
+                    a.len()
+                )));
+            }
+            None if n_attrs > 0 => {
+                return Err(Error::batch(format!(
+                    "generation {generation:?} has {n_attrs} attributes per item; none given"
+                )));
+            }
+            _ => {}
+        }
+        if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
+            return Err(Error::batch(format!(
+                "value {} at row {} (id {}), column {} is not finite",
+                vectors[i],
+                i / dim,
+                ids[i / dim].0,
+                i % dim
+            )));
+        }
+        let mut seen = HashSet::with_capacity(n);
+        if let Some(dup) = ids.iter().find(|id| !seen.insert(id.0)) {
+            return Err(Error::batch(format!(
+                "id {} appears twice in the batch",
+                dup.0
+            )));
+        }
+        let p = self.pending.entry(generation.to_string()).or_default();
+        for (i, id) in ids.iter().enumerate() {
+            let a = attrs.map_or(Vec::new(), |a| a[i * n_attrs..(i + 1) * n_attrs].to_vec());
+            p.deletes.remove(&id.0);
+            p.puts
+                .insert(id.0, (vectors[i * dim..(i + 1) * dim].to_vec(), a));
+        }
+        Ok(())
+    }
+
+    /// Buffer deletions (ids absent at commit are ignored).
+    pub fn delete(&mut self, generation: &str, ids: &[ItemId]) -> Result<()> {
+        self.spec_of(generation)?;
+        let p = self.pending.entry(generation.to_string()).or_default();
+        for id in ids {
+            p.puts.remove(&id.0);
+            p.deletes.insert(id.0);
+        }
+        Ok(())
+    }
+
+    /// Whether anything is buffered.
+    pub fn has_pending(&self) -> bool {
+        !self
+            .pending
+            .values()
+            .all(|p| p.puts.is_empty() && p.deletes.is_empty())
+            || !self.new_generations.is_empty()
+            || !self.dropped.is_empty()
+            || self.current.is_some()
+    }
+
+    /// Drop everything buffered since the last commit.
+    pub fn rollback(&mut self) {
+        self.pending.clear();
+        self.new_generations.clear();
+        self.dropped.clear();
+        self.current = None;
+    }
+
+    fn new_file(m: &mut Manifest, ext: &str) -> String {
+        let n = m.next_file;
+        m.next_file += 1;
+        format!("{n:010}.{ext}")
+    }
+
+    /// Write new segments and tombstones, then swap the manifest atomically. Returns the
+    /// new opstamp. On error nothing becomes visible and the buffer is kept.
+    pub fn commit(&mut self) -> Result<u64> {
+        let store = self.store.clone();
+        let st = store.state();
+        let mut m = st.manifest.clone();
+        for g in &self.new_generations {
+            m.generations.insert(
+                g.name.clone(),
+                GenerationMeta {
+                    dim: g.dim,
+                    storage: g.storage,
+                    n_attrs: g.n_attrs,
+                    segments: Vec::new(),
+                },
+            );
+        }
+        for name in &self.dropped {
+            m.generations.remove(name);
+        }
+        for (name, p) in &self.pending {
+            if p.puts.is_empty() && p.deletes.is_empty() {
+                continue;
+            }
+            let Some(g) = m.generations.get(name).cloned() else {
+                continue;
+            };
+            let mut g = g;
+            // tombstone every existing row replaced or deleted
+            let old = st.snapshots.get(name);
+            for (si, sm) in g.segments.iter_mut().enumerate() {
+                let Some(live) = old.and_then(|s| s.segments.get(si)) else {
+                    continue;
+                };
+                let mut t = (*live.tombstones).clone();
+                let mut changed = false;
+                for id in p.puts.keys().chain(p.deletes.iter()) {
+                    if let Some(r) = live.segment.find(*id) {
+                        changed |= t.delete(r);
+                    }
+                }
+                if changed {
+                    let file = Self::new_file(&mut m, "del");
+                    store.dir.atomic_write(&file, &t.encode())?;
+                    sm.deletes = Some(file);
+                    sm.deleted = t.count();
+                }
+            }
+            if !p.puts.is_empty() {
+                let mut rows: Vec<Row> = p
+                    .puts
+                    .iter()
+                    .map(|(id, (v, a))| Row {
+                        id: *id,
+                        vector: v,
+                        attrs: a,
+                    })
+                    .collect();
+                let bytes = segment::encode(g.storage, g.dim, g.n_attrs, &mut rows);
+                let file = Self::new_file(&mut m, "seg");
+                store.dir.atomic_write(&file, &bytes)?;
+                g.segments.push(SegmentMeta {
+                    file,
+                    count: rows.len(),
+                    deletes: None,
+                    deleted: 0,
+                });
+            }
+            g.segments.retain(|s| s.deleted < s.count);
+            m.generations.insert(name.clone(), g);
+        }
+        if let Some(c) = &self.current {
+            m.current = Some(c.clone());
+        }
+        if m.current
+            .as_ref()
+            .is_some_and(|c| !m.generations.contains_key(c))
+        {
+            m.current = None;
+        }
+        m.opstamp += 1;
+        // open (and verify) everything the new manifest names before publishing it
+        let state = store.build_state(m.clone())?;
+        store.dir.atomic_write(MANIFEST, &m.encode())?;
+        *store.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        self.rollback();
+        self.collect_garbage()?;
+        Ok(m.opstamp)
+    }
+
+    /// Merge the live rows of all segments of `generation` into one segment (at once,
+    /// as its own commit).
+    pub fn compact(&mut self, generation: &str) -> Result<u64> {
+        let snap = self.store.generation(generation)?;
+        if self.has_pending() {
+            self.commit()?;
+        }
+        let d = snap.dim();
+        let mut ids = Vec::new();
+        let mut vecs = Vec::new();
+        let mut attrs = Vec::new();
+        let mut buf = vec![0f32; d];
+        for (id, s, r) in snap.iter_live() {
+            let seg = &snap.segments()[s].segment;
+            seg.read_vector(r, &mut buf);
+            ids.push(id.0);
+            vecs.extend_from_slice(&buf);
+            attrs.extend_from_slice(seg.attrs(r));
+        }
+        let na = snap.n_attrs();
+        let mut rows: Vec<Row> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| Row {
+                id: *id,
+                vector: &vecs[i * d..(i + 1) * d],
+                attrs: &attrs[i * na..(i + 1) * na],
+            })
+            .collect();
+        let store = self.store.clone();
+        let mut m = store.state().manifest.clone();
+        let file = Self::new_file(&mut m, "seg");
+        // int8 rows re-quantize exactly: the decoded values have the same max and scale
+        let bytes = segment::encode(snap.storage(), d, na, &mut rows);
+        store.dir.atomic_write(&file, &bytes)?;
+        if let Some(g) = m.generations.get_mut(generation) {
+            g.segments = if rows.is_empty() {
+                Vec::new()
+            } else {
+                vec![SegmentMeta {
+                    file,
+                    count: rows.len(),
+                    deletes: None,
+                    deleted: 0,
+                }]
+            };
+        }
+        m.opstamp += 1;
+        let state = store.build_state(m.clone())?;
+        store.dir.atomic_write(MANIFEST, &m.encode())?;
+        *store.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        self.collect_garbage()?;
+        Ok(m.opstamp)
+    }
+
+    /// Delete files that the manifest no longer names and no snapshot holds.
+    pub fn collect_garbage(&self) -> Result<Vec<String>> {
+        let st = self.store.state();
+        let mut keep: HashSet<String> =
+            HashSet::from([MANIFEST.to_string(), WRITER_LOCK.to_string()]);
+        for g in st.manifest.generations.values() {
+            for s in &g.segments {
+                keep.insert(s.file.clone());
+                keep.extend(s.deletes.clone());
+            }
+        }
+        {
+            let segs = self
+                .store
+                .segments
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            keep.extend(
+                segs.iter()
+                    .filter(|(_, w)| w.strong_count() > 0)
+                    .map(|(k, _)| k.clone()),
+            );
+            let dels = self.store.deletes.lock().unwrap_or_else(|p| p.into_inner());
+            keep.extend(
+                dels.iter()
+                    .filter(|(_, w)| w.strong_count() > 0)
+                    .map(|(k, _)| k.clone()),
+            );
+        }
+        let mut removed = Vec::new();
+        for f in self.store.dir.list()? {
+            let ours = f.ends_with(".seg") || f.ends_with(".del") || f.ends_with(".tmp");
+            if ours && !keep.contains(&f) {
+                self.store.dir.delete(&f)?;
+                removed.push(f);
+            }
+        }
+        Ok(removed)
+    }
+}
