@@ -12,6 +12,7 @@
 
 pub mod directory;
 pub mod error;
+pub mod exchange;
 pub mod manifest;
 pub mod search;
 pub mod segment;

@@ -344,6 +344,8 @@ impl Store {
             new_generations: Vec::new(),
             dropped: Vec::new(),
             current: None,
+            next_file: self.state().manifest.next_file,
+            flush_bytes: DEFAULT_FLUSH_BYTES,
         };
         w.collect_garbage()?;
         Ok(w)
@@ -355,7 +357,16 @@ struct Pending {
     /// id -> (vector, attrs); the last put of an id wins.
     puts: BTreeMap<u64, (Vec<f32>, Vec<u32>)>,
     deletes: HashSet<u64>,
+    /// Segments already written for this transaction (file, rows), invisible until commit.
+    staged: Vec<(String, usize)>,
+    /// Ids in `staged`.
+    staged_ids: HashSet<u64>,
+    /// Bytes of vector data in `puts`.
+    bytes: usize,
 }
+
+/// Default size of buffered puts past which they are written to a staged segment.
+pub const DEFAULT_FLUSH_BYTES: usize = 256 << 20;
 
 /// The single writer of a store: buffers puts and deletes, applies them on `commit`.
 pub struct Writer {
@@ -365,6 +376,8 @@ pub struct Writer {
     new_generations: Vec<GenerationSpec>,
     dropped: Vec<String>,
     current: Option<String>,
+    next_file: u64,
+    flush_bytes: usize,
 }
 
 impl Writer {
@@ -379,6 +392,11 @@ impl Writer {
                 message: "no such generation".into(),
             }),
         }
+    }
+
+    /// Vector width of `generation` (existing or created in this transaction).
+    pub fn dim_of(&self, generation: &str) -> Result<usize> {
+        Ok(self.spec_of(generation)?.0)
     }
 
     /// Declare a new generation (visible after commit).
@@ -481,21 +499,94 @@ impl Writer {
             )));
         }
         let p = self.pending.entry(generation.to_string()).or_default();
+        if let Some(id) = ids.iter().find(|id| p.staged_ids.contains(&id.0)) {
+            return Err(Error::batch(format!(
+                "id {} was already written to a staged segment in this transaction; commit first",
+                id.0
+            )));
+        }
         for (i, id) in ids.iter().enumerate() {
             let a = attrs.map_or(Vec::new(), |a| a[i * n_attrs..(i + 1) * n_attrs].to_vec());
             p.deletes.remove(&id.0);
-            p.puts
-                .insert(id.0, (vectors[i * dim..(i + 1) * dim].to_vec(), a));
+            if p.puts
+                .insert(id.0, (vectors[i * dim..(i + 1) * dim].to_vec(), a))
+                .is_none()
+            {
+                p.bytes += 4 * dim;
+            }
         }
+        if p.bytes >= self.flush_bytes {
+            self.flush(generation)?;
+        }
+        Ok(())
+    }
+
+    /// Buffered puts past this many bytes of vectors go to a staged segment file, so a
+    /// transaction (an import) can be larger than memory.
+    pub fn set_flush_bytes(&mut self, bytes: usize) {
+        self.flush_bytes = bytes.max(1);
+    }
+
+    /// Write the buffered puts of `generation` to a staged segment (visible at commit,
+    /// removed by rollback).
+    pub fn flush(&mut self, generation: &str) -> Result<()> {
+        let (storage, dim, n_attrs) =
+            match self.new_generations.iter().find(|g| g.name == generation) {
+                Some(g) => (g.storage, g.dim, g.n_attrs),
+                None => {
+                    let st = self.store.state();
+                    let g = st.manifest.generations.get(generation).ok_or_else(|| {
+                        Error::Generation {
+                            name: generation.into(),
+                            message: "no such generation".into(),
+                        }
+                    })?;
+                    (g.storage, g.dim, g.n_attrs)
+                }
+            };
+        if self
+            .pending
+            .get(generation)
+            .is_none_or(|p| p.puts.is_empty())
+        {
+            return Ok(());
+        }
+        let file = self.new_file("seg");
+        let Some(p) = self.pending.get_mut(generation) else {
+            return Ok(());
+        };
+        let mut rows: Vec<Row> = p
+            .puts
+            .iter()
+            .map(|(id, (v, a))| Row {
+                id: *id,
+                vector: v,
+                attrs: a,
+            })
+            .collect();
+        let bytes = segment::encode(storage, dim, n_attrs, &mut rows);
+        self.store.dir.atomic_write(&file, &bytes)?;
+        p.staged.push((file, rows.len()));
+        p.staged_ids.extend(p.puts.keys());
+        p.puts.clear();
+        p.bytes = 0;
         Ok(())
     }
 
     /// Buffer deletions (ids absent at commit are ignored).
     pub fn delete(&mut self, generation: &str, ids: &[ItemId]) -> Result<()> {
-        self.spec_of(generation)?;
+        let (dim, _) = self.spec_of(generation)?;
         let p = self.pending.entry(generation.to_string()).or_default();
+        if let Some(id) = ids.iter().find(|id| p.staged_ids.contains(&id.0)) {
+            return Err(Error::batch(format!(
+                "id {} was written to a staged segment in this transaction; commit before deleting it",
+                id.0
+            )));
+        }
         for id in ids {
-            p.puts.remove(&id.0);
+            if p.puts.remove(&id.0).is_some() {
+                p.bytes -= 4 * dim;
+            }
             p.deletes.insert(id.0);
         }
         Ok(())
@@ -512,17 +603,30 @@ impl Writer {
             || self.current.is_some()
     }
 
-    /// Drop everything buffered since the last commit.
-    pub fn rollback(&mut self) {
+    fn clear(&mut self) {
         self.pending.clear();
         self.new_generations.clear();
         self.dropped.clear();
         self.current = None;
     }
 
-    fn new_file(m: &mut Manifest, ext: &str) -> String {
-        let n = m.next_file;
-        m.next_file += 1;
+    /// Drop everything buffered or staged since the last commit.
+    pub fn rollback(&mut self) {
+        for p in self.pending.values() {
+            for (f, _) in &p.staged {
+                // best effort: garbage collection removes what this leaves
+                let _ = self.store.dir.delete(f);
+            }
+        }
+        self.pending.clear();
+        self.new_generations.clear();
+        self.dropped.clear();
+        self.current = None;
+    }
+
+    fn new_file(&mut self, ext: &str) -> String {
+        let n = self.next_file;
+        self.next_file += 1;
         format!("{n:010}.{ext}")
     }
 
@@ -546,8 +650,41 @@ impl Writer {
         for name in &self.dropped {
             m.generations.remove(name);
         }
-        for (name, p) in &self.pending {
-            if p.puts.is_empty() && p.deletes.is_empty() {
+        let pending = std::mem::take(&mut self.pending);
+        let result = self.apply(&store, &st, &mut m, &pending);
+        self.pending = pending;
+        result?;
+        if let Some(c) = &self.current {
+            m.current = Some(c.clone());
+        }
+        if m.current
+            .as_ref()
+            .is_some_and(|c| !m.generations.contains_key(c))
+        {
+            m.current = None;
+        }
+        m.next_file = self.next_file;
+        m.opstamp += 1;
+        // open (and verify) everything the new manifest names before publishing it
+        let state = store.build_state(m.clone())?;
+        store.dir.atomic_write(MANIFEST, &m.encode())?;
+        *store.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        // the staged files now belong to the manifest: forget them without deleting
+        self.clear();
+        self.collect_garbage()?;
+        Ok(m.opstamp)
+    }
+
+    /// Write tombstones and segments for `pending` into `m`.
+    fn apply(
+        &mut self,
+        store: &Store,
+        st: &State,
+        m: &mut Manifest,
+        pending: &BTreeMap<String, Pending>,
+    ) -> Result<()> {
+        for (name, p) in pending {
+            if p.puts.is_empty() && p.deletes.is_empty() && p.staged.is_empty() {
                 continue;
             }
             let Some(g) = m.generations.get(name).cloned() else {
@@ -562,17 +699,30 @@ impl Writer {
                 };
                 let mut t = (*live.tombstones).clone();
                 let mut changed = false;
-                for id in p.puts.keys().chain(p.deletes.iter()) {
+                for id in p
+                    .puts
+                    .keys()
+                    .chain(p.deletes.iter())
+                    .chain(p.staged_ids.iter())
+                {
                     if let Some(r) = live.segment.find(*id) {
                         changed |= t.delete(r);
                     }
                 }
                 if changed {
-                    let file = Self::new_file(&mut m, "del");
+                    let file = self.new_file("del");
                     store.dir.atomic_write(&file, &t.encode())?;
                     sm.deletes = Some(file);
                     sm.deleted = t.count();
                 }
+            }
+            for (file, count) in &p.staged {
+                g.segments.push(SegmentMeta {
+                    file: file.clone(),
+                    count: *count,
+                    deletes: None,
+                    deleted: 0,
+                });
             }
             if !p.puts.is_empty() {
                 let mut rows: Vec<Row> = p
@@ -585,7 +735,7 @@ impl Writer {
                     })
                     .collect();
                 let bytes = segment::encode(g.storage, g.dim, g.n_attrs, &mut rows);
-                let file = Self::new_file(&mut m, "seg");
+                let file = self.new_file("seg");
                 store.dir.atomic_write(&file, &bytes)?;
                 g.segments.push(SegmentMeta {
                     file,
@@ -597,23 +747,7 @@ impl Writer {
             g.segments.retain(|s| s.deleted < s.count);
             m.generations.insert(name.clone(), g);
         }
-        if let Some(c) = &self.current {
-            m.current = Some(c.clone());
-        }
-        if m.current
-            .as_ref()
-            .is_some_and(|c| !m.generations.contains_key(c))
-        {
-            m.current = None;
-        }
-        m.opstamp += 1;
-        // open (and verify) everything the new manifest names before publishing it
-        let state = store.build_state(m.clone())?;
-        store.dir.atomic_write(MANIFEST, &m.encode())?;
-        *store.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
-        self.rollback();
-        self.collect_garbage()?;
-        Ok(m.opstamp)
+        Ok(())
     }
 
     /// Merge the live rows of all segments of `generation` into one segment (at once,
@@ -647,7 +781,7 @@ impl Writer {
             .collect();
         let store = self.store.clone();
         let mut m = store.state().manifest.clone();
-        let file = Self::new_file(&mut m, "seg");
+        let file = self.new_file("seg");
         // int8 rows re-quantize exactly: the decoded values have the same max and scale
         let bytes = segment::encode(snap.storage(), d, na, &mut rows);
         store.dir.atomic_write(&file, &bytes)?;
@@ -663,6 +797,7 @@ impl Writer {
                 }]
             };
         }
+        m.next_file = self.next_file;
         m.opstamp += 1;
         let state = store.build_state(m.clone())?;
         store.dir.atomic_write(MANIFEST, &m.encode())?;
