@@ -3,5 +3,7 @@
 #![doc = include_str!("../README.md")]
 #![warn(missing_docs)]
 
+/// The versioned item-embedding store.
+pub use embed_store;
 /// Qwen3-VL surgery: the decoder fed by precomputed item embeddings.
 pub use vision_surgery;
