@@ -13,6 +13,7 @@
 pub mod directory;
 pub mod error;
 pub mod exchange;
+pub mod hnsw;
 pub mod manifest;
 pub mod search;
 pub mod segment;

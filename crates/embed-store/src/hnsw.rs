@@ -1,0 +1,476 @@
+//! HNSW (Malkov & Yashunin) approximate nearest-neighbour index over one snapshot.
+//!
+//! Laid out like hnswlib: the vectors in one contiguous block, level-0 links in one
+//! contiguous block of fixed-stride records `[count, n_1 .. n_m0]`, upper-level links
+//! in a second block; neighbour selection by the diversity heuristic; searches reuse a
+//! scratch (visited marks with a generation stamp, two heaps) so the search loop does
+//! not allocate. Filters (excluded ids, attribute predicates, tombstones) are applied
+//! during the graph search: filtered nodes are traversed but never returned.
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use crate::error::{Error, Result};
+use crate::search::{Filter, Hit, dot};
+use crate::store::Snapshot;
+use crate::types::{ItemId, Metric};
+
+/// Build settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswParams {
+    /// Links per node on upper levels (level 0 gets twice as many).
+    pub m: usize,
+    /// Candidate list size while inserting.
+    pub ef_construction: usize,
+    /// Seed of the level draws.
+    pub seed: u64,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            m: 16,
+            ef_construction: 200,
+            seed: 42,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Near(f32, u32);
+impl Eq for Near {}
+impl PartialOrd for Near {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Near {
+    /// Max-heap on distance (the farthest on top).
+    fn cmp(&self, o: &Self) -> Ordering {
+        self.0.total_cmp(&o.0).then(self.1.cmp(&o.1))
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+struct Far(f32, u32);
+impl Eq for Far {}
+impl PartialOrd for Far {
+    fn partial_cmp(&self, o: &Self) -> Option<Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Far {
+    /// Min-heap on distance (the nearest on top).
+    fn cmp(&self, o: &Self) -> Ordering {
+        o.0.total_cmp(&self.0).then(o.1.cmp(&self.1))
+    }
+}
+
+/// Reusable search state: no allocation once warmed up.
+pub struct Scratch {
+    marks: Vec<u32>,
+    stamp: u32,
+    candidates: BinaryHeap<Far>,
+    results: BinaryHeap<Near>,
+}
+
+impl Scratch {
+    /// Scratch for an index of `n` nodes.
+    pub fn new(n: usize) -> Self {
+        Self {
+            marks: vec![0; n],
+            stamp: 0,
+            candidates: BinaryHeap::new(),
+            results: BinaryHeap::new(),
+        }
+    }
+
+    fn reset(&mut self, n: usize) {
+        if self.marks.len() < n {
+            self.marks.resize(n, 0);
+        }
+        self.stamp = self.stamp.wrapping_add(1);
+        if self.stamp == 0 {
+            self.marks.fill(0);
+            self.stamp = 1;
+        }
+        self.candidates.clear();
+        self.results.clear();
+    }
+
+    /// Mark `i` visited; returns whether it was new.
+    #[inline]
+    fn visit(&mut self, i: u32) -> bool {
+        let m = &mut self.marks[i as usize];
+        if *m == self.stamp {
+            false
+        } else {
+            *m = self.stamp;
+            true
+        }
+    }
+}
+
+/// An HNSW graph over the live items of one snapshot.
+pub struct Hnsw {
+    dim: usize,
+    metric: Metric,
+    m: usize,
+    m0: usize,
+    vectors: Vec<f32>,
+    ids: Vec<u64>,
+    /// Where each node's item lives in the snapshot: (segment, row).
+    rows: Vec<(u32, u32)>,
+    levels: Vec<u8>,
+    level0: Vec<u32>,
+    upper: Vec<u32>,
+    upper_start: Vec<u32>,
+    entry: u32,
+    max_level: usize,
+    /// The snapshot the graph was built from (generation, opstamp).
+    built_from: (String, u64),
+}
+
+impl std::fmt::Debug for Hnsw {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hnsw")
+            .field("nodes", &self.ids.len())
+            .field("dim", &self.dim)
+            .field("m", &self.m)
+            .field("max_level", &self.max_level)
+            .finish()
+    }
+}
+
+impl Hnsw {
+    /// Build over every live item of `snap`.
+    pub fn build(snap: &Snapshot, metric: Metric, params: HnswParams) -> Result<Self> {
+        if params.m < 2 || params.ef_construction == 0 {
+            return Err(Error::Query {
+                message: format!("HNSW needs m >= 2 and ef_construction >= 1, got {params:?}"),
+            });
+        }
+        let d = snap.dim();
+        let live: Vec<(ItemId, usize, usize)> = snap.iter_live().collect();
+        let n = live.len();
+        let mut vectors = vec![0f32; n * d];
+        for (i, &(_, s, r)) in live.iter().enumerate() {
+            let v = &mut vectors[i * d..(i + 1) * d];
+            snap.segments()[s].segment.read_vector(r, v);
+            if metric == Metric::Cosine {
+                let norm = dot(v, v).sqrt();
+                if norm > 0.0 {
+                    v.iter_mut().for_each(|x| *x /= norm);
+                }
+            }
+        }
+        // level draws: floor(-ln(U) / ln(m)), from a seeded xorshift
+        let ml = 1.0 / (params.m as f64).ln();
+        let mut state = params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let mut levels = Vec::with_capacity(n);
+        for _ in 0..n {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            levels.push(((-u.ln() * ml).floor() as usize).min(30) as u8);
+        }
+        let m0 = 2 * params.m;
+        let mut upper_start = Vec::with_capacity(n + 1);
+        let mut total = 0u32;
+        for &l in &levels {
+            upper_start.push(total);
+            total += l as u32 * (1 + params.m as u32);
+        }
+        upper_start.push(total);
+        let mut h = Self {
+            dim: d,
+            metric,
+            m: params.m,
+            m0,
+            vectors,
+            ids: live.iter().map(|r| r.0.0).collect(),
+            rows: live.iter().map(|&(_, s, r)| (s as u32, r as u32)).collect(),
+            levels,
+            level0: vec![0; n * (1 + m0)],
+            upper: vec![0; total as usize],
+            upper_start,
+            entry: 0,
+            max_level: 0,
+            built_from: (snap.generation().to_string(), snap.opstamp()),
+        };
+        let mut scratch = Scratch::new(n);
+        let mut found = Vec::new();
+        for i in 0..n as u32 {
+            h.insert(i, params.ef_construction, &mut scratch, &mut found);
+        }
+        Ok(h)
+    }
+
+    /// Nodes in the graph.
+    pub fn len(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Whether the graph is empty.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// Bytes of the graph links (vectors excluded).
+    pub fn link_bytes(&self) -> usize {
+        4 * (self.level0.len() + self.upper.len() + self.upper_start.len()) + self.levels.len()
+    }
+
+    /// Bytes of the vectors held by the index.
+    pub fn vector_bytes(&self) -> usize {
+        4 * self.vectors.len()
+    }
+
+    #[inline]
+    fn vector(&self, i: u32) -> &[f32] {
+        &self.vectors[i as usize * self.dim..(i as usize + 1) * self.dim]
+    }
+
+    /// Distance (smaller is nearer): −dot for inner product and cosine (on normalised
+    /// vectors), squared Euclidean for L2.
+    #[inline]
+    fn dist(&self, q: &[f32], i: u32) -> f32 {
+        let x = self.vector(i);
+        match self.metric {
+            Metric::InnerProduct | Metric::Cosine => -dot(q, x),
+            Metric::L2 => {
+                let mut acc = [0f32; 8];
+                let (cq, rq) = q.as_chunks::<8>();
+                let (cx, rx) = x.as_chunks::<8>();
+                for (a, b) in cq.iter().zip(cx) {
+                    for k in 0..8 {
+                        let t = a[k] - b[k];
+                        acc[k] += t * t;
+                    }
+                }
+                let mut s: f32 = acc.iter().sum();
+                for (a, b) in rq.iter().zip(rx) {
+                    s += (a - b) * (a - b);
+                }
+                s
+            }
+        }
+    }
+
+    #[inline]
+    fn links(&self, i: u32, level: usize) -> &[u32] {
+        let rec = if level == 0 {
+            &self.level0[i as usize * (1 + self.m0)..(i as usize + 1) * (1 + self.m0)]
+        } else {
+            let s = self.upper_start[i as usize] as usize + (level - 1) * (1 + self.m);
+            &self.upper[s..s + 1 + self.m]
+        };
+        &rec[1..1 + rec[0] as usize]
+    }
+
+    fn set_links(&mut self, i: u32, level: usize, links: &[u32]) {
+        let rec = if level == 0 {
+            &mut self.level0[i as usize * (1 + self.m0)..(i as usize + 1) * (1 + self.m0)]
+        } else {
+            let s = self.upper_start[i as usize] as usize + (level - 1) * (1 + self.m);
+            &mut self.upper[s..s + 1 + self.m]
+        };
+        rec[0] = links.len() as u32;
+        rec[1..1 + links.len()].copy_from_slice(links);
+    }
+
+    /// Greedy walk to the nearest node on `level`.
+    fn greedy(&self, q: &[f32], mut ep: u32, level: usize) -> u32 {
+        let mut best = self.dist(q, ep);
+        loop {
+            let mut moved = false;
+            for &n in self.links(ep, level) {
+                let d = self.dist(q, n);
+                if d < best {
+                    best = d;
+                    ep = n;
+                    moved = true;
+                }
+            }
+            if !moved {
+                return ep;
+            }
+        }
+    }
+
+    /// The `ef` nearest admissible nodes on `level`, starting from `ep`, into `s.results`.
+    fn search_layer(
+        &self,
+        q: &[f32],
+        ep: u32,
+        ef: usize,
+        level: usize,
+        s: &mut Scratch,
+        admit: Option<&dyn Fn(u32) -> bool>,
+    ) {
+        let filtered = admit.is_some();
+        let admit = |i: u32| admit.is_none_or(|f| f(i));
+        s.reset(self.len());
+        s.visit(ep);
+        let d0 = self.dist(q, ep);
+        s.candidates.push(Far(d0, ep));
+        let mut bound = f32::INFINITY;
+        if admit(ep) {
+            s.results.push(Near(d0, ep));
+            bound = d0;
+        }
+        while let Some(Far(d, c)) = s.candidates.pop() {
+            if d > bound && (s.results.len() >= ef || !filtered) {
+                break;
+            }
+            for &n in self.links(c, level) {
+                if !s.visit(n) {
+                    continue;
+                }
+                let dn = self.dist(q, n);
+                if s.results.len() < ef || dn < bound {
+                    s.candidates.push(Far(dn, n));
+                    if admit(n) {
+                        s.results.push(Near(dn, n));
+                        if s.results.len() > ef {
+                            s.results.pop();
+                        }
+                        bound = s.results.peek().map_or(f32::INFINITY, |t| t.0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Keep up to `m` of `cands` (sorted nearest first): a candidate is kept when it is
+    /// nearer to the base than to every one kept so far (the diversity heuristic).
+    fn select(&self, cands: &[(f32, u32)], m: usize, out: &mut Vec<u32>) {
+        out.clear();
+        for &(d, c) in cands {
+            if out.len() >= m {
+                break;
+            }
+            let cv = self.vector(c);
+            if out.iter().all(|&k| self.dist(cv, k) > d) {
+                out.push(c);
+            }
+        }
+    }
+
+    fn insert(&mut self, i: u32, ef: usize, s: &mut Scratch, found: &mut Vec<(f32, u32)>) {
+        let level = self.levels[i as usize] as usize;
+        if i == 0 {
+            self.entry = 0;
+            self.max_level = level;
+            return;
+        }
+        let q = self.vector(i).to_vec();
+        let mut ep = self.entry;
+        for l in (level + 1..=self.max_level).rev() {
+            ep = self.greedy(&q, ep, l);
+        }
+        let mut chosen = Vec::with_capacity(self.m0);
+        let mut pruned = Vec::with_capacity(self.m0 + 1);
+        for l in (0..=level.min(self.max_level)).rev() {
+            self.search_layer(&q, ep, ef, l, s, None);
+            found.clear();
+            found.extend(s.results.drain().map(|Near(d, n)| (d, n)));
+            found.sort_by(|a, b| a.0.total_cmp(&b.0));
+            ep = found.first().map_or(ep, |f| f.1);
+            self.select(found, self.m, &mut chosen);
+            self.set_links(i, l, &chosen);
+            let cap = if l == 0 { self.m0 } else { self.m };
+            for &n in &chosen {
+                let mut links: Vec<u32> = self.links(n, l).to_vec();
+                if links.len() < cap {
+                    links.push(i);
+                    self.set_links(n, l, &links);
+                } else {
+                    let nv = self.vector(n).to_vec();
+                    let mut cands: Vec<(f32, u32)> =
+                        links.iter().map(|&k| (self.dist(&nv, k), k)).collect();
+                    cands.push((self.dist(&nv, i), i));
+                    cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    self.select(&cands, cap, &mut pruned);
+                    self.set_links(n, l, &pruned);
+                }
+            }
+        }
+        if level > self.max_level {
+            self.max_level = level;
+            self.entry = i;
+        }
+    }
+
+    /// The `k` nearest admissible items to `query`, exploring `ef` candidates (≥ k).
+    /// Scores follow [`Snapshot::search`]'s convention (larger is better).
+    pub fn search(
+        &self,
+        snap: &Snapshot,
+        query: &[f32],
+        k: usize,
+        ef: usize,
+        filter: &Filter,
+        scratch: &mut Scratch,
+    ) -> Result<Vec<Hit>> {
+        if query.len() != self.dim {
+            return Err(Error::Query {
+                message: format!(
+                    "query has {} values, the index's dim is {}",
+                    query.len(),
+                    self.dim
+                ),
+            });
+        }
+        if (snap.generation(), snap.opstamp()) != (self.built_from.0.as_str(), self.built_from.1) {
+            return Err(Error::Query {
+                message: format!(
+                    "the index was built from generation {:?} at commit {}, the snapshot is {:?} at commit {}",
+                    self.built_from.0,
+                    self.built_from.1,
+                    snap.generation(),
+                    snap.opstamp()
+                ),
+            });
+        }
+        if self.is_empty() || k == 0 {
+            return Ok(Vec::new());
+        }
+        let mut q = query.to_vec();
+        if self.metric == Metric::Cosine {
+            let norm = dot(&q, &q).sqrt();
+            if norm > 0.0 {
+                q.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        let segs = snap.segments();
+        let filtered = !filter.exclude_sorted.is_empty() || filter.attrs.is_some();
+        let admit = |i: u32| {
+            let (s, r) = self.rows[i as usize];
+            let Some(ls) = segs.get(s as usize) else {
+                return false;
+            };
+            !ls.tombstones.is_deleted(r as usize)
+                && filter.admits(self.ids[i as usize], || ls.segment.attrs(r as usize))
+        };
+        let mut ep = self.entry;
+        for l in (1..=self.max_level).rev() {
+            ep = self.greedy(&q, ep, l);
+        }
+        let any_deleted = snap.segments().iter().any(|s| s.tombstones.count() > 0);
+        let admit: Option<&dyn Fn(u32) -> bool> = (filtered || any_deleted).then_some(&admit);
+        self.search_layer(&q, ep, ef.max(k), 0, scratch, admit);
+        let mut out: Vec<Hit> = scratch
+            .results
+            .drain()
+            .map(|Near(d, n)| Hit {
+                id: ItemId(self.ids[n as usize]),
+                score: -d,
+            })
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+        out.truncate(k);
+        Ok(out)
+    }
+}

@@ -1,0 +1,133 @@
+//! HNSW recall against exact search, with and without filters.
+
+use std::sync::Arc;
+
+use embed_store::hnsw::{Hnsw, HnswParams, Scratch};
+use embed_store::search::Filter;
+use embed_store::{GenerationSpec, ItemId, Metric, RamDirectory, Snapshot, StorageType, Store};
+
+/// L2-normalised points from a Gaussian mixture (clusters, within-cluster std 0.35).
+fn mixture(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    let mut normal = move || {
+        // Box-Muller from a xorshift stream
+        let mut u = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        let (a, b) = (u(), u());
+        ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
+    };
+    let centers: Vec<f32> = (0..clusters * d).map(|_| normal()).collect();
+    let mut out = Vec::with_capacity(n * d);
+    for i in 0..n {
+        let c = (i * 7919) % clusters;
+        let mut v: Vec<f32> = (0..d)
+            .map(|j| centers[c * d + j] / (d as f32).sqrt() + 0.35 * normal() / (d as f32).sqrt())
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        out.extend(v);
+    }
+    out
+}
+
+fn snapshot(n: usize, d: usize, storage: StorageType) -> (Arc<Store>, Snapshot, Vec<f32>) {
+    let data = mixture(n, d, 50, 7);
+    let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
+    let mut w = store.writer().unwrap();
+    w.create_generation(GenerationSpec::new("g", d, storage).attrs(1))
+        .unwrap();
+    let ids: Vec<ItemId> = (0..n as u64).map(ItemId).collect();
+    let attrs: Vec<u32> = (0..n as u32).map(|i| i % 5).collect();
+    w.put_many("g", &ids, &data, Some(&attrs)).unwrap();
+    w.set_current("g").unwrap();
+    w.commit().unwrap();
+    w.delete(
+        "g",
+        &(0..n as u64).step_by(11).map(ItemId).collect::<Vec<_>>(),
+    )
+    .unwrap();
+    w.commit().unwrap();
+    let s = store.snapshot().unwrap();
+    (store, s, data)
+}
+
+fn recall(
+    snap: &Snapshot,
+    index: &Hnsw,
+    queries: &[f32],
+    d: usize,
+    metric: Metric,
+    ef: usize,
+    filter: &Filter,
+) -> f64 {
+    let mut scratch = Scratch::new(index.len());
+    let mut hit = 0;
+    let mut total = 0;
+    for q in queries.chunks(d) {
+        let exact = snap.search(q, 10, metric, filter).unwrap();
+        let approx = index.search(snap, q, 10, ef, filter, &mut scratch).unwrap();
+        for h in &approx {
+            assert!(
+                filter.admits(h.id.0, || snap.attrs(h.id).unwrap()),
+                "filtered item {h:?} returned"
+            );
+            assert!(h.id.0 % 11 != 0, "deleted item returned");
+        }
+        total += exact.len();
+        hit += approx
+            .iter()
+            .filter(|a| exact.iter().any(|e| e.id == a.id))
+            .count();
+    }
+    hit as f64 / total as f64
+}
+
+#[test]
+fn recall_at_10_is_high_for_every_metric_and_with_filters() {
+    let (n, d) = (8000, 32);
+    let (_store, snap, _) = snapshot(n, d, StorageType::F32);
+    let queries = mixture(100, d, 50, 99);
+    for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
+        let index = Hnsw::build(
+            &snap,
+            metric,
+            HnswParams {
+                m: 16,
+                ef_construction: 100,
+                seed: 1,
+            },
+        )
+        .unwrap();
+        assert_eq!(index.len(), snap.len());
+        let r16 = recall(&snap, &index, &queries, d, metric, 16, &Filter::none());
+        let r128 = recall(&snap, &index, &queries, d, metric, 128, &Filter::none());
+        println!("{metric:?}: recall@10 ef=16 {r16:.3}, ef=128 {r128:.3}");
+        assert!(r128 >= 0.97, "{metric:?}: {r128}");
+        assert!(r128 >= r16);
+        let exclude: Vec<u64> = (0..n as u64).step_by(3).collect();
+        let pred = |a: &[u32]| a[0] != 1;
+        let filter = Filter::none().exclude(&exclude).with_attrs(&pred);
+        let rf = recall(&snap, &index, &queries, d, metric, 128, &filter);
+        println!("{metric:?}: filtered recall@10 ef=128 {rf:.3}");
+        assert!(rf >= 0.95, "{metric:?} filtered: {rf}");
+    }
+}
+
+#[test]
+fn a_stale_snapshot_is_refused() {
+    let (store, snap, _) = snapshot(500, 8, StorageType::F16);
+    let index = Hnsw::build(&snap, Metric::L2, HnswParams::default()).unwrap();
+    let mut w = store.writer().unwrap();
+    w.delete("g", &[ItemId(1)]).unwrap();
+    w.commit().unwrap();
+    let newer = store.snapshot().unwrap();
+    let mut scratch = Scratch::new(index.len());
+    let e = index
+        .search(&newer, &[0.0; 8], 5, 32, &Filter::none(), &mut scratch)
+        .unwrap_err();
+    assert!(e.to_string().contains("built from generation"), "{e}");
+}
