@@ -1,0 +1,206 @@
+//! HNSW recall and throughput on a base/query set, against exact search.
+//!
+//! ```text
+//! cargo run --release --example ann_bench -- --base B.npy --queries Q.npy [--gt G.npy] [--k 10] [--threads N]
+//! cargo run --release --example ann_bench -- --synthetic 1000000   # the issue's Gaussian mixture
+//! ```
+//! Prints the build time and index size, then one line per ef:
+//! `ef=64 recall@10=0.973 qps=...`. Ground truth is computed exactly when `--gt` is absent.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use mosaic::embed_store::exchange::import_npy;
+use mosaic::embed_store::hnsw::{Hnsw, HnswParams, Scratch};
+use mosaic::embed_store::search::Filter;
+use mosaic::embed_store::{GenerationSpec, ItemId, Metric, RamDirectory, StorageType, Store};
+use ndarray::Array2;
+use ndarray_npy::ReadNpyExt;
+use rayon::prelude::*;
+
+#[derive(Parser)]
+#[command(about = "HNSW recall@k and queries/sec against exact search")]
+struct Args {
+    /// Base vectors, (N, d) float .npy.
+    #[arg(long)]
+    base: Option<PathBuf>,
+    /// Query vectors, (Q, d) float .npy.
+    #[arg(long)]
+    queries: Option<PathBuf>,
+    /// Ground-truth neighbour row numbers, (Q, >=k) integer .npy.
+    #[arg(long)]
+    gt: Option<PathBuf>,
+    /// Generate this many L2-normalised 64-d points from a 1000-cluster Gaussian mixture
+    /// (within-cluster std 0.35) plus 1000 queries, instead of reading files.
+    #[arg(long)]
+    synthetic: Option<usize>,
+    /// Neighbours per query.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Search threads (1 = single-threaded qps).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// HNSW links per node.
+    #[arg(long, default_value_t = 16)]
+    m: usize,
+    /// HNSW build candidate list.
+    #[arg(long, default_value_t = 200)]
+    ef_construction: usize,
+    /// Storage type of the generation: f32, f16 or int8.
+    #[arg(long, default_value = "f32")]
+    storage: String,
+}
+
+fn mixture(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    let mut u = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+    };
+    let mut normal = move || {
+        let (a, b) = (u(), u());
+        ((-2.0 * a.ln()).sqrt() * (std::f64::consts::TAU * b).cos()) as f32
+    };
+    let centers: Vec<f32> = (0..clusters * d).map(|_| normal()).collect();
+    let mut out = Vec::with_capacity(n * d);
+    for i in 0..n {
+        let c = (i * 7919) % clusters;
+        let cn: f32 = centers[c * d..(c + 1) * d]
+            .iter()
+            .map(|x| x * x)
+            .sum::<f32>()
+            .sqrt();
+        let mut v: Vec<f32> = (0..d)
+            .map(|j| centers[c * d + j] / cn + 0.35 * normal() / (d as f32).sqrt())
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        out.extend(v);
+    }
+    out
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(a.threads.max(1))
+        .build_global()
+        .ok();
+    let storage = match a.storage.as_str() {
+        "f32" => StorageType::F32,
+        "f16" => StorageType::F16,
+        "int8" => StorageType::Int8,
+        s => bail!("--storage must be f32, f16 or int8, not {s:?}"),
+    };
+    let store = Store::open(Arc::new(RamDirectory::new()))?;
+    let mut w = store.writer()?;
+    let (queries, d) = match (&a.synthetic, &a.base, &a.queries) {
+        (Some(n), _, _) => {
+            let d = 64;
+            w.create_generation(GenerationSpec::new("bench", d, storage))?;
+            w.commit()?;
+            let base = mixture(*n, d, 1000, 1);
+            let ids: Vec<ItemId> = (0..*n as u64).map(ItemId).collect();
+            w.put_many("bench", &ids, &base, None)?;
+            (mixture(1000, d, 1000, 2), d)
+        }
+        (None, Some(b), Some(q)) => {
+            let qa = Array2::<f32>::read_npy(
+                std::fs::File::open(q).with_context(|| q.display().to_string())?,
+            )?;
+            let d = qa.ncols();
+            w.create_generation(GenerationSpec::new("bench", d, storage))?;
+            w.commit()?;
+            import_npy(&mut w, "bench", b, None)?;
+            (qa.iter().copied().collect(), d)
+        }
+        _ => bail!("give --base and --queries, or --synthetic N"),
+    };
+    w.set_current("bench")?;
+    w.commit()?;
+    let snap = store.snapshot().context("no generation")?;
+    let nq = queries.len() / d;
+    println!(
+        "base={} queries={nq} dim={d} storage={:?} k={} threads={}",
+        snap.len(),
+        storage,
+        a.k,
+        a.threads
+    );
+
+    let t = Instant::now();
+    let params = HnswParams {
+        m: a.m,
+        ef_construction: a.ef_construction,
+        seed: 42,
+    };
+    let index = Hnsw::build(&snap, Metric::InnerProduct, params)?;
+    println!(
+        "build_s={:.2} index_bytes={} (links {} + vectors {}) m={} ef_construction={}",
+        t.elapsed().as_secs_f64(),
+        index.link_bytes() + index.vector_bytes(),
+        index.link_bytes(),
+        index.vector_bytes(),
+        a.m,
+        a.ef_construction
+    );
+
+    let gt: Vec<Vec<u64>> = match &a.gt {
+        Some(p) => {
+            let g = Array2::<i64>::read_npy(std::fs::File::open(p)?).or_else(|_| {
+                Array2::<i32>::read_npy(std::fs::File::open(p)?).map(|g| g.mapv(i64::from))
+            })?;
+            g.rows()
+                .into_iter()
+                .map(|r| r.iter().take(a.k).map(|&x| x as u64).collect())
+                .collect()
+        }
+        None => {
+            let t = Instant::now();
+            let exact = snap.search_batch(&queries, a.k, Metric::InnerProduct, &Filter::none())?;
+            println!(
+                "exact_search_s={:.2} exact_qps={:.0}",
+                t.elapsed().as_secs_f64(),
+                nq as f64 / t.elapsed().as_secs_f64()
+            );
+            exact
+                .into_iter()
+                .map(|h| h.into_iter().map(|x| x.id.0).collect())
+                .collect()
+        }
+    };
+    for ef in [16, 32, 64, 128, 256] {
+        let t = Instant::now();
+        let results: Vec<Vec<u64>> = queries
+            .par_chunks(d)
+            .map_init(
+                || Scratch::new(index.len()),
+                |s, q| {
+                    index
+                        .search(&snap, q, a.k, ef, &Filter::none(), s)
+                        .map(|h| h.into_iter().map(|x| x.id.0).collect())
+                        .unwrap_or_default()
+                },
+            )
+            .collect();
+        let secs = t.elapsed().as_secs_f64();
+        let hits: usize = results
+            .iter()
+            .zip(&gt)
+            .map(|(r, g)| r.iter().filter(|x| g.contains(x)).count())
+            .sum();
+        let total: usize = gt.iter().map(|g| g.len().min(a.k)).sum();
+        println!(
+            "ef={ef} recall@{}={:.3} qps={:.0}",
+            a.k,
+            hits as f64 / total as f64,
+            nq as f64 / secs
+        );
+    }
+    Ok(())
+}
