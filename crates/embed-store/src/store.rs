@@ -650,6 +650,12 @@ impl Writer {
         for name in &self.dropped {
             m.generations.remove(name);
         }
+        // buffered puts become staged segments first, so apply() sees only staged
+        // segments and deletions
+        let names: Vec<String> = self.pending.keys().cloned().collect();
+        for name in names {
+            self.flush(&name)?;
+        }
         let pending = std::mem::take(&mut self.pending);
         let result = self.apply(&store, &st, &mut m, &pending);
         self.pending = pending;
@@ -675,7 +681,7 @@ impl Writer {
         Ok(m.opstamp)
     }
 
-    /// Write tombstones and segments for `pending` into `m`.
+    /// Record tombstones and the staged segments of `pending` in `m`.
     fn apply(
         &mut self,
         store: &Store,
@@ -684,7 +690,7 @@ impl Writer {
         pending: &BTreeMap<String, Pending>,
     ) -> Result<()> {
         for (name, p) in pending {
-            if p.puts.is_empty() && p.deletes.is_empty() && p.staged.is_empty() {
+            if p.deletes.is_empty() && p.staged.is_empty() {
                 continue;
             }
             let Some(g) = m.generations.get(name).cloned() else {
@@ -699,12 +705,7 @@ impl Writer {
                 };
                 let mut t = (*live.tombstones).clone();
                 let mut changed = false;
-                for id in p
-                    .puts
-                    .keys()
-                    .chain(p.deletes.iter())
-                    .chain(p.staged_ids.iter())
-                {
+                for id in p.deletes.iter().chain(p.staged_ids.iter()) {
                     if let Some(r) = live.segment.find(*id) {
                         changed |= t.delete(r);
                     }
@@ -720,26 +721,6 @@ impl Writer {
                 g.segments.push(SegmentMeta {
                     file: file.clone(),
                     count: *count,
-                    deletes: None,
-                    deleted: 0,
-                });
-            }
-            if !p.puts.is_empty() {
-                let mut rows: Vec<Row> = p
-                    .puts
-                    .iter()
-                    .map(|(id, (v, a))| Row {
-                        id: *id,
-                        vector: v,
-                        attrs: a,
-                    })
-                    .collect();
-                let bytes = segment::encode(g.storage, g.dim, g.n_attrs, &mut rows);
-                let file = self.new_file("seg");
-                store.dir.atomic_write(&file, &bytes)?;
-                g.segments.push(SegmentMeta {
-                    file,
-                    count: rows.len(),
                     deletes: None,
                     deleted: 0,
                 });

@@ -14,6 +14,7 @@ use candle_nn::{LayerNorm, Linear};
 use crate::config::{Qwen3VlConfig, VisionConfig};
 use crate::decoder::Params;
 use crate::error::{Error, Result};
+use crate::model::VisualInput;
 use crate::position::VisualGrid;
 use crate::weights::Weights;
 
@@ -207,17 +208,6 @@ impl PatchGrid {
     }
 }
 
-/// What the vision tower returns for a batch of images.
-#[derive(Debug, Clone)]
-pub struct VisionOutput {
-    /// Merged tokens (n_patches / m^2, H), images in order: they replace the placeholders.
-    pub embeds: Tensor,
-    /// DeepStack features, same shape, one per level.
-    pub deepstack: Vec<Tensor>,
-    /// Each image's grid in merged tokens, for the 3-D positions.
-    pub grids: Vec<VisualGrid>,
-}
-
 /// Intermediate values, for parity checks against the reference.
 #[derive(Debug, Clone)]
 pub struct VisionTrace {
@@ -308,8 +298,9 @@ impl VisionTower {
     }
 
     /// Encode `pixel_values` (patches of all images, rows in merge-block order, each
-    /// row (C, Tp, P, P) flattened) with their grids.
-    pub fn forward(&self, pixel_values: &Tensor, grids: &[PatchGrid]) -> Result<VisionOutput> {
+    /// row (C, Tp, P, P) flattened) with their grids, into the decoder's visual input:
+    /// merged tokens (n_patches / m², H), DeepStack features, and merged grids.
+    pub fn forward(&self, pixel_values: &Tensor, grids: &[PatchGrid]) -> Result<VisualInput> {
         Ok(self.forward_traced(pixel_values, grids, false)?.0)
     }
 
@@ -319,7 +310,7 @@ impl VisionTower {
         pixel_values: &Tensor,
         grids: &[PatchGrid],
         trace: bool,
-    ) -> Result<(VisionOutput, Option<VisionTrace>)> {
+    ) -> Result<(VisualInput, Option<VisionTrace>)> {
         let c = &self.cfg;
         let m = c.spatial_merge_size;
         let patch_dim = c.in_channels * c.temporal_patch_size * c.patch_size * c.patch_size;
@@ -365,7 +356,7 @@ impl VisionTower {
             }
         }
         let embeds = self.merger.forward(&x)?;
-        let out = VisionOutput {
+        let out = VisualInput {
             embeds,
             deepstack,
             grids: grids

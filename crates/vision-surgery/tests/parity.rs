@@ -7,10 +7,13 @@
 //! recorded vision-tower outputs, d with caller-supplied ones), the 3-D position ids
 //! computed here, and every KV-cache decode step of case e, each within 1e-4.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
+use common::{case_ids as ids, max_abs_diff};
 use vision_surgery::config::Qwen3VlConfig;
 use vision_surgery::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
 use vision_surgery::position::{VisualGrid, rope_index_one};
@@ -93,50 +96,23 @@ impl Fixture {
             .collect()
     }
 
+    /// The same grids in merged (decoder) tokens.
     fn grids(&self, t: &HashMap<String, Tensor>) -> Vec<VisualGrid> {
-        let thw = t["image_grid_thw"]
-            .to_dtype(DType::U32)
-            .unwrap()
-            .to_vec2::<u32>()
-            .unwrap();
-        thw.iter()
+        self.patch_grids(t)
+            .iter()
             .map(|g| VisualGrid {
-                t: g[0] as usize,
-                h: g[1] as usize / self.merge,
-                w: g[2] as usize / self.merge,
+                t: g.t,
+                h: g.h / self.merge,
+                w: g.w / self.merge,
             })
             .collect()
     }
-}
-
-fn ids(t: &HashMap<String, Tensor>) -> Vec<u32> {
-    t["input_ids"]
-        .to_dtype(DType::U32)
-        .unwrap()
-        .i(0)
-        .unwrap()
-        .to_vec1()
-        .unwrap()
 }
 
 fn deepstack(t: &HashMap<String, Tensor>) -> Vec<Tensor> {
     (0..)
         .map_while(|k| t.get(&format!("deepstack_{k}")).cloned())
         .collect()
-}
-
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    assert_eq!(a.dims(), b.dims(), "shape mismatch");
-    (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap()
 }
 
 /// Compare our 3-D positions with the recorded (3, 1, S) ones; returns max |Δ|.
@@ -286,11 +262,7 @@ fn parity_with_reference_fixtures() {
                 let mut cache = f.model.new_cache(64);
                 let seq = SequenceInput {
                     ids: ids(&t),
-                    visual: Some(VisualInput {
-                        embeds: out.embeds,
-                        deepstack: out.deepstack,
-                        grids: out.grids,
-                    }),
+                    visual: Some(out),
                 };
                 let full = f
                     .model
