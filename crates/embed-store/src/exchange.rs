@@ -454,7 +454,7 @@ pub fn export_npy(snap: &Snapshot, vectors: &Path, ids: &Path) -> Result<usize> 
         .map_err(|e| Error::io(ids, e))?;
     let mut buf = vec![0f32; d];
     for &(id, s, r) in &rows {
-        snap.segments()[s].segment.read_vector(r, &mut buf);
+        snap.segments()[s].segment.read_vector(r, &mut buf)?;
         vw.write_all(bytemuck::cast_slice(&buf))
             .map_err(|e| Error::io(vectors, e))?;
         iw.write_all(&id.0.to_le_bytes())
@@ -494,7 +494,7 @@ pub fn export_safetensors(snap: &Snapshot, path: &Path) -> Result<usize> {
     }
     let mut buf = vec![0f32; d];
     for &(_, s, r) in &rows {
-        snap.segments()[s].segment.read_vector(r, &mut buf);
+        snap.segments()[s].segment.read_vector(r, &mut buf)?;
         w.write_all(bytemuck::cast_slice(&buf))
             .map_err(|e| Error::io(path, e))?;
     }

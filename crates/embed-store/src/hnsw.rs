@@ -156,7 +156,7 @@ impl Hnsw {
         let mut vectors = vec![0f32; n * d];
         for (i, &(_, s, r)) in live.iter().enumerate() {
             let v = &mut vectors[i * d..(i + 1) * d];
-            snap.segments()[s].segment.read_vector(r, v);
+            snap.segments()[s].segment.read_vector(r, v)?;
             if metric == Metric::Cosine {
                 let norm = dot(v, v).sqrt();
                 if norm > 0.0 {

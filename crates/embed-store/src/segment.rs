@@ -294,9 +294,19 @@ impl Segment {
         })
     }
 
-    /// Decode row `row` into `out` (dim values).
-    pub fn read_vector(&self, row: usize, out: &mut [f32]) {
+    /// Decode row `row` into `out`, which must hold exactly `dim` values.
+    pub fn read_vector(&self, row: usize, out: &mut [f32]) -> Result<()> {
         let d = self.dim;
+        if row >= self.count || out.len() != d {
+            return Err(Error::Query {
+                message: format!(
+                    "read_vector(row {row}, buffer of {}) on segment {} with {} rows of dim {d}",
+                    out.len(),
+                    self.name,
+                    self.count
+                ),
+            });
+        }
         match self.storage {
             StorageType::F32 => {
                 out.copy_from_slice(&self.f32_data().unwrap_or(&[])[row * d..(row + 1) * d])
@@ -315,12 +325,14 @@ impl Segment {
                 }
             }
         }
+        Ok(())
     }
 
-    /// Attributes of `row`.
+    /// Attributes of `row` (empty past the last row).
     pub fn attrs(&self, row: usize) -> &[u32] {
         let all: &[u32] = bytemuck::cast_slice(self.section(3));
-        &all[row * self.n_attrs..(row + 1) * self.n_attrs]
+        all.get(row * self.n_attrs..(row + 1) * self.n_attrs)
+            .unwrap_or(&[])
     }
 }
 
@@ -349,7 +361,7 @@ mod tests {
             let mut out = [0f32; 3];
             for i in 0..5 {
                 let row = seg.find(10 * i as u64 + 7).unwrap();
-                seg.read_vector(row, &mut out);
+                seg.read_vector(row, &mut out).unwrap();
                 let tol = match storage {
                     StorageType::F32 => 0.0,
                     StorageType::F16 => 1e-3,
@@ -360,6 +372,10 @@ mod tests {
                 }
                 assert_eq!(seg.attrs(row), &attrs[i][..]);
             }
+            // misuse is an error, not a panic
+            assert!(seg.read_vector(5, &mut out).is_err());
+            assert!(seg.read_vector(0, &mut [0.0; 2]).is_err());
+            assert!(seg.attrs(5).is_empty());
             for pos in 0..bytes.len() {
                 let mut b = bytes.clone();
                 b[pos] ^= 0x40;

@@ -84,7 +84,7 @@ impl Snapshot {
     pub fn get(&self, id: ItemId) -> Option<Vec<f32>> {
         let (s, r) = self.locate(id)?;
         let mut v = vec![0f32; self.meta.dim];
-        self.segments[s].segment.read_vector(r, &mut v);
+        self.segments[s].segment.read_vector(r, &mut v).ok()?;
         Some(v)
     }
 
@@ -101,20 +101,16 @@ impl Snapshot {
                 ),
             });
         }
-        Ok(ids
-            .iter()
+        ids.iter()
             .zip(out.chunks_mut(d))
             .map(|(id, o)| match self.locate(*id) {
-                Some((s, r)) => {
-                    self.segments[s].segment.read_vector(r, o);
-                    true
-                }
+                Some((s, r)) => self.segments[s].segment.read_vector(r, o).map(|()| true),
                 None => {
                     o.fill(0.0);
-                    false
+                    Ok(false)
                 }
             })
-            .collect())
+            .collect()
     }
 
     /// Attributes of `id`.
@@ -745,7 +741,7 @@ impl Writer {
         let mut buf = vec![0f32; d];
         for (id, s, r) in snap.iter_live() {
             let seg = &snap.segments()[s].segment;
-            seg.read_vector(r, &mut buf);
+            seg.read_vector(r, &mut buf)?;
             ids.push(id.0);
             vecs.extend_from_slice(&buf);
             attrs.extend_from_slice(seg.attrs(r));
