@@ -239,22 +239,7 @@ impl Hnsw {
         let x = self.vector(i);
         match self.metric {
             Metric::InnerProduct | Metric::Cosine => -dot(q, x),
-            Metric::L2 => {
-                let mut acc = [0f32; 8];
-                let (cq, rq) = q.as_chunks::<8>();
-                let (cx, rx) = x.as_chunks::<8>();
-                for (a, b) in cq.iter().zip(cx) {
-                    for k in 0..8 {
-                        let t = a[k] - b[k];
-                        acc[k] += t * t;
-                    }
-                }
-                let mut s: f32 = acc.iter().sum();
-                for (a, b) in rq.iter().zip(rx) {
-                    s += (a - b) * (a - b);
-                }
-                s
-            }
+            Metric::L2 => crate::kernels::l2_squared(q, x),
         }
     }
 

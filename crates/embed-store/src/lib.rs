@@ -14,6 +14,7 @@ pub mod directory;
 pub mod error;
 pub mod exchange;
 pub mod hnsw;
+pub mod kernels;
 pub mod manifest;
 pub mod search;
 pub mod segment;

@@ -135,23 +135,7 @@ impl TopK {
     }
 }
 
-/// Dot product with 8 independent accumulators (vectorizes well).
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0f32; 8];
-    let (ca, ra) = a.as_chunks::<8>();
-    let (cb, rb) = b.as_chunks::<8>();
-    for (x, y) in ca.iter().zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
+pub use crate::kernels::dot;
 
 /// Dot product of f32 `q` with int8 codes `x` (unscaled).
 #[inline]
