@@ -716,21 +716,32 @@ pub fn write_adapter(path: &Path, spec: &AdapterSpec, tensors: &[(String, Tensor
         if t.dims() != shape.as_slice() {
             return Err(shape_error(spec, name, shape, t.dims()));
         }
+        views.push((name.clone(), t.clone()));
+    }
+    write_tensors(path, &views, spec.metadata())
+}
+
+/// Write `tensors` (any dtype the format knows) with header `metadata` to `path`.
+pub(crate) fn write_tensors(
+    path: &Path,
+    tensors: &[(String, Tensor)],
+    metadata: HashMap<String, String>,
+) -> Result<()> {
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
         let (dtype, bytes) = tensor_bytes(t)?;
         views.push((
             name.clone(),
             RawView {
                 dtype,
-                shape: shape.clone(),
+                shape: t.dims().to_vec(),
                 data: bytes.into(),
             },
         ));
     }
-    safetensors::serialize_to_file(views, Some(spec.metadata()), path).map_err(|e| {
-        Error::Safetensors {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        }
+    safetensors::serialize_to_file(views, Some(metadata), path).map_err(|e| Error::Safetensors {
+        path: path.to_path_buf(),
+        message: e.to_string(),
     })
 }
 

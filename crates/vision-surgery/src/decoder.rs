@@ -111,6 +111,19 @@ impl<'a> Params<'a> {
     }
 }
 
+/// Which implementation of the normalisation, rotary and softmax steps to run.
+///
+/// candle's fused kernels (`rms_norm`, `rope`, `softmax_last_dim`) have no backward
+/// pass, so gradients cannot flow through them; training an adapter through the frozen
+/// decoder runs the same maths as compositions of differentiable tensor ops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kernels {
+    /// Fused kernels: inference (the default).
+    Fused,
+    /// Differentiable compositions: a backward pass can reach the inputs.
+    Differentiable,
+}
+
 /// RMSNorm: `w * x / sqrt(mean(x^2) + eps)`, computed in f32.
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
@@ -128,10 +141,32 @@ impl RmsNorm {
     }
 }
 
+impl RmsNorm {
+    /// Normalise `x` over its last axis with the chosen kernels.
+    pub fn apply(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
+        match kernels {
+            Kernels::Fused => candle_nn::ops::rms_norm(x, &self.weight, self.eps),
+            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps),
+        }
+    }
+}
+
 impl Module for RmsNorm {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        candle_nn::ops::rms_norm(x, &self.weight, self.eps)
+        self.apply(x, Kernels::Fused)
     }
+}
+
+/// Rotary embedding of `x` (b, heads, s, hd) with `cos`/`sin` (b, s, hd/2), rotating
+/// halves as `rope` does, written with differentiable ops.
+fn rope_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::Result<Tensor> {
+    let cos = Tensor::cat(&[cos, cos], D::Minus1)?.unsqueeze(1)?;
+    let sin = Tensor::cat(&[sin, sin], D::Minus1)?.unsqueeze(1)?;
+    let half = x.dim(D::Minus1)? / 2;
+    let x1 = x.narrow(D::Minus1, 0, half)?;
+    let x2 = x.narrow(D::Minus1, half, half)?;
+    let rotated = Tensor::cat(&[&x2.neg()?, &x1], D::Minus1)?;
+    x.broadcast_mul(&cos)? + rotated.broadcast_mul(&sin)?
 }
 
 /// SwiGLU MLP.
@@ -201,25 +236,47 @@ impl Attention {
     }
 
     /// `x`: (b, s, H); `cos`/`sin`: (b, s, hd/2); `mask`: additive f32 (b, 1, s, t) or none.
+    /// With a `cache` the new keys and values are appended and attention covers every
+    /// cached slot; without one it covers the `s` new tokens only.
     pub fn forward(
         &self,
         x: &Tensor,
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut KvCache,
+        cache: Option<&mut KvCache>,
+        kernels: Kernels,
     ) -> candle_core::Result<Tensor> {
         let (b, s, _) = x.dims3()?;
         let (nh, nkv, hd) = (self.n_heads, self.n_kv, self.head_dim);
         let q = self.q_proj.forward(x)?.reshape((b, s, nh, hd))?;
         let k = self.k_proj.forward(x)?.reshape((b, s, nkv, hd))?;
         let v = self.v_proj.forward(x)?.reshape((b, s, nkv, hd))?;
-        let q = self.q_norm.forward(&q)?.transpose(1, 2)?.contiguous()?;
-        let k = self.k_norm.forward(&k)?.transpose(1, 2)?.contiguous()?;
+        let q = self
+            .q_norm
+            .apply(&q, kernels)?
+            .transpose(1, 2)?
+            .contiguous()?;
+        let k = self
+            .k_norm
+            .apply(&k, kernels)?
+            .transpose(1, 2)?
+            .contiguous()?;
         let v = v.transpose(1, 2)?.contiguous()?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin)?;
-        let (k, v) = cache.append(&k, &v)?;
+        let (q, k) = match kernels {
+            Kernels::Fused => (
+                candle_nn::rotary_emb::rope(&q, cos, sin)?,
+                candle_nn::rotary_emb::rope(&k, cos, sin)?,
+            ),
+            Kernels::Differentiable => (
+                rope_differentiable(&q, cos, sin)?,
+                rope_differentiable(&k, cos, sin)?,
+            ),
+        };
+        let (k, v) = match cache {
+            Some(cache) => cache.append(&k, &v)?,
+            None => (k, v),
+        };
         let t = k.dim(2)?;
         // Query heads j*g .. j*g+g-1 share kv head j: fold them into the row axis
         // instead of copying K and V g times.
@@ -233,9 +290,11 @@ impl Attention {
             Some(m) => scores.broadcast_add(m)?,
             None => scores,
         };
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?
-            .to_dtype(v.dtype())?
-            .reshape((b, nkv, g * s, t))?;
+        let probs = match kernels {
+            Kernels::Fused => candle_nn::ops::softmax_last_dim(&scores)?,
+            Kernels::Differentiable => candle_nn::ops::softmax(&scores, D::Minus1)?,
+        };
+        let probs = probs.to_dtype(v.dtype())?.reshape((b, nkv, g * s, t))?;
         let out = probs.matmul(&v)?.reshape((b, nh, s, hd))?;
         let out = out.transpose(1, 2)?.reshape((b, s, nh * hd))?;
         self.o_proj.forward(&out)
@@ -276,15 +335,21 @@ impl DecoderLayer {
         cos: &Tensor,
         sin: &Tensor,
         mask: Option<&Tensor>,
-        cache: &mut KvCache,
+        cache: Option<&mut KvCache>,
+        kernels: Kernels,
     ) -> candle_core::Result<Tensor> {
-        let h = self
-            .self_attn
-            .forward(&self.input_layernorm.forward(x)?, cos, sin, mask, cache)?;
+        let h = self.self_attn.forward(
+            &self.input_layernorm.apply(x, kernels)?,
+            cos,
+            sin,
+            mask,
+            cache,
+            kernels,
+        )?;
         let x = (x + h)?;
         let h = self
             .mlp
-            .forward(&self.post_attention_layernorm.forward(&x)?)?;
+            .forward(&self.post_attention_layernorm.apply(&x, kernels)?)?;
         x + h
     }
 }
@@ -482,6 +547,31 @@ impl TextDecoder {
         deepstack: Option<&DeepStack>,
         cache: &mut DecoderCache,
     ) -> Result<Tensor> {
+        self.run(embeds, pos, valid, deepstack, Some(cache), Kernels::Fused)
+    }
+
+    /// [`TextDecoder::forward`] without a cache and with differentiable kernels, so a
+    /// backward pass from the output reaches `embeds` and the DeepStack features (the
+    /// decoder's own weights stay constants). Used to train adapters.
+    pub fn forward_differentiable(
+        &self,
+        embeds: &Tensor,
+        pos: &Positions,
+        valid: &[Vec<bool>],
+        deepstack: Option<&DeepStack>,
+    ) -> Result<Tensor> {
+        self.run(embeds, pos, valid, deepstack, None, Kernels::Differentiable)
+    }
+
+    fn run(
+        &self,
+        embeds: &Tensor,
+        pos: &Positions,
+        valid: &[Vec<bool>],
+        deepstack: Option<&DeepStack>,
+        mut cache: Option<&mut DecoderCache>,
+        kernels: Kernels,
+    ) -> Result<Tensor> {
         let (b, s, h) = embeds.dims3()?;
         if pos.batch != b || pos.seq != s || valid.len() != b || valid.iter().any(|v| v.len() != s)
         {
@@ -503,12 +593,6 @@ impl TextDecoder {
                 ),
             });
         }
-        let past = cache.len();
-        if past > 0 && cache.batch() != b {
-            return Err(Error::Input {
-                message: format!("cache holds {} sequences, input has {b}", cache.batch()),
-            });
-        }
         if let Some(ds) = deepstack
             && ds.features.len() > self.layers.len()
         {
@@ -520,17 +604,38 @@ impl TextDecoder {
                 ),
             });
         }
-        if cache.valid.is_empty() {
-            cache.valid = vec![Vec::new(); b];
-        }
-        for (c, v) in cache.valid.iter_mut().zip(valid) {
-            c.extend_from_slice(v);
-        }
-        let mask = attention_mask(&cache.valid, past, s, &self.device)?;
+        let mask = match cache.as_deref_mut() {
+            Some(cache) => {
+                let past = cache.len();
+                if cache.layers.len() != self.layers.len() {
+                    return Err(Error::Input {
+                        message: format!(
+                            "cache has {} layers, the decoder {}",
+                            cache.layers.len(),
+                            self.layers.len()
+                        ),
+                    });
+                }
+                if past > 0 && cache.batch() != b {
+                    return Err(Error::Input {
+                        message: format!("cache holds {} sequences, input has {b}", cache.batch()),
+                    });
+                }
+                if cache.valid.is_empty() {
+                    cache.valid = vec![Vec::new(); b];
+                }
+                for (c, v) in cache.valid.iter_mut().zip(valid) {
+                    c.extend_from_slice(v);
+                }
+                attention_mask(&cache.valid, past, s, &self.device)?
+            }
+            None => attention_mask(valid, 0, s, &self.device)?,
+        };
         let (cos, sin) = self.rope.cos_sin(pos, self.dtype, &self.device)?;
         let mut x = embeds.to_dtype(self.dtype)?;
-        for (i, (layer, kv)) in self.layers.iter().zip(cache.layers.iter_mut()).enumerate() {
-            x = layer.forward(&x, &cos, &sin, mask.as_ref(), kv)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let kv = cache.as_deref_mut().map(|c| &mut c.layers[i]);
+            x = layer.forward(&x, &cos, &sin, mask.as_ref(), kv, kernels)?;
             if let Some(ds) = deepstack
                 && let Some(f) = ds.features.get(i)
             {
@@ -540,7 +645,7 @@ impl TextDecoder {
                     .reshape((b, s, h))?;
             }
         }
-        Ok(self.norm.forward(&x)?)
+        Ok(self.norm.apply(&x, kernels)?)
     }
 
     /// Output logits (…, vocab) in f32 for normed hidden states.

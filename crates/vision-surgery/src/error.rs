@@ -133,6 +133,22 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A malformed record in a training-pairs file.
+    #[error("training data {path}, line {line}: {message}")]
+    TrainingData {
+        /// The file.
+        path: std::path::PathBuf,
+        /// 1-based line number.
+        line: usize,
+        /// What is wrong.
+        message: String,
+    },
+    /// Training cannot proceed (bad example, diverged loss, checkpoint that does not fit).
+    #[error("adapter training: {message}")]
+    Training {
+        /// What is wrong.
+        message: String,
+    },
     /// Input tensors handed to the decoder have inconsistent shapes.
     #[error("decoder input: {message}")]
     Input {

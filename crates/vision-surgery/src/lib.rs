@@ -8,7 +8,8 @@
 //! embedding-to-token adapter and its file format), [`prompt`] (chat template and
 //! tokenizer), [`sampling`] (generation options), [`surgered`] (the user-facing model:
 //! load, generate, score, save), and for the full-encoder baseline [`vision`] (the vision
-//! tower) and [`image_processor`] (image preprocessing).
+//! tower), [`image_processor`] (image preprocessing) and [`full`] (the unmodified model
+//! that wires them to the decoder).
 
 #![warn(missing_docs)]
 
@@ -17,6 +18,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod error;
+pub mod full;
 pub mod image_processor;
 pub mod model;
 pub mod position;
@@ -24,12 +26,14 @@ pub mod prompt;
 pub mod rotary;
 pub mod sampling;
 pub mod surgered;
+pub mod train;
 pub mod vision;
 pub mod weights;
 
 pub use adapter::{Activation, AdapterSpec, EmbeddingAdapter, SoftTokens};
 pub use checkpoint::ModelSource;
 pub use error::{Error, Result};
+pub use full::FullModel;
 pub use prompt::{ITEM_MARKER, Prompt};
 pub use sampling::{GenerateOptions, Sampling};
 pub use surgered::{

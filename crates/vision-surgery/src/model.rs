@@ -50,6 +50,17 @@ pub struct Prefill {
     pub padding: Vec<usize>,
 }
 
+/// A batch laid out for the decoder.
+struct Assembled {
+    embeds: Tensor,
+    pos: Positions,
+    valid: Vec<Vec<bool>>,
+    deepstack: Option<DeepStack>,
+    deltas: Vec<i64>,
+    padding: Vec<usize>,
+    seq_len: usize,
+}
+
 /// The Qwen3-VL language model with its multimodal input handling.
 #[derive(Debug, Clone)]
 pub struct TextModel {
@@ -105,14 +116,49 @@ impl TextModel {
         cache: &mut DecoderCache,
         scope: LogitsScope,
     ) -> Result<Prefill> {
-        if seqs.is_empty() {
-            return Err(Error::Input {
-                message: "empty batch".into(),
-            });
-        }
         if !cache.is_empty() {
             return Err(Error::Input {
                 message: "prefill needs an empty cache".into(),
+            });
+        }
+        let a = self.assemble(seqs)?;
+        let hidden_states =
+            self.decoder
+                .forward(&a.embeds, &a.pos, &a.valid, a.deepstack.as_ref(), cache)?;
+        let logits = match scope {
+            LogitsScope::Last => {
+                self.decoder
+                    .logits(&hidden_states.i((.., a.seq_len - 1, ..))?)?
+            }
+            LogitsScope::All => self.decoder.logits(&hidden_states)?,
+        };
+        Ok(Prefill {
+            logits,
+            deltas: a.deltas,
+            padding: a.padding,
+        })
+    }
+
+    /// Final hidden states (b, s, H) of a batch of prompts (left-padded to the longest)
+    /// through [`TextDecoder::forward_differentiable`]: no cache, and gradients flow
+    /// back to the soft tokens and DeepStack features. Returns the left padding too.
+    pub fn forward_differentiable(&self, seqs: &[SequenceInput]) -> Result<(Tensor, Vec<usize>)> {
+        let a = self.assemble(seqs)?;
+        let hidden = self.decoder.forward_differentiable(
+            &a.embeds,
+            &a.pos,
+            &a.valid,
+            a.deepstack.as_ref(),
+        )?;
+        Ok((hidden, a.padding))
+    }
+
+    /// Lay out a batch for the decoder: ids checked, left padding, placeholders replaced
+    /// by soft tokens, 3-D positions, DeepStack positions.
+    fn assemble(&self, seqs: &[SequenceInput]) -> Result<Assembled> {
+        if seqs.is_empty() {
+            return Err(Error::Input {
+                message: "empty batch".into(),
             });
         }
         let cfg = self.decoder.config();
@@ -254,17 +300,14 @@ impl TextModel {
                 });
             }
         }
-        let hidden_states =
-            self.decoder
-                .forward(&embeds, &pos, &valid, deepstack.as_ref(), cache)?;
-        let logits = match scope {
-            LogitsScope::Last => self.decoder.logits(&hidden_states.i((.., s - 1, ..))?)?,
-            LogitsScope::All => self.decoder.logits(&hidden_states)?,
-        };
-        Ok(Prefill {
-            logits,
+        Ok(Assembled {
+            embeds,
+            pos,
+            valid,
+            deepstack,
             deltas,
             padding,
+            seq_len: s,
         })
     }
 

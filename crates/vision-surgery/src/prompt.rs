@@ -140,13 +140,22 @@ impl PromptTokenizer {
 
     /// Render the chat template for `prompt` with `n_items` items of `k` soft tokens each.
     pub fn render(&self, prompt: &Prompt, n_items: usize, k: usize) -> Result<String> {
+        self.render_runs(prompt, &vec![k; n_items])
+    }
+
+    /// Render the chat template for `prompt` with one item per entry of `runs`, item i
+    /// taking `runs[i]` placeholder tokens (images of different sizes).
+    pub fn render_runs(&self, prompt: &Prompt, runs: &[usize]) -> Result<String> {
+        let n_items = runs.len();
         check_text(
             "system message",
             prompt.system.as_deref().unwrap_or(""),
             &self.tok,
         )?;
         check_text("user message", &prompt.user, &self.tok)?;
-        let item = |out: &mut String| {
+        let mut next_run = runs.iter();
+        let mut item = |out: &mut String| {
+            let k = next_run.next().copied().unwrap_or(0);
             out.push_str("<|vision_start|>");
             for _ in 0..k {
                 out.push_str("<|image_pad|>");
@@ -190,6 +199,12 @@ impl PromptTokenizer {
     /// Token ids of the rendered prompt.
     pub fn encode_prompt(&self, prompt: &Prompt, n_items: usize, k: usize) -> Result<Vec<u32>> {
         let text = self.render(prompt, n_items, k)?;
+        self.encode_raw(&text)
+    }
+
+    /// Token ids of the prompt rendered by [`PromptTokenizer::render_runs`].
+    pub fn encode_prompt_runs(&self, prompt: &Prompt, runs: &[usize]) -> Result<Vec<u32>> {
+        let text = self.render_runs(prompt, runs)?;
         self.encode_raw(&text)
     }
 
