@@ -14,6 +14,7 @@
 #![warn(missing_docs)]
 
 pub mod adapter;
+pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
@@ -26,6 +27,7 @@ pub mod prompt;
 pub mod rotary;
 pub mod sampling;
 pub mod surgered;
+pub mod synthetic;
 pub mod train;
 pub mod vision;
 pub mod weights;

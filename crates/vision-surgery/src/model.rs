@@ -2,7 +2,7 @@
 //! the [`TextDecoder`] (placeholder replacement, 3-D positions, left padding,
 //! DeepStack positions, cached continuation).
 
-use candle_core::{DType, Device, IndexOp, Tensor};
+use candle_core::{D, DType, Device, IndexOp, Tensor};
 
 use crate::config::{Qwen3VlConfig, SpecialTokens};
 use crate::decoder::{DecoderCache, DeepStack, TextDecoder};
@@ -37,6 +37,8 @@ pub enum LogitsScope {
     Last,
     /// Every position: (b, s, vocab).
     All,
+    /// The last `n` positions of each sequence: (b, n, vocab).
+    Tail(usize),
 }
 
 /// What a prefill returns.
@@ -48,6 +50,27 @@ pub struct Prefill {
     pub deltas: Vec<i64>,
     /// Left padding applied to each sequence.
     pub padding: Vec<usize>,
+}
+
+/// Log-probabilities of one continuation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContinuationScore {
+    /// Its token ids.
+    pub tokens: Vec<u32>,
+    /// `log P(token_i | prompt, tokens_<i)` for each token.
+    pub token_logprobs: Vec<f32>,
+    /// Their sum.
+    pub total: f32,
+}
+
+/// First of the last `n` positions of a sequence of `len`.
+fn tail_start(len: usize, n: usize) -> Result<usize> {
+    if n == 0 || n > len {
+        return Err(Error::Input {
+            message: format!("cannot take logits of the last {n} of {len} positions"),
+        });
+    }
+    Ok(len - n)
 }
 
 /// A batch laid out for the decoder.
@@ -131,6 +154,10 @@ impl TextModel {
                     .logits(&hidden_states.i((.., a.seq_len - 1, ..))?)?
             }
             LogitsScope::All => self.decoder.logits(&hidden_states)?,
+            LogitsScope::Tail(n) => {
+                self.decoder
+                    .logits(&hidden_states.i((.., tail_start(a.seq_len, n)?.., ..))?)?
+            }
         };
         Ok(Prefill {
             logits,
@@ -357,6 +384,101 @@ impl TextModel {
         match scope {
             LogitsScope::Last => self.decoder.logits(&h.i((.., n - 1, ..))?),
             LogitsScope::All => self.decoder.logits(&h),
+            LogitsScope::Tail(k) => self.decoder.logits(&h.i((.., tail_start(n, k)?.., ..))?),
         }
+    }
+
+    /// Log-probabilities of each continuation (token ids) after the prompt `seq`. The
+    /// prompt is run once; the continuations run as one batch on copies of its cache.
+    pub fn score(
+        &self,
+        seq: SequenceInput,
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<ContinuationScore>> {
+        if continuations.is_empty() {
+            return Ok(Vec::new());
+        }
+        if let Some(i) = continuations.iter().position(Vec::is_empty) {
+            return Err(Error::Prompt {
+                message: format!("continuation {i} is empty"),
+            });
+        }
+        if let [c] = continuations {
+            return Ok(vec![self.score_one(seq, c)?]);
+        }
+        let longest = continuations.iter().map(Vec::len).max().unwrap_or(1);
+        let prompt_len = seq.ids.len();
+        let mut cache = self.new_cache(prompt_len);
+        let pre = self.prefill(&[seq], &mut cache, LogitsScope::Last)?;
+        let first = TextDecoder::log_softmax(&pre.logits)?
+            .i(0)?
+            .to_vec1::<f32>()?;
+        let b = continuations.len();
+        let mut out: Vec<ContinuationScore> = continuations
+            .iter()
+            .map(|c| ContinuationScore {
+                tokens: c.clone(),
+                token_logprobs: vec![first[c[0] as usize]],
+                total: 0.0,
+            })
+            .collect();
+        if longest > 1 {
+            // every continuation but its last token, right-padded with token 0: padding sits
+            // after the real tokens, so causal attention keeps it out of every scored row
+            let steps = longest - 1;
+            let inputs: Vec<Vec<u32>> = continuations
+                .iter()
+                .map(|c| {
+                    let mut v = c[..c.len() - 1].to_vec();
+                    v.resize(steps, 0);
+                    v
+                })
+                .collect();
+            let mut batch_cache = cache.repeat(b, prompt_len + steps)?;
+            let deltas = vec![pre.deltas[0]; b];
+            let logits = self.extend(&inputs, &deltas, &mut batch_cache, LogitsScope::All)?;
+            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
+            for (bi, c) in continuations.iter().enumerate() {
+                if c.len() < 2 {
+                    continue;
+                }
+                let idx = Tensor::from_vec(c[1..].to_vec(), (c.len() - 1, 1), lp.device())?;
+                let rows = lp.i((bi, 0..c.len() - 1, ..))?;
+                let picked: Vec<f32> = rows.gather(&idx, 1)?.flatten_all()?.to_vec1()?;
+                out[bi].token_logprobs.extend(picked);
+            }
+        }
+        for s in &mut out {
+            s.total = s.token_logprobs.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// One continuation in one pass: the prompt and the continuation (but its last token)
+    /// are prefilled together and the head runs once, on the continuation's positions.
+    fn score_one(&self, mut seq: SequenceInput, c: &[u32]) -> Result<ContinuationScore> {
+        let vocab = self.decoder.config().vocab_size;
+        if let Some(&bad) = c
+            .iter()
+            .find(|&&t| t as usize >= vocab || self.is_placeholder(t))
+        {
+            return Err(Error::Input {
+                message: format!(
+                    "continuation token {bad} is outside the vocabulary or a visual placeholder"
+                ),
+            });
+        }
+        let n = c.len();
+        seq.ids.extend_from_slice(&c[..n - 1]);
+        let mut cache = self.new_cache(seq.ids.len());
+        let pre = self.prefill(&[seq], &mut cache, LogitsScope::Tail(n))?;
+        let lp = candle_nn::ops::log_softmax(&pre.logits.i(0)?, D::Minus1)?;
+        let idx = Tensor::from_vec(c.to_vec(), (n, 1), lp.device())?;
+        let token_logprobs: Vec<f32> = lp.gather(&idx, 1)?.flatten_all()?.to_vec1()?;
+        Ok(ContinuationScore {
+            tokens: c.to_vec(),
+            total: token_logprobs.iter().sum(),
+            token_logprobs,
+        })
     }
 }

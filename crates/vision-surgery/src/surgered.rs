@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use candle_core::{D, DType, Device, IndexOp, Tensor};
+use candle_core::{DType, Device, IndexOp, Tensor};
 
 use crate::adapter::{EmbeddingAdapter, RawView};
 use crate::checkpoint::{
@@ -142,16 +142,7 @@ impl fmt::Display for SurgeryReport {
     }
 }
 
-/// Log-probabilities of one continuation.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ContinuationScore {
-    /// Its token ids.
-    pub tokens: Vec<u32>,
-    /// `log P(token_i | prompt, tokens_<i)` for each token.
-    pub token_logprobs: Vec<f32>,
-    /// Their sum.
-    pub total: f32,
-}
+pub use crate::model::ContinuationScore;
 
 /// Why generation stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,6 +235,7 @@ impl SurgeredModel {
         let weights = Weights::open(&shards)?;
         let model = TextModel::new(&config, &weights, opts.dtype, &opts.device)?;
         let report = build_report(&weights, &unopened);
+        weights.release_pages();
         let tokenizer = match &files.tokenizer {
             Some(p) => Some(PromptTokenizer::from_file(p, &config.tokens)?),
             None => None,
@@ -436,62 +428,7 @@ impl SurgeredModel {
         seq: SequenceInput,
         continuations: &[Vec<u32>],
     ) -> Result<Vec<ContinuationScore>> {
-        if continuations.is_empty() {
-            return Ok(Vec::new());
-        }
-        if let Some(i) = continuations.iter().position(Vec::is_empty) {
-            return Err(Error::Prompt {
-                message: format!("continuation {i} is empty"),
-            });
-        }
-        let longest = continuations.iter().map(Vec::len).max().unwrap_or(1);
-        let prompt_len = seq.ids.len();
-        let mut cache = self.model.new_cache(prompt_len);
-        let pre = self.model.prefill(&[seq], &mut cache, LogitsScope::Last)?;
-        let first = crate::decoder::TextDecoder::log_softmax(&pre.logits)?
-            .i(0)?
-            .to_vec1::<f32>()?;
-        let b = continuations.len();
-        let mut out: Vec<ContinuationScore> = continuations
-            .iter()
-            .map(|c| ContinuationScore {
-                tokens: c.clone(),
-                token_logprobs: vec![first[c[0] as usize]],
-                total: 0.0,
-            })
-            .collect();
-        if longest > 1 {
-            // every continuation but its last token, right-padded with token 0: padding sits
-            // after the real tokens, so causal attention keeps it out of every scored row
-            let steps = longest - 1;
-            let inputs: Vec<Vec<u32>> = continuations
-                .iter()
-                .map(|c| {
-                    let mut v = c[..c.len() - 1].to_vec();
-                    v.resize(steps, 0);
-                    v
-                })
-                .collect();
-            let mut batch_cache = cache.repeat(b, prompt_len + steps)?;
-            let deltas = vec![pre.deltas[0]; b];
-            let logits = self
-                .model
-                .extend(&inputs, &deltas, &mut batch_cache, LogitsScope::All)?;
-            let lp = candle_nn::ops::log_softmax(&logits, D::Minus1)?;
-            for (bi, c) in continuations.iter().enumerate() {
-                if c.len() < 2 {
-                    continue;
-                }
-                let idx = Tensor::from_vec(c[1..].to_vec(), (c.len() - 1, 1), lp.device())?;
-                let rows = lp.i((bi, 0..c.len() - 1, ..))?;
-                let picked: Vec<f32> = rows.gather(&idx, 1)?.flatten_all()?.to_vec1()?;
-                out[bi].token_logprobs.extend(picked);
-            }
-        }
-        for s in &mut out {
-            s.total = s.token_logprobs.iter().sum();
-        }
-        Ok(out)
+        self.model.score(seq, continuations)
     }
 
     /// Write a text-only checkpoint to `dir`: the decoder tensors as stored (sharded past

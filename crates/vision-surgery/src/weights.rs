@@ -141,6 +141,20 @@ impl Weights {
         })
     }
 
+    /// Let the kernel drop this process's mapping of the file pages touched so far
+    /// (`MADV_DONTNEED`). The model's tensors are copies, so once they are built the
+    /// mapped pages only inflate the resident set; a later read (saving a surgered
+    /// checkpoint, say) maps them in again from the file.
+    pub fn release_pages(&self) {
+        #[cfg(unix)]
+        for f in &self.files {
+            // SAFETY: the mapping is read-only and file-backed and is never written, so
+            // MADV_DONTNEED only drops page-table entries; later reads fault the same
+            // file contents back in.
+            let _ = unsafe { f.mmap.unchecked_advise(memmap2::UncheckedAdvice::DontNeed) };
+        }
+    }
+
     /// Paths of the mapped files, in the order given to [`Weights::open`].
     pub fn files(&self) -> impl Iterator<Item = &Path> {
         self.files.iter().map(|f| f.path.as_path())
@@ -196,7 +210,30 @@ impl Weights {
             dtype: format!("{:?}", entry.dtype),
         })?;
         let t = Tensor::from_raw_buffer(bytes, file_dtype, shape, &Device::Cpu)?;
+        // from_raw_buffer copied the bytes: the mapped pages need not stay resident, so a
+        // model's load peaks near its weights' size instead of twice that
+        self.release_range(entry);
         Ok(t.to_dtype(dtype)?.to_device(device)?)
+    }
+
+    /// `MADV_DONTNEED` over the whole 64 KiB-aligned pages inside `entry`'s bytes.
+    fn release_range(&self, entry: &TensorEntry) {
+        #[cfg(unix)]
+        if let Some(f) = self.files.get(entry.file) {
+            const ALIGN: usize = 1 << 16;
+            let start = (f.data_start + entry.range.0).next_multiple_of(ALIGN);
+            let end = (f.data_start + entry.range.1) / ALIGN * ALIGN;
+            if end > start {
+                // SAFETY: as in `release_pages`: a read-only file mapping, never written.
+                let _ = unsafe {
+                    f.mmap.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        start,
+                        end - start,
+                    )
+                };
+            }
+        }
     }
 
     /// Names of all tensors read so far, in order.

@@ -220,6 +220,12 @@ fn scores_equal_a_full_recomputation() {
             assert!((a - b).abs() <= 1e-4, "{c}: {a} vs {b}");
         }
         assert!((s.total - want.iter().sum::<f32>()).abs() <= 1e-3);
+        // one continuation alone takes the single-pass path: same numbers
+        let one = m.score(&prompt, Some(&it), &[c]).unwrap();
+        assert_eq!(one[0].tokens, cont);
+        for (a, b) in one[0].token_logprobs.iter().zip(&want) {
+            assert!((a - b).abs() <= 1e-4, "{c} alone: {a} vs {b}");
+        }
     }
 }
 
