@@ -61,6 +61,14 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+    /// A remote backend (Redis) failed or is unreachable.
+    #[error("{backend} backend: {message}")]
+    Backend {
+        /// Which backend.
+        backend: &'static str,
+        /// What failed, with the server's or client's message.
+        message: String,
+    },
 }
 
 impl Error {

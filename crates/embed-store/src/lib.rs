@@ -6,7 +6,10 @@
 //! [`segment`] files, [`tombstones`] for deleted or replaced rows, and a [`manifest`]
 //! swapped atomically on every commit ([`store`]). Readers take cheap
 //! [`Snapshot`]s that stay valid while commits and new generations land;
-//! [`search`] gives exact top-k with filters.
+//! [`search`] gives exact top-k with filters, [`hnsw`] approximate search.
+//! [`vector_store::VectorStore`] is the serving API shared by the embedded backend
+//! ([`EmbeddedStore`]) and, with the `redis` feature (on by default), a Redis Cluster
+//! (`redis_cluster::RedisClusterStore`).
 
 #![warn(missing_docs)]
 
@@ -16,14 +19,18 @@ pub mod exchange;
 pub mod hnsw;
 pub mod kernels;
 pub mod manifest;
+#[cfg(feature = "redis")]
+pub mod redis_cluster;
 pub mod search;
 pub mod segment;
 pub mod store;
 pub mod tombstones;
 pub mod types;
+pub mod vector_store;
 
 pub use directory::{Directory, MmapDirectory, RamDirectory};
 pub use error::{Error, Result};
 pub use search::{Filter, Hit};
 pub use store::{GenerationSpec, Snapshot, Store, Writer};
 pub use types::{ItemId, Metric, StorageType};
+pub use vector_store::{EmbeddedStore, Fetched, VectorStore};

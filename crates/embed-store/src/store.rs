@@ -456,13 +456,7 @@ impl Writer {
     ) -> Result<()> {
         let (dim, n_attrs) = self.spec_of(generation)?;
         let n = ids.len();
-        if vectors.len() != n * dim {
-            return Err(Error::batch(format!(
-                "{n} ids with dim {dim} need {} values, got {}",
-                n * dim,
-                vectors.len()
-            )));
-        }
+        crate::vector_store::validate_batch(dim, ids, vectors)?;
         match attrs {
             Some(a) if a.len() != n * n_attrs => {
                 return Err(Error::batch(format!(
@@ -477,22 +471,6 @@ impl Writer {
                 )));
             }
             _ => {}
-        }
-        if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
-            return Err(Error::batch(format!(
-                "value {} at row {} (id {}), column {} is not finite",
-                vectors[i],
-                i / dim,
-                ids[i / dim].0,
-                i % dim
-            )));
-        }
-        let mut seen = HashSet::with_capacity(n);
-        if let Some(dup) = ids.iter().find(|id| !seen.insert(id.0)) {
-            return Err(Error::batch(format!(
-                "id {} appears twice in the batch",
-                dup.0
-            )));
         }
         let p = self.pending.entry(generation.to_string()).or_default();
         if let Some(id) = ids.iter().find(|id| p.staged_ids.contains(&id.0)) {
