@@ -360,7 +360,9 @@ impl SurgeredModel {
         let mut logits = pre.logits;
         let mut sampler = Sampler::new(opts.sampling);
         let mut tokens = Vec::new();
-        let mut emitted = 0usize;
+        // streaming decodes a short window, not every token so far: `window` is where
+        // the last emitted piece's tokens start, `settled` where the unemitted ones start
+        let (mut window, mut settled) = (0usize, 0usize);
         let mut finish = FinishReason::MaxTokens;
         for _ in 0..opts.max_tokens {
             let row: Vec<f32> = logits.i(0)?.to_vec1()?;
@@ -370,12 +372,16 @@ impl SurgeredModel {
                 break;
             }
             tokens.push(next);
-            let text = tok.decode(&tokens)?;
+            let before = tok.decode(&tokens[window..settled])?;
+            let now = tok.decode(&tokens[window..])?;
             // hold back an incomplete UTF-8 sequence until its last byte arrives
-            if !text.ends_with('\u{FFFD}') && text.len() > emitted && text.is_char_boundary(emitted)
+            if !now.ends_with('\u{FFFD}')
+                && now.len() > before.len()
+                && now.is_char_boundary(before.len())
             {
-                on_text(&text[emitted..]);
-                emitted = text.len();
+                on_text(&now[before.len()..]);
+                window = settled;
+                settled = tokens.len();
             }
             if tokens.len() == opts.max_tokens {
                 break;
@@ -384,10 +390,13 @@ impl SurgeredModel {
                 self.model
                     .extend(&[vec![next]], &pre.deltas, &mut cache, LogitsScope::Last)?;
         }
-        let text = tok.decode(&tokens)?;
-        if text.len() > emitted && text.is_char_boundary(emitted) {
-            on_text(&text[emitted..]);
+        // whatever is still held back (a trailing incomplete sequence) goes out last
+        let before = tok.decode(&tokens[window..settled])?;
+        let now = tok.decode(&tokens[window..])?;
+        if now.len() > before.len() && now.is_char_boundary(before.len()) {
+            on_text(&now[before.len()..]);
         }
+        let text = tok.decode(&tokens)?;
         Ok(Generation {
             text,
             tokens,
