@@ -593,19 +593,27 @@ fn build_report(weights: &Weights, unopened: &[(String, PathBuf)]) -> SurgeryRep
 pub fn load_npy_items(path: &Path, device: &Device) -> Result<Tensor> {
     use ndarray::{Array1, Array2};
     use ndarray_npy::ReadNpyExt;
-    let open = || std::fs::File::open(path).map_err(|e| Error::io(path, e));
-    let bad = |e: ndarray_npy::ReadNpyError| Error::Embeddings {
-        message: format!("{}: {e}", path.display()),
-    };
-    let arr: Array2<f32> = match Array2::<f32>::read_npy(open()?) {
-        Ok(a) => a,
-        Err(_) => match Array2::<f64>::read_npy(open()?) {
-            Ok(a) => a.mapv(|v| v as f32),
-            Err(_) => match Array1::<f32>::read_npy(open()?) {
-                Ok(a) => a.insert_axis(ndarray::Axis(0)),
-                Err(_) => Array2::<f32>::read_npy(open()?).map_err(bad)?,
-            },
-        },
+    // read once, then try the accepted layouts on the bytes
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let cur = || std::io::Cursor::new(&bytes[..]);
+    let arr: Array2<f32> = if let Ok(a) = Array2::<f32>::read_npy(cur()) {
+        a
+    } else if let Ok(a) = Array2::<f64>::read_npy(cur()) {
+        a.mapv(|v| v as f32)
+    } else if let Ok(a) = Array1::<f32>::read_npy(cur()) {
+        a.insert_axis(ndarray::Axis(0))
+    } else if let Ok(a) = Array1::<f64>::read_npy(cur()) {
+        a.mapv(|v| v as f32).insert_axis(ndarray::Axis(0))
+    } else {
+        let why = Array2::<f32>::read_npy(cur())
+            .err()
+            .map_or_else(String::new, |e| e.to_string());
+        return Err(Error::Embeddings {
+            message: format!(
+                "{}: expected a 1-D or 2-D array of f32 or f64 ({why})",
+                path.display()
+            ),
+        });
     };
     let (n, d) = arr.dim();
     let data: Vec<f32> = arr.iter().copied().collect();
