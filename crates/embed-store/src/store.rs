@@ -176,6 +176,9 @@ pub struct Store {
     /// snapshot holds it.
     segments: Mutex<HashMap<String, Weak<Segment>>>,
     deletes: Mutex<HashMap<String, Weak<String>>>,
+    /// Decoded tombstone files by name (files are immutable), so a commit or reload
+    /// decodes only the files it has not seen.
+    decoded: Mutex<HashMap<String, Weak<Tombstones>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -196,6 +199,7 @@ impl Store {
             })),
             segments: Mutex::new(HashMap::new()),
             deletes: Mutex::new(HashMap::new()),
+            decoded: Mutex::new(HashMap::new()),
         });
         store.reload()?;
         Ok(store)
@@ -221,6 +225,17 @@ impl Store {
         let s = Arc::new(Segment::open(name, self.dir.open_read(name)?)?);
         cache.insert(name.to_string(), Arc::downgrade(&s));
         Ok(s)
+    }
+
+    fn tombstones(&self, name: &str, rows: usize) -> Result<Arc<Tombstones>> {
+        let mut cache = self.decoded.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = cache.get(name).and_then(Weak::upgrade) {
+            return Ok(t);
+        }
+        let t = Arc::new(Tombstones::decode(name, &self.dir.open_read(name)?, rows)?);
+        cache.retain(|_, w| w.strong_count() > 0);
+        cache.insert(name.to_string(), Arc::downgrade(&t));
+        Ok(t)
     }
 
     fn deletes_handle(&self, name: &str) -> Arc<String> {
@@ -250,11 +265,8 @@ impl Store {
                     ));
                 }
                 let (tombstones, handle) = match &sm.deletes {
-                    Some(d) => (
-                        Tombstones::decode(d, &self.dir.open_read(d)?, sm.count)?,
-                        Some(self.deletes_handle(d)),
-                    ),
-                    None => (Tombstones::empty(sm.count), None),
+                    Some(d) => (self.tombstones(d, sm.count)?, Some(self.deletes_handle(d))),
+                    None => (Arc::new(Tombstones::empty(sm.count)), None),
                 };
                 if tombstones.count() != sm.deleted {
                     return Err(Error::corrupt(
@@ -268,7 +280,7 @@ impl Store {
                 }
                 segs.push(LiveSegment {
                     segment,
-                    tombstones: Arc::new(tombstones),
+                    tombstones,
                     _deletes_file: handle,
                 });
             }

@@ -10,7 +10,10 @@ fn npy_items_load_in_every_accepted_layout_and_reject_others() {
     let two = ndarray::Array2::from_shape_fn((2, 3), |(i, j)| (i * 3 + j) as f32);
     ndarray_npy::write_npy(&p, &two).unwrap();
     assert_eq!(
-        load_npy_items(&p, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap(),
+        load_npy_items(&p, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap(),
         vec![vec![0.0, 1.0, 2.0], vec![3.0, 4.0, 5.0]]
     );
     ndarray_npy::write_npy(&p, &two.mapv(f64::from)).unwrap();
@@ -18,7 +21,10 @@ fn npy_items_load_in_every_accepted_layout_and_reject_others() {
     let one = ndarray::Array1::from_vec(vec![0.5f64, 1.5]);
     ndarray_npy::write_npy(&p, &one).unwrap();
     assert_eq!(
-        load_npy_items(&p, &Device::Cpu).unwrap().to_vec2::<f32>().unwrap(),
+        load_npy_items(&p, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap(),
         vec![vec![0.5, 1.5]]
     );
     let ints = ndarray::Array2::<i32>::zeros((2, 2));
