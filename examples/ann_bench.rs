@@ -52,6 +52,9 @@ struct Args {
     /// Storage type of the generation: f32, f16 or int8.
     #[arg(long, default_value = "f32")]
     storage: String,
+    /// Walk the graph on int8 codes (4x less index vector memory) and rerank in f32.
+    #[arg(long)]
+    int8_graph: bool,
 }
 
 fn mixture(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
@@ -139,7 +142,10 @@ fn main() -> anyhow::Result<()> {
         ef_construction: a.ef_construction,
         seed: 42,
     };
-    let index = Hnsw::build(&snap, Metric::InnerProduct, params)?;
+    let mut index = Hnsw::build(&snap, Metric::InnerProduct, params)?;
+    if a.int8_graph {
+        index.quantize_int8();
+    }
     println!(
         "build_s={:.2} index_bytes={} (links {} + vectors {}) m={} ef_construction={}",
         t.elapsed().as_secs_f64(),

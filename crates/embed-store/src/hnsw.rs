@@ -72,6 +72,9 @@ pub struct Scratch {
     stamp: u32,
     candidates: BinaryHeap<Far>,
     results: BinaryHeap<Near>,
+    /// Exact-rerank buffers of an int8 index: one stored vector, and (distance, node).
+    row: Vec<f32>,
+    reranked: Vec<(f32, u32)>,
 }
 
 impl Scratch {
@@ -82,6 +85,8 @@ impl Scratch {
             stamp: 0,
             candidates: BinaryHeap::new(),
             results: BinaryHeap::new(),
+            row: Vec::new(),
+            reranked: Vec::new(),
         }
     }
 
@@ -117,7 +122,10 @@ pub struct Hnsw {
     metric: Metric,
     m: usize,
     m0: usize,
+    /// f32 vectors (empty once the index is quantised).
     vectors: Vec<f32>,
+    /// int8 codes and per-node scales (`x ≈ scale * code`), after [`Hnsw::quantize_int8`].
+    int8: Option<(Vec<i8>, Vec<f32>)>,
     ids: Vec<u64>,
     /// Where each node's item lives in the snapshot: (segment, row).
     rows: Vec<(u32, u32)>,
@@ -189,6 +197,7 @@ impl Hnsw {
             m: params.m,
             m0,
             vectors,
+            int8: None,
             ids: live.iter().map(|r| r.0.0).collect(),
             rows: live.iter().map(|&(_, s, r)| (s as u32, r as u32)).collect(),
             levels,
@@ -225,6 +234,32 @@ impl Hnsw {
     /// Bytes of the vectors held by the index.
     pub fn vector_bytes(&self) -> usize {
         4 * self.vectors.len()
+            + self
+                .int8
+                .as_ref()
+                .map_or(0, |(c, sc)| c.len() + 4 * sc.len())
+    }
+
+    /// Whether the graph is traversed on int8 codes (see [`Hnsw::quantize_int8`]).
+    pub fn is_quantized(&self) -> bool {
+        self.int8.is_some()
+    }
+
+    /// Replace the index's f32 vectors by int8 codes with one scale per node (about 4x
+    /// less vector memory). Searches then walk the graph on the codes and rerank the
+    /// `ef` candidates with exact distances on the snapshot's stored vectors.
+    pub fn quantize_int8(&mut self) {
+        if self.int8.is_some() {
+            return;
+        }
+        let d = self.dim;
+        let mut codes = vec![0i8; self.vectors.len()];
+        let mut scales = Vec::with_capacity(self.len());
+        for (v, c) in self.vectors.chunks_exact(d).zip(codes.chunks_exact_mut(d)) {
+            scales.push(crate::segment::quantize_int8(v, c));
+        }
+        self.vectors = Vec::new();
+        self.int8 = Some((codes, scales));
     }
 
     #[inline]
@@ -236,11 +271,55 @@ impl Hnsw {
     /// vectors), squared Euclidean for L2.
     #[inline]
     fn dist(&self, q: &[f32], i: u32) -> f32 {
+        if let Some((codes, scales)) = &self.int8 {
+            let (i, d) = (i as usize, self.dim);
+            let (c, s) = (&codes[i * d..(i + 1) * d], scales[i]);
+            return match self.metric {
+                Metric::InnerProduct | Metric::Cosine => -s * crate::search::dot_i8(q, c),
+                Metric::L2 => q
+                    .iter()
+                    .zip(c)
+                    .map(|(a, &b)| {
+                        let e = a - s * b as f32;
+                        e * e
+                    })
+                    .sum(),
+            };
+        }
         let x = self.vector(i);
         match self.metric {
             Metric::InnerProduct | Metric::Cosine => -dot(q, x),
             Metric::L2 => crate::kernels::l2_squared(q, x),
         }
+    }
+
+    /// Exact distance of `q` to node `i`, from the snapshot's stored vector.
+    fn exact_dist(
+        &self,
+        segs: &[crate::store::LiveSegment],
+        q: &[f32],
+        i: u32,
+        row: &mut Vec<f32>,
+    ) -> Result<f32> {
+        let (s, r) = self.rows[i as usize];
+        row.resize(self.dim, 0.0);
+        let seg = segs.get(s as usize).ok_or_else(|| Error::Query {
+            message: format!(
+                "the index names segment {s}, the snapshot has {}",
+                segs.len()
+            ),
+        })?;
+        seg.segment.read_vector(r as usize, row)?;
+        if self.metric == Metric::Cosine {
+            let norm = dot(row, row).sqrt();
+            if norm > 0.0 {
+                row.iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+        Ok(match self.metric {
+            Metric::InnerProduct | Metric::Cosine => -dot(q, row),
+            Metric::L2 => crate::kernels::l2_squared(q, row),
+        })
     }
 
     #[inline]
@@ -446,6 +525,30 @@ impl Hnsw {
         let any_deleted = snap.segments().iter().any(|s| s.tombstones.count() > 0);
         let admit: Option<&dyn Fn(u32) -> bool> = (filtered || any_deleted).then_some(&admit);
         self.search_layer(&q, ep, ef.max(k), 0, scratch, admit);
+        if self.int8.is_some() {
+            // rerank the ef candidates found on the codes with exact distances
+            let Scratch {
+                results,
+                row,
+                reranked,
+                ..
+            } = scratch;
+            reranked.clear();
+            for Near(_, n) in results.drain() {
+                reranked.push((self.exact_dist(segs, &q, n, row)?, n));
+            }
+            reranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            reranked.truncate(k);
+            let mut out: Vec<Hit> = reranked
+                .iter()
+                .map(|&(d, n)| Hit {
+                    id: ItemId(self.ids[n as usize]),
+                    score: -d,
+                })
+                .collect();
+            out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
+            return Ok(out);
+        }
         let mut out: Vec<Hit> = scratch
             .results
             .drain()

@@ -131,3 +131,53 @@ fn a_stale_snapshot_is_refused() {
         .unwrap_err();
     assert!(e.to_string().contains("built from generation"), "{e}");
 }
+
+#[test]
+fn an_int8_index_keeps_recall_after_exact_rerank_with_a_quarter_of_the_memory() {
+    let (n, d) = (8000, 32);
+    let (_store, snap, _) = snapshot(n, d, StorageType::F32);
+    let queries = mixture(100, d, 50, 98);
+    let params = HnswParams {
+        m: 16,
+        ef_construction: 100,
+        seed: 3,
+    };
+    for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
+        let f32_index = Hnsw::build(&snap, metric, params).unwrap();
+        let mut int8_index = Hnsw::build(&snap, metric, params).unwrap();
+        int8_index.quantize_int8();
+        assert!(int8_index.is_quantized() && !f32_index.is_quantized());
+        // d bytes of codes + a 4-byte scale per node, against 4d bytes
+        assert_eq!(int8_index.vector_bytes(), snap.len() * (d + 4));
+        assert_eq!(f32_index.vector_bytes(), snap.len() * 4 * d);
+        let rf = recall(&snap, &f32_index, &queries, d, metric, 128, &Filter::none());
+        let ri = recall(
+            &snap,
+            &int8_index,
+            &queries,
+            d,
+            metric,
+            128,
+            &Filter::none(),
+        );
+        println!("{metric:?}: recall@10 ef=128 f32 {rf:.3}, int8+rerank {ri:.3}");
+        assert!(ri >= rf - 0.01, "{metric:?}: int8 {ri} vs f32 {rf}");
+        // reranked scores are exact
+        let q = &queries[..d];
+        let mut scratch = Scratch::new(int8_index.len());
+        let hits = int8_index
+            .search(&snap, q, 10, 128, &Filter::none(), &mut scratch)
+            .unwrap();
+        let exact = snap.search(q, 10, metric, &Filter::none()).unwrap();
+        for h in &hits {
+            if let Some(e) = exact.iter().find(|e| e.id == h.id) {
+                assert!((e.score - h.score).abs() <= 1e-4 * e.score.abs().max(1.0));
+            }
+        }
+        // filters still hold on the quantised graph
+        let exclude: Vec<u64> = (0..n as u64).step_by(3).collect();
+        let filter = Filter::none().exclude(&exclude);
+        let rq = recall(&snap, &int8_index, &queries, d, metric, 128, &filter);
+        assert!(rq >= 0.94, "{metric:?} filtered int8: {rq}");
+    }
+}
