@@ -9,7 +9,13 @@
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
+use std::marker::PhantomData;
+use std::ops::{Deref, DerefMut};
 
+use bytemuck::Pod;
+use serde::{Deserialize, Serialize};
+
+use crate::directory::{Directory, FileBytes};
 use crate::error::{Error, Result};
 use crate::search::{Filter, Hit, dot};
 use crate::store::Snapshot;
@@ -116,6 +122,102 @@ impl Scratch {
     }
 }
 
+/// A block of hot data: owned while building, or a zero-copy view of a mapped index
+/// file. Writing to a mapped block first copies it (never needed by searches).
+enum Block<T: Pod> {
+    Owned(Vec<T>),
+    Mapped {
+        bytes: FileBytes,
+        start: usize,
+        len: usize,
+        _t: PhantomData<T>,
+    },
+}
+
+impl<T: Pod> Block<T> {
+    /// A view of `len` values at byte `start` of `bytes`, checked for bounds and alignment.
+    fn mapped(bytes: &FileBytes, start: usize, len: usize, what: &str) -> Result<Self> {
+        let size = len
+            .checked_mul(std::mem::size_of::<T>())
+            .and_then(|b| b.checked_add(start))
+            .filter(|&end| end <= bytes.as_slice().len())
+            .ok_or_else(|| {
+                Error::corrupt("hnsw index", format!("section {what} is out of bounds"))
+            })?;
+        if bytemuck::try_cast_slice::<u8, T>(&bytes.as_slice()[start..size]).is_err() {
+            return Err(Error::corrupt(
+                "hnsw index",
+                format!("section {what} is misaligned"),
+            ));
+        }
+        Ok(Block::Mapped {
+            bytes: bytes.clone(),
+            start,
+            len,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T: Pod> From<Vec<T>> for Block<T> {
+    fn from(v: Vec<T>) -> Self {
+        Block::Owned(v)
+    }
+}
+
+impl<T: Pod> Deref for Block<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
+        match self {
+            Block::Owned(v) => v,
+            Block::Mapped {
+                bytes, start, len, ..
+            } => {
+                let end = start + len * std::mem::size_of::<T>();
+                // bounds and alignment were checked when the view was made
+                bytemuck::try_cast_slice(&bytes.as_slice()[*start..end]).unwrap_or(&[])
+            }
+        }
+    }
+}
+
+impl<T: Pod> DerefMut for Block<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        if let Block::Mapped { .. } = self {
+            *self = Block::Owned(self.to_vec());
+        }
+        match self {
+            Block::Owned(v) => v,
+            Block::Mapped { .. } => &mut [],
+        }
+    }
+}
+
+/// Value of `format` in an index file's header.
+pub const INDEX_FORMAT: &str = "mosaic.hnsw";
+const INDEX_MAGIC: &[u8; 8] = b"MOSAICHN";
+const INDEX_VERSION: u32 = 1;
+
+/// The JSON header of an index file.
+#[derive(Debug, Serialize, Deserialize)]
+struct IndexHeader {
+    format: String,
+    version: u32,
+    generation: String,
+    opstamp: u64,
+    metric: Metric,
+    dim: usize,
+    m: usize,
+    m0: usize,
+    nodes: usize,
+    entry: u32,
+    max_level: usize,
+    quantized: bool,
+    /// (name, byte offset from the data start, element count)
+    sections: Vec<(String, usize, usize)>,
+    crc32: u32,
+}
+
 /// An HNSW graph over the live items of one snapshot.
 pub struct Hnsw {
     dim: usize,
@@ -123,16 +225,16 @@ pub struct Hnsw {
     m: usize,
     m0: usize,
     /// f32 vectors (empty once the index is quantised).
-    vectors: Vec<f32>,
+    vectors: Block<f32>,
     /// int8 codes and per-node scales (`x ≈ scale * code`), after [`Hnsw::quantize_int8`].
-    int8: Option<(Vec<i8>, Vec<f32>)>,
-    ids: Vec<u64>,
-    /// Where each node's item lives in the snapshot: (segment, row).
-    rows: Vec<(u32, u32)>,
-    levels: Vec<u8>,
-    level0: Vec<u32>,
-    upper: Vec<u32>,
-    upper_start: Vec<u32>,
+    int8: Option<(Block<i8>, Block<f32>)>,
+    ids: Block<u64>,
+    /// Where each node's item lives in the snapshot: [segment, row].
+    rows: Block<[u32; 2]>,
+    levels: Block<u8>,
+    level0: Block<u32>,
+    upper: Block<u32>,
+    upper_start: Block<u32>,
     entry: u32,
     max_level: usize,
     /// The snapshot the graph was built from (generation, opstamp).
@@ -196,14 +298,18 @@ impl Hnsw {
             metric,
             m: params.m,
             m0,
-            vectors,
+            vectors: vectors.into(),
             int8: None,
-            ids: live.iter().map(|r| r.0.0).collect(),
-            rows: live.iter().map(|&(_, s, r)| (s as u32, r as u32)).collect(),
-            levels,
-            level0: vec![0; n * (1 + m0)],
-            upper: vec![0; total as usize],
-            upper_start,
+            ids: live.iter().map(|r| r.0.0).collect::<Vec<_>>().into(),
+            rows: live
+                .iter()
+                .map(|&(_, s, r)| [s as u32, r as u32])
+                .collect::<Vec<_>>()
+                .into(),
+            levels: levels.into(),
+            level0: vec![0; n * (1 + m0)].into(),
+            upper: vec![0; total as usize].into(),
+            upper_start: upper_start.into(),
             entry: 0,
             max_level: 0,
             built_from: (snap.generation().to_string(), snap.opstamp()),
@@ -214,6 +320,226 @@ impl Hnsw {
             h.insert(i, params.ef_construction, &mut scratch, &mut found);
         }
         Ok(h)
+    }
+
+    /// Name of the file holding the index of `generation` at commit `opstamp` for
+    /// `metric` (generation names may hold any printable character, so they are hashed;
+    /// the header keeps the full name).
+    pub fn file_name(generation: &str, opstamp: u64, metric: Metric) -> String {
+        let tag = match metric {
+            Metric::InnerProduct => "ip",
+            Metric::Cosine => "cos",
+            Metric::L2 => "l2",
+        };
+        let h = crc32fast::hash(generation.as_bytes());
+        format!("hnsw-{opstamp:016x}-{h:08x}-{tag}.hnsw")
+    }
+
+    /// Write the index into `dir` (beside the store's segments) atomically, as a JSON
+    /// header and 8-byte-aligned sections with a CRC32; returns the file name.
+    pub fn save(&self, dir: &dyn Directory) -> Result<String> {
+        fn push<T: Pod>(
+            data: &mut Vec<u8>,
+            sections: &mut Vec<(String, usize, usize)>,
+            name: &str,
+            v: &[T],
+        ) {
+            data.resize(data.len().next_multiple_of(8), 0);
+            sections.push((name.to_string(), data.len(), v.len()));
+            data.extend_from_slice(bytemuck::cast_slice(v));
+        }
+        let mut data = Vec::new();
+        let mut sections = Vec::new();
+        push(&mut data, &mut sections, "vectors", &self.vectors);
+        if let Some((codes, scales)) = &self.int8 {
+            push(&mut data, &mut sections, "codes", codes);
+            push(&mut data, &mut sections, "scales", scales);
+        }
+        push(&mut data, &mut sections, "ids", &self.ids);
+        push(&mut data, &mut sections, "rows", &self.rows);
+        push(&mut data, &mut sections, "levels", &self.levels);
+        push(&mut data, &mut sections, "level0", &self.level0);
+        push(&mut data, &mut sections, "upper", &self.upper);
+        push(&mut data, &mut sections, "upper_start", &self.upper_start);
+        let header = IndexHeader {
+            format: INDEX_FORMAT.into(),
+            version: INDEX_VERSION,
+            generation: self.built_from.0.clone(),
+            opstamp: self.built_from.1,
+            metric: self.metric,
+            dim: self.dim,
+            m: self.m,
+            m0: self.m0,
+            nodes: self.len(),
+            entry: self.entry,
+            max_level: self.max_level,
+            quantized: self.int8.is_some(),
+            sections,
+            crc32: crc32fast::hash(&data),
+        };
+        let json = serde_json::to_vec(&header)
+            .map_err(|e| Error::corrupt("hnsw index", format!("header: {e}")))?;
+        let mut file = Vec::with_capacity(16 + json.len() + 8 + data.len());
+        file.extend_from_slice(INDEX_MAGIC);
+        file.extend_from_slice(&INDEX_VERSION.to_le_bytes());
+        file.extend_from_slice(&(json.len() as u32).to_le_bytes());
+        file.extend_from_slice(&json);
+        file.resize(file.len().next_multiple_of(8), 0);
+        file.extend_from_slice(&data);
+        let name = Self::file_name(&self.built_from.0, self.built_from.1, self.metric);
+        dir.atomic_write(&name, &file)?;
+        Ok(name)
+    }
+
+    /// Open the index saved for `snap` and `metric`, if there is one. With an
+    /// [`crate::MmapDirectory`] the blocks are views of the mapped file (no copy). The
+    /// whole file is verified (CRC, section sizes, every link in range) before use.
+    pub fn load(dir: &dyn Directory, snap: &Snapshot, metric: Metric) -> Result<Option<Self>> {
+        let name = Self::file_name(snap.generation(), snap.opstamp(), metric);
+        if !dir.exists(&name) {
+            return Ok(None);
+        }
+        let h = Self::open_bytes(&name, dir.open_read(&name)?)?;
+        if (h.built_from.0.as_str(), h.built_from.1, h.metric)
+            != (snap.generation(), snap.opstamp(), metric)
+        {
+            return Err(Error::corrupt(
+                &name,
+                format!(
+                    "holds the index of {:?} at commit {} ({:?})",
+                    h.built_from.0, h.built_from.1, h.metric
+                ),
+            ));
+        }
+        Ok(Some(h))
+    }
+
+    fn open_bytes(name: &str, bytes: FileBytes) -> Result<Self> {
+        let bad = |m: String| Error::corrupt(name, m);
+        let b = bytes.as_slice();
+        if b.len() < 16 || &b[..8] != INDEX_MAGIC {
+            return Err(bad("not an HNSW index file".into()));
+        }
+        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        if version != INDEX_VERSION {
+            return Err(Error::Version {
+                file: name.to_string(),
+                found: version,
+                supported: INDEX_VERSION,
+            });
+        }
+        let hlen = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
+        let json = b
+            .get(16..16 + hlen)
+            .ok_or_else(|| bad("header is truncated".into()))?;
+        let h: IndexHeader =
+            serde_json::from_slice(json).map_err(|e| bad(format!("header: {e}")))?;
+        if h.format != INDEX_FORMAT {
+            return Err(bad(format!("format {:?}", h.format)));
+        }
+        let data_start = (16 + hlen).next_multiple_of(8);
+        let data = b
+            .get(data_start..)
+            .ok_or_else(|| bad("data is truncated".into()))?;
+        if crc32fast::hash(data) != h.crc32 {
+            return Err(bad("checksum mismatch".into()));
+        }
+        let n = h.nodes;
+        if n > b.len() / 8 || h.dim == 0 || h.dim > 1 << 20 || h.m > 4096 || h.m0 > 8192 {
+            return Err(bad(format!(
+                "implausible header: {n} nodes, dim {}, m {}, m0 {}",
+                h.dim, h.m, h.m0
+            )));
+        }
+        let section = |what: &str, want: usize| -> Result<usize> {
+            let (_, off, len) = h
+                .sections
+                .iter()
+                .find(|s| s.0 == what)
+                .ok_or_else(|| bad(format!("section {what} is missing")))?;
+            if *len != want {
+                return Err(bad(format!(
+                    "section {what} has {len} values, expected {want}"
+                )));
+            }
+            Ok(data_start + off)
+        };
+        let vec_len = if h.quantized { 0 } else { n * h.dim };
+        let vectors = Block::mapped(&bytes, section("vectors", vec_len)?, vec_len, "vectors")?;
+        let int8 = if h.quantized {
+            Some((
+                Block::mapped(&bytes, section("codes", n * h.dim)?, n * h.dim, "codes")?,
+                Block::mapped(&bytes, section("scales", n)?, n, "scales")?,
+            ))
+        } else {
+            None
+        };
+        let ids: Block<u64> = Block::mapped(&bytes, section("ids", n)?, n, "ids")?;
+        let rows: Block<[u32; 2]> = Block::mapped(&bytes, section("rows", n)?, n, "rows")?;
+        let levels: Block<u8> = Block::mapped(&bytes, section("levels", n)?, n, "levels")?;
+        let l0_len = n * (1 + h.m0);
+        let level0: Block<u32> =
+            Block::mapped(&bytes, section("level0", l0_len)?, l0_len, "level0")?;
+        let upper_start: Block<u32> =
+            Block::mapped(&bytes, section("upper_start", n + 1)?, n + 1, "upper_start")?;
+        let up_len = upper_start.last().copied().unwrap_or(0) as usize;
+        let upper: Block<u32> = Block::mapped(&bytes, section("upper", up_len)?, up_len, "upper")?;
+        // structure checks: searches index by these values without further checks
+        if n > 0 && h.entry as usize >= n {
+            return Err(bad(format!("entry node {} of {n}", h.entry)));
+        }
+        for i in 0..n {
+            let l = levels[i] as usize;
+            if l > h.max_level
+                || upper_start[i + 1].checked_sub(upper_start[i]) != Some((l * (1 + h.m)) as u32)
+            {
+                return Err(bad(format!("node {i}: inconsistent levels")));
+            }
+        }
+        let check_records = |block: &[u32], stride: usize, cap: usize| -> Result<()> {
+            for rec in block.chunks_exact(stride) {
+                let c = rec[0] as usize;
+                if c > cap || rec[1..1 + c].iter().any(|&x| x as usize >= n) {
+                    return Err(bad("a link record is out of range".into()));
+                }
+            }
+            Ok(())
+        };
+        check_records(&level0, 1 + h.m0, h.m0)?;
+        check_records(&upper, 1 + h.m, h.m)?;
+        // an upper-level link must lead to a node that exists on that level
+        for i in 0..n {
+            for l in 1..=levels[i] as usize {
+                let st = upper_start[i] as usize + (l - 1) * (1 + h.m);
+                let rec = &upper[st..st + 1 + h.m];
+                if rec[1..1 + rec[0] as usize]
+                    .iter()
+                    .any(|&x| (levels[x as usize] as usize) < l)
+                {
+                    return Err(bad(format!("node {i} links below its level {l}")));
+                }
+            }
+        }
+        if n > 0 && levels[h.entry as usize] as usize != h.max_level {
+            return Err(bad("the entry node is not on the top level".into()));
+        }
+        Ok(Self {
+            dim: h.dim,
+            metric: h.metric,
+            m: h.m,
+            m0: h.m0,
+            vectors,
+            int8,
+            ids,
+            rows,
+            levels,
+            level0,
+            upper,
+            upper_start,
+            entry: h.entry,
+            max_level: h.max_level,
+            built_from: (h.generation, h.opstamp),
+        })
     }
 
     /// Nodes in the graph.
@@ -258,8 +584,8 @@ impl Hnsw {
         for (v, c) in self.vectors.chunks_exact(d).zip(codes.chunks_exact_mut(d)) {
             scales.push(crate::segment::quantize_int8(v, c));
         }
-        self.vectors = Vec::new();
-        self.int8 = Some((codes, scales));
+        self.vectors = Vec::new().into();
+        self.int8 = Some((codes.into(), scales.into()));
     }
 
     #[inline]
@@ -301,7 +627,7 @@ impl Hnsw {
         i: u32,
         row: &mut Vec<f32>,
     ) -> Result<f32> {
-        let (s, r) = self.rows[i as usize];
+        let [s, r] = self.rows[i as usize];
         row.resize(self.dim, 0.0);
         let seg = segs.get(s as usize).ok_or_else(|| Error::Query {
             message: format!(
@@ -511,7 +837,7 @@ impl Hnsw {
         let segs = snap.segments();
         let filtered = !filter.exclude_sorted.is_empty() || filter.attrs.is_some();
         let admit = |i: u32| {
-            let (s, r) = self.rows[i as usize];
+            let [s, r] = self.rows[i as usize];
             let Some(ls) = segs.get(s as usize) else {
                 return false;
             };

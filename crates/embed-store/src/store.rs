@@ -205,6 +205,11 @@ impl Store {
         Ok(store)
     }
 
+    /// The directory the store lives in (HNSW indexes are saved beside the segments).
+    pub fn directory(&self) -> &dyn Directory {
+        self.dir.as_ref()
+    }
+
     /// Re-read the manifest (to see commits made by another process).
     pub fn reload(&self) -> Result<()> {
         let manifest = if self.dir.exists(MANIFEST) {
@@ -802,9 +807,18 @@ impl Writer {
                     .map(|(k, _)| k.clone()),
             );
         }
+        // HNSW index files are tied to a commit: those of older commits can go (a reader
+        // that mapped one keeps its mapping)
+        let live_index = format!("hnsw-{:016x}-", st.manifest.opstamp);
         let mut removed = Vec::new();
         for f in self.store.dir.list()? {
-            let ours = f.ends_with(".seg") || f.ends_with(".del") || f.ends_with(".tmp");
+            if f.ends_with(".hnsw") && f.starts_with(&live_index) {
+                continue;
+            }
+            let ours = f.ends_with(".seg")
+                || f.ends_with(".del")
+                || f.ends_with(".tmp")
+                || f.ends_with(".hnsw");
             if ours && !keep.contains(&f) {
                 self.store.dir.delete(&f)?;
                 removed.push(f);

@@ -181,3 +181,79 @@ fn an_int8_index_keeps_recall_after_exact_rerank_with_a_quarter_of_the_memory() 
         assert!(rq >= 0.94, "{metric:?} filtered int8: {rq}");
     }
 }
+
+#[test]
+fn a_saved_index_loads_zero_copy_answers_the_same_and_is_collected_when_stale() {
+    use embed_store::MmapDirectory;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir: Arc<dyn embed_store::Directory> = Arc::new(MmapDirectory::open(tmp.path()).unwrap());
+    let store = Store::open(dir.clone()).unwrap();
+    let (n, d) = (3000, 16);
+    let data = mixture(n, d, 20, 5);
+    let mut w = store.writer().unwrap();
+    w.create_generation(GenerationSpec::new("g", d, StorageType::F32))
+        .unwrap();
+    let ids: Vec<ItemId> = (0..n as u64).map(ItemId).collect();
+    w.put_many("g", &ids, &data, None).unwrap();
+    w.set_current("g").unwrap();
+    w.commit().unwrap();
+    let snap = store.snapshot().unwrap();
+    let params = HnswParams {
+        m: 12,
+        ef_construction: 80,
+        seed: 9,
+    };
+    let queries = mixture(20, d, 20, 77);
+    for quantize in [false, true] {
+        let mut built = Hnsw::build(&snap, Metric::Cosine, params).unwrap();
+        if quantize {
+            built.quantize_int8();
+        }
+        let name = built.save(store.directory()).unwrap();
+        assert!(name.ends_with(".hnsw"));
+        assert!(
+            Hnsw::load(store.directory(), &snap, Metric::L2)
+                .unwrap()
+                .is_none()
+        );
+        let loaded = Hnsw::load(store.directory(), &snap, Metric::Cosine)
+            .unwrap()
+            .expect("saved index");
+        assert_eq!(loaded.len(), built.len());
+        assert_eq!(loaded.is_quantized(), quantize);
+        let (mut s1, mut s2) = (Scratch::new(n), Scratch::new(n));
+        for q in queries.chunks(d) {
+            let a = built
+                .search(&snap, q, 10, 64, &Filter::none(), &mut s1)
+                .unwrap();
+            let b = loaded
+                .search(&snap, q, 10, 64, &Filter::none(), &mut s2)
+                .unwrap();
+            assert_eq!(a, b);
+        }
+        // a flipped byte is caught
+        let path = tmp.path().join(&name);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let at = bytes.len() - 17;
+        bytes[at] ^= 0x40;
+        std::fs::write(&path, &bytes).unwrap();
+        let e = Hnsw::load(store.directory(), &snap, Metric::Cosine)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("checksum"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+    // an index of an older commit is garbage after the next commit
+    let built = Hnsw::build(&snap, Metric::InnerProduct, params).unwrap();
+    let name = built.save(store.directory()).unwrap();
+    assert!(tmp.path().join(&name).exists());
+    w.delete("g", &[ItemId(1)]).unwrap();
+    w.commit().unwrap();
+    assert!(!tmp.path().join(&name).exists(), "stale index file kept");
+    let newer = store.snapshot().unwrap();
+    assert!(
+        Hnsw::load(store.directory(), &newer, Metric::InnerProduct)
+            .unwrap()
+            .is_none()
+    );
+}
