@@ -6,6 +6,7 @@
 //! - [`graph`]: the CSR [`BipartiteGraph`] and its normalisation `D^-1/2 A D^-1/2`;
 //! - [`dataset`]: the LightGCN `train.txt` / `test.txt` format;
 //! - [`sparse`]: parallel CSR × dense products (candle has no sparse type);
+//!   [`buffer`]: huge-page tables for the embeddings;
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code.
 //!
@@ -14,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod buffer;
 pub mod dataset;
 pub mod error;
 pub mod eval;

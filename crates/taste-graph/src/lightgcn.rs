@@ -21,6 +21,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rayon::prelude::*;
 
+use crate::buffer::Table;
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::UserId;
@@ -180,14 +181,22 @@ impl Embeddings {
 }
 
 /// A LightGCN model: the graph's propagation matrix and the ego embedding table.
-#[derive(Debug, Clone)]
+///
+/// Internally nodes are stored in the graph's [`BipartiteGraph::locality_order`] (for
+/// cache locality of the propagation); every public input and output uses the dense
+/// ids: users `0..n_users`, items `0..n_items`.
+#[derive(Debug)]
 pub struct LightGcn {
     n_users: usize,
     n_items: usize,
     dim: usize,
     layers: usize,
+    /// `Â` in internal order.
     adj: Csr,
-    ego: Vec<f32>,
+    /// Node (users, then `n_users + item`) -> internal row.
+    pos: Vec<u32>,
+    /// Ego table in internal order.
+    ego: Table,
 }
 
 /// Fills `out` with normal(0, std) values (Box–Muller).
@@ -233,13 +242,25 @@ impl LightGcn {
                 ),
             });
         }
+        let order = graph.locality_order();
+        let adj = graph.normalized_adjacency().permuted(&order)?;
+        let mut pos = vec![0u32; n];
+        for (k, &v) in order.iter().enumerate() {
+            pos[v as usize] = k as u32;
+        }
+        let mut table = Table::zeros(n * dim)?;
+        for (v, &p) in pos.iter().enumerate() {
+            let p = p as usize;
+            table[p * dim..(p + 1) * dim].copy_from_slice(&ego[v * dim..(v + 1) * dim]);
+        }
         Ok(LightGcn {
             n_users: graph.n_users(),
             n_items: graph.n_items(),
             dim,
             layers,
-            adj: graph.normalized_adjacency(),
-            ego,
+            adj,
+            pos,
+            ego: table,
         })
     }
 
@@ -259,22 +280,31 @@ impl LightGcn {
     pub fn layers(&self) -> usize {
         self.layers
     }
-    /// The propagation matrix `Â`.
-    pub fn adjacency(&self) -> &Csr {
-        &self.adj
+    /// A copy of the ego (layer-0) table, users then items, `(n_users + n_items) × dim`.
+    pub fn ego_table(&self) -> Vec<f32> {
+        self.to_public_order(&self.ego)
     }
-    /// The ego (layer-0) table, users then items.
-    pub fn ego(&self) -> &[f32] {
-        &self.ego
+
+    /// Rows of an internal-order table in public order (users, then items).
+    fn to_public_order(&self, internal: &[f32]) -> Vec<f32> {
+        let d = self.dim;
+        let mut out = vec![0f32; internal.len()];
+        out.par_chunks_mut(d)
+            .zip(self.pos.par_iter())
+            .for_each(|(o, &p)| {
+                let p = p as usize;
+                o.copy_from_slice(&internal[p * d..(p + 1) * d]);
+            });
+        out
     }
 
     /// The final embeddings `(E_0 + … + E_K) / (K + 1)` of every node, computed with
     /// K parallel sparse products.
     pub fn propagate(&self) -> Result<Embeddings> {
         let d = self.dim;
-        let mut acc = self.ego.clone();
-        let mut cur = self.ego.clone();
-        let mut next = vec![0f32; self.ego.len()];
+        let mut acc = self.ego.to_vec();
+        let mut cur = Table::from_slice(&self.ego)?;
+        let mut next = Table::zeros(self.ego.len())?;
         for _ in 0..self.layers {
             self.adj.spmm(&cur, d, &mut next)?;
             acc.par_chunks_mut(4096)
@@ -289,7 +319,7 @@ impl LightGcn {
             n_users: self.n_users,
             n_items: self.n_items,
             dim: d,
-            data: acc,
+            data: self.to_public_order(&acc),
         })
     }
 
@@ -301,7 +331,7 @@ impl LightGcn {
         decay: f32,
     ) -> Result<(BatchLoss, Vec<f32>)> {
         let d = self.dim;
-        let mut scratch = Scratch::new(self.layers);
+        let mut scratch = Scratch::new(self)?;
         let (loss, src) = forward_backward(self, batch, decay, &mut scratch)?;
         let mut grad = vec![0f32; self.ego.len()];
         let ego = &self.ego;
@@ -320,14 +350,14 @@ impl LightGcn {
                 }
             },
         );
-        Ok((loss, grad))
+        Ok((loss, self.to_public_order(&grad)))
     }
 }
 
 /// Reusable buffers of one training step.
 struct Scratch {
     /// Dense `N × d` buffers: forward layers `E_1 .. E_{K-1}`, then backward `A_k`.
-    dense: Vec<Vec<f32>>,
+    dense: Vec<Table>,
     /// Node -> row in the compact batch buffers, or `NO_SLOT`.
     slot: Vec<u32>,
     /// Nodes of the batch, in slot order.
@@ -360,16 +390,18 @@ enum FinalInput<'a> {
 }
 
 impl Scratch {
-    fn new(layers: usize) -> Self {
-        Scratch {
-            dense: (0..layers.saturating_sub(1)).map(|_| Vec::new()).collect(),
-            slot: Vec::new(),
+    fn new(model: &LightGcn) -> Result<Self> {
+        Ok(Scratch {
+            dense: (0..model.layers.saturating_sub(1))
+                .map(|_| Table::zeros(model.ego.len()))
+                .collect::<Result<_>>()?,
+            slot: vec![NO_SLOT; model.n_users + model.n_items],
             active: Vec::new(),
             last: Vec::new(),
             fin: Vec::new(),
             gadd: Vec::new(),
             regc: Vec::new(),
-        }
+        })
     }
 
     fn input(&self, src: FinalSrc) -> FinalInput<'_> {
@@ -404,7 +436,6 @@ fn forward_backward(
     s: &mut Scratch,
 ) -> Result<(BatchLoss, FinalSrc)> {
     let (nu, ni, d, k_layers) = (model.n_users, model.n_items, model.dim, model.layers);
-    let n = nu + ni;
     let adj = &model.adj;
     let ego = &model.ego[..];
     if batch.is_empty() {
@@ -420,16 +451,14 @@ fn forward_backward(
             message: format!("triple {t:?} out of range for {nu} users and {ni} items"),
         });
     }
-    // Batch nodes and their compact slots.
-    if s.slot.len() != n {
-        s.slot = vec![NO_SLOT; n];
-    }
+    // Batch nodes (internal rows) and their compact slots.
     for &a in &s.active {
         s.slot[a as usize] = NO_SLOT;
     }
     s.active.clear();
     for t in batch {
-        for node in [t.user, nu as u32 + t.pos, nu as u32 + t.neg] {
+        for node in [t.user as usize, nu + t.pos as usize, nu + t.neg as usize] {
+            let node = model.pos[node];
             if s.slot[node as usize] == NO_SLOT {
                 s.slot[node as usize] = s.active.len() as u32;
                 s.active.push(node);
@@ -443,9 +472,6 @@ fn forward_backward(
     }
     s.regc.clear();
     s.regc.resize(na, 0.0);
-    for b in &mut s.dense {
-        b.resize(n * d, 0.0);
-    }
 
     // Forward: E_1 .. E_{K-1} in full, E_K on the batch rows only.
     for k in 0..k_layers.saturating_sub(1) {
@@ -487,7 +513,8 @@ fn forward_backward(
     let regw = (decay as f64 * inv_b) as f32;
     let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
     for t in batch {
-        let nodes = [t.user as usize, nu + t.pos as usize, nu + t.neg as usize];
+        let nodes = [t.user as usize, nu + t.pos as usize, nu + t.neg as usize]
+            .map(|v| model.pos[v] as usize);
         let [su, sp, sn] = nodes.map(|x| s.slot[x] as usize);
         let fu = &s.fin[su * d..(su + 1) * d];
         let fp = &s.fin[sp * d..(sp + 1) * d];
@@ -695,7 +722,7 @@ impl Trainer {
 
     /// One optimisation step on a batch; returns the batch's loss before the step.
     pub fn step(&mut self, batch: &[Triple]) -> Result<BatchLoss> {
-        let mut scratch = Scratch::new(self.model.layers);
+        let mut scratch = Scratch::new(&self.model)?;
         self.step_with(batch, &mut scratch)
     }
 
@@ -734,7 +761,7 @@ impl Trainer {
         let start = Instant::now();
         let triples = self.sample_epoch();
         let total = triples.len().div_ceil(self.config.batch_size);
-        let mut scratch = Scratch::new(self.model.layers);
+        let mut scratch = Scratch::new(&self.model)?;
         let (mut loss, mut bpr) = (0.0, 0.0);
         for (b, batch) in triples.chunks(self.config.batch_size).enumerate() {
             let l = self.step_with(batch, &mut scratch)?;

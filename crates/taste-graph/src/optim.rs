@@ -3,6 +3,7 @@
 
 use rayon::prelude::*;
 
+use crate::buffer::Table;
 use crate::error::{Error, Result};
 
 /// Adam hyper-parameters (PyTorch defaults apart from the learning rate).
@@ -51,11 +52,11 @@ impl AdamConfig {
 }
 
 /// The optimiser's moments for one parameter buffer and its step count.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct AdamState {
     config: AdamConfig,
-    m: Vec<f32>,
-    v: Vec<f32>,
+    m: Table,
+    v: Table,
     t: u64,
 }
 
@@ -92,8 +93,8 @@ impl AdamState {
         config.validate()?;
         Ok(AdamState {
             config,
-            m: vec![0.0; len],
-            v: vec![0.0; len],
+            m: Table::zeros(len)?,
+            v: Table::zeros(len)?,
             t: 0,
         })
     }
