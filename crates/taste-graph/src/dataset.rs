@@ -96,17 +96,13 @@ pub struct Dataset {
 impl Dataset {
     /// Builds a dataset from parsed train and test lines.
     pub fn from_lines(train: &UserLines, test: &UserLines) -> Result<Self> {
-        let max_of = |l: &UserLines, f: &dyn Fn(&(u32, Vec<u32>)) -> Option<u32>| {
-            l.lines
-                .iter()
-                .filter_map(f)
-                .max()
-                .map_or(0, |m| m as usize + 1)
-        };
-        let users = |x: &(u32, Vec<u32>)| Some(x.0);
-        let items = |x: &(u32, Vec<u32>)| x.1.iter().copied().max();
-        let n_users = max_of(train, &users).max(max_of(test, &users));
-        let n_items = max_of(train, &items).max(max_of(test, &items));
+        let all = || train.lines.iter().chain(&test.lines);
+        let n_users = all().map(|(u, _)| *u as usize + 1).max().unwrap_or(0);
+        let n_items = all()
+            .filter_map(|(_, items)| items.iter().max())
+            .map(|&i| i as usize + 1)
+            .max()
+            .unwrap_or(0);
         let edges = |l: &UserLines| -> Vec<(UserId, ItemId)> {
             l.lines
                 .iter()

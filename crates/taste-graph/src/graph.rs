@@ -222,17 +222,17 @@ impl BipartiteGraph {
         let mut col = Vec::with_capacity(nnz);
         let mut val = Vec::with_capacity(nnz);
         row_ptr.push(0);
-        for u in 0..nu {
+        for (u, &su) in du.iter().enumerate() {
             for &i in &self.user_items[self.user_ptr[u]..self.user_ptr[u + 1]] {
                 col.push(nu as u32 + i);
-                val.push((du[u] * di[i as usize]) as f32);
+                val.push((su * di[i as usize]) as f32);
             }
             row_ptr.push(col.len());
         }
-        for i in 0..self.n_items {
+        for (i, &si) in di.iter().enumerate() {
             for &u in &self.item_users[self.item_ptr[i]..self.item_ptr[i + 1]] {
                 col.push(u);
-                val.push((du[u as usize] * di[i]) as f32);
+                val.push((du[u as usize] * si) as f32);
             }
             row_ptr.push(col.len());
         }

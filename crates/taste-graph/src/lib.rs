@@ -28,7 +28,7 @@ pub mod sparse;
 
 pub use dataset::Dataset;
 pub use error::{Error, Result};
-pub use eval::{Metrics, evaluate};
+pub use eval::{Metrics, evaluate, score_all};
 pub use graph::BipartiteGraph;
 pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
 pub use interactions::{Interaction, InteractionKind, Interactions};

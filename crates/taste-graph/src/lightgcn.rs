@@ -178,6 +178,16 @@ impl Embeddings {
     pub fn n_items(&self) -> usize {
         self.n_items
     }
+    /// The user and item tables as candle tensors on `device`
+    /// (`n_users × dim` and `n_items × dim`), e.g. for a ranker or an export.
+    pub fn to_tensors(
+        &self,
+        device: &candle_core::Device,
+    ) -> Result<(candle_core::Tensor, candle_core::Tensor)> {
+        let u = candle_core::Tensor::from_slice(self.users(), (self.n_users, self.dim), device)?;
+        let i = candle_core::Tensor::from_slice(self.items(), (self.n_items, self.dim), device)?;
+        Ok((u, i))
+    }
 }
 
 /// A LightGCN model: the graph's propagation matrix and the ego embedding table.
@@ -778,5 +788,83 @@ impl Trainer {
             samples: triples.len(),
             seconds: start.elapsed().as_secs_f64(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ItemId;
+
+    fn tiny() -> BipartiteGraph {
+        BipartiteGraph::from_edges(
+            3,
+            4,
+            [(0, 0), (0, 1), (1, 1), (1, 2), (2, 3)].map(|(u, i)| (UserId(u), ItemId(i))),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn invalid_configs_and_batches_are_typed_errors() {
+        let g = tiny();
+        for bad in [
+            LightGcnConfig::new().dim(0),
+            LightGcnConfig::new().batch_size(0),
+            LightGcnConfig::new().decay(f32::NAN),
+            LightGcnConfig::new().lr(-1.0),
+        ] {
+            assert!(
+                matches!(Trainer::new(&g, &bad), Err(Error::Config { .. })),
+                "{bad:?}"
+            );
+        }
+        let mut t = Trainer::new(&g, &LightGcnConfig::new().dim(4)).unwrap();
+        let out_of_range = Triple {
+            user: 0,
+            pos: 0,
+            neg: 4,
+        };
+        assert!(matches!(t.step(&[out_of_range]), Err(Error::Graph { .. })));
+        assert!(matches!(t.step(&[]), Err(Error::Graph { .. })));
+        assert!(
+            t.step(&[Triple {
+                user: 0,
+                pos: 0,
+                neg: 3
+            }])
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn propagation_is_the_layer_mean_in_public_order() {
+        let g = tiny();
+        let (n, d) = (7, 2);
+        let ego: Vec<f32> = (0..n * d).map(|i| i as f32 * 0.1 - 0.5).collect();
+        let m = LightGcn::from_embeddings(&g, 2, d, ego.clone()).unwrap();
+        assert_eq!(m.ego_table(), ego);
+        let a = g.normalized_adjacency().to_dense();
+        let mul = |x: &[f32]| {
+            let mut y = vec![0f32; n * d];
+            for r in 0..n {
+                for c in 0..n {
+                    for j in 0..d {
+                        y[r * d + j] += a[r * n + c] * x[c * d + j];
+                    }
+                }
+            }
+            y
+        };
+        let e1 = mul(&ego);
+        let e2 = mul(&e1);
+        let e = m.propagate().unwrap();
+        let all: Vec<f32> = e.users().iter().chain(e.items()).copied().collect();
+        for k in 0..n * d {
+            assert!((all[k] - (ego[k] + e1[k] + e2[k]) / 3.0).abs() < 1e-6);
+        }
+        let (ut, it) = e.to_tensors(&candle_core::Device::Cpu).unwrap();
+        assert_eq!(ut.dims(), &[3, 2]);
+        assert_eq!(it.to_vec2::<f32>().unwrap()[3], e.items()[6..8].to_vec());
     }
 }

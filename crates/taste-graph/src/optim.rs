@@ -169,7 +169,7 @@ mod tests {
         assert_eq!(p[1], -2.0);
         st.step(&mut p, &[-1.0, 0.0]).unwrap();
         let (b1, b2) = (0.9f64, 0.999f64);
-        let m = b1 * 0.05 + (1.0 - b1) * -1.0;
+        let m = b1 * 0.05 - (1.0 - b1);
         let v = b2 * 0.00025 + (1.0 - b2) * 1.0;
         let expected = 0.9 - 0.1 / (1.0 - b1 * b1) * m / (v.sqrt() / (1.0 - b2 * b2).sqrt() + 1e-8);
         assert!(

@@ -17,17 +17,19 @@ impl Lcg {
     }
 }
 
-/// The reference loss: dense `Â` in f64, explicit layer powers and layer mean.
-fn dense_loss(
-    a: &[f64],
+/// The reference model: dense `Â` in f64 over `n` nodes (`nu` users first), width `d`,
+/// `k` layers.
+struct DenseModel {
+    a: Vec<f64>,
     n: usize,
     nu: usize,
     d: usize,
     k: usize,
-    ego: &[f64],
-    batch: &[Triple],
-    decay: f64,
-) -> f64 {
+}
+
+/// The reference loss: explicit layer powers and layer mean, all in f64.
+fn dense_loss(m: &DenseModel, ego: &[f64], batch: &[Triple], decay: f64) -> f64 {
+    let DenseModel { ref a, n, nu, d, k } = *m;
     let mut fin = ego.to_vec();
     let mut cur = ego.to_vec();
     for _ in 0..k {
@@ -123,7 +125,14 @@ fn check(layers: usize, seed: u64) {
         .map(f64::from)
         .collect();
     let e64: Vec<f64> = ego.iter().map(|&x| x as f64).collect();
-    let f = |e: &[f64]| dense_loss(&a, n, nu, d, layers, e, &batch, decay as f64);
+    let dense = DenseModel {
+        a,
+        n,
+        nu,
+        d,
+        k: layers,
+    };
+    let f = |e: &[f64]| dense_loss(&dense, e, &batch, decay as f64);
     let reference = f(&e64);
     assert!(
         (loss.total() - reference).abs() < 1e-5,
