@@ -126,13 +126,18 @@ impl Csr {
         self.col.len()
     }
 
-    /// The positions of row `r`'s entries in the column and value arrays.
-    pub fn row_range(&self, r: usize) -> Range<usize> {
+    /// Row `r`'s columns and values, or `None` past the last row.
+    pub fn row_entries(&self, r: usize) -> Option<(&[u32], &[f32])> {
+        (r < self.n_rows).then(|| self.row(r))
+    }
+
+    /// The positions of row `r`'s entries in the column and value arrays (`r < n_rows`).
+    pub(crate) fn row_range(&self, r: usize) -> Range<usize> {
         self.row_ptr[r]..self.row_ptr[r + 1]
     }
 
-    /// Row `r`'s columns and values.
-    pub fn row(&self, r: usize) -> (&[u32], &[f32]) {
+    /// Row `r`'s columns and values (`r < n_rows`).
+    pub(crate) fn row(&self, r: usize) -> (&[u32], &[f32]) {
         let range = self.row_range(r);
         (&self.col[range.clone()], &self.val[range])
     }
@@ -593,6 +598,8 @@ mod tests {
             }
         }
         assert!(a.permuted(&[0; 50]).is_err());
+        assert_eq!(p.row_entries(3), Some(p.row(3)));
+        assert_eq!(p.row_entries(50), None);
         assert!(a.permuted(&order[..49]).is_err());
     }
 
