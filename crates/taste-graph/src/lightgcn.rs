@@ -558,7 +558,7 @@ fn forward_backward(
         0 => FinalSrc::None,
         1 => FinalSrc::Compact,
         _ => {
-            adj.spmm_sparse_input(&s.slot, &s.gadd, d, &mut s.dense[0])?;
+            adj.symmetric_sparse_product(&s.active, &s.gadd, d, &mut s.dense[0]);
             add_rows(&mut s.dense[0], &s.active, &s.gadd, d);
             let mut cur = 0;
             for _ in 0..k_layers - 2 {

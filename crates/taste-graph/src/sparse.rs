@@ -298,6 +298,47 @@ impl Csr {
         Ok(())
     }
 
+    /// [`Csr::spmm_sparse_input`] for a symmetric matrix, by scattering from the input's
+    /// non-zero rows instead of scanning every row: `active[k]` is the node whose input
+    /// row is `xc[k]` (so `slot[active[k]] == k`). The work is the degree sum of
+    /// `active` rather than all non-zeros; threads own disjoint output row ranges, each
+    /// finding its part of every active row's (sorted) neighbour list by binary search.
+    /// Callers guarantee symmetry and the shapes.
+    pub(crate) fn symmetric_sparse_product(
+        &self,
+        active: &[u32],
+        xc: &[f32],
+        d: usize,
+        out: &mut [f32],
+    ) {
+        let pieces = 4 * rayon::current_num_threads().max(1);
+        let step = self.n_rows.div_ceil(pieces).max(1);
+        let bounds: Vec<usize> = (0..=self.n_rows.div_ceil(step))
+            .map(|k| (k * step).min(self.n_rows))
+            .collect();
+        split_rows_mut(out, d, &bounds)
+            .into_par_iter()
+            .zip(bounds.par_windows(2))
+            .for_each(|(o, w)| {
+                o.fill(0.0);
+                let (lo, hi) = (w[0] as u32, w[1] as u32);
+                for (k, &src) in active.iter().enumerate() {
+                    let x = &xc[k * d..(k + 1) * d];
+                    let (cols, vals) = self.row(src as usize);
+                    let start = cols.partition_point(|&c| c < lo);
+                    for (&r, &v) in cols[start..].iter().zip(&vals[start..]) {
+                        if r >= hi {
+                            break;
+                        }
+                        let at = (r - lo) as usize * d;
+                        for (o, &x) in o[at..at + d].iter_mut().zip(x) {
+                            *o += v * x;
+                        }
+                    }
+                }
+            });
+    }
+
     pub(crate) fn check_slots(&self, slot: &[u32], xc: &[f32], d: usize) -> Result<()> {
         if slot.len() != self.n_cols {
             return Err(Error::Shape {
@@ -580,6 +621,54 @@ mod tests {
         a.spmm_sparse_input(&slot, &xc, d, &mut got).unwrap();
         for (g, n) in got.iter().zip(naive(&a, &x, d)) {
             assert!((*g as f64 - n).abs() < 1e-5);
+        }
+    }
+
+    #[test]
+    fn symmetric_scatter_equals_sparse_gather() {
+        let n = 900;
+        let mut s = 17;
+        let mut dense = vec![0f32; n * n];
+        for _ in 0..6000 {
+            let (r, c) = (
+                (lcg(&mut s) % n as u32) as usize,
+                (lcg(&mut s) % n as u32) as usize,
+            );
+            let v = (lcg(&mut s) % 1000) as f32 / 1000.0;
+            dense[r * n + c] = v;
+            dense[c * n + r] = v;
+        }
+        let mut row_ptr = vec![0];
+        let (mut col, mut val) = (Vec::new(), Vec::new());
+        for r in 0..n {
+            for c in 0..n {
+                if dense[r * n + c] != 0.0 {
+                    col.push(c as u32);
+                    val.push(dense[r * n + c]);
+                }
+            }
+            row_ptr.push(col.len());
+        }
+        let a = Csr::from_parts(n, n, row_ptr, col, val).unwrap();
+        let d = 64;
+        let active: Vec<u32> = (0..n as u32).filter(|v| v % 7 == 3).collect();
+        let mut slot = vec![NO_SLOT; n];
+        for (k, &v) in active.iter().enumerate() {
+            slot[v as usize] = k as u32;
+        }
+        let xc: Vec<f32> = (0..active.len() * d)
+            .map(|i| (i % 23) as f32 * 0.1 - 1.0)
+            .collect();
+        let mut gather = vec![0f32; n * d];
+        let mut scatter = vec![f32::NAN; n * d];
+        a.spmm_sparse_input(&slot, &xc, d, &mut gather).unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| a.symmetric_sparse_product(&active, &xc, d, &mut scatter));
+        for (g, s) in gather.iter().zip(&scatter) {
+            assert!((g - s).abs() < 1e-4, "{g} vs {s}");
         }
     }
 
