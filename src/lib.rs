@@ -5,5 +5,7 @@
 
 /// The versioned item-embedding store.
 pub use embed_store;
+/// The LightGCN taste graph: interactions, training and evaluation.
+pub use taste_graph;
 /// Qwen3-VL surgery: the decoder fed by precomputed item embeddings.
 pub use vision_surgery;

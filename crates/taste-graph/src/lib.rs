@@ -1,0 +1,37 @@
+//! The taste graph: users and items as a bipartite interaction graph, and LightGCN
+//! (He et al., SIGIR 2020) trained on it.
+//!
+//! - [`ids`]: dense [`UserId`] / [`ItemId`] indices and maps from external `u64` ids;
+//! - [`interactions`]: events with a kind, a weight and a timestamp;
+//! - [`graph`]: the CSR [`BipartiteGraph`] and its normalisation `D^-1/2 A D^-1/2`;
+//! - [`dataset`]: the LightGCN `train.txt` / `test.txt` format;
+//! - [`sparse`]: parallel CSR × dense products (candle has no sparse type);
+//!   [`buffer`]: huge-page tables for the embeddings;
+//! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
+//! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code.
+//!
+//! Everything runs on the current rayon pool; wrap calls in
+//! `rayon::ThreadPool::install` to choose the thread count.
+
+#![warn(missing_docs)]
+
+pub mod buffer;
+pub mod dataset;
+pub mod error;
+pub mod eval;
+pub mod graph;
+pub mod ids;
+pub mod interactions;
+pub mod lightgcn;
+pub mod optim;
+pub mod sparse;
+
+pub use dataset::Dataset;
+pub use error::{Error, Result};
+pub use eval::{Metrics, evaluate, score_all};
+pub use graph::BipartiteGraph;
+pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
+pub use interactions::{Interaction, InteractionKind, Interactions};
+pub use lightgcn::{BatchLoss, Embeddings, EpochStats, LightGcn, LightGcnConfig, Trainer, Triple};
+pub use optim::{AdamConfig, AdamState};
+pub use sparse::Csr;
