@@ -101,7 +101,7 @@ impl Default for TrainOptions {
 }
 
 impl TrainOptions {
-    /// Defaults: prompt "<item>Describe this item.", batch 8, 10 epochs, lr 1e-3, weight
+    /// Defaults: prompt `"<item>Describe this item."`, batch 8, 10 epochs, lr 1e-3, weight
     /// decay 0, betas (0.9, 0.999), eps 1e-8, clipping at 1.0, seed 0, next-token weight
     /// 1, distillation weight 1 (MSE), checkpoint every 100 steps, no checkpoint path.
     pub fn new() -> Self {
