@@ -42,6 +42,24 @@ impl Default for HnswParams {
     }
 }
 
+/// Scale `v` to unit length (left as is when zero): cosine works on normalised vectors.
+fn normalize(v: &mut [f32]) {
+    let norm = dot(v, v).sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+}
+
+/// Distance (smaller is nearer) between f32 vectors: −dot for inner product and cosine
+/// (on normalised vectors), squared Euclidean for L2.
+#[inline]
+fn f32_distance(metric: Metric, q: &[f32], x: &[f32]) -> f32 {
+    match metric {
+        Metric::InnerProduct | Metric::Cosine => -dot(q, x),
+        Metric::L2 => crate::kernels::l2_squared(q, x),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq)]
 struct Near(f32, u32);
 impl Eq for Near {}
@@ -268,10 +286,7 @@ impl Hnsw {
             let v = &mut vectors[i * d..(i + 1) * d];
             snap.segments()[s].segment.read_vector(r, v)?;
             if metric == Metric::Cosine {
-                let norm = dot(v, v).sqrt();
-                if norm > 0.0 {
-                    v.iter_mut().for_each(|x| *x /= norm);
-                }
+                normalize(v);
             }
         }
         // level draws: floor(-ln(U) / ln(m)), from a seeded xorshift
@@ -612,11 +627,7 @@ impl Hnsw {
                     .sum(),
             };
         }
-        let x = self.vector(i);
-        match self.metric {
-            Metric::InnerProduct | Metric::Cosine => -dot(q, x),
-            Metric::L2 => crate::kernels::l2_squared(q, x),
-        }
+        f32_distance(self.metric, q, self.vector(i))
     }
 
     /// Exact distance of `q` to node `i`, from the snapshot's stored vector.
@@ -637,15 +648,9 @@ impl Hnsw {
         })?;
         seg.segment.read_vector(r as usize, row)?;
         if self.metric == Metric::Cosine {
-            let norm = dot(row, row).sqrt();
-            if norm > 0.0 {
-                row.iter_mut().for_each(|x| *x /= norm);
-            }
+            normalize(row);
         }
-        Ok(match self.metric {
-            Metric::InnerProduct | Metric::Cosine => -dot(q, row),
-            Metric::L2 => crate::kernels::l2_squared(q, row),
-        })
+        Ok(f32_distance(self.metric, q, row))
     }
 
     #[inline]
@@ -829,10 +834,7 @@ impl Hnsw {
         }
         let mut q = query.to_vec();
         if self.metric == Metric::Cosine {
-            let norm = dot(&q, &q).sqrt();
-            if norm > 0.0 {
-                q.iter_mut().for_each(|x| *x /= norm);
-            }
+            normalize(&mut q);
         }
         let segs = snap.segments();
         let filtered = !filter.exclude_sorted.is_empty() || filter.attrs.is_some();

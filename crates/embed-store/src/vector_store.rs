@@ -204,9 +204,8 @@ impl VectorStore for EmbeddedStore {
     }
 
     fn put_many(&self, generation: &str, ids: &[ItemId], vectors: &[f32]) -> Result<()> {
+        // Writer::put_many validates the batch (validate_batch) before keeping any of it
         self.with_writer(|w| {
-            let dim = w.dim_of(generation)?;
-            validate_batch(dim, ids, vectors)?;
             let n_attrs = self
                 .store
                 .generation(generation)

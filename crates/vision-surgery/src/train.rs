@@ -628,13 +628,7 @@ impl<'m> AdapterTrainer<'m> {
         let prepared = self.prepare(examples)?;
         let batch: Vec<&Prepared> = prepared.iter().collect();
         let (nt, d) = self.losses(&batch)?;
-        let scalar = |t: Option<Tensor>| -> Result<Option<f32>> {
-            Ok(match t {
-                Some(t) => Some(t.to_scalar::<f32>()?),
-                None => None,
-            })
-        };
-        Ok((scalar(nt)?, scalar(d)?))
+        Ok((scalar(&nt)?, scalar(&d)?))
     }
 
     fn losses(&self, batch: &[&Prepared]) -> Result<(Option<Tensor>, Option<Tensor>)> {
@@ -793,12 +787,6 @@ impl<'m> AdapterTrainer<'m> {
                 .collect::<candle_core::Result<Vec<_>>>()?;
         }
         self.opt.update(&gs)?;
-        let scalar = |t: &Option<Tensor>| -> Result<Option<f32>> {
-            Ok(match t {
-                Some(t) => Some(t.to_scalar::<f32>()?),
-                None => None,
-            })
-        };
         Ok(StepStats {
             step: self.opt.step,
             epoch: 0,
@@ -810,6 +798,14 @@ impl<'m> AdapterTrainer<'m> {
             checkpointed: false,
         })
     }
+}
+
+/// The value of an optional scalar loss.
+fn scalar(t: &Option<Tensor>) -> Result<Option<f32>> {
+    Ok(match t {
+        Some(t) => Some(t.to_scalar::<f32>()?),
+        None => None,
+    })
 }
 
 /// One line of a training-pairs file (JSON Lines).
