@@ -8,7 +8,9 @@
 //! - [`sparse`]: parallel CSR × dense products (candle has no sparse type);
 //!   [`buffer`]: huge-page tables for the embeddings;
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
-//! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code.
+//! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
+//! - [`live`]: real-time fold-in of each interaction into the user's embedding;
+//! - [`interests`]: several interests per user (PinnerSage: Ward clustering, medoids).
 //!
 //! Everything runs on the current rayon pool; wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
@@ -22,7 +24,9 @@ pub mod eval;
 pub mod graph;
 pub mod ids;
 pub mod interactions;
+pub mod interests;
 pub mod lightgcn;
+pub mod live;
 pub mod optim;
 pub mod sparse;
 
@@ -32,6 +36,8 @@ pub use eval::{Metrics, evaluate, score_all};
 pub use graph::BipartiteGraph;
 pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
 pub use interactions::{Interaction, InteractionKind, Interactions};
+pub use interests::{Interest, InterestConfig, interests};
 pub use lightgcn::{BatchLoss, Embeddings, EpochStats, LightGcn, LightGcnConfig, Trainer, Triple};
+pub use live::{KindWeights, LiveConfig, LiveModel};
 pub use optim::{AdamConfig, AdamState};
 pub use sparse::Csr;

@@ -178,6 +178,10 @@ impl Embeddings {
     pub fn n_items(&self) -> usize {
         self.n_items
     }
+    /// Number of users.
+    pub fn n_users(&self) -> usize {
+        self.n_users
+    }
     /// The user and item tables as candle tensors on `device`
     /// (`n_users × dim` and `n_items × dim`), e.g. for a ranker or an export.
     pub fn to_tensors(
@@ -311,11 +315,28 @@ impl LightGcn {
     /// The final embeddings `(E_0 + … + E_K) / (K + 1)` of every node, computed with
     /// K parallel sparse products.
     pub fn propagate(&self) -> Result<Embeddings> {
+        Ok(self.propagate_impl(false)?.0)
+    }
+
+    /// [`LightGcn::propagate`] plus, per node, the sum of its layers `0..K` without the
+    /// last (`E_0 + … + E_{K-1}`, users then items, `(n_users + n_items) × dim`): the
+    /// part of a node that its neighbours' next layer reads, which a fold-in
+    /// ([`crate::live`]) needs to update one user without propagating the graph.
+    pub fn propagate_with_partial(&self) -> Result<(Embeddings, Vec<f32>)> {
+        let (e, p) = self.propagate_impl(true)?;
+        Ok((e, p.unwrap_or_default()))
+    }
+
+    fn propagate_impl(&self, keep_partial: bool) -> Result<(Embeddings, Option<Vec<f32>>)> {
         let d = self.dim;
         let mut acc = self.ego.to_vec();
         let mut cur = Table::from_slice(&self.ego)?;
         let mut next = Table::zeros(self.ego.len())?;
-        for _ in 0..self.layers {
+        let mut partial = None;
+        for layer in 0..self.layers {
+            if keep_partial && layer + 1 == self.layers {
+                partial = Some(self.to_public_order(&acc));
+            }
             self.adj.spmm(&cur, d, &mut next)?;
             acc.par_chunks_mut(4096)
                 .zip(next.par_chunks(4096))
@@ -325,12 +346,16 @@ impl LightGcn {
         let c = 1.0 / (self.layers + 1) as f32;
         acc.par_chunks_mut(4096)
             .for_each(|a| a.iter_mut().for_each(|a| *a *= c));
-        Ok(Embeddings {
+        if keep_partial && self.layers == 0 {
+            partial = Some(vec![0f32; acc.len()]);
+        }
+        let emb = Embeddings {
             n_users: self.n_users,
             n_items: self.n_items,
             dim: d,
             data: self.to_public_order(&acc),
-        })
+        };
+        Ok((emb, partial))
     }
 
     /// The loss of a batch and its gradient with respect to the whole ego table

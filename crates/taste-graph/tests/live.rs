@@ -1,0 +1,360 @@
+//! Real-time fold-in ([`LiveModel`]) and PinnerSage interests.
+
+use taste_graph::interests::{cluster_items, ward};
+use taste_graph::{
+    BipartiteGraph, InteractionKind, InterestConfig, ItemId, KindWeights, LightGcn, LightGcnConfig,
+    LiveConfig, LiveModel, Trainer, UserId, evaluate, interests,
+};
+
+struct Lcg(u64);
+impl Lcg {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 33) % n
+    }
+}
+
+fn random_graph(nu: usize, ni: usize, edges: usize, seed: u64) -> BipartiteGraph {
+    let mut rng = Lcg(seed);
+    let e: Vec<(UserId, ItemId)> = (0..edges)
+        .map(|_| {
+            (
+                UserId(rng.below(nu as u64) as u32),
+                ItemId(rng.below(ni as u64) as u32),
+            )
+        })
+        .collect();
+    BipartiteGraph::from_edges(nu, ni, e).unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)
+}
+
+#[test]
+fn fold_in_reproduces_the_propagation_for_every_trained_user() {
+    for layers in [0, 1, 3] {
+        let g = random_graph(40, 30, 200, 3);
+        let cfg = LightGcnConfig::new()
+            .dim(8)
+            .layers(layers)
+            .init_std(0.3)
+            .seed(5);
+        let model = LightGcn::new(&g, &cfg).unwrap();
+        let emb = model.propagate().unwrap();
+        let live = LiveModel::new(&model, &g, LiveConfig::new(), 0).unwrap();
+        assert!(close(live.users(), emb.users(), 1e-5), "layers {layers}");
+        assert!(close(live.items(), emb.items(), 0.0));
+    }
+}
+
+/// The fold-in of a new edge equals LightGCN's user formula with the items' layers
+/// frozen, `(s E0_u + Σ_k Σ_i E(k-1)_i / √(d_u d_i)) / (K+1)` over the new
+/// neighbourhood, where the ego keeps the training edges' share `s = (d_u - 1) / d_u`.
+#[test]
+fn observing_a_click_adds_the_edge_to_the_users_propagation() {
+    let g = random_graph(30, 25, 150, 11);
+    let (d, k) = (8, 3);
+    let cfg = LightGcnConfig::new().dim(d).layers(k).init_std(0.3).seed(1);
+    let model = LightGcn::new(&g, &cfg).unwrap();
+    let (_, partial) = model.propagate_with_partial().unwrap();
+    let ego = model.ego_table();
+    let mut live = LiveModel::new(&model, &g, LiveConfig::new(), 100).unwrap();
+    let u = UserId(4);
+    let new_item = (0..25)
+        .map(ItemId)
+        .find(|&i| !g.has_edge(u, i) && !g.users_of(i).is_empty())
+        .unwrap();
+    live.observe(u, new_item, InteractionKind::Click, 100)
+        .unwrap();
+
+    let mut items: Vec<u32> = g.items_of(u).to_vec();
+    items.push(new_item.0);
+    let du = items.len() as f32;
+    let nu = 30;
+    // The trained ego keeps the training edges' share of the mass.
+    let share = (du - 1.0) / du;
+    let mut want: Vec<f32> = ego[u.index() * d..(u.index() + 1) * d]
+        .iter()
+        .map(|x| share * x)
+        .collect();
+    for &i in &items {
+        let di = g.users_of(ItemId(i)).len() as f32;
+        let row = &partial[(nu + i as usize) * d..(nu + i as usize + 1) * d];
+        for c in 0..d {
+            want[c] += row[c] / (du * di).sqrt();
+        }
+    }
+    want.iter_mut().for_each(|x| *x /= (k + 1) as f32);
+    assert!(close(live.user(u).unwrap(), &want, 1e-5));
+    assert!(live.seen(u).contains(&new_item.0));
+    assert_eq!(live.recent(u).last().unwrap().item, new_item);
+    // Other users did not move.
+    let emb = model.propagate().unwrap();
+    assert!(close(
+        live.user(UserId(5)).unwrap(),
+        &emb.users()[5 * d..6 * d],
+        1e-5
+    ));
+}
+
+#[test]
+fn time_decay_halves_the_weight_of_the_history_after_one_half_life() {
+    let g = random_graph(20, 20, 100, 2);
+    let (d, k) = (4, 2);
+    let cfg = LightGcnConfig::new().dim(d).layers(k).init_std(0.3).seed(3);
+    let model = LightGcn::new(&g, &cfg).unwrap();
+    let (_, partial) = model.propagate_with_partial().unwrap();
+    let ego = model.ego_table();
+    let h = 1000.0;
+    let mut live = LiveModel::new(&model, &g, LiveConfig::new().half_life(h), 0).unwrap();
+    let u = UserId(7);
+    let j = (0..20)
+        .map(ItemId)
+        .find(|&i| !g.has_edge(u, i) && !g.users_of(i).is_empty())
+        .unwrap();
+    live.observe(u, j, InteractionKind::Save, 1000).unwrap();
+    let f = |i: u32| {
+        let di = g.users_of(ItemId(i)).len() as f32;
+        partial[(20 + i as usize) * d..(20 + i as usize + 1) * d]
+            .iter()
+            .map(|x| x / di.sqrt())
+            .collect::<Vec<f32>>()
+    };
+    let old = g.items_of(u);
+    let w_save = KindWeights::default().save;
+    let mass = 0.5 * old.len() as f32 + w_save;
+    let count = (old.len() + 1) as f32;
+    let mut s = vec![0f32; d];
+    for &i in old {
+        s.iter_mut().zip(f(i)).for_each(|(s, v)| *s += 0.5 * v);
+    }
+    s.iter_mut().zip(f(j.0)).for_each(|(s, v)| *s += w_save * v);
+    let want: Vec<f32> = (0..d)
+        .map(|c| {
+            let share = 0.5 * old.len() as f32 / mass;
+            (share * ego[u.index() * d + c] + count.sqrt() * s[c] / mass) / (k + 1) as f32
+        })
+        .collect();
+    assert!(
+        close(live.user(u).unwrap(), &want, 1e-5),
+        "{:?} vs {want:?}",
+        live.user(u)
+    );
+}
+
+#[test]
+fn new_users_and_items_join_and_out_of_range_ids_are_typed_errors() {
+    let g = random_graph(10, 10, 40, 9);
+    let model = LightGcn::new(&g, &LightGcnConfig::new().dim(4).layers(2).seed(2)).unwrap();
+    let mut live = LiveModel::new(&model, &g, LiveConfig::new(), 0).unwrap();
+    let err = live.observe(UserId(11), ItemId(0), InteractionKind::Click, 1);
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .contains("new user must take id 10")
+    );
+    let err = live.observe(UserId(0), ItemId(12), InteractionKind::Click, 1);
+    assert!(
+        err.unwrap_err()
+            .to_string()
+            .contains("new item must take id 10")
+    );
+
+    // A new user clicking a trained item gets a non-zero embedding pointing at it.
+    let popular = (0..10u32)
+        .map(ItemId)
+        .max_by_key(|&i| g.users_of(i).len())
+        .unwrap();
+    live.observe(UserId(10), popular, InteractionKind::Click, 1)
+        .unwrap();
+    assert_eq!(live.n_users(), 11);
+    let e = live.user(UserId(10)).unwrap().to_vec();
+    assert!(e.iter().any(|&x| x != 0.0));
+    // A new item clicked by that user inherits the user's embedding.
+    live.observe(UserId(10), ItemId(10), InteractionKind::Click, 2)
+        .unwrap();
+    assert_eq!(live.n_items(), 11);
+    assert!(close(live.item(ItemId(10)).unwrap(), &e, 1e-6));
+    assert_eq!(live.item_counts()[10], 1);
+
+    // Hides: remembered, never in the recent (interest) list.
+    live.observe(UserId(10), popular, InteractionKind::Hide, 3)
+        .unwrap();
+    assert_eq!(live.hidden(UserId(10)), &[popular.0]);
+    assert!(live.recent(UserId(10)).all(|r| r.item != popular));
+
+    for bad in [
+        LiveConfig::new().half_life(0.0),
+        LiveConfig::new().recent(0),
+        LiveConfig::new().weights(KindWeights {
+            hide: 1.0,
+            ..KindWeights::default()
+        }),
+    ] {
+        assert!(LiveModel::new(&model, &g, bad, 0).is_err());
+    }
+}
+
+/// Users of cluster A also like a few items of cluster B. For a fifth of the users
+/// those B items are hidden from training; the stale model cannot see their B taste,
+/// streaming the hidden events through `observe` recovers most of what a retrain gets.
+#[test]
+fn streaming_held_out_events_recovers_most_of_a_retrain() {
+    const C: u64 = 8;
+    const PER: u64 = 40;
+    let (nu, ni) = (480usize, (C * PER) as usize);
+    let mut rng = Lcg(17);
+    let (mut full, mut kept, mut test, mut stream) = (vec![], vec![], vec![], vec![]);
+    for u in 0..nu as u64 {
+        let (a, b) = (u % C, (u % C + 1 + (u / C) % 3) % C);
+        let affected = u % 5 == 0;
+        let mut pick = |c: u64, n: usize, taken: &mut Vec<u64>| {
+            let mut out = vec![];
+            while out.len() < n {
+                let i = c * PER + rng.below(PER);
+                if !taken.contains(&i) {
+                    taken.push(i);
+                    out.push(i);
+                }
+            }
+            out
+        };
+        let mut taken = vec![];
+        let ia = pick(a, 6, &mut taken);
+        let ib = pick(b, 10, &mut taken);
+        let it = pick(b, 5, &mut taken);
+        let e = |i: u64| (UserId(u as u32), ItemId(i as u32));
+        for &i in ia.iter().chain(&ib) {
+            full.push(e(i));
+        }
+        kept.extend(ia.iter().map(|&i| e(i)));
+        if affected {
+            stream.extend(ib.iter().map(|&i| e(i)));
+        } else {
+            kept.extend(ib.iter().map(|&i| e(i)));
+        }
+        if affected {
+            test.extend(it.iter().map(|&i| e(i)));
+        }
+    }
+    let g_kept = BipartiteGraph::from_edges(nu, ni, kept).unwrap();
+    let g_full = BipartiteGraph::from_edges(nu, ni, full).unwrap();
+    let g_test = BipartiteGraph::from_edges(nu, ni, test).unwrap();
+    let cfg = LightGcnConfig::new()
+        .dim(16)
+        .layers(2)
+        .batch_size(256)
+        .lr(0.01)
+        .seed(3);
+    let train = |g: &BipartiteGraph| {
+        let mut t = Trainer::new(g, &cfg).unwrap();
+        for _ in 0..30 {
+            t.train_epoch(|_, _| {}).unwrap();
+        }
+        t.into_model()
+    };
+    let k = 20;
+    let recall = |users: &[f32], items: &[f32], seen: &BipartiteGraph| {
+        evaluate(users, items, 16, seen, &g_test, &[k]).unwrap()[0].recall
+    };
+    let stale_model = train(&g_kept);
+    let mut live = LiveModel::new(&stale_model, &g_kept, LiveConfig::new(), 0).unwrap();
+    let stale = recall(live.users(), live.items(), &g_full);
+    for &(u, i) in &stream {
+        live.observe(u, i, InteractionKind::Click, 1).unwrap();
+    }
+    let streamed = recall(live.users(), live.items(), &g_full);
+    let retrained_model = train(&g_full);
+    let r = retrained_model.propagate().unwrap();
+    let retrained = recall(r.users(), r.items(), &g_full);
+    eprintln!("recall@{k}: stale {stale:.4} streamed {streamed:.4} retrained {retrained:.4}");
+    assert!(retrained > stale + 0.1, "the held-out events must matter");
+    assert!(
+        streamed - stale >= 0.5 * (retrained - stale),
+        "streaming recovered {:.0}% of the gap",
+        100.0 * (streamed - stale) / (retrained - stale)
+    );
+}
+
+#[test]
+fn ward_separates_well_separated_groups_and_respects_the_threshold() {
+    // Three groups of 4 points around orthogonal axes.
+    let mut pts = vec![];
+    for g in 0..3 {
+        for j in 0..4 {
+            let mut p = [0f32; 3];
+            p[g] = 1.0;
+            p[(g + 1) % 3] = 0.05 * j as f32;
+            pts.extend_from_slice(&p);
+        }
+    }
+    let labels = ward(&pts, 3, 0.5).unwrap();
+    for g in 0..3 {
+        let l = labels[g * 4];
+        assert!(labels[g * 4..g * 4 + 4].iter().all(|&x| x == l));
+    }
+    assert_eq!(labels.iter().max(), Some(&2));
+    assert_eq!(ward(&pts, 3, 100.0).unwrap(), vec![0; 12]);
+    assert_eq!(*ward(&pts, 3, 0.0).unwrap().iter().max().unwrap(), 11);
+    assert!(ward(&pts[..5], 3, 1.0).is_err());
+}
+
+#[test]
+fn interests_have_a_member_medoid_and_decayed_importance() {
+    // Items 0..6 point along x, 6..10 along y; a table of 10 items.
+    let mut table = vec![];
+    for i in 0..10 {
+        let t = 0.02 * i as f32;
+        table.extend_from_slice(&if i < 6 { [1.0, t] } else { [t, 1.0] });
+    }
+    let items: Vec<(ItemId, f32)> = (0..10).map(|i| (ItemId(i), 1.0)).collect();
+    let cfg = InterestConfig::new().merge_threshold(0.5);
+    let found = cluster_items(&items, &table, 2, &cfg).unwrap();
+    assert_eq!(found.len(), 2);
+    assert!((found[0].importance - 0.6).abs() < 1e-6);
+    assert!((found[1].importance - 0.4).abs() < 1e-6);
+    assert!(found[0].members.contains(&found[0].medoid));
+    assert!(found[0].medoid.0 < 6 && found[1].medoid.0 >= 6);
+    // The medoid of evenly spaced points is a middle one.
+    assert!((2..=3).contains(&found[0].medoid.0), "{:?}", found[0]);
+    let one = cluster_items(&items, &table, 2, &cfg.max_interests(1)).unwrap();
+    assert_eq!(one.len(), 1);
+    assert!((one[0].importance - 1.0).abs() < 1e-6);
+    assert!(cluster_items(&[(ItemId(10), 1.0)], &table, 2, &cfg).is_err());
+
+    // Through the live model: recent items decay, so a burst of new-cluster clicks
+    // outweighs an older, larger cluster.
+    let g = random_graph(5, 10, 0, 1);
+    let model = LightGcn::from_embeddings(&g, 0, 2, {
+        let mut ego = vec![0f32; 5 * 2];
+        ego.extend_from_slice(&table);
+        ego
+    })
+    .unwrap();
+    let mut live = LiveModel::new(&model, &g, LiveConfig::new(), 0).unwrap();
+    let u = UserId(0);
+    for i in 0..6 {
+        live.observe(u, ItemId(i), InteractionKind::Click, 0)
+            .unwrap();
+    }
+    for i in 6..9 {
+        live.observe(u, ItemId(i), InteractionKind::Click, 10_000)
+            .unwrap();
+    }
+    let now = 10_000;
+    let flat = interests(&live, u, now, &cfg).unwrap();
+    assert!(
+        flat[0].medoid.0 < 6,
+        "without decay the big old cluster leads"
+    );
+    let decayed = interests(&live, u, now, &cfg.half_life(1_000.0)).unwrap();
+    assert!(
+        decayed[0].medoid.0 >= 6,
+        "with decay the recent burst leads"
+    );
+    assert!(interests(&live, UserId(9), now, &cfg).is_err());
+}
