@@ -482,10 +482,11 @@ impl LiveModel {
         let mass = self.new_item_mass[j];
         let count = self.item_count[i] as f64 + 1.0;
         let fold_scale = self.layers as f64 / count.sqrt();
-        for c in 0..d {
-            let e = (sum[c] as f64 / mass) as f32;
-            self.item_final[i * d + c] = e;
-            self.item_fold[i * d + c] = (e as f64 * fold_scale) as f32;
+        let finals = self.item_final[i * d..(i + 1) * d].iter_mut();
+        let folds = self.item_fold[i * d..(i + 1) * d].iter_mut();
+        for ((s, e), f) in sum.iter().zip(finals).zip(folds) {
+            *e = (*s as f64 / mass) as f32;
+            *f = (*e as f64 * fold_scale) as f32;
         }
     }
 
