@@ -45,6 +45,9 @@ pub enum Error {
         /// Which buffer and the lengths expected and found.
         message: String,
     },
+    /// The embedding store refused an export or an import.
+    #[error("embedding store: {0}")]
+    Store(#[from] embed_store::Error),
     /// A tensor operation in candle failed (evaluation scoring).
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),

@@ -10,7 +10,8 @@
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
 //! - [`live`]: real-time fold-in of each interaction into the user's embedding;
-//! - [`interests`]: several interests per user (PinnerSage: Ward clustering, medoids).
+//! - [`interests`]: several interests per user (PinnerSage: Ward clustering, medoids);
+//! - [`export`]: embeddings to and from `embed-store` generations.
 //!
 //! Everything runs on the current rayon pool; wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
@@ -21,6 +22,7 @@ pub mod buffer;
 pub mod dataset;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod graph;
 pub mod ids;
 pub mod interactions;
