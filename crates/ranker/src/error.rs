@@ -1,0 +1,43 @@
+//! The crate's error type: every failure names what is wrong and where.
+
+/// Result alias used throughout the crate.
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// Everything that can go wrong while recommending.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// An option is out of range.
+    #[error("invalid ranker option: {message}")]
+    Config {
+        /// Which option and why.
+        message: String,
+    },
+    /// A user or an item the ranker does not know.
+    #[error("unknown {what}: {message}")]
+    Unknown {
+        /// "user" or "item".
+        what: &'static str,
+        /// Which id and what is known.
+        message: String,
+    },
+    /// The embedding store failed (search, lookup).
+    #[error("embedding store: {0}")]
+    Store(#[from] embed_store::Error),
+    /// The taste graph refused an update or a query.
+    #[error("taste graph: {0}")]
+    Taste(#[from] taste_graph::Error),
+    /// The surgered model failed while re-scoring.
+    #[error("surgered model: {0}")]
+    Surgery(#[from] vision_surgery::Error),
+    /// A tensor operation failed while re-scoring.
+    #[error("tensor error: {0}")]
+    Tensor(#[from] candle_core::Error),
+}
+
+impl Error {
+    pub(crate) fn config(message: impl Into<String>) -> Self {
+        Error::Config {
+            message: message.into(),
+        }
+    }
+}

@@ -1,0 +1,24 @@
+//! The request path of Mosaic: "what should this user see next?".
+//!
+//! - [`recommender`]: [`Recommender`] — candidates from each of the user's interests
+//!   (ANN over an `embed-store` generation) with quotas by importance, from the user's
+//!   taste embedding and from popular items; filters (seen, hidden, blocked,
+//!   attribute rules); scoring; MMR diversity with per-attribute caps; an explanation
+//!   per result; and [`Recommender::record`], the feedback loop into the taste graph;
+//! - [`options`]: [`RecommendOptions`], the per-request knobs;
+//! - [`pipeline`]: the offline half in one call (train, export, index, serve);
+//! - [`mmr`]: Maximal Marginal Relevance and intra-list diversity;
+//! - [`catalogue`]: a deterministic built-in catalogue (style clusters, drifting users).
+
+#![warn(missing_docs)]
+
+pub mod catalogue;
+pub mod error;
+pub mod mmr;
+pub mod options;
+pub mod pipeline;
+pub mod recommender;
+
+pub use error::{Error, Result};
+pub use options::{AttrRule, Cap, RecommendOptions, Sources};
+pub use recommender::{Recommendation, Recommender, ScoreParts, Source};

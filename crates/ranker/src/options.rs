@@ -1,0 +1,253 @@
+//! What a [`crate::Recommender::recommend`] call may be asked for: size, candidate
+//! sources and their shares, the relevance blend, the diversity trade-off, filters
+//! and caps. Built with chained setters and checked by [`RecommendOptions::validate`].
+
+use std::sync::Arc;
+
+use crate::error::{Error, Result};
+
+/// A rule over an item's u32 attributes (e.g. "not category 7", "in stock"); items
+/// failing it are never retrieved.
+pub type AttrRule = Arc<dyn Fn(&[u32]) -> bool + Send + Sync>;
+
+/// Shares of the candidate budget per source (normalised; zero turns a source off).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sources {
+    /// Nearest neighbours of each interest's medoid, split by interest importance.
+    pub interests: f32,
+    /// Nearest neighbours (inner product) of the user's taste embedding.
+    pub taste: f32,
+    /// The most-engaged items overall.
+    pub popular: f32,
+}
+
+impl Default for Sources {
+    fn default() -> Self {
+        Self {
+            interests: 0.6,
+            taste: 0.3,
+            popular: 0.1,
+        }
+    }
+}
+
+impl Sources {
+    /// Only the most popular items (the popularity baseline).
+    pub fn popular_only() -> Self {
+        Self {
+            interests: 0.0,
+            taste: 0.0,
+            popular: 1.0,
+        }
+    }
+    /// Only the user's single taste embedding.
+    pub fn taste_only() -> Self {
+        Self {
+            interests: 0.0,
+            taste: 1.0,
+            popular: 0.0,
+        }
+    }
+    /// Only the user's interests.
+    pub fn interests_only() -> Self {
+        Self {
+            interests: 1.0,
+            taste: 0.0,
+            popular: 0.0,
+        }
+    }
+}
+
+/// A per-attribute cap: at most `max` results share the value of attribute `attr`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    /// Index of the attribute in the generation's attributes.
+    pub attr: usize,
+    /// Most results with one value of it.
+    pub max: usize,
+}
+
+/// Options of one recommendation request.
+#[derive(Clone)]
+pub struct RecommendOptions {
+    pub(crate) k: usize,
+    pub(crate) candidates: usize,
+    pub(crate) sources: Sources,
+    pub(crate) taste_weight: f32,
+    pub(crate) importance_exponent: f32,
+    pub(crate) lambda: f32,
+    pub(crate) ef: usize,
+    pub(crate) exclude_seen: bool,
+    pub(crate) blocked: Vec<u64>,
+    pub(crate) rule: Option<AttrRule>,
+    pub(crate) caps: Vec<Cap>,
+    pub(crate) now: Option<u64>,
+}
+
+impl std::fmt::Debug for RecommendOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecommendOptions")
+            .field("k", &self.k)
+            .field("candidates", &self.candidates)
+            .field("sources", &self.sources)
+            .field("taste_weight", &self.taste_weight)
+            .field("importance_exponent", &self.importance_exponent)
+            .field("lambda", &self.lambda)
+            .field("ef", &self.ef)
+            .field("exclude_seen", &self.exclude_seen)
+            .field("blocked", &self.blocked.len())
+            .field("rule", &self.rule.is_some())
+            .field("caps", &self.caps)
+            .field("now", &self.now)
+            .finish()
+    }
+}
+
+impl Default for RecommendOptions {
+    fn default() -> Self {
+        Self {
+            k: 20,
+            candidates: 200,
+            sources: Sources::default(),
+            taste_weight: 0.3,
+            importance_exponent: 1.0,
+            lambda: 0.8,
+            ef: 64,
+            exclude_seen: true,
+            blocked: Vec::new(),
+            rule: None,
+            caps: Vec::new(),
+            now: None,
+        }
+    }
+}
+
+impl RecommendOptions {
+    /// 20 results from 200 candidates, default sources, MMR λ = 0.8.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Number of results.
+    pub fn k(mut self, k: usize) -> Self {
+        self.k = k;
+        self
+    }
+    /// Candidates retrieved over all sources before scoring (≥ k).
+    pub fn candidates(mut self, n: usize) -> Self {
+        self.candidates = n;
+        self
+    }
+    /// Shares of the candidate budget per source.
+    pub fn sources(mut self, sources: Sources) -> Self {
+        self.sources = sources;
+        self
+    }
+    /// Relevance blend: `w · taste + (1 − w) · interest` (see [`crate::ScoreParts`]:
+    /// taste is the item's projection on the user's direction, scaled to a best of 1;
+    /// interest the best importance-weighted cosine to an interest's medoid).
+    pub fn taste_weight(mut self, w: f32) -> Self {
+        self.taste_weight = w;
+        self
+    }
+    /// Interest `j` weighs `(importance_j / max importance)^e` in the interest score;
+    /// 0 treats all interests alike, 1 proportionally to their importance.
+    pub fn importance_exponent(mut self, e: f32) -> Self {
+        self.importance_exponent = e;
+        self
+    }
+    /// MMR trade-off: `λ · relevance − (1 − λ) · max cosine to the results so far`;
+    /// 1 ranks by relevance alone, lower values favour lateral exploration.
+    pub fn lambda(mut self, lambda: f32) -> Self {
+        self.lambda = lambda;
+        self
+    }
+    /// HNSW candidate list size per query (raised to the query's quota when smaller).
+    pub fn ef(mut self, ef: usize) -> Self {
+        self.ef = ef;
+        self
+    }
+    /// Whether items the user already engaged with or hid are excluded (default true;
+    /// hidden items are excluded either way).
+    pub fn exclude_seen(mut self, yes: bool) -> Self {
+        self.exclude_seen = yes;
+        self
+    }
+    /// External item ids never to return.
+    pub fn blocked(mut self, ids: impl IntoIterator<Item = u64>) -> Self {
+        self.blocked = ids.into_iter().collect();
+        self
+    }
+    /// A rule over item attributes that every result must pass.
+    pub fn rule(mut self, rule: AttrRule) -> Self {
+        self.rule = Some(rule);
+        self
+    }
+    /// At most `max` results share a value of attribute `attr`.
+    pub fn cap(mut self, attr: usize, max: usize) -> Self {
+        self.caps.push(Cap { attr, max });
+        self
+    }
+    /// The request time for interest decay (default: the user's latest event).
+    pub fn now(mut self, t: u64) -> Self {
+        self.now = Some(t);
+        self
+    }
+    /// The number of results asked for.
+    pub fn k_value(&self) -> usize {
+        self.k
+    }
+
+    /// Checks every option; the error names the first one out of range.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::config(m));
+        if self.k == 0 {
+            return bad("k = 0, expected at least 1 result".into());
+        }
+        if self.candidates < self.k {
+            return bad(format!(
+                "candidates = {} is below k = {}: MMR needs at least k candidates",
+                self.candidates, self.k
+            ));
+        }
+        let s = self.sources;
+        for (name, v) in [
+            ("interests", s.interests),
+            ("taste", s.taste),
+            ("popular", s.popular),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(format!(
+                    "source share {name} = {v}, expected a finite value >= 0"
+                ));
+            }
+        }
+        if s.interests + s.taste + s.popular <= 0.0 {
+            return bad("every source share is 0: no candidate could be retrieved".into());
+        }
+        if !(0.0..=1.0).contains(&self.taste_weight) {
+            return bad(format!(
+                "taste_weight = {}, expected 0..=1",
+                self.taste_weight
+            ));
+        }
+        if !(0.0..=1.0).contains(&self.lambda) {
+            return bad(format!("lambda = {}, expected 0..=1", self.lambda));
+        }
+        if !self.importance_exponent.is_finite() || self.importance_exponent < 0.0 {
+            return bad(format!(
+                "importance_exponent = {}, expected a finite value >= 0",
+                self.importance_exponent
+            ));
+        }
+        if self.ef == 0 {
+            return bad("ef = 0, expected at least 1".into());
+        }
+        if let Some(c) = self.caps.iter().find(|c| c.max == 0) {
+            return bad(format!(
+                "cap on attribute {} is 0, expected at least 1",
+                c.attr
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,138 @@
+//! The offline half of the data flow in one call: interactions → LightGCN training →
+//! item embeddings into an `embed-store` generation (with attributes) → optional HNSW
+//! index → a [`Recommender`] over that generation and the live taste graph.
+
+use std::sync::Arc;
+
+use embed_store::hnsw::{Hnsw, HnswParams};
+use embed_store::{GenerationSpec, ItemId as StoreId, Metric, StorageType, Store};
+use taste_graph::{
+    BipartiteGraph, EpochStats, InterestConfig, LightGcn, LightGcnConfig, LiveConfig, LiveModel,
+    Trainer,
+};
+
+use crate::error::{Error, Result};
+use crate::recommender::Recommender;
+
+/// Settings of [`build`].
+#[derive(Debug, Clone)]
+pub struct PipelineOptions {
+    /// LightGCN hyper-parameters.
+    pub lightgcn: LightGcnConfig,
+    /// Training epochs.
+    pub epochs: usize,
+    /// Name of the generation the item embeddings go to (made current).
+    pub generation: String,
+    /// How the store keeps the vectors.
+    pub storage: StorageType,
+    /// Build an HNSW index with these parameters (`None`: exact retrieval).
+    pub hnsw: Option<HnswParams>,
+    /// Fold-in settings of the live taste graph.
+    pub live: LiveConfig,
+    /// Interest clustering settings.
+    pub interests: InterestConfig,
+    /// The time the training data ends (training edges count as events at this time).
+    pub now: u64,
+}
+
+impl Default for PipelineOptions {
+    fn default() -> Self {
+        Self {
+            lightgcn: LightGcnConfig::new(),
+            epochs: 20,
+            generation: "lightgcn".into(),
+            storage: StorageType::F32,
+            hnsw: None,
+            live: LiveConfig::new(),
+            interests: InterestConfig::new(),
+            now: 0,
+        }
+    }
+}
+
+/// Item attributes for the store: `n_attrs` u32 values per item, row-major.
+#[derive(Debug, Clone, Copy)]
+pub struct Attrs<'a> {
+    /// The values (`n_items × n_attrs`).
+    pub values: &'a [u32],
+    /// Values per item.
+    pub n_attrs: usize,
+}
+
+/// Writes `model`'s propagated item embeddings into generation `name` of `store`
+/// (under `item_ids`, with `attrs`), commits and makes it current.
+pub fn export_items(
+    store: &Arc<Store>,
+    name: &str,
+    storage: StorageType,
+    items: &[f32],
+    dim: usize,
+    item_ids: &[u64],
+    attrs: Option<Attrs<'_>>,
+) -> Result<u64> {
+    let n = item_ids.len();
+    if items.len() != n * dim {
+        return Err(Error::config(format!(
+            "{} item values for {n} ids x dim {dim}",
+            items.len()
+        )));
+    }
+    if let Some(a) = attrs
+        && a.values.len() != n * a.n_attrs
+    {
+        return Err(Error::config(format!(
+            "{} attribute values for {n} items x {} attributes",
+            a.values.len(),
+            a.n_attrs
+        )));
+    }
+    let n_attrs = attrs.map_or(0, |a| a.n_attrs);
+    let mut w = store.writer()?;
+    w.create_generation(GenerationSpec::new(name, dim, storage).attrs(n_attrs))?;
+    const CHUNK: usize = 16_384;
+    let ids: Vec<StoreId> = item_ids.iter().map(|&i| StoreId(i)).collect();
+    for start in (0..n).step_by(CHUNK) {
+        let end = (start + CHUNK).min(n);
+        let a = attrs.map(|a| &a.values[start * a.n_attrs..end * a.n_attrs]);
+        w.put_many(name, &ids[start..end], &items[start * dim..end * dim], a)?;
+    }
+    w.set_current(name)?;
+    Ok(w.commit()?)
+}
+
+/// Trains LightGCN on `graph` (`on_epoch` sees each epoch's statistics), exports the
+/// item embeddings, optionally indexes them, and returns the recommender and the
+/// trained model.
+pub fn build(
+    graph: &BipartiteGraph,
+    item_ids: Option<Vec<u64>>,
+    attrs: Option<Attrs<'_>>,
+    store: &Arc<Store>,
+    opts: &PipelineOptions,
+    mut on_epoch: impl FnMut(usize, &EpochStats),
+) -> Result<(Recommender, LightGcn)> {
+    let mut trainer = Trainer::new(graph, &opts.lightgcn)?;
+    for e in 0..opts.epochs {
+        let stats = trainer.train_epoch(|_, _| {})?;
+        on_epoch(e + 1, &stats);
+    }
+    let model = trainer.into_model();
+    let live = LiveModel::new(&model, graph, opts.live, opts.now)?;
+    let ids = item_ids.unwrap_or_else(|| (0..live.n_items() as u64).collect());
+    export_items(
+        store,
+        &opts.generation,
+        opts.storage,
+        live.items(),
+        live.dim(),
+        &ids,
+        attrs,
+    )?;
+    let snap = store.generation(&opts.generation)?;
+    let index = match opts.hnsw {
+        Some(p) => Some(Hnsw::build(&snap, Metric::Cosine, p)?),
+        None => None,
+    };
+    let rec = Recommender::new(snap, index, live, Some(ids), opts.interests)?;
+    Ok((rec, model))
+}

@@ -1,0 +1,495 @@
+//! The request path: retrieval from every source, filtering, scoring, MMR, and the
+//! feedback loop into the taste graph.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use embed_store::hnsw::{Hnsw, Scratch};
+use embed_store::{Filter, ItemId as StoreId, Metric, Snapshot};
+use taste_graph::{InteractionKind, InterestConfig, ItemId, LiveModel, UserId};
+
+use crate::error::{Error, Result};
+use crate::mmr::{mmr, normalize_rows};
+use crate::options::RecommendOptions;
+
+/// Where a recommendation came from.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Source {
+    /// A neighbour of one of the user's interests.
+    Interest {
+        /// Rank of the interest (0 = most important).
+        rank: usize,
+        /// The interest's medoid item (external id).
+        medoid: u64,
+        /// The interest's importance (the user's interests sum to 1).
+        importance: f32,
+    },
+    /// A neighbour of the user's taste embedding.
+    Taste,
+    /// One of the most-engaged items.
+    Popular,
+}
+
+/// How a recommendation's score was made.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ScoreParts {
+    /// The item's projection on the user's unit taste direction (LightGCN's score up to
+    /// the user's norm), divided by the largest among the candidates.
+    pub taste: f32,
+    /// The best importance-weighted cosine to an interest's medoid.
+    pub interest: f32,
+    /// `log(1 + engagements) / log(1 + max engagements)` of the item.
+    pub popularity: f32,
+    /// The blended relevance, normalised so the best candidate has 1.
+    pub relevance: f32,
+    /// Largest cosine to the results ranked above it (what MMR subtracted).
+    pub redundancy: f32,
+}
+
+/// One recommended item with its explanation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Recommendation {
+    /// The item's external id.
+    pub item: u64,
+    /// The final (MMR) score it was picked with.
+    pub score: f32,
+    /// Which source retrieved it first.
+    pub source: Source,
+    /// Its score parts.
+    pub parts: ScoreParts,
+}
+
+/// Dense taste-graph item ids ↔ external ids (the store's ids).
+#[derive(Debug, Clone)]
+struct ItemIds {
+    external: Vec<u64>,
+    dense: HashMap<u64, u32>,
+}
+
+impl ItemIds {
+    fn new(external: Vec<u64>) -> Result<Self> {
+        let mut dense = HashMap::with_capacity(external.len());
+        for (k, &e) in external.iter().enumerate() {
+            if dense.insert(e, k as u32).is_some() {
+                return Err(Error::config(format!(
+                    "external item id {e} appears twice in the id list (second at row {k})"
+                )));
+            }
+        }
+        Ok(Self { external, dense })
+    }
+}
+
+struct State {
+    live: LiveModel,
+    items: ItemIds,
+    /// Dense item ids by decreasing engagement (refreshed every `POPULAR_REFRESH` events).
+    popular: Vec<u32>,
+    since_refresh: usize,
+}
+
+const POPULAR_POOL: usize = 4096;
+const POPULAR_REFRESH: usize = 4096;
+
+fn popular_order(counts: &[u32]) -> Vec<u32> {
+    let mut order: Vec<u32> = (0..counts.len() as u32).collect();
+    let pool = POPULAR_POOL.min(order.len());
+    if pool > 0 && pool < order.len() {
+        order.select_nth_unstable_by(pool - 1, |&a, &b| {
+            counts[b as usize].cmp(&counts[a as usize]).then(a.cmp(&b))
+        });
+        order.truncate(pool);
+    }
+    order.sort_by(|&a, &b| counts[b as usize].cmp(&counts[a as usize]).then(a.cmp(&b)));
+    order
+}
+
+thread_local! {
+    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
+}
+
+/// Recommendations over one embed-store generation (the item embeddings of the taste
+/// graph's model) and the live taste graph. Cheap to share (`Arc`): `recommend` takes
+/// `&self` and runs concurrently; `record` takes a short write lock. To serve a new
+/// generation (a retrain), build a new `Recommender` and swap the `Arc`.
+pub struct Recommender {
+    snap: Snapshot,
+    index: Option<Hnsw>,
+    interests: InterestConfig,
+    state: RwLock<State>,
+}
+
+impl std::fmt::Debug for Recommender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recommender")
+            .field("generation", &self.snap.generation())
+            .field("items", &self.snap.len())
+            .field("index", &self.index)
+            .finish()
+    }
+}
+
+/// Candidate under construction.
+struct Candidate {
+    id: u64,
+    source: Source,
+}
+
+impl Recommender {
+    /// A recommender over `snap` (vectors in the live model's space) and `live`.
+    /// `item_ids[k]` is the external (store) id of the live model's item `k`
+    /// (`None`: the dense ids themselves). `index`, when given, must be built from
+    /// `snap` with [`Metric::Cosine`]; without it retrieval is exact.
+    pub fn new(
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        live: LiveModel,
+        item_ids: Option<Vec<u64>>,
+        interests: InterestConfig,
+    ) -> Result<Self> {
+        if snap.dim() != live.dim() {
+            return Err(Error::config(format!(
+                "generation {:?} holds {}-wide vectors, the taste graph's embeddings are {} wide",
+                snap.generation(),
+                snap.dim(),
+                live.dim()
+            )));
+        }
+        let external = item_ids.unwrap_or_else(|| (0..live.n_items() as u64).collect());
+        if external.len() != live.n_items() {
+            return Err(Error::config(format!(
+                "{} external item ids for {} items in the taste graph",
+                external.len(),
+                live.n_items()
+            )));
+        }
+        if let Some(h) = &index {
+            // A mismatched index is refused by the search itself; check it early too.
+            let mut s = Scratch::new(h.len());
+            h.search(&snap, &vec![0.0; snap.dim()], 1, 1, &Filter::none(), &mut s)?;
+        }
+        let popular = popular_order(live.item_counts());
+        Ok(Self {
+            snap,
+            index,
+            interests,
+            state: RwLock::new(State {
+                live,
+                items: ItemIds::new(external)?,
+                popular,
+                since_refresh: 0,
+            }),
+        })
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        // A panic while holding the lock cannot leave `State` half-updated in a way
+        // that breaks invariants (observe validates before mutating), so keep serving.
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The snapshot recommendations are drawn from.
+    pub fn snapshot(&self) -> &Snapshot {
+        &self.snap
+    }
+
+    /// Number of users the taste graph knows.
+    pub fn n_users(&self) -> usize {
+        self.read().live.n_users()
+    }
+
+    /// Runs `f` on the live taste graph (e.g. to read a user's embedding).
+    pub fn with_live<T>(&self, f: impl FnOnce(&LiveModel) -> T) -> T {
+        f(&self.read().live)
+    }
+
+    /// The external id of the live model's dense item `item`.
+    pub fn external_id(&self, item: ItemId) -> Option<u64> {
+        self.read().items.external.get(item.index()).copied()
+    }
+
+    /// The user's interests now (most important first), with external medoid ids.
+    pub fn interests(&self, user: UserId, now: Option<u64>) -> Result<Vec<(u64, f32)>> {
+        let st = self.read();
+        let now = now.unwrap_or_else(|| st.live.last_time(user).unwrap_or(0));
+        let found = taste_graph::interests(&st.live, user, now, &self.interests)?;
+        Ok(found
+            .iter()
+            .map(|i| (st.items.external[i.medoid.index()], i.importance))
+            .collect())
+    }
+
+    /// Feeds an action back into the taste graph: the next `recommend` for `user`
+    /// reflects it. An unknown external item id becomes a new item (it can be
+    /// recommended once the store holds a vector for it); `user` is an existing dense
+    /// id or exactly the next new one.
+    pub fn record(&self, user: UserId, item: u64, kind: InteractionKind, time: u64) -> Result<()> {
+        let mut st = self.write();
+        let st = &mut *st;
+        let dense = match st.items.dense.get(&item) {
+            Some(&d) => d,
+            None => st.live.n_items() as u32,
+        };
+        st.live.observe(user, ItemId(dense), kind, time)?;
+        if dense as usize == st.items.external.len() {
+            st.items.external.push(item);
+            st.items.dense.insert(item, dense);
+        }
+        st.since_refresh += 1;
+        if st.since_refresh >= POPULAR_REFRESH {
+            st.popular = popular_order(st.live.item_counts());
+            st.since_refresh = 0;
+        }
+        Ok(())
+    }
+
+    /// Nearest neighbours of `q` by cosine (HNSW when built, else exact). Cosine, not
+    /// the inner product: from an interest's medoid the inner product would return the
+    /// largest-norm (most popular) items of any style; norms count in the scoring.
+    fn retrieve(&self, q: &[f32], k: usize, ef: usize, filter: &Filter) -> Result<Vec<u64>> {
+        if k == 0 {
+            return Ok(Vec::new());
+        }
+        let hits = match &self.index {
+            Some(h) => SCRATCH.with(|cell| {
+                let mut cell = cell.borrow_mut();
+                // The scratch grows itself to the index it serves.
+                let s = cell.get_or_insert_with(|| Scratch::new(h.len()));
+                h.search(&self.snap, q, k, ef.max(k), filter, s)
+            })?,
+            None => self.snap.search(q, k, Metric::Cosine, filter)?,
+        };
+        Ok(hits.iter().map(|h| h.id.0).collect())
+    }
+
+    /// The top `opts.k` items for `user`, best first, each with its explanation.
+    pub fn recommend(&self, user: UserId, opts: &RecommendOptions) -> Result<Vec<Recommendation>> {
+        opts.validate()?;
+        let d = self.snap.dim();
+        // Everything needed from the live state, under one short read lock.
+        let (user_vec, interests, mut exclude, popular, max_count) = {
+            let st = self.read();
+            let Some(u) = st.live.user(user) else {
+                return Err(Error::Unknown {
+                    what: "user",
+                    message: format!(
+                        "user {} (the taste graph has {})",
+                        user.0,
+                        st.live.n_users()
+                    ),
+                });
+            };
+            let user_vec = u.to_vec();
+            let interests = if opts.sources.interests > 0.0 {
+                let now = opts
+                    .now
+                    .unwrap_or_else(|| st.live.last_time(user).unwrap_or(0));
+                taste_graph::interests(&st.live, user, now, &self.interests)?
+                    .into_iter()
+                    .map(|i| {
+                        let m = i.medoid.index();
+                        let v = st.live.item(i.medoid).map(<[f32]>::to_vec);
+                        (st.items.external[m], i.importance, v)
+                    })
+                    .collect::<Vec<_>>()
+            } else {
+                Vec::new()
+            };
+            let ext = |i: &u32| st.items.external[*i as usize];
+            let mut exclude: Vec<u64> = st.live.hidden(user).iter().map(ext).collect();
+            if opts.exclude_seen {
+                exclude.extend(st.live.seen(user).iter().map(ext));
+            }
+            let counts = st.live.item_counts();
+            let max_count = st.popular.first().map_or(0, |&i| counts[i as usize]);
+            let popular: Vec<(u64, u32)> = if opts.sources.popular > 0.0 {
+                st.popular
+                    .iter()
+                    .map(|&i| (ext(&i), counts[i as usize]))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            (user_vec, interests, exclude, popular, max_count)
+        };
+        exclude.extend_from_slice(&opts.blocked);
+        exclude.sort_unstable();
+        exclude.dedup();
+        let rule = opts.rule.as_deref();
+        let mut filter = Filter::none().exclude(&exclude);
+        if let Some(r) = rule {
+            filter = filter.with_attrs(r);
+        }
+
+        // Quotas: interests share by importance; a missing source's share moves on.
+        let user_norm = user_vec.iter().map(|x| x * x).sum::<f32>().sqrt();
+        let s = opts.sources;
+        let has_interests = !interests.is_empty() && s.interests > 0.0;
+        let has_taste = user_norm > 0.0 && s.taste > 0.0;
+        let shares = [
+            if has_interests { s.interests } else { 0.0 },
+            if has_taste { s.taste } else { 0.0 },
+            s.popular,
+        ];
+        let total: f32 = shares.iter().sum();
+        let shares = if total > 0.0 {
+            shares.map(|x| x / total)
+        } else {
+            [0.0, 0.0, 1.0]
+        };
+        let budget = opts.candidates as f32;
+
+        let mut cands: Vec<Candidate> = Vec::with_capacity(opts.candidates + 16);
+        let mut index_of: HashMap<u64, usize> = HashMap::with_capacity(opts.candidates + 16);
+        let mut push = |id: u64, source: Source, cands: &mut Vec<Candidate>| {
+            if let std::collections::hash_map::Entry::Vacant(e) = index_of.entry(id) {
+                e.insert(cands.len());
+                cands.push(Candidate { id, source });
+            }
+        };
+        let mut interest_dirs: Vec<(Vec<f32>, f32)> = Vec::new();
+        if shares[0] > 0.0 {
+            let max_imp = interests.iter().map(|i| i.1).fold(0f32, f32::max);
+            for (rank, (medoid, importance, live_vec)) in interests.iter().enumerate() {
+                let q = match self.snap.get(StoreId(*medoid)) {
+                    Some(v) => v,
+                    None => match live_vec {
+                        Some(v) => v.clone(),
+                        None => continue,
+                    },
+                };
+                let quota = (budget * shares[0] * importance).round().max(1.0) as usize;
+                let source = Source::Interest {
+                    rank,
+                    medoid: *medoid,
+                    importance: *importance,
+                };
+                for id in self.retrieve(&q, quota, opts.ef, &filter)? {
+                    push(id, source, &mut cands);
+                }
+                let n = q.iter().map(|x| x * x).sum::<f32>().sqrt();
+                if n > 0.0 {
+                    let w = if max_imp > 0.0 {
+                        (importance / max_imp).powf(opts.importance_exponent)
+                    } else {
+                        1.0
+                    };
+                    interest_dirs.push((q.iter().map(|x| x / n).collect(), w));
+                }
+            }
+        }
+        if shares[1] > 0.0 {
+            let quota = (budget * shares[1]).round().max(1.0) as usize;
+            for id in self.retrieve(&user_vec, quota, opts.ef, &filter)? {
+                push(id, Source::Taste, &mut cands);
+            }
+        }
+        if shares[2] > 0.0 {
+            let quota = (budget * shares[2]).round().max(1.0) as usize;
+            let mut taken = 0;
+            for &(id, _) in &popular {
+                if taken == quota {
+                    break;
+                }
+                let admitted = self.snap.locate(StoreId(id)).is_some()
+                    && filter.admits(id, || self.snap.attrs(StoreId(id)).unwrap_or(&[]));
+                if admitted {
+                    push(id, Source::Popular, &mut cands);
+                    taken += 1;
+                }
+            }
+        }
+        if cands.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        // Vectors and scores.
+        let ids: Vec<StoreId> = cands.iter().map(|c| StoreId(c.id)).collect();
+        let mut vecs = vec![0f32; ids.len() * d];
+        self.snap.get_many(&ids, &mut vecs)?;
+        let counts: Vec<u32> = {
+            let st = self.read();
+            let c = st.live.item_counts();
+            cands
+                .iter()
+                .map(|x| st.items.dense.get(&x.id).map_or(0, |&k| c[k as usize]))
+                .collect()
+        };
+        let pop_den = (1.0 + max_count.max(1) as f32).ln();
+        let user_dir: Vec<f32> = if user_norm > 0.0 {
+            user_vec.iter().map(|x| x / user_norm).collect()
+        } else {
+            vec![0.0; d]
+        };
+        let w_taste = if interest_dirs.is_empty() {
+            1.0
+        } else if user_norm == 0.0 {
+            0.0
+        } else {
+            opts.taste_weight
+        };
+        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+        let mut parts: Vec<ScoreParts> = Vec::with_capacity(cands.len());
+        let max_taste = vecs
+            .chunks_exact(d)
+            .map(|x| dot(&user_dir, x).abs())
+            .fold(0f32, f32::max);
+        let taste_scale = if max_taste > 0.0 {
+            1.0 / max_taste
+        } else {
+            0.0
+        };
+        for (k, x) in vecs.chunks_exact(d).enumerate() {
+            let taste = dot(&user_dir, x) * taste_scale;
+            let x_norm = dot(x, x).sqrt();
+            let inv = if x_norm > 0.0 { 1.0 / x_norm } else { 0.0 };
+            let interest = interest_dirs
+                .iter()
+                .map(|(m, w)| w * dot(m, x) * inv)
+                .fold(f32::NEG_INFINITY, f32::max);
+            let interest = if interest.is_finite() { interest } else { 0.0 };
+            let popularity = (1.0 + counts[k] as f32).ln() / pop_den;
+            let relevance = if user_norm == 0.0 && interest_dirs.is_empty() {
+                popularity
+            } else {
+                w_taste * taste + (1.0 - w_taste) * interest
+            };
+            parts.push(ScoreParts {
+                taste,
+                interest,
+                popularity,
+                relevance,
+                redundancy: 0.0,
+            });
+        }
+        // Normalise relevance to a best of 1 so λ trades it against cosines.
+        let top = parts.iter().map(|p| p.relevance.abs()).fold(0f32, f32::max);
+        if top > 0.0 {
+            parts.iter_mut().for_each(|p| p.relevance /= top);
+        }
+        let relevance: Vec<f32> = parts.iter().map(|p| p.relevance).collect();
+        let mut unit = vecs;
+        normalize_rows(&mut unit, d);
+        let picks = mmr(&relevance, &unit, d, opts.k, opts.lambda, &opts.caps, |i| {
+            self.snap.attrs(StoreId(cands[i].id))
+        });
+        Ok(picks
+            .iter()
+            .map(|p| {
+                let mut parts = parts[p.index];
+                parts.redundancy = p.redundancy;
+                Recommendation {
+                    item: cands[p.index].id,
+                    score: p.score,
+                    source: cands[p.index].source,
+                    parts,
+                }
+            })
+            .collect())
+    }
+}
