@@ -5,6 +5,8 @@
 
 /// The versioned item-embedding store.
 pub use embed_store;
+/// The request path: retrieval, scoring, diversity, feedback.
+pub use ranker;
 /// The LightGCN taste graph: interactions, training and evaluation.
 pub use taste_graph;
 /// Qwen3-VL surgery: the decoder fed by precomputed item embeddings.

@@ -32,10 +32,22 @@ pub fn normalize_rows(rows: &mut [f32], dim: usize) {
     }
 }
 
+/// Soft quotas: candidate `i` belongs to group `group[i]` (`None`: no group), and
+/// group `g` may take `quota[g]` results while candidates outside full groups remain.
+#[derive(Debug, Clone, Copy)]
+pub struct Quotas<'q> {
+    /// Group of each candidate.
+    pub group: &'q [Option<usize>],
+    /// Results each group may take before the others are exhausted.
+    pub quota: &'q [usize],
+}
+
 /// Picks up to `k` of the `relevance.len()` candidates by MMR. `unit` holds the
 /// candidates' unit-normalised vectors (`n × dim`); `attrs(i)` their attributes for
-/// `caps` (a candidate missing a capped attribute is never capped). Relevance should
-/// be on a scale comparable to cosines (e.g. normalised to a maximum of 1).
+/// `caps` (hard: a candidate missing a capped attribute is never capped); `quotas`
+/// are soft (filled past only when nothing else is left). Relevance should be on a
+/// scale comparable to cosines (e.g. normalised to a maximum of 1).
+#[allow(clippy::too_many_arguments)]
 pub fn mmr<'a>(
     relevance: &[f32],
     unit: &[f32],
@@ -43,6 +55,7 @@ pub fn mmr<'a>(
     k: usize,
     lambda: f32,
     caps: &[Cap],
+    quotas: Option<Quotas<'_>>,
     attrs: impl Fn(usize) -> Option<&'a [u32]>,
 ) -> Vec<Pick> {
     let n = relevance.len();
@@ -60,10 +73,19 @@ pub fn mmr<'a>(
                 .any(|&(a, val, cnt)| a == c.attr && val == v && cnt >= c.max)
         })
     };
+    let mut used = vec![0usize; quotas.map_or(0, |q| q.quota.len())];
+    let over_quota = |i: usize, used: &[usize]| {
+        quotas.is_some_and(|q| {
+            q.group.get(i).copied().flatten().is_some_and(|g| {
+                used.get(g).copied().unwrap_or(0) >= q.quota.get(g).copied().unwrap_or(0)
+            })
+        })
+    };
+    let mut soft = quotas.is_some();
     while out.len() < k {
         let mut best: Option<(f32, usize)> = None;
         for i in 0..n {
-            if taken[i] || capped(i, &counts) {
+            if taken[i] || capped(i, &counts) || (soft && over_quota(i, &used)) {
                 continue;
             }
             let red = if out.is_empty() { 0.0 } else { redundancy[i] };
@@ -72,7 +94,18 @@ pub fn mmr<'a>(
                 best = Some((s, i));
             }
         }
-        let Some((score, i)) = best else { break };
+        let Some((score, i)) = best else {
+            if soft {
+                soft = false; // every group is full: fill with the best of the rest
+                continue;
+            }
+            break;
+        };
+        if let Some(g) = quotas.and_then(|q| q.group.get(i).copied().flatten())
+            && let Some(u) = used.get_mut(g)
+        {
+            *u += 1;
+        }
         taken[i] = true;
         out.push(Pick {
             index: i,
@@ -137,14 +170,14 @@ mod tests {
     fn lambda_one_is_relevance_order_and_lower_lambda_diversifies() {
         let (rel, unit) = setup();
         let order = |l: f32| -> Vec<usize> {
-            mmr(&rel, &unit, 2, 3, l, &[], |_| None)
+            mmr(&rel, &unit, 2, 3, l, &[], None, |_| None)
                 .iter()
                 .map(|p| p.index)
                 .collect()
         };
         assert_eq!(order(1.0), vec![0, 1, 2]);
         assert_eq!(order(0.5), vec![0, 2, 1]);
-        let picks = mmr(&rel, &unit, 2, 2, 0.5, &[], |_| None);
+        let picks = mmr(&rel, &unit, 2, 2, 0.5, &[], None, |_| None);
         assert_eq!(picks[0].redundancy, 0.0);
         assert!(
             picks[1].redundancy.abs() < 1e-6,
@@ -157,9 +190,27 @@ mod tests {
         let (rel, unit) = setup();
         let attrs = [[7u32], [7], [8]];
         let caps = [Cap { attr: 0, max: 1 }];
-        let picks = mmr(&rel, &unit, 2, 3, 1.0, &caps, |i| Some(&attrs[i][..]));
+        let picks = mmr(&rel, &unit, 2, 3, 1.0, &caps, None, |i| Some(&attrs[i][..]));
         let idx: Vec<usize> = picks.iter().map(|p| p.index).collect();
         assert_eq!(idx, vec![0, 2], "the second item of value 7 is capped out");
+    }
+
+    #[test]
+    fn soft_quotas_make_room_for_other_groups_and_then_fill() {
+        let (rel, unit) = setup();
+        let group = [Some(0), Some(0), Some(1)];
+        let q = Quotas {
+            group: &group,
+            quota: &[1, 1],
+        };
+        let idx = |k| -> Vec<usize> {
+            mmr(&rel, &unit, 2, k, 1.0, &[], Some(q), |_| None)
+                .iter()
+                .map(|p| p.index)
+                .collect()
+        };
+        assert_eq!(idx(2), vec![0, 2], "group 0 is full after one pick");
+        assert_eq!(idx(3), vec![0, 2, 1], "then the rest fills in");
     }
 
     #[test]

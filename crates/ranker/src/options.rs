@@ -76,6 +76,7 @@ pub struct RecommendOptions {
     pub(crate) taste_weight: f32,
     pub(crate) importance_exponent: f32,
     pub(crate) lambda: f32,
+    pub(crate) interest_slack: f32,
     pub(crate) ef: usize,
     pub(crate) exclude_seen: bool,
     pub(crate) blocked: Vec<u64>,
@@ -93,6 +94,7 @@ impl std::fmt::Debug for RecommendOptions {
             .field("taste_weight", &self.taste_weight)
             .field("importance_exponent", &self.importance_exponent)
             .field("lambda", &self.lambda)
+            .field("interest_slack", &self.interest_slack)
             .field("ef", &self.ef)
             .field("exclude_seen", &self.exclude_seen)
             .field("blocked", &self.blocked.len())
@@ -110,8 +112,9 @@ impl Default for RecommendOptions {
             candidates: 200,
             sources: Sources::default(),
             taste_weight: 0.3,
-            importance_exponent: 1.0,
+            importance_exponent: 0.5,
             lambda: 0.8,
+            interest_slack: 1.0,
             ef: 64,
             exclude_seen: true,
             blocked: Vec::new(),
@@ -159,6 +162,13 @@ impl RecommendOptions {
     /// 1 ranks by relevance alone, lower values favour lateral exploration.
     pub fn lambda(mut self, lambda: f32) -> Self {
         self.lambda = lambda;
+        self
+    }
+    /// Soft per-interest quotas in the list: interest `j` takes at most
+    /// `ceil(k · importance_j · slack)` results while other candidates remain, so a
+    /// small new interest is not crowded out by a large old one (0 turns them off).
+    pub fn interest_slack(mut self, slack: f32) -> Self {
+        self.interest_slack = slack;
         self
     }
     /// HNSW candidate list size per query (raised to the query's quota when smaller).
@@ -237,6 +247,12 @@ impl RecommendOptions {
             return bad(format!(
                 "importance_exponent = {}, expected a finite value >= 0",
                 self.importance_exponent
+            ));
+        }
+        if !self.interest_slack.is_finite() || self.interest_slack < 0.0 {
+            return bad(format!(
+                "interest_slack = {}, expected a finite value >= 0",
+                self.interest_slack
             ));
         }
         if self.ef == 0 {

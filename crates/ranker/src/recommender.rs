@@ -10,7 +10,7 @@ use embed_store::{Filter, ItemId as StoreId, Metric, Snapshot};
 use taste_graph::{InteractionKind, InterestConfig, ItemId, LiveModel, UserId};
 
 use crate::error::{Error, Result};
-use crate::mmr::{mmr, normalize_rows};
+use crate::mmr::{Quotas, mmr, normalize_rows};
 use crate::options::RecommendOptions;
 
 /// Where a recommendation came from.
@@ -352,7 +352,7 @@ impl Recommender {
                 cands.push(Candidate { id, source });
             }
         };
-        let mut interest_dirs: Vec<(Vec<f32>, f32)> = Vec::new();
+        let mut interest_dirs: Vec<(Vec<f32>, f32, f32)> = Vec::new();
         if shares[0] > 0.0 {
             let max_imp = interests.iter().map(|i| i.1).fold(0f32, f32::max);
             for (rank, (medoid, importance, live_vec)) in interests.iter().enumerate() {
@@ -379,7 +379,7 @@ impl Recommender {
                     } else {
                         1.0
                     };
-                    interest_dirs.push((q.iter().map(|x| x / n).collect(), w));
+                    interest_dirs.push((q.iter().map(|x| x / n).collect(), w, *importance));
                 }
             }
         }
@@ -435,6 +435,8 @@ impl Recommender {
         };
         let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
         let mut parts: Vec<ScoreParts> = Vec::with_capacity(cands.len());
+        // Each candidate's nearest interest: the soft per-interest quotas of the list.
+        let mut group: Vec<Option<usize>> = Vec::with_capacity(cands.len());
         let max_taste = vecs
             .chunks_exact(d)
             .map(|x| dot(&user_dir, x).abs())
@@ -448,10 +450,16 @@ impl Recommender {
             let taste = dot(&user_dir, x) * taste_scale;
             let x_norm = dot(x, x).sqrt();
             let inv = if x_norm > 0.0 { 1.0 / x_norm } else { 0.0 };
-            let interest = interest_dirs
-                .iter()
-                .map(|(m, w)| w * dot(m, x) * inv)
-                .fold(f32::NEG_INFINITY, f32::max);
+            let mut interest = f32::NEG_INFINITY;
+            let mut nearest = (f32::NEG_INFINITY, None);
+            for (j, (m, w, _)) in interest_dirs.iter().enumerate() {
+                let c = dot(m, x) * inv;
+                interest = interest.max(w * c);
+                if c > nearest.0 {
+                    nearest = (c, Some(j));
+                }
+            }
+            group.push(nearest.1);
             let interest = if interest.is_finite() { interest } else { 0.0 };
             let popularity = (1.0 + counts[k] as f32).ln() / pop_den;
             let relevance = if user_norm == 0.0 && interest_dirs.is_empty() {
@@ -475,9 +483,24 @@ impl Recommender {
         let relevance: Vec<f32> = parts.iter().map(|p| p.relevance).collect();
         let mut unit = vecs;
         normalize_rows(&mut unit, d);
-        let picks = mmr(&relevance, &unit, d, opts.k, opts.lambda, &opts.caps, |i| {
-            self.snap.attrs(StoreId(cands[i].id))
+        let quota: Vec<usize> = interest_dirs
+            .iter()
+            .map(|(_, _, imp)| (opts.k as f32 * imp * opts.interest_slack).ceil().max(1.0) as usize)
+            .collect();
+        let quotas = (opts.interest_slack > 0.0 && !quota.is_empty()).then_some(Quotas {
+            group: &group,
+            quota: &quota,
         });
+        let picks = mmr(
+            &relevance,
+            &unit,
+            d,
+            opts.k,
+            opts.lambda,
+            &opts.caps,
+            quotas,
+            |i| self.snap.attrs(StoreId(cands[i].id)),
+        );
         Ok(picks
             .iter()
             .map(|p| {

@@ -20,14 +20,14 @@ impl Default for InterestConfig {
     fn default() -> Self {
         Self {
             max_interests: 5,
-            merge_threshold: 1.0,
+            merge_threshold: 3.0,
             half_life: f64::INFINITY,
         }
     }
 }
 
 impl InterestConfig {
-    /// At most 5 interests, merge threshold 1.0, no time decay.
+    /// At most 5 interests, merge threshold 3.0, no time decay.
     pub fn new() -> Self {
         Self::default()
     }
