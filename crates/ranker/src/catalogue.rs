@@ -226,6 +226,30 @@ impl Catalogue {
             .map(|(i, _)| ItemId(i as u32))
     }
 
+    /// Holds out every `every`-th event of each user's history (the 1st-based
+    /// `every`-th, `2·every`-th, …): the training graph and the held-out graph.
+    pub fn holdout(&self, every: usize) -> Result<(BipartiteGraph, BipartiteGraph)> {
+        if every < 2 {
+            return Err(Error::config(format!(
+                "holdout every = {every}, expected at least 2"
+            )));
+        }
+        let per = self.spec.events_per_user;
+        let (mut train, mut test) = (Vec::new(), Vec::new());
+        for (k, e) in self.events.iter().enumerate() {
+            if (k % per + 1).is_multiple_of(every) {
+                test.push((e.user, e.item));
+            } else {
+                train.push((e.user, e.item));
+            }
+        }
+        let (nu, ni) = (self.n_users(), self.n_items());
+        // An item both trained on and held out for a user (a repeat) stays in training.
+        let train = BipartiteGraph::from_edges(nu, ni, train)?;
+        test.retain(|&(u, i)| !train.has_edge(u, i));
+        Ok((train, BipartiteGraph::from_edges(nu, ni, test)?))
+    }
+
     /// Splits each user's history at `fraction` (by time): the graph of the earlier
     /// events, and the later events in order (to stream or to test on).
     pub fn split(&self, fraction: f32) -> Result<(BipartiteGraph, Vec<Event>)> {

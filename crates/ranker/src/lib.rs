@@ -7,6 +7,7 @@
 //!   per result; and [`Recommender::record`], the feedback loop into the taste graph;
 //! - [`options`]: [`RecommendOptions`], the per-request knobs;
 //! - [`pipeline`]: the offline half in one call (train, export, index, serve);
+//! - [`eval`]: Recall / NDCG / intra-list diversity / coverage of ranking variants;
 //! - [`mmr`]: Maximal Marginal Relevance and intra-list diversity;
 //! - [`catalogue`]: a deterministic built-in catalogue (style clusters, drifting users).
 
@@ -14,6 +15,7 @@
 
 pub mod catalogue;
 pub mod error;
+pub mod eval;
 pub mod mmr;
 pub mod options;
 pub mod pipeline;

@@ -213,6 +213,11 @@ impl Recommender {
         self.read().items.external.get(item.index()).copied()
     }
 
+    /// The live model's dense id of external item `item`.
+    pub fn dense_id(&self, item: u64) -> Option<ItemId> {
+        self.read().items.dense.get(&item).map(|&d| ItemId(d))
+    }
+
     /// The user's interests now (most important first), with external medoid ids.
     pub fn interests(&self, user: UserId, now: Option<u64>) -> Result<Vec<(u64, f32)>> {
         let st = self.read();

@@ -236,3 +236,48 @@ fn new_users_new_items_and_bad_requests() {
         assert!(e.to_string().contains("invalid ranker option"), "{e}");
     }
 }
+
+#[test]
+fn offline_evaluation_ranks_personalised_variants_above_popularity() {
+    use ranker::eval::{evaluate, markdown, standard_variants};
+    let cat = Catalogue::generate(CatalogueSpec {
+        styles: 16,
+        items_per_style: 60,
+        users: 400,
+        events_per_user: 24,
+        dim: 16,
+        seed: 5,
+    })
+    .unwrap();
+    let (train, test) = cat.holdout(4).unwrap();
+    assert!(test.n_edges() > 1000);
+    let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
+    let opts = PipelineOptions {
+        lightgcn: LightGcnConfig::new()
+            .dim(16)
+            .layers(2)
+            .batch_size(512)
+            .lr(0.05)
+            .seed(1),
+        epochs: 40,
+        ..PipelineOptions::default()
+    };
+    let (rec, _) = build(&train, None, None, &store, &opts, |_, _| {}).unwrap();
+    let rows = evaluate(&rec, &test, &standard_variants(), 20, None).unwrap();
+    eprintln!("{}", markdown(&rows, 20));
+    let by = |n: &str| rows.iter().find(|r| r.name == n).unwrap();
+    for r in &rows {
+        assert!((0.0..=1.0).contains(&r.recall) && (0.0..=1.0).contains(&r.ndcg));
+        assert!((0.0..=1.0).contains(&r.coverage) && r.users == 400);
+    }
+    let pop = by("popularity");
+    for n in ["single embedding", "multi-interest", "multi-interest + MMR"] {
+        assert!(by(n).recall > 1.3 * pop.recall, "{n} vs popularity");
+        assert!(
+            by(n).coverage > pop.coverage,
+            "{n} covers more of the catalogue"
+        );
+    }
+    assert!(by("multi-interest + MMR").diversity > by("multi-interest").diversity);
+    assert!(evaluate(&rec, &test, &standard_variants(), 0, None).is_err());
+}
