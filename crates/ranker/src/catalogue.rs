@@ -273,3 +273,50 @@ impl Catalogue {
         Ok((g, later))
     }
 }
+
+/// A serving-scale fixture for latency work: `n_items` items in clusters of about 500
+/// (mixture vectors, `dim` wide), `users` users with `per_user` interactions over one
+/// to three clusters, and an untrained one-layer LightGCN whose ego embeddings are the
+/// item vectors and, per user, the mean of their items' vectors.
+pub fn serving_fixture(
+    n_items: usize,
+    users: usize,
+    per_user: usize,
+    dim: usize,
+    seed: u64,
+) -> Result<(BipartiteGraph, taste_graph::LightGcn)> {
+    if n_items < 4 || users == 0 || per_user == 0 || dim < 2 {
+        return Err(Error::config(format!(
+            "serving fixture needs >= 4 items, >= 1 user, >= 1 interaction per user and dim >= 2; got {n_items} items, {users} users, {per_user} per user, dim {dim}"
+        )));
+    }
+    let mut rng = Rng::new(seed);
+    let clusters = (n_items / 500).max(4);
+    let mut centroids: Vec<f32> = (0..clusters * dim).map(|_| rng.normal()).collect();
+    unit_rows(&mut centroids, dim);
+    let mut items = vec![0f32; n_items * dim];
+    for (i, row) in items.chunks_exact_mut(dim).enumerate() {
+        let c = i % clusters;
+        for (k, x) in row.iter_mut().enumerate() {
+            *x = centroids[c * dim + k] + 0.5 * rng.normal() / (dim as f32).sqrt();
+        }
+    }
+    unit_rows(&mut items, dim);
+    let per_cluster = n_items.div_ceil(clusters);
+    let mut edges = Vec::with_capacity(users * per_user);
+    let mut user_ego = vec![0f32; users * dim];
+    for u in 0..users {
+        let tastes: Vec<usize> = (0..1 + rng.below(3)).map(|_| rng.below(clusters)).collect();
+        for _ in 0..per_user {
+            let c = tastes[rng.below(tastes.len())];
+            let i = (rng.below(per_cluster) * clusters + c).min(n_items - 1);
+            edges.push((UserId(u as u32), ItemId(i as u32)));
+            let (e, x) = (&mut user_ego[u * dim..(u + 1) * dim], &items[i * dim..(i + 1) * dim]);
+            e.iter_mut().zip(x).for_each(|(e, x)| *e += x / per_user as f32);
+        }
+    }
+    let graph = BipartiteGraph::from_edges(users, n_items, edges)?;
+    user_ego.extend_from_slice(&items);
+    let model = taste_graph::LightGcn::from_embeddings(&graph, 1, dim, user_ego)?;
+    Ok((graph, model))
+}

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use embed_store::hnsw::{Hnsw, HnswParams};
-use embed_store::{GenerationSpec, ItemId as StoreId, Metric, StorageType, Store};
+use embed_store::{GenerationSpec, ItemId as StoreId, Metric, Snapshot, StorageType, Store};
 use taste_graph::{
     BipartiteGraph, EpochStats, InterestConfig, LightGcn, LightGcnConfig, LiveConfig, LiveModel,
     Trainer,
@@ -100,9 +100,8 @@ pub fn export_items(
     Ok(w.commit()?)
 }
 
-/// Trains LightGCN on `graph` (`on_epoch` sees each epoch's statistics), exports the
-/// item embeddings, optionally indexes them, and returns the recommender and the
-/// trained model.
+/// Trains LightGCN on `graph` (`on_epoch` sees each epoch's statistics), then
+/// [`serve`]s it: returns the recommender and the trained model.
 pub fn build(
     graph: &BipartiteGraph,
     item_ids: Option<Vec<u64>>,
@@ -117,7 +116,23 @@ pub fn build(
         on_epoch(e + 1, &stats);
     }
     let model = trainer.into_model();
-    let live = LiveModel::new(&model, graph, opts.live, opts.now)?;
+    let rec = serve(graph, &model, item_ids, attrs, store, opts)?;
+    Ok((rec, model))
+}
+
+/// A recommender for a trained `model` of `graph`: its item embeddings exported to
+/// generation `opts.generation` of `store` (made current), an HNSW index when asked
+/// (loaded from the store's directory when one was saved for this commit, else
+/// built and saved), and the live taste graph.
+pub fn serve(
+    graph: &BipartiteGraph,
+    model: &LightGcn,
+    item_ids: Option<Vec<u64>>,
+    attrs: Option<Attrs<'_>>,
+    store: &Arc<Store>,
+    opts: &PipelineOptions,
+) -> Result<Recommender> {
+    let live = LiveModel::new(model, graph, opts.live, opts.now)?;
     let ids = item_ids.unwrap_or_else(|| (0..live.n_items() as u64).collect());
     export_items(
         store,
@@ -130,9 +145,19 @@ pub fn build(
     )?;
     let snap = store.generation(&opts.generation)?;
     let index = match opts.hnsw {
-        Some(p) => Some(Hnsw::build(&snap, Metric::Cosine, p)?),
+        Some(p) => Some(index_for(store, &snap, p)?),
         None => None,
     };
-    let rec = Recommender::new(snap, index, live, Some(ids), opts.interests)?;
-    Ok((rec, model))
+    Recommender::new(snap, index, live, Some(ids), opts.interests)
+}
+
+/// The cosine HNSW index of `snap`: loaded if saved in the store's directory, else
+/// built and saved there.
+pub fn index_for(store: &Arc<Store>, snap: &Snapshot, params: HnswParams) -> Result<Hnsw> {
+    if let Some(h) = Hnsw::load(store.directory(), snap, Metric::Cosine)? {
+        return Ok(h);
+    }
+    let h = Hnsw::build(snap, Metric::Cosine, params)?;
+    h.save(store.directory())?;
+    Ok(h)
 }
