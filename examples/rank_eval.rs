@@ -48,13 +48,31 @@ fn main() -> anyhow::Result<()> {
         None => {
             let cat = Catalogue::generate(CatalogueSpec::default())?;
             let (train, test) = cat.holdout(5)?;
-            let cfg = LightGcnConfig::new().dim(32).layers(3).batch_size(2048).lr(0.05).seed(1);
-            (train, test, cfg, args.epochs.unwrap_or(40), "built-in catalogue".to_string())
+            let cfg = LightGcnConfig::new()
+                .dim(32)
+                .layers(3)
+                .batch_size(2048)
+                .lr(0.05)
+                .seed(1);
+            (
+                train,
+                test,
+                cfg,
+                args.epochs.unwrap_or(40),
+                "built-in catalogue".to_string(),
+            )
         }
         Some(dir) => {
-            let d = Dataset::load_lightgcn(dir).with_context(|| format!("loading {}", dir.display()))?;
+            let d = Dataset::load_lightgcn(dir)
+                .with_context(|| format!("loading {}", dir.display()))?;
             let cfg = LightGcnConfig::new().dim(64).layers(3).seed(2020);
-            (d.train, d.test, cfg, args.epochs.unwrap_or(20), dir.display().to_string())
+            (
+                d.train,
+                d.test,
+                cfg,
+                args.epochs.unwrap_or(20),
+                dir.display().to_string(),
+            )
         }
     };
     println!(
@@ -79,7 +97,11 @@ fn main() -> anyhow::Result<()> {
     })?;
     println!(
         "LightGCN {epochs} epochs + export + {}: {:.1} s\n",
-        if args.exact { "exact retrieval" } else { "HNSW" },
+        if args.exact {
+            "exact retrieval"
+        } else {
+            "HNSW"
+        },
         t.elapsed().as_secs_f64()
     );
     let rows = evaluate(&rec, &test, &standard_variants(), args.k, args.users)?;

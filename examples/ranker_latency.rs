@@ -59,7 +59,13 @@ fn percentiles(mut us: Vec<f64>) -> (f64, f64, f64) {
     (at(0.5), at(0.99), mean)
 }
 
-fn time_requests(rec: &Recommender, users: usize, n: usize, opts: &RecommendOptions, seed: u64) -> anyhow::Result<Vec<f64>> {
+fn time_requests(
+    rec: &Recommender,
+    users: usize,
+    n: usize,
+    opts: &RecommendOptions,
+    seed: u64,
+) -> anyhow::Result<Vec<f64>> {
     let mut rng = Rng::new(seed);
     for _ in 0..n.min(200) {
         rec.recommend(UserId(rng.below(users) as u32), opts)?;
@@ -70,7 +76,12 @@ fn time_requests(rec: &Recommender, users: usize, n: usize, opts: &RecommendOpti
         let t = Instant::now();
         let r = rec.recommend(u, opts)?;
         out.push(t.elapsed().as_secs_f64() * 1e6);
-        anyhow::ensure!(r.len() == opts.k_value(), "user {} got {} results", u.0, r.len());
+        anyhow::ensure!(
+            r.len() == opts.k_value(),
+            "user {} got {} results",
+            u.0,
+            r.len()
+        );
     }
     Ok(out)
 }
@@ -78,7 +89,9 @@ fn time_requests(rec: &Recommender, users: usize, n: usize, opts: &RecommendOpti
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     // One thread: the latency of one request on one core (the other serves another).
-    rayon::ThreadPoolBuilder::new().num_threads(1).build_global()?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global()?;
     let opts = RecommendOptions::new().k(args.k);
     for &n in &args.items {
         let t = Instant::now();
@@ -96,19 +109,41 @@ fn main() -> anyhow::Result<()> {
         let name = "fixture";
         if !store.generations().iter().any(|g| g == name) {
             let ids: Vec<u64> = (0..n as u64).collect();
-            export_items(&store, name, StorageType::F32, live.items(), args.dim, &ids, None)?;
+            export_items(
+                &store,
+                name,
+                StorageType::F32,
+                live.items(),
+                args.dim,
+                &ids,
+                None,
+            )?;
         }
         let snap = store.generation(name)?;
         let setup_s = t.elapsed().as_secs_f64();
         let t = Instant::now();
         let index = index_for(&store, &snap, HnswParams::default())?;
         let index_s = t.elapsed().as_secs_f64();
-        println!("items={n} dim={} users={} setup_s={setup_s:.1} index_s={index_s:.1}", args.dim, args.users);
-        let rec = Recommender::new(snap.clone(), Some(index), live.clone(), None, InterestConfig::new())?;
-        let (p50, p99, mean) = percentiles(time_requests(&rec, args.users, args.requests, &opts, 7)?);
+        println!(
+            "items={n} dim={} users={} setup_s={setup_s:.1} index_s={index_s:.1}",
+            args.dim, args.users
+        );
+        let rec = Recommender::new(
+            snap.clone(),
+            Some(index),
+            live.clone(),
+            None,
+            InterestConfig::new(),
+        )?;
+        let (p50, p99, mean) =
+            percentiles(time_requests(&rec, args.users, args.requests, &opts, 7)?);
         println!(
             "items={n} retrieval=hnsw k={} requests={} p50_ms={:.3} p99_ms={:.3} mean_ms={:.3}",
-            args.k, args.requests, p50 / 1e3, p99 / 1e3, mean / 1e3
+            args.k,
+            args.requests,
+            p50 / 1e3,
+            p99 / 1e3,
+            mean / 1e3
         );
         // record(): the taste graph's observe through the ranker's lock and id map.
         let mut rng = Rng::new(11);
@@ -123,10 +158,20 @@ fn main() -> anyhow::Result<()> {
         println!("items={n} op=record p50_us={r50:.2} p99_us={r99:.2}");
         if n <= args.exact_up_to {
             let exact = Recommender::new(snap, None, live, None, InterestConfig::new())?;
-            let (e50, e99, emean) = percentiles(time_requests(&exact, args.users, args.requests.min(500), &opts, 7)?);
+            let (e50, e99, emean) = percentiles(time_requests(
+                &exact,
+                args.users,
+                args.requests.min(500),
+                &opts,
+                7,
+            )?);
             println!(
                 "items={n} retrieval=exact k={} p50_ms={:.3} p99_ms={:.3} mean_ms={:.3} hnsw_speedup_p50={:.1}x",
-                args.k, e50 / 1e3, e99 / 1e3, emean / 1e3, e50 / p50
+                args.k,
+                e50 / 1e3,
+                e99 / 1e3,
+                emean / 1e3,
+                e50 / p50
             );
         }
     }

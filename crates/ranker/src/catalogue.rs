@@ -311,8 +311,13 @@ pub fn serving_fixture(
             let c = tastes[rng.below(tastes.len())];
             let i = (rng.below(per_cluster) * clusters + c).min(n_items - 1);
             edges.push((UserId(u as u32), ItemId(i as u32)));
-            let (e, x) = (&mut user_ego[u * dim..(u + 1) * dim], &items[i * dim..(i + 1) * dim]);
-            e.iter_mut().zip(x).for_each(|(e, x)| *e += x / per_user as f32);
+            let (e, x) = (
+                &mut user_ego[u * dim..(u + 1) * dim],
+                &items[i * dim..(i + 1) * dim],
+            );
+            e.iter_mut()
+                .zip(x)
+                .for_each(|(e, x)| *e += x / per_user as f32);
         }
     }
     let graph = BipartiteGraph::from_edges(users, n_items, edges)?;
