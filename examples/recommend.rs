@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release --example recommend                  # built-in catalogue
+//! cargo run --release --example recommend -- --rescore         # + surgered-model re-scoring
 //! cargo run --release --example recommend -- --data ../shared/datasets/gowalla --epochs 5
 //! ```
 //! The built-in catalogue is deterministic: 16 "styles" of items, 1,000 simulated users
@@ -17,11 +18,15 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use mosaic::embed_store::hnsw::HnswParams;
-use mosaic::embed_store::{RamDirectory, Store};
+use mosaic::embed_store::{
+    GenerationSpec, ItemId as StoreItemId, RamDirectory, StorageType, Store,
+};
 use mosaic::ranker::catalogue::{Catalogue, CatalogueSpec};
 use mosaic::ranker::pipeline::{Attrs, PipelineOptions, build};
+use mosaic::ranker::rescore::{RescoreOptions, Rescorer};
 use mosaic::ranker::{RecommendOptions, Recommendation, Recommender, Source};
 use mosaic::taste_graph::{Dataset, InteractionKind, LightGcnConfig, UserId};
+use mosaic::vision_surgery::{LoadOptions, SurgeredModel};
 
 #[derive(Parser)]
 #[command(about = "Recommendations with explanations, before and after new interactions")]
@@ -41,6 +46,11 @@ struct Args {
     /// MMR trade-off (1 = relevance only).
     #[arg(long, default_value_t = 0.8)]
     lambda: f32,
+    /// Re-score each shown user's list with the surgered Qwen3-VL (the committed tiny
+    /// random-weight checkpoint and adapter: it shows the stage and its cost, its
+    /// judgement is noise) using the catalogue's content embeddings.
+    #[arg(long)]
+    rescore: bool,
 }
 
 fn source(r: &Recommendation) -> String {
@@ -152,6 +162,11 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
         Ok(recs)
     };
     let shown: Vec<u32> = (0..args.users.min(cat.n_users()) as u32).collect();
+    let rescorer = if args.rescore {
+        Some(tiny_rescorer(&cat)?)
+    } else {
+        None
+    };
     let mut before = Vec::new();
     for &u in &shown {
         let tastes: Vec<String> = cat.tastes[u as usize]
@@ -160,7 +175,20 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
             .collect();
         println!("user {u}: simulated taste {}", tastes.join(", "));
         before.push(rec.recommend(UserId(u), &ropts)?);
-        show_user(&rec, u)?;
+        let recs = show_user(&rec, u)?;
+        if let Some(r) = &rescorer {
+            let t = Instant::now();
+            let rescored = r.rescore(&rec, UserId(u), &recs)?;
+            let ms = t.elapsed().as_secs_f64() * 1e3 / recs.len().max(1) as f64;
+            let order: Vec<String> = rescored
+                .iter()
+                .map(|x| format!("{} ({:+.2})", x.recommendation.item, x.log_odds))
+                .collect();
+            println!(
+                "  re-scored by the surgered model ({ms:.1} ms per candidate): {}",
+                order.join(", ")
+            );
+        }
     }
     // Everyone's shares of their drift style before streaming.
     let all: Vec<u32> = (0..cat.n_users() as u32).collect();
@@ -201,6 +229,28 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
         100.0 * share_after / n
     );
     Ok(())
+}
+
+/// The committed tiny surgered checkpoint with its adapter (32-wide inputs, as the
+/// catalogue's content embeddings) over a generation of the content embeddings.
+fn tiny_rescorer(cat: &Catalogue) -> anyhow::Result<Rescorer> {
+    let fixtures =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/vision-surgery/tests/fixtures");
+    let opts = LoadOptions::default().adapter(fixtures.join("adapter-torch/adapter.safetensors"));
+    let model = SurgeredModel::load(&fixtures.join("tiny-s0/model").to_string_lossy(), &opts)?;
+    let store = Store::open(Arc::new(RamDirectory::new()))?;
+    let mut w = store.writer()?;
+    let d = cat.spec().dim;
+    w.create_generation(GenerationSpec::new("content", d, StorageType::F32))?;
+    let ids: Vec<StoreItemId> = (0..cat.n_items() as u64).map(StoreItemId).collect();
+    w.put_many("content", &ids, &cat.content, None)?;
+    w.commit()?;
+    drop(w);
+    Ok(Rescorer::new(
+        model,
+        store.generation("content")?,
+        RescoreOptions::new(),
+    )?)
 }
 
 fn dataset(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@
 //!   per result; and [`Recommender::record`], the feedback loop into the taste graph;
 //! - [`options`]: [`RecommendOptions`], the per-request knobs;
 //! - [`pipeline`]: the offline half in one call (train, export, index, serve);
+//! - [`rescore`]: the optional re-scoring of the top-N by the surgered Qwen3-VL;
 //! - [`eval`]: Recall / NDCG / intra-list diversity / coverage of ranking variants;
 //! - [`mmr`]: Maximal Marginal Relevance and intra-list diversity;
 //! - [`catalogue`]: a deterministic built-in catalogue (style clusters, drifting users).
@@ -20,6 +21,7 @@ pub mod mmr;
 pub mod options;
 pub mod pipeline;
 pub mod recommender;
+pub mod rescore;
 
 pub use error::{Error, Result};
 pub use options::{AttrRule, Cap, RecommendOptions, Sources};

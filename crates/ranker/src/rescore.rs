@@ -1,0 +1,282 @@
+//! The optional last stage: the top-N re-scored by the surgered Qwen3-VL. Each
+//! candidate is asked about as soft tokens next to the user's context items (by
+//! default the medoids of their top interests), all as precomputed content embeddings
+//! through the embedding-to-token adapter — no image is decoded or encoded. The score
+//! is the answer's log-odds, `log P(yes) − log P(no)`, exact for multi-token answers.
+//!
+//! Candidates run as batches of one prefill each (all prompts of a batch have the same
+//! length): one pass when both answers are single tokens, two (one per answer, the
+//! answer's tokens but its last appended) otherwise.
+
+use candle_core::{IndexOp, Tensor};
+use embed_store::{ItemId as StoreId, Snapshot};
+use taste_graph::UserId;
+use vision_surgery::decoder::TextDecoder;
+use vision_surgery::model::{LogitsScope, SequenceInput};
+use vision_surgery::{Prompt, SurgeredModel};
+
+use crate::error::{Error, Result};
+use crate::recommender::{Recommendation, Recommender};
+
+/// Settings of a [`Rescorer`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct RescoreOptions {
+    question: String,
+    context_items: usize,
+    yes: String,
+    no: String,
+    batch: usize,
+}
+
+impl Default for RescoreOptions {
+    fn default() -> Self {
+        Self {
+            question: "A user saved {context}. Would they also save <item>? Answer yes or no."
+                .into(),
+            context_items: 2,
+            yes: "yes".into(),
+            no: "no".into(),
+            batch: 8,
+        }
+    }
+}
+
+impl RescoreOptions {
+    /// The default question, two context items, answers "yes" / "no", batches of 8.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// The user message: `{context}` becomes the context items' markers (joined by
+    /// ", "), and exactly one `<item>` marks the candidate.
+    pub fn question(mut self, q: impl Into<String>) -> Self {
+        self.question = q.into();
+        self
+    }
+    /// At most this many context items (the user's top interests' medoids).
+    pub fn context_items(mut self, n: usize) -> Self {
+        self.context_items = n;
+        self
+    }
+    /// The positive and negative answers whose log-odds is the score.
+    pub fn answers(mut self, yes: impl Into<String>, no: impl Into<String>) -> Self {
+        self.yes = yes.into();
+        self.no = no.into();
+        self
+    }
+    /// Candidates per prefill.
+    pub fn batch(mut self, n: usize) -> Self {
+        self.batch = n;
+        self
+    }
+}
+
+/// A candidate with its model score.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rescored {
+    /// The recommendation as the ranker made it.
+    pub recommendation: Recommendation,
+    /// `log P(yes) − log P(no)` under the surgered model.
+    pub log_odds: f32,
+}
+
+/// Re-scores candidates with a surgered model and a generation of content embeddings
+/// (the adapter's input, keyed by the same external item ids as the ranker's).
+pub struct Rescorer {
+    model: SurgeredModel,
+    content: Snapshot,
+    options: RescoreOptions,
+    yes: Vec<u32>,
+    no: Vec<u32>,
+}
+
+impl std::fmt::Debug for Rescorer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rescorer")
+            .field("content", &self.content.generation())
+            .field("options", &self.options)
+            .finish()
+    }
+}
+
+impl Rescorer {
+    /// Checks that the model has a tokenizer and an adapter whose input width is the
+    /// content generation's, that the question has `{context}` and one `<item>`, and
+    /// that both answers tokenize.
+    pub fn new(model: SurgeredModel, content: Snapshot, options: RescoreOptions) -> Result<Self> {
+        let adapter = model.adapter().ok_or_else(|| {
+            Error::config(
+                "the surgered model has no adapter attached: it cannot read item embeddings",
+            )
+        })?;
+        if adapter.spec().in_dim != content.dim() {
+            return Err(Error::config(format!(
+                "the adapter reads {}-wide embeddings, generation {:?} holds {}-wide vectors",
+                adapter.spec().in_dim,
+                content.generation(),
+                content.dim()
+            )));
+        }
+        if !options.question.contains("{context}")
+            || options
+                .question
+                .matches(vision_surgery::ITEM_MARKER)
+                .count()
+                != 1
+        {
+            return Err(Error::config(format!(
+                "question {:?} needs one {{context}} and exactly one {} for the candidate",
+                options.question,
+                vision_surgery::ITEM_MARKER
+            )));
+        }
+        if options.batch == 0 {
+            return Err(Error::config("rescoring batch = 0, expected at least 1"));
+        }
+        let tok = model
+            .tokenizer()
+            .ok_or_else(|| Error::config("the surgered model has no tokenizer"))?;
+        let yes = tok.encode_text(&options.yes)?;
+        let no = tok.encode_text(&options.no)?;
+        if yes.is_empty() || no.is_empty() || yes == no {
+            return Err(Error::config(format!(
+                "answers {:?} and {:?} must be non-empty and different",
+                options.yes, options.no
+            )));
+        }
+        Ok(Self {
+            model,
+            content,
+            options,
+            yes,
+            no,
+        })
+    }
+
+    /// The surgered model.
+    pub fn model(&self) -> &SurgeredModel {
+        &self.model
+    }
+
+    fn vector(&self, id: u64, role: &str) -> Result<Vec<f32>> {
+        self.content.get(StoreId(id)).ok_or_else(|| Error::Unknown {
+            what: "item",
+            message: format!(
+                "{role} item {id} has no content embedding in generation {:?}",
+                self.content.generation()
+            ),
+        })
+    }
+
+    /// Log-odds of each candidate given the context items (external ids), in the
+    /// candidates' order.
+    pub fn log_odds(&self, context: &[u64], candidates: &[u64]) -> Result<Vec<f32>> {
+        if candidates.is_empty() {
+            return Ok(Vec::new());
+        }
+        let context = &context[..context.len().min(self.options.context_items)];
+        let markers = vec![vision_surgery::ITEM_MARKER; context.len()].join(", ");
+        let markers = if markers.is_empty() {
+            "nothing yet".to_string()
+        } else {
+            markers
+        };
+        let prompt = Prompt::user(self.options.question.replace("{context}", &markers));
+        let d = self.content.dim();
+        let mut ctx = Vec::with_capacity(context.len() * d);
+        for &c in context {
+            ctx.extend(self.vector(c, "context")?);
+        }
+        let device = self.model.text_model().decoder().device().clone();
+        let mut out = Vec::with_capacity(candidates.len());
+        for chunk in candidates.chunks(self.options.batch) {
+            let mut seqs = Vec::with_capacity(chunk.len());
+            for &c in chunk {
+                let mut rows = ctx.clone();
+                rows.extend(self.vector(c, "candidate")?);
+                let items = Tensor::from_vec(rows, (context.len() + 1, d), &device)?;
+                seqs.push(self.model.prepare(&prompt, Some(&items))?);
+            }
+            if self.yes.len() == 1 && self.no.len() == 1 {
+                let lp = self.answer_logprobs(&seqs, &[])?;
+                for row in lp {
+                    out.push(row[0][self.yes[0] as usize] - row[0][self.no[0] as usize]);
+                }
+            } else {
+                let y = self.continuation_logprob(&seqs, &self.yes)?;
+                let n = self.continuation_logprob(&seqs, &self.no)?;
+                out.extend(y.iter().zip(&n).map(|(y, n)| y - n));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Per sequence, per position of the last `1 + prefix.len()` positions after
+    /// appending `prefix`: the log-softmax over the vocabulary.
+    fn answer_logprobs(
+        &self,
+        seqs: &[SequenceInput],
+        prefix: &[u32],
+    ) -> Result<Vec<Vec<Vec<f32>>>> {
+        let tm = self.model.text_model();
+        let seqs: Vec<SequenceInput> = seqs
+            .iter()
+            .map(|s| {
+                let mut s = s.clone();
+                s.ids.extend_from_slice(prefix);
+                s
+            })
+            .collect();
+        let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
+        let n = prefix.len() + 1;
+        let mut cache = tm.new_cache(len);
+        let pre = tm.prefill(&seqs, &mut cache, LogitsScope::Tail(n))?;
+        let lp = TextDecoder::log_softmax(&pre.logits)?;
+        let mut out = Vec::with_capacity(seqs.len());
+        for b in 0..seqs.len() {
+            out.push(lp.i(b)?.to_vec2::<f32>()?);
+        }
+        Ok(out)
+    }
+
+    /// `log P(answer | prompt)` per sequence (the answer's tokens summed).
+    fn continuation_logprob(&self, seqs: &[SequenceInput], answer: &[u32]) -> Result<Vec<f32>> {
+        let lp = self.answer_logprobs(seqs, &answer[..answer.len() - 1])?;
+        Ok(lp
+            .iter()
+            .map(|rows| {
+                answer
+                    .iter()
+                    .enumerate()
+                    .map(|(j, &t)| rows[j][t as usize])
+                    .sum()
+            })
+            .collect())
+    }
+
+    /// The recommendations re-scored for `user` (context: the medoids of the user's
+    /// top interests), sorted by log-odds, best first.
+    pub fn rescore(
+        &self,
+        ranker: &Recommender,
+        user: UserId,
+        candidates: &[Recommendation],
+    ) -> Result<Vec<Rescored>> {
+        let context: Vec<u64> = ranker
+            .interests(user, None)?
+            .iter()
+            .map(|(m, _)| *m)
+            .collect();
+        let ids: Vec<u64> = candidates.iter().map(|r| r.item).collect();
+        let scores = self.log_odds(&context, &ids)?;
+        let mut out: Vec<Rescored> = candidates
+            .iter()
+            .zip(scores)
+            .map(|(r, s)| Rescored {
+                recommendation: *r,
+                log_odds: s,
+            })
+            .collect();
+        out.sort_by(|a, b| b.log_odds.total_cmp(&a.log_odds));
+        Ok(out)
+    }
+}
