@@ -8,7 +8,9 @@
 //! - [`sparse`]: parallel CSR × dense products (candle has no sparse type);
 //!   [`buffer`]: huge-page tables for the embeddings;
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
-//! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code.
+//! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
+//! - [`log`]: crash-safe persistence of events (append-only [`EventLog`], atomic
+//!   [`GraphSnapshot`]s, and a [`Journal`] directory combining them).
 //!
 //! Everything runs on the current rayon pool; wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
@@ -23,6 +25,7 @@ pub mod graph;
 pub mod ids;
 pub mod interactions;
 pub mod lightgcn;
+pub mod log;
 pub mod optim;
 pub mod sparse;
 
@@ -33,5 +36,6 @@ pub use graph::BipartiteGraph;
 pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
 pub use interactions::{Interaction, InteractionKind, Interactions};
 pub use lightgcn::{BatchLoss, Embeddings, EpochStats, LightGcn, LightGcnConfig, Trainer, Triple};
+pub use log::{EventLog, GraphSnapshot, Journal, Recovery, Replay};
 pub use optim::{AdamConfig, AdamState};
 pub use sparse::Csr;
