@@ -48,7 +48,34 @@ pub enum Error {
     /// The embedding store refused an export or an import.
     #[error("embedding store: {0}")]
     Store(#[from] embed_store::Error),
+    /// A persisted file (event log, snapshot) is damaged in a way that is not a torn
+    /// tail, or is not a file of the expected kind; nothing was discarded.
+    #[error("{path}: corrupt at byte {offset}: {message}")]
+    Corrupt {
+        /// The damaged file (or the directory, for a file missing from a journal).
+        path: PathBuf,
+        /// Byte offset of the damage in the file (0 when it concerns the whole file).
+        offset: u64,
+        /// What is wrong.
+        message: String,
+    },
+    /// A log file or journal directory is already open elsewhere (advisory file lock).
+    #[error("{path} is locked: already open in this or another process")]
+    Locked {
+        /// The locked file.
+        path: PathBuf,
+    },
     /// A tensor operation in candle failed (evaluation scoring).
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+}
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
 }

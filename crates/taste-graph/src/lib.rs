@@ -11,7 +11,9 @@
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
 //! - [`live`]: real-time fold-in of each interaction into the user's embedding;
 //! - [`interests`]: several interests per user (PinnerSage: Ward clustering, medoids);
-//! - [`export`]: embeddings to and from `embed-store` generations.
+//! - [`export`]: embeddings to and from `embed-store` generations;
+//! - [`log`]: crash-safe persistence of events (append-only [`EventLog`], atomic
+//!   [`GraphSnapshot`]s, and a [`Journal`] directory combining them).
 //!
 //! Everything runs on the current rayon pool; wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
@@ -29,6 +31,7 @@ pub mod interactions;
 pub mod interests;
 pub mod lightgcn;
 pub mod live;
+pub mod log;
 pub mod optim;
 pub mod sparse;
 
@@ -41,5 +44,6 @@ pub use interactions::{Interaction, InteractionKind, Interactions};
 pub use interests::{Interest, InterestConfig, interests};
 pub use lightgcn::{BatchLoss, Embeddings, EpochStats, LightGcn, LightGcnConfig, Trainer, Triple};
 pub use live::{KindWeights, LiveConfig, LiveModel};
+pub use log::{EventLog, GraphSnapshot, Journal, Recovery, Replay};
 pub use optim::{AdamConfig, AdamState};
 pub use sparse::Csr;

@@ -1,0 +1,930 @@
+//! Crash-safe persistence of interaction events: an append-only [`EventLog`], atomic
+//! [`GraphSnapshot`]s, and a [`Journal`] directory that ties them together.
+//!
+//! Guarantees:
+//!
+//! - an event is *acknowledged* once a `sync` that covers its sequence number has
+//!   returned; acknowledged events survive a crash (of the process or of the machine) at
+//!   any point, including in the middle of a write or of a checkpoint;
+//! - a record that was being written when the crash happened (a torn or garbage tail of
+//!   the newest log file) is discarded and the file truncated to its last valid record;
+//! - damage anywhere else (a bad record followed by a good one, a bad header, a gap in
+//!   the sequence numbers) is never skipped silently: it is an [`Error::Corrupt`] naming
+//!   the file and the byte offset.
+//!
+//! All integers are little-endian. Log file (`LOG_HEADER_LEN` + n × `LOG_RECORD_LEN`
+//! bytes):
+//!
+//! ```text
+//! header  0..8   magic "MOSAICLG"      record  0..8   seq (u64)
+//!         8..12  version = 1                   8..12  user (u32, dense)
+//!        12..16  record length = 36           12..16  item (u32, dense)
+//!        16..24  first seq (u64, >= 1)        16..24  timestamp (u64)
+//!        24..28  crc32 of bytes 0..24         24..28  weight (f32 bits)
+//!        28..32  zero                         28      kind code
+//!                                             29..32  zero
+//!                                             32..36  crc32 of bytes 0..32
+//! ```
+//!
+//! Record `k` of a log carries seq `first seq + k`. Snapshot file: magic `"MOSAICSN"`,
+//! version (u32), entry length = 24 (u32), seq covered (u64), entry count (u64), then the
+//! entries (bytes 8..32 of a log record each), then a crc32 of everything before it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::ids::{ItemId, UserId};
+use crate::interactions::{Interaction, InteractionKind, Interactions};
+
+const LOG_MAGIC: [u8; 8] = *b"MOSAICLG";
+const SNAPSHOT_MAGIC: [u8; 8] = *b"MOSAICSN";
+const VERSION: u32 = 1;
+
+/// Length in bytes of an event log's header.
+pub const LOG_HEADER_LEN: usize = 32;
+/// Length in bytes of one event log record.
+pub const LOG_RECORD_LEN: usize = 36;
+
+/// Length of an encoded event (a log record without seq and crc; a snapshot entry).
+const EVENT_LEN: usize = 24;
+const SNAPSHOT_HEADER_LEN: usize = 32;
+/// Pending appends are written to the file (not synced) once this many bytes are buffered.
+const FLUSH_BYTES: usize = 1 << 20;
+
+fn corrupt(path: &Path, offset: u64, message: impl Into<String>) -> Error {
+    Error::Corrupt {
+        path: path.to_path_buf(),
+        offset,
+        message: message.into(),
+    }
+}
+
+fn u32_at(b: &[u8], at: usize) -> u32 {
+    let mut w = [0u8; 4];
+    w.copy_from_slice(&b[at..at + 4]);
+    u32::from_le_bytes(w)
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut w = [0u8; 8];
+    w.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(w)
+}
+
+fn check_weight(event: &Interaction) -> Result<()> {
+    if event.weight.is_finite() && event.weight >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Graph {
+            message: format!(
+                "interaction of user {} with item {} has weight {}, expected a finite value >= 0",
+                event.user.0, event.item.0, event.weight
+            ),
+        })
+    }
+}
+
+fn encode_event(e: &Interaction, out: &mut Vec<u8>) {
+    out.extend_from_slice(&e.user.0.to_le_bytes());
+    out.extend_from_slice(&e.item.0.to_le_bytes());
+    out.extend_from_slice(&e.timestamp.to_le_bytes());
+    out.extend_from_slice(&e.weight.to_bits().to_le_bytes());
+    out.extend_from_slice(&[e.kind.code(), 0, 0, 0]);
+}
+
+/// Decodes `EVENT_LEN` bytes; `Err` says what is invalid.
+fn decode_event(b: &[u8]) -> std::result::Result<Interaction, String> {
+    let kind = InteractionKind::from_code(b[20])
+        .ok_or_else(|| format!("unknown interaction kind code {}", b[20]))?;
+    if b[21..24] != [0, 0, 0] {
+        return Err("reserved bytes of the event are not zero".into());
+    }
+    let weight = f32::from_bits(u32_at(b, 16));
+    if !weight.is_finite() || weight < 0.0 {
+        return Err(format!("weight {weight}, expected a finite value >= 0"));
+    }
+    Ok(Interaction {
+        user: UserId(u32_at(b, 0)),
+        item: ItemId(u32_at(b, 4)),
+        kind,
+        weight,
+        timestamp: u64_at(b, 8),
+    })
+}
+
+fn log_header(first_seq: u64) -> [u8; LOG_HEADER_LEN] {
+    let mut h = [0u8; LOG_HEADER_LEN];
+    h[0..8].copy_from_slice(&LOG_MAGIC);
+    h[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(LOG_RECORD_LEN as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&first_seq.to_le_bytes());
+    let crc = crc32fast::hash(&h[0..24]);
+    h[24..28].copy_from_slice(&crc.to_le_bytes());
+    h
+}
+
+/// Reads until `buf` is full or the reader is exhausted; returns the bytes read.
+fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match r.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// fsyncs a directory, so that entries created, renamed or removed in it are durable.
+fn sync_dir(dir: &Path) -> Result<()> {
+    let dir = if dir.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        dir
+    };
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io(dir, e))
+}
+
+fn parent_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new(""))
+}
+
+fn try_lock(file: &File, path: &Path) -> Result<()> {
+    match file.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::Locked {
+            path: path.to_path_buf(),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
+    }
+}
+
+/// The result of reading a log file: the valid records and where they end.
+struct Scanned {
+    /// `None` when the header itself is torn (the file was being created).
+    first_seq: Option<u64>,
+    events: Vec<Interaction>,
+    /// Bytes of header and valid records; everything after is a torn tail.
+    valid_len: u64,
+    file_len: u64,
+}
+
+/// Reads a whole log file from `file`, without modifying it.
+fn scan_log(path: &Path, file: &File) -> Result<Scanned> {
+    let io = |e| Error::io(path, e);
+    let file_len = file.metadata().map_err(io)?.len();
+    let mut r = BufReader::with_capacity(1 << 16, file);
+    r.seek(SeekFrom::Start(0)).map_err(io)?;
+    let mut h = [0u8; LOG_HEADER_LEN];
+    let n = read_full(&mut r, &mut h).map_err(io)?;
+    let header_valid =
+        n == LOG_HEADER_LEN && h[0..8] == LOG_MAGIC && crc32fast::hash(&h[0..24]) == u32_at(&h, 24);
+    if file_len <= LOG_HEADER_LEN as u64 && !header_valid {
+        // No record was ever appended. If what is there is the start of our header (or
+        // zeros), a crash interrupted the file's creation; nothing was acknowledged.
+        let m = n.min(LOG_MAGIC.len());
+        if h[..m] == LOG_MAGIC[..m] || h[..m].iter().all(|&b| b == 0) {
+            return Ok(Scanned {
+                first_seq: None,
+                events: Vec::new(),
+                valid_len: 0,
+                file_len,
+            });
+        }
+        return Err(corrupt(path, 0, "not a taste-graph event log (bad magic)"));
+    }
+    if n < LOG_HEADER_LEN || h[0..8] != LOG_MAGIC {
+        return Err(corrupt(path, 0, "not a taste-graph event log (bad magic)"));
+    }
+    if crc32fast::hash(&h[0..24]) != u32_at(&h, 24) {
+        return Err(corrupt(path, 24, "log header checksum mismatch"));
+    }
+    let version = u32_at(&h, 8);
+    if version != VERSION {
+        return Err(corrupt(
+            path,
+            8,
+            format!("unsupported log version {version} (this build reads {VERSION})"),
+        ));
+    }
+    let record_len = u32_at(&h, 12);
+    if record_len as usize != LOG_RECORD_LEN {
+        return Err(corrupt(
+            path,
+            12,
+            format!("record length {record_len}, expected {LOG_RECORD_LEN}"),
+        ));
+    }
+    if u32_at(&h, 28) != 0 {
+        return Err(corrupt(path, 28, "reserved header bytes are not zero"));
+    }
+    let first_seq = u64_at(&h, 16);
+    if first_seq == 0 {
+        return Err(corrupt(path, 16, "first sequence number is 0"));
+    }
+
+    let mut events = Vec::new();
+    let mut valid_len = LOG_HEADER_LEN as u64;
+    let mut offset = LOG_HEADER_LEN as u64;
+    let mut bad: Option<(u64, String)> = None;
+    let mut rec = [0u8; LOG_RECORD_LEN];
+    loop {
+        let n = read_full(&mut r, &mut rec).map_err(io)?;
+        if n < LOG_RECORD_LEN {
+            break; // end of file, or a partial record: the torn tail
+        }
+        let crc_ok = crc32fast::hash(&rec[..32]) == u32_at(&rec, 32);
+        if let Some((bad_offset, why)) = &bad {
+            if crc_ok {
+                return Err(corrupt(
+                    path,
+                    *bad_offset,
+                    format!(
+                        "{why}, but a valid record follows at byte {offset}: \
+                         damage inside the log, not a torn tail"
+                    ),
+                ));
+            }
+        } else if !crc_ok {
+            bad = Some((offset, "record checksum mismatch".to_string()));
+        } else {
+            let seq = u64_at(&rec, 0);
+            let expected = first_seq.saturating_add(events.len() as u64);
+            if seq != expected {
+                return Err(corrupt(
+                    path,
+                    offset,
+                    format!("record has sequence number {seq}, expected {expected}"),
+                ));
+            }
+            let event = decode_event(&rec[8..32]).map_err(|m| corrupt(path, offset, m))?;
+            events.push(event);
+            valid_len = offset + LOG_RECORD_LEN as u64;
+        }
+        offset += LOG_RECORD_LEN as u64;
+    }
+    Ok(Scanned {
+        first_seq: Some(first_seq),
+        events,
+        valid_len,
+        file_len,
+    })
+}
+
+/// What [`EventLog::open`] read back from an existing file.
+#[derive(Debug, Clone, Default)]
+pub struct Replay {
+    /// Sequence number of the file's first record; `events[i]` has seq `first_seq + i`.
+    pub first_seq: u64,
+    /// The valid events, in append order.
+    pub events: Vec<Interaction>,
+    /// Bytes of torn or garbage tail that were discarded (and truncated from the file).
+    pub discarded_bytes: u64,
+}
+
+impl Replay {
+    /// The sequence number the next appended event gets.
+    pub fn next_seq(&self) -> u64 {
+        self.first_seq + self.events.len() as u64
+    }
+}
+
+/// An append-only file of fixed-size, checksummed interaction records.
+///
+/// Appends are buffered in memory; [`EventLog::sync`] writes them and fdatasyncs the
+/// file, and only then are they acknowledged. Many appends and one sync (group commit)
+/// cost one `write` and one `fdatasync`. Dropping the log does *not* write pending
+/// appends: call `sync` first. After a failed write or sync the log refuses further
+/// use (the kernel may have dropped the dirty pages); reopen it to recover.
+#[derive(Debug)]
+pub struct EventLog {
+    path: PathBuf,
+    file: File,
+    first_seq: u64,
+    next_seq: u64,
+    durable_seq: u64,
+    buf: Vec<u8>,
+    failed: bool,
+}
+
+impl EventLog {
+    /// Opens the log at `path`, creating it (first seq 1) if it does not exist, and
+    /// returns the events it holds. A torn tail is discarded and truncated.
+    pub fn open(path: impl AsRef<Path>) -> Result<(EventLog, Replay)> {
+        Self::open_impl(path.as_ref(), 1, None)
+    }
+
+    /// Opens or creates the log at `path` whose first record has seq `first_seq`
+    /// (>= 1); an existing file's header must say the same.
+    pub fn open_from(path: impl AsRef<Path>, first_seq: u64) -> Result<(EventLog, Replay)> {
+        Self::open_impl(path.as_ref(), first_seq, Some(first_seq))
+    }
+
+    fn open_impl(
+        path: &Path,
+        new_first_seq: u64,
+        expected: Option<u64>,
+    ) -> Result<(EventLog, Replay)> {
+        if new_first_seq == 0 {
+            return Err(Error::Config {
+                message: "an event log's first sequence number must be >= 1".into(),
+            });
+        }
+        let io = |e| Error::io(path, e);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(io)?;
+        try_lock(&file, path)?;
+        let scanned = scan_log(path, &file)?;
+        let (first_seq, events, discarded_bytes) = match scanned.first_seq {
+            Some(first_seq) => {
+                if let Some(want) = expected
+                    && want != first_seq
+                {
+                    return Err(corrupt(
+                        path,
+                        16,
+                        format!("log starts at seq {first_seq}, expected {want}"),
+                    ));
+                }
+                if scanned.valid_len < scanned.file_len {
+                    file.set_len(scanned.valid_len).map_err(io)?;
+                }
+                file.seek(SeekFrom::Start(scanned.valid_len)).map_err(io)?;
+                file.sync_data().map_err(io)?;
+                (
+                    first_seq,
+                    scanned.events,
+                    scanned.file_len - scanned.valid_len,
+                )
+            }
+            None => {
+                // New file, or one whose creation was interrupted: write the header.
+                file.set_len(0).map_err(io)?;
+                file.seek(SeekFrom::Start(0)).map_err(io)?;
+                file.write_all(&log_header(new_first_seq)).map_err(io)?;
+                file.sync_data().map_err(io)?;
+                sync_dir(parent_of(path))?;
+                (new_first_seq, Vec::new(), scanned.file_len)
+            }
+        };
+        let next_seq = first_seq
+            .checked_add(events.len() as u64)
+            .ok_or_else(|| corrupt(path, 16, "sequence numbers overflow u64"))?;
+        let log = EventLog {
+            path: path.to_path_buf(),
+            file,
+            first_seq,
+            next_seq,
+            durable_seq: next_seq - 1,
+            buf: Vec::new(),
+            failed: false,
+        };
+        let replay = Replay {
+            first_seq,
+            events,
+            discarded_bytes,
+        };
+        Ok((log, replay))
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.failed {
+            return Err(Error::io(
+                &self.path,
+                std::io::Error::other("an earlier write or sync failed; reopen the log"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Buffers `event` and returns its sequence number. Not durable until [`sync`].
+    /// The weight must be finite and non-negative.
+    ///
+    /// [`sync`]: EventLog::sync
+    pub fn append(&mut self, event: &Interaction) -> Result<u64> {
+        self.check_usable()?;
+        check_weight(event)?;
+        let seq = self.next_seq;
+        let next = seq.checked_add(1).ok_or_else(|| Error::Graph {
+            message: "event log sequence numbers exhausted".into(),
+        })?;
+        let start = self.buf.len();
+        self.buf.extend_from_slice(&seq.to_le_bytes());
+        encode_event(event, &mut self.buf);
+        let crc = crc32fast::hash(&self.buf[start..]);
+        self.buf.extend_from_slice(&crc.to_le_bytes());
+        self.next_seq = next;
+        if self.buf.len() >= FLUSH_BYTES {
+            self.write_pending()?;
+        }
+        Ok(seq)
+    }
+
+    fn write_pending(&mut self) -> Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        if let Err(e) = self.file.write_all(&self.buf) {
+            self.failed = true;
+            return Err(Error::io(&self.path, e));
+        }
+        self.buf.clear();
+        Ok(())
+    }
+
+    /// Writes pending appends and fdatasyncs the file; returns the highest durable
+    /// (acknowledged) seq, `first_seq - 1` if the log is empty.
+    pub fn sync(&mut self) -> Result<u64> {
+        self.check_usable()?;
+        if self.durable_seq + 1 == self.next_seq {
+            return Ok(self.durable_seq);
+        }
+        self.write_pending()?;
+        if let Err(e) = self.file.sync_data() {
+            self.failed = true;
+            return Err(Error::io(&self.path, e));
+        }
+        self.durable_seq = self.next_seq - 1;
+        Ok(self.durable_seq)
+    }
+
+    /// [`append`](EventLog::append) then [`sync`](EventLog::sync); returns the event's seq.
+    pub fn append_sync(&mut self, event: &Interaction) -> Result<u64> {
+        let seq = self.append(event)?;
+        self.sync()?;
+        Ok(seq)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Sequence number of the file's first record.
+    pub fn first_seq(&self) -> u64 {
+        self.first_seq
+    }
+
+    /// The sequence number the next append gets.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The highest acknowledged seq (`first_seq - 1` when none is).
+    pub fn durable_seq(&self) -> u64 {
+        self.durable_seq
+    }
+
+    /// Number of appended events not yet synced.
+    pub fn pending(&self) -> u64 {
+        self.next_seq - 1 - self.durable_seq
+    }
+}
+
+/// A point-in-time copy of the events, covering every log record up to `seq`.
+#[derive(Debug, Clone, Default)]
+pub struct GraphSnapshot {
+    /// The last sequence number the snapshot covers (0: none).
+    pub seq: u64,
+    /// The events.
+    pub events: Interactions,
+}
+
+impl GraphSnapshot {
+    /// Writes a snapshot of `events` covering seq `seq` to `path` atomically: a temp file
+    /// next to it, fsync, rename, fsync of the directory.
+    pub fn write(path: impl AsRef<Path>, seq: u64, events: &Interactions) -> Result<()> {
+        let path = path.as_ref();
+        let name = path.file_name().ok_or_else(|| Error::Config {
+            message: format!("snapshot path {} has no file name", path.display()),
+        })?;
+        let mut tmp_name = name.to_os_string();
+        tmp_name.push(".tmp");
+        let tmp = path.with_file_name(tmp_name);
+        let io = |e| Error::io(&tmp, e);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(io)?;
+        let mut w = BufWriter::with_capacity(1 << 16, file);
+        let mut crc = crc32fast::Hasher::new();
+        let mut chunk = Vec::with_capacity(SNAPSHOT_HEADER_LEN);
+        chunk.extend_from_slice(&SNAPSHOT_MAGIC);
+        chunk.extend_from_slice(&VERSION.to_le_bytes());
+        chunk.extend_from_slice(&(EVENT_LEN as u32).to_le_bytes());
+        chunk.extend_from_slice(&seq.to_le_bytes());
+        chunk.extend_from_slice(&(events.len() as u64).to_le_bytes());
+        for e in events.events() {
+            if chunk.len() >= 1 << 16 {
+                crc.update(&chunk);
+                w.write_all(&chunk).map_err(io)?;
+                chunk.clear();
+            }
+            encode_event(e, &mut chunk);
+        }
+        crc.update(&chunk);
+        chunk.extend_from_slice(&crc.finalize().to_le_bytes());
+        w.write_all(&chunk).map_err(io)?;
+        let file = w
+            .into_inner()
+            .map_err(|e| Error::io(&tmp, e.into_error()))?;
+        file.sync_all().map_err(io)?;
+        drop(file);
+        fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        sync_dir(parent_of(path))
+    }
+
+    /// Writes this snapshot to `path` atomically (see [`GraphSnapshot::write`]).
+    pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
+        Self::write(path, self.seq, &self.events)
+    }
+
+    /// Reads and verifies a snapshot; any damage is an [`Error::Corrupt`].
+    pub fn read(path: impl AsRef<Path>) -> Result<GraphSnapshot> {
+        let path = path.as_ref();
+        let b = fs::read(path).map_err(|e| Error::io(path, e))?;
+        if b.len() < SNAPSHOT_HEADER_LEN + 4 || b[0..8] != SNAPSHOT_MAGIC {
+            return Err(corrupt(path, 0, "not a taste-graph snapshot (bad magic)"));
+        }
+        let body_len = b.len() - 4;
+        if crc32fast::hash(&b[..body_len]) != u32_at(&b, body_len) {
+            return Err(corrupt(path, body_len as u64, "snapshot checksum mismatch"));
+        }
+        let version = u32_at(&b, 8);
+        if version != VERSION {
+            return Err(corrupt(
+                path,
+                8,
+                format!("unsupported snapshot version {version} (this build reads {VERSION})"),
+            ));
+        }
+        let entry_len = u32_at(&b, 12);
+        if entry_len as usize != EVENT_LEN {
+            return Err(corrupt(
+                path,
+                12,
+                format!("entry length {entry_len}, expected {EVENT_LEN}"),
+            ));
+        }
+        let seq = u64_at(&b, 16);
+        let count = u64_at(&b, 24);
+        let expected_len = count
+            .checked_mul(EVENT_LEN as u64)
+            .and_then(|n| n.checked_add((SNAPSHOT_HEADER_LEN + 4) as u64));
+        if expected_len != Some(b.len() as u64) {
+            return Err(corrupt(
+                path,
+                24,
+                format!("{count} entries do not fit a file of {} bytes", b.len()),
+            ));
+        }
+        let mut events = Interactions::new();
+        for (i, e) in b[SNAPSHOT_HEADER_LEN..body_len]
+            .chunks_exact(EVENT_LEN)
+            .enumerate()
+        {
+            let offset = (SNAPSHOT_HEADER_LEN + i * EVENT_LEN) as u64;
+            let event = decode_event(e).map_err(|m| corrupt(path, offset, m))?;
+            events.push(event)?;
+        }
+        Ok(GraphSnapshot { seq, events })
+    }
+}
+
+/// What [`Journal::open`] recovered.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// Every acknowledged event (and possibly later ones that reached the disk): the
+    /// snapshot's events followed by the log records after it.
+    pub events: Interactions,
+    /// The seq covered by the snapshot that was loaded (0: none).
+    pub snapshot_seq: u64,
+    /// The seq of the last recovered event (0: none).
+    pub last_seq: u64,
+    /// Bytes of torn tail discarded from log files.
+    pub discarded_bytes: u64,
+    /// Snapshot files that were unreadable and passed over for an older one.
+    pub skipped_snapshots: Vec<PathBuf>,
+}
+
+/// A directory holding snapshots and event logs: `snapshot-<seq>.snap` covers events up
+/// to `seq`; `log-<first seq>.log` holds the events from `first seq` on (seqs written
+/// as 20 digits). Exclusive while open (a `LOCK` file).
+#[derive(Debug)]
+pub struct Journal {
+    dir: PathBuf,
+    log: EventLog,
+    snapshot_seq: u64,
+    _lock: File,
+}
+
+fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
+    let digits = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+impl Journal {
+    /// The path of the snapshot covering events up to `seq` in `dir`.
+    pub fn snapshot_path(dir: impl AsRef<Path>, seq: u64) -> PathBuf {
+        dir.as_ref().join(format!("snapshot-{seq:020}.snap"))
+    }
+
+    /// The path of the log whose first record has seq `first_seq` in `dir`.
+    pub fn log_path(dir: impl AsRef<Path>, first_seq: u64) -> PathBuf {
+        dir.as_ref().join(format!("log-{first_seq:020}.log"))
+    }
+
+    /// Opens (creating if needed) the journal in `dir`: loads the newest readable
+    /// snapshot and replays the log records after it.
+    ///
+    /// An unreadable snapshot is passed over for an older one (or none) only if the
+    /// logs still hold every event since that older one, up to at least the bad
+    /// snapshot's seq (it is then listed in [`Recovery::skipped_snapshots`]); otherwise
+    /// opening fails with
+    /// [`Error::Corrupt`] rather than return fewer events than were acknowledged.
+    pub fn open(dir: impl AsRef<Path>) -> Result<(Journal, Recovery)> {
+        let dir = dir.as_ref().to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&lock_path)
+            .map_err(|e| Error::io(&lock_path, e))?;
+        try_lock(&lock, &lock_path)?;
+
+        let mut snapshots = Vec::new();
+        let mut logs = Vec::new();
+        let mut removed_tmp = false;
+        for entry in fs::read_dir(&dir).map_err(|e| Error::io(&dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            if let Some(seq) = parse_name(&name, "snapshot-", ".snap") {
+                snapshots.push((seq, entry.path()));
+            } else if let Some(seq) = parse_name(&name, "log-", ".log") {
+                logs.push((seq, entry.path()));
+            } else if name.starts_with("snapshot-") && name.ends_with(".snap.tmp") {
+                // An interrupted snapshot write: never renamed, so never relied upon.
+                let p = entry.path();
+                fs::remove_file(&p).map_err(|e| Error::io(&p, e))?;
+                removed_tmp = true;
+            }
+        }
+        if removed_tmp {
+            sync_dir(&dir)?;
+        }
+        snapshots.sort_by_key(|s| std::cmp::Reverse(s.0));
+        logs.sort_by_key(|l| l.0);
+
+        let newest_claim = snapshots.first().map_or(0, |s| s.0);
+        let mut skipped = Vec::new();
+        let mut snapshot = GraphSnapshot::default();
+        for (seq, path) in &snapshots {
+            match GraphSnapshot::read(path) {
+                Ok(s) if s.seq == *seq => {
+                    snapshot = s;
+                    break;
+                }
+                // A snapshot whose header disagrees with its name is damaged too.
+                Ok(_) | Err(Error::Corrupt { .. }) => skipped.push(path.clone()),
+                Err(e) => return Err(e),
+            }
+        }
+        let with_context = |e: Error| -> Error {
+            match (&e, skipped.first()) {
+                (Error::Corrupt { .. }, Some(bad)) => corrupt(
+                    bad,
+                    0,
+                    format!("snapshot is unreadable and the logs cannot replace it ({e})"),
+                ),
+                _ => e,
+            }
+        };
+        let from = snapshot.seq.checked_add(1).ok_or_else(|| {
+            corrupt(
+                &Journal::snapshot_path(&dir, snapshot.seq),
+                16,
+                "snapshot seq is u64::MAX",
+            )
+        })?;
+        let replayed = replay_logs(&dir, &logs, from).map_err(&with_context)?;
+        let mut events = snapshot.events;
+        for e in replayed.events {
+            events.push(e)?;
+        }
+        let last_seq = replayed.log.next_seq() - 1;
+        if last_seq < newest_claim {
+            return Err(with_context(corrupt(
+                &dir,
+                0,
+                format!(
+                    "a snapshot claims events up to seq {newest_claim}, \
+                     but only {last_seq} can be recovered"
+                ),
+            )));
+        }
+        let recovery = Recovery {
+            events,
+            snapshot_seq: snapshot.seq,
+            last_seq,
+            discarded_bytes: replayed.discarded_bytes,
+            skipped_snapshots: skipped,
+        };
+        let journal = Journal {
+            dir,
+            log: replayed.log,
+            snapshot_seq: snapshot.seq,
+            _lock: lock,
+        };
+        Ok((journal, recovery))
+    }
+
+    /// Appends `event` to the log (buffered, see [`EventLog::append`]); returns its seq.
+    pub fn record(&mut self, event: &Interaction) -> Result<u64> {
+        self.log.append(event)
+    }
+
+    /// Makes every recorded event durable; returns the highest acknowledged seq.
+    pub fn sync(&mut self) -> Result<u64> {
+        self.log.sync()
+    }
+
+    /// Writes a snapshot of `events` and starts a new log after it; returns the
+    /// snapshot's seq.
+    ///
+    /// `events` must be the state after *every* event recorded so far (what
+    /// [`Journal::open`] returned plus everything passed to [`Journal::record`]), since
+    /// the snapshot replaces them. Steps, each durable before the next: sync the log;
+    /// write the snapshot (atomic rename); create the new log; delete older logs and
+    /// snapshots. A crash anywhere opens to the same events; an error after the snapshot
+    /// is written leaves obsolete files that the next checkpoint removes.
+    pub fn checkpoint(&mut self, events: &Interactions) -> Result<u64> {
+        let seq = self.log.sync()?;
+        GraphSnapshot::write(Self::snapshot_path(&self.dir, seq), seq, events)?;
+        self.snapshot_seq = seq;
+        if self.log.first_seq() != seq + 1 {
+            let (log, _) = EventLog::open_from(Self::log_path(&self.dir, seq + 1), seq + 1)?;
+            self.log = log;
+        }
+        let mut removed = false;
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+                continue;
+            };
+            let obsolete = parse_name(&name, "snapshot-", ".snap").is_some_and(|s| s < seq)
+                || parse_name(&name, "log-", ".log").is_some_and(|s| s <= seq);
+            if obsolete {
+                let p = entry.path();
+                match fs::remove_file(&p) {
+                    Ok(()) => removed = true,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(Error::io(&p, e)),
+                }
+            }
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(seq)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The seq covered by the newest snapshot (0: none).
+    pub fn snapshot_seq(&self) -> u64 {
+        self.snapshot_seq
+    }
+
+    /// The seq of the last recorded event, synced or not (0: none).
+    pub fn last_seq(&self) -> u64 {
+        self.log.next_seq() - 1
+    }
+
+    /// The highest acknowledged seq.
+    pub fn durable_seq(&self) -> u64 {
+        self.log.durable_seq()
+    }
+}
+
+struct ReplayedLogs {
+    events: Vec<Interaction>,
+    discarded_bytes: u64,
+    /// The log new events go to.
+    log: EventLog,
+}
+
+/// Replays the events with seq >= `from` from `logs` (sorted by first seq) and opens
+/// the log to append to. Logs wholly before `from` are ignored.
+fn replay_logs(dir: &Path, logs: &[(u64, PathBuf)], from: u64) -> Result<ReplayedLogs> {
+    // The last log starting at or before `from` holds `from` (or ends just before it).
+    let start = logs.iter().rposition(|(first, _)| *first <= from);
+    let Some(start) = start else {
+        if let Some((first, path)) = logs.first() {
+            return Err(corrupt(
+                path,
+                0,
+                format!(
+                    "events {from}..{} are missing: no log holds them",
+                    first - 1
+                ),
+            ));
+        }
+        let (log, _) = EventLog::open_from(Journal::log_path(dir, from), from)?;
+        return Ok(ReplayedLogs {
+            events: Vec::new(),
+            discarded_bytes: 0,
+            log,
+        });
+    };
+    let mut events = Vec::new();
+    let mut discarded_bytes = 0;
+    // The seq the next recovered event must have.
+    let mut cursor = from;
+    let last = logs.len() - 1;
+    let mut current = None;
+    for (k, (first, path)) in logs.iter().enumerate().skip(start) {
+        if *first > cursor {
+            return Err(corrupt(
+                path,
+                0,
+                format!(
+                    "events {cursor}..{} are missing: the previous log ends early",
+                    first - 1
+                ),
+            ));
+        }
+        let (log_events, next_seq) = if k == last {
+            let (log, replay) = EventLog::open_from(path, *first)?;
+            discarded_bytes += replay.discarded_bytes;
+            let next = replay.next_seq();
+            current = Some(log);
+            (replay.events, next)
+        } else {
+            let file = File::open(path).map_err(|e| Error::io(path, e))?;
+            let scanned = scan_log(path, &file)?;
+            let scanned_first = scanned.first_seq.unwrap_or(*first);
+            if scanned_first != *first {
+                return Err(corrupt(
+                    path,
+                    16,
+                    format!("log starts at seq {scanned_first}, expected {first}"),
+                ));
+            }
+            discarded_bytes += scanned.file_len - scanned.valid_len;
+            let next = first.saturating_add(scanned.events.len() as u64);
+            (scanned.events, next)
+        };
+        if k != start && *first < cursor && next_seq > *first {
+            return Err(corrupt(
+                path,
+                0,
+                format!(
+                    "log starts at seq {first}, overlapping the previous log (up to {})",
+                    cursor - 1
+                ),
+            ));
+        }
+        let skip = (cursor - first).min(log_events.len() as u64) as usize;
+        events.extend_from_slice(&log_events[skip..]);
+        cursor = cursor.max(next_seq);
+    }
+    let mut log = match current {
+        Some(log) => log,
+        None => {
+            return Err(corrupt(dir, 0, "internal: no current log"));
+        }
+    };
+    if log.next_seq() < cursor {
+        // The newest log ends before the snapshot: continue in a fresh log.
+        let (fresh, _) = EventLog::open_from(Journal::log_path(dir, cursor), cursor)?;
+        log = fresh;
+    }
+    Ok(ReplayedLogs {
+        events,
+        discarded_bytes,
+        log,
+    })
+}
