@@ -5,6 +5,7 @@
 //! `λ · relevance − (1 − λ) · max_{s ∈ selected} cos(x, s)`; each step updates every
 //! candidate's redundancy with the newly selected item only (O(n · d) per step).
 
+use crate::error::{Error, Result};
 use crate::options::Cap;
 
 /// One selected candidate.
@@ -57,8 +58,22 @@ pub fn mmr<'a>(
     caps: &[Cap],
     quotas: Option<Quotas<'_>>,
     attrs: impl Fn(usize) -> Option<&'a [u32]>,
-) -> Vec<Pick> {
+) -> Result<Vec<Pick>> {
     let n = relevance.len();
+    if dim == 0 || unit.len() != n * dim {
+        return Err(Error::config(format!(
+            "MMR got {n} relevances and {} vector values, expected {n} x dim {dim}",
+            unit.len()
+        )));
+    }
+    if let Some(q) = quotas
+        && q.group.len() != n
+    {
+        return Err(Error::config(format!(
+            "MMR got {n} candidates but {} quota groups",
+            q.group.len()
+        )));
+    }
     let mut redundancy = vec![f32::NEG_INFINITY; n];
     let mut taken = vec![false; n];
     let mut counts: Vec<(usize, u32, usize)> = Vec::new();
@@ -133,7 +148,7 @@ pub fn mmr<'a>(
             }
         }
     }
-    out
+    Ok(out)
 }
 
 /// Intra-list diversity: the mean of `1 − cos` over all pairs of the `n × dim` rows
@@ -171,13 +186,14 @@ mod tests {
         let (rel, unit) = setup();
         let order = |l: f32| -> Vec<usize> {
             mmr(&rel, &unit, 2, 3, l, &[], None, |_| None)
+                .unwrap()
                 .iter()
                 .map(|p| p.index)
                 .collect()
         };
         assert_eq!(order(1.0), vec![0, 1, 2]);
         assert_eq!(order(0.5), vec![0, 2, 1]);
-        let picks = mmr(&rel, &unit, 2, 2, 0.5, &[], None, |_| None);
+        let picks = mmr(&rel, &unit, 2, 2, 0.5, &[], None, |_| None).unwrap();
         assert_eq!(picks[0].redundancy, 0.0);
         assert!(
             picks[1].redundancy.abs() < 1e-6,
@@ -190,7 +206,7 @@ mod tests {
         let (rel, unit) = setup();
         let attrs = [[7u32], [7], [8]];
         let caps = [Cap { attr: 0, max: 1 }];
-        let picks = mmr(&rel, &unit, 2, 3, 1.0, &caps, None, |i| Some(&attrs[i][..]));
+        let picks = mmr(&rel, &unit, 2, 3, 1.0, &caps, None, |i| Some(&attrs[i][..])).unwrap();
         let idx: Vec<usize> = picks.iter().map(|p| p.index).collect();
         assert_eq!(idx, vec![0, 2], "the second item of value 7 is capped out");
     }
@@ -205,12 +221,25 @@ mod tests {
         };
         let idx = |k| -> Vec<usize> {
             mmr(&rel, &unit, 2, k, 1.0, &[], Some(q), |_| None)
+                .unwrap()
                 .iter()
                 .map(|p| p.index)
                 .collect()
         };
         assert_eq!(idx(2), vec![0, 2], "group 0 is full after one pick");
         assert_eq!(idx(3), vec![0, 2, 1], "then the rest fills in");
+    }
+
+    #[test]
+    fn mismatched_lengths_are_errors() {
+        let (rel, unit) = setup();
+        assert!(mmr(&rel, &unit[..4], 2, 2, 1.0, &[], None, |_| None).is_err());
+        assert!(mmr(&rel, &unit, 0, 2, 1.0, &[], None, |_| None).is_err());
+        let q = Quotas {
+            group: &[Some(0)],
+            quota: &[1],
+        };
+        assert!(mmr(&rel, &unit, 2, 2, 1.0, &[], Some(q), |_| None).is_err());
     }
 
     #[test]

@@ -505,7 +505,7 @@ impl Recommender {
             &opts.caps,
             quotas,
             |i| self.snap.attrs(StoreId(cands[i].id)),
-        );
+        )?;
         Ok(picks
             .iter()
             .map(|p| {

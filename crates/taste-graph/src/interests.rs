@@ -81,6 +81,9 @@ pub struct Interest {
     pub members: Vec<ItemId>,
 }
 
+/// Most points [`ward`] accepts.
+pub const MAX_WARD_POINTS: usize = 4096;
+
 /// Ward agglomerative clustering of `n = points.len() / dim` points: a cluster label
 /// (`0..clusters`) per point. Merging stops when the cheapest merge costs more than
 /// `threshold` (Lance–Williams recurrence on squared Euclidean distances).
@@ -94,6 +97,13 @@ pub fn ward(points: &[f32], dim: usize, threshold: f32) -> Result<Vec<usize>> {
         });
     }
     let n = points.len() / dim;
+    if n > MAX_WARD_POINTS {
+        return Err(Error::Config {
+            message: format!(
+                "{n} points to cluster; Ward here is O(n^2) memory and O(n^3) time, at most {MAX_WARD_POINTS} are accepted (cluster a user's recent items, not a catalogue)"
+            ),
+        });
+    }
     // Condensed symmetric distance matrix, full n×n for simple indexing (n is small).
     let mut dist = vec![0f32; n * n];
     for a in 0..n {

@@ -136,8 +136,12 @@ impl LiveConfig {
                 w.hide
             ));
         }
-        if self.recent == 0 {
-            return bad("recent = 0, expected at least 1 item per user".into());
+        if self.recent == 0 || self.recent > crate::interests::MAX_WARD_POINTS {
+            return bad(format!(
+                "recent = {}, expected 1..={} items per user",
+                self.recent,
+                crate::interests::MAX_WARD_POINTS
+            ));
         }
         Ok(())
     }
