@@ -16,9 +16,11 @@ use anyhow::Context;
 use clap::Parser;
 use mosaic::embed_store::hnsw::HnswParams;
 use mosaic::embed_store::{RamDirectory, Store};
+use mosaic::ranker::RecommendOptions;
 use mosaic::ranker::catalogue::{Catalogue, CatalogueSpec};
-use mosaic::ranker::eval::{evaluate, markdown, standard_variants};
+use mosaic::ranker::eval::{evaluate, learned_variant, markdown, split_every, standard_variants};
 use mosaic::ranker::pipeline::{PipelineOptions, build};
+use mosaic::ranker::scorer::{LearnedScorer, examples};
 use mosaic::taste_graph::{Dataset, LightGcnConfig};
 
 #[derive(Parser)]
@@ -40,6 +42,10 @@ struct Args {
     /// Exact retrieval instead of HNSW.
     #[arg(long)]
     exact: bool,
+    /// Also evaluate a learned scorer, fitted on every 10th training interaction of each
+    /// user (held out of training for every variant, so the table stays comparable).
+    #[arg(long)]
+    learned: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -75,6 +81,12 @@ fn main() -> anyhow::Result<()> {
             )
         }
     };
+    let (train, valid) = if args.learned {
+        let (t, v) = split_every(&train, 10)?;
+        (t, Some(v))
+    } else {
+        (train, None)
+    };
     println!(
         "{source}: {} users, {} items, {} training and {} held-out interactions",
         train.n_users(),
@@ -104,7 +116,22 @@ fn main() -> anyhow::Result<()> {
         },
         t.elapsed().as_secs_f64()
     );
-    let rows = evaluate(&rec, &test, &standard_variants(), args.k, args.users)?;
+    let mut variants = standard_variants();
+    if let Some(valid) = &valid {
+        let t = Instant::now();
+        let ex = examples(&rec, valid, &RecommendOptions::new(), 5000)?;
+        let scorer = LearnedScorer::fit(&ex, 1e-2)?;
+        println!(
+            "learned scorer: {} examples ({} positive), {:.1} s, weights {:?} bias {:.3}",
+            ex.len(),
+            ex.iter().filter(|e| e.positive).count(),
+            t.elapsed().as_secs_f64(),
+            scorer.weights,
+            scorer.bias
+        );
+        variants.push(learned_variant(Arc::new(scorer)));
+    }
+    let rows = evaluate(&rec, &test, &variants, args.k, args.users)?;
     println!("{}", markdown(&rows, args.k));
     for r in &rows {
         println!(

@@ -50,6 +50,46 @@ pub fn standard_variants() -> Vec<Variant> {
     ]
 }
 
+/// The standard variants' last one with relevance from a learned scorer.
+pub fn learned_variant(scorer: std::sync::Arc<crate::scorer::LearnedScorer>) -> Variant {
+    Variant {
+        name: "multi-interest + MMR + learned scorer".into(),
+        options: RecommendOptions::new()
+            .sources(Sources::interests_only())
+            .scorer(scorer),
+    }
+}
+
+/// Splits each user's items: every `every`-th (by position in the user's sorted item
+/// list, from the `every`-th) goes to the second graph, e.g. a validation set for
+/// fitting a [`crate::scorer::LearnedScorer`] without touching the test set.
+pub fn split_every(
+    graph: &BipartiteGraph,
+    every: usize,
+) -> Result<(BipartiteGraph, BipartiteGraph)> {
+    if every < 2 {
+        return Err(Error::config(format!(
+            "split every = {every}, expected at least 2"
+        )));
+    }
+    let (mut keep, mut held) = (Vec::new(), Vec::new());
+    for u in 0..graph.n_users() as u32 {
+        for (k, &i) in graph.items_of(UserId(u)).iter().enumerate() {
+            let e = (UserId(u), taste_graph::ItemId(i));
+            if (k + 1).is_multiple_of(every) {
+                held.push(e);
+            } else {
+                keep.push(e);
+            }
+        }
+    }
+    let (nu, ni) = (graph.n_users(), graph.n_items());
+    Ok((
+        BipartiteGraph::from_edges(nu, ni, keep)?,
+        BipartiteGraph::from_edges(nu, ni, held)?,
+    ))
+}
+
 /// One row of the evaluation table.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {

@@ -7,6 +7,7 @@
 //!   per result; and [`Recommender::record`], the feedback loop into the taste graph;
 //! - [`options`]: [`RecommendOptions`], the per-request knobs;
 //! - [`pipeline`]: the offline half in one call (train, export, index, serve);
+//! - [`scorer`]: an optional learned scorer (logistic regression on score parts);
 //! - [`rescore`]: the optional re-scoring of the top-N by the surgered Qwen3-VL;
 //! - [`eval`]: Recall / NDCG / intra-list diversity / coverage of ranking variants;
 //! - [`mmr`]: Maximal Marginal Relevance and intra-list diversity;
@@ -22,6 +23,7 @@ pub mod options;
 pub mod pipeline;
 pub mod recommender;
 pub mod rescore;
+pub mod scorer;
 
 pub use error::{Error, Result};
 pub use options::{AttrRule, Cap, RecommendOptions, Sources};

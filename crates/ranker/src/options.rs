@@ -5,6 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
+use crate::scorer::LearnedScorer;
 
 /// A rule over an item's u32 attributes (e.g. "not category 7", "in stock"); items
 /// failing it are never retrieved.
@@ -83,6 +84,7 @@ pub struct RecommendOptions {
     pub(crate) rule: Option<AttrRule>,
     pub(crate) caps: Vec<Cap>,
     pub(crate) now: Option<u64>,
+    pub(crate) scorer: Option<Arc<LearnedScorer>>,
 }
 
 impl std::fmt::Debug for RecommendOptions {
@@ -101,6 +103,7 @@ impl std::fmt::Debug for RecommendOptions {
             .field("rule", &self.rule.is_some())
             .field("caps", &self.caps)
             .field("now", &self.now)
+            .field("scorer", &self.scorer)
             .finish()
     }
 }
@@ -121,6 +124,7 @@ impl Default for RecommendOptions {
             rule: None,
             caps: Vec::new(),
             now: None,
+            scorer: None,
         }
     }
 }
@@ -200,6 +204,12 @@ impl RecommendOptions {
     /// The request time for interest decay (default: the user's latest event).
     pub fn now(mut self, t: u64) -> Self {
         self.now = Some(t);
+        self
+    }
+    /// Relevance from a learned scorer (the probability of engagement) instead of the
+    /// fixed taste/interest blend.
+    pub fn scorer(mut self, scorer: Arc<LearnedScorer>) -> Self {
+        self.scorer = Some(scorer);
         self
     }
     /// The number of results asked for.

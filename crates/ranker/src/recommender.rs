@@ -136,6 +136,18 @@ struct Candidate {
     source: Source,
 }
 
+/// The scored candidates of one request.
+struct Pool {
+    cands: Vec<Candidate>,
+    parts: Vec<ScoreParts>,
+    /// Unit-normalised vectors, `cands.len() × dim`.
+    unit: Vec<f32>,
+    /// Each candidate's nearest interest (soft quota group).
+    group: Vec<Option<usize>>,
+    /// Importance of each interest that retrieved candidates.
+    importances: Vec<f32>,
+}
+
 impl Recommender {
     /// A recommender over `snap` (vectors in the live model's space) and `live`.
     /// `item_ids[k]` is the external (store) id of the live model's item `k`
@@ -275,6 +287,70 @@ impl Recommender {
     /// The top `opts.k` items for `user`, best first, each with its explanation.
     pub fn recommend(&self, user: UserId, opts: &RecommendOptions) -> Result<Vec<Recommendation>> {
         opts.validate()?;
+        let Some(pool) = self.pool(user, opts)? else {
+            return Ok(Vec::new());
+        };
+        let d = self.snap.dim();
+        let relevance: Vec<f32> = pool.parts.iter().map(|p| p.relevance).collect();
+        let quota: Vec<usize> = pool
+            .importances
+            .iter()
+            .map(|imp| (opts.k as f32 * imp * opts.interest_slack).ceil().max(1.0) as usize)
+            .collect();
+        let quotas = (opts.interest_slack > 0.0 && !quota.is_empty()).then_some(Quotas {
+            group: &pool.group,
+            quota: &quota,
+        });
+        let picks = mmr(
+            &relevance,
+            &pool.unit,
+            d,
+            opts.k,
+            opts.lambda,
+            &opts.caps,
+            quotas,
+            |i| self.snap.attrs(StoreId(pool.cands[i].id)),
+        )?;
+        Ok(picks
+            .iter()
+            .map(|p| {
+                let mut parts = pool.parts[p.index];
+                parts.redundancy = p.redundancy;
+                Recommendation {
+                    item: pool.cands[p.index].id,
+                    score: p.score,
+                    source: pool.cands[p.index].source,
+                    parts,
+                }
+            })
+            .collect())
+    }
+
+    /// Every retrieved candidate for `user` with its score parts, by decreasing
+    /// relevance, before diversity re-ranking (`score` = relevance, no redundancy): for
+    /// inspection and for training a [`crate::scorer::LearnedScorer`].
+    pub fn candidates(&self, user: UserId, opts: &RecommendOptions) -> Result<Vec<Recommendation>> {
+        opts.validate()?;
+        let Some(pool) = self.pool(user, opts)? else {
+            return Ok(Vec::new());
+        };
+        let mut out: Vec<Recommendation> = pool
+            .cands
+            .iter()
+            .zip(&pool.parts)
+            .map(|(c, p)| Recommendation {
+                item: c.id,
+                score: p.relevance,
+                source: c.source,
+                parts: *p,
+            })
+            .collect();
+        out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.item.cmp(&b.item)));
+        Ok(out)
+    }
+
+    /// Retrieval, filtering and scoring: the candidate pool of one request.
+    fn pool(&self, user: UserId, opts: &RecommendOptions) -> Result<Option<Pool>> {
         let d = self.snap.dim();
         // Everything needed from the live state, under one short read lock.
         let (user_vec, interests, mut exclude, popular, max_count) = {
@@ -410,7 +486,7 @@ impl Recommender {
             }
         }
         if cands.is_empty() {
-            return Ok(Vec::new());
+            return Ok(None);
         }
 
         // Vectors and scores.
@@ -480,44 +556,24 @@ impl Recommender {
                 redundancy: 0.0,
             });
         }
+        if let Some(scorer) = &opts.scorer {
+            for (p, c) in parts.iter_mut().zip(&cands) {
+                p.relevance = scorer.probability(p, &c.source);
+            }
+        }
         // Normalise relevance to a best of 1 so λ trades it against cosines.
         let top = parts.iter().map(|p| p.relevance.abs()).fold(0f32, f32::max);
         if top > 0.0 {
             parts.iter_mut().for_each(|p| p.relevance /= top);
         }
-        let relevance: Vec<f32> = parts.iter().map(|p| p.relevance).collect();
         let mut unit = vecs;
         normalize_rows(&mut unit, d);
-        let quota: Vec<usize> = interest_dirs
-            .iter()
-            .map(|(_, _, imp)| (opts.k as f32 * imp * opts.interest_slack).ceil().max(1.0) as usize)
-            .collect();
-        let quotas = (opts.interest_slack > 0.0 && !quota.is_empty()).then_some(Quotas {
-            group: &group,
-            quota: &quota,
-        });
-        let picks = mmr(
-            &relevance,
-            &unit,
-            d,
-            opts.k,
-            opts.lambda,
-            &opts.caps,
-            quotas,
-            |i| self.snap.attrs(StoreId(cands[i].id)),
-        )?;
-        Ok(picks
-            .iter()
-            .map(|p| {
-                let mut parts = parts[p.index];
-                parts.redundancy = p.redundancy;
-                Recommendation {
-                    item: cands[p.index].id,
-                    score: p.score,
-                    source: cands[p.index].source,
-                    parts,
-                }
-            })
-            .collect())
+        Ok(Some(Pool {
+            cands,
+            parts,
+            unit,
+            group,
+            importances: interest_dirs.iter().map(|(_, _, imp)| *imp).collect(),
+        }))
     }
 }

@@ -251,6 +251,8 @@ fn offline_evaluation_ranks_personalised_variants_above_popularity() {
     .unwrap();
     let (train, test) = cat.holdout(4).unwrap();
     assert!(test.n_edges() > 1000);
+    // A validation split of the training data fits the learned scorer.
+    let (train, valid) = ranker::eval::split_every(&train, 6).unwrap();
     let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
     let opts = PipelineOptions {
         lightgcn: LightGcnConfig::new()
@@ -263,7 +265,11 @@ fn offline_evaluation_ranks_personalised_variants_above_popularity() {
         ..PipelineOptions::default()
     };
     let (rec, _) = build(&train, None, None, &store, &opts, |_, _| {}).unwrap();
-    let rows = evaluate(&rec, &test, &standard_variants(), 20, None).unwrap();
+    let examples = ranker::scorer::examples(&rec, &valid, &RecommendOptions::new(), 400).unwrap();
+    let scorer = Arc::new(ranker::scorer::LearnedScorer::fit(&examples, 1e-2).unwrap());
+    let mut variants = standard_variants();
+    variants.push(ranker::eval::learned_variant(scorer));
+    let rows = evaluate(&rec, &test, &variants, 20, None).unwrap();
     eprintln!("{}", markdown(&rows, 20));
     let by = |n: &str| rows.iter().find(|r| r.name == n).unwrap();
     for r in &rows {
@@ -271,7 +277,12 @@ fn offline_evaluation_ranks_personalised_variants_above_popularity() {
         assert!((0.0..=1.0).contains(&r.coverage) && r.users == 400);
     }
     let pop = by("popularity");
-    for n in ["single embedding", "multi-interest", "multi-interest + MMR"] {
+    for n in [
+        "single embedding",
+        "multi-interest",
+        "multi-interest + MMR",
+        "multi-interest + MMR + learned scorer",
+    ] {
         assert!(by(n).recall > 1.3 * pop.recall, "{n} vs popularity");
         assert!(
             by(n).coverage > pop.coverage,
