@@ -1,11 +1,14 @@
-//! embed-store: get_many, exact search (f32 / f16 / int8) and HNSW search.
+//! embed-store: get_many, exact search (f32 / f16 / int8), batch exact search (scan vs
+//! GEMM on the CPU) and HNSW search.
 //! `cargo bench --bench embed_store`; sizes are kept small enough for 2 cores.
 
 use std::hint::black_box;
 use std::sync::Arc;
 
+use candle_core::Device;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use mosaic::embed_store::hnsw::{Hnsw, HnswParams, Scratch};
+use mosaic::embed_store::matrix::DeviceMatrix;
 use mosaic::embed_store::search::Filter;
 use mosaic::embed_store::{
     GenerationSpec, ItemId, Metric, RamDirectory, Snapshot, StorageType, Store,
@@ -69,6 +72,31 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    g.finish();
+
+    // A batch of 64 queries: 64 scans (in parallel) vs one GEMM per chunk on the CPU.
+    let queries = data(64, DIM, 11);
+    let matrix = DeviceMatrix::build(&f32_snap, Metric::InnerProduct, &Device::Cpu).unwrap();
+    let mut g = c.benchmark_group("exact_batch64_100k_x_64");
+    g.throughput(Throughput::Elements(64));
+    g.bench_function("scan (search_batch)", |b| {
+        b.iter(|| {
+            black_box(
+                f32_snap
+                    .search_batch(&queries, 10, Metric::InnerProduct, &Filter::none())
+                    .unwrap(),
+            )
+        })
+    });
+    g.bench_function("gemm (DeviceMatrix, cpu)", |b| {
+        b.iter(|| {
+            black_box(
+                matrix
+                    .search_batch(&f32_snap, &queries, 10, &Filter::none())
+                    .unwrap(),
+            )
+        })
+    });
     g.finish();
 
     let index = Hnsw::build(

@@ -69,6 +69,9 @@ pub enum Error {
         /// What failed, with the server's or client's message.
         message: String,
     },
+    /// A tensor operation on the compute device failed (batch search by GEMM).
+    #[error("device error: {0}")]
+    Device(#[from] candle_core::Error),
 }
 
 impl Error {

@@ -6,7 +6,8 @@
 //! [`segment`] files, [`tombstones`] for deleted or replaced rows, and a [`manifest`]
 //! swapped atomically on every commit ([`store`]). Readers take cheap
 //! [`Snapshot`]s that stay valid while commits and new generations land;
-//! [`search`] gives exact top-k with filters, [`hnsw`] approximate search.
+//! [`search`] gives exact top-k with filters, [`matrix`] exact top-k for batches by
+//! matrix product on a candle device (CPU or CUDA), [`hnsw`] approximate search.
 //! [`vector_store::VectorStore`] is the serving API shared by the embedded backend
 //! ([`EmbeddedStore`]) and, with the `redis` feature (on by default), a Redis Cluster
 //! (`redis_cluster::RedisClusterStore`).
@@ -19,6 +20,7 @@ pub mod exchange;
 pub mod hnsw;
 pub mod kernels;
 pub mod manifest;
+pub mod matrix;
 #[cfg(feature = "redis")]
 pub mod redis_cluster;
 pub mod search;
