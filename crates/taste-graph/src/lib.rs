@@ -6,6 +6,7 @@
 //! - [`graph`]: the CSR [`BipartiteGraph`] and its normalisation `D^-1/2 A D^-1/2`;
 //! - [`dataset`]: the LightGCN `train.txt` / `test.txt` format;
 //! - [`sparse`]: parallel CSR × dense products (candle has no sparse type);
+//!   [`device`]: the same product on a candle device (the CUDA path of propagation);
 //!   [`buffer`]: huge-page tables for the embeddings;
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
@@ -22,6 +23,7 @@
 
 pub mod buffer;
 pub mod dataset;
+pub mod device;
 pub mod error;
 pub mod eval;
 pub mod export;

@@ -358,6 +358,28 @@ impl LightGcn {
         Ok((emb, partial))
     }
 
+    /// [`LightGcn::propagate`] on a candle device (a CUDA GPU with the `cuda` feature,
+    /// or the CPU): the same embeddings, computed with [`crate::device::DeviceCsr`].
+    pub fn propagate_on(&self, device: &candle_core::Device) -> Result<Embeddings> {
+        let d = self.dim;
+        let n = self.n_users + self.n_items;
+        let adj = crate::device::DeviceCsr::new(&self.adj, device)?;
+        let mut cur = candle_core::Tensor::from_slice(&self.ego[..], (n, d), device)?;
+        let mut acc = cur.clone();
+        for _ in 0..self.layers {
+            cur = adj.spmm(&cur)?;
+            acc = (acc + &cur)?;
+        }
+        let acc = (acc / (self.layers + 1) as f64)?;
+        let flat: Vec<f32> = acc.flatten_all()?.to_vec1()?;
+        Ok(Embeddings {
+            n_users: self.n_users,
+            n_items: self.n_items,
+            dim: d,
+            data: self.to_public_order(&flat),
+        })
+    }
+
     /// The loss of a batch and its gradient with respect to the whole ego table
     /// (`(n_users + n_items) × dim`), without changing the model.
     pub fn batch_loss_and_grad(
