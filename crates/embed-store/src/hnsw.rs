@@ -7,6 +7,7 @@
 //! not allocate. Filters (excluded ids, attribute predicates, tombstones) are applied
 //! during the graph search: filtered nodes are traversed but never returned.
 
+use rayon::prelude::*;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::marker::PhantomData;
@@ -88,6 +89,19 @@ impl Ord for Far {
     fn cmp(&self, o: &Self) -> Ordering {
         o.0.total_cmp(&self.0).then(o.1.cmp(&self.1))
     }
+}
+
+/// Nodes inserted one by one before a parallel build starts batching.
+const SERIAL_PREFIX: usize = 4096;
+/// Largest batch of a parallel build.
+const MAX_BATCH: usize = 1024;
+
+/// The links planned for one node being inserted.
+struct Plan {
+    i: u32,
+    level: usize,
+    /// Chosen neighbours per level `0..=min(level, max_level)`.
+    links: Vec<Vec<u32>>,
 }
 
 /// Reusable search state: no allocation once warmed up.
@@ -329,10 +343,42 @@ impl Hnsw {
             max_level: 0,
             built_from: (snap.generation().to_string(), snap.opstamp()),
         };
+        if n == 0 {
+            return Ok(h);
+        }
+        h.entry = 0;
+        h.max_level = h.levels[0] as usize;
+        // One thread: nodes one by one (hnswlib's order). More: after a serial prefix,
+        // batches of up to 1/32 of the graph so far — each batch's neighbour searches run
+        // in parallel on the graph before the batch, the reverse-link updates in
+        // parallel per target node, then everything is written. Nodes of one batch do
+        // not see each other while searching; at ≤ 3% of the graph that costs little
+        // recall (measured in tests/hnsw.rs). The graph depends only on whether more
+        // than one thread is available, not on scheduling.
+        let parallel = rayon::current_num_threads() > 1;
+        let ef = params.ef_construction;
+        let mut next = 1usize;
         let mut scratch = Scratch::new(n);
         let mut found = Vec::new();
-        for i in 0..n as u32 {
-            h.insert(i, params.ef_construction, &mut scratch, &mut found);
+        while next < n {
+            let b = if parallel && next >= SERIAL_PREFIX {
+                (next / 32).clamp(1, MAX_BATCH).min(n - next)
+            } else {
+                1
+            };
+            let plans: Vec<Plan> = if b == 1 {
+                vec![h.plan(next as u32, ef, &mut scratch, &mut found)]
+            } else {
+                (next..next + b)
+                    .into_par_iter()
+                    .map_init(
+                        || (Scratch::new(n), Vec::new()),
+                        |(s, f), i| h.plan(i as u32, ef, s, f),
+                    )
+                    .collect()
+            };
+            h.apply(plans, parallel && b > 1);
+            next += b;
         }
         Ok(h)
     }
@@ -753,48 +799,74 @@ impl Hnsw {
         }
     }
 
-    fn insert(&mut self, i: u32, ef: usize, s: &mut Scratch, found: &mut Vec<(f32, u32)>) {
+    /// The links node `i` gets on each level `0..=min(level, max_level)`, from searches
+    /// on the current graph (read-only).
+    fn plan(&self, i: u32, ef: usize, s: &mut Scratch, found: &mut Vec<(f32, u32)>) -> Plan {
         let level = self.levels[i as usize] as usize;
-        if i == 0 {
-            self.entry = 0;
-            self.max_level = level;
-            return;
-        }
-        let q = self.vector(i).to_vec();
+        let q = self.vector(i);
         let mut ep = self.entry;
         for l in (level + 1..=self.max_level).rev() {
-            ep = self.greedy(&q, ep, l);
+            ep = self.greedy(q, ep, l);
         }
-        let mut chosen = Vec::with_capacity(self.m0);
-        let mut pruned = Vec::with_capacity(self.m0 + 1);
-        for l in (0..=level.min(self.max_level)).rev() {
-            self.search_layer(&q, ep, ef, l, s, None);
+        let top = level.min(self.max_level);
+        let mut links = vec![Vec::new(); top + 1];
+        for l in (0..=top).rev() {
+            self.search_layer(q, ep, ef, l, s, None);
             found.clear();
             found.extend(s.results.drain().map(|Near(d, n)| (d, n)));
             found.sort_by(|a, b| a.0.total_cmp(&b.0));
             ep = found.first().map_or(ep, |f| f.1);
-            self.select(found, self.m, &mut chosen);
-            self.set_links(i, l, &chosen);
-            let cap = if l == 0 { self.m0 } else { self.m };
-            for &n in &chosen {
-                let mut links: Vec<u32> = self.links(n, l).to_vec();
-                if links.len() < cap {
-                    links.push(i);
-                    self.set_links(n, l, &links);
-                } else {
-                    let nv = self.vector(n).to_vec();
-                    let mut cands: Vec<(f32, u32)> =
-                        links.iter().map(|&k| (self.dist(&nv, k), k)).collect();
-                    cands.push((self.dist(&nv, i), i));
-                    cands.sort_by(|a, b| a.0.total_cmp(&b.0));
-                    self.select(&cands, cap, &mut pruned);
-                    self.set_links(n, l, &pruned);
-                }
+            self.select(found, self.m, &mut links[l]);
+        }
+        Plan { i, level, links }
+    }
+
+    /// Writes the planned nodes' links and adds each as a reverse link of the nodes it
+    /// chose, pruning with the diversity heuristic where a list overflows.
+    fn apply(&mut self, plans: Vec<Plan>, parallel: bool) {
+        let mut rev: Vec<(u32, u8, u32)> = Vec::new();
+        for p in &plans {
+            for (l, ls) in p.links.iter().enumerate() {
+                rev.extend(ls.iter().map(|&n| (n, l as u8, p.i)));
             }
         }
-        if level > self.max_level {
-            self.max_level = level;
-            self.entry = i;
+        // Stable sort: a node's new links keep the batch order (the serial order).
+        rev.sort_by_key(|&(n, l, _)| (n, l));
+        let groups: Vec<&[(u32, u8, u32)]> =
+            rev.chunk_by(|a, b| a.0 == b.0 && a.1 == b.1).collect();
+        let update = |g: &&[(u32, u8, u32)]| -> (u32, usize, Vec<u32>) {
+            let (n, l) = (g[0].0, g[0].1 as usize);
+            let cap = if l == 0 { self.m0 } else { self.m };
+            let mut links: Vec<u32> = self.links(n, l).to_vec();
+            if links.len() + g.len() <= cap {
+                links.extend(g.iter().map(|x| x.2));
+                return (n, l, links);
+            }
+            let nv = self.vector(n);
+            let mut cands: Vec<(f32, u32)> = links.iter().map(|&k| (self.dist(nv, k), k)).collect();
+            cands.extend(g.iter().map(|x| (self.dist(nv, x.2), x.2)));
+            cands.sort_by(|a, b| a.0.total_cmp(&b.0));
+            self.select(&cands, cap, &mut links);
+            (n, l, links)
+        };
+        let updates: Vec<(u32, usize, Vec<u32>)> = if parallel {
+            groups.par_iter().map(update).collect()
+        } else {
+            groups.iter().map(update).collect()
+        };
+        for p in &plans {
+            for (l, ls) in p.links.iter().enumerate() {
+                self.set_links(p.i, l, ls);
+            }
+        }
+        for (n, l, links) in updates {
+            self.set_links(n, l, &links);
+        }
+        for p in plans {
+            if p.level > self.max_level {
+                self.max_level = p.level;
+                self.entry = p.i;
+            }
         }
     }
 

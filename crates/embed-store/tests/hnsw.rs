@@ -257,3 +257,35 @@ fn a_saved_index_loads_zero_copy_answers_the_same_and_is_collected_when_stale() 
             .is_none()
     );
 }
+
+#[test]
+fn a_parallel_build_keeps_the_recall_of_the_serial_build() {
+    let (n, d) = (12_000, 32);
+    let (_store, snap, _) = snapshot(n, d, StorageType::F32);
+    let queries = mixture(100, d, 50, 97);
+    let params = HnswParams {
+        m: 16,
+        ef_construction: 100,
+        seed: 5,
+    };
+    let build = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| Hnsw::build(&snap, Metric::Cosine, params).unwrap())
+    };
+    let serial = build(1);
+    let parallel = build(2);
+    let again = build(2);
+    let r_serial = recall(&snap, &serial, &queries, d, Metric::Cosine, 128, &Filter::none());
+    let r_parallel = recall(&snap, &parallel, &queries, d, Metric::Cosine, 128, &Filter::none());
+    println!("recall@10 ef=128: serial {r_serial:.3}, parallel {r_parallel:.3}");
+    assert!(r_parallel >= r_serial - 0.01, "{r_parallel} vs {r_serial}");
+    assert!(r_parallel >= 0.9, "{r_parallel}");
+    // The parallel graph does not depend on scheduling.
+    let mut s1 = Scratch::new(parallel.len());
+    let mut s2 = Scratch::new(again.len());
+    for q in queries.chunks_exact(d) {
+        let a = parallel.search(&snap, q, 10, 32, &Filter::none(), &mut s1).unwrap();
+        let b = again.search(&snap, q, 10, 32, &Filter::none(), &mut s2).unwrap();
+        assert_eq!(a, b);
+    }
+}
