@@ -269,14 +269,33 @@ fn a_parallel_build_keeps_the_recall_of_the_serial_build() {
         seed: 5,
     };
     let build = |threads: usize| {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
         pool.install(|| Hnsw::build(&snap, Metric::Cosine, params).unwrap())
     };
     let serial = build(1);
     let parallel = build(2);
     let again = build(2);
-    let r_serial = recall(&snap, &serial, &queries, d, Metric::Cosine, 128, &Filter::none());
-    let r_parallel = recall(&snap, &parallel, &queries, d, Metric::Cosine, 128, &Filter::none());
+    let r_serial = recall(
+        &snap,
+        &serial,
+        &queries,
+        d,
+        Metric::Cosine,
+        128,
+        &Filter::none(),
+    );
+    let r_parallel = recall(
+        &snap,
+        &parallel,
+        &queries,
+        d,
+        Metric::Cosine,
+        128,
+        &Filter::none(),
+    );
     println!("recall@10 ef=128: serial {r_serial:.3}, parallel {r_parallel:.3}");
     assert!(r_parallel >= r_serial - 0.01, "{r_parallel} vs {r_serial}");
     assert!(r_parallel >= 0.9, "{r_parallel}");
@@ -284,8 +303,12 @@ fn a_parallel_build_keeps_the_recall_of_the_serial_build() {
     let mut s1 = Scratch::new(parallel.len());
     let mut s2 = Scratch::new(again.len());
     for q in queries.chunks_exact(d) {
-        let a = parallel.search(&snap, q, 10, 32, &Filter::none(), &mut s1).unwrap();
-        let b = again.search(&snap, q, 10, 32, &Filter::none(), &mut s2).unwrap();
+        let a = parallel
+            .search(&snap, q, 10, 32, &Filter::none(), &mut s1)
+            .unwrap();
+        let b = again
+            .search(&snap, q, 10, 32, &Filter::none(), &mut s2)
+            .unwrap();
         assert_eq!(a, b);
     }
 }
