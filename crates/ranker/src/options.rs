@@ -20,6 +20,9 @@ pub struct Sources {
     pub taste: f32,
     /// The most-engaged items overall.
     pub popular: f32,
+    /// The newest items of the generation (the rows of its latest segments) that best
+    /// match the user's taste: new items get exposure before they have engagement.
+    pub fresh: f32,
 }
 
 impl Default for Sources {
@@ -28,6 +31,7 @@ impl Default for Sources {
             interests: 0.6,
             taste: 0.3,
             popular: 0.1,
+            fresh: 0.0,
         }
     }
 }
@@ -39,6 +43,7 @@ impl Sources {
             interests: 0.0,
             taste: 0.0,
             popular: 1.0,
+            fresh: 0.0,
         }
     }
     /// Only the user's single taste embedding.
@@ -47,6 +52,7 @@ impl Sources {
             interests: 0.0,
             taste: 1.0,
             popular: 0.0,
+            fresh: 0.0,
         }
     }
     /// Only the user's interests.
@@ -55,6 +61,7 @@ impl Sources {
             interests: 1.0,
             taste: 0.0,
             popular: 0.0,
+            fresh: 0.0,
         }
     }
 }
@@ -234,6 +241,7 @@ impl RecommendOptions {
             ("interests", s.interests),
             ("taste", s.taste),
             ("popular", s.popular),
+            ("fresh", s.fresh),
         ] {
             if !v.is_finite() || v < 0.0 {
                 return bad(format!(
@@ -241,7 +249,7 @@ impl RecommendOptions {
                 ));
             }
         }
-        if s.interests + s.taste + s.popular <= 0.0 {
+        if s.interests + s.taste + s.popular + s.fresh <= 0.0 {
             return bad("every source share is 0: no candidate could be retrieved".into());
         }
         if !(0.0..=1.0).contains(&self.taste_weight) {

@@ -29,6 +29,8 @@ pub enum Source {
     Taste,
     /// One of the most-engaged items.
     Popular,
+    /// One of the newest items of the generation.
+    Fresh,
 }
 
 /// How a recommendation's score was made.
@@ -90,6 +92,8 @@ struct State {
 }
 
 const POPULAR_POOL: usize = 4096;
+/// Newest rows considered by the fresh source.
+const FRESH_POOL: usize = 2048;
 const POPULAR_REFRESH: usize = 4096;
 
 fn popular_order(counts: &[u32]) -> Vec<u32> {
@@ -115,6 +119,8 @@ thread_local! {
 /// generation (a retrain), build a new `Recommender` and swap the `Arc`.
 pub struct Recommender {
     snap: Snapshot,
+    /// The newest live rows (id, segment, row), newest first.
+    fresh: Vec<(u64, usize, usize)>,
     index: Option<Hnsw>,
     interests: InterestConfig,
     state: RwLock<State>,
@@ -182,8 +188,21 @@ impl Recommender {
             h.search(&snap, &vec![0.0; snap.dim()], 1, 1, &Filter::none(), &mut s)?;
         }
         let popular = popular_order(live.item_counts());
+        let mut fresh = Vec::with_capacity(FRESH_POOL);
+        'segments: for (s, ls) in snap.segments().iter().enumerate().rev() {
+            let ids = ls.segment.ids();
+            for r in (0..ids.len()).rev() {
+                if fresh.len() == FRESH_POOL {
+                    break 'segments;
+                }
+                if !ls.tombstones.is_deleted(r) {
+                    fresh.push((ids[r], s, r));
+                }
+            }
+        }
         Ok(Self {
             snap,
+            fresh,
             index,
             interests,
             state: RwLock::new(State {
@@ -416,12 +435,13 @@ impl Recommender {
             if has_interests { s.interests } else { 0.0 },
             if has_taste { s.taste } else { 0.0 },
             s.popular,
+            s.fresh,
         ];
         let total: f32 = shares.iter().sum();
         let shares = if total > 0.0 {
             shares.map(|x| x / total)
         } else {
-            [0.0, 0.0, 1.0]
+            [0.0, 0.0, 1.0, 0.0]
         };
         let budget = opts.candidates as f32;
 
@@ -483,6 +503,24 @@ impl Recommender {
                     push(id, Source::Popular, &mut cands);
                     taken += 1;
                 }
+            }
+        }
+        if shares[3] > 0.0 {
+            // The fresh pool ranked by taste (newest first for a user without one).
+            let quota = (budget * shares[3]).round().max(1.0) as usize;
+            let mut pool: Vec<(f32, usize, u64)> = Vec::with_capacity(self.fresh.len());
+            let mut row = vec![0f32; d];
+            for (age, &(id, seg, r)) in self.fresh.iter().enumerate() {
+                let ls = &self.snap.segments()[seg];
+                if filter.admits(id, || ls.segment.attrs(r)) {
+                    ls.segment.read_vector(r, &mut row)?;
+                    let t: f32 = row.iter().zip(&user_vec).map(|(a, b)| a * b).sum();
+                    pool.push((t, age, id));
+                }
+            }
+            pool.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            for &(_, _, id) in pool.iter().take(quota) {
+                push(id, Source::Fresh, &mut cands);
             }
         }
         if cands.is_empty() {

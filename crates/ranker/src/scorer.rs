@@ -14,12 +14,13 @@ use crate::recommender::{Recommender, ScoreParts, Source};
 pub const N_FEATURES: usize = 6;
 
 /// The features of a candidate: taste, interest, popularity, taste × interest, and
-/// whether it came from an interest or from the taste embedding (popular is the base).
+/// whether it came from an interest or from the taste embedding (popular and fresh are
+/// the base).
 pub fn features(parts: &ScoreParts, source: &Source) -> [f32; N_FEATURES] {
     let (from_interest, from_taste) = match source {
         Source::Interest { .. } => (1.0, 0.0),
         Source::Taste => (0.0, 1.0),
-        Source::Popular => (0.0, 0.0),
+        Source::Popular | Source::Fresh => (0.0, 0.0),
     };
     [
         parts.taste,

@@ -230,6 +230,7 @@ fn new_users_new_items_and_bad_requests() {
             interests: 0.0,
             taste: 0.0,
             popular: 0.0,
+            fresh: 0.0,
         }),
     ] {
         let e = rec.recommend(UserId(0), &bad).unwrap_err();
@@ -291,4 +292,75 @@ fn offline_evaluation_ranks_personalised_variants_above_popularity() {
     }
     assert!(by("multi-interest + MMR").diversity > by("multi-interest").diversity);
     assert!(evaluate(&rec, &test, &standard_variants(), 0, None).is_err());
+}
+
+#[test]
+fn the_fresh_source_brings_new_items_matching_the_taste() {
+    let cat = Catalogue::generate(CatalogueSpec {
+        styles: 8,
+        items_per_style: 40,
+        users: 100,
+        events_per_user: 16,
+        dim: 16,
+        seed: 9,
+    })
+    .unwrap();
+    let (graph, _) = cat.split(0.75).unwrap();
+    let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
+    let opts = PipelineOptions {
+        lightgcn: LightGcnConfig::new()
+            .dim(16)
+            .layers(2)
+            .batch_size(256)
+            .lr(0.05)
+            .seed(1),
+        epochs: 10,
+        ..PipelineOptions::default()
+    };
+    let (rec, _) = build(&graph, None, None, &store, &opts, |_, _| {}).unwrap();
+    let user = UserId(4);
+    let live = rec.with_live(|l| l.clone());
+    let taste = live.user(user).unwrap().to_vec();
+    // Ten new items in a later commit: five along the user's taste, five against it.
+    let mut w = store.writer().unwrap();
+    let mut rows = Vec::new();
+    for k in 0..10 {
+        let sign = if k < 5 { 1.0 } else { -1.0 };
+        rows.extend(taste.iter().map(|x| sign * x * (1.0 + 0.01 * k as f32)));
+    }
+    let new_ids: Vec<embed_store::ItemId> =
+        (0..10).map(|k| embed_store::ItemId(50_000 + k)).collect();
+    w.put_many("lightgcn", &new_ids, &rows, None).unwrap();
+    w.commit().unwrap();
+    drop(w);
+    let snap = store.generation("lightgcn").unwrap();
+    let fresh =
+        Recommender::new(snap, None, live, None, taste_graph::InterestConfig::new()).unwrap();
+    let only_fresh = Sources {
+        interests: 0.0,
+        taste: 0.0,
+        popular: 0.0,
+        fresh: 1.0,
+    };
+    let recs = fresh
+        .recommend(
+            user,
+            &RecommendOptions::new()
+                .k(5)
+                .candidates(5)
+                .sources(only_fresh)
+                .lambda(1.0),
+        )
+        .unwrap();
+    assert!(recs.iter().all(|r| r.source == Source::Fresh));
+    let mut got: Vec<u64> = recs.iter().map(|r| r.item).collect();
+    got.sort_unstable();
+    assert_eq!(
+        got,
+        (50_000..50_005).collect::<Vec<u64>>(),
+        "the five along the taste"
+    );
+    // In the default mix the fresh source is off.
+    let recs = fresh.recommend(user, &RecommendOptions::new()).unwrap();
+    assert!(recs.iter().all(|r| r.source != Source::Fresh));
 }
