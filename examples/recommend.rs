@@ -65,6 +65,7 @@ fn source(r: &Recommendation) -> String {
         ),
         Source::Taste => "taste embedding".into(),
         Source::Popular => "popular".into(),
+        Source::Fresh => "fresh".into(),
     }
 }
 
