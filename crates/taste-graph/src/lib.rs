@@ -11,7 +11,7 @@
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
 //! - [`live`]: real-time fold-in of each interaction into the user's embedding;
-//! - [`interests`]: several interests per user (PinnerSage: Ward clustering, medoids);
+//! - [`interests`](mod@interests): several interests per user (PinnerSage: Ward clustering, medoids);
 //! - [`export`]: embeddings to and from `embed-store` generations;
 //! - [`log`]: crash-safe persistence of events (append-only [`EventLog`], atomic
 //!   [`GraphSnapshot`]s, and a [`Journal`] directory combining them).

@@ -104,7 +104,7 @@ impl LiveConfig {
         self.weights = weights;
         self
     }
-    /// How many recent positive interactions each user keeps (for [`crate::interests`]).
+    /// How many recent positive interactions each user keeps (for [`crate::interests`](mod@crate::interests)).
     pub fn recent(mut self, recent: usize) -> Self {
         self.recent = recent;
         self
