@@ -1,7 +1,7 @@
 //! Embeddings to and from [`embed_store`] generations.
 //!
 //! Export writes a table (users or items, row `k` = dense id `k`) under the external
-//! ids of an [`IdMap`] (or the dense ids themselves) into a generation, in the
+//! ids of an [`IdMap`](crate::IdMap) (or the dense ids themselves) into a generation, in the
 //! caller's transaction: export users and items, then [`embed_store::Writer::commit`]
 //! once, and both appear atomically. Import reads a generation back into a dense table
 //! in the order of given external ids, so embeddings trained elsewhere (loaded into
