@@ -45,6 +45,13 @@ pub enum Error {
         /// Which buffer and the lengths expected and found.
         message: String,
     },
+    /// A value that must be finite (a content feature, an embedding, a parameter) is
+    /// NaN or infinite.
+    #[error("non-finite value: {message}")]
+    NonFinite {
+        /// Which value and where.
+        message: String,
+    },
     /// The embedding store refused an export or an import.
     #[error("embedding store: {0}")]
     Store(#[from] embed_store::Error),

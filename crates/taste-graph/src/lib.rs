@@ -11,6 +11,8 @@
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
 //! - [`live`]: real-time fold-in of each interaction into the user's embedding;
+//! - [`inductive`]: embeddings of new items from content features and their first
+//!   users (a GraphSAGE-style [`ContentAggregator`], the PinSage idea), no retraining;
 //! - [`interests`](mod@interests): several interests per user (PinnerSage: Ward clustering, medoids);
 //! - [`export`]: embeddings to and from `embed-store` generations;
 //! - [`log`]: crash-safe persistence of events (append-only [`EventLog`], atomic
@@ -29,6 +31,7 @@ pub mod eval;
 pub mod export;
 pub mod graph;
 pub mod ids;
+pub mod inductive;
 pub mod interactions;
 pub mod interests;
 pub mod lightgcn;
@@ -42,6 +45,7 @@ pub use error::{Error, Result};
 pub use eval::{Metrics, evaluate, score_all};
 pub use graph::BipartiteGraph;
 pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
+pub use inductive::{AggregatorConfig, ContentAggregator, FitReport, Neighbours};
 pub use interactions::{Interaction, InteractionKind, Interactions};
 pub use interests::{Interest, InterestConfig, interests};
 pub use lightgcn::{BatchLoss, Embeddings, EpochStats, LightGcn, LightGcnConfig, Trainer, Triple};

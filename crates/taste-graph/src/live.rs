@@ -20,17 +20,30 @@
 //! taste is 0.4% without it and 28% with it; a retrain reaches 45%). A hide pushes the user
 //! away from the item (`S_u += w_hide f_i`, negative weight, mass unchanged).
 //!
-//! Items keep their trained embeddings (a retrain, or an inductive model, refreshes
-//! them). An item the model has never seen gets a provisional embedding: the weighted
-//! mean of the current embeddings of the users who engaged with it, and
-//! `f_i ≈ K e_i / √(count)` — an approximation, stated as such; content features make
-//! it better.
+//! Items keep their trained embeddings (a retrain refreshes them). An item the model has
+//! never seen gets a provisional embedding:
+//!
+//! - **without content**: the weighted mean of the current embeddings of the users who
+//!   engaged with it, and `f_i ≈ K e_i / √(count)` — an approximation, stated as such;
+//! - **with content** ([`LiveModel::set_aggregator`] and then
+//!   [`LiveModel::add_item_with_content`] or [`LiveModel::set_item_content`]): the
+//!   [`ContentAggregator`]'s `h_i` from the content alone at once, recomputed at every
+//!   positive event with that weighted user mean and the event count, and
+//!   `f_i = ρ h_i / √max(count, 1)` with the ratio `ρ` fitted on the trained items
+//!   ([`ContentAggregator::fold_ratio`]; `K` if it was not fitted). See
+//!   [`crate::inductive`].
+//!
+//! In both cases the users who engaged earlier keep the fold vector they read at the
+//! time; only later events see the refined item. New users need nothing special: they
+//! fold in the items' `f_i` like everyone else.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
+use crate::inductive::ContentAggregator;
 use crate::interactions::InteractionKind;
 use crate::lightgcn::LightGcn;
 
@@ -204,6 +217,10 @@ pub struct LiveModel {
     /// For items added live: weighted sum of engaged users' embeddings, and its mass.
     new_item_sum: Vec<f32>,
     new_item_mass: Vec<f64>,
+    /// For items added live: their content features, if given.
+    new_item_content: Vec<Option<Box<[f32]>>>,
+    /// Embeds live items that have content.
+    aggregator: Option<Arc<ContentAggregator>>,
 }
 
 impl LiveModel {
@@ -294,6 +311,8 @@ impl LiveModel {
             item_count,
             new_item_sum: Vec::new(),
             new_item_mass: Vec::new(),
+            new_item_content: Vec::new(),
+            aggregator: None,
         };
         // The fold-in formula reproduces the propagation; recomputing keeps users with
         // and without events on exactly the same arithmetic path.
@@ -471,6 +490,7 @@ impl LiveModel {
         self.item_count.push(0);
         self.new_item_sum.extend(std::iter::repeat_n(0.0, d));
         self.new_item_mass.push(0.0);
+        self.new_item_content.push(None);
     }
 
     /// Adds user `u`'s current embedding (weight `w`) to a live-added item.
@@ -483,6 +503,11 @@ impl LiveModel {
             .zip(eu)
             .for_each(|(s, e)| *s += (w * *e as f64) as f32);
         self.new_item_mass[j] += w;
+        // The event is counted in `item_count` after this call.
+        if self.embed_content_item(i, self.item_count[i] + 1) {
+            return;
+        }
+        let sum = &self.new_item_sum[j * d..(j + 1) * d];
         let mass = self.new_item_mass[j];
         let count = self.item_count[i] as f64 + 1.0;
         let fold_scale = self.layers as f64 / count.sqrt();
@@ -491,6 +516,125 @@ impl LiveModel {
         for ((s, e), f) in sum.iter().zip(finals).zip(folds) {
             *e = (*s as f64 / mass) as f32;
             *f = (*e as f64 * fold_scale) as f32;
+        }
+    }
+
+    /// Embeds live item `i` from its content and its users so far (`count` positive
+    /// events), if it has content and an aggregator is set; false otherwise.
+    fn embed_content_item(&mut self, i: usize, count: u32) -> bool {
+        let d = self.dim;
+        let j = i - self.n_trained_items;
+        let (Some(agg), Some(content)) = (&self.aggregator, &self.new_item_content[j]) else {
+            return false;
+        };
+        let mass = self.new_item_mass[j];
+        let mean: Option<Vec<f32>> = (mass > 0.0 && count > 0).then(|| {
+            self.new_item_sum[j * d..(j + 1) * d]
+                .iter()
+                .map(|s| (*s as f64 / mass) as f32)
+                .collect()
+        });
+        let e = &mut self.item_final[i * d..(i + 1) * d];
+        agg.embed_into(content, mean.as_deref().map(|m| (m, count as usize)), e);
+        let rho = agg.fold_ratio().unwrap_or(self.layers as f32);
+        let scale = rho / (count.max(1) as f32).sqrt();
+        for (f, e) in self.item_fold[i * d..(i + 1) * d].iter_mut().zip(e.iter()) {
+            *f = scale * e;
+        }
+        true
+    }
+
+    /// Sets the content aggregator used for items added live with content, and
+    /// re-embeds those already added. Its embedding width must be this model's, and its
+    /// content width that of any content already given.
+    pub fn set_aggregator(&mut self, aggregator: ContentAggregator) -> Result<()> {
+        if aggregator.dim() != self.dim {
+            return Err(Error::Shape {
+                message: format!(
+                    "the aggregator embeds into width {}, the model's width is {}",
+                    aggregator.dim(),
+                    self.dim
+                ),
+            });
+        }
+        if let Some(c) = self.new_item_content.iter().flatten().next()
+            && c.len() != aggregator.content_dim()
+        {
+            return Err(Error::Shape {
+                message: format!(
+                    "live items have content of width {}, the aggregator reads {}",
+                    c.len(),
+                    aggregator.content_dim()
+                ),
+            });
+        }
+        self.aggregator = Some(Arc::new(aggregator));
+        for i in self.n_trained_items..self.n_items() {
+            self.embed_content_item(i, self.item_count[i]);
+        }
+        Ok(())
+    }
+
+    /// The content aggregator, if one is set.
+    pub fn aggregator(&self) -> Option<&ContentAggregator> {
+        self.aggregator.as_deref()
+    }
+
+    /// Number of items the model was trained on (ids below it keep their trained
+    /// embeddings; ids from it up were added live).
+    pub fn n_trained_items(&self) -> usize {
+        self.n_trained_items
+    }
+
+    /// The content of a live-added item, if it was given.
+    pub fn item_content(&self, item: ItemId) -> Option<&[f32]> {
+        let j = item.index().checked_sub(self.n_trained_items)?;
+        self.new_item_content.get(j)?.as_deref()
+    }
+
+    /// Adds the next item (id [`LiveModel::n_items`]) with its content features and
+    /// gives it the aggregator's content-only embedding at once, so it can be retrieved
+    /// before anyone has seen it. Needs [`LiveModel::set_aggregator`] first.
+    pub fn add_item_with_content(&mut self, content: &[f32]) -> Result<ItemId> {
+        self.check_content(content)?;
+        let i = self.n_items();
+        let id = u32::try_from(i).map_err(|_| Error::Graph {
+            message: format!("item id {i} does not fit in 32 bits"),
+        })?;
+        self.add_item();
+        let j = i - self.n_trained_items;
+        self.new_item_content[j] = Some(content.into());
+        self.embed_content_item(i, 0);
+        Ok(ItemId(id))
+    }
+
+    /// Gives (or replaces) the content of an item added live — e.g. one that arrived
+    /// through [`LiveModel::observe`] before its features — and re-embeds it from the
+    /// content and its users so far. Trained items keep their trained embedding: an
+    /// error. Needs [`LiveModel::set_aggregator`] first.
+    pub fn set_item_content(&mut self, item: ItemId, content: &[f32]) -> Result<()> {
+        let i = item.index();
+        if i < self.n_trained_items || i >= self.n_items() {
+            return Err(Error::Graph {
+                message: format!(
+                    "item {i} is not an item added live (ids {}..{})",
+                    self.n_trained_items,
+                    self.n_items()
+                ),
+            });
+        }
+        self.check_content(content)?;
+        self.new_item_content[i - self.n_trained_items] = Some(content.into());
+        self.embed_content_item(i, self.item_count[i]);
+        Ok(())
+    }
+
+    fn check_content(&self, content: &[f32]) -> Result<()> {
+        match &self.aggregator {
+            Some(agg) => agg.check_content(content),
+            None => Err(Error::Config {
+                message: "no content aggregator is set (LiveModel::set_aggregator)".into(),
+            }),
         }
     }
 
