@@ -5,6 +5,8 @@
 
 /// The versioned item-embedding store.
 pub use embed_store;
+/// Device selection shared by every crate: `auto`, `cpu` or `cuda[:N]`.
+pub use mosaic_device as device;
 /// The request path: retrieval, scoring, diversity, feedback.
 pub use ranker;
 /// The LightGCN taste graph: interactions, training and evaluation.

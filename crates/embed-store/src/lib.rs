@@ -32,6 +32,8 @@ pub mod vector_store;
 
 pub use directory::{Directory, MmapDirectory, RamDirectory};
 pub use error::{Error, Result};
+/// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
+pub use mosaic_device::{DeviceSpec, Selection};
 pub use search::{Filter, Hit};
 pub use store::{GenerationSpec, Snapshot, Store, Writer};
 pub use types::{ItemId, Metric, StorageType};

@@ -26,5 +26,7 @@ pub mod rescore;
 pub mod scorer;
 
 pub use error::{Error, Result};
+/// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
+pub use mosaic_device::{DeviceSpec, Selection};
 pub use options::{AttrRule, Cap, RecommendOptions, Sources};
 pub use recommender::{Recommendation, Recommender, ScoreParts, Source};

@@ -36,6 +36,8 @@ pub use adapter::{Activation, AdapterSpec, EmbeddingAdapter, SoftTokens};
 pub use checkpoint::ModelSource;
 pub use error::{Error, Result};
 pub use full::FullModel;
+/// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
+pub use mosaic_device::{DeviceSpec, Selection};
 pub use prompt::{ITEM_MARKER, Prompt};
 pub use sampling::{GenerateOptions, Sampling};
 pub use surgered::{
