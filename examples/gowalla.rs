@@ -3,8 +3,11 @@
 //!
 //! ```text
 //! cargo run --release --example gowalla -- --data ../shared/datasets/gowalla \
-//!     [--epochs N --dim 64 --layers 3 --eval-every E --threads T]
+//!     [--epochs N --dim 64 --layers 3 --eval-every E --threads T --device cpu|cuda|auto]
 //! ```
+//! `--device cpu` (the default) trains with the hand-written CPU kernels
+//! ([`Trainer`]); a CUDA device (build with `--features cuda`) trains with
+//! [`DeviceTrainer`], the same model, sampler and optimiser on the GPU.
 //! Prints one machine-readable line per epoch,
 //! `epoch=N loss=... epoch_s=...`, with `recall@20=... ndcg@20=... precision@20=...
 //! eval_s=...` appended on evaluation epochs (every E epochs and the last one).
@@ -15,7 +18,9 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use mosaic::taste_graph::{Dataset, LightGcnConfig, Trainer, evaluate};
+use mosaic::taste_graph::{
+    Dataset, DeviceSpec, DeviceTrainer, EpochStats, LightGcnConfig, Trainer, evaluate,
+};
 
 #[derive(Parser)]
 #[command(about = "LightGCN on a LightGCN-format dataset (train.txt / test.txt)")]
@@ -53,6 +58,9 @@ struct Args {
     /// Seed of initialisation and sampling.
     #[arg(long, default_value_t = 2020)]
     seed: u64,
+    /// Where to train: cpu (hand-written kernels), cuda[:N], or auto.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
     /// No progress bar (for logs).
     #[arg(long)]
     quiet: bool,
@@ -67,15 +75,17 @@ fn main() -> anyhow::Result<()> {
         .num_threads(threads)
         .build()
         .context("building the thread pool")?;
+    let selection = args.device.select()?;
     let t = Instant::now();
     let data = Dataset::load_lightgcn(&args.data)?;
     println!(
-        "data={} users={} items={} train={} test={} threads={threads} load_s={:.2}",
+        "data={} users={} items={} train={} test={} threads={threads} device=\"{}\" load_s={:.2}",
         args.data.display(),
         data.n_users(),
         data.n_items(),
         data.train.n_edges(),
         data.test.n_edges(),
+        selection.reason(),
         t.elapsed().as_secs_f64()
     );
     let config = LightGcnConfig::new()
@@ -86,7 +96,15 @@ fn main() -> anyhow::Result<()> {
         .decay(args.decay)
         .seed(args.seed);
     pool.install(|| -> anyhow::Result<()> {
-        let mut trainer = Trainer::new(&data.train, &config)?;
+        let mut trainer = if selection.is_cuda() {
+            Training::Device(DeviceTrainer::new(
+                &data.train,
+                &config,
+                selection.device(),
+            )?)
+        } else {
+            Training::Cpu(Trainer::new(&data.train, &config)?)
+        };
         let bar = if args.quiet {
             ProgressBar::hidden()
         } else {
@@ -114,7 +132,10 @@ fn main() -> anyhow::Result<()> {
                 || (args.eval_every > 0 && epoch.is_multiple_of(args.eval_every));
             if eval_now {
                 let t = Instant::now();
-                let emb = trainer.model().propagate()?;
+                let emb = match &mut trainer {
+                    Training::Cpu(t) => t.model().propagate()?,
+                    Training::Device(t) => t.model()?.propagate_on(selection.device())?,
+                };
                 let m = evaluate(
                     emb.users(),
                     emb.items(),
@@ -138,4 +159,19 @@ fn main() -> anyhow::Result<()> {
         println!("total_s={:.1}", start.elapsed().as_secs_f64());
         Ok(())
     })
+}
+
+/// The CPU trainer or the device trainer, behind one epoch call.
+enum Training {
+    Cpu(Trainer),
+    Device(DeviceTrainer),
+}
+
+impl Training {
+    fn train_epoch(&mut self, on_batch: impl FnMut(usize, usize)) -> anyhow::Result<EpochStats> {
+        Ok(match self {
+            Training::Cpu(t) => t.train_epoch(on_batch)?,
+            Training::Device(t) => t.train_epoch(on_batch)?,
+        })
+    }
 }

@@ -7,6 +7,9 @@
 //! ```text
 //! cargo run --release --example gowalla_stream -- --data ../shared/datasets/gowalla --epochs 20
 //! ```
+//! `--device cuda` (with `--features cuda`) trains both models on the GPU
+//! ([`DeviceTrainer`]); streaming and evaluation run on the CPU either way.
+//!
 //! Every evaluation excludes the full training set (streamed items included), so the
 //! three rows rank the same candidates.
 
@@ -18,8 +21,8 @@ use clap::Parser;
 use mosaic::ranker::catalogue::Rng;
 use mosaic::taste_graph::dataset::read_lightgcn;
 use mosaic::taste_graph::{
-    BipartiteGraph, Dataset, InteractionKind, ItemId, LightGcn, LightGcnConfig, LiveConfig,
-    LiveModel, Trainer, UserId, evaluate,
+    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, InteractionKind, ItemId, LightGcn,
+    LightGcnConfig, LiveConfig, LiveModel, Selection, Trainer, UserId, evaluate,
 };
 
 #[derive(Parser)]
@@ -43,6 +46,9 @@ struct Args {
     /// Seed of the user draw, initialisation and sampling.
     #[arg(long, default_value_t = 2020)]
     seed: u64,
+    /// Where to train: cpu (hand-written kernels), cuda[:N], or auto.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
 }
 
 fn train(
@@ -50,22 +56,39 @@ fn train(
     config: &LightGcnConfig,
     epochs: usize,
     label: &str,
+    device: &Selection,
 ) -> anyhow::Result<LightGcn> {
-    let mut t = Trainer::new(graph, config)?;
     let start = Instant::now();
-    for e in 1..=epochs {
-        let s = t.train_epoch(|_, _| {})?;
+    let log = |e: usize, s: mosaic::taste_graph::EpochStats| {
         eprintln!(
-            "  {label} epoch {e}: loss {:.5} ({:.1} s)",
+            "  {label} epoch {e}: loss {:.5} ({:.2} s)",
             s.loss, s.seconds
-        );
-    }
-    println!("{label}_train_s={:.1}", start.elapsed().as_secs_f64());
-    Ok(t.into_model())
+        )
+    };
+    let model = if device.is_cuda() {
+        let mut t = DeviceTrainer::new(graph, config, device.device())?;
+        for e in 1..=epochs {
+            log(e, t.train_epoch(|_, _| {})?);
+        }
+        t.into_model()?
+    } else {
+        let mut t = Trainer::new(graph, config)?;
+        for e in 1..=epochs {
+            log(e, t.train_epoch(|_, _| {})?);
+        }
+        t.into_model()
+    };
+    println!(
+        "{label}_train_s={:.1} device=\"{}\"",
+        start.elapsed().as_secs_f64(),
+        device.reason()
+    );
+    Ok(model)
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let device = args.device.select()?;
     let train_lines = read_lightgcn(&args.data.join("train.txt")).context("train.txt")?;
     let data = Dataset::load_lightgcn(&args.data).context("loading the dataset")?;
     let (nu, ni) = (data.n_users(), data.n_items());
@@ -118,7 +141,7 @@ fn main() -> anyhow::Result<()> {
         );
         Ok((all.recall, aff.recall))
     };
-    let stale = train(&kept, &config, args.epochs, "stale")?;
+    let stale = train(&kept, &config, args.epochs, "stale", &device)?;
     let mut live = LiveModel::new(&stale, &kept, LiveConfig::new(), 0)?;
     let (s_all, s_aff) = report("stale", live.users(), live.items())?;
     let t = Instant::now();
@@ -128,7 +151,7 @@ fn main() -> anyhow::Result<()> {
     let per = t.elapsed().as_secs_f64() * 1e6 / stream.len().max(1) as f64;
     println!("streamed={} observe_mean_us={per:.2}", stream.len());
     let (m_all, m_aff) = report("streamed", live.users(), live.items())?;
-    let retrained = train(full, &config, args.epochs, "retrained")?;
+    let retrained = train(full, &config, args.epochs, "retrained", &device)?;
     let e = retrained.propagate()?;
     let (r_all, r_aff) = report("retrained", e.users(), e.items())?;
     let rec = |s: f64, m: f64, r: f64| {

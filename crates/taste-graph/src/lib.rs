@@ -6,7 +6,8 @@
 //! - [`graph`]: the CSR [`BipartiteGraph`] and its normalisation `D^-1/2 A D^-1/2`;
 //! - [`dataset`]: the LightGCN `train.txt` / `test.txt` format;
 //! - [`sparse`]: parallel CSR × dense products (candle has no sparse type);
-//!   [`device`]: the same product on a candle device (the CUDA path of propagation);
+//!   [`device`]: sparse kernels on a candle device (custom CUDA kernels with the
+//!   `cuda` feature); [`device_train`]: LightGCN training on a device ([`DeviceTrainer`]);
 //!   [`buffer`]: huge-page tables for the embeddings;
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
@@ -26,6 +27,7 @@
 pub mod buffer;
 pub mod dataset;
 pub mod device;
+pub mod device_train;
 pub mod error;
 pub mod eval;
 pub mod export;
@@ -41,6 +43,7 @@ pub mod optim;
 pub mod sparse;
 
 pub use dataset::Dataset;
+pub use device_train::DeviceTrainer;
 pub use error::{Error, Result};
 pub use eval::{Metrics, evaluate, score_all};
 pub use graph::BipartiteGraph;
@@ -51,5 +54,7 @@ pub use interests::{Interest, InterestConfig, interests};
 pub use lightgcn::{BatchLoss, Embeddings, EpochStats, LightGcn, LightGcnConfig, Trainer, Triple};
 pub use live::{KindWeights, LiveConfig, LiveModel};
 pub use log::{EventLog, GraphSnapshot, Journal, Recovery, Replay};
+/// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
+pub use mosaic_device::{DeviceSpec, Selection};
 pub use optim::{AdamConfig, AdamState};
 pub use sparse::Csr;

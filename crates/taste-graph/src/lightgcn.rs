@@ -294,6 +294,50 @@ impl LightGcn {
     pub fn layers(&self) -> usize {
         self.layers
     }
+    /// `Â` in internal row order.
+    pub(crate) fn internal_adjacency(&self) -> &Csr {
+        &self.adj
+    }
+    /// Node (users, then `n_users + item`) -> internal row.
+    pub(crate) fn internal_rows(&self) -> &[u32] {
+        &self.pos
+    }
+    /// The ego table in internal row order.
+    pub(crate) fn internal_ego(&self) -> &[f32] {
+        &self.ego
+    }
+    /// Replaces the ego table (internal row order, same length).
+    pub(crate) fn set_internal_ego(&mut self, ego: &[f32]) -> Result<()> {
+        if ego.len() != self.ego.len() {
+            return Err(Error::Shape {
+                message: format!(
+                    "ego table of {} values, expected {}",
+                    ego.len(),
+                    self.ego.len()
+                ),
+            });
+        }
+        self.ego.copy_from_slice(ego);
+        Ok(())
+    }
+    /// Checks that every triple of `batch` is in range.
+    pub(crate) fn check_batch(&self, batch: &[Triple]) -> Result<()> {
+        let (nu, ni) = (self.n_users, self.n_items);
+        if batch.is_empty() {
+            return Err(Error::Graph {
+                message: "empty batch".into(),
+            });
+        }
+        if let Some(t) = batch
+            .iter()
+            .find(|t| t.user as usize >= nu || t.pos as usize >= ni || t.neg as usize >= ni)
+        {
+            return Err(Error::Graph {
+                message: format!("triple {t:?} out of range for {nu} users and {ni} items"),
+            });
+        }
+        Ok(())
+    }
     /// A copy of the ego (layer-0) table, users then items, `(n_users + n_items) × dim`.
     pub fn ego_table(&self) -> Vec<f32> {
         self.to_public_order(&self.ego)
@@ -492,22 +536,10 @@ fn forward_backward(
     decay: f32,
     s: &mut Scratch,
 ) -> Result<(BatchLoss, FinalSrc)> {
-    let (nu, ni, d, k_layers) = (model.n_users, model.n_items, model.dim, model.layers);
+    let (nu, d, k_layers) = (model.n_users, model.dim, model.layers);
     let adj = &model.adj;
     let ego = &model.ego[..];
-    if batch.is_empty() {
-        return Err(Error::Graph {
-            message: "empty batch".into(),
-        });
-    }
-    if let Some(t) = batch
-        .iter()
-        .find(|t| t.user as usize >= nu || t.pos as usize >= ni || t.neg as usize >= ni)
-    {
-        return Err(Error::Graph {
-            message: format!("triple {t:?} out of range for {nu} users and {ni} items"),
-        });
-    }
+    model.check_batch(batch)?;
     // Batch nodes (internal rows) and their compact slots.
     for &a in &s.active {
         s.slot[a as usize] = NO_SLOT;
@@ -687,12 +719,58 @@ pub struct EpochStats {
 pub struct Trainer {
     model: LightGcn,
     config: LightGcnConfig,
+    sampler: Sampler,
+    adam: AdamState,
+    epochs: usize,
+}
+
+/// The reference code's BPR sampler over a training graph.
+#[derive(Debug)]
+pub(crate) struct Sampler {
     graph: BipartiteGraph,
     /// Users that can be sampled: at least one item, and at least one item missing.
     sample_users: Vec<u32>,
-    adam: AdamState,
     rng: StdRng,
-    epochs: usize,
+}
+
+impl Sampler {
+    pub(crate) fn new(graph: &BipartiteGraph, seed: u64) -> Result<Self> {
+        let sample_users: Vec<u32> = (0..graph.n_users() as u32)
+            .filter(|&u| {
+                let k = graph.items_of(UserId(u)).len();
+                k > 0 && k < graph.n_items()
+            })
+            .collect();
+        if sample_users.is_empty() {
+            return Err(Error::Graph {
+                message: "no user has both an item and a missing item to sample".into(),
+            });
+        }
+        Ok(Sampler {
+            rng: StdRng::seed_from_u64(seed ^ 0x5EED_5A3B_1E00_0001),
+            graph: graph.clone(),
+            sample_users,
+        })
+    }
+
+    /// One epoch's triples (see [`Trainer::sample_epoch`]).
+    pub(crate) fn sample_epoch(&mut self) -> Vec<Triple> {
+        let ni = self.graph.n_items() as u32;
+        (0..self.graph.n_edges())
+            .map(|_| {
+                let u = self.sample_users[self.rng.random_range(0..self.sample_users.len())];
+                let items = self.graph.items_of(UserId(u));
+                let pos = items[self.rng.random_range(0..items.len())];
+                let neg = loop {
+                    let j = self.rng.random_range(0..ni);
+                    if items.binary_search(&j).is_err() {
+                        break j;
+                    }
+                };
+                Triple { user: u, pos, neg }
+            })
+            .collect()
+    }
 }
 
 impl Trainer {
@@ -718,24 +796,12 @@ impl Trainer {
                 message: "model and graph/config sizes differ".into(),
             });
         }
-        let sample_users: Vec<u32> = (0..graph.n_users() as u32)
-            .filter(|&u| {
-                let k = graph.items_of(UserId(u)).len();
-                k > 0 && k < graph.n_items()
-            })
-            .collect();
-        if sample_users.is_empty() {
-            return Err(Error::Graph {
-                message: "no user has both an item and a missing item to sample".into(),
-            });
-        }
+        let sampler = Sampler::new(graph, config.seed)?;
         let adam = AdamState::new(config.adam, model.ego.len())?;
         Ok(Trainer {
-            rng: StdRng::seed_from_u64(config.seed ^ 0x5EED_5A3B_1E00_0001),
             model,
             config: config.clone(),
-            graph: graph.clone(),
-            sample_users,
+            sampler,
             adam,
             epochs: 0,
         })
@@ -760,21 +826,7 @@ impl Trainer {
     /// training edges, each with a uniform user (among users with items), a uniform
     /// positive from that user's items and a uniform negative among the other items.
     pub fn sample_epoch(&mut self) -> Vec<Triple> {
-        let ni = self.graph.n_items() as u32;
-        (0..self.graph.n_edges())
-            .map(|_| {
-                let u = self.sample_users[self.rng.random_range(0..self.sample_users.len())];
-                let items = self.graph.items_of(UserId(u));
-                let pos = items[self.rng.random_range(0..items.len())];
-                let neg = loop {
-                    let j = self.rng.random_range(0..ni);
-                    if items.binary_search(&j).is_err() {
-                        break j;
-                    }
-                };
-                Triple { user: u, pos, neg }
-            })
-            .collect()
+        self.sampler.sample_epoch()
     }
 
     /// One optimisation step on a batch; returns the batch's loss before the step.

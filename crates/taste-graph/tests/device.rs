@@ -1,9 +1,11 @@
-//! Propagation on a candle device equals the CPU kernels: on the CPU device always, on
-//! CUDA when a device exists (skipped with a printed reason otherwise).
+//! Propagation and training on a candle device equal the CPU kernels: on the CPU device
+//! always, on CUDA when a device exists (skipped with a printed reason otherwise).
 
 use candle_core::{Device, Tensor};
-use taste_graph::device::DeviceCsr;
-use taste_graph::{BipartiteGraph, ItemId, LightGcn, LightGcnConfig, UserId};
+use taste_graph::device::{DeviceCsr, scatter_add_rows};
+use taste_graph::{
+    BipartiteGraph, DeviceTrainer, Error, ItemId, LightGcn, LightGcnConfig, Trainer, UserId,
+};
 
 fn graph() -> BipartiteGraph {
     let mut s = 7u64;
@@ -55,15 +57,137 @@ fn check(device: &Device) {
     assert!(dc.spmm(&bad).is_err());
 }
 
+/// `scatter_add_rows` against a host loop, repeats included; bad ids are typed errors.
+fn check_scatter(device: &Device) {
+    let (n, d) = (50usize, 7usize);
+    let ids: Vec<u32> = (0..300).map(|k| ((k * 13) % n) as u32).collect();
+    let src: Vec<f32> = (0..300 * d)
+        .map(|v| ((v * 29) % 97) as f32 / 97.0 - 0.5)
+        .collect();
+    let mut want = vec![0f32; n * d];
+    for (k, &r) in ids.iter().enumerate() {
+        for j in 0..d {
+            want[r as usize * d + j] += src[k * d + j];
+        }
+    }
+    let it = Tensor::from_vec(ids, 300, device).unwrap();
+    let st = Tensor::from_vec(src, (300, d), device).unwrap();
+    let got: Vec<f32> = scatter_add_rows(n, &it, &st)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    assert!(got.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-5));
+    let bad = Tensor::from_vec(vec![0u32, n as u32], 2, device).unwrap();
+    let two = Tensor::zeros((2, d), candle_core::DType::F32, device).unwrap();
+    assert!(matches!(
+        scatter_add_rows(n, &bad, &two),
+        Err(Error::Graph { .. })
+    ));
+    assert!(matches!(
+        scatter_add_rows(n, &it, &two),
+        Err(Error::Shape { .. })
+    ));
+}
+
+/// The device trainer takes the same steps as the CPU trainer: same sampler, same
+/// losses, same ego tables after Adam, within float rounding.
+fn check_training(device: &Device) {
+    let g = graph();
+    for layers in [0, 1, 3] {
+        let config = LightGcnConfig::new()
+            .dim(16)
+            .layers(layers)
+            .batch_size(256)
+            .lr(5e-3)
+            .seed(11);
+        let mut cpu = Trainer::new(&g, &config).unwrap();
+        let mut dev = DeviceTrainer::new(&g, &config, device).unwrap();
+        let triples = cpu.sample_epoch();
+        assert_eq!(triples, dev.sample_epoch(), "same sampler, same seed");
+        for batch in triples.chunks(256).take(6) {
+            let a = cpu.step(batch).unwrap();
+            let b = dev.step(batch).unwrap();
+            assert!(
+                (a.bpr - b.bpr).abs() < 1e-5 && (a.reg - b.reg).abs() < 1e-7,
+                "layers {layers}: loss {a:?} vs {b:?}"
+            );
+        }
+        let want = cpu.model().ego_table();
+        let got = dev.model().unwrap().ego_table();
+        let worst = want
+            .iter()
+            .zip(&got)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        let moved = want
+            .iter()
+            .zip(LightGcn::new(&g, &config).unwrap().ego_table())
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        println!("layers {layers}: max|Δ ego| {worst:.2e} after 6 steps that moved it {moved:.2e}");
+        assert!(moved > 1e-2, "the steps moved the model");
+        assert!(worst < 1e-4, "layers {layers}: {worst}");
+    }
+    // A full epoch runs and lowers the loss; bad batches are typed errors.
+    let config = LightGcnConfig::new()
+        .dim(16)
+        .layers(2)
+        .batch_size(128)
+        .lr(1e-2);
+    let mut dev = DeviceTrainer::new(&g, &config, device).unwrap();
+    let first = dev.train_epoch(|_, _| {}).unwrap();
+    let mut last = first;
+    for _ in 0..4 {
+        last = dev.train_epoch(|_, _| {}).unwrap();
+    }
+    assert!(last.loss < first.loss, "{first:?} -> {last:?}");
+    assert_eq!(dev.epochs(), 5);
+    assert!(dev.step(&[]).is_err());
+    let out_of_range = taste_graph::Triple {
+        user: 300,
+        pos: 0,
+        neg: 1,
+    };
+    assert!(matches!(
+        dev.step(&[out_of_range]),
+        Err(Error::Graph { .. })
+    ));
+}
+
+fn cuda() -> Option<Device> {
+    match Device::new_cuda(0) {
+        Ok(dev) => Some(dev),
+        Err(e) => {
+            println!("SKIPPED: no CUDA device ({e})");
+            None
+        }
+    }
+}
+
 #[test]
 fn device_propagation_equals_the_cpu_kernels_on_the_cpu_device() {
     check(&Device::Cpu);
+    check_scatter(&Device::Cpu);
+}
+
+#[test]
+fn device_training_equals_the_cpu_trainer_on_the_cpu_device() {
+    check_training(&Device::Cpu);
 }
 
 #[test]
 fn device_propagation_equals_the_cpu_kernels_on_cuda() {
-    match Device::new_cuda(0) {
-        Ok(dev) => check(&dev),
-        Err(e) => eprintln!("skipped: no CUDA device ({e})"),
+    if let Some(dev) = cuda() {
+        check(&dev);
+        check_scatter(&dev);
+    }
+}
+
+#[test]
+fn device_training_equals_the_cpu_trainer_on_cuda() {
+    if let Some(dev) = cuda() {
+        check_training(&dev);
     }
 }
