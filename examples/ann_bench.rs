@@ -1,11 +1,13 @@
 //! HNSW recall and throughput on a base/query set, against exact search.
 //!
 //! ```text
-//! cargo run --release --example ann_bench -- --base B.npy --queries Q.npy [--gt G.npy] [--k 10] [--threads N]
+//! cargo run --release --example ann_bench -- --base B.npy --queries Q.npy [--gt G.npy] [--k 10] [--threads N] [--build-threads N]
 //! cargo run --release --example ann_bench -- --synthetic 1000000   # the issue's Gaussian mixture
 //! ```
-//! Prints the build time and index size, then one line per ef:
-//! `ef=64 recall@10=0.973 qps=...`. Ground truth is computed exactly when `--gt` is absent.
+//! Prints the build time and index size, then one line per ef (16 to 512):
+//! `ef=64 recall@10=0.973 qps=...`. Ground truth is computed exactly when `--gt` is absent;
+//! `--device cuda` (with `--features cuda`) then also times batch exact search by matrix
+//! product on the GPU against that scan.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -15,8 +17,11 @@ use anyhow::{Context, bail};
 use clap::Parser;
 use mosaic::embed_store::exchange::import_npy;
 use mosaic::embed_store::hnsw::{Hnsw, HnswParams, Scratch};
+use mosaic::embed_store::matrix::DeviceMatrix;
 use mosaic::embed_store::search::Filter;
-use mosaic::embed_store::{GenerationSpec, ItemId, Metric, RamDirectory, StorageType, Store};
+use mosaic::embed_store::{
+    DeviceSpec, GenerationSpec, ItemId, Metric, RamDirectory, StorageType, Store,
+};
 use ndarray::Array2;
 use ndarray_npy::ReadNpyExt;
 use rayon::prelude::*;
@@ -43,6 +48,9 @@ struct Args {
     /// Search threads (1 = single-threaded qps).
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Index build threads (default: all cores).
+    #[arg(long)]
+    build_threads: Option<usize>,
     /// HNSW links per node.
     #[arg(long, default_value_t = 16)]
     m: usize,
@@ -55,6 +63,10 @@ struct Args {
     /// Walk the graph on int8 codes (4x less index vector memory) and rerank in f32.
     #[arg(long)]
     int8_graph: bool,
+    /// Also time batch exact search by matrix product (`DeviceMatrix`) on this device
+    /// (cpu, cuda[:N] or auto), against the exact scan of the same run.
+    #[arg(long)]
+    device: Option<DeviceSpec>,
 }
 
 fn mixture(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
@@ -142,12 +154,19 @@ fn main() -> anyhow::Result<()> {
         ef_construction: a.ef_construction,
         seed: 42,
     };
-    let mut index = Hnsw::build(&snap, Metric::InnerProduct, params)?;
+    let build_threads = a
+        .build_threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    let mut index = rayon::ThreadPoolBuilder::new()
+        .num_threads(build_threads)
+        .build()?
+        .install(|| Hnsw::build(&snap, Metric::InnerProduct, params))?;
     if a.int8_graph {
         index.quantize_int8();
     }
     println!(
-        "build_s={:.2} index_bytes={} (links {} + vectors {}) m={} ef_construction={}",
+        "build_s={:.2} build_threads={build_threads} index_bytes={} (links {} + vectors {}) m={} ef_construction={}",
         t.elapsed().as_secs_f64(),
         index.link_bytes() + index.vector_bytes(),
         index.link_bytes(),
@@ -169,18 +188,41 @@ fn main() -> anyhow::Result<()> {
         None => {
             let t = Instant::now();
             let exact = snap.search_batch(&queries, a.k, Metric::InnerProduct, &Filter::none())?;
+            let scan_s = t.elapsed().as_secs_f64();
             println!(
-                "exact_search_s={:.2} exact_qps={:.0}",
-                t.elapsed().as_secs_f64(),
-                nq as f64 / t.elapsed().as_secs_f64()
+                "exact_search_s={scan_s:.2} exact_qps={:.0}",
+                nq as f64 / scan_s
             );
+            if let Some(spec) = a.device {
+                let sel = spec.select()?;
+                let t = Instant::now();
+                let m = DeviceMatrix::build(&snap, Metric::InnerProduct, sel.device())?;
+                let upload_s = t.elapsed().as_secs_f64();
+                m.search_batch(&snap, &queries[..d], a.k, &Filter::none())?; // warm-up
+                let t = Instant::now();
+                let got = m.search_batch(&snap, &queries, a.k, &Filter::none())?;
+                let gemm_s = t.elapsed().as_secs_f64();
+                let same: usize = got
+                    .iter()
+                    .zip(&exact)
+                    .map(|(g, e)| g.iter().filter(|h| e.iter().any(|x| x.id == h.id)).count())
+                    .sum();
+                println!(
+                    "device=\"{}\" matrix_upload_s={upload_s:.2} matrix_search_s={gemm_s:.3} matrix_qps={:.0} speedup_vs_scan={:.1}x agreement@{}={:.4}",
+                    sel.reason(),
+                    nq as f64 / gemm_s,
+                    scan_s / gemm_s,
+                    a.k,
+                    same as f64 / (nq * a.k).max(1) as f64
+                );
+            }
             exact
                 .into_iter()
                 .map(|h| h.into_iter().map(|x| x.id.0).collect())
                 .collect()
         }
     };
-    for ef in [16, 32, 64, 128, 256] {
+    for ef in [16, 32, 64, 128, 256, 512] {
         let t = Instant::now();
         let results: Vec<Vec<u64>> = queries
             .par_chunks(d)

@@ -73,15 +73,21 @@ fn check(device: &Device) {
         for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
             let m = DeviceMatrix::build(&snap, metric, device).unwrap();
             assert_eq!(m.len(), 4700);
-            for (fname, filter) in [
-                ("none", Filter::none()),
-                ("exclude", Filter::none().exclude(&exclude)),
-                ("attrs", Filter::none().with_attrs(pred)),
+            // k <= DEVICE_TOPK_MAX without filters selects on the device; the rest on
+            // the host.
+            for (fname, filter, k) in [
+                ("none", Filter::none(), 10),
+                ("none k=1", Filter::none(), 1),
+                ("none k=32", Filter::none(), 32),
+                ("none k=40", Filter::none(), 40),
+                ("exclude", Filter::none().exclude(&exclude), 10),
+                ("attrs", Filter::none().with_attrs(pred), 10),
             ] {
-                let got = m.search_batch(&snap, &queries, 10, &filter).unwrap();
+                let got = m.search_batch(&snap, &queries, k, &filter).unwrap();
                 assert_eq!(got.len(), 40);
                 for (qi, q) in queries.chunks_exact(D).enumerate() {
-                    let want = snap.search(q, 10, metric, &filter).unwrap();
+                    let want = snap.search(q, k, metric, &filter).unwrap();
+                    assert_eq!(got[qi].len(), k);
                     same(
                         &got[qi],
                         &want,

@@ -1,0 +1,81 @@
+#!/usr/bin/env python3
+"""The issue-4 comparison data and baselines: hnswlib and FAISS on one mixture.
+
+Writes base.npy / queries.npy / gt.npy (exact top-100 by FAISS IndexFlatIP) of N
+L2-normalised 64-d points from a 1000-cluster Gaussian mixture (unit centres, within-
+cluster std 0.35 over the vector, as `ann_bench --synthetic`), and prints FAISS flat and
+hnswlib (M=16, ef_construction=200) lines in `ann_bench`'s format, so the Rust index can
+be run on the same files in the same session:
+
+    python3 scripts/ann_compare.py --n 1000000 --out /tmp/ann
+    cargo run --release --example ann_bench -- --base /tmp/ann/base.npy \\
+        --queries /tmp/ann/queries.npy --gt /tmp/ann/gt.npy --threads 1 --build-threads 2
+
+Needs `pip install numpy faiss-cpu hnswlib`. Run by hand; CI never runs it.
+"""
+import argparse
+import os
+import time
+
+import numpy as np
+
+
+def mixture(rng, n, d, centres):
+    c = rng.integers(0, len(centres), size=n)
+    x = centres[c] + rng.standard_normal((n, d), dtype=np.float32) * (0.35 / np.sqrt(d))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x.astype(np.float32)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--queries", type=int, default=1000)
+    ap.add_argument("--out", default="/tmp/ann")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--build-threads", type=int, default=2)
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    d = 64
+    rng = np.random.default_rng(2026)
+    centres = rng.standard_normal((1000, d), dtype=np.float32)
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    base = mixture(rng, args.n, d, centres)
+    queries = mixture(rng, args.queries, d, centres)
+    np.save(os.path.join(args.out, "base.npy"), base)
+    np.save(os.path.join(args.out, "queries.npy"), queries)
+
+    import faiss
+
+    for threads in (1, args.build_threads):
+        faiss.omp_set_num_threads(threads)
+        flat = faiss.IndexFlatIP(d)
+        flat.add(base)
+        t = time.perf_counter()
+        _, gt = flat.search(queries, 100)
+        s = time.perf_counter() - t
+        print(f"faiss_flat_ip threads={threads} search_s={s:.3f} qps={args.queries / s:.0f}")
+    np.save(os.path.join(args.out, "gt.npy"), gt.astype(np.int64))
+
+    import hnswlib
+
+    p = hnswlib.Index(space="ip", dim=d)
+    p.init_index(max_elements=args.n, M=16, ef_construction=200, random_seed=42)
+    p.set_num_threads(args.build_threads)
+    t = time.perf_counter()
+    p.add_items(base, np.arange(args.n))
+    print(f"hnswlib build_s={time.perf_counter() - t:.2f} build_threads={args.build_threads} m=16 ef_construction=200")
+    p.set_num_threads(1)
+    k = args.k
+    truth = [set(r[:k]) for r in gt]
+    for ef in (16, 32, 64, 128, 256, 512):
+        p.set_ef(max(ef, k))
+        t = time.perf_counter()
+        labels, _ = p.knn_query(queries, k=k)
+        s = time.perf_counter() - t
+        rec = np.mean([len(truth[i] & set(labels[i])) / k for i in range(len(truth))])
+        print(f"hnswlib ef={ef} recall@{k}={rec:.3f} qps={args.queries / s:.0f}")
+
+
+if __name__ == "__main__":
+    main()
