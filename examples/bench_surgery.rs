@@ -19,6 +19,9 @@
 //! /proc/self/clear_refs); the surgery path's comes from a child process per point that
 //! loads the checkpoint in surgery mode (the vision tensors are never mapped) and runs
 //! one request. `--svg` writes a plot of the medians.
+//!
+//! `--device cuda --dtype bf16 --no-rss` runs both paths on a GPU (build with
+//! `--features cuda`); the peak-RSS columns only mean something on the CPU.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,7 +39,7 @@ use mosaic::vision_surgery::full::FullModel;
 use mosaic::vision_surgery::model::TextModel;
 use mosaic::vision_surgery::synthetic::{ModelShape, write_random_checkpoint};
 use mosaic::vision_surgery::{
-    Activation, AdapterSpec, EmbeddingAdapter, LoadOptions, SurgeredModel,
+    Activation, AdapterSpec, DeviceSpec, EmbeddingAdapter, LoadOptions, SurgeredModel,
 };
 
 #[derive(Parser)]
@@ -72,27 +75,59 @@ struct Args {
     /// Write an SVG plot of the medians here.
     #[arg(long)]
     svg: Option<PathBuf>,
+    /// Device: cpu, cuda[:N] or auto (the `cuda` feature is needed for CUDA).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Compute dtype of both paths: f32, bf16 or f16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
     /// Internal: measure one path's peak RSS in this process ("full:N" or "surgery:N:K").
     #[arg(long, hide = true)]
     rss_probe: Option<String>,
 }
 
-fn adapter_for(shape: &ModelShape, in_dim: usize, k: usize) -> anyhow::Result<EmbeddingAdapter> {
+fn adapter_for(
+    shape: &ModelShape,
+    in_dim: usize,
+    k: usize,
+    env: &Env,
+) -> anyhow::Result<EmbeddingAdapter> {
     let spec = AdapterSpec::mlp(in_dim, 1024, Activation::Gelu, k, shape.hidden_size)
         .with_deepstack(shape.deepstack_levels);
     Ok(EmbeddingAdapter::init(
         spec,
         k as u64,
-        DType::F32,
-        &Device::Cpu,
+        env.dtype,
+        &env.device,
     )?)
 }
 
-fn items_tensor(n: usize, in_dim: usize) -> anyhow::Result<Tensor> {
+fn items_tensor(n: usize, in_dim: usize, env: &Env) -> anyhow::Result<Tensor> {
     let v: Vec<f32> = (0..n * in_dim)
         .map(|i| ((i * 7919 % 2003) as f32 / 1001.5) - 1.0)
         .collect();
-    Ok(Tensor::from_vec(v, (n, in_dim), &Device::Cpu)?)
+    Ok(Tensor::from_vec(v, (n, in_dim), &env.device)?.to_dtype(env.dtype)?)
+}
+
+/// Where and in what precision both paths run.
+struct Env {
+    device: Device,
+    dtype: DType,
+}
+
+impl Env {
+    fn from_args(args: &Args) -> anyhow::Result<Self> {
+        let dtype = match args.dtype.as_str() {
+            "f32" => DType::F32,
+            "bf16" => DType::BF16,
+            "f16" => DType::F16,
+            other => bail!("--dtype {other:?}: expected f32, bf16 or f16"),
+        };
+        Ok(Env {
+            device: args.device.select()?.into_device(),
+            dtype,
+        })
+    }
 }
 
 fn ms(d: Duration) -> f64 {
@@ -112,28 +147,34 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 fn probe(args: &Args, shape: &ModelShape, ckpt: &Path, what: &str) -> anyhow::Result<()> {
+    let env = Env::from_args(args)?;
     let parts: Vec<&str> = what.split(':').collect();
     let text = RequestText::synthetic(shape.special_base(), 1);
     let spec = ckpt.to_str().context("checkpoint path is not UTF-8")?;
     match parts.as_slice() {
         ["full", n] => {
             let n: usize = n.parse()?;
-            let full = FullModel::load(spec, DType::F32, &Device::Cpu)?;
+            let full = FullModel::load(spec, env.dtype, &env.device)?;
             let images = synthetic_jpegs(n, args.image_side, 7)?;
             reset_peak_rss();
             run_full(&full, &images, &text)?;
         }
         ["surgery", n, k] => {
             let (n, k): (usize, usize) = (n.parse()?, k.parse()?);
-            let model = SurgeredModel::load(spec, &LoadOptions::default())?;
-            let adapter = adapter_for(shape, args.in_dim, k)?;
+            let model = SurgeredModel::load(
+                spec,
+                &LoadOptions::default()
+                    .dtype(env.dtype)
+                    .device(env.device.clone()),
+            )?;
+            let adapter = adapter_for(shape, args.in_dim, k, &env)?;
             // serving peak: what is resident after loading plus the request (the full
             // path's peak is taken the same way, after its load)
             reset_peak_rss();
             run_surgery(
                 model.text_model(),
                 &adapter,
-                &items_tensor(n, args.in_dim)?,
+                &items_tensor(n, args.in_dim, &env)?,
                 &text,
             )?;
         }
@@ -154,6 +195,10 @@ fn child_rss(ckpt: &Path, args: &Args, layers: usize, what: &str) -> anyhow::Res
         .arg(args.image_side.to_string())
         .arg("--in-dim")
         .arg(args.in_dim.to_string())
+        .arg("--device")
+        .arg(args.device.to_string())
+        .arg("--dtype")
+        .arg(&args.dtype)
         .arg("--rss-probe")
         .arg(what)
         .output()?;
@@ -208,8 +253,11 @@ fn main() -> anyhow::Result<()> {
     {
         bail!("--items and --k need positive values");
     }
+    let env = Env::from_args(&args)?;
     println!(
-        "# model=qwen3-vl-2b-shaped random weights, f32, cpu; decoder_layers={layers} (real: 28); vision_depth=24; image={}x{} ({} merged tokens); reps={reps}; threads={}",
+        "# model=qwen3-vl-2b-shaped random weights, {:?}, {:?}; decoder_layers={layers} (real: 28); vision_depth=24; image={}x{} ({} merged tokens); reps={reps}; threads={}",
+        env.dtype,
+        env.device.location(),
         args.image_side,
         args.image_side,
         (args.image_side / 32) * (args.image_side / 32),
@@ -226,7 +274,7 @@ fn main() -> anyhow::Result<()> {
     }
     let spec = ckpt.to_str().context("checkpoint path is not UTF-8")?;
     let t = Instant::now();
-    let full = FullModel::load(spec, DType::F32, &Device::Cpu)?;
+    let full = FullModel::load(spec, env.dtype, &env.device)?;
     let wb = full.weight_bytes();
     println!(
         "# loaded in {:.1} s: decoder weights {:.0} MiB, vision tower weights {:.0} MiB",
@@ -238,7 +286,7 @@ fn main() -> anyhow::Result<()> {
     let text_model: TextModel = full.text_model().clone();
     let max_items = items_list.iter().copied().max().unwrap_or(1);
     let images = synthetic_jpegs(max_items, args.image_side, 7)?;
-    let items = items_tensor(max_items, args.in_dim)?;
+    let items = items_tensor(max_items, args.in_dim, &env)?;
     let text = RequestText::synthetic(shape.special_base(), 1);
 
     // Phase 1, before any adapter exists: the first full-path run of each size, with
@@ -258,7 +306,7 @@ fn main() -> anyhow::Result<()> {
     // Phase 2: the remaining repetitions, alternating full and surgery runs.
     let adapters: BTreeMap<usize, EmbeddingAdapter> = k_list
         .iter()
-        .map(|&k| Ok((k, adapter_for(&shape, args.in_dim, k)?)))
+        .map(|&k| Ok((k, adapter_for(&shape, args.in_dim, k, &env)?)))
         .collect::<anyhow::Result<_>>()?;
     for a in adapters.values() {
         run_surgery(&text_model, a, &items.narrow(0, 0, 1)?, &text)?; // warm-up

@@ -62,3 +62,11 @@ pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
         .to_scalar::<f32>()
         .unwrap()
 }
+
+/// max |a − b| / max |b| (both moved to the CPU, compared in f32).
+pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let a = a.to_device(&Device::Cpu).unwrap();
+    let b = b.to_device(&Device::Cpu).unwrap();
+    let scale = max_abs_diff(&b, &b.zeros_like().unwrap()).max(1e-6);
+    max_abs_diff(&a, &b) / scale
+}
