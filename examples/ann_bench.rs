@@ -119,10 +119,12 @@ fn main() -> anyhow::Result<()> {
             let d = 64;
             w.create_generation(GenerationSpec::new("bench", d, storage))?;
             w.commit()?;
-            let base = mixture(*n, d, 1000, 1);
+            // Base and queries from the same mixture (the same cluster centres).
+            let mut base = mixture(*n + 1000, d, 1000, 1);
+            let queries = base.split_off(*n * d);
             let ids: Vec<ItemId> = (0..*n as u64).map(ItemId).collect();
             w.put_many("bench", &ids, &base, None)?;
-            (mixture(1000, d, 1000, 2), d)
+            (queries, d)
         }
         (None, Some(b), Some(q)) => {
             let qa = Array2::<f32>::read_npy(
