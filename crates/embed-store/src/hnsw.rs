@@ -774,11 +774,55 @@ impl Hnsw {
         s: &mut Scratch,
         admit: Option<&dyn Fn(u32) -> bool>,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if self.int8.is_none() && crate::kernels::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
+            return unsafe { self.search_layer_avx2(q, ep, ef, level, s, admit) };
+        }
+        self.search_layer_with(q, ep, ef, level, s, admit, |q, n| self.dist(q, n));
+    }
+
+    /// [`Self::search_layer`] on f32 vectors, compiled for AVX2+FMA so that the distance
+    /// is inlined into the walk (no dispatch per distance).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn search_layer_avx2(
+        &self,
+        q: &[f32],
+        ep: u32,
+        ef: usize,
+        level: usize,
+        s: &mut Scratch,
+        admit: Option<&dyn Fn(u32) -> bool>,
+    ) {
+        let metric = self.metric;
+        self.search_layer_with(q, ep, ef, level, s, admit, |q, n| {
+            let x = self.vector(n);
+            match metric {
+                Metric::InnerProduct | Metric::Cosine => -crate::kernels::dot_body(q, x, true),
+                Metric::L2 => crate::kernels::l2_body(q, x, true),
+            }
+        });
+    }
+
+    /// The walk itself, with the distance `dist(query, node)` given.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn search_layer_with<D: Fn(&[f32], u32) -> f32>(
+        &self,
+        q: &[f32],
+        ep: u32,
+        ef: usize,
+        level: usize,
+        s: &mut Scratch,
+        admit: Option<&dyn Fn(u32) -> bool>,
+        dist: D,
+    ) {
         let filtered = admit.is_some();
         let admit = |i: u32| admit.is_none_or(|f| f(i));
         s.reset(self.len());
         s.visit(ep);
-        let d0 = self.dist(q, ep);
+        let d0 = dist(q, ep);
         s.candidates.push(Far(d0, ep));
         let mut bound = f32::INFINITY;
         if admit(ep) {
@@ -799,7 +843,7 @@ impl Hnsw {
                 if !s.visit(n) {
                     continue;
                 }
-                let dn = self.dist(q, n);
+                let dn = dist(q, n);
                 if s.results.len() < ef || dn < bound {
                     s.candidates.push(Far(dn, n));
                     if admit(n) {

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 type F32Kernel = fn(&[f32], &[f32]) -> f32;
 
 #[inline(always)]
-fn dot_body(a: &[f32], b: &[f32], fused: bool) -> f32 {
+pub(crate) fn dot_body(a: &[f32], b: &[f32], fused: bool) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, ra) = a.as_chunks::<16>();
     let (cb, rb) = b.as_chunks::<16>();
@@ -29,7 +29,7 @@ fn dot_body(a: &[f32], b: &[f32], fused: bool) -> f32 {
 }
 
 #[inline(always)]
-fn l2_body(a: &[f32], b: &[f32], fused: bool) -> f32 {
+pub(crate) fn l2_body(a: &[f32], b: &[f32], fused: bool) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, ra) = a.as_chunks::<16>();
     let (cb, rb) = b.as_chunks::<16>();
@@ -86,6 +86,16 @@ fn pick(portable: F32Kernel, #[allow(unused_variables)] fast: Option<F32Kernel>)
     }
     let _ = forced;
     portable
+}
+
+/// Whether the AVX2+FMA kernels are in use (detected once; `MOSAIC_PORTABLE_KERNELS=1`
+/// turns them off).
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2_fma() -> bool {
+    static ON: OnceLock<bool> = OnceLock::new();
+    *ON.get_or_init(|| {
+        has_avx2_fma() && std::env::var_os("MOSAIC_PORTABLE_KERNELS").is_none_or(|v| v != "1")
+    })
 }
 
 static DOT: OnceLock<F32Kernel> = OnceLock::new();
