@@ -13,17 +13,18 @@
 //!   element with `atomicAdd` (rows may repeat; the summation order, so the last bits,
 //!   may vary from run to run).
 //!
-//! On the CPU device both are row-parallel loops over rayon.
+//! On the CPU device the product is [`Csr::spmm`] itself and the scatter a plain loop.
 
 use std::sync::Arc;
 
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Device, Layout, Shape, Tensor};
-use rayon::prelude::*;
 
 use crate::error::{Error, Result};
 use crate::sparse::Csr;
 
-/// A CSR matrix on a device: row pointers, column indices and values.
+/// A CSR matrix on a device. On the CPU device it is the host [`Csr`] itself and the
+/// product is [`Csr::spmm`] (the tuned, work-balanced CPU kernel); on a GPU it is three
+/// device tensors and a CUDA kernel.
 #[derive(Debug, Clone)]
 pub struct DeviceCsr {
     inner: Arc<CsrParts>,
@@ -33,44 +34,62 @@ pub struct DeviceCsr {
 struct CsrParts {
     n_rows: usize,
     n_cols: usize,
-    /// `(n_rows + 1,)` u32.
-    row_ptr: Tensor,
-    /// `(nnz,)` u32.
-    cols: Tensor,
+    device: Device,
+    data: CsrData,
+}
+
+#[derive(Debug)]
+enum CsrData {
+    /// On the CPU device: the host matrix.
+    Host(Csr),
+    /// On a GPU: row pointers `(n_rows + 1,)` u32, columns `(nnz,)` u32, values
     /// `(nnz,)` f32.
-    vals: Tensor,
+    #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+    Device {
+        row_ptr: Tensor,
+        cols: Tensor,
+        vals: Tensor,
+    },
 }
 
 impl DeviceCsr {
     /// Copies `m` to `device`. Fails with [`Error::Shape`] when the matrix has more
-    /// than `u32::MAX` non-zeros (the device kernels index with 32 bits).
+    /// than `u32::MAX` non-zeros or rows (the device kernels index with 32 bits).
     pub fn new(m: &Csr, device: &Device) -> Result<Self> {
-        let nnz = m.nnz();
-        if u32::try_from(nnz).is_err() || u32::try_from(m.n_rows()).is_err() {
-            return Err(Error::Shape {
-                message: format!(
-                    "{} rows and {nnz} non-zeros: the device kernels index with 32 bits",
-                    m.n_rows()
-                ),
-            });
-        }
-        let mut row_ptr = Vec::with_capacity(m.n_rows() + 1);
-        let mut cols = Vec::with_capacity(nnz);
-        let mut vals = Vec::with_capacity(nnz);
-        row_ptr.push(0u32);
-        for r in 0..m.n_rows() {
-            let (c, v) = m.row(r);
-            cols.extend_from_slice(c);
-            vals.extend_from_slice(v);
-            row_ptr.push(cols.len() as u32);
-        }
+        let data = if device.is_cpu() {
+            CsrData::Host(m.clone())
+        } else {
+            let nnz = m.nnz();
+            if u32::try_from(nnz).is_err() || u32::try_from(m.n_rows()).is_err() {
+                return Err(Error::Shape {
+                    message: format!(
+                        "{} rows and {nnz} non-zeros: the device kernels index with 32 bits",
+                        m.n_rows()
+                    ),
+                });
+            }
+            let mut row_ptr = Vec::with_capacity(m.n_rows() + 1);
+            let mut cols = Vec::with_capacity(nnz);
+            let mut vals = Vec::with_capacity(nnz);
+            row_ptr.push(0u32);
+            for r in 0..m.n_rows() {
+                let (c, v) = m.row(r);
+                cols.extend_from_slice(c);
+                vals.extend_from_slice(v);
+                row_ptr.push(cols.len() as u32);
+            }
+            CsrData::Device {
+                row_ptr: Tensor::from_vec(row_ptr, m.n_rows() + 1, device)?,
+                cols: Tensor::from_vec(cols, nnz, device)?,
+                vals: Tensor::from_vec(vals, nnz, device)?,
+            }
+        };
         Ok(Self {
             inner: Arc::new(CsrParts {
                 n_rows: m.n_rows(),
                 n_cols: m.n_cols(),
-                row_ptr: Tensor::from_vec(row_ptr, m.n_rows() + 1, device)?,
-                cols: Tensor::from_vec(cols, nnz, device)?,
-                vals: Tensor::from_vec(vals, nnz, device)?,
+                device: device.clone(),
+                data,
             }),
         })
     }
@@ -87,7 +106,7 @@ impl DeviceCsr {
 
     /// The device the matrix lives on.
     pub fn device(&self) -> &Device {
-        self.inner.vals.device()
+        &self.inner.device
     }
 
     /// `M X` for an f32 `x` of shape `(n_cols, d)` on the same device: `(n_rows, d)`.
@@ -159,22 +178,6 @@ pub fn scatter_add_rows(n_rows: usize, ids: &Tensor, src: &Tensor) -> Result<Ten
 /// [`DeviceCsr::spmm`] as a candle op on the dense operand.
 struct SpmmOp(Arc<CsrParts>);
 
-/// The CPU storage of one of the matrix's tensors (built contiguous, from offset 0).
-fn cpu_storage(t: &Tensor) -> candle_core::Result<candle_core::StorageRef<'_>> {
-    let (s, _) = t.storage_and_layout();
-    match &*s {
-        candle_core::Storage::Cpu(_) => Ok(s),
-        _ => candle_core::bail!("sparse op: the matrix is not on the CPU device"),
-    }
-}
-
-fn as_cpu(s: &candle_core::Storage) -> candle_core::Result<&CpuStorage> {
-    match s {
-        candle_core::Storage::Cpu(c) => Ok(c),
-        _ => candle_core::bail!("sparse op: the matrix is not on the CPU device"),
-    }
-}
-
 impl CustomOp1 for SpmmOp {
     fn name(&self) -> &'static str {
         "mosaic-csr-spmm"
@@ -184,26 +187,13 @@ impl CustomOp1 for SpmmOp {
         let (_, d) = l.shape().dims2()?;
         let x = mosaic_device::ops::cpu_slice::<f32>(s, l)?;
         let m = &self.0;
-        let (rp, cols, vals) = (
-            cpu_storage(&m.row_ptr)?,
-            cpu_storage(&m.cols)?,
-            cpu_storage(&m.vals)?,
-        );
-        let (rp, cols, vals) = (
-            as_cpu(&rp)?.as_slice::<u32>()?,
-            as_cpu(&cols)?.as_slice::<u32>()?,
-            as_cpu(&vals)?.as_slice::<f32>()?,
-        );
+        let CsrData::Host(csr) = &m.data else {
+            candle_core::bail!("sparse op: the matrix is on a GPU, the operand on the CPU");
+        };
         let mut out = vec![0f32; m.n_rows * d];
         if d > 0 {
-            out.par_chunks_mut(d).enumerate().for_each(|(r, o)| {
-                for j in rp[r] as usize..rp[r + 1] as usize {
-                    let (c, v) = (cols[j] as usize, vals[j]);
-                    for (o, &x) in o.iter_mut().zip(&x[c * d..(c + 1) * d]) {
-                        *o += v * x;
-                    }
-                }
-            });
+            csr.spmm(x, d, &mut out)
+                .map_err(|e| candle_core::Error::Msg(e.to_string()))?;
         }
         Ok((CpuStorage::F32(out), Shape::from((m.n_rows, d))))
     }
@@ -275,7 +265,7 @@ mod cuda {
     use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
     use candle_core::{CudaStorage, Layout, Shape, Storage, Tensor};
 
-    use super::CsrParts;
+    use super::{CsrData, CsrParts};
 
     const MODULE: &str = "mosaic_taste_graph_sparse";
 
@@ -341,7 +331,15 @@ extern "C" __global__ void mosaic_scatter_add_rows_f32(
         let (_, d) = l.shape().dims2()?;
         let (a, b) = mosaic_device::ops::offsets(l)?;
         let x = s.as_cuda_slice::<f32>()?.slice(a..b);
-        let (rp, cols, vals) = (storage(&m.row_ptr), storage(&m.cols), storage(&m.vals));
+        let CsrData::Device {
+            row_ptr,
+            cols,
+            vals,
+        } = &m.data
+        else {
+            candle_core::bail!("sparse op: the matrix is on the CPU, the operand on a GPU");
+        };
+        let (rp, cols, vals) = (storage(row_ptr), storage(cols), storage(vals));
         let (rp, cols, vals) = (
             u32_slice(&rp, "row_ptr")?,
             u32_slice(&cols, "cols")?,
