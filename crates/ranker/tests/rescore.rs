@@ -1,52 +1,18 @@
 //! Re-scoring by the surgered model on the committed tiny Qwen3-VL checkpoint and its
 //! PyTorch-made adapter: batched log-odds equal the model's own continuation scores.
 
-use std::path::PathBuf;
+mod common;
+
 use std::sync::Arc;
 
+use common::{content, model};
 use embed_store::{GenerationSpec, ItemId as StoreId, RamDirectory, Snapshot, StorageType, Store};
-use ranker::catalogue::{Catalogue, CatalogueSpec, Rng};
+use ranker::catalogue::{Catalogue, CatalogueSpec};
 use ranker::pipeline::{PipelineOptions, build};
 use ranker::rescore::{RescoreOptions, Rescorer};
 use ranker::{RecommendOptions, Sources};
 use taste_graph::{LightGcnConfig, UserId};
-use vision_surgery::{LoadOptions, Prompt, SurgeredModel, load_npy_items};
-
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../vision-surgery/tests/fixtures")
-}
-
-fn model() -> SurgeredModel {
-    let f = fixtures();
-    let opts = LoadOptions::default().adapter(f.join("adapter-torch/adapter.safetensors"));
-    SurgeredModel::load(f.join("tiny-s0/model").to_str().unwrap(), &opts).unwrap()
-}
-
-/// 16 content vectors of width 32: the fixture's 3 items, then random ones.
-fn content(n: usize) -> (Arc<Store>, Snapshot) {
-    let items = load_npy_items(
-        &fixtures().join("adapter-torch/items.npy"),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap()
-    .to_vec2::<f32>()
-    .unwrap();
-    let mut rows: Vec<f32> = items.concat();
-    let mut rng = Rng::new(4);
-    while rows.len() < n * 32 {
-        rows.push(rng.normal());
-    }
-    let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
-    let mut w = store.writer().unwrap();
-    w.create_generation(GenerationSpec::new("content", 32, StorageType::F32))
-        .unwrap();
-    let ids: Vec<StoreId> = (0..n as u64).map(StoreId).collect();
-    w.put_many("content", &ids, &rows, None).unwrap();
-    w.commit().unwrap();
-    drop(w);
-    let snap = store.generation("content").unwrap();
-    (store, snap)
-}
+use vision_surgery::{Prompt, SurgeredModel};
 
 #[test]
 fn batched_log_odds_equal_the_models_continuation_scores() {
