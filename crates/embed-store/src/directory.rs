@@ -16,7 +16,8 @@ use memmap2::Mmap;
 
 use crate::error::{Error, Result};
 
-/// Immutable bytes of one file, shared between readers.
+/// Immutable bytes of one file, shared between readers. The bytes never move or change
+/// while any clone is alive (typed views such as the HNSW blocks rely on it).
 #[derive(Clone)]
 pub struct FileBytes(Arc<dyn AsRef<[u8]> + Send + Sync>);
 

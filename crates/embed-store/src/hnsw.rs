@@ -1,8 +1,9 @@
 //! HNSW (Malkov & Yashunin) approximate nearest-neighbour index over one snapshot.
 //!
-//! Laid out like hnswlib: the vectors in one contiguous block, level-0 links in one
-//! contiguous block of fixed-stride records `[count, n_1 .. n_m0]`, upper-level links
-//! in a second block; neighbour selection by the diversity heuristic; searches reuse a
+//! Laid out like hnswlib: level 0 is one contiguous block of fixed-stride node records
+//! `[count, n_1 .. n_m0, vector]` (a node's links and its f32 vector side by side, so
+//! expanding a node whose distance was computed reads memory that is already cached),
+//! upper-level links in a second block; neighbour selection by the diversity heuristic; searches reuse a
 //! scratch (visited marks with a generation stamp, two heaps) so the search loop does
 //! not allocate. Filters (excluded ids, attribute predicates, tombstones) are applied
 //! during the graph search: filtered nodes are traversed but never returned.
@@ -10,7 +11,6 @@
 use rayon::prelude::*;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::marker::PhantomData;
 use std::ops::{Deref, DerefMut};
 
 use bytemuck::Pod;
@@ -91,6 +91,11 @@ impl Ord for Far {
     }
 }
 
+/// How many neighbours ahead of the distance being computed the walk prefetches: enough
+/// loads in flight to hide memory latency, few enough not to fill the CPU's miss
+/// buffers (prefetching all of a node's neighbours at once stalled on them).
+const PREFETCH_AHEAD: usize = 4;
+
 /// Nodes inserted one by one before a parallel build starts batching.
 const SERIAL_PREFIX: usize = 4096;
 /// Largest batch of a parallel build.
@@ -106,10 +111,14 @@ struct Plan {
 
 /// Reusable search state: no allocation once warmed up.
 pub struct Scratch {
-    marks: Vec<u32>,
-    stamp: u32,
+    /// Visited marks: 16-bit tags (half the cache footprint of 32-bit ones; cleared
+    /// once every 65,535 searches).
+    marks: Vec<u16>,
+    stamp: u16,
     candidates: BinaryHeap<Far>,
     results: BinaryHeap<Near>,
+    /// The expanded node's neighbours not visited before.
+    fresh: Vec<u32>,
     /// Exact-rerank buffers of an int8 index: one stored vector, and (distance, node).
     row: Vec<f32>,
     reranked: Vec<(f32, u32)>,
@@ -123,6 +132,7 @@ impl Scratch {
             stamp: 0,
             candidates: BinaryHeap::new(),
             results: BinaryHeap::new(),
+            fresh: Vec::new(),
             row: Vec::new(),
             reranked: Vec::new(),
         }
@@ -142,7 +152,7 @@ impl Scratch {
     }
 
     /// Mark `i` visited; returns whether it was new.
-    #[inline]
+    #[inline(always)]
     fn visit(&mut self, i: u32) -> bool {
         let m = &mut self.marks[i as usize];
         if *m == self.stamp {
@@ -159,12 +169,19 @@ impl Scratch {
 enum Block<T: Pod> {
     Owned(Vec<T>),
     Mapped {
-        bytes: FileBytes,
-        start: usize,
+        /// Keeps the file's bytes alive (they never move while held).
+        _bytes: FileBytes,
+        /// The first value, inside `_bytes`, aligned for `T` (checked when made).
+        ptr: *const T,
         len: usize,
-        _t: PhantomData<T>,
     },
 }
+
+// SAFETY: a mapped block is a read-only view of immutable bytes that it keeps alive
+// (`FileBytes` is `Send + Sync`); `T: Pod` values may be read from any thread.
+unsafe impl<T: Pod + Sync> Send for Block<T> {}
+// SAFETY: as above: shared access never writes through `ptr`.
+unsafe impl<T: Pod + Sync> Sync for Block<T> {}
 
 impl<T: Pod> Block<T> {
     /// A view of `len` values at byte `start` of `bytes`, checked for bounds and alignment.
@@ -176,17 +193,16 @@ impl<T: Pod> Block<T> {
             .ok_or_else(|| {
                 Error::corrupt("hnsw index", format!("section {what} is out of bounds"))
             })?;
-        if bytemuck::try_cast_slice::<u8, T>(&bytes.as_slice()[start..size]).is_err() {
+        let Ok(view) = bytemuck::try_cast_slice::<u8, T>(&bytes.as_slice()[start..size]) else {
             return Err(Error::corrupt(
                 "hnsw index",
                 format!("section {what} is misaligned"),
             ));
-        }
+        };
         Ok(Block::Mapped {
-            bytes: bytes.clone(),
-            start,
+            ptr: view.as_ptr(),
+            _bytes: bytes.clone(),
             len,
-            _t: PhantomData,
         })
     }
 }
@@ -199,16 +215,14 @@ impl<T: Pod> From<Vec<T>> for Block<T> {
 
 impl<T: Pod> Deref for Block<T> {
     type Target = [T];
+    #[inline(always)]
     fn deref(&self) -> &[T] {
         match self {
             Block::Owned(v) => v,
-            Block::Mapped {
-                bytes, start, len, ..
-            } => {
-                let end = start + len * std::mem::size_of::<T>();
-                // bounds and alignment were checked when the view was made
-                bytemuck::try_cast_slice(&bytes.as_slice()[*start..end]).unwrap_or(&[])
-            }
+            // SAFETY: `ptr` points at `len` aligned, initialised `T`s inside the bytes
+            // this block holds (bounds and alignment checked in `Block::mapped`), which
+            // stay in place and unmodified for as long as the block lives.
+            Block::Mapped { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }
     }
 }
@@ -228,7 +242,8 @@ impl<T: Pod> DerefMut for Block<T> {
 /// Value of `format` in an index file's header.
 pub const INDEX_FORMAT: &str = "mosaic.hnsw";
 const INDEX_MAGIC: &[u8; 8] = b"MOSAICHN";
-const INDEX_VERSION: u32 = 1;
+/// 2: level-0 records hold the node's vector (1: vectors in their own section).
+const INDEX_VERSION: u32 = 2;
 
 /// The JSON header of an index file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -256,15 +271,16 @@ pub struct Hnsw {
     metric: Metric,
     m: usize,
     m0: usize,
-    /// f32 vectors (empty once the index is quantised).
-    vectors: Block<f32>,
     /// int8 codes and per-node scales (`x ≈ scale * code`), after [`Hnsw::quantize_int8`].
     int8: Option<(Block<i8>, Block<f32>)>,
     ids: Block<u64>,
     /// Where each node's item lives in the snapshot: [segment, row].
     rows: Block<[u32; 2]>,
     levels: Block<u8>,
+    /// Level-0 node records of `stride` values: `[count, m0 links, vector as f32 bits]`
+    /// (no vector once the index is quantised).
     level0: Block<u32>,
+    stride: usize,
     upper: Block<u32>,
     upper_start: Block<u32>,
     entry: u32,
@@ -315,6 +331,12 @@ impl Hnsw {
             levels.push(((-u.ln() * ml).floor() as usize).min(30) as u8);
         }
         let m0 = 2 * params.m;
+        let stride = 1 + m0 + d;
+        let mut level0 = vec![0u32; n * stride];
+        for (rec, v) in level0.chunks_exact_mut(stride).zip(vectors.chunks_exact(d)) {
+            rec[1 + m0..].copy_from_slice(bytemuck::cast_slice(v));
+        }
+        drop(vectors);
         let mut upper_start = Vec::with_capacity(n + 1);
         let mut total = 0u32;
         for &l in &levels {
@@ -327,7 +349,6 @@ impl Hnsw {
             metric,
             m: params.m,
             m0,
-            vectors: vectors.into(),
             int8: None,
             ids: live.iter().map(|r| r.0.0).collect::<Vec<_>>().into(),
             rows: live
@@ -336,7 +357,8 @@ impl Hnsw {
                 .collect::<Vec<_>>()
                 .into(),
             levels: levels.into(),
-            level0: vec![0; n * (1 + m0)].into(),
+            level0: level0.into(),
+            stride,
             upper: vec![0; total as usize].into(),
             upper_start: upper_start.into(),
             entry: 0,
@@ -411,7 +433,6 @@ impl Hnsw {
         }
         let mut data = Vec::new();
         let mut sections = Vec::new();
-        push(&mut data, &mut sections, "vectors", &self.vectors);
         if let Some((codes, scales)) = &self.int8 {
             push(&mut data, &mut sections, "codes", codes);
             push(&mut data, &mut sections, "scales", scales);
@@ -525,8 +546,6 @@ impl Hnsw {
             }
             Ok(data_start + off)
         };
-        let vec_len = if h.quantized { 0 } else { n * h.dim };
-        let vectors = Block::mapped(&bytes, section("vectors", vec_len)?, vec_len, "vectors")?;
         let int8 = if h.quantized {
             Some((
                 Block::mapped(&bytes, section("codes", n * h.dim)?, n * h.dim, "codes")?,
@@ -538,7 +557,8 @@ impl Hnsw {
         let ids: Block<u64> = Block::mapped(&bytes, section("ids", n)?, n, "ids")?;
         let rows: Block<[u32; 2]> = Block::mapped(&bytes, section("rows", n)?, n, "rows")?;
         let levels: Block<u8> = Block::mapped(&bytes, section("levels", n)?, n, "levels")?;
-        let l0_len = n * (1 + h.m0);
+        let stride = 1 + h.m0 + if h.quantized { 0 } else { h.dim };
+        let l0_len = n * stride;
         let level0: Block<u32> =
             Block::mapped(&bytes, section("level0", l0_len)?, l0_len, "level0")?;
         let upper_start: Block<u32> =
@@ -566,7 +586,7 @@ impl Hnsw {
             }
             Ok(())
         };
-        check_records(&level0, 1 + h.m0, h.m0)?;
+        check_records(&level0, stride, h.m0)?;
         check_records(&upper, 1 + h.m, h.m)?;
         // an upper-level link must lead to a node that exists on that level
         for i in 0..n {
@@ -589,12 +609,12 @@ impl Hnsw {
             metric: h.metric,
             m: h.m,
             m0: h.m0,
-            vectors,
             int8,
             ids,
             rows,
             levels,
             level0,
+            stride,
             upper,
             upper_start,
             entry: h.entry,
@@ -615,12 +635,13 @@ impl Hnsw {
 
     /// Bytes of the graph links (vectors excluded).
     pub fn link_bytes(&self) -> usize {
-        4 * (self.level0.len() + self.upper.len() + self.upper_start.len()) + self.levels.len()
+        4 * (self.len() * (1 + self.m0) + self.upper.len() + self.upper_start.len())
+            + self.levels.len()
     }
 
     /// Bytes of the vectors held by the index.
     pub fn vector_bytes(&self) -> usize {
-        4 * self.vectors.len()
+        4 * (self.level0.len() - self.len() * (1 + self.m0))
             + self
                 .int8
                 .as_ref()
@@ -640,18 +661,30 @@ impl Hnsw {
             return;
         }
         let d = self.dim;
-        let mut codes = vec![0i8; self.vectors.len()];
-        let mut scales = Vec::with_capacity(self.len());
-        for (v, c) in self.vectors.chunks_exact(d).zip(codes.chunks_exact_mut(d)) {
-            scales.push(crate::segment::quantize_int8(v, c));
+        let n = self.len();
+        let links = 1 + self.m0;
+        let mut codes = vec![0i8; n * d];
+        let mut scales = Vec::with_capacity(n);
+        let mut level0 = vec![0u32; n * links];
+        for (i, (c, rec)) in codes
+            .chunks_exact_mut(d)
+            .zip(level0.chunks_exact_mut(links))
+            .enumerate()
+        {
+            scales.push(crate::segment::quantize_int8(self.vector(i as u32), c));
+            let at = i * self.stride;
+            rec.copy_from_slice(&self.level0[at..at + links]);
         }
-        self.vectors = Vec::new().into();
+        self.level0 = level0.into();
+        self.stride = links;
         self.int8 = Some((codes.into(), scales.into()));
     }
 
-    #[inline]
+    /// Node `i`'s f32 vector (empty once the index is quantised).
+    #[inline(always)]
     fn vector(&self, i: u32) -> &[f32] {
-        &self.vectors[i as usize * self.dim..(i as usize + 1) * self.dim]
+        let at = i as usize * self.stride + 1 + self.m0;
+        bytemuck::cast_slice(&self.level0[at..(i as usize + 1) * self.stride])
     }
 
     /// Distance (smaller is nearer): −dot for inner product and cosine (on normalised
@@ -700,16 +733,13 @@ impl Hnsw {
     }
 
     /// Hints the CPU to fetch node `i`'s stored vector (f32 row or int8 codes).
-    #[inline]
+    #[inline(always)]
     fn prefetch(&self, i: u32) {
         #[cfg(target_arch = "x86_64")]
         {
             let (ptr, bytes) = match &self.int8 {
                 Some((codes, _)) => (codes[i as usize * self.dim..].as_ptr(), self.dim),
-                None => (
-                    self.vectors[i as usize * self.dim..].as_ptr() as *const i8,
-                    self.dim * 4,
-                ),
+                None => (self.vector(i).as_ptr() as *const i8, self.dim * 4),
             };
             for off in (0..bytes).step_by(64) {
                 // SAFETY: a prefetch never faults, and `ptr + off` stays inside row `i`,
@@ -723,10 +753,32 @@ impl Hnsw {
         let _ = i;
     }
 
-    #[inline]
+    /// Hints the CPU to fetch node `i`'s level-0 link record.
+    #[inline(always)]
+    fn prefetch_links(&self, i: u32) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let at = i as usize * self.stride;
+            let rec = &self.level0[at..at + 1 + self.m0];
+            for off in (0..rec.len()).step_by(16) {
+                // SAFETY: a prefetch never faults, and `off` stays inside the record.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(
+                        rec.as_ptr().add(off) as *const i8,
+                        std::arch::x86_64::_MM_HINT_T0,
+                    )
+                };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
+    }
+
+    #[inline(always)]
     fn links(&self, i: u32, level: usize) -> &[u32] {
         let rec = if level == 0 {
-            &self.level0[i as usize * (1 + self.m0)..(i as usize + 1) * (1 + self.m0)]
+            let at = i as usize * self.stride;
+            &self.level0[at..at + 1 + self.m0]
         } else {
             let s = self.upper_start[i as usize] as usize + (level - 1) * (1 + self.m);
             &self.upper[s..s + 1 + self.m]
@@ -736,7 +788,8 @@ impl Hnsw {
 
     fn set_links(&mut self, i: u32, level: usize, links: &[u32]) {
         let rec = if level == 0 {
-            &mut self.level0[i as usize * (1 + self.m0)..(i as usize + 1) * (1 + self.m0)]
+            let at = i as usize * self.stride;
+            &mut self.level0[at..at + 1 + self.m0]
         } else {
             let s = self.upper_start[i as usize] as usize + (level - 1) * (1 + self.m);
             &mut self.upper[s..s + 1 + self.m]
@@ -833,15 +886,22 @@ impl Hnsw {
             if d > bound && (s.results.len() >= ef || !filtered) {
                 break;
             }
-            let links = self.links(c, level);
-            // Start the neighbours' vector loads before the first distance: the walk is
-            // bound by fetching rows from memory, not by arithmetic.
-            for &n in links {
+            // Mark the unvisited neighbours first (rows already visited are never
+            // fetched), then walk them with the vector loads a few nodes ahead of the
+            // distances: the walk is bound by fetching rows from memory, not arithmetic.
+            let mut fresh = std::mem::take(&mut s.fresh);
+            fresh.clear();
+            for &n in self.links(c, level) {
+                if s.visit(n) {
+                    fresh.push(n);
+                }
+            }
+            for &n in fresh.iter().take(PREFETCH_AHEAD) {
                 self.prefetch(n);
             }
-            for &n in links {
-                if !s.visit(n) {
-                    continue;
+            for (j, &n) in fresh.iter().enumerate() {
+                if let Some(&p) = fresh.get(j + PREFETCH_AHEAD) {
+                    self.prefetch(p);
                 }
                 let dn = dist(q, n);
                 if s.results.len() < ef || dn < bound {
@@ -854,6 +914,11 @@ impl Hnsw {
                         bound = s.results.peek().map_or(f32::INFINITY, |t| t.0);
                     }
                 }
+            }
+            s.fresh = fresh;
+            // The next node to expand: its links are read first thing next round.
+            if let (0, Some(&Far(_, next))) = (level, s.candidates.peek()) {
+                self.prefetch_links(next);
             }
         }
     }
