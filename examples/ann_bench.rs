@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example ann_bench -- --base B.npy --queries Q.npy [--gt G.npy] [--k 10] [--threads N] [--build-threads N]
 //! cargo run --release --example ann_bench -- --synthetic 1000000   # the issue's Gaussian mixture
+//! ... --index-dir DIR   # save the index there; later runs load it instead of rebuilding
 //! ```
 //! Prints the build time and index size, then one line per ef (16 to 512):
 //! `ef=64 recall@10=0.973 qps=...`. Ground truth is computed exactly when `--gt` is absent;
@@ -20,7 +21,7 @@ use mosaic::embed_store::hnsw::{Hnsw, HnswParams, Scratch};
 use mosaic::embed_store::matrix::DeviceMatrix;
 use mosaic::embed_store::search::Filter;
 use mosaic::embed_store::{
-    DeviceSpec, GenerationSpec, ItemId, Metric, RamDirectory, StorageType, Store,
+    DeviceSpec, GenerationSpec, ItemId, Metric, MmapDirectory, RamDirectory, StorageType, Store,
 };
 use ndarray::Array2;
 use ndarray_npy::ReadNpyExt;
@@ -67,6 +68,13 @@ struct Args {
     /// (cpu, cuda[:N] or auto), against the exact scan of the same run.
     #[arg(long)]
     device: Option<DeviceSpec>,
+    /// Keep the index in this directory: load it when a saved index of the same data
+    /// is there (the search timings without a rebuild), else build and save it.
+    #[arg(long)]
+    index_dir: Option<PathBuf>,
+    /// Timed passes over the queries per ef (more passes, steadier queries/sec).
+    #[arg(long, default_value_t = 1)]
+    repeat: usize,
 }
 
 fn mixture(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
@@ -160,16 +168,41 @@ fn main() -> anyhow::Result<()> {
         .build_threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
         .max(1);
-    let mut index = rayon::ThreadPoolBuilder::new()
-        .num_threads(build_threads)
-        .build()?
-        .install(|| Hnsw::build(&snap, Metric::InnerProduct, params))?;
+    let index_dir = a.index_dir.as_ref().map(MmapDirectory::open).transpose()?;
+    let saved = match &index_dir {
+        Some(dir) => Hnsw::load(dir, &snap, Metric::InnerProduct)?,
+        None => None,
+    };
+    let loaded = saved.is_some();
+    let mut index = match saved {
+        Some(h) => h,
+        None => rayon::ThreadPoolBuilder::new()
+            .num_threads(build_threads)
+            .build()?
+            .install(|| Hnsw::build(&snap, Metric::InnerProduct, params))?,
+    };
+    if let (Some(dir), false) = (&index_dir, loaded) {
+        index.save(dir)?;
+    }
     if a.int8_graph {
         index.quantize_int8();
     }
+    let how = if loaded {
+        format!(
+            "load_s={:.2} (saved index from {}; --m/--ef-construction/--build-threads not applied)",
+            t.elapsed().as_secs_f64(),
+            a.index_dir
+                .as_ref()
+                .map_or(String::new(), |p| p.display().to_string())
+        )
+    } else {
+        format!(
+            "build_s={:.2} build_threads={build_threads}",
+            t.elapsed().as_secs_f64()
+        )
+    };
     println!(
-        "build_s={:.2} build_threads={build_threads} index_bytes={} (links {} + vectors {}) m={} ef_construction={}",
-        t.elapsed().as_secs_f64(),
+        "{how} index_bytes={} (links {} + vectors {}) m={} ef_construction={}",
         index.link_bytes() + index.vector_bytes(),
         index.link_bytes(),
         index.vector_bytes(),
@@ -226,18 +259,21 @@ fn main() -> anyhow::Result<()> {
     };
     for ef in [16, 32, 64, 128, 256, 512] {
         let t = Instant::now();
-        let results: Vec<Vec<u64>> = queries
-            .par_chunks(d)
-            .map_init(
-                || Scratch::new(index.len()),
-                |s, q| {
-                    index
-                        .search(&snap, q, a.k, ef, &Filter::none(), s)
-                        .map(|h| h.into_iter().map(|x| x.id.0).collect())
-                        .unwrap_or_default()
-                },
-            )
-            .collect();
+        let mut results: Vec<Vec<u64>> = Vec::new();
+        for _ in 0..a.repeat.max(1) {
+            results = queries
+                .par_chunks(d)
+                .map_init(
+                    || Scratch::new(index.len()),
+                    |s, q| {
+                        index
+                            .search(&snap, q, a.k, ef, &Filter::none(), s)
+                            .map(|h| h.into_iter().map(|x| x.id.0).collect())
+                            .unwrap_or_default()
+                    },
+                )
+                .collect();
+        }
         let secs = t.elapsed().as_secs_f64();
         let hits: usize = results
             .iter()
@@ -249,7 +285,7 @@ fn main() -> anyhow::Result<()> {
             "ef={ef} recall@{}={:.3} qps={:.0}",
             a.k,
             hits as f64 / total as f64,
-            nq as f64 / secs
+            (nq * a.repeat.max(1)) as f64 / secs
         );
     }
     Ok(())

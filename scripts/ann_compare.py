@@ -34,9 +34,22 @@ def main():
     ap.add_argument("--out", default="/tmp/ann")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--build-threads", type=int, default=2)
+    ap.add_argument("--repeat", type=int, default=1, help="timed passes over the queries per ef")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="reuse base/queries/gt and the hnswlib index saved in --out (no FAISS, no rebuild)",
+    )
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     d = 64
+    if args.reuse:
+        base = np.load(os.path.join(args.out, "base.npy"))
+        queries = np.load(os.path.join(args.out, "queries.npy"))
+        gt = np.load(os.path.join(args.out, "gt.npy"))
+        args.n, args.queries = len(base), len(queries)
+        hnsw(args, base, queries, gt)
+        return
     rng = np.random.default_rng(2026)
     centres = rng.standard_normal((1000, d), dtype=np.float32)
     centres /= np.linalg.norm(centres, axis=1, keepdims=True)
@@ -56,25 +69,37 @@ def main():
         s = time.perf_counter() - t
         print(f"faiss_flat_ip threads={threads} search_s={s:.3f} qps={args.queries / s:.0f}")
     np.save(os.path.join(args.out, "gt.npy"), gt.astype(np.int64))
+    hnsw(args, base, queries, gt)
 
+
+def hnsw(args, base, queries, gt):
     import hnswlib
 
+    d = base.shape[1]
+    saved = os.path.join(args.out, "hnswlib.bin")
     p = hnswlib.Index(space="ip", dim=d)
-    p.init_index(max_elements=args.n, M=16, ef_construction=200, random_seed=42)
-    p.set_num_threads(args.build_threads)
-    t = time.perf_counter()
-    p.add_items(base, np.arange(args.n))
-    print(f"hnswlib build_s={time.perf_counter() - t:.2f} build_threads={args.build_threads} m=16 ef_construction=200")
+    if args.reuse and os.path.exists(saved):
+        t = time.perf_counter()
+        p.load_index(saved, max_elements=args.n)
+        print(f"hnswlib load_s={time.perf_counter() - t:.2f} (saved index {saved})")
+    else:
+        p.init_index(max_elements=args.n, M=16, ef_construction=200, random_seed=42)
+        p.set_num_threads(args.build_threads)
+        t = time.perf_counter()
+        p.add_items(base, np.arange(args.n))
+        print(f"hnswlib build_s={time.perf_counter() - t:.2f} build_threads={args.build_threads} m=16 ef_construction=200")
+        p.save_index(saved)
     p.set_num_threads(1)
     k = args.k
     truth = [set(r[:k]) for r in gt]
     for ef in (16, 32, 64, 128, 256, 512):
         p.set_ef(max(ef, k))
         t = time.perf_counter()
-        labels, _ = p.knn_query(queries, k=k)
+        for _ in range(args.repeat):
+            labels, _ = p.knn_query(queries, k=k)
         s = time.perf_counter() - t
         rec = np.mean([len(truth[i] & set(labels[i])) / k for i in range(len(truth))])
-        print(f"hnswlib ef={ef} recall@{k}={rec:.3f} qps={args.queries / s:.0f}")
+        print(f"hnswlib ef={ef} recall@{k}={rec:.3f} qps={args.repeat * args.queries / s:.0f}")
 
 
 if __name__ == "__main__":
