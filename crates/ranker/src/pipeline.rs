@@ -152,10 +152,13 @@ pub fn serve(
 }
 
 /// The cosine HNSW index of `snap`: loaded if saved in the store's directory, else
-/// built and saved there.
+/// built and saved there. An index saved in an older file format is rebuilt and
+/// replaced (it is derived data); a damaged one is an error.
 pub fn index_for(store: &Arc<Store>, snap: &Snapshot, params: HnswParams) -> Result<Hnsw> {
-    if let Some(h) = Hnsw::load(store.directory(), snap, Metric::Cosine)? {
-        return Ok(h);
+    match Hnsw::load(store.directory(), snap, Metric::Cosine) {
+        Ok(Some(h)) => return Ok(h),
+        Ok(None) | Err(embed_store::Error::Version { .. }) => {}
+        Err(e) => return Err(e.into()),
     }
     let h = Hnsw::build(snap, Metric::Cosine, params)?;
     h.save(store.directory())?;

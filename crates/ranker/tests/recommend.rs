@@ -364,3 +364,47 @@ fn the_fresh_source_brings_new_items_matching_the_taste() {
     let recs = fresh.recommend(user, &RecommendOptions::new()).unwrap();
     assert!(recs.iter().all(|r| r.source != Source::Fresh));
 }
+
+#[test]
+fn an_index_saved_in_an_older_format_is_rebuilt_a_damaged_one_is_an_error() {
+    use embed_store::hnsw::Hnsw;
+    use embed_store::{GenerationSpec, ItemId, Metric, StorageType};
+    use ranker::pipeline::index_for;
+
+    let dir = Arc::new(RamDirectory::new());
+    let store = Store::open(dir.clone()).unwrap();
+    let mut w = store.writer().unwrap();
+    w.create_generation(GenerationSpec::new("g", 4, StorageType::F32))
+        .unwrap();
+    let ids: Vec<ItemId> = (0..50).map(ItemId).collect();
+    let rows: Vec<f32> = (0..200).map(|i| ((i * 37 % 11) as f32) - 5.0).collect();
+    w.put_many("g", &ids, &rows, None).unwrap();
+    w.set_current("g").unwrap();
+    w.commit().unwrap();
+    drop(w);
+    let snap = store.snapshot().unwrap();
+    let params = HnswParams::default();
+    let first = index_for(&store, &snap, params).unwrap();
+    let name = Hnsw::file_name("g", snap.opstamp(), Metric::Cosine);
+    // Version 1 (bytes 8..12 after the magic): refused by load, rebuilt by index_for.
+    dir.tamper(&name, |b| b[8..12].copy_from_slice(&1u32.to_le_bytes()))
+        .unwrap();
+    assert!(matches!(
+        Hnsw::load(store.directory(), &snap, Metric::Cosine),
+        Err(embed_store::Error::Version { found: 1, .. })
+    ));
+    let rebuilt = index_for(&store, &snap, params).unwrap();
+    assert_eq!(rebuilt.len(), first.len());
+    assert!(
+        Hnsw::load(store.directory(), &snap, Metric::Cosine)
+            .unwrap()
+            .is_some()
+    );
+    // A flipped data byte is not silently rebuilt over.
+    dir.tamper(&name, |b| {
+        let last = b.len() - 1;
+        b[last] ^= 0x40;
+    })
+    .unwrap();
+    assert!(index_for(&store, &snap, params).is_err());
+}
