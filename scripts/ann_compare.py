@@ -48,6 +48,7 @@ def main():
         queries = np.load(os.path.join(args.out, "queries.npy"))
         gt = np.load(os.path.join(args.out, "gt.npy"))
         args.n, args.queries = len(base), len(queries)
+        flat(args, base, queries, args.k)
         hnsw(args, base, queries, gt)
         return
     rng = np.random.default_rng(2026)
@@ -58,18 +59,24 @@ def main():
     np.save(os.path.join(args.out, "base.npy"), base)
     np.save(os.path.join(args.out, "queries.npy"), queries)
 
+    gt = flat(args, base, queries, 100)
+    np.save(os.path.join(args.out, "gt.npy"), gt.astype(np.int64))
+    hnsw(args, base, queries, gt)
+
+
+def flat(args, base, queries, k):
+    """FAISS IndexFlatIP at k neighbours on 1 and --build-threads threads; its ids."""
     import faiss
 
     for threads in (1, args.build_threads):
         faiss.omp_set_num_threads(threads)
-        flat = faiss.IndexFlatIP(d)
-        flat.add(base)
+        index = faiss.IndexFlatIP(base.shape[1])
+        index.add(base)
         t = time.perf_counter()
-        _, gt = flat.search(queries, 100)
+        _, ids = index.search(queries, k)
         s = time.perf_counter() - t
-        print(f"faiss_flat_ip threads={threads} search_s={s:.3f} qps={args.queries / s:.0f}")
-    np.save(os.path.join(args.out, "gt.npy"), gt.astype(np.int64))
-    hnsw(args, base, queries, gt)
+        print(f"faiss_flat_ip k={k} threads={threads} search_s={s:.3f} qps={args.queries / s:.0f}")
+    return ids
 
 
 def hnsw(args, base, queries, gt):

@@ -267,14 +267,18 @@ fn exact_search_matches_brute_force_with_filters() {
         .unwrap();
         w.commit().unwrap();
         let s = store.snapshot().unwrap();
-        let queries = vecs(5, dim, 11);
+        // 40 queries: the batch search's blocks of 16 and tiles of 256 rows, partly full.
+        let queries = vecs(40, dim, 11);
         let exclude: Vec<u64> = (0..2000).step_by(7).collect();
         let pred = |a: &[u32]| a[0] != 2;
         for metric in [Metric::InnerProduct, Metric::Cosine, Metric::L2] {
             let filter = Filter::none().exclude(&exclude).with_attrs(&pred);
             let got = s.search_batch(&queries, 10, metric, &filter).unwrap();
+            assert_eq!(got.len(), 40);
             for (qi, hits) in got.iter().enumerate() {
                 let q = &queries[qi * dim..(qi + 1) * dim];
+                // The blocked batch scan gives exactly the single-query scan's hits.
+                assert_eq!(hits, &s.search(q, 10, metric, &filter).unwrap());
                 let want = brute(&data, dim, q, 10, metric, |i| i % 7 != 0 && i % 4 != 2);
                 let got_ids: Vec<u64> = hits.iter().map(|h| h.id.0).collect();
                 assert!(hits.windows(2).all(|w| w[0].score >= w[1].score));
