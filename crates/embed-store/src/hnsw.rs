@@ -96,6 +96,29 @@ impl Ord for Far {
 /// buffers (prefetching all of a node's neighbours at once stalled on them).
 const PREFETCH_AHEAD: usize = 4;
 
+/// The segment names of `snap`, in order.
+fn segment_names(snap: &Snapshot) -> Vec<String> {
+    snap.segments()
+        .iter()
+        .map(|s| s.segment.name().to_string())
+        .collect()
+}
+
+/// `n` level draws, `floor(-ln(U) / ln(m))` capped at 30, from a seeded xorshift.
+fn draw_levels(n: usize, m: usize, seed: u64) -> Vec<u8> {
+    let ml = 1.0 / (m as f64).ln();
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let u = ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
+            ((-u.ln() * ml).floor() as usize).min(30) as u8
+        })
+        .collect()
+}
+
 /// Nodes inserted one by one before a parallel build starts batching.
 const SERIAL_PREFIX: usize = 4096;
 /// Largest batch of a parallel build.
@@ -260,6 +283,8 @@ struct IndexHeader {
     entry: u32,
     max_level: usize,
     quantized: bool,
+    /// The segment names of the snapshot, in order.
+    segments: Vec<String>,
     /// (name, byte offset from the data start, element count)
     sections: Vec<(String, usize, usize)>,
     crc32: u32,
@@ -287,6 +312,8 @@ pub struct Hnsw {
     max_level: usize,
     /// The snapshot the graph was built from (generation, opstamp).
     built_from: (String, u64),
+    /// That snapshot's segment names, in order (`rows` index into them).
+    segments: Vec<String>,
 }
 
 impl std::fmt::Debug for Hnsw {
@@ -319,17 +346,7 @@ impl Hnsw {
                 normalize(v);
             }
         }
-        // level draws: floor(-ln(U) / ln(m)), from a seeded xorshift
-        let ml = 1.0 / (params.m as f64).ln();
-        let mut state = params.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let mut levels = Vec::with_capacity(n);
-        for _ in 0..n {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            let u = ((state >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-            levels.push(((-u.ln() * ml).floor() as usize).min(30) as u8);
-        }
+        let levels = draw_levels(n, params.m, params.seed);
         let m0 = 2 * params.m;
         let stride = 1 + m0 + d;
         let mut level0 = vec![0u32; n * stride];
@@ -364,22 +381,31 @@ impl Hnsw {
             entry: 0,
             max_level: 0,
             built_from: (snap.generation().to_string(), snap.opstamp()),
+            segments: segment_names(snap),
         };
         if n == 0 {
             return Ok(h);
         }
         h.entry = 0;
         h.max_level = h.levels[0] as usize;
-        // One thread: nodes one by one (hnswlib's order). More: after a serial prefix,
-        // batches of up to 1/32 of the graph so far — each batch's neighbour searches run
-        // in parallel on the graph before the batch, the reverse-link updates in
-        // parallel per target node, then everything is written. Nodes of one batch do
-        // not see each other while searching; at ≤ 3% of the graph that costs little
-        // recall (measured in tests/hnsw.rs). The graph depends only on whether more
-        // than one thread is available, not on scheduling.
+        h.insert_nodes(1, params.ef_construction);
+        Ok(h)
+    }
+
+    /// Links nodes `from..len()` (their vectors, levels and empty records already in
+    /// place) into the graph.
+    ///
+    /// One thread: nodes one by one (hnswlib's order). More: after a serial prefix,
+    /// batches of up to 1/32 of the graph so far — each batch's neighbour searches run
+    /// in parallel on the graph before the batch, the reverse-link updates in parallel
+    /// per target node, then everything is written. Nodes of one batch do not see each
+    /// other while searching; at ≤ 3% of the graph that costs little recall (measured
+    /// in tests/hnsw.rs). The graph depends only on whether more than one thread is
+    /// available, not on scheduling.
+    fn insert_nodes(&mut self, from: usize, ef: usize) {
+        let n = self.len();
         let parallel = rayon::current_num_threads() > 1;
-        let ef = params.ef_construction;
-        let mut next = 1usize;
+        let mut next = from;
         let mut scratch = Scratch::new(n);
         let mut found = Vec::new();
         while next < n {
@@ -389,8 +415,9 @@ impl Hnsw {
                 1
             };
             let plans: Vec<Plan> = if b == 1 {
-                vec![h.plan(next as u32, ef, &mut scratch, &mut found)]
+                vec![self.plan(next as u32, ef, &mut scratch, &mut found)]
             } else {
+                let h = &*self;
                 (next..next + b)
                     .into_par_iter()
                     .map_init(
@@ -399,8 +426,126 @@ impl Hnsw {
                     )
                     .collect()
             };
-            h.apply(plans, parallel && b > 1);
+            self.apply(plans, parallel && b > 1);
             next += b;
+        }
+    }
+
+    /// The index of `newer` — a later commit of the generation this index was built
+    /// from — made by inserting the rows `newer` added (appends and upserts) into a copy
+    /// of this graph, without a rebuild. Rows deleted or replaced since stay in the
+    /// graph as routing nodes and are never returned (the search checks tombstones).
+    /// `ef_construction` as for [`Hnsw::build`]; new nodes' levels are drawn from
+    /// `seed` and their position.
+    ///
+    /// Fails with [`Error::Query`] when `newer` is another generation or an older
+    /// commit, when a segment the index was built on is gone from `newer` (compaction
+    /// merged it: rebuild then), or when the index is quantised (update the f32 index,
+    /// then quantise).
+    pub fn update(&self, newer: &Snapshot, ef_construction: usize, seed: u64) -> Result<Self> {
+        let err = |message: String| Err(Error::Query { message });
+        if newer.generation() != self.built_from.0 || newer.opstamp() < self.built_from.1 {
+            return err(format!(
+                "the index is of generation {:?} at commit {}, the snapshot {:?} at commit {}: \
+                 an index is updated to a later commit of its own generation",
+                self.built_from.0,
+                self.built_from.1,
+                newer.generation(),
+                newer.opstamp()
+            ));
+        }
+        if self.int8.is_some() {
+            return err("the index is quantised: update the f32 index, then quantise".into());
+        }
+        if ef_construction == 0 {
+            return err("ef_construction must be at least 1".into());
+        }
+        let names = segment_names(newer);
+        let position = |name: &str| names.iter().position(|n| n == name);
+        let mut remap = Vec::with_capacity(self.segments.len());
+        for name in &self.segments {
+            match position(name) {
+                Some(p) => remap.push(p as u32),
+                None => {
+                    return err(format!(
+                        "segment {name} of the indexed commit is gone from commit {} \
+                         (merged by compaction): rebuild the index",
+                        newer.opstamp()
+                    ));
+                }
+            }
+        }
+        let (d, n_old) = (self.dim, self.len());
+        let mut ids = self.ids.to_vec();
+        let mut rows = Vec::with_capacity(self.len());
+        for &[s, r] in self.rows.iter() {
+            let Some(&s) = remap.get(s as usize) else {
+                return err(format!("a node names segment {s} of {}", remap.len()));
+            };
+            rows.push([s, r]);
+        }
+        let mut level0 = self.level0.to_vec();
+        let mut buf = vec![0f32; d];
+        for (si, ls) in newer.segments().iter().enumerate() {
+            if remap.contains(&(si as u32)) {
+                continue;
+            }
+            for (r, &id) in ls.segment.ids().iter().enumerate() {
+                if ls.tombstones.is_deleted(r) {
+                    continue;
+                }
+                ls.segment.read_vector(r, &mut buf)?;
+                if self.metric == Metric::Cosine {
+                    normalize(&mut buf);
+                }
+                ids.push(id);
+                rows.push([si as u32, r as u32]);
+                let at = level0.len();
+                level0.resize(at + self.stride, 0);
+                level0[at + 1 + self.m0..].copy_from_slice(bytemuck::cast_slice(&buf));
+            }
+        }
+        let n = ids.len();
+        if u32::try_from(n).is_err() {
+            return err(format!("{n} nodes exceed the index's 32-bit node ids"));
+        }
+        let mut levels = self.levels.to_vec();
+        levels.extend(draw_levels(
+            n - n_old,
+            self.m,
+            seed ^ (n_old as u64).rotate_left(32),
+        ));
+        let mut upper_start = self.upper_start.to_vec();
+        let mut total = upper_start.last().copied().unwrap_or(0);
+        for &l in &levels[n_old..] {
+            total += l as u32 * (1 + self.m as u32);
+            upper_start.push(total);
+        }
+        let mut upper = self.upper.to_vec();
+        upper.resize(total as usize, 0);
+        let mut h = Self {
+            dim: d,
+            metric: self.metric,
+            m: self.m,
+            m0: self.m0,
+            int8: None,
+            ids: ids.into(),
+            rows: rows.into(),
+            levels: levels.into(),
+            level0: level0.into(),
+            stride: self.stride,
+            upper: upper.into(),
+            upper_start: upper_start.into(),
+            entry: self.entry,
+            max_level: self.max_level,
+            built_from: (newer.generation().to_string(), newer.opstamp()),
+            segments: names,
+        };
+        if n_old == 0 && n > 0 {
+            h.max_level = h.levels[0] as usize;
+            h.insert_nodes(1, ef_construction);
+        } else {
+            h.insert_nodes(n_old, ef_construction);
         }
         Ok(h)
     }
@@ -456,6 +601,7 @@ impl Hnsw {
             entry: self.entry,
             max_level: self.max_level,
             quantized: self.int8.is_some(),
+            segments: self.segments.clone(),
             sections,
             crc32: crc32fast::hash(&data),
         };
@@ -566,6 +712,9 @@ impl Hnsw {
         let up_len = upper_start.last().copied().unwrap_or(0) as usize;
         let upper: Block<u32> = Block::mapped(&bytes, section("upper", up_len)?, up_len, "upper")?;
         // structure checks: searches index by these values without further checks
+        if rows.iter().any(|&[s, _]| s as usize >= h.segments.len()) {
+            return Err(bad("a node names a segment the header does not list".into()));
+        }
         if n > 0 && h.entry as usize >= n {
             return Err(bad(format!("entry node {} of {n}", h.entry)));
         }
@@ -620,6 +769,7 @@ impl Hnsw {
             entry: h.entry,
             max_level: h.max_level,
             built_from: (h.generation, h.opstamp),
+            segments: h.segments,
         })
     }
 

@@ -312,3 +312,104 @@ fn a_parallel_build_keeps_the_recall_of_the_serial_build() {
         assert_eq!(a, b);
     }
 }
+
+#[test]
+fn an_index_is_updated_with_upserts_appends_and_deletes_without_a_rebuild() {
+    let (n, d) = (4000, 32);
+    let (store, snap, _) = snapshot(n, d, StorageType::F32);
+    let metric = Metric::Cosine;
+    let params = HnswParams {
+        m: 16,
+        ef_construction: 100,
+        seed: 1,
+    };
+    let index = Hnsw::build(&snap, metric, params).unwrap();
+    // Next commit: 200 upserts with new vectors, 900 new items, 100 more deletes.
+    let live = |i: &u64| !i.is_multiple_of(11);
+    let upserts: Vec<u64> = (1..n as u64).step_by(3).filter(live).take(200).collect();
+    let appends: Vec<u64> = (n as u64..n as u64 + 1000).filter(live).collect();
+    let deletes: Vec<u64> = (2..n as u64).step_by(5).filter(live).take(100).collect();
+    let new_vectors = mixture(upserts.len() + appends.len(), d, 50, 23);
+    let put: Vec<ItemId> = upserts.iter().chain(&appends).map(|&i| ItemId(i)).collect();
+    let attrs = vec![0u32; put.len()];
+    let mut w = store.writer().unwrap();
+    w.put_many("g", &put, &new_vectors, Some(&attrs)).unwrap();
+    let gone: Vec<ItemId> = deletes
+        .iter()
+        .filter(|i| !upserts.contains(i))
+        .map(|&i| ItemId(i))
+        .collect();
+    w.delete("g", &gone).unwrap();
+    w.commit().unwrap();
+    drop(w);
+    let newer = store.snapshot().unwrap();
+
+    let updated = index.update(&newer, 100, 9).unwrap();
+    assert_eq!(updated.len(), index.len() + put.len());
+    let rebuilt = Hnsw::build(&newer, metric, params).unwrap();
+    let queries = mixture(100, d, 50, 99);
+    let recall_of = |h: &Hnsw| {
+        let mut s = Scratch::new(h.len());
+        let (mut hit, mut total) = (0, 0);
+        for q in queries.chunks(d) {
+            let exact = newer.search(q, 10, metric, &Filter::none()).unwrap();
+            let got = h
+                .search(&newer, q, 10, 128, &Filter::none(), &mut s)
+                .unwrap();
+            for g in &got {
+                // Only live items, scored with their current vector.
+                let e = newer
+                    .search(q, newer.len(), metric, &Filter::none())
+                    .unwrap();
+                let want = e
+                    .iter()
+                    .find(|x| x.id == g.id)
+                    .expect("returned a deleted item");
+                assert!((want.score - g.score).abs() < 1e-4, "{g:?} vs {want:?}");
+            }
+            total += exact.len();
+            hit += got
+                .iter()
+                .filter(|a| exact.iter().any(|e| e.id == a.id))
+                .count();
+        }
+        hit as f64 / total as f64
+    };
+    let (ru, rr) = (recall_of(&updated), recall_of(&rebuilt));
+    println!("recall@10 ef=128: updated {ru:.3}, rebuilt {rr:.3}");
+    assert!(ru >= 0.95 && ru >= rr - 0.02, "updated {ru} rebuilt {rr}");
+
+    // Saved and loaded like a built index.
+    updated.save(store.directory()).unwrap();
+    let loaded = Hnsw::load(store.directory(), &newer, metric)
+        .unwrap()
+        .unwrap();
+    let mut s = Scratch::new(loaded.len());
+    let q = &queries[..d];
+    assert_eq!(
+        loaded
+            .search(&newer, q, 10, 64, &Filter::none(), &mut s)
+            .unwrap(),
+        updated
+            .search(&newer, q, 10, 64, &Filter::none(), &mut s)
+            .unwrap()
+    );
+
+    // Refused: a quantised index, an older commit, a commit whose segments were merged.
+    let mut q8 = Hnsw::build(&snap, metric, params).unwrap();
+    q8.quantize_int8();
+    assert!(
+        q8.update(&newer, 100, 9)
+            .unwrap_err()
+            .to_string()
+            .contains("quantised")
+    );
+    assert!(updated.update(&snap, 100, 9).is_err());
+    let mut w = store.writer().unwrap();
+    w.compact("g").unwrap();
+    w.commit().unwrap();
+    drop(w);
+    let compacted = store.snapshot().unwrap();
+    let e = updated.update(&compacted, 100, 9).unwrap_err();
+    assert!(e.to_string().contains("rebuild"), "{e}");
+}
