@@ -49,6 +49,13 @@ struct Args {
     /// Where to train: cpu (hand-written kernels), cuda[:N], or auto.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
+    /// Also stream with BPR refits of the user's ego (`LiveConfig::refit`): this many
+    /// steps per positive event (0: fold-in only).
+    #[arg(long, default_value_t = 10)]
+    refit_steps: usize,
+    /// The refit learning rates to compare, one streamed model each.
+    #[arg(long, value_delimiter = ',', default_value = "1,3,10")]
+    refit_lrs: Vec<f32>,
 }
 
 fn train(
@@ -151,6 +158,20 @@ fn main() -> anyhow::Result<()> {
     let per = t.elapsed().as_secs_f64() * 1e6 / stream.len().max(1) as f64;
     println!("streamed={} observe_mean_us={per:.2}", stream.len());
     let (m_all, m_aff) = report("streamed", live.users(), live.items())?;
+    let mut refits = Vec::new();
+    for &lr in args.refit_lrs.iter().filter(|_| args.refit_steps > 0) {
+        let config = LiveConfig::new().refit(args.refit_steps, lr);
+        let mut live = LiveModel::new(&stale, &kept, config, 0)?;
+        let t = Instant::now();
+        for &(u, i) in &stream {
+            live.observe(u, i, InteractionKind::Click, 1)?;
+        }
+        let per = t.elapsed().as_secs_f64() * 1e6 / stream.len().max(1) as f64;
+        let label = format!("streamed_refit_steps{}_lr{lr}", args.refit_steps);
+        println!("model={label} observe_mean_us={per:.2}");
+        let (a, f) = report(&label, live.users(), live.items())?;
+        refits.push((label, a, f));
+    }
     let retrained = train(full, &config, args.epochs, "retrained", &device)?;
     let e = retrained.propagate()?;
     let (r_all, r_aff) = report("retrained", e.users(), e.items())?;
@@ -166,5 +187,12 @@ fn main() -> anyhow::Result<()> {
         rec(s_all, m_all, r_all),
         rec(s_aff, m_aff, r_aff)
     );
+    for (label, a, f) in refits {
+        println!(
+            "model={label} gap_recovered_all={:.0}% gap_recovered_affected={:.0}%",
+            rec(s_all, a, r_all),
+            rec(s_aff, f, r_aff)
+        );
+    }
     Ok(())
 }

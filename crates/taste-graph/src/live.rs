@@ -89,6 +89,8 @@ pub struct LiveConfig {
     half_life: f64,
     weights: KindWeights,
     recent: usize,
+    refit_steps: usize,
+    refit_lr: f32,
 }
 
 impl Default for LiveConfig {
@@ -97,6 +99,8 @@ impl Default for LiveConfig {
             half_life: f64::INFINITY,
             weights: KindWeights::default(),
             recent: 64,
+            refit_steps: 0,
+            refit_lr: 0.0,
         }
     }
 }
@@ -120,6 +124,16 @@ impl LiveConfig {
     /// How many recent positive interactions each user keeps (for [`crate::interests`](mod@crate::interests)).
     pub fn recent(mut self, recent: usize) -> Self {
         self.recent = recent;
+        self
+    }
+    /// After each positive event, `steps` BPR gradient steps (learning rate `lr`) on the
+    /// user's ego embedding, each against one of the user's positives drawn uniformly and
+    /// one uniformly drawn unseen item, with the items' embeddings fixed: a local,
+    /// O(steps × dim) stand-in for retraining the user's row. 0 steps (the default): the
+    /// fold-in alone.
+    pub fn refit(mut self, steps: usize, lr: f32) -> Self {
+        self.refit_steps = steps;
+        self.refit_lr = lr;
         self
     }
     /// The configured half-life.
@@ -147,6 +161,12 @@ impl LiveConfig {
             return bad(format!(
                 "weight of hide = {}, expected a finite value <= 0",
                 w.hide
+            ));
+        }
+        if self.refit_steps > 0 && !(self.refit_lr.is_finite() && self.refit_lr > 0.0) {
+            return bad(format!(
+                "refit learning rate = {}, expected a finite value > 0 with {} steps",
+                self.refit_lr, self.refit_steps
             ));
         }
         if self.recent == 0 || self.recent > crate::interests::MAX_WARD_POINTS {
@@ -221,6 +241,8 @@ pub struct LiveModel {
     new_item_content: Vec<Option<Box<[f32]>>>,
     /// Embeds live items that have content.
     aggregator: Option<Arc<ContentAggregator>>,
+    /// xorshift state of the refit's draws.
+    rng: u64,
 }
 
 impl LiveModel {
@@ -313,6 +335,7 @@ impl LiveModel {
             new_item_mass: Vec::new(),
             new_item_content: Vec::new(),
             aggregator: None,
+            rng: 0x9E37_79B9_7F4A_7C15,
         };
         // The fold-in formula reproduces the propagation; recomputing keeps users with
         // and without events on exactly the same arithmetic path.
@@ -466,7 +489,63 @@ impl LiveModel {
             }
         }
         self.refresh_user(u);
+        if kind.is_positive() {
+            self.refit_user(u);
+        }
         Ok(())
+    }
+
+    fn next_random(&mut self) -> u64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        self.rng
+    }
+
+    /// The configured BPR steps on `u`'s ego embedding (see [`LiveConfig::refit`]).
+    fn refit_user(&mut self, u: usize) {
+        let (steps, lr, d) = (self.config.refit_steps, self.config.refit_lr, self.dim);
+        let (n_pos, n_items) = (self.seen[u].len(), self.n_items());
+        if steps == 0 || n_pos == 0 || n_pos >= n_items {
+            return;
+        }
+        for _ in 0..steps {
+            let r = self.next_random();
+            let p = self.seen[u][(r % n_pos as u64) as usize] as usize;
+            // An unseen negative, as the trainer's sampler draws them (a few tries).
+            let mut j = (self.next_random() % n_items as u64) as usize;
+            for _ in 0..8 {
+                if self.seen[u].binary_search(&(j as u32)).is_err() {
+                    break;
+                }
+                j = (self.next_random() % n_items as u64) as usize;
+            }
+            let (ep, ej) = (
+                &self.item_final[p * d..(p + 1) * d],
+                &self.item_final[j * d..(j + 1) * d],
+            );
+            let eu = &self.user_final[u * d..(u + 1) * d];
+            let x: f32 = (0..d).map(|c| eu[c] * (ep[c] - ej[c])).sum();
+            // d/dE0 of ln σ(x) = σ(−x) · (ego coefficient in e_u) · (e_p − e_j).
+            let g = lr * (1.0 / (1.0 + x.exp())) * self.ego_coefficient(u) as f32;
+            let ego = &mut self.user_ego[u * d..(u + 1) * d];
+            for c in 0..d {
+                ego[c] += g * (ep[c] - ej[c]);
+            }
+            self.refresh_user(u);
+        }
+    }
+
+    /// The weight of `u`'s ego embedding in its final embedding: its share of the
+    /// (decayed) mass over the K + 1 layers.
+    fn ego_coefficient(&self, u: usize) -> f64 {
+        let mass = self.user_mass[u];
+        let share = if mass > 0.0 && self.user_ego_mass[u] > 0.0 {
+            self.user_ego_mass[u] / mass
+        } else {
+            1.0
+        };
+        share / (self.layers + 1) as f64
     }
 
     fn add_user(&mut self, now: u64) {
@@ -651,11 +730,7 @@ impl LiveModel {
         };
         // The ego embedding was trained on the training-time interactions: it keeps
         // their share of the user's (decayed) mass, so new tastes are not outvoted by it.
-        let ego_share = if mass > 0.0 && self.user_ego_mass[u] > 0.0 {
-            self.user_ego_mass[u] / mass
-        } else {
-            1.0
-        };
+        let ego_coef = self.ego_coefficient(u);
         let inv = 1.0 / (self.layers + 1) as f64;
         let (ego, sum) = (
             &self.user_ego[u * d..(u + 1) * d],
@@ -663,7 +738,7 @@ impl LiveModel {
         );
         let out = &mut self.user_final[u * d..(u + 1) * d];
         for c in 0..d {
-            out[c] = ((ego_share * ego[c] as f64 + scale * sum[c] as f64) * inv) as f32;
+            out[c] = (ego_coef * ego[c] as f64 + scale * sum[c] as f64 * inv) as f32;
         }
     }
 }

@@ -358,3 +358,63 @@ fn interests_have_a_member_medoid_and_decayed_importance() {
     );
     assert!(interests(&live, UserId(9), now, &cfg).is_err());
 }
+
+/// Mean `ln σ(e_u · (e_p − e_j))` of `user` over every (positive, unseen item) pair.
+fn bpr_objective(live: &LiveModel, user: UserId) -> f64 {
+    let d = live.dim();
+    let eu = live.user(user).unwrap();
+    let items = live.items();
+    let seen = live.seen(user);
+    let score = |i: usize| -> f32 { (0..d).map(|c| eu[c] * items[i * d + c]).sum() };
+    let (mut sum, mut n) = (0f64, 0usize);
+    for &p in seen {
+        for j in (0..live.n_items()).filter(|j| seen.binary_search(&(*j as u32)).is_err()) {
+            let x = (score(p as usize) - score(j)) as f64;
+            sum += -(1.0 + (-x).exp()).ln();
+            n += 1;
+        }
+    }
+    sum / n as f64
+}
+
+#[test]
+fn a_refit_raises_the_users_bpr_objective_and_a_bad_rate_is_refused() {
+    let g = random_graph(40, 60, 300, 21);
+    let cfg = LightGcnConfig::new().dim(8).layers(2).init_std(0.3).seed(4);
+    let mut t = Trainer::new(&g, &cfg).unwrap();
+    for _ in 0..5 {
+        t.train_epoch(|_, _| {}).unwrap();
+    }
+    let model = t.into_model();
+    let user = UserId(7);
+    let new_items = [ItemId(50), ItemId(51), ItemId(52)];
+    let mut plain = LiveModel::new(&model, &g, LiveConfig::new(), 0).unwrap();
+    let mut refit = LiveModel::new(&model, &g, LiveConfig::new().refit(30, 0.1), 0).unwrap();
+    for (t, &i) in new_items.iter().enumerate() {
+        plain
+            .observe(user, i, InteractionKind::Click, t as u64 + 1)
+            .unwrap();
+        refit
+            .observe(user, i, InteractionKind::Click, t as u64 + 1)
+            .unwrap();
+    }
+    let (a, b) = (bpr_objective(&plain, user), bpr_objective(&refit, user));
+    println!("BPR objective of the user: fold-in {a:.4}, fold-in + refit {b:.4}");
+    assert!(b > a, "{b} <= {a}");
+    // Other users are untouched.
+    assert_eq!(plain.user(UserId(8)), refit.user(UserId(8)));
+    // A hide does not refit: only the fold-in's push away.
+    let mut a = LiveModel::new(&model, &g, LiveConfig::new(), 0).unwrap();
+    let mut b = LiveModel::new(&model, &g, LiveConfig::new().refit(30, 0.1), 0).unwrap();
+    let before = a.user(user).unwrap().to_vec();
+    a.observe(user, ItemId(53), InteractionKind::Hide, 9)
+        .unwrap();
+    b.observe(user, ItemId(53), InteractionKind::Hide, 9)
+        .unwrap();
+    assert_eq!(a.user(user), b.user(user));
+    assert_ne!(a.user(user).unwrap(), &before[..]);
+    for bad in [0.0, -1.0, f32::NAN, f32::INFINITY] {
+        let e = LiveModel::new(&model, &g, LiveConfig::new().refit(3, bad), 0).unwrap_err();
+        assert!(e.to_string().contains("refit learning rate"), "{e}");
+    }
+}
