@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use embed_store::hnsw::{Hnsw, HnswParams, Scratch};
-use embed_store::search::Filter;
+use embed_store::search::{Filter, Hit};
 use embed_store::{GenerationSpec, ItemId, Metric, RamDirectory, Snapshot, StorageType, Store};
 
 /// L2-normalised points from a Gaussian mixture (clusters, within-cluster std 0.35).
@@ -78,12 +78,17 @@ fn recall(
             assert!(h.id.0 % 11 != 0, "deleted item returned");
         }
         total += exact.len();
-        hit += approx
-            .iter()
-            .filter(|a| exact.iter().any(|e| e.id == a.id))
-            .count();
+        hit += found(&exact, &approx);
     }
     hit as f64 / total as f64
+}
+
+/// How many of `approx` are in `exact`.
+fn found(exact: &[Hit], approx: &[Hit]) -> usize {
+    approx
+        .iter()
+        .filter(|a| exact.iter().any(|e| e.id == a.id))
+        .count()
 }
 
 #[test]
@@ -368,10 +373,7 @@ fn an_index_is_updated_with_upserts_appends_and_deletes_without_a_rebuild() {
                 assert!((want.score - g.score).abs() < 1e-4, "{g:?} vs {want:?}");
             }
             total += exact.len();
-            hit += got
-                .iter()
-                .filter(|a| exact.iter().any(|e| e.id == a.id))
-                .count();
+            hit += found(&exact, &got);
         }
         hit as f64 / total as f64
     };
