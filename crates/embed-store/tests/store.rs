@@ -330,12 +330,13 @@ fn readers_see_no_error_while_generations_swap() {
     w.set_current("g0").unwrap();
     w.commit().unwrap();
     let stop = Arc::new(AtomicBool::new(false));
-    let total = Arc::new(AtomicU64::new(0));
+    // Reads done by each reader.
+    let counts: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
     let readers: Vec<_> = (0..2)
         .map(|t| {
             let store = store.clone();
             let stop = stop.clone();
-            let total = total.clone();
+            let counts = counts.clone();
             std::thread::spawn(move || {
                 let mut reads = 0u64;
                 while !stop.load(Ordering::Relaxed) {
@@ -351,22 +352,30 @@ fn readers_see_no_error_while_generations_swap() {
                     let hits = s.search(&v, 1, Metric::L2, &Filter::none()).unwrap();
                     assert_eq!(hits[0].id, ItemId(id));
                     reads += 1;
-                    total.fetch_add(1, Ordering::Relaxed);
+                    counts[t as usize].fetch_add(1, Ordering::Relaxed);
                 }
                 reads
             })
         })
         .collect();
-    // let the readers run between swaps, so each swap happens under them
+    // let every reader run between swaps, so each swap happens under both of them
     let wait_for_reads = |n: u64| {
         let start = std::time::Instant::now();
-        let target = total.load(Ordering::Relaxed) + n;
-        while total.load(Ordering::Relaxed) < target && start.elapsed().as_secs() < 20 {
+        let target: Vec<u64> = counts
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed) + n)
+            .collect();
+        while counts
+            .iter()
+            .zip(&target)
+            .any(|(c, t)| c.load(Ordering::Relaxed) < *t)
+            && start.elapsed().as_secs() < 20
+        {
             std::thread::yield_now();
         }
     };
     for g in 1..=20u64 {
-        wait_for_reads(4);
+        wait_for_reads(2);
         let name = format!("g{g}");
         w.create_generation(GenerationSpec::new(&name, 8, StorageType::F32))
             .unwrap();
