@@ -948,22 +948,73 @@ impl Hnsw {
         rec[1..1 + links.len()].copy_from_slice(links);
     }
 
-    /// Greedy walk to the nearest node on `level`.
-    fn greedy(&self, q: &[f32], mut ep: u32, level: usize) -> u32 {
-        let mut best = self.dist(q, ep);
-        loop {
-            let mut moved = false;
-            for &n in self.links(ep, level) {
-                let d = self.dist(q, n);
-                if d < best {
-                    best = d;
-                    ep = n;
-                    moved = true;
+    /// Greedy walk from `ep` through levels `top` down to `bottom`: the nearest node
+    /// found on `bottom` (`ep` itself when `top < bottom`).
+    fn descend(&self, q: &[f32], ep: u32, top: usize, bottom: usize) -> u32 {
+        #[cfg(target_arch = "x86_64")]
+        if self.int8.is_none() && crate::kernels::avx2_fma() {
+            // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
+            return unsafe { self.descend_avx2(q, ep, top, bottom) };
+        }
+        self.descend_with(q, ep, top, bottom, |q, n| self.dist(q, n))
+    }
+
+    /// [`Self::descend`] on f32 vectors, compiled for AVX2+FMA (the distance inlined).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn descend_avx2(&self, q: &[f32], ep: u32, top: usize, bottom: usize) -> u32 {
+        self.descend_with(q, ep, top, bottom, |q, n| self.f32_dist(q, n))
+    }
+
+    /// The greedy walk itself, with the distance `dist(query, node)` given; neighbours'
+    /// vectors are prefetched as in the level-0 walk.
+    #[inline(always)]
+    fn descend_with<D: Fn(&[f32], u32) -> f32>(
+        &self,
+        q: &[f32],
+        mut ep: u32,
+        top: usize,
+        bottom: usize,
+        dist: D,
+    ) -> u32 {
+        if top < bottom {
+            return ep;
+        }
+        let mut best = dist(q, ep);
+        for level in (bottom..=top).rev() {
+            loop {
+                let mut moved = false;
+                let links = self.links(ep, level);
+                for &n in links.iter().take(PREFETCH_AHEAD) {
+                    self.prefetch(n);
+                }
+                for (j, &n) in links.iter().enumerate() {
+                    if let Some(&p) = links.get(j + PREFETCH_AHEAD) {
+                        self.prefetch(p);
+                    }
+                    let d = dist(q, n);
+                    if d < best {
+                        best = d;
+                        ep = n;
+                        moved = true;
+                    }
+                }
+                if !moved {
+                    break;
                 }
             }
-            if !moved {
-                return ep;
-            }
+        }
+        ep
+    }
+
+    /// The distance of `q` to node `i`'s f32 vector, inlined into its caller (see
+    /// [`Hnsw::dist`] for the convention).
+    #[inline(always)]
+    fn f32_dist(&self, q: &[f32], i: u32) -> f32 {
+        let x = self.vector(i);
+        match self.metric {
+            Metric::InnerProduct | Metric::Cosine => -crate::kernels::dot_body(q, x, true),
+            Metric::L2 => crate::kernels::l2_body(q, x, true),
         }
     }
 
@@ -998,14 +1049,7 @@ impl Hnsw {
         s: &mut Scratch,
         admit: Option<&dyn Fn(u32) -> bool>,
     ) {
-        let metric = self.metric;
-        self.search_layer_with(q, ep, ef, level, s, admit, |q, n| {
-            let x = self.vector(n);
-            match metric {
-                Metric::InnerProduct | Metric::Cosine => -crate::kernels::dot_body(q, x, true),
-                Metric::L2 => crate::kernels::l2_body(q, x, true),
-            }
-        });
+        self.search_layer_with(q, ep, ef, level, s, admit, |q, n| self.f32_dist(q, n));
     }
 
     /// The walk itself, with the distance `dist(query, node)` given.
@@ -1093,10 +1137,7 @@ impl Hnsw {
     fn plan(&self, i: u32, ef: usize, s: &mut Scratch, found: &mut Vec<(f32, u32)>) -> Plan {
         let level = self.levels[i as usize] as usize;
         let q = self.vector(i);
-        let mut ep = self.entry;
-        for l in (level + 1..=self.max_level).rev() {
-            ep = self.greedy(q, ep, l);
-        }
+        let mut ep = self.descend(q, self.entry, self.max_level, level + 1);
         let top = level.min(self.max_level);
         let mut links = vec![Vec::new(); top + 1];
         for l in (0..=top).rev() {
@@ -1207,10 +1248,7 @@ impl Hnsw {
             !ls.tombstones.is_deleted(r as usize)
                 && filter.admits(self.ids[i as usize], || ls.segment.attrs(r as usize))
         };
-        let mut ep = self.entry;
-        for l in (1..=self.max_level).rev() {
-            ep = self.greedy(&q, ep, l);
-        }
+        let ep = self.descend(&q, self.entry, self.max_level, 1);
         let any_deleted = snap.segments().iter().any(|s| s.tombstones.count() > 0);
         let admit: Option<&dyn Fn(u32) -> bool> = (filtered || any_deleted).then_some(&admit);
         self.search_layer(&q, ep, ef.max(k), 0, scratch, admit);
