@@ -383,17 +383,13 @@ impl Hnsw {
             built_from: (snap.generation().to_string(), snap.opstamp()),
             segments: segment_names(snap),
         };
-        if n == 0 {
-            return Ok(h);
-        }
-        h.entry = 0;
-        h.max_level = h.levels[0] as usize;
-        h.insert_nodes(1, params.ef_construction);
+        h.insert_nodes(0, params.ef_construction);
         Ok(h)
     }
 
     /// Links nodes `from..len()` (their vectors, levels and empty records already in
-    /// place) into the graph.
+    /// place) into the graph; from an empty graph (`from == 0`) the first node becomes
+    /// the entry point.
     ///
     /// One thread: nodes one by one (hnswlib's order). More: after a serial prefix,
     /// batches of up to 1/32 of the graph so far — each batch's neighbour searches run
@@ -404,8 +400,16 @@ impl Hnsw {
     /// available, not on scheduling.
     fn insert_nodes(&mut self, from: usize, ef: usize) {
         let n = self.len();
-        let parallel = rayon::current_num_threads() > 1;
+        if n == 0 {
+            return;
+        }
         let mut next = from;
+        if next == 0 {
+            self.entry = 0;
+            self.max_level = self.levels[0] as usize;
+            next = 1;
+        }
+        let parallel = rayon::current_num_threads() > 1;
         let mut scratch = Scratch::new(n);
         let mut found = Vec::new();
         while next < n {
@@ -541,12 +545,7 @@ impl Hnsw {
             built_from: (newer.generation().to_string(), newer.opstamp()),
             segments: names,
         };
-        if n_old == 0 && n > 0 {
-            h.max_level = h.levels[0] as usize;
-            h.insert_nodes(1, ef_construction);
-        } else {
-            h.insert_nodes(n_old, ef_construction);
-        }
+        h.insert_nodes(n_old, ef_construction);
         Ok(h)
     }
 
@@ -903,6 +902,21 @@ impl Hnsw {
         let _ = i;
     }
 
+    /// Calls `f` on each of `nodes` in order, with their vectors' loads started
+    /// [`PREFETCH_AHEAD`] nodes ahead of the call (both graph walks use it).
+    #[inline(always)]
+    fn for_each_prefetched(&self, nodes: &[u32], mut f: impl FnMut(u32)) {
+        for &n in nodes.iter().take(PREFETCH_AHEAD) {
+            self.prefetch(n);
+        }
+        for (j, &n) in nodes.iter().enumerate() {
+            if let Some(&p) = nodes.get(j + PREFETCH_AHEAD) {
+                self.prefetch(p);
+            }
+            f(n);
+        }
+    }
+
     /// Hints the CPU to fetch node `i`'s level-0 link record.
     #[inline(always)]
     fn prefetch_links(&self, i: u32) {
@@ -984,21 +998,14 @@ impl Hnsw {
         for level in (bottom..=top).rev() {
             loop {
                 let mut moved = false;
-                let links = self.links(ep, level);
-                for &n in links.iter().take(PREFETCH_AHEAD) {
-                    self.prefetch(n);
-                }
-                for (j, &n) in links.iter().enumerate() {
-                    if let Some(&p) = links.get(j + PREFETCH_AHEAD) {
-                        self.prefetch(p);
-                    }
+                self.for_each_prefetched(self.links(ep, level), |n| {
                     let d = dist(q, n);
                     if d < best {
                         best = d;
                         ep = n;
                         moved = true;
                     }
-                }
+                });
                 if !moved {
                     break;
                 }
@@ -1090,13 +1097,7 @@ impl Hnsw {
                     fresh.push(n);
                 }
             }
-            for &n in fresh.iter().take(PREFETCH_AHEAD) {
-                self.prefetch(n);
-            }
-            for (j, &n) in fresh.iter().enumerate() {
-                if let Some(&p) = fresh.get(j + PREFETCH_AHEAD) {
-                    self.prefetch(p);
-                }
+            self.for_each_prefetched(&fresh, |n| {
                 let dn = dist(q, n);
                 if s.results.len() < ef || dn < bound {
                     s.candidates.push(Far(dn, n));
@@ -1108,7 +1109,7 @@ impl Hnsw {
                         bound = s.results.peek().map_or(f32::INFINITY, |t| t.0);
                     }
                 }
-            }
+            });
             s.fresh = fresh;
             // The next node to expand: its links are read first thing next round.
             if let (0, Some(&Far(_, next))) = (level, s.candidates.peek()) {
