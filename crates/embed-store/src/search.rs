@@ -196,54 +196,16 @@ impl Snapshot {
         filter: &Filter,
     ) -> Result<Vec<Hit>> {
         self.check_query(query)?;
-        let d = self.dim();
-        let q2 = dot(query, query);
-        let q_norm = q2.sqrt();
-        let need_x2 = metric != Metric::InnerProduct;
-        let mut top = TopK::new(k);
-        let mut buf = vec![0f32; d];
-        for ls in self.segments() {
-            let seg = &ls.segment;
-            let ids = seg.ids();
-            let admits =
-                |r: usize| !ls.tombstones.is_deleted(r) && filter.admits(ids[r], || seg.attrs(r));
-            if let Some(data) = seg.f32_data() {
-                for (r, x) in data.chunks_exact(d).enumerate() {
-                    if admits(r) {
-                        let x2 = if need_x2 { dot(x, x) } else { 0.0 };
-                        top.push(ids[r], finish(metric, dot(query, x), x2, q_norm, q2));
-                    }
-                }
-            } else if let Some(data) = seg.f16_data() {
-                for (r, x) in data.chunks_exact(d).enumerate() {
-                    if admits(r) {
-                        x.convert_to_f32_slice(&mut buf);
-                        let x2 = if need_x2 { dot(&buf, &buf) } else { 0.0 };
-                        top.push(ids[r], finish(metric, dot(query, &buf), x2, q_norm, q2));
-                    }
-                }
-            } else if let Some((codes, scales)) = seg.int8_data() {
-                for (r, x) in codes.chunks_exact(d).enumerate() {
-                    if admits(r) {
-                        let s = scales[r];
-                        let x2 = if need_x2 {
-                            let n: i32 = x.iter().map(|&v| v as i32 * v as i32).sum();
-                            n as f32 * s * s
-                        } else {
-                            0.0
-                        };
-                        top.push(ids[r], finish(metric, dot_i8(query, x) * s, x2, q_norm, q2));
-                    }
-                }
-            }
-        }
-        Ok(top.into_sorted())
+        Ok(self
+            .search_block(query, k, metric, filter)
+            .pop()
+            .unwrap_or_default())
     }
 
     /// [`Snapshot::search`] for `queries.len() / dim` queries, in parallel: blocks of
     /// queries share each tile of rows while it is in cache (the scan reads the
-    /// generation once per block instead of once per query), and give exactly the hits
-    /// of [`Snapshot::search`] (same arithmetic per row).
+    /// generation once per block instead of once per query); the same scan as
+    /// [`Snapshot::search`] (a block of one), so the hits are exactly its hits.
     pub fn search_batch(
         &self,
         queries: &[f32],
@@ -272,7 +234,8 @@ impl Snapshot {
         Ok(blocks.into_iter().flatten().collect())
     }
 
-    /// Exact search for the (checked) queries of one block.
+    /// Exact search for the (checked) queries of one block: the one scan of both
+    /// [`Snapshot::search`] and [`Snapshot::search_batch`].
     fn search_block(&self, qs: &[f32], k: usize, metric: Metric, filter: &Filter) -> Vec<Vec<Hit>> {
         let d = self.dim();
         let norms: Vec<(f32, f32)> = qs
@@ -286,7 +249,8 @@ impl Snapshot {
         let need_x2 = metric != Metric::InnerProduct;
         let mut rows: Vec<usize> = Vec::with_capacity(ROW_TILE);
         let mut x2s: Vec<f32> = Vec::with_capacity(ROW_TILE);
-        let mut tile = vec![0f32; ROW_TILE * d];
+        // f16 rows decoded for the tile (allocated on first use).
+        let mut tile = Vec::new();
         let mut block = Block {
             qs,
             d,
@@ -315,6 +279,7 @@ impl Snapshot {
                     );
                     block.scan(ids, &rows, &x2s, |q, _, r| dot(q, x(r)));
                 } else if let Some(data) = seg.f16_data() {
+                    tile.resize(ROW_TILE * d, 0f32);
                     for (j, &r) in rows.iter().enumerate() {
                         let buf = &mut tile[j * d..(j + 1) * d];
                         data[r * d..(r + 1) * d].convert_to_f32_slice(buf);
