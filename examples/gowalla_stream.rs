@@ -93,6 +93,15 @@ fn train(
     Ok(model)
 }
 
+/// Every event of `stream` through `observe` as a click; the mean microseconds per event.
+fn stream_into(live: &mut LiveModel, stream: &[(UserId, ItemId)]) -> anyhow::Result<f64> {
+    let t = Instant::now();
+    for &(u, i) in stream {
+        live.observe(u, i, InteractionKind::Click, 1)?;
+    }
+    Ok(t.elapsed().as_secs_f64() * 1e6 / stream.len().max(1) as f64)
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let device = args.device.select()?;
@@ -151,22 +160,14 @@ fn main() -> anyhow::Result<()> {
     let stale = train(&kept, &config, args.epochs, "stale", &device)?;
     let mut live = LiveModel::new(&stale, &kept, LiveConfig::new(), 0)?;
     let (s_all, s_aff) = report("stale", live.users(), live.items())?;
-    let t = Instant::now();
-    for &(u, i) in &stream {
-        live.observe(u, i, InteractionKind::Click, 1)?;
-    }
-    let per = t.elapsed().as_secs_f64() * 1e6 / stream.len().max(1) as f64;
+    let per = stream_into(&mut live, &stream)?;
     println!("streamed={} observe_mean_us={per:.2}", stream.len());
     let (m_all, m_aff) = report("streamed", live.users(), live.items())?;
     let mut refits = Vec::new();
     for &lr in args.refit_lrs.iter().filter(|_| args.refit_steps > 0) {
         let config = LiveConfig::new().refit(args.refit_steps, lr);
         let mut live = LiveModel::new(&stale, &kept, config, 0)?;
-        let t = Instant::now();
-        for &(u, i) in &stream {
-            live.observe(u, i, InteractionKind::Click, 1)?;
-        }
-        let per = t.elapsed().as_secs_f64() * 1e6 / stream.len().max(1) as f64;
+        let per = stream_into(&mut live, &stream)?;
         let label = format!("streamed_refit_steps{}_lr{lr}", args.refit_steps);
         println!("model={label} observe_mean_us={per:.2}");
         let (a, f) = report(&label, live.users(), live.items())?;
