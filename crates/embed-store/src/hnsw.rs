@@ -384,6 +384,7 @@ impl Hnsw {
             segments: segment_names(snap),
         };
         h.insert_nodes(0, params.ef_construction);
+        h.reorder();
         Ok(h)
     }
 
@@ -546,6 +547,7 @@ impl Hnsw {
             segments: names,
         };
         h.insert_nodes(n_old, ef_construction);
+        h.reorder();
         Ok(h)
     }
 
@@ -829,6 +831,110 @@ impl Hnsw {
         self.int8 = Some((codes.into(), scales.into()));
     }
 
+    /// Renumbers the nodes in breadth-first order of the level-0 graph from the entry
+    /// point (nodes it does not reach follow in their old order), so that a node's
+    /// neighbours mostly lie in records near it: an expansion reads memory that is
+    /// closer together (5–13% more queries/s at 1M nodes in insertion order,
+    /// docs/benchmarks.md). Search results are unchanged — the same graph under new
+    /// node numbers. [`Hnsw::build`] and [`Hnsw::update`] end with it.
+    pub fn reorder(&mut self) {
+        if !self.is_empty() {
+            let order = self.bfs_order();
+            self.renumber(&order);
+        }
+    }
+
+    /// Gives node `order[new]` the number `new` (`order`: a permutation of the nodes).
+    fn renumber(&mut self, order: &[u32]) {
+        let n = self.len();
+        let mut new_of = vec![u32::MAX; n];
+        for (new, &old) in order.iter().enumerate() {
+            new_of[old as usize] = new as u32;
+        }
+        let map = |links: &mut [u32]| {
+            let count = links[0] as usize;
+            for l in &mut links[1..1 + count] {
+                *l = new_of[*l as usize];
+            }
+        };
+        let mut level0 = vec![0u32; n * self.stride];
+        for (rec, &old) in level0.chunks_exact_mut(self.stride).zip(order) {
+            let at = old as usize * self.stride;
+            rec.copy_from_slice(&self.level0[at..at + self.stride]);
+            map(&mut rec[..1 + self.m0]);
+        }
+        let rec = 1 + self.m;
+        let mut upper = Vec::with_capacity(self.upper.len());
+        let mut upper_start = Vec::with_capacity(n + 1);
+        for &old in order {
+            upper_start.push(upper.len() as u32);
+            let (s, e) = (
+                self.upper_start[old as usize] as usize,
+                self.upper_start[old as usize + 1] as usize,
+            );
+            let at = upper.len();
+            upper.extend_from_slice(&self.upper[s..e]);
+            for r in upper[at..].chunks_exact_mut(rec) {
+                map(r);
+            }
+        }
+        upper_start.push(upper.len() as u32);
+        /// Rows of `width` values of `v`, in `order`.
+        fn permute<T: Copy>(v: &[T], width: usize, order: &[u32]) -> Vec<T> {
+            let mut out = Vec::with_capacity(v.len());
+            for &old in order {
+                out.extend_from_slice(&v[old as usize * width..(old as usize + 1) * width]);
+            }
+            out
+        }
+        self.ids = permute(&self.ids, 1, order).into();
+        self.rows = permute(&self.rows, 1, order).into();
+        self.levels = permute(&self.levels, 1, order).into();
+        if let Some((codes, scales)) = &self.int8 {
+            self.int8 = Some((
+                permute(codes, self.dim, order).into(),
+                permute(scales, 1, order).into(),
+            ));
+        }
+        self.level0 = level0.into();
+        self.upper = upper.into();
+        self.upper_start = upper_start.into();
+        self.entry = new_of[self.entry as usize];
+    }
+
+    /// Nodes in breadth-first order of level 0 from the entry point, then those not
+    /// reached from it (in their current order), as `order[new] = old`.
+    fn bfs_order(&self) -> Vec<u32> {
+        let n = self.len();
+        let mut placed = vec![false; n];
+        let mut order: Vec<u32> = Vec::with_capacity(n);
+        let mut start = self.entry;
+        let mut rest = 0usize;
+        loop {
+            placed[start as usize] = true;
+            order.push(start);
+            let mut head = order.len() - 1;
+            while head < order.len() {
+                let c = order[head];
+                head += 1;
+                for &nb in self.links(c, 0) {
+                    if !placed[nb as usize] {
+                        placed[nb as usize] = true;
+                        order.push(nb);
+                    }
+                }
+            }
+            while rest < n && placed[rest] {
+                rest += 1;
+            }
+            if rest == n {
+                break;
+            }
+            start = rest as u32;
+        }
+        order
+    }
+
     /// Node `i`'s f32 vector (empty once the index is quantised).
     #[inline(always)]
     fn vector(&self, i: u32) -> &[f32] {
@@ -970,36 +1076,35 @@ impl Hnsw {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
             return unsafe { self.descend_avx2(q, ep, top, bottom) };
         }
-        self.descend_with(q, ep, top, bottom, |q, n| self.dist(q, n))
+        self.descend_with::<false>(q, ep, top, bottom)
     }
 
     /// [`Self::descend`] on f32 vectors, compiled for AVX2+FMA (the distance inlined).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn descend_avx2(&self, q: &[f32], ep: u32, top: usize, bottom: usize) -> u32 {
-        self.descend_with(q, ep, top, bottom, |q, n| self.f32_dist(q, n))
+        self.descend_with::<true>(q, ep, top, bottom)
     }
 
-    /// The greedy walk itself, with the distance `dist(query, node)` given; neighbours'
+    /// The greedy walk itself, distances by [`Hnsw::dist_as`]; neighbours'
     /// vectors are prefetched as in the level-0 walk.
     #[inline(always)]
-    fn descend_with<D: Fn(&[f32], u32) -> f32>(
+    fn descend_with<const F32: bool>(
         &self,
         q: &[f32],
         mut ep: u32,
         top: usize,
         bottom: usize,
-        dist: D,
     ) -> u32 {
         if top < bottom {
             return ep;
         }
-        let mut best = dist(q, ep);
+        let mut best = self.dist_as::<F32>(q, ep);
         for level in (bottom..=top).rev() {
             loop {
                 let mut moved = false;
                 self.for_each_prefetched(self.links(ep, level), |n| {
-                    let d = dist(q, n);
+                    let d = self.dist_as::<F32>(q, n);
                     if d < best {
                         best = d;
                         ep = n;
@@ -1012,6 +1117,19 @@ impl Hnsw {
             }
         }
         ep
+    }
+
+    /// [`Hnsw::f32_dist`] when `F32` (the caller checked that the index is not
+    /// quantised), else [`Hnsw::dist`]; resolved at compile time and inlined, so the
+    /// AVX2-compiled walks compute distances in their own body (a closure passed in
+    /// was compiled as a separate, non-inlined function).
+    #[inline(always)]
+    fn dist_as<const F32: bool>(&self, q: &[f32], i: u32) -> f32 {
+        if F32 {
+            self.f32_dist(q, i)
+        } else {
+            self.dist(q, i)
+        }
     }
 
     /// The distance of `q` to node `i`'s f32 vector, inlined into its caller (see
@@ -1040,7 +1158,7 @@ impl Hnsw {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
             return unsafe { self.search_layer_avx2(q, ep, ef, level, s, admit) };
         }
-        self.search_layer_with(q, ep, ef, level, s, admit, |q, n| self.dist(q, n));
+        self.search_layer_with::<false>(q, ep, ef, level, s, admit);
     }
 
     /// [`Self::search_layer`] on f32 vectors, compiled for AVX2+FMA so that the distance
@@ -1056,13 +1174,13 @@ impl Hnsw {
         s: &mut Scratch,
         admit: Option<&dyn Fn(u32) -> bool>,
     ) {
-        self.search_layer_with(q, ep, ef, level, s, admit, |q, n| self.f32_dist(q, n));
+        self.search_layer_with::<true>(q, ep, ef, level, s, admit);
     }
 
-    /// The walk itself, with the distance `dist(query, node)` given.
+    /// The walk itself, distances by [`Hnsw::dist_as`].
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn search_layer_with<D: Fn(&[f32], u32) -> f32>(
+    fn search_layer_with<const F32: bool>(
         &self,
         q: &[f32],
         ep: u32,
@@ -1070,13 +1188,12 @@ impl Hnsw {
         level: usize,
         s: &mut Scratch,
         admit: Option<&dyn Fn(u32) -> bool>,
-        dist: D,
     ) {
         let filtered = admit.is_some();
         let admit = |i: u32| admit.is_none_or(|f| f(i));
         s.reset(self.len());
         s.visit(ep);
-        let d0 = dist(q, ep);
+        let d0 = self.dist_as::<F32>(q, ep);
         s.candidates.push(Far(d0, ep));
         let mut bound = f32::INFINITY;
         if admit(ep) {
@@ -1098,7 +1215,7 @@ impl Hnsw {
                 }
             }
             self.for_each_prefetched(&fresh, |n| {
-                let dn = dist(q, n);
+                let dn = self.dist_as::<F32>(q, n);
                 if s.results.len() < ef || dn < bound {
                     s.candidates.push(Far(dn, n));
                     if admit(n) {
@@ -1288,5 +1405,120 @@ impl Hnsw {
         out.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.id.cmp(&b.id)));
         out.truncate(k);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{GenerationSpec, RamDirectory, StorageType, Store};
+    use std::sync::Arc;
+
+    /// Unit vectors around 8 centres (a deterministic xorshift stream).
+    fn points(n: usize, d: usize) -> Vec<f32> {
+        let mut s = 0x9e37_79b9_7f4a_7c15u64;
+        let mut u = move || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+        };
+        let centres: Vec<f32> = (0..8 * d).map(|_| u()).collect();
+        let mut out = Vec::with_capacity(n * d);
+        for i in 0..n {
+            let mut v: Vec<f32> = (0..d)
+                .map(|j| centres[(i % 8) * d + j] + 0.3 * u())
+                .collect();
+            normalize(&mut v);
+            out.extend(v);
+        }
+        out
+    }
+
+    /// A node as seen from outside its number: (id, level, links per level as ids,
+    /// vector, snapshot row).
+    type NodeView = (u64, u8, Vec<Vec<u64>>, Vec<f32>, [u32; 2]);
+
+    /// Every query's hits (ids and scores) on `h`, filtered by `filter`.
+    fn answers(
+        h: &Hnsw,
+        snap: &Snapshot,
+        data: &[f32],
+        d: usize,
+        filter: &Filter,
+    ) -> Vec<Vec<Hit>> {
+        let mut s = Scratch::new(h.len());
+        data.chunks(d)
+            .step_by(7)
+            .map(|q| h.search(snap, q, 10, 40, filter, &mut s).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn renumbering_nodes_changes_no_answer_and_keeps_the_graph_intact() {
+        let (n, d) = (1500, 16);
+        let data = points(n, d);
+        let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
+        let mut w = store.writer().unwrap();
+        w.create_generation(GenerationSpec::new("g", d, StorageType::F32))
+            .unwrap();
+        let ids: Vec<ItemId> = (0..n as u64).map(|i| ItemId(i * 3 + 1)).collect();
+        w.put_many("g", &ids, &data, None).unwrap();
+        w.set_current("g").unwrap();
+        w.commit().unwrap();
+        let snap = store.snapshot().unwrap();
+        let params = HnswParams {
+            m: 6,
+            ef_construction: 40,
+            seed: 3,
+        };
+        let mut h = Hnsw::build(&snap, Metric::InnerProduct, params).unwrap();
+        // build ends in breadth-first order: the entry is node 0, its links follow it
+        assert_eq!(h.entry, 0);
+        let first: Vec<u32> = h.links(0, 0).to_vec();
+        assert_eq!(first, (1..=first.len() as u32).collect::<Vec<_>>());
+        let skip: Vec<u64> = ids.iter().step_by(5).map(|i| i.0).collect();
+        let excluded = Filter::none().exclude(&skip);
+        let before = answers(&h, &snap, &data, d, &Filter::none());
+        let before_filtered = answers(&h, &snap, &data, d, &excluded);
+        let node_of = |h: &Hnsw, id: u64| h.ids.iter().position(|&x| x == id).unwrap() as u32;
+        let entry_id = h.ids[h.entry as usize];
+        // a scrambled numbering (reversed, then every other node swapped)
+        let mut order: Vec<u32> = (0..n as u32).rev().collect();
+        order.chunks_exact_mut(2).for_each(|p| p.swap(0, 1));
+        let links_of = |h: &Hnsw, id: u64, level: usize| -> Vec<u64> {
+            let i = node_of(h, id);
+            h.links(i, level)
+                .iter()
+                .map(|&k| h.ids[k as usize])
+                .collect()
+        };
+        let graph = |h: &Hnsw| -> Vec<NodeView> {
+            let mut g: Vec<_> = (0..n as u32)
+                .map(|i| {
+                    let id = h.ids[i as usize];
+                    let level = h.levels[i as usize];
+                    let links = (0..=level as usize).map(|l| links_of(h, id, l)).collect();
+                    (id, level, links, h.vector(i).to_vec(), h.rows[i as usize])
+                })
+                .collect();
+            g.sort_by_key(|x| x.0);
+            g
+        };
+        let g0 = graph(&h);
+        h.renumber(&order);
+        assert_eq!(graph(&h), g0, "the same graph under new numbers");
+        assert_eq!(h.ids[h.entry as usize], entry_id);
+        assert_eq!(answers(&h, &snap, &data, d, &Filter::none()), before);
+        assert_eq!(answers(&h, &snap, &data, d, &excluded), before_filtered);
+        h.reorder();
+        assert_eq!(graph(&h), g0);
+        assert_eq!(h.entry, 0);
+        assert_eq!(answers(&h, &snap, &data, d, &Filter::none()), before);
+        // a quantised index renumbers its codes and scales with the nodes
+        h.quantize_int8();
+        let quantized = answers(&h, &snap, &data, d, &Filter::none());
+        h.renumber(&order);
+        assert_eq!(answers(&h, &snap, &data, d, &Filter::none()), quantized);
     }
 }
