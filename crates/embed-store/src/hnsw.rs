@@ -946,22 +946,32 @@ impl Hnsw {
     /// vectors), squared Euclidean for L2.
     #[inline]
     fn dist(&self, q: &[f32], i: u32) -> f32 {
-        if let Some((codes, scales)) = &self.int8 {
-            let (i, d) = (i as usize, self.dim);
-            let (c, s) = (&codes[i * d..(i + 1) * d], scales[i]);
-            return match self.metric {
-                Metric::InnerProduct | Metric::Cosine => -s * crate::search::dot_i8(q, c),
-                Metric::L2 => q
-                    .iter()
-                    .zip(c)
-                    .map(|(a, &b)| {
-                        let e = a - s * b as f32;
-                        e * e
-                    })
-                    .sum(),
-            };
+        match &self.int8 {
+            Some(_) => self.int8_dist(q, i),
+            None => f32_distance(self.metric, q, self.vector(i)),
         }
-        f32_distance(self.metric, q, self.vector(i))
+    }
+
+    /// [`Hnsw::dist`] on node `i`'s int8 codes (the index is quantised), inlined into
+    /// its caller.
+    #[inline(always)]
+    fn int8_dist(&self, q: &[f32], i: u32) -> f32 {
+        let Some((codes, scales)) = &self.int8 else {
+            return f32::INFINITY;
+        };
+        let (i, d) = (i as usize, self.dim);
+        let (c, s) = (&codes[i * d..(i + 1) * d], scales[i]);
+        match self.metric {
+            Metric::InnerProduct | Metric::Cosine => -s * crate::search::dot_i8(q, c),
+            Metric::L2 => q
+                .iter()
+                .zip(c)
+                .map(|(a, &b)| {
+                    let e = a - s * b as f32;
+                    e * e
+                })
+                .sum(),
+        }
     }
 
     /// Exact distance of `q` to node `i`, from the snapshot's stored vector.
@@ -1072,14 +1082,14 @@ impl Hnsw {
     /// found on `bottom` (`ep` itself when `top < bottom`).
     fn descend(&self, q: &[f32], ep: u32, top: usize, bottom: usize) -> u32 {
         #[cfg(target_arch = "x86_64")]
-        if self.int8.is_none() && crate::kernels::avx2_fma() {
+        if crate::kernels::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
             return unsafe { self.descend_avx2(q, ep, top, bottom) };
         }
         self.descend_with::<false>(q, ep, top, bottom)
     }
 
-    /// [`Self::descend`] on f32 vectors, compiled for AVX2+FMA (the distance inlined).
+    /// [`Self::descend`] compiled for AVX2+FMA (the f32 or int8 distance inlined).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn descend_avx2(&self, q: &[f32], ep: u32, top: usize, bottom: usize) -> u32 {
@@ -1089,7 +1099,7 @@ impl Hnsw {
     /// The greedy walk itself, distances by [`Hnsw::dist_as`]; neighbours'
     /// vectors are prefetched as in the level-0 walk.
     #[inline(always)]
-    fn descend_with<const F32: bool>(
+    fn descend_with<const INLINE: bool>(
         &self,
         q: &[f32],
         mut ep: u32,
@@ -1099,12 +1109,12 @@ impl Hnsw {
         if top < bottom {
             return ep;
         }
-        let mut best = self.dist_as::<F32>(q, ep);
+        let mut best = self.dist_as::<INLINE>(q, ep);
         for level in (bottom..=top).rev() {
             loop {
                 let mut moved = false;
                 self.for_each_prefetched(self.links(ep, level), |n| {
-                    let d = self.dist_as::<F32>(q, n);
+                    let d = self.dist_as::<INLINE>(q, n);
                     if d < best {
                         best = d;
                         ep = n;
@@ -1119,16 +1129,18 @@ impl Hnsw {
         ep
     }
 
-    /// [`Hnsw::f32_dist`] when `F32` (the caller checked that the index is not
-    /// quantised), else [`Hnsw::dist`]; resolved at compile time and inlined, so the
-    /// AVX2-compiled walks compute distances in their own body (a closure passed in
-    /// was compiled as a separate, non-inlined function).
+    /// [`Hnsw::dist`] with both kinds of vectors inlined when `INLINE` (for the
+    /// AVX2-compiled walks: the distance is computed in their own body, with their
+    /// instruction set; a closure passed in was compiled as a separate function), else
+    /// [`Hnsw::dist`] itself (the portable walks).
     #[inline(always)]
-    fn dist_as<const F32: bool>(&self, q: &[f32], i: u32) -> f32 {
-        if F32 {
-            self.f32_dist(q, i)
-        } else {
+    fn dist_as<const INLINE: bool>(&self, q: &[f32], i: u32) -> f32 {
+        if !INLINE {
             self.dist(q, i)
+        } else if self.int8.is_some() {
+            self.int8_dist(q, i)
+        } else {
+            self.f32_dist(q, i)
         }
     }
 
@@ -1154,14 +1166,14 @@ impl Hnsw {
         admit: Option<&dyn Fn(u32) -> bool>,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if self.int8.is_none() && crate::kernels::avx2_fma() {
+        if crate::kernels::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
             return unsafe { self.search_layer_avx2(q, ep, ef, level, s, admit) };
         }
         self.search_layer_with::<false>(q, ep, ef, level, s, admit);
     }
 
-    /// [`Self::search_layer`] on f32 vectors, compiled for AVX2+FMA so that the distance
+    /// [`Self::search_layer`] compiled for AVX2+FMA so that the (f32 or int8) distance
     /// is inlined into the walk (no dispatch per distance).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
@@ -1180,7 +1192,7 @@ impl Hnsw {
     /// The walk itself, distances by [`Hnsw::dist_as`].
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn search_layer_with<const F32: bool>(
+    fn search_layer_with<const INLINE: bool>(
         &self,
         q: &[f32],
         ep: u32,
@@ -1193,7 +1205,7 @@ impl Hnsw {
         let admit = |i: u32| admit.is_none_or(|f| f(i));
         s.reset(self.len());
         s.visit(ep);
-        let d0 = self.dist_as::<F32>(q, ep);
+        let d0 = self.dist_as::<INLINE>(q, ep);
         s.candidates.push(Far(d0, ep));
         let mut bound = f32::INFINITY;
         if admit(ep) {
@@ -1215,7 +1227,7 @@ impl Hnsw {
                 }
             }
             self.for_each_prefetched(&fresh, |n| {
-                let dn = self.dist_as::<F32>(q, n);
+                let dn = self.dist_as::<INLINE>(q, n);
                 if s.results.len() < ef || dn < bound {
                     s.candidates.push(Far(dn, n));
                     if admit(n) {

@@ -138,7 +138,7 @@ impl TopK {
 pub use crate::kernels::dot;
 
 /// Dot product of f32 `q` with int8 codes `x` (unscaled).
-#[inline]
+#[inline(always)]
 pub fn dot_i8(q: &[f32], x: &[i8]) -> f32 {
     let mut acc = [0f32; 8];
     let (cq, rq) = q.as_chunks::<8>();
