@@ -265,8 +265,9 @@ impl<T: Pod> DerefMut for Block<T> {
 /// Value of `format` in an index file's header.
 pub const INDEX_FORMAT: &str = "mosaic.hnsw";
 const INDEX_MAGIC: &[u8; 8] = b"MOSAICHN";
-/// 2: level-0 records hold the node's vector (1: vectors in their own section).
-const INDEX_VERSION: u32 = 2;
+/// 3: a checksum over the header (2: level-0 records hold the node's vector; 1: vectors
+/// in their own section).
+const INDEX_VERSION: u32 = 3;
 
 /// The JSON header of an index file.
 #[derive(Debug, Serialize, Deserialize)]
@@ -608,11 +609,12 @@ impl Hnsw {
         };
         let json = serde_json::to_vec(&header)
             .map_err(|e| Error::corrupt("hnsw index", format!("header: {e}")))?;
-        let mut file = Vec::with_capacity(16 + json.len() + 8 + data.len());
+        let mut file = Vec::with_capacity(16 + json.len() + 12 + data.len());
         file.extend_from_slice(INDEX_MAGIC);
         file.extend_from_slice(&INDEX_VERSION.to_le_bytes());
         file.extend_from_slice(&(json.len() as u32).to_le_bytes());
         file.extend_from_slice(&json);
+        file.extend_from_slice(&crc32fast::hash(&file).to_le_bytes());
         file.resize(file.len().next_multiple_of(8), 0);
         file.extend_from_slice(&data);
         let name = Self::file_name(&self.built_from.0, self.built_from.1, self.metric);
@@ -640,6 +642,23 @@ impl Hnsw {
                 ),
             ));
         }
+        // searches read the snapshot's rows by these values without further checks
+        let segs = snap.segments();
+        if h.segments != segment_names(snap) || h.dim != snap.dim() {
+            return Err(Error::corrupt(
+                &name,
+                "names other segments or another dimension than its snapshot".to_string(),
+            ));
+        }
+        if let Some(i) = h.rows.iter().position(|&[s, r]| {
+            segs.get(s as usize)
+                .is_none_or(|ls| r as usize >= ls.segment.len())
+        }) {
+            return Err(Error::corrupt(
+                &name,
+                format!("node {i} points past its segment's rows"),
+            ));
+        }
         Ok(Some(h))
     }
 
@@ -658,18 +677,23 @@ impl Hnsw {
             });
         }
         let hlen = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
-        let json = b
-            .get(16..16 + hlen)
-            .ok_or_else(|| bad("header is truncated".into()))?;
+        let (json_end, data_start) = (16 + hlen, (20 + hlen).next_multiple_of(8));
+        let (Some(json), Some(hcrc), Some(pad), Some(data)) = (
+            b.get(16..json_end),
+            b.get(json_end..json_end + 4),
+            b.get(json_end + 4..data_start),
+            b.get(data_start..),
+        ) else {
+            return Err(bad("header is truncated".into()));
+        };
+        if crc32fast::hash(&b[..json_end]).to_le_bytes() != hcrc || pad.iter().any(|&x| x != 0) {
+            return Err(bad("header checksum mismatch".into()));
+        }
         let h: IndexHeader =
             serde_json::from_slice(json).map_err(|e| bad(format!("header: {e}")))?;
         if h.format != INDEX_FORMAT {
             return Err(bad(format!("format {:?}", h.format)));
         }
-        let data_start = (16 + hlen).next_multiple_of(8);
-        let data = b
-            .get(data_start..)
-            .ok_or_else(|| bad("data is truncated".into()))?;
         if crc32fast::hash(data) != h.crc32 {
             return Err(bad("checksum mismatch".into()));
         }
@@ -691,7 +715,9 @@ impl Hnsw {
                     "section {what} has {len} values, expected {want}"
                 )));
             }
-            Ok(data_start + off)
+            data_start
+                .checked_add(*off)
+                .ok_or_else(|| bad(format!("section {what} is out of bounds")))
         };
         let int8 = if h.quantized {
             Some((

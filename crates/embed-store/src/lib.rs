@@ -17,6 +17,7 @@
 pub mod directory;
 pub mod error;
 pub mod exchange;
+pub mod fuzzing;
 pub mod hnsw;
 pub mod kernels;
 pub mod manifest;

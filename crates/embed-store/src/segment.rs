@@ -180,18 +180,23 @@ impl Segment {
                 .map_err(|_| bad("offset overflows".into()))?;
         }
         // the layout must be exactly what encode() writes for these parameters
+        // every step checked: a crafted header must not overflow the arithmetic
         let checked = |a: usize, m: usize| a.checked_mul(m);
-        let expect_vec = checked(count, 8).map(|x| align(HEADER_LEN + x));
+        let after = |start: Option<usize>, len: Option<usize>| {
+            start.zip(len).and_then(|(a, l)| a.checked_add(l))
+        };
+        let aligned = |n: Option<usize>| n.and_then(|n| n.checked_next_multiple_of(ALIGN));
+        let expect_vec = aligned(after(Some(HEADER_LEN), checked(count, 8)));
         let vec_bytes = checked(count, dim).and_then(|x| checked(x, storage.value_bytes()));
-        let expect_scale = expect_vec.zip(vec_bytes).map(|(a, v)| align(a + v));
+        let expect_scale = aligned(after(expect_vec, vec_bytes));
         let scale_bytes = if storage == StorageType::Int8 {
             checked(count, 4)
         } else {
             Some(0)
         };
-        let expect_attr = expect_scale.zip(scale_bytes).map(|(a, s)| align(a + s));
+        let expect_attr = aligned(after(expect_scale, scale_bytes));
         let attr_bytes = checked(count, n_attrs).and_then(|x| checked(x, 4));
-        let expect_end = expect_attr.zip(attr_bytes).map(|(a, s)| a + s);
+        let expect_end = after(expect_attr, attr_bytes);
         let expected = [
             Some(HEADER_LEN),
             expect_vec,
