@@ -75,6 +75,9 @@ struct Args {
     /// Timed passes over the queries per ef (more passes, steadier queries/sec).
     #[arg(long, default_value_t = 1)]
     repeat: usize,
+    /// The ef values to time, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "16,32,64,128,256,512")]
+    ef: Vec<usize>,
 }
 
 fn mixture(n: usize, d: usize, clusters: usize, seed: u64) -> Vec<f32> {
@@ -257,7 +260,7 @@ fn main() -> anyhow::Result<()> {
                 .collect()
         }
     };
-    for ef in [16, 32, 64, 128, 256, 512] {
+    for &ef in &a.ef {
         let t = Instant::now();
         let mut results: Vec<Vec<u64>> = Vec::new();
         for _ in 0..a.repeat.max(1) {

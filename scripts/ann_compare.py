@@ -40,6 +40,8 @@ def main():
         action="store_true",
         help="reuse base/queries/gt and the hnswlib index saved in --out (no FAISS, no rebuild)",
     )
+    ap.add_argument("--ef", default="16,32,64,128,256,512", help="ef values to time, comma-separated")
+    ap.add_argument("--skip-flat", action="store_true", help="with --reuse: hnswlib only, no FAISS")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     d = 64
@@ -48,7 +50,8 @@ def main():
         queries = np.load(os.path.join(args.out, "queries.npy"))
         gt = np.load(os.path.join(args.out, "gt.npy"))
         args.n, args.queries = len(base), len(queries)
-        flat(args, base, queries, args.k)
+        if not args.skip_flat:
+            flat(args, base, queries, args.k)
         hnsw(args, base, queries, gt)
         return
     rng = np.random.default_rng(2026)
@@ -99,7 +102,7 @@ def hnsw(args, base, queries, gt):
     p.set_num_threads(1)
     k = args.k
     truth = [set(r[:k]) for r in gt]
-    for ef in (16, 32, 64, 128, 256, 512):
+    for ef in (int(e) for e in args.ef.split(",")):
         p.set_ef(max(ef, k))
         t = time.perf_counter()
         for _ in range(args.repeat):

@@ -96,6 +96,14 @@ impl Ord for Far {
 /// buffers (prefetching all of a node's neighbours at once stalled on them).
 const PREFETCH_AHEAD: usize = 4;
 
+/// Which distance a walk computes ([`Hnsw::dist_as`]): whichever the index holds,
+/// checked per call (the portable walks) ...
+const ANY: u8 = 0;
+/// ... or, fixed at compile time for the AVX2 walks, f32 vectors ...
+const F32: u8 = 1;
+/// ... or int8 codes.
+const INT8: u8 = 2;
+
 /// The segment names of `snap`, in order.
 fn segment_names(snap: &Snapshot) -> Vec<String> {
     snap.segments()
@@ -1110,22 +1118,31 @@ impl Hnsw {
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
-            return unsafe { self.descend_avx2(q, ep, top, bottom) };
+            return match self.int8 {
+                Some(_) => unsafe { self.descend_avx2::<INT8>(q, ep, top, bottom) },
+                None => unsafe { self.descend_avx2::<F32>(q, ep, top, bottom) },
+            };
         }
-        self.descend_with::<false>(q, ep, top, bottom)
+        self.descend_with::<ANY>(q, ep, top, bottom)
     }
 
     /// [`Self::descend`] compiled for AVX2+FMA (the f32 or int8 distance inlined).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn descend_avx2(&self, q: &[f32], ep: u32, top: usize, bottom: usize) -> u32 {
-        self.descend_with::<true>(q, ep, top, bottom)
+    unsafe fn descend_avx2<const KIND: u8>(
+        &self,
+        q: &[f32],
+        ep: u32,
+        top: usize,
+        bottom: usize,
+    ) -> u32 {
+        self.descend_with::<KIND>(q, ep, top, bottom)
     }
 
     /// The greedy walk itself, distances by [`Hnsw::dist_as`]; neighbours'
     /// vectors are prefetched as in the level-0 walk.
     #[inline(always)]
-    fn descend_with<const INLINE: bool>(
+    fn descend_with<const KIND: u8>(
         &self,
         q: &[f32],
         mut ep: u32,
@@ -1135,12 +1152,12 @@ impl Hnsw {
         if top < bottom {
             return ep;
         }
-        let mut best = self.dist_as::<INLINE>(q, ep);
+        let mut best = self.dist_as::<KIND>(q, ep);
         for level in (bottom..=top).rev() {
             loop {
                 let mut moved = false;
                 self.for_each_prefetched(self.links(ep, level), |n| {
-                    let d = self.dist_as::<INLINE>(q, n);
+                    let d = self.dist_as::<KIND>(q, n);
                     if d < best {
                         best = d;
                         ep = n;
@@ -1155,18 +1172,16 @@ impl Hnsw {
         ep
     }
 
-    /// [`Hnsw::dist`] with both kinds of vectors inlined when `INLINE` (for the
-    /// AVX2-compiled walks: the distance is computed in their own body, with their
-    /// instruction set; a closure passed in was compiled as a separate function), else
-    /// [`Hnsw::dist`] itself (the portable walks).
+    /// The distance of kind `KIND` ([`F32`], [`INT8`]: inlined into the AVX2-compiled
+    /// walks, so it is computed in their own body with their instruction set and no
+    /// per-distance branch — a closure passed in was compiled as a separate function;
+    /// [`ANY`]: [`Hnsw::dist`], for the portable walks).
     #[inline(always)]
-    fn dist_as<const INLINE: bool>(&self, q: &[f32], i: u32) -> f32 {
-        if !INLINE {
-            self.dist(q, i)
-        } else if self.int8.is_some() {
-            self.int8_dist(q, i)
-        } else {
-            self.f32_dist(q, i)
+    fn dist_as<const KIND: u8>(&self, q: &[f32], i: u32) -> f32 {
+        match KIND {
+            F32 => self.f32_dist(q, i),
+            INT8 => self.int8_dist(q, i),
+            _ => self.dist(q, i),
         }
     }
 
@@ -1194,16 +1209,19 @@ impl Hnsw {
         #[cfg(target_arch = "x86_64")]
         if crate::kernels::avx2_fma() {
             // SAFETY: the CPU has AVX2 and FMA (checked at run time just above).
-            return unsafe { self.search_layer_avx2(q, ep, ef, level, s, admit) };
+            return match self.int8 {
+                Some(_) => unsafe { self.search_layer_avx2::<INT8>(q, ep, ef, level, s, admit) },
+                None => unsafe { self.search_layer_avx2::<F32>(q, ep, ef, level, s, admit) },
+            };
         }
-        self.search_layer_with::<false>(q, ep, ef, level, s, admit);
+        self.search_layer_with::<ANY>(q, ep, ef, level, s, admit);
     }
 
     /// [`Self::search_layer`] compiled for AVX2+FMA so that the (f32 or int8) distance
     /// is inlined into the walk (no dispatch per distance).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn search_layer_avx2(
+    unsafe fn search_layer_avx2<const KIND: u8>(
         &self,
         q: &[f32],
         ep: u32,
@@ -1212,13 +1230,13 @@ impl Hnsw {
         s: &mut Scratch,
         admit: Option<&dyn Fn(u32) -> bool>,
     ) {
-        self.search_layer_with::<true>(q, ep, ef, level, s, admit);
+        self.search_layer_with::<KIND>(q, ep, ef, level, s, admit);
     }
 
     /// The walk itself, distances by [`Hnsw::dist_as`].
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
-    fn search_layer_with<const INLINE: bool>(
+    fn search_layer_with<const KIND: u8>(
         &self,
         q: &[f32],
         ep: u32,
@@ -1231,7 +1249,7 @@ impl Hnsw {
         let admit = |i: u32| admit.is_none_or(|f| f(i));
         s.reset(self.len());
         s.visit(ep);
-        let d0 = self.dist_as::<INLINE>(q, ep);
+        let d0 = self.dist_as::<KIND>(q, ep);
         s.candidates.push(Far(d0, ep));
         let mut bound = f32::INFINITY;
         if admit(ep) {
@@ -1253,7 +1271,7 @@ impl Hnsw {
                 }
             }
             self.for_each_prefetched(&fresh, |n| {
-                let dn = self.dist_as::<INLINE>(q, n);
+                let dn = self.dist_as::<KIND>(q, n);
                 if s.results.len() < ef || dn < bound {
                     s.candidates.push(Far(dn, n));
                     if admit(n) {
