@@ -868,7 +868,7 @@ impl Hnsw {
     /// Renumbers the nodes in breadth-first order of the level-0 graph from the entry
     /// point (nodes it does not reach follow in their old order), so that a node's
     /// neighbours mostly lie in records near it: an expansion reads memory that is
-    /// closer together (5–13% more queries/s at 1M nodes in insertion order,
+    /// closer together (3–15% more queries/s at 1M nodes in insertion order,
     /// docs/benchmarks.md). Search results are unchanged — the same graph under new
     /// node numbers. [`Hnsw::build`] and [`Hnsw::update`] end with it.
     pub fn reorder(&mut self) {
