@@ -96,6 +96,24 @@ impl<T: DenseId> IdMap<T> {
         Some(T::from_index(i))
     }
 
+    /// A map holding `externals` in dense order (`externals[i]` gets index `i`), as
+    /// [`IdMap::externals`] returned them. `Err((i, id))`: `externals[i] == id` appeared
+    /// earlier too, or there are more than 2³² ids (then `id` is the first one too many).
+    pub fn from_externals(externals: Vec<u64>) -> std::result::Result<Self, (usize, u64)> {
+        let mut to_dense = HashMap::with_capacity(externals.len());
+        for (i, &id) in externals.iter().enumerate() {
+            let dense = u32::try_from(i).map_err(|_| (i, id))?;
+            if to_dense.insert(id, dense).is_some() {
+                return Err((i, id));
+            }
+        }
+        Ok(IdMap {
+            to_dense,
+            to_external: externals,
+            _kind: PhantomData,
+        })
+    }
+
     /// The dense index of `external`, if known.
     pub fn get(&self, external: u64) -> Option<T> {
         self.to_dense.get(&external).map(|&i| T::from_index(i))
@@ -138,5 +156,11 @@ mod tests {
         assert_eq!(m.external(UserId(1)), Some(5));
         assert_eq!(m.external(UserId(2)), None);
         assert_eq!(m.externals(), &[900, 5]);
+        let back = UserMap::from_externals(m.externals().to_vec()).unwrap();
+        assert_eq!(
+            (back.get(900), back.get(5)),
+            (Some(UserId(0)), Some(UserId(1)))
+        );
+        assert_eq!(UserMap::from_externals(vec![3, 4, 3]).unwrap_err(), (2, 3));
     }
 }

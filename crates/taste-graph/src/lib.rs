@@ -17,7 +17,8 @@
 //! - [`interests`](mod@interests): several interests per user (PinnerSage: Ward clustering, medoids);
 //! - [`export`]: embeddings to and from `embed-store` generations;
 //! - [`log`]: crash-safe persistence of events (append-only [`EventLog`], atomic
-//!   [`GraphSnapshot`]s, and a [`Journal`] directory combining them).
+//!   [`GraphSnapshot`]s, and a [`Journal`] directory combining them, with the
+//!   external-id maps).
 //!
 //! Everything runs on the current rayon pool; wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
@@ -53,7 +54,7 @@ pub use interactions::{Interaction, InteractionKind, Interactions};
 pub use interests::{Interest, InterestConfig, interests};
 pub use lightgcn::{BatchLoss, Embeddings, EpochStats, LightGcn, LightGcnConfig, Trainer, Triple};
 pub use live::{KindWeights, LiveConfig, LiveModel};
-pub use log::{EventLog, GraphSnapshot, Journal, Recovery, Replay};
+pub use log::{EventLog, GraphSnapshot, Journal, Record, Recovery, Replay};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use optim::{AdamConfig, AdamState};

@@ -12,35 +12,56 @@
 //!   the sequence numbers) is never skipped silently: it is an [`Error::Corrupt`] naming
 //!   the file and the byte offset.
 //!
+//! External `u64` ids: a [`Journal`] assigns dense indices to external ids
+//! ([`Journal::record_external`]) and logs each assignment as a record of its own,
+//! before the first event that uses it and under the same sync, so a recovered journal
+//! has every id map entry its recovered events need; snapshots hold the maps.
+//!
 //! All integers are little-endian. Log file (`LOG_HEADER_LEN` + n × `LOG_RECORD_LEN`
 //! bytes):
 //!
 //! ```text
-//! header  0..8   magic "MOSAICLG"      record  0..8   seq (u64)
-//!         8..12  version = 1                   8..12  user (u32, dense)
+//! header  0..8   magic "MOSAICLG"      event   0..8   seq (u64)
+//!         8..12  version = 2                   8..12  user (u32, dense)
 //!        12..16  record length = 36           12..16  item (u32, dense)
 //!        16..24  first seq (u64, >= 1)        16..24  timestamp (u64)
 //!        24..28  crc32 of bytes 0..24         24..28  weight (f32 bits)
-//!        28..32  zero                         28      kind code
+//!        28..32  zero                         28      kind code (1..=4)
+//!                                             29..32  zero
+//!                                             32..36  crc32 of bytes 0..32
+//!
+//!                                      id      0..8   seq (u64)
+//!                                              8..12  dense index (u32): the next one
+//!                                             12..16  zero
+//!                                             16..24  external id (u64)
+//!                                             24..28  zero
+//!                                             28      0x81 user, 0x82 item
 //!                                             29..32  zero
 //!                                             32..36  crc32 of bytes 0..32
 //! ```
 //!
 //! Record `k` of a log carries seq `first seq + k`. Snapshot file: magic `"MOSAICSN"`,
 //! version (u32), entry length = 24 (u32), seq covered (u64), entry count (u64), then the
-//! entries (bytes 8..32 of a log record each), then a crc32 of everything before it.
+//! entries (bytes 8..32 of an event record each), then the user map (count u64, then
+//! the external ids in dense order, u64 each) and the item map (the same), then a crc32
+//! of everything before it. Version 1 files (before id records; snapshots without maps)
+//! are read; new files are version 2.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
-use crate::ids::{ItemId, UserId};
+use crate::ids::{DenseId, IdMap, ItemId, ItemMap, UserId, UserMap};
 use crate::interactions::{Interaction, InteractionKind, Interactions};
 
 const LOG_MAGIC: [u8; 8] = *b"MOSAICLG";
 const SNAPSHOT_MAGIC: [u8; 8] = *b"MOSAICSN";
-const VERSION: u32 = 1;
+/// The version new files are written in; version 1 (no id records, snapshots without
+/// id maps) is read too.
+const VERSION: u32 = 2;
+const USER_ID_CODE: u8 = 0x81;
+const ITEM_ID_CODE: u8 = 0x82;
 
 /// Length in bytes of an event log's header.
 pub const LOG_HEADER_LEN: usize = 32;
@@ -92,6 +113,70 @@ fn encode_event(e: &Interaction, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.timestamp.to_le_bytes());
     out.extend_from_slice(&e.weight.to_bits().to_le_bytes());
     out.extend_from_slice(&[e.kind.code(), 0, 0, 0]);
+}
+
+/// One record of an event log: an interaction, or the assignment of the next dense index
+/// to a new external id (logged before the first event that uses it).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Record {
+    /// An interaction between dense ids.
+    Event(Interaction),
+    /// A new user's external id; `user` is the next free user index.
+    User {
+        /// The application's id.
+        external: u64,
+        /// The dense index it was given.
+        user: UserId,
+    },
+    /// A new item's external id; `item` is the next free item index.
+    Item {
+        /// The application's id.
+        external: u64,
+        /// The dense index it was given.
+        item: ItemId,
+    },
+}
+
+fn encode_record(r: &Record, out: &mut Vec<u8>) {
+    let (code, dense, external) = match *r {
+        Record::Event(ref e) => return encode_event(e, out),
+        Record::User { external, user } => (USER_ID_CODE, user.0, external),
+        Record::Item { external, item } => (ITEM_ID_CODE, item.0, external),
+    };
+    out.extend_from_slice(&dense.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&external.to_le_bytes());
+    out.extend_from_slice(&[0; 4]);
+    out.extend_from_slice(&[code, 0, 0, 0]);
+}
+
+/// Decodes `EVENT_LEN` bytes of a log record; id records only if `ids` (version >= 2).
+fn decode_record(b: &[u8], ids: bool) -> std::result::Result<Record, String> {
+    let code = b[20];
+    if code != USER_ID_CODE && code != ITEM_ID_CODE {
+        return decode_event(b).map(Record::Event);
+    }
+    if !ids {
+        return Err(format!(
+            "id record (kind code {code:#x}) in a version 1 log"
+        ));
+    }
+    if b[4..8] != [0; 4] || b[16..20] != [0; 4] || b[21..24] != [0; 3] {
+        return Err("reserved bytes of the id record are not zero".into());
+    }
+    let dense = u32_at(b, 0);
+    let external = u64_at(b, 8);
+    Ok(if code == USER_ID_CODE {
+        Record::User {
+            external,
+            user: UserId(dense),
+        }
+    } else {
+        Record::Item {
+            external,
+            item: ItemId(dense),
+        }
+    })
 }
 
 /// Decodes `EVENT_LEN` bytes; `Err` says what is invalid.
@@ -169,7 +254,9 @@ fn try_lock(file: &File, path: &Path) -> Result<()> {
 struct Scanned {
     /// `None` when the header itself is torn (the file was being created).
     first_seq: Option<u64>,
-    events: Vec<Interaction>,
+    /// The header's format version (meaningless when `first_seq` is `None`).
+    version: u32,
+    records: Vec<Record>,
     /// Bytes of header and valid records; everything after is a torn tail.
     valid_len: u64,
     file_len: u64,
@@ -192,7 +279,8 @@ fn scan_log(path: &Path, file: &File) -> Result<Scanned> {
         if h[..m] == LOG_MAGIC[..m] || h[..m].iter().all(|&b| b == 0) {
             return Ok(Scanned {
                 first_seq: None,
-                events: Vec::new(),
+                version: VERSION,
+                records: Vec::new(),
                 valid_len: 0,
                 file_len,
             });
@@ -206,11 +294,11 @@ fn scan_log(path: &Path, file: &File) -> Result<Scanned> {
         return Err(corrupt(path, 24, "log header checksum mismatch"));
     }
     let version = u32_at(&h, 8);
-    if version != VERSION {
+    if !(1..=VERSION).contains(&version) {
         return Err(corrupt(
             path,
             8,
-            format!("unsupported log version {version} (this build reads {VERSION})"),
+            format!("unsupported log version {version} (this build reads 1 to {VERSION})"),
         ));
     }
     let record_len = u32_at(&h, 12);
@@ -229,7 +317,7 @@ fn scan_log(path: &Path, file: &File) -> Result<Scanned> {
         return Err(corrupt(path, 16, "first sequence number is 0"));
     }
 
-    let mut events = Vec::new();
+    let mut records = Vec::new();
     let mut valid_len = LOG_HEADER_LEN as u64;
     let mut offset = LOG_HEADER_LEN as u64;
     let mut bad: Option<(u64, String)> = None;
@@ -255,7 +343,7 @@ fn scan_log(path: &Path, file: &File) -> Result<Scanned> {
             bad = Some((offset, "record checksum mismatch".to_string()));
         } else {
             let seq = u64_at(&rec, 0);
-            let expected = first_seq.saturating_add(events.len() as u64);
+            let expected = first_seq.saturating_add(records.len() as u64);
             if seq != expected {
                 return Err(corrupt(
                     path,
@@ -263,15 +351,17 @@ fn scan_log(path: &Path, file: &File) -> Result<Scanned> {
                     format!("record has sequence number {seq}, expected {expected}"),
                 ));
             }
-            let event = decode_event(&rec[8..32]).map_err(|m| corrupt(path, offset, m))?;
-            events.push(event);
+            let record =
+                decode_record(&rec[8..32], version >= 2).map_err(|m| corrupt(path, offset, m))?;
+            records.push(record);
             valid_len = offset + LOG_RECORD_LEN as u64;
         }
         offset += LOG_RECORD_LEN as u64;
     }
     Ok(Scanned {
         first_seq: Some(first_seq),
-        events,
+        version,
+        records,
         valid_len,
         file_len,
     })
@@ -280,10 +370,10 @@ fn scan_log(path: &Path, file: &File) -> Result<Scanned> {
 /// What [`EventLog::open`] read back from an existing file.
 #[derive(Debug, Clone, Default)]
 pub struct Replay {
-    /// Sequence number of the file's first record; `events[i]` has seq `first_seq + i`.
+    /// Sequence number of the file's first record; `records[i]` has seq `first_seq + i`.
     pub first_seq: u64,
-    /// The valid events, in append order.
-    pub events: Vec<Interaction>,
+    /// The valid records, in append order.
+    pub records: Vec<Record>,
     /// Bytes of torn or garbage tail that were discarded (and truncated from the file).
     pub discarded_bytes: u64,
 }
@@ -291,7 +381,18 @@ pub struct Replay {
 impl Replay {
     /// The sequence number the next appended event gets.
     pub fn next_seq(&self) -> u64 {
-        self.first_seq + self.events.len() as u64
+        self.first_seq + self.records.len() as u64
+    }
+
+    /// The interaction records, in append order (id records left out).
+    pub fn events(&self) -> Vec<Interaction> {
+        self.records
+            .iter()
+            .filter_map(|r| match r {
+                Record::Event(e) => Some(*e),
+                _ => None,
+            })
+            .collect()
     }
 }
 
@@ -307,6 +408,7 @@ pub struct EventLog {
     path: PathBuf,
     file: File,
     first_seq: u64,
+    version: u32,
     next_seq: u64,
     durable_seq: u64,
     buf: Vec<u8>,
@@ -315,7 +417,8 @@ pub struct EventLog {
 
 impl EventLog {
     /// Opens the log at `path`, creating it (first seq 1) if it does not exist, and
-    /// returns the events it holds. A torn tail is discarded and truncated.
+    /// returns the records it holds. A torn tail is discarded and truncated. An empty
+    /// version 1 log is rewritten as version 2.
     pub fn open(path: impl AsRef<Path>) -> Result<(EventLog, Replay)> {
         Self::open_impl(path.as_ref(), 1, None)
     }
@@ -346,7 +449,31 @@ impl EventLog {
             .map_err(io)?;
         try_lock(&file, path)?;
         let scanned = scan_log(path, &file)?;
-        let (first_seq, events, discarded_bytes) = match scanned.first_seq {
+        let (first_seq, version, records, discarded_bytes) = match scanned.first_seq {
+            Some(first_seq) if scanned.version < VERSION && scanned.records.is_empty() => {
+                if let Some(want) = expected
+                    && want != first_seq
+                {
+                    return Err(corrupt(
+                        path,
+                        16,
+                        format!("log starts at seq {first_seq}, expected {want}"),
+                    ));
+                }
+                // An old-format log with no record: rewrite its header in the current
+                // format (a crash in between leaves a torn header, re-initialised the
+                // same way on the next open).
+                file.set_len(LOG_HEADER_LEN as u64).map_err(io)?;
+                file.seek(SeekFrom::Start(0)).map_err(io)?;
+                file.write_all(&log_header(first_seq)).map_err(io)?;
+                file.sync_data().map_err(io)?;
+                (
+                    first_seq,
+                    VERSION,
+                    Vec::new(),
+                    scanned.file_len - scanned.valid_len,
+                )
+            }
             Some(first_seq) => {
                 if let Some(want) = expected
                     && want != first_seq
@@ -364,7 +491,8 @@ impl EventLog {
                 file.sync_data().map_err(io)?;
                 (
                     first_seq,
-                    scanned.events,
+                    scanned.version,
+                    scanned.records,
                     scanned.file_len - scanned.valid_len,
                 )
             }
@@ -375,16 +503,17 @@ impl EventLog {
                 file.write_all(&log_header(new_first_seq)).map_err(io)?;
                 file.sync_data().map_err(io)?;
                 sync_dir(parent_of(path))?;
-                (new_first_seq, Vec::new(), scanned.file_len)
+                (new_first_seq, VERSION, Vec::new(), scanned.file_len)
             }
         };
         let next_seq = first_seq
-            .checked_add(events.len() as u64)
+            .checked_add(records.len() as u64)
             .ok_or_else(|| corrupt(path, 16, "sequence numbers overflow u64"))?;
         let log = EventLog {
             path: path.to_path_buf(),
             file,
             first_seq,
+            version,
             next_seq,
             durable_seq: next_seq - 1,
             buf: Vec::new(),
@@ -392,7 +521,7 @@ impl EventLog {
         };
         let replay = Replay {
             first_seq,
-            events,
+            records,
             discarded_bytes,
         };
         Ok((log, replay))
@@ -413,15 +542,34 @@ impl EventLog {
     ///
     /// [`sync`]: EventLog::sync
     pub fn append(&mut self, event: &Interaction) -> Result<u64> {
+        self.append_record(&Record::Event(*event))
+    }
+
+    /// Buffers any record (an event, or an id assignment) and returns its sequence
+    /// number; see [`EventLog::append`]. Id records need a version 2 log.
+    pub fn append_record(&mut self, record: &Record) -> Result<u64> {
         self.check_usable()?;
-        check_weight(event)?;
+        match record {
+            Record::Event(event) => check_weight(event)?,
+            Record::User { .. } | Record::Item { .. } if self.version < 2 => {
+                return Err(Error::Graph {
+                    message: format!(
+                        "{} is a version {} log, which cannot hold id records; \
+                         continue in a new log",
+                        self.path.display(),
+                        self.version
+                    ),
+                });
+            }
+            Record::User { .. } | Record::Item { .. } => {}
+        }
         let seq = self.next_seq;
         let next = seq.checked_add(1).ok_or_else(|| Error::Graph {
             message: "event log sequence numbers exhausted".into(),
         })?;
         let start = self.buf.len();
         self.buf.extend_from_slice(&seq.to_le_bytes());
-        encode_event(event, &mut self.buf);
+        encode_record(record, &mut self.buf);
         let crc = crc32fast::hash(&self.buf[start..]);
         self.buf.extend_from_slice(&crc.to_le_bytes());
         self.next_seq = next;
@@ -476,6 +624,11 @@ impl EventLog {
         self.first_seq
     }
 
+    /// The file's format version (1: events only; 2: events and id records).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
     /// The sequence number the next append gets.
     pub fn next_seq(&self) -> u64 {
         self.next_seq
@@ -486,25 +639,35 @@ impl EventLog {
         self.durable_seq
     }
 
-    /// Number of appended events not yet synced.
+    /// Number of appended records not yet synced.
     pub fn pending(&self) -> u64 {
         self.next_seq - 1 - self.durable_seq
     }
 }
 
-/// A point-in-time copy of the events, covering every log record up to `seq`.
+/// A point-in-time copy of the events and id maps, covering every log record up to `seq`.
 #[derive(Debug, Clone, Default)]
 pub struct GraphSnapshot {
     /// The last sequence number the snapshot covers (0: none).
     pub seq: u64,
     /// The events.
     pub events: Interactions,
+    /// External user ids (empty when the application uses dense ids).
+    pub users: UserMap,
+    /// External item ids (empty when the application uses dense ids).
+    pub items: ItemMap,
 }
 
 impl GraphSnapshot {
-    /// Writes a snapshot of `events` covering seq `seq` to `path` atomically: a temp file
-    /// next to it, fsync, rename, fsync of the directory.
-    pub fn write(path: impl AsRef<Path>, seq: u64, events: &Interactions) -> Result<()> {
+    /// Writes a snapshot of `events` and the id maps covering seq `seq` to `path`
+    /// atomically: a temp file next to it, fsync, rename, fsync of the directory.
+    pub fn write(
+        path: impl AsRef<Path>,
+        seq: u64,
+        events: &Interactions,
+        users: &UserMap,
+        items: &ItemMap,
+    ) -> Result<()> {
         let path = path.as_ref();
         let name = path.file_name().ok_or_else(|| Error::Config {
             message: format!("snapshot path {} has no file name", path.display()),
@@ -535,6 +698,17 @@ impl GraphSnapshot {
             }
             encode_event(e, &mut chunk);
         }
+        for externals in [users.externals(), items.externals()] {
+            chunk.extend_from_slice(&(externals.len() as u64).to_le_bytes());
+            for id in externals {
+                if chunk.len() >= 1 << 16 {
+                    crc.update(&chunk);
+                    w.write_all(&chunk).map_err(io)?;
+                    chunk.clear();
+                }
+                chunk.extend_from_slice(&id.to_le_bytes());
+            }
+        }
         crc.update(&chunk);
         chunk.extend_from_slice(&crc.finalize().to_le_bytes());
         w.write_all(&chunk).map_err(io)?;
@@ -549,7 +723,7 @@ impl GraphSnapshot {
 
     /// Writes this snapshot to `path` atomically (see [`GraphSnapshot::write`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        Self::write(path, self.seq, &self.events)
+        Self::write(path, self.seq, &self.events, &self.users, &self.items)
     }
 
     /// Reads and verifies a snapshot; any damage is an [`Error::Corrupt`].
@@ -564,11 +738,11 @@ impl GraphSnapshot {
             return Err(corrupt(path, body_len as u64, "snapshot checksum mismatch"));
         }
         let version = u32_at(&b, 8);
-        if version != VERSION {
+        if !(1..=VERSION).contains(&version) {
             return Err(corrupt(
                 path,
                 8,
-                format!("unsupported snapshot version {version} (this build reads {VERSION})"),
+                format!("unsupported snapshot version {version} (this build reads 1 to {VERSION})"),
             ));
         }
         let entry_len = u32_at(&b, 12);
@@ -581,18 +755,40 @@ impl GraphSnapshot {
         }
         let seq = u64_at(&b, 16);
         let count = u64_at(&b, 24);
-        let expected_len = count
+        let entries_end = count
             .checked_mul(EVENT_LEN as u64)
-            .and_then(|n| n.checked_add((SNAPSHOT_HEADER_LEN + 4) as u64));
-        if expected_len != Some(b.len() as u64) {
-            return Err(corrupt(
-                path,
-                24,
-                format!("{count} entries do not fit a file of {} bytes", b.len()),
-            ));
-        }
+            .and_then(|n| n.checked_add(SNAPSHOT_HEADER_LEN as u64))
+            .filter(|&end| end <= body_len as u64)
+            .ok_or_else(|| {
+                corrupt(
+                    path,
+                    24,
+                    format!("{count} entries do not fit a file of {} bytes", b.len()),
+                )
+            })? as usize;
+        let (users, items) = if version >= 2 {
+            let (users, at) = read_id_map(path, &b[..body_len], entries_end, "user")?;
+            let (items, at) = read_id_map(path, &b[..body_len], at, "item")?;
+            if at != body_len {
+                return Err(corrupt(
+                    path,
+                    at as u64,
+                    format!("{} bytes after the item map", body_len - at),
+                ));
+            }
+            (users, items)
+        } else {
+            if entries_end != body_len {
+                return Err(corrupt(
+                    path,
+                    24,
+                    format!("{count} entries do not fill a file of {} bytes", b.len()),
+                ));
+            }
+            (UserMap::new(), ItemMap::new())
+        };
         let mut events = Interactions::new();
-        for (i, e) in b[SNAPSHOT_HEADER_LEN..body_len]
+        for (i, e) in b[SNAPSHOT_HEADER_LEN..entries_end]
             .chunks_exact(EVENT_LEN)
             .enumerate()
         {
@@ -600,11 +796,58 @@ impl GraphSnapshot {
             let event = decode_event(e).map_err(|m| corrupt(path, offset, m))?;
             events.push(event)?;
         }
-        Ok(GraphSnapshot { seq, events })
+        Ok(GraphSnapshot {
+            seq,
+            events,
+            users,
+            items,
+        })
     }
 }
 
-/// What [`Journal::open`] recovered.
+/// Reads an id map section (count, then the external ids) at `at` of a snapshot body;
+/// returns it and the offset after it.
+fn read_id_map<T: DenseId>(
+    path: &Path,
+    body: &[u8],
+    at: usize,
+    what: &str,
+) -> Result<(IdMap<T>, usize)> {
+    let Some(count_end) = at.checked_add(8).filter(|&e| e <= body.len()) else {
+        return Err(corrupt(
+            path,
+            at as u64,
+            format!("the snapshot ends before its {what} map"),
+        ));
+    };
+    let count = u64_at(body, at);
+    let end = count
+        .checked_mul(8)
+        .and_then(|n| n.checked_add(count_end as u64))
+        .filter(|&end| end <= body.len() as u64)
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                at as u64,
+                format!("{count} {what} ids do not fit the snapshot"),
+            )
+        })? as usize;
+    let externals = body[count_end..end]
+        .chunks_exact(8)
+        .map(|c| u64_at(c, 0))
+        .collect();
+    let map = IdMap::from_externals(externals).map_err(|(i, id)| {
+        corrupt(
+            path,
+            (count_end + 8 * i) as u64,
+            format!("{what} id {id} is mapped twice"),
+        )
+    })?;
+    Ok((map, end))
+}
+
+/// What [`Journal::open`] recovered (the id maps stay in the journal:
+/// [`Journal::users`], [`Journal::items`]).
 #[derive(Debug, Clone, Default)]
 pub struct Recovery {
     /// Every acknowledged event (and possibly later ones that reached the disk): the
@@ -623,12 +866,106 @@ pub struct Recovery {
 /// A directory holding snapshots and event logs: `snapshot-<seq>.snap` covers events up
 /// to `seq`; `log-<first seq>.log` holds the events from `first seq` on (seqs written
 /// as 20 digits). Exclusive while open (a `LOCK` file).
+///
+/// Events carry dense ids. An application with its own `u64` ids records through
+/// [`Journal::record_external`], which assigns dense indices in arrival order and logs
+/// every new assignment; a journal uses external ids for all users (items) or for none.
 #[derive(Debug)]
 pub struct Journal {
     dir: PathBuf,
     log: EventLog,
     snapshot_seq: u64,
+    users: UserMap,
+    items: ItemMap,
+    /// One more than the largest user index any recorded event uses (0: none).
+    seen_users: u64,
+    /// One more than the largest item index any recorded event uses (0: none).
+    seen_items: u64,
     _lock: File,
+}
+
+/// The state rebuilt while replaying: events and id maps.
+struct Recovered {
+    events: Interactions,
+    users: UserMap,
+    items: ItemMap,
+}
+
+impl Recovered {
+    /// Applies one replayed record, read at `offset` of `path`.
+    fn apply(&mut self, record: &Record, path: &Path, offset: u64) -> Result<()> {
+        match *record {
+            Record::Event(e) => self.events.push(e),
+            Record::User { external, user } => assign(&mut self.users, external, user.0, "user")
+                .map_err(|m| corrupt(path, offset, m)),
+            Record::Item { external, item } => assign(&mut self.items, external, item.0, "item")
+                .map_err(|m| corrupt(path, offset, m)),
+        }
+    }
+}
+
+/// Replays an id record: `external` must be new and `dense` the next index.
+fn assign<T: DenseId>(
+    map: &mut IdMap<T>,
+    external: u64,
+    dense: u32,
+    what: &str,
+) -> std::result::Result<(), String> {
+    if let Some(existing) = map.get(external) {
+        return Err(format!(
+            "{what} id {external} is assigned again (it has index {})",
+            existing.to_index()
+        ));
+    }
+    if dense as usize != map.len() {
+        return Err(format!(
+            "{what} id {external} is given index {dense}, expected the next one, {}",
+            map.len()
+        ));
+    }
+    map.get_or_insert(external)
+        .map(|_| ())
+        .ok_or_else(|| format!("all 2^32 {what} indices are taken"))
+}
+
+/// One more than the largest user and item index in `events`.
+fn seen_counts(events: &Interactions) -> (u64, u64) {
+    events.events().iter().fold((0, 0), |(u, i), e| {
+        (u.max(e.user.0 as u64 + 1), i.max(e.item.0 as u64 + 1))
+    })
+}
+
+/// `Err` unless `index` has an external id in `map` or `map` is empty (dense ids).
+fn check_mapped<T: DenseId>(map: &IdMap<T>, index: u32, what: &str) -> Result<()> {
+    if map.is_empty() || (index as usize) < map.len() {
+        return Ok(());
+    }
+    Err(Error::Graph {
+        message: format!(
+            "{what} index {index} has no external id, but this journal maps external {what} \
+             ids ({} so far): record events with record_external or with the indices it \
+             assigned",
+            map.len()
+        ),
+    })
+}
+
+/// The dense index a new external id gets, refused when dense-only events already use
+/// indices without external ids.
+fn next_index<T: DenseId>(map: &IdMap<T>, seen: u64, what: &str) -> Result<u32> {
+    let len = map.len();
+    if (len as u64) < seen {
+        return Err(Error::Graph {
+            message: format!(
+                "this journal holds events with {what} indices up to {} that have no \
+                 external id: a journal uses external {what} ids for all {what}s or for none",
+                seen - 1
+            ),
+        });
+    }
+    u32::try_from(len).map_err(|_| Error::Graph {
+        message: format!("all 2^32 {what} indices are taken"),
+    })
 }
 
 fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
@@ -726,11 +1063,12 @@ impl Journal {
                 "snapshot seq is u64::MAX",
             )
         })?;
-        let replayed = replay_logs(&dir, &logs, from).map_err(&with_context)?;
-        let mut events = snapshot.events;
-        for e in replayed.events {
-            events.push(e)?;
-        }
+        let mut state = Recovered {
+            events: snapshot.events,
+            users: snapshot.users,
+            items: snapshot.items,
+        };
+        let replayed = replay_logs(&dir, &logs, from, &mut state).map_err(&with_context)?;
         let last_seq = replayed.log.next_seq() - 1;
         if last_seq < newest_claim {
             return Err(with_context(corrupt(
@@ -742,8 +1080,32 @@ impl Journal {
                 ),
             )));
         }
+        let (seen_users, seen_items) = seen_counts(&state.events);
+        for (what, len, seen) in [
+            ("user", state.users.len(), seen_users),
+            ("item", state.items.len(), seen_items),
+        ] {
+            if len > 0 && (len as u64) < seen {
+                return Err(corrupt(
+                    &dir,
+                    0,
+                    format!(
+                        "the events use {what} index {} but only {len} {what}s have external ids",
+                        seen - 1
+                    ),
+                ));
+            }
+        }
+        let mut log = replayed.log;
+        if log.version() < VERSION {
+            // A log from before id records (it holds records, or it would have been
+            // rewritten when opened): continue in a new one.
+            let next = log.next_seq();
+            drop(log);
+            log = EventLog::open_from(Journal::log_path(&dir, next), next)?.0;
+        }
         let recovery = Recovery {
-            events,
+            events: state.events,
             snapshot_seq: snapshot.seq,
             last_seq,
             discarded_bytes: replayed.discarded_bytes,
@@ -751,16 +1113,103 @@ impl Journal {
         };
         let journal = Journal {
             dir,
-            log: replayed.log,
+            log,
             snapshot_seq: snapshot.seq,
+            users: state.users,
+            items: state.items,
+            seen_users,
+            seen_items,
             _lock: lock,
         };
         Ok((journal, recovery))
     }
 
     /// Appends `event` to the log (buffered, see [`EventLog::append`]); returns its seq.
+    ///
+    /// Once the journal maps external ids of users (items), the event's user (item)
+    /// must be an index it assigned.
     pub fn record(&mut self, event: &Interaction) -> Result<u64> {
-        self.log.append(event)
+        check_mapped(&self.users, event.user.0, "user")?;
+        check_mapped(&self.items, event.item.0, "item")?;
+        let seq = self.log.append(event)?;
+        self.seen_users = self.seen_users.max(event.user.0 as u64 + 1);
+        self.seen_items = self.seen_items.max(event.item.0 as u64 + 1);
+        Ok(seq)
+    }
+
+    /// Records an interaction between external ids: a user or item seen for the first
+    /// time gets the next dense index, logged before the event (the same
+    /// [`sync`](Journal::sync) makes both durable). Returns the event's seq and the event
+    /// in dense ids. The weight must be finite and non-negative; nothing is logged
+    /// otherwise.
+    ///
+    /// Refused (an error, nothing logged) when the journal already holds events whose
+    /// dense user (item) indices have no external id: a journal uses external ids for
+    /// all or for none.
+    pub fn record_external(
+        &mut self,
+        user: u64,
+        item: u64,
+        kind: InteractionKind,
+        weight: f32,
+        timestamp: u64,
+    ) -> Result<(u64, Interaction)> {
+        if !weight.is_finite() || weight < 0.0 {
+            return Err(Error::Graph {
+                message: format!(
+                    "interaction of external user {user} with external item {item} has \
+                     weight {weight}, expected a finite value >= 0"
+                ),
+            });
+        }
+        let new_user = match self.users.get(user) {
+            Some(_) => None,
+            None => Some(next_index(&self.users, self.seen_users, "user")?),
+        };
+        let new_item = match self.items.get(item) {
+            Some(_) => None,
+            None => Some(next_index(&self.items, self.seen_items, "item")?),
+        };
+        if let Some(index) = new_user {
+            self.log.append_record(&Record::User {
+                external: user,
+                user: UserId(index),
+            })?;
+            self.users.get_or_insert(user);
+        }
+        if let Some(index) = new_item {
+            self.log.append_record(&Record::Item {
+                external: item,
+                item: ItemId(index),
+            })?;
+            self.items.get_or_insert(item);
+        }
+        let (Some(user_id), Some(item_id)) = (self.users.get(user), self.items.get(item)) else {
+            return Err(Error::Graph {
+                message: format!("external ids {user} / {item} could not be mapped"),
+            });
+        };
+        let event = Interaction {
+            user: user_id,
+            item: item_id,
+            kind,
+            weight,
+            timestamp,
+        };
+        let seq = self.log.append(&event)?;
+        self.seen_users = self.seen_users.max(user_id.0 as u64 + 1);
+        self.seen_items = self.seen_items.max(item_id.0 as u64 + 1);
+        Ok((seq, event))
+    }
+
+    /// External user ids, in dense order (empty when the application uses dense ids).
+    pub fn users(&self) -> &UserMap {
+        &self.users
+    }
+
+    /// External item ids, in dense order (empty when the application uses dense ids).
+    pub fn items(&self) -> &ItemMap {
+        &self.items
     }
 
     /// Makes every recorded event durable; returns the highest acknowledged seq.
@@ -768,8 +1217,8 @@ impl Journal {
         self.log.sync()
     }
 
-    /// Writes a snapshot of `events` and starts a new log after it; returns the
-    /// snapshot's seq.
+    /// Writes a snapshot of `events` (and the id maps) and starts a new log after it;
+    /// returns the snapshot's seq.
     ///
     /// `events` must be the state after *every* event recorded so far (what
     /// [`Journal::open`] returned plus everything passed to [`Journal::record`]), since
@@ -778,8 +1227,18 @@ impl Journal {
     /// snapshots. A crash anywhere opens to the same events; an error after the snapshot
     /// is written leaves obsolete files that the next checkpoint removes.
     pub fn checkpoint(&mut self, events: &Interactions) -> Result<u64> {
+        for e in events.events() {
+            check_mapped(&self.users, e.user.0, "user")?;
+            check_mapped(&self.items, e.item.0, "item")?;
+        }
         let seq = self.log.sync()?;
-        GraphSnapshot::write(Self::snapshot_path(&self.dir, seq), seq, events)?;
+        GraphSnapshot::write(
+            Self::snapshot_path(&self.dir, seq),
+            seq,
+            events,
+            &self.users,
+            &self.items,
+        )?;
         self.snapshot_seq = seq;
         if self.log.first_seq() != seq + 1 {
             let (log, _) = EventLog::open_from(Self::log_path(&self.dir, seq + 1), seq + 1)?;
@@ -830,15 +1289,19 @@ impl Journal {
 }
 
 struct ReplayedLogs {
-    events: Vec<Interaction>,
     discarded_bytes: u64,
     /// The log new events go to.
     log: EventLog,
 }
 
-/// Replays the events with seq >= `from` from `logs` (sorted by first seq) and opens
-/// the log to append to. Logs wholly before `from` are ignored.
-fn replay_logs(dir: &Path, logs: &[(u64, PathBuf)], from: u64) -> Result<ReplayedLogs> {
+/// Replays the records with seq >= `from` from `logs` (sorted by first seq) into
+/// `state` and opens the log to append to. Logs wholly before `from` are ignored.
+fn replay_logs(
+    dir: &Path,
+    logs: &[(u64, PathBuf)],
+    from: u64,
+    state: &mut Recovered,
+) -> Result<ReplayedLogs> {
     // The last log starting at or before `from` holds `from` (or ends just before it).
     let start = logs.iter().rposition(|(first, _)| *first <= from);
     let Some(start) = start else {
@@ -854,12 +1317,10 @@ fn replay_logs(dir: &Path, logs: &[(u64, PathBuf)], from: u64) -> Result<Replaye
         }
         let (log, _) = EventLog::open_from(Journal::log_path(dir, from), from)?;
         return Ok(ReplayedLogs {
-            events: Vec::new(),
             discarded_bytes: 0,
             log,
         });
     };
-    let mut events = Vec::new();
     let mut discarded_bytes = 0;
     // The seq the next recovered event must have.
     let mut cursor = from;
@@ -881,7 +1342,7 @@ fn replay_logs(dir: &Path, logs: &[(u64, PathBuf)], from: u64) -> Result<Replaye
             discarded_bytes += replay.discarded_bytes;
             let next = replay.next_seq();
             current = Some(log);
-            (replay.events, next)
+            (replay.records, next)
         } else {
             let file = File::open(path).map_err(|e| Error::io(path, e))?;
             let scanned = scan_log(path, &file)?;
@@ -894,8 +1355,8 @@ fn replay_logs(dir: &Path, logs: &[(u64, PathBuf)], from: u64) -> Result<Replaye
                 ));
             }
             discarded_bytes += scanned.file_len - scanned.valid_len;
-            let next = first.saturating_add(scanned.events.len() as u64);
-            (scanned.events, next)
+            let next = first.saturating_add(scanned.records.len() as u64);
+            (scanned.records, next)
         };
         if k != start && *first < cursor && next_seq > *first {
             return Err(corrupt(
@@ -908,7 +1369,10 @@ fn replay_logs(dir: &Path, logs: &[(u64, PathBuf)], from: u64) -> Result<Replaye
             ));
         }
         let skip = (cursor - first).min(log_events.len() as u64) as usize;
-        events.extend_from_slice(&log_events[skip..]);
+        for (i, r) in log_events.iter().enumerate().skip(skip) {
+            let offset = (LOG_HEADER_LEN + i * LOG_RECORD_LEN) as u64;
+            state.apply(r, path, offset)?;
+        }
         cursor = cursor.max(next_seq);
     }
     let mut log = match current {
@@ -923,7 +1387,6 @@ fn replay_logs(dir: &Path, logs: &[(u64, PathBuf)], from: u64) -> Result<Replaye
         log = fresh;
     }
     Ok(ReplayedLogs {
-        events,
         discarded_bytes,
         log,
     })

@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use taste_graph::log::{LOG_HEADER_LEN, LOG_RECORD_LEN};
 use taste_graph::{
-    Error, EventLog, GraphSnapshot, Interaction, InteractionKind, Interactions, ItemId, Journal,
-    UserId,
+    Error, EventLog, GraphSnapshot, Interaction, InteractionKind, Interactions, ItemId, ItemMap,
+    Journal, UserId, UserMap,
 };
 
 /// A fresh directory under the system temp dir, removed on drop.
@@ -68,10 +68,15 @@ fn collect(events: &[Interaction]) -> Interactions {
     x
 }
 
+/// Writes a snapshot of dense-id events (no id maps).
+fn write_snapshot(path: impl AsRef<Path>, seq: u64, events: &Interactions) -> Result<(), Error> {
+    GraphSnapshot::write(path, seq, events, &UserMap::new(), &ItemMap::new())
+}
+
 /// A log at `path` holding events 0..n (seqs 1..=n), synced; returns the file's bytes.
 fn write_log(path: &Path, n: u64) -> Vec<u8> {
     let (mut log, replay) = EventLog::open(path).unwrap();
-    assert!(replay.events.is_empty());
+    assert!(replay.events().is_empty());
     for i in 0..n {
         assert_eq!(log.append(&ev(i)).unwrap(), i + 1);
     }
@@ -98,14 +103,14 @@ fn round_trip_and_continuation() {
 
     let (mut log, replay) = EventLog::open(&path).unwrap();
     assert_eq!(replay.first_seq, 1);
-    assert_eq!(replay.events, evs(0..100));
+    assert_eq!(replay.events(), evs(0..100));
     assert_eq!(replay.discarded_bytes, 0);
     assert_eq!(replay.next_seq(), 101);
     assert_eq!(log.durable_seq(), 100);
     assert_eq!(log.append_sync(&ev(100)).unwrap(), 101);
     drop(log);
     let (_, replay) = EventLog::open(&path).unwrap();
-    assert_eq!(replay.events, evs(0..101));
+    assert_eq!(replay.events(), evs(0..101));
 }
 
 #[test]
@@ -136,7 +141,7 @@ fn appends_are_buffered_until_sync_and_lost_without_it() {
     log.append(&ev(10_001)).unwrap();
     drop(log);
     let (log, replay) = EventLog::open(&path).unwrap();
-    assert_eq!(replay.events, evs(0..10_000));
+    assert_eq!(replay.events(), evs(0..10_000));
     assert_eq!(log.next_seq(), 10_001);
 }
 
@@ -149,7 +154,7 @@ fn torn_tail_at_every_length_is_discarded_and_appends_continue() {
     for cut in 0..LOG_RECORD_LEN {
         fs::write(&path, &full[..four + cut]).unwrap();
         let (mut log, replay) = EventLog::open(&path).unwrap();
-        assert_eq!(replay.events, evs(0..4), "cut {cut}");
+        assert_eq!(replay.events(), evs(0..4), "cut {cut}");
         assert_eq!(replay.discarded_bytes, cut as u64);
         assert_eq!(fs::metadata(&path).unwrap().len(), four as u64, "truncated");
         assert_eq!(log.append_sync(&ev(99)).unwrap(), 5);
@@ -157,11 +162,11 @@ fn torn_tail_at_every_length_is_discarded_and_appends_continue() {
         let (_, replay) = EventLog::open(&path).unwrap();
         let mut want = evs(0..4);
         want.push(ev(99));
-        assert_eq!(replay.events, want, "cut {cut}");
+        assert_eq!(replay.events(), want, "cut {cut}");
     }
     // The full file still opens whole.
     fs::write(&path, &full).unwrap();
-    assert_eq!(EventLog::open(&path).unwrap().1.events, evs(0..5));
+    assert_eq!(EventLog::open(&path).unwrap().1.events(), evs(0..5));
 }
 
 #[test]
@@ -173,17 +178,17 @@ fn torn_header_is_an_interrupted_creation() {
     for cut in 0..LOG_HEADER_LEN {
         fs::write(&path, &full[..cut]).unwrap();
         let (mut log, replay) = EventLog::open(&path).unwrap();
-        assert!(replay.events.is_empty());
+        assert!(replay.events().is_empty());
         assert_eq!(replay.discarded_bytes, cut as u64);
         assert_eq!(log.append_sync(&ev(1)).unwrap(), 1, "cut {cut}");
         drop(log);
-        assert_eq!(EventLog::open(&path).unwrap().1.events, vec![ev(1)]);
+        assert_eq!(EventLog::open(&path).unwrap().1.events(), vec![ev(1)]);
     }
     // Size reached the disk but not the data.
     fs::write(&path, [0u8; LOG_HEADER_LEN]).unwrap();
     let (_, replay) = EventLog::open(&path).unwrap();
     assert_eq!(replay.first_seq, 1);
-    assert!(replay.events.is_empty());
+    assert!(replay.events().is_empty());
 }
 
 #[test]
@@ -196,7 +201,7 @@ fn garbage_and_zero_tails_are_discarded() {
         b.extend_from_slice(&tail);
         fs::write(&path, &b).unwrap();
         let (_, replay) = EventLog::open(&path).unwrap();
-        assert_eq!(replay.events, evs(0..3));
+        assert_eq!(replay.events(), evs(0..3));
         assert_eq!(replay.discarded_bytes, tail.len() as u64);
         assert_eq!(fs::read(&path).unwrap(), full);
     }
@@ -213,7 +218,7 @@ fn any_flipped_byte_in_the_last_record_is_a_torn_tail() {
         b[at] ^= 0x10;
         fs::write(&path, &b).unwrap();
         let (_, replay) = EventLog::open(&path).unwrap();
-        assert_eq!(replay.events, evs(0..4), "byte {at}");
+        assert_eq!(replay.events(), evs(0..4), "byte {at}");
         assert_eq!(replay.discarded_bytes, LOG_RECORD_LEN as u64);
     }
 }
@@ -350,7 +355,7 @@ fn snapshot_round_trip_and_damage() {
     let dir = TempDir::new("snapshot");
     let path = dir.path().join("s.snap");
     let events = collect(&evs(0..1000));
-    GraphSnapshot::write(&path, 1234, &events).unwrap();
+    write_snapshot(&path, 1234, &events).unwrap();
     let s = GraphSnapshot::read(&path).unwrap();
     assert_eq!(s.seq, 1234);
     assert_eq!(s.events.events(), events.events());
@@ -473,7 +478,7 @@ fn crash_states_of_a_checkpoint_open_to_the_acknowledged_events() {
     // 2. Snapshot durable, log not rotated: snapshot and the whole old log.
     let dir = TempDir::new("crash2");
     journal_with(dir.path(), n);
-    GraphSnapshot::write(
+    write_snapshot(
         Journal::snapshot_path(dir.path(), n),
         n,
         &collect(&evs(0..n)),
@@ -492,7 +497,7 @@ fn crash_states_of_a_checkpoint_open_to_the_acknowledged_events() {
     //    old log was kept): replay only what follows it.
     let dir = TempDir::new("crash3");
     journal_with(dir.path(), n);
-    GraphSnapshot::write(
+    write_snapshot(
         Journal::snapshot_path(dir.path(), 25),
         25,
         &collect(&evs(0..25)),
@@ -506,7 +511,7 @@ fn crash_states_of_a_checkpoint_open_to_the_acknowledged_events() {
     for cut in 0..=LOG_HEADER_LEN {
         let dir = TempDir::new("crash4");
         journal_with(dir.path(), n);
-        GraphSnapshot::write(
+        write_snapshot(
             Journal::snapshot_path(dir.path(), n),
             n,
             &collect(&evs(0..n)),
@@ -551,7 +556,7 @@ fn crash_states_of_a_checkpoint_open_to_the_acknowledged_events() {
         Journal::log_path(dir.path(), 1),
     )
     .unwrap();
-    GraphSnapshot::write(
+    write_snapshot(
         Journal::snapshot_path(dir.path(), 10),
         10,
         &collect(&evs(0..10)),
@@ -627,7 +632,7 @@ fn garbage_snapshot_falls_back_only_when_the_logs_cover_it() {
     // A snapshot whose name disagrees with its header counts as damaged too.
     let dir = TempDir::new("garbage-snap-name");
     journal_with(dir.path(), 5);
-    GraphSnapshot::write(
+    write_snapshot(
         Journal::snapshot_path(dir.path(), 3),
         4,
         &collect(&evs(0..4)),
@@ -689,4 +694,407 @@ fn missing_or_damaged_logs_are_errors() {
         Journal::open(dir.path()),
         Err(Error::Corrupt { offset, .. }) if offset == (LOG_HEADER_LEN + 3 * LOG_RECORD_LEN) as u64
     ));
+}
+
+// ---- external ids ----
+
+/// External user and item ids of the k-th event of the id tests: a few repeat, most
+/// are new, spread over the whole u64 range.
+fn external_pair(k: u64) -> (u64, u64) {
+    let user = (k * 7 % 13).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xFFFF_0000_0000_0000;
+    let item = u64::MAX - (k * 11 % 17 + k / 3 * 5);
+    (user, item)
+}
+
+/// The dense index `id` gets in arrival order, appended to `seen` if new.
+fn arrival_index(seen: &mut Vec<u64>, id: u64) -> u32 {
+    match seen.iter().position(|&x| x == id) {
+        Some(i) => i as u32,
+        None => {
+            seen.push(id);
+            (seen.len() - 1) as u32
+        }
+    }
+}
+
+/// What a journal must hold after events `0..n` of [`external_pair`] were recorded.
+struct Expected {
+    users: Vec<u64>,
+    items: Vec<u64>,
+    events: Vec<Interaction>,
+}
+
+impl Expected {
+    fn new() -> Self {
+        Expected {
+            users: Vec::new(),
+            items: Vec::new(),
+            events: Vec::new(),
+        }
+    }
+
+    /// Records event `k` through `record_external` and checks the ids it was given.
+    fn record(&mut self, j: &mut Journal, k: u64) {
+        let (u, i) = external_pair(k);
+        let kind = [InteractionKind::Click, InteractionKind::Save][(k % 2) as usize];
+        let (_, e) = j.record_external(u, i, kind, 1.0, 1_000 + k).unwrap();
+        let want = Interaction {
+            user: UserId(arrival_index(&mut self.users, u)),
+            item: ItemId(arrival_index(&mut self.items, i)),
+            kind,
+            weight: 1.0,
+            timestamp: 1_000 + k,
+        };
+        assert_eq!(e, want, "event {k}");
+        self.events.push(want);
+    }
+
+    fn check(&self, j: &Journal, rec: &taste_graph::Recovery, what: &str) {
+        assert_eq!(j.users().externals(), &self.users[..], "{what}: users");
+        assert_eq!(j.items().externals(), &self.items[..], "{what}: items");
+        assert_eq!(rec.events.events(), &self.events[..], "{what}: events");
+        for (d, &x) in self.users.iter().enumerate() {
+            assert_eq!(j.users().get(x), Some(UserId(d as u32)), "{what}");
+        }
+    }
+}
+
+#[test]
+fn external_ids_survive_reopening_checkpoints_and_replay() {
+    let dir = TempDir::new("ids");
+    let mut want = Expected::new();
+    let mut k = 0;
+    for round in 0..4 {
+        let (mut j, rec) = Journal::open(dir.path()).unwrap();
+        want.check(&j, &rec, &format!("round {round}"));
+        for _ in 0..25 {
+            want.record(&mut j, k);
+            k += 1;
+        }
+        let seq = j.sync().unwrap();
+        // id records take sequence numbers too
+        assert_eq!(
+            seq as usize,
+            want.users.len() + want.items.len() + want.events.len()
+        );
+        if round % 2 == 1 {
+            j.checkpoint(&collect(&want.events)).unwrap();
+            let snap = GraphSnapshot::read(Journal::snapshot_path(dir.path(), seq)).unwrap();
+            assert_eq!(snap.users.externals(), &want.users[..]);
+            assert_eq!(snap.items.externals(), &want.items[..]);
+            for _ in 0..5 {
+                want.record(&mut j, k);
+                k += 1;
+            }
+            j.sync().unwrap();
+        }
+    }
+    let (j, rec) = Journal::open(dir.path()).unwrap();
+    want.check(&j, &rec, "last");
+    assert!(rec.snapshot_seq > 0);
+    assert!(want.users.len() >= 13 && want.items.len() > 30);
+}
+
+#[test]
+fn unsynced_id_assignments_are_lost_with_their_events() {
+    let dir = TempDir::new("ids-unsynced");
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let (_, a) = j
+        .record_external(10, 20, InteractionKind::Click, 1.0, 1)
+        .unwrap();
+    j.sync().unwrap();
+    let (_, b) = j
+        .record_external(11, 21, InteractionKind::Click, 1.0, 2)
+        .unwrap();
+    assert_eq!((b.user, b.item), (UserId(1), ItemId(1)));
+    drop(j); // never synced
+    let (mut j, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.events.events(), &[a][..]);
+    assert_eq!(
+        (j.users().externals(), j.items().externals()),
+        (&[10][..], &[20][..])
+    );
+    // The lost assignment's index goes to the next new id.
+    let (_, c) = j
+        .record_external(12, 20, InteractionKind::Save, 2.0, 3)
+        .unwrap();
+    assert_eq!((c.user, c.item), (UserId(1), ItemId(0)));
+}
+
+/// A crash can cut the log anywhere inside the records of one `record_external` (new
+/// user, new item, event): every cut opens to a consistent state in which each event's
+/// ids are mapped, and recording the lost event again gives the same dense ids.
+#[test]
+fn torn_tail_inside_an_id_group_keeps_maps_and_events_consistent() {
+    let dir = TempDir::new("ids-torn");
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let mut want = Expected::new();
+    for k in 0..6 {
+        want.record(&mut j, k);
+    }
+    // A new user and a new item for the last event: three records.
+    let (_, last) = j
+        .record_external(7_777, 8_888, InteractionKind::Save, 1.0, 99)
+        .unwrap();
+    j.sync().unwrap();
+    drop(j);
+    let log = Journal::log_path(dir.path(), 1);
+    let full = fs::read(&log).unwrap();
+    let group_start = full.len() - 3 * LOG_RECORD_LEN;
+    for cut in group_start..full.len() {
+        fs::write(&log, &full[..cut]).unwrap();
+        let (mut j, rec) = Journal::open(dir.path()).unwrap();
+        let whole = (cut - LOG_HEADER_LEN) / LOG_RECORD_LEN;
+        let kept = whole - (group_start - LOG_HEADER_LEN) / LOG_RECORD_LEN;
+        assert_eq!(rec.events.events(), &want.events[..], "cut {cut}");
+        assert_eq!(j.users().len(), want.users.len() + usize::from(kept >= 1));
+        assert_eq!(j.items().len(), want.items.len() + usize::from(kept >= 2));
+        let (_, again) = j
+            .record_external(7_777, 8_888, InteractionKind::Save, 1.0, 99)
+            .unwrap();
+        assert_eq!(again, last, "cut {cut}");
+        j.sync().unwrap();
+        drop(j);
+        let (j, rec) = Journal::open(dir.path()).unwrap();
+        assert_eq!(rec.events.events().last(), Some(&last));
+        assert_eq!(j.users().get(7_777), Some(last.user));
+        assert_eq!(j.items().get(8_888), Some(last.item));
+    }
+}
+
+#[test]
+fn mixing_dense_and_external_ids_is_refused_and_logs_nothing() {
+    // Dense events first: external ids would collide with the indices in use.
+    let dir = TempDir::new("ids-mixed-dense");
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    j.record(&ev(3)).unwrap();
+    let before = j.last_seq();
+    let err = j
+        .record_external(1, 2, InteractionKind::Click, 1.0, 5)
+        .unwrap_err();
+    assert!(
+        matches!(&err, Error::Graph { message } if message.contains("no external id")),
+        "{err}"
+    );
+    assert_eq!(j.last_seq(), before);
+    assert!(j.users().is_empty() && j.items().is_empty());
+
+    // External ids first: dense events must use indices the journal assigned.
+    let dir = TempDir::new("ids-mixed-external");
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let (_, e) = j
+        .record_external(40, 50, InteractionKind::Click, 1.0, 5)
+        .unwrap();
+    let mut again = e;
+    again.timestamp = 6;
+    j.record(&again).unwrap();
+    let mut stray = e;
+    stray.user = UserId(1);
+    let before = j.last_seq();
+    assert!(matches!(j.record(&stray), Err(Error::Graph { .. })));
+    assert!(matches!(
+        j.checkpoint(&collect(&[e, stray])),
+        Err(Error::Graph { .. })
+    ));
+    for w in [f32::NAN, -1.0, f32::INFINITY] {
+        assert!(matches!(
+            j.record_external(41, 51, InteractionKind::Click, w, 7),
+            Err(Error::Graph { .. })
+        ));
+    }
+    assert_eq!(j.last_seq(), before, "nothing logged for refused calls");
+    assert_eq!(j.users().len(), 1);
+    j.checkpoint(&collect(&[e, again])).unwrap();
+    drop(j);
+    let (j, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.events.events(), &[e, again][..]);
+    assert_eq!(j.users().externals(), &[40][..]);
+}
+
+/// Rewrites the crc of the log record at `at`.
+fn reseal_record(b: &mut [u8], at: usize) {
+    let crc = crc32fast::hash(&b[at..at + 32]);
+    b[at + 32..at + 36].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Rewrites the log header's crc.
+fn reseal_header(b: &mut [u8]) {
+    let crc = crc32fast::hash(&b[..24]);
+    b[24..28].copy_from_slice(&crc.to_le_bytes());
+}
+
+#[test]
+fn checksummed_but_inconsistent_id_records_are_corrupt_at_their_offset() {
+    let dir = TempDir::new("ids-corrupt");
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    // records: U0 I0 E, U1 I1 E, U2 E(item 0)
+    j.record_external(100, 200, InteractionKind::Click, 1.0, 1)
+        .unwrap();
+    j.record_external(101, 201, InteractionKind::Click, 1.0, 2)
+        .unwrap();
+    j.record_external(102, 200, InteractionKind::Click, 1.0, 3)
+        .unwrap();
+    j.sync().unwrap();
+    drop(j);
+    let log = Journal::log_path(dir.path(), 1);
+    let full = fs::read(&log).unwrap();
+    let rec_at = |k: usize| LOG_HEADER_LEN + k * LOG_RECORD_LEN;
+    // (what, record changed, byte in the record, new bytes, record reported)
+    let cases: [(&str, usize, usize, Vec<u8>, usize); 4] = [
+        ("index skips one", 3, 8, 2u32.to_le_bytes().to_vec(), 3),
+        ("external id twice", 6, 16, 100u64.to_le_bytes().to_vec(), 6),
+        ("reserved bytes", 4, 12, vec![1], 4),
+        // item 0 is then assigned twice: the next record is the inconsistent one
+        ("user record turned item", 0, 28, vec![0x82], 1),
+    ];
+    for (what, k, at, bytes, reported) in cases {
+        let mut b = full.clone();
+        b[rec_at(k) + at..rec_at(k) + at + bytes.len()].copy_from_slice(&bytes);
+        reseal_record(&mut b, rec_at(k));
+        fs::write(&log, &b).unwrap();
+        match Journal::open(dir.path()) {
+            Err(Error::Corrupt { offset, .. }) => {
+                assert_eq!(offset, rec_at(reported) as u64, "{what}")
+            }
+            other => panic!("{what}: expected Corrupt, got {other:?}"),
+        }
+    }
+    // An event whose ids were never assigned (its id records removed).
+    let mut b = full.clone();
+    b.truncate(rec_at(6));
+    let mut event = full[rec_at(7)..rec_at(8)].to_vec();
+    event[0..8].copy_from_slice(&7u64.to_le_bytes());
+    reseal_record(&mut event, 0);
+    b.extend_from_slice(&event);
+    fs::write(&log, &b).unwrap();
+    assert!(matches!(
+        Journal::open(dir.path()),
+        Err(Error::Corrupt { message, .. }) if message.contains("external ids")
+    ));
+    fs::write(&log, &full).unwrap();
+    assert_eq!(Journal::open(dir.path()).unwrap().0.users().len(), 3);
+}
+
+#[test]
+fn snapshot_id_maps_round_trip_and_damage_is_corrupt() {
+    let dir = TempDir::new("ids-snapshot");
+    let path = dir.path().join("s.snap");
+    let events = collect(&evs(0..50));
+    let users = UserMap::from_externals((0..13).map(|u| u * 1_000_003).collect()).unwrap();
+    let items = ItemMap::from_externals((0..1000).map(|i| u64::MAX - i).collect()).unwrap();
+    GraphSnapshot::write(&path, 77, &events, &users, &items).unwrap();
+    let s = GraphSnapshot::read(&path).unwrap();
+    assert_eq!(s.events.events(), events.events());
+    assert_eq!(s.users.externals(), users.externals());
+    assert_eq!(s.items.externals(), items.externals());
+
+    let good = fs::read(&path).unwrap();
+    let reseal = |b: &mut Vec<u8>| {
+        let n = b.len() - 4;
+        let crc = crc32fast::hash(&b[..n]);
+        b[n..].copy_from_slice(&crc.to_le_bytes());
+    };
+    let users_at = 32 + 50 * 24;
+    let items_at = users_at + 8 + 13 * 8;
+    // A duplicate external id in the item map, a count past the end, trailing bytes.
+    let mut b = good.clone();
+    b[items_at + 8 + 5 * 8..items_at + 8 + 6 * 8].copy_from_slice(&u64::MAX.to_le_bytes());
+    reseal(&mut b);
+    fs::write(&path, &b).unwrap();
+    assert!(matches!(
+        GraphSnapshot::read(&path),
+        Err(Error::Corrupt { offset, .. }) if offset == (items_at + 8 + 5 * 8) as u64
+    ));
+    for count in [14u64, 1 << 61, u64::MAX] {
+        let mut b = good.clone();
+        b[users_at..users_at + 8].copy_from_slice(&count.to_le_bytes());
+        reseal(&mut b);
+        fs::write(&path, &b).unwrap();
+        assert!(
+            matches!(GraphSnapshot::read(&path), Err(Error::Corrupt { .. })),
+            "count {count}"
+        );
+    }
+    let mut b = good.clone();
+    b.splice(b.len() - 4..b.len() - 4, [0u8; 8]);
+    reseal(&mut b);
+    fs::write(&path, &b).unwrap();
+    assert!(matches!(
+        GraphSnapshot::read(&path),
+        Err(Error::Corrupt { .. })
+    ));
+
+    // A version 1 snapshot (no maps) reads with empty maps.
+    let plain = dir.path().join("plain.snap");
+    write_snapshot(&plain, 50, &events).unwrap();
+    let mut b = fs::read(&plain).unwrap();
+    b.drain(users_at..users_at + 16);
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    reseal(&mut b);
+    fs::write(&plain, &b).unwrap();
+    let s = GraphSnapshot::read(&plain).unwrap();
+    assert_eq!(s.events.events(), events.events());
+    assert!(s.users.is_empty() && s.items.is_empty());
+}
+
+#[test]
+fn version_1_logs_are_read_and_continued_in_version_2() {
+    // A journal whose log is in version 1 (events only).
+    let dir = TempDir::new("ids-v1");
+    journal_with(dir.path(), 10);
+    let log = Journal::log_path(dir.path(), 1);
+    let mut b = fs::read(&log).unwrap();
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    reseal_header(&mut b);
+    fs::write(&log, &b).unwrap();
+    let (_, replay) = EventLog::open(&log).unwrap();
+    assert_eq!(replay.events(), evs(0..10));
+    let (mut l, _) = EventLog::open(&log).unwrap();
+    assert_eq!(l.version(), 1);
+    assert!(matches!(
+        l.append_record(&taste_graph::Record::User {
+            external: 1,
+            user: UserId(0)
+        }),
+        Err(Error::Graph { .. })
+    ));
+    drop(l);
+    let (mut j, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.events.events(), &evs(0..10)[..]);
+    assert!(names(dir.path()).contains(&format!("log-{:020}.log", 11)));
+    j.record(&ev(10)).unwrap();
+    j.sync().unwrap();
+    drop(j);
+    let (_, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.events.events(), &evs(0..11)[..]);
+
+    // Id records in a version 1 file cannot be: corrupt at the first one.
+    let dir2 = TempDir::new("ids-v1-ids");
+    let (mut j, _) = Journal::open(dir2.path()).unwrap();
+    j.record_external(5, 6, InteractionKind::Click, 1.0, 1)
+        .unwrap();
+    j.sync().unwrap();
+    drop(j);
+    let log = Journal::log_path(dir2.path(), 1);
+    let mut b = fs::read(&log).unwrap();
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    reseal_header(&mut b);
+    fs::write(&log, &b).unwrap();
+    assert!(matches!(
+        EventLog::open(&log),
+        Err(Error::Corrupt { offset, .. }) if offset == LOG_HEADER_LEN as u64
+    ));
+
+    // An empty version 1 log is rewritten as version 2 when opened.
+    let path = dir.path().join("empty.log");
+    drop(EventLog::open_from(&path, 9).unwrap());
+    let mut b = fs::read(&path).unwrap();
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    reseal_header(&mut b);
+    fs::write(&path, &b).unwrap();
+    let (mut l, replay) = EventLog::open_from(&path, 9).unwrap();
+    assert_eq!((l.version(), replay.first_seq), (2, 9));
+    l.append_sync(&ev(1)).unwrap();
+    drop(l);
+    assert_eq!(&fs::read(&path).unwrap()[8..12], &2u32.to_le_bytes());
 }
