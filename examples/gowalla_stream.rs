@@ -56,6 +56,16 @@ struct Args {
     /// The refit learning rates to compare, one streamed model each.
     #[arg(long, value_delimiter = ',', default_value = "1,3,10")]
     refit_lrs: Vec<f32>,
+    /// Negative candidates per refit step (`LiveConfig::refit_negatives`; 1: uniform,
+    /// more: the highest-scored of that many), one streamed model per value and rate.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    refit_negatives: Vec<usize>,
+    /// Training batch size of both models (the reference's 2048 by default).
+    #[arg(long, default_value_t = 2048)]
+    batch: usize,
+    /// Adam learning rate of both trainings (the reference's 1e-3 by default).
+    #[arg(long, default_value_t = 1e-3)]
+    lr: f32,
 }
 
 fn train(
@@ -147,6 +157,8 @@ fn main() -> anyhow::Result<()> {
     let config = LightGcnConfig::new()
         .dim(args.dim)
         .layers(3)
+        .batch_size(args.batch)
+        .lr(args.lr)
         .seed(args.seed);
     let report = |label: &str, users: &[f32], items: &[f32]| -> anyhow::Result<(f64, f64)> {
         let all = evaluate(users, items, args.dim, full, &data.test, &[20])?[0];
@@ -164,11 +176,24 @@ fn main() -> anyhow::Result<()> {
     println!("streamed={} observe_mean_us={per:.2}", stream.len());
     let (m_all, m_aff) = report("streamed", live.users(), live.items())?;
     let mut refits = Vec::new();
-    for &lr in args.refit_lrs.iter().filter(|_| args.refit_steps > 0) {
-        let config = LiveConfig::new().refit(args.refit_steps, lr);
+    let combos = args
+        .refit_negatives
+        .iter()
+        .flat_map(|&n| args.refit_lrs.iter().map(move |&lr| (n, lr)));
+    for (negatives, lr) in combos.filter(|_| args.refit_steps > 0) {
+        let config = LiveConfig::new()
+            .refit(args.refit_steps, lr)
+            .refit_negatives(negatives);
         let mut live = LiveModel::new(&stale, &kept, config, 0)?;
         let per = stream_into(&mut live, &stream)?;
-        let label = format!("streamed_refit_steps{}_lr{lr}", args.refit_steps);
+        let label = if negatives == 1 {
+            format!("streamed_refit_steps{}_lr{lr}", args.refit_steps)
+        } else {
+            format!(
+                "streamed_refit_steps{}_lr{lr}_neg{negatives}",
+                args.refit_steps
+            )
+        };
         println!("model={label} observe_mean_us={per:.2}");
         let (a, f) = report(&label, live.users(), live.items())?;
         refits.push((label, a, f));

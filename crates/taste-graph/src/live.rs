@@ -91,6 +91,7 @@ pub struct LiveConfig {
     recent: usize,
     refit_steps: usize,
     refit_lr: f32,
+    refit_negatives: usize,
 }
 
 impl Default for LiveConfig {
@@ -101,6 +102,7 @@ impl Default for LiveConfig {
             recent: 64,
             refit_steps: 0,
             refit_lr: 0.0,
+            refit_negatives: 1,
         }
     }
 }
@@ -136,6 +138,13 @@ impl LiveConfig {
         self.refit_lr = lr;
         self
     }
+    /// Each refit step draws this many unseen candidates and steps against the one the
+    /// user scores highest (a hard negative, whose gradient is not vanishingly small);
+    /// 1 (the default) is the trainer's uniform negative.
+    pub fn refit_negatives(mut self, candidates: usize) -> Self {
+        self.refit_negatives = candidates;
+        self
+    }
     /// The configured half-life.
     pub fn half_life_value(&self) -> f64 {
         self.half_life
@@ -167,6 +176,12 @@ impl LiveConfig {
             return bad(format!(
                 "refit learning rate = {}, expected a finite value > 0 with {} steps",
                 self.refit_lr, self.refit_steps
+            ));
+        }
+        if self.refit_negatives == 0 || self.refit_negatives > 1024 {
+            return bad(format!(
+                "refit negatives = {}, expected 1..=1024 candidates per step",
+                self.refit_negatives
             ));
         }
         if self.recent == 0 || self.recent > crate::interests::MAX_WARD_POINTS {
@@ -512,13 +527,30 @@ impl LiveModel {
         for _ in 0..steps {
             let r = self.next_random();
             let p = self.seen[u][(r % n_pos as u64) as usize] as usize;
-            // An unseen negative, as the trainer's sampler draws them (a few tries).
-            let mut j = (self.next_random() % n_items as u64) as usize;
-            for _ in 0..8 {
-                if self.seen[u].binary_search(&(j as u32)).is_err() {
-                    break;
+            // Unseen negatives, as the trainer's sampler draws them (a few tries each);
+            // with several candidates, the one the user scores highest.
+            let mut j = 0;
+            let mut best = f32::NEG_INFINITY;
+            for _ in 0..self.config.refit_negatives {
+                let mut c = (self.next_random() % n_items as u64) as usize;
+                for _ in 0..8 {
+                    if self.seen[u].binary_search(&(c as u32)).is_err() {
+                        break;
+                    }
+                    c = (self.next_random() % n_items as u64) as usize;
                 }
-                j = (self.next_random() % n_items as u64) as usize;
+                let score = if self.config.refit_negatives == 1 {
+                    0.0
+                } else {
+                    let (eu, ec) = (
+                        &self.user_final[u * d..(u + 1) * d],
+                        &self.item_final[c * d..(c + 1) * d],
+                    );
+                    eu.iter().zip(ec).map(|(a, b)| a * b).sum()
+                };
+                if score > best {
+                    (j, best) = (c, score);
+                }
             }
             let (ep, ej) = (
                 &self.item_final[p * d..(p + 1) * d],

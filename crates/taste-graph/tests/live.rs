@@ -418,3 +418,68 @@ fn a_refit_raises_the_users_bpr_objective_and_a_bad_rate_is_refused() {
         assert!(e.to_string().contains("refit learning rate"), "{e}");
     }
 }
+
+/// Mean `ln σ(e_u · (e_p − e_j))` of `user` over its positives and the `top` unseen
+/// items it scores highest: the pairs that decide its ranking.
+fn top_bpr_objective(live: &LiveModel, user: UserId, top: usize) -> f64 {
+    let d = live.dim();
+    let eu = live.user(user).unwrap();
+    let items = live.items();
+    let seen = live.seen(user);
+    let score = |i: usize| -> f32 { (0..d).map(|c| eu[c] * items[i * d + c]).sum() };
+    let mut unseen: Vec<usize> = (0..live.n_items())
+        .filter(|j| seen.binary_search(&(*j as u32)).is_err())
+        .collect();
+    unseen.sort_by(|&a, &b| score(b).total_cmp(&score(a)));
+    let (mut sum, mut n) = (0f64, 0usize);
+    for &p in seen {
+        for &j in &unseen[..top] {
+            sum += -(1.0 + (-(score(p as usize) - score(j)) as f64).exp()).ln();
+            n += 1;
+        }
+    }
+    sum / n as f64
+}
+
+#[test]
+fn hard_negatives_push_the_top_unseen_items_down_further_than_uniform_ones() {
+    let g = random_graph(40, 60, 300, 21);
+    let cfg = LightGcnConfig::new().dim(8).layers(2).init_std(0.3).seed(4);
+    let mut t = Trainer::new(&g, &cfg).unwrap();
+    for _ in 0..5 {
+        t.train_epoch(|_, _| {}).unwrap();
+    }
+    let model = t.into_model();
+    let configs = [
+        LiveConfig::new(),
+        LiveConfig::new().refit(30, 0.1),
+        LiveConfig::new().refit(30, 0.1).refit_negatives(16),
+    ];
+    let mut objective = Vec::new();
+    for config in configs {
+        let mut live = LiveModel::new(&model, &g, config, 0).unwrap();
+        for user in 0..40 {
+            for (t, i) in [50, 51, 52].into_iter().enumerate() {
+                live.observe(
+                    UserId(user),
+                    ItemId(i),
+                    InteractionKind::Click,
+                    t as u64 + 1,
+                )
+                .unwrap();
+            }
+        }
+        let mean = (0..40)
+            .map(|u| top_bpr_objective(&live, UserId(u), 10))
+            .sum::<f64>()
+            / 40.0;
+        objective.push(mean);
+    }
+    println!("top-10 BPR objective: fold-in, uniform refit, hard refit = {objective:?}");
+    assert!(objective[1] > objective[0], "{objective:?}");
+    assert!(objective[2] > objective[1], "{objective:?}");
+    for bad in [0, 1025] {
+        let e = LiveModel::new(&model, &g, LiveConfig::new().refit_negatives(bad), 0).unwrap_err();
+        assert!(e.to_string().contains("refit negatives"), "{e}");
+    }
+}
