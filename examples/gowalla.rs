@@ -64,6 +64,42 @@ struct Args {
     /// No progress bar (for logs).
     #[arg(long)]
     quiet: bool,
+    /// Learning-rate (and batch) schedule: `EPOCH:LR[:BATCH],...` switches to rate LR
+    /// (and batch size BATCH) from epoch EPOCH on, e.g. `61:4e-3,121:1e-3` (Adam's
+    /// moments are kept across switches).
+    #[arg(long, value_delimiter = ',', value_parser = parse_switch)]
+    schedule: Vec<Switch>,
+}
+
+/// One schedule entry: from `epoch` on, learning rate `lr` (and batch size `batch`).
+#[derive(Clone, Copy, Debug)]
+struct Switch {
+    epoch: usize,
+    lr: f32,
+    batch: Option<usize>,
+}
+
+fn parse_switch(s: &str) -> Result<Switch, String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    if !(2..=3).contains(&parts.len()) {
+        return Err(format!(
+            "schedule entry {s:?}: expected EPOCH:LR or EPOCH:LR:BATCH"
+        ));
+    }
+    let epoch = parts[0]
+        .parse()
+        .map_err(|e| format!("schedule entry {s:?}: epoch {:?}: {e}", parts[0]))?;
+    let lr = parts[1]
+        .parse()
+        .map_err(|e| format!("schedule entry {s:?}: learning rate {:?}: {e}", parts[1]))?;
+    let batch = match parts.get(2) {
+        Some(b) => Some(
+            b.parse()
+                .map_err(|e| format!("schedule entry {s:?}: batch {b:?}: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(Switch { epoch, lr, batch })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -118,6 +154,18 @@ fn main() -> anyhow::Result<()> {
         );
         let start = Instant::now();
         for epoch in 1..=args.epochs {
+            for switch in args.schedule.iter().filter(|s| s.epoch == epoch) {
+                trainer.switch(switch)?;
+                bar.suspend(|| {
+                    println!(
+                        "schedule epoch={epoch} lr={} batch={}",
+                        switch.lr,
+                        switch
+                            .batch
+                            .map_or("unchanged".to_string(), |b| b.to_string())
+                    )
+                });
+            }
             bar.set_message(epoch.to_string());
             bar.set_position(0);
             let stats = trainer.train_epoch(|done, total| {
@@ -168,6 +216,24 @@ enum Training {
 }
 
 impl Training {
+    fn switch(&mut self, s: &Switch) -> anyhow::Result<()> {
+        match self {
+            Training::Cpu(t) => {
+                t.set_lr(s.lr)?;
+                if let Some(b) = s.batch {
+                    t.set_batch_size(b)?;
+                }
+            }
+            Training::Device(t) => {
+                t.set_lr(s.lr)?;
+                if let Some(b) = s.batch {
+                    t.set_batch_size(b)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     fn train_epoch(&mut self, on_batch: impl FnMut(usize, usize)) -> anyhow::Result<EpochStats> {
         Ok(match self {
             Training::Cpu(t) => t.train_epoch(on_batch)?,

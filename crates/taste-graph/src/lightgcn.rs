@@ -822,6 +822,22 @@ impl Trainer {
         self.epochs
     }
 
+    /// Changes Adam's learning rate from the next step on (moments kept), for a
+    /// schedule; the rate must be finite and > 0.
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        self.adam.set_lr(lr)?;
+        self.config.adam.lr = lr;
+        Ok(())
+    }
+
+    /// Changes the batch size from the next epoch on; it must be at least 1.
+    pub fn set_batch_size(&mut self, batch_size: usize) -> Result<()> {
+        let config = self.config.clone().batch_size(batch_size);
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// One epoch's triples, as the reference sampler draws them: as many as there are
     /// training edges, each with a uniform user (among users with items), a uniform
     /// positive from that user's items and a uniform negative among the other items.

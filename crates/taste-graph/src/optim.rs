@@ -109,6 +109,15 @@ impl AdamState {
         &self.config
     }
 
+    /// Changes the learning rate from the next step on (a schedule); the moments and
+    /// the step count are kept. The rate must be finite and > 0.
+    pub fn set_lr(&mut self, lr: f32) -> Result<()> {
+        let config = AdamConfig { lr, ..self.config };
+        config.validate()?;
+        self.config = config;
+        Ok(())
+    }
+
     /// Advances the step count and returns this step's constants together with the
     /// moment buffers, for a fused update ([`AdamStep::apply`] on matching slices).
     pub fn begin_step(&mut self) -> (AdamStep, &mut [f32], &mut [f32]) {

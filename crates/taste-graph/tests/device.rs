@@ -106,7 +106,12 @@ fn check_training(device: &Device) {
         let mut dev = DeviceTrainer::new(&g, &config, device).unwrap();
         let triples = cpu.sample_epoch();
         assert_eq!(triples, dev.sample_epoch(), "same sampler, same seed");
-        for batch in triples.chunks(256).take(6) {
+        for (k, batch) in triples.chunks(256).take(6).enumerate() {
+            if k == 3 {
+                // a schedule's switch, the same on both
+                cpu.set_lr(2e-3).unwrap();
+                dev.set_lr(2e-3).unwrap();
+            }
             let a = cpu.step(batch).unwrap();
             let b = dev.step(batch).unwrap();
             assert!(
@@ -144,6 +149,12 @@ fn check_training(device: &Device) {
     }
     assert!(last.loss < first.loss, "{first:?} -> {last:?}");
     assert_eq!(dev.epochs(), 5);
+    assert!(matches!(dev.set_lr(f32::NAN), Err(Error::Config { .. })));
+    assert!(matches!(dev.set_batch_size(0), Err(Error::Config { .. })));
+    dev.set_batch_size(64).unwrap();
+    let mut batches = 0;
+    dev.train_epoch(|_, total| batches = total).unwrap();
+    assert_eq!(batches, g.n_edges().div_ceil(64));
     assert!(dev.step(&[]).is_err());
     let out_of_range = taste_graph::Triple {
         user: 300,

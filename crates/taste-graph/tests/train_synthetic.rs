@@ -122,3 +122,42 @@ fn training_is_deterministic_for_a_seed() {
     };
     assert_eq!(run(), run());
 }
+
+/// A schedule switch takes effect exactly: switching the rate and batch size of a
+/// trainer before (or between) epochs trains as a trainer configured that way would.
+#[test]
+fn switching_rate_and_batch_size_trains_as_configured_from_then_on() {
+    let (train, _) = clustered();
+    let base = LightGcnConfig::new().dim(8).layers(2).seed(3);
+    let ego_after = |config: &LightGcnConfig, switch: Option<(f32, usize)>| {
+        let mut t = Trainer::new(&train, config).unwrap();
+        if let Some((lr, batch)) = switch {
+            t.set_lr(lr).unwrap();
+            t.set_batch_size(batch).unwrap();
+        }
+        t.train_epoch(|_, _| {}).unwrap();
+        t.model().ego_table()
+    };
+    let want = ego_after(&base.clone().lr(4e-3).batch_size(256), None);
+    let got = ego_after(&base.clone().lr(1e-3).batch_size(512), Some((4e-3, 256)));
+    assert_eq!(got, want);
+    // A switch changes the steps that follow it.
+    let other = ego_after(&base.clone().lr(1e-3).batch_size(512), Some((4e-3, 512)));
+    assert_ne!(other, want);
+    // Invalid values are typed errors and change nothing.
+    let mut t = Trainer::new(&train, &base).unwrap();
+    for lr in [0.0, -1e-3, f32::NAN, f32::INFINITY] {
+        assert!(matches!(
+            t.set_lr(lr),
+            Err(taste_graph::Error::Config { .. })
+        ));
+    }
+    assert!(matches!(
+        t.set_batch_size(0),
+        Err(taste_graph::Error::Config { .. })
+    ));
+    t.train_epoch(|_, _| {}).unwrap();
+    let mut fresh = Trainer::new(&train, &base).unwrap();
+    fresh.train_epoch(|_, _| {}).unwrap();
+    assert_eq!(t.model().ego_table(), fresh.model().ego_table());
+}
