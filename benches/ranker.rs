@@ -1,6 +1,7 @@
 //! ranker: `recommend()` at 40k items (Gowalla's size) with HNSW retrieval and, as the
 //! baseline in the same run, exact retrieval; `record()` (the taste graph's `observe`
-//! at dim 64 through the ranker) and `observe` alone. `cargo bench --bench ranker`; p50/p99 come from
+//! at dim 64 through the ranker) and `observe` alone, without and with the hard-negative
+//! refit. `cargo bench --bench ranker`; p50/p99 come from
 //! `cargo run --release --example ranker_latency`.
 
 use std::hint::black_box;
@@ -18,9 +19,16 @@ const ITEMS: usize = 40_000;
 const USERS: usize = 20_000;
 const DIM: usize = 64;
 
-fn recommenders() -> (Recommender, Recommender, LiveModel) {
+fn recommenders() -> (Recommender, Recommender, LiveModel, LiveModel) {
     let (graph, model) = serving_fixture(ITEMS, USERS, 30, DIM, 1).unwrap();
     let live = LiveModel::new(&model, &graph, LiveConfig::new().half_life(3600.0), 0).unwrap();
+    // The refit the streaming experiment found best: 10 BPR steps on the user's ego,
+    // each against the highest-scored of 16 unseen candidates.
+    let refit_config = LiveConfig::new()
+        .half_life(3600.0)
+        .refit(10, 3.0)
+        .refit_negatives(16);
+    let refit = LiveModel::new(&model, &graph, refit_config, 0).unwrap();
     let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
     let ids: Vec<u64> = (0..ITEMS as u64).collect();
     export_items(&store, "g", StorageType::F32, live.items(), DIM, &ids, None).unwrap();
@@ -35,11 +43,11 @@ fn recommenders() -> (Recommender, Recommender, LiveModel) {
     )
     .unwrap();
     let exact = Recommender::new(snap, None, live.clone(), None, InterestConfig::new()).unwrap();
-    (hnsw, exact, live)
+    (hnsw, exact, live, refit)
 }
 
 fn bench(c: &mut Criterion) {
-    let (hnsw, exact, mut live) = recommenders();
+    let (hnsw, exact, mut live, mut refit) = recommenders();
     let opts = RecommendOptions::new().k(20);
     let mut g = c.benchmark_group("recommend_k20_40k_items");
     for (name, rec) in [("hnsw", &hnsw), ("exact_baseline", &exact)] {
@@ -75,6 +83,17 @@ fn bench(c: &mut Criterion) {
             t += 1;
             let (u, i) = (rng.below(USERS) as u32, rng.below(ITEMS) as u32);
             live.observe(UserId(u), ItemId(i), InteractionKind::Save, t)
+                .unwrap()
+        })
+    });
+    // observe with the hard-negative refit.
+    let mut rng = Rng::new(13);
+    c.bench_function("observe_dim64_refit10_hard16", |b| {
+        b.iter(|| {
+            t += 1;
+            let (u, i) = (rng.below(USERS) as u32, rng.below(ITEMS) as u32);
+            refit
+                .observe(UserId(u), ItemId(i), InteractionKind::Save, t)
                 .unwrap()
         })
     });

@@ -138,9 +138,10 @@ impl LiveConfig {
         self.refit_lr = lr;
         self
     }
-    /// Each refit step draws this many unseen candidates and steps against the one the
-    /// user scores highest (a hard negative, whose gradient is not vanishingly small);
-    /// 1 (the default) is the trainer's uniform negative.
+    /// Each event's refit draws this many unseen candidates once, and each of its steps
+    /// goes against the candidate the user scores highest at that step (a hard negative,
+    /// whose gradient is not vanishingly small); 1 (the default): a fresh uniform
+    /// negative per step, as the trainer draws them.
     pub fn refit_negatives(mut self, candidates: usize) -> Self {
         self.refit_negatives = candidates;
         self
@@ -258,6 +259,8 @@ pub struct LiveModel {
     aggregator: Option<Arc<ContentAggregator>>,
     /// xorshift state of the refit's draws.
     rng: u64,
+    /// Scratch: the refit's negative candidates of the current event.
+    refit_pool: Vec<u32>,
 }
 
 impl LiveModel {
@@ -351,6 +354,7 @@ impl LiveModel {
             new_item_content: Vec::new(),
             aggregator: None,
             rng: 0x9E37_79B9_7F4A_7C15,
+            refit_pool: Vec::new(),
         };
         // The fold-in formula reproduces the propagation; recomputing keeps users with
         // and without events on exactly the same arithmetic path.
@@ -524,34 +528,35 @@ impl LiveModel {
         if steps == 0 || n_pos == 0 || n_pos >= n_items {
             return;
         }
+        let mut pool = std::mem::take(&mut self.refit_pool);
+        pool.clear();
+        if self.config.refit_negatives > 1 {
+            for _ in 0..self.config.refit_negatives {
+                let c = self.unseen_item(u);
+                pool.push(c as u32);
+            }
+        }
         for _ in 0..steps {
             let r = self.next_random();
             let p = self.seen[u][(r % n_pos as u64) as usize] as usize;
-            // Unseen negatives, as the trainer's sampler draws them (a few tries each);
-            // with several candidates, the one the user scores highest.
-            let mut j = 0;
-            let mut best = f32::NEG_INFINITY;
-            for _ in 0..self.config.refit_negatives {
-                let mut c = (self.next_random() % n_items as u64) as usize;
-                for _ in 0..8 {
-                    if self.seen[u].binary_search(&(c as u32)).is_err() {
-                        break;
-                    }
-                    c = (self.next_random() % n_items as u64) as usize;
-                }
-                let score = if self.config.refit_negatives == 1 {
-                    0.0
-                } else {
-                    let (eu, ec) = (
-                        &self.user_final[u * d..(u + 1) * d],
-                        &self.item_final[c * d..(c + 1) * d],
-                    );
+            let j = if pool.is_empty() {
+                self.unseen_item(u)
+            } else {
+                // The candidate the user scores highest now.
+                let eu = &self.user_final[u * d..(u + 1) * d];
+                let score = |c: u32| -> f32 {
+                    let ec = &self.item_final[c as usize * d..(c as usize + 1) * d];
                     eu.iter().zip(ec).map(|(a, b)| a * b).sum()
                 };
-                if score > best {
-                    (j, best) = (c, score);
+                let mut best = (pool[0], score(pool[0]));
+                for &c in &pool[1..] {
+                    let sc = score(c);
+                    if sc > best.1 {
+                        best = (c, sc);
+                    }
                 }
-            }
+                best.0 as usize
+            };
             let (ep, ej) = (
                 &self.item_final[p * d..(p + 1) * d],
                 &self.item_final[j * d..(j + 1) * d],
@@ -566,6 +571,21 @@ impl LiveModel {
             }
             self.refresh_user(u);
         }
+        self.refit_pool = pool;
+    }
+
+    /// An item `u` has not seen, drawn uniformly as the trainer's sampler draws
+    /// negatives (up to 8 tries; the last draw is kept if all were seen).
+    fn unseen_item(&mut self, u: usize) -> usize {
+        let n_items = self.n_items() as u64;
+        let mut c = (self.next_random() % n_items) as usize;
+        for _ in 0..8 {
+            if self.seen[u].binary_search(&(c as u32)).is_err() {
+                break;
+            }
+            c = (self.next_random() % n_items) as usize;
+        }
+        c
     }
 
     /// The weight of `u`'s ego embedding in its final embedding: its share of the
