@@ -123,17 +123,13 @@ impl DeviceTrainer {
     /// Changes Adam's learning rate from the next step on (moments kept), for a
     /// schedule; the rate must be finite and > 0.
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
-        let config = self.config.clone().lr(lr);
-        config.validate()?;
-        self.config = config;
+        self.config = self.config.clone().lr(lr).validated()?;
         Ok(())
     }
 
     /// Changes the batch size from the next epoch on; it must be at least 1.
     pub fn set_batch_size(&mut self, batch_size: usize) -> Result<()> {
-        let config = self.config.clone().batch_size(batch_size);
-        config.validate()?;
-        self.config = config;
+        self.config = self.config.clone().batch_size(batch_size).validated()?;
         Ok(())
     }
 

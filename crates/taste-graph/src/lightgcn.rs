@@ -103,6 +103,12 @@ impl LightGcnConfig {
         self
     }
 
+    /// `self` if every field is valid (see [`LightGcnConfig::validate`]).
+    pub fn validated(self) -> Result<Self> {
+        self.validate()?;
+        Ok(self)
+    }
+
     /// Checks every field.
     pub fn validate(&self) -> Result<()> {
         let bad = |message: String| Err(Error::Config { message });
@@ -832,9 +838,7 @@ impl Trainer {
 
     /// Changes the batch size from the next epoch on; it must be at least 1.
     pub fn set_batch_size(&mut self, batch_size: usize) -> Result<()> {
-        let config = self.config.clone().batch_size(batch_size);
-        config.validate()?;
-        self.config = config;
+        self.config = self.config.clone().batch_size(batch_size).validated()?;
         Ok(())
     }
 

@@ -449,17 +449,17 @@ impl EventLog {
             .map_err(io)?;
         try_lock(&file, path)?;
         let scanned = scan_log(path, &file)?;
+        if let (Some(first_seq), Some(want)) = (scanned.first_seq, expected)
+            && want != first_seq
+        {
+            return Err(corrupt(
+                path,
+                16,
+                format!("log starts at seq {first_seq}, expected {want}"),
+            ));
+        }
         let (first_seq, version, records, discarded_bytes) = match scanned.first_seq {
             Some(first_seq) if scanned.version < VERSION && scanned.records.is_empty() => {
-                if let Some(want) = expected
-                    && want != first_seq
-                {
-                    return Err(corrupt(
-                        path,
-                        16,
-                        format!("log starts at seq {first_seq}, expected {want}"),
-                    ));
-                }
                 // An old-format log with no record: rewrite its header in the current
                 // format (a crash in between leaves a torn header, re-initialised the
                 // same way on the next open).
@@ -475,15 +475,6 @@ impl EventLog {
                 )
             }
             Some(first_seq) => {
-                if let Some(want) = expected
-                    && want != first_seq
-                {
-                    return Err(corrupt(
-                        path,
-                        16,
-                        format!("log starts at seq {first_seq}, expected {want}"),
-                    ));
-                }
                 if scanned.valid_len < scanned.file_len {
                     file.set_len(scanned.valid_len).map_err(io)?;
                 }

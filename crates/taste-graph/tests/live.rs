@@ -359,6 +359,17 @@ fn interests_have_a_member_medoid_and_decayed_importance() {
     assert!(interests(&live, UserId(9), now, &cfg).is_err());
 }
 
+/// A random 40-user, 60-item graph and 5 epochs of LightGCN (dim 8, 2 layers) on it.
+fn small_trained_model() -> (BipartiteGraph, LightGcn) {
+    let g = random_graph(40, 60, 300, 21);
+    let cfg = LightGcnConfig::new().dim(8).layers(2).init_std(0.3).seed(4);
+    let mut t = Trainer::new(&g, &cfg).unwrap();
+    for _ in 0..5 {
+        t.train_epoch(|_, _| {}).unwrap();
+    }
+    (g, t.into_model())
+}
+
 /// Mean `ln σ(e_u · (e_p − e_j))` of `user` over every (positive, unseen item) pair.
 fn bpr_objective(live: &LiveModel, user: UserId) -> f64 {
     let d = live.dim();
@@ -379,13 +390,7 @@ fn bpr_objective(live: &LiveModel, user: UserId) -> f64 {
 
 #[test]
 fn a_refit_raises_the_users_bpr_objective_and_a_bad_rate_is_refused() {
-    let g = random_graph(40, 60, 300, 21);
-    let cfg = LightGcnConfig::new().dim(8).layers(2).init_std(0.3).seed(4);
-    let mut t = Trainer::new(&g, &cfg).unwrap();
-    for _ in 0..5 {
-        t.train_epoch(|_, _| {}).unwrap();
-    }
-    let model = t.into_model();
+    let (g, model) = small_trained_model();
     let user = UserId(7);
     let new_items = [ItemId(50), ItemId(51), ItemId(52)];
     let mut plain = LiveModel::new(&model, &g, LiveConfig::new(), 0).unwrap();
@@ -443,13 +448,7 @@ fn top_bpr_objective(live: &LiveModel, user: UserId, top: usize) -> f64 {
 
 #[test]
 fn hard_negatives_push_the_top_unseen_items_down_further_than_uniform_ones() {
-    let g = random_graph(40, 60, 300, 21);
-    let cfg = LightGcnConfig::new().dim(8).layers(2).init_std(0.3).seed(4);
-    let mut t = Trainer::new(&g, &cfg).unwrap();
-    for _ in 0..5 {
-        t.train_epoch(|_, _| {}).unwrap();
-    }
-    let model = t.into_model();
+    let (g, model) = small_trained_model();
     let configs = [
         LiveConfig::new(),
         LiveConfig::new().refit(30, 0.1),
