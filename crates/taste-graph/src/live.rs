@@ -138,10 +138,9 @@ impl LiveConfig {
         self.refit_lr = lr;
         self
     }
-    /// Each event's refit draws this many unseen candidates once, and each of its steps
-    /// goes against the candidate the user scores highest at that step (a hard negative,
-    /// whose gradient is not vanishingly small); 1 (the default): a fresh uniform
-    /// negative per step, as the trainer draws them.
+    /// Each refit step draws this many unseen candidates and goes against the one the
+    /// user scores highest (a hard negative, whose gradient is not vanishingly small);
+    /// 1 (the default): one uniform negative per step, as the trainer draws them.
     pub fn refit_negatives(mut self, candidates: usize) -> Self {
         self.refit_negatives = candidates;
         self
@@ -259,7 +258,7 @@ pub struct LiveModel {
     aggregator: Option<Arc<ContentAggregator>>,
     /// xorshift state of the refit's draws.
     rng: u64,
-    /// Scratch: the refit's negative candidates of the current event.
+    /// Scratch: the refit's negative candidates of the current step.
     refit_pool: Vec<u32>,
 }
 
@@ -529,20 +528,18 @@ impl LiveModel {
             return;
         }
         let mut pool = std::mem::take(&mut self.refit_pool);
-        pool.clear();
-        if self.config.refit_negatives > 1 {
-            for _ in 0..self.config.refit_negatives {
-                let c = self.unseen_item(u);
-                pool.push(c as u32);
-            }
-        }
         for _ in 0..steps {
             let r = self.next_random();
             let p = self.seen[u][(r % n_pos as u64) as usize] as usize;
-            let j = if pool.is_empty() {
+            let j = if self.config.refit_negatives == 1 {
                 self.unseen_item(u)
             } else {
-                // The candidate the user scores highest now.
+                // Fresh candidates each step; the one the user scores highest now.
+                pool.clear();
+                for _ in 0..self.config.refit_negatives {
+                    let c = self.unseen_item(u);
+                    pool.push(c as u32);
+                }
                 let eu = &self.user_final[u * d..(u + 1) * d];
                 let score = |c: u32| -> f32 {
                     let ec = &self.item_final[c as usize * d..(c as usize + 1) * d];
