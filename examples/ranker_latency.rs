@@ -155,18 +155,23 @@ fn main() -> anyhow::Result<()> {
         }
         let (r50, r99, _) = percentiles(rec_us);
         println!("items={n} op=record p50_us={r50:.2} p99_us={r99:.2}");
-        // observe alone with the hard-negative refit (10 steps, 16 candidates each).
-        let refit_config = LiveConfig::new().refit(10, 3.0).refit_negatives(16);
-        let mut refit = LiveModel::new(&model, &graph, refit_config, 0)?;
-        let mut obs_us = Vec::with_capacity(args.requests);
-        for k in 0..args.requests {
-            let (u, i) = (rng.below(args.users) as u32, rng.below(n) as u32);
-            let t = Instant::now();
-            refit.observe(UserId(u), ItemId(i), InteractionKind::Click, 1 + k as u64)?;
-            obs_us.push(t.elapsed().as_secs_f64() * 1e6);
+        // observe alone with the hard-negative refits of the streaming experiment
+        // (10 steps; rate, candidates per step).
+        for (lr, negatives) in [(1.0, 4), (3.0, 16)] {
+            let refit_config = LiveConfig::new().refit(10, lr).refit_negatives(negatives);
+            let mut refit = LiveModel::new(&model, &graph, refit_config, 0)?;
+            let mut obs_us = Vec::with_capacity(args.requests);
+            for k in 0..args.requests {
+                let (u, i) = (rng.below(args.users) as u32, rng.below(n) as u32);
+                let t = Instant::now();
+                refit.observe(UserId(u), ItemId(i), InteractionKind::Click, 1 + k as u64)?;
+                obs_us.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            let (o50, o99, _) = percentiles(obs_us);
+            println!(
+                "items={n} op=observe_refit10_lr{lr}_hard{negatives} p50_us={o50:.2} p99_us={o99:.2}"
+            );
         }
-        let (o50, o99, _) = percentiles(obs_us);
-        println!("items={n} op=observe_refit10_hard16 p50_us={o50:.2} p99_us={o99:.2}");
         if n <= args.exact_up_to {
             let exact = Recommender::new(snap, None, live, None, InterestConfig::new())?;
             let (e50, e99, emean) =
