@@ -258,8 +258,6 @@ pub struct LiveModel {
     aggregator: Option<Arc<ContentAggregator>>,
     /// xorshift state of the refit's draws.
     rng: u64,
-    /// Scratch: the refit's negative candidates of the current step.
-    refit_pool: Vec<u32>,
 }
 
 impl LiveModel {
@@ -353,7 +351,6 @@ impl LiveModel {
             new_item_content: Vec::new(),
             aggregator: None,
             rng: 0x9E37_79B9_7F4A_7C15,
-            refit_pool: Vec::new(),
         };
         // The fold-in formula reproduces the propagation; recomputing keeps users with
         // and without events on exactly the same arithmetic path.
@@ -527,33 +524,21 @@ impl LiveModel {
         if steps == 0 || n_pos == 0 || n_pos >= n_items {
             return;
         }
-        let mut pool = std::mem::take(&mut self.refit_pool);
         for _ in 0..steps {
             let r = self.next_random();
             let p = self.seen[u][(r % n_pos as u64) as usize] as usize;
-            let j = if self.config.refit_negatives == 1 {
-                self.unseen_item(u)
-            } else {
-                // Fresh candidates each step; the one the user scores highest now.
-                pool.clear();
-                for _ in 0..self.config.refit_negatives {
+            // Fresh candidates each step; the one the user scores highest now.
+            let mut j = self.unseen_item(u);
+            if self.config.refit_negatives > 1 {
+                let mut best = self.score(u, j);
+                for _ in 1..self.config.refit_negatives {
                     let c = self.unseen_item(u);
-                    pool.push(c as u32);
-                }
-                let eu = &self.user_final[u * d..(u + 1) * d];
-                let score = |c: u32| -> f32 {
-                    let ec = &self.item_final[c as usize * d..(c as usize + 1) * d];
-                    eu.iter().zip(ec).map(|(a, b)| a * b).sum()
-                };
-                let mut best = (pool[0], score(pool[0]));
-                for &c in &pool[1..] {
-                    let sc = score(c);
-                    if sc > best.1 {
-                        best = (c, sc);
+                    let sc = self.score(u, c);
+                    if sc > best {
+                        (j, best) = (c, sc);
                     }
                 }
-                best.0 as usize
-            };
+            }
             let (ep, ej) = (
                 &self.item_final[p * d..(p + 1) * d],
                 &self.item_final[j * d..(j + 1) * d],
@@ -568,7 +553,16 @@ impl LiveModel {
             }
             self.refresh_user(u);
         }
-        self.refit_pool = pool;
+    }
+
+    /// User `u`'s current score of item `i`.
+    fn score(&self, u: usize, i: usize) -> f32 {
+        let d = self.dim;
+        let (eu, ei) = (
+            &self.user_final[u * d..(u + 1) * d],
+            &self.item_final[i * d..(i + 1) * d],
+        );
+        eu.iter().zip(ei).map(|(a, b)| a * b).sum()
     }
 
     /// An item `u` has not seen, drawn uniformly as the trainer's sampler draws

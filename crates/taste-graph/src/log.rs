@@ -1153,33 +1153,35 @@ impl Journal {
                 ),
             });
         }
-        let new_user = match self.users.get(user) {
-            Some(_) => None,
-            None => Some(next_index(&self.users, self.seen_users, "user")?),
+        // Both indices are settled before anything is logged, so a refusal logs nothing.
+        let (user_id, new_user) = match self.users.get(user) {
+            Some(id) => (id, false),
+            None => (
+                UserId(next_index(&self.users, self.seen_users, "user")?),
+                true,
+            ),
         };
-        let new_item = match self.items.get(item) {
-            Some(_) => None,
-            None => Some(next_index(&self.items, self.seen_items, "item")?),
+        let (item_id, new_item) = match self.items.get(item) {
+            Some(id) => (id, false),
+            None => (
+                ItemId(next_index(&self.items, self.seen_items, "item")?),
+                true,
+            ),
         };
-        if let Some(index) = new_user {
+        if new_user {
             self.log.append_record(&Record::User {
                 external: user,
-                user: UserId(index),
+                user: user_id,
             })?;
             self.users.get_or_insert(user);
         }
-        if let Some(index) = new_item {
+        if new_item {
             self.log.append_record(&Record::Item {
                 external: item,
-                item: ItemId(index),
+                item: item_id,
             })?;
             self.items.get_or_insert(item);
         }
-        let (Some(user_id), Some(item_id)) = (self.users.get(user), self.items.get(item)) else {
-            return Err(Error::Graph {
-                message: format!("external ids {user} / {item} could not be mapped"),
-            });
-        };
         let event = Interaction {
             user: user_id,
             item: item_id,
@@ -1187,10 +1189,8 @@ impl Journal {
             weight,
             timestamp,
         };
-        let seq = self.log.append(&event)?;
-        self.seen_users = self.seen_users.max(user_id.0 as u64 + 1);
-        self.seen_items = self.seen_items.max(item_id.0 as u64 + 1);
-        Ok((seq, event))
+        // `record` checks the (now mapped) ids, appends and tracks the indices in use.
+        Ok((self.record(&event)?, event))
     }
 
     /// External user ids, in dense order (empty when the application uses dense ids).
