@@ -1,13 +1,11 @@
 //! Re-scoring on the GPU against the CPU: the same candidates, the same context, the
 //! surgered model loaded on CUDA in f32 / bf16 / f16. Runs when a CUDA device exists
-//! (build with `--features cuda`); otherwise prints why it skipped.
+//! (build with `--features cuda`); otherwise prints why it skipped. The same comparison
+//! runs on the CPU in `rescore.rs`.
 
 mod common;
 
-use candle_core::{DType, Device};
-use common::{content, model, model_with};
-use ranker::rescore::{RescoreOptions, Rescorer};
-use vision_surgery::LoadOptions;
+use candle_core::Device;
 
 #[test]
 fn cuda_rescoring_matches_cpu() {
@@ -18,35 +16,5 @@ fn cuda_rescoring_matches_cpu() {
             return;
         }
     };
-    let (_s, snap) = content(16);
-    let context = [1u64, 2];
-    let candidates: Vec<u64> = (3..16).collect();
-    // Multi-token answers (two passes per batch) and single-token ones (one pass).
-    for (yes, no) in [("yes", "no"), ("y", "n")] {
-        let opts = RescoreOptions::new().batch(4).answers(yes, no);
-        let cpu = Rescorer::new(model(), snap.clone(), opts.clone()).unwrap();
-        let want = cpu.log_odds(&context, &candidates).unwrap();
-        // Tolerances on the log-odds, from the decoder's measured logits error on this
-        // checkpoint (f32 2e-6, bf16 0.05, f16 7e-3 max abs) with room for the two
-        // log-softmaxes the score subtracts.
-        for (dtype, tol) in [
-            (DType::F32, 1e-3f32),
-            (DType::BF16, 0.3),
-            (DType::F16, 0.05),
-        ] {
-            let m = model_with(LoadOptions::default().device(dev.clone()).dtype(dtype));
-            let gpu = Rescorer::new(m, snap.clone(), opts.clone()).unwrap();
-            let got = gpu.log_odds(&context, &candidates).unwrap();
-            assert_eq!(got.len(), want.len());
-            let d = got
-                .iter()
-                .zip(&want)
-                .map(|(g, w)| (g - w).abs())
-                .fold(0f32, f32::max);
-            println!(
-                "answers {yes:?}/{no:?}, cuda {dtype:?}: max |Δ log-odds| = {d:.3e} (tolerance {tol})"
-            );
-            assert!(d <= tol, "{dtype:?}: {got:?} vs {want:?}");
-        }
-    }
+    common::rescoring_tracks_cpu_f32(&dev);
 }

@@ -31,6 +31,13 @@ fn batched_log_odds_equal_the_models_continuation_scores() {
     }
 }
 
+/// The half-precision path of the re-scorer (item rows cast to the model's dtype, logits
+/// back to f32) on the CPU; `cuda.rs` runs the same comparison on a GPU.
+#[test]
+fn half_precision_rescoring_tracks_f32_on_the_cpu() {
+    common::rescoring_tracks_cpu_f32(&candle_core::Device::Cpu);
+}
+
 fn check_answers(
     reference: &SurgeredModel,
     snap: &Snapshot,
