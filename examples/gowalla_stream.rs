@@ -66,6 +66,10 @@ struct Args {
     /// Adam learning rate of both trainings (the reference's 1e-3 by default).
     #[arg(long, default_value_t = 1e-3)]
     lr: f32,
+    /// Also stream every configuration with item-side updates
+    /// (`LiveConfig::item_updates`), labelled `..._items`.
+    #[arg(long)]
+    item_updates: bool,
 }
 
 fn train(
@@ -176,6 +180,13 @@ fn main() -> anyhow::Result<()> {
     println!("streamed={} observe_mean_us={per:.2}", stream.len());
     let (m_all, m_aff) = report("streamed", live.users(), live.items())?;
     let mut refits = Vec::new();
+    let mut configs = Vec::new();
+    if args.item_updates {
+        configs.push((
+            "streamed_items".to_string(),
+            LiveConfig::new().item_updates(true),
+        ));
+    }
     let combos = args
         .refit_negatives
         .iter()
@@ -184,8 +195,6 @@ fn main() -> anyhow::Result<()> {
         let config = LiveConfig::new()
             .refit(args.refit_steps, lr)
             .refit_negatives(negatives);
-        let mut live = LiveModel::new(&stale, &kept, config, 0)?;
-        let per = stream_into(&mut live, &stream)?;
         let label = if negatives == 1 {
             format!("streamed_refit_steps{}_lr{lr}", args.refit_steps)
         } else {
@@ -194,6 +203,14 @@ fn main() -> anyhow::Result<()> {
                 args.refit_steps
             )
         };
+        if args.item_updates {
+            configs.push((format!("{label}_items"), config.item_updates(true)));
+        }
+        configs.push((label, config));
+    }
+    for (label, config) in configs {
+        let mut live = LiveModel::new(&stale, &kept, config, 0)?;
+        let per = stream_into(&mut live, &stream)?;
         println!("model={label} observe_mean_us={per:.2}");
         let (a, f) = report(&label, live.users(), live.items())?;
         refits.push((label, a, f));

@@ -20,7 +20,14 @@
 //! taste is 0.4% without it and 28% with it; a retrain reaches 45%). A hide pushes the user
 //! away from the item (`S_u += w_hide f_i`, negative weight, mass unchanged).
 //!
-//! Items keep their trained embeddings (a retrain refreshes them). An item the model has
+//! By default items keep their trained embeddings (a retrain refreshes them). With
+//! [`LiveConfig::item_updates`] a trained item folds its users in the same way:
+//! `e_i = (E0_i + √C_i · S_i / D_i) / (K + 1)` with `S_i = Σ w g_u` over its users'
+//! fold vectors `g_u = (E0_u + … + E{K−1}_u) / √d_u` (fixed per trained user; a user
+//! added live uses `K e_u / √C_u`), so a new edge moves the item for every user who
+//! scores it. Items' masses are not decayed (an item's audience changes slowly next to a
+//! user's taste), and the item's own fold vector `f_i`, which users read, is left as
+//! trained. An item the model has
 //! never seen gets a provisional embedding:
 //!
 //! - **without content**: the weighted mean of the current embeddings of the users who
@@ -92,6 +99,7 @@ pub struct LiveConfig {
     refit_steps: usize,
     refit_lr: f32,
     refit_negatives: usize,
+    item_updates: bool,
 }
 
 impl Default for LiveConfig {
@@ -103,6 +111,7 @@ impl Default for LiveConfig {
             refit_steps: 0,
             refit_lr: 0.0,
             refit_negatives: 1,
+            item_updates: false,
         }
     }
 }
@@ -143,6 +152,15 @@ impl LiveConfig {
     /// 1 (the default): one uniform negative per step, as the trainer draws them.
     pub fn refit_negatives(mut self, candidates: usize) -> Self {
         self.refit_negatives = candidates;
+        self
+    }
+    /// Also fold each event into the trained item's embedding (the item side of the
+    /// update rule, see the module docs), so every user's scores of that item move, not
+    /// only the acting user's. Off by default; on, the model keeps one more row per user
+    /// and two more per item. An index built from an earlier export of the items (an
+    /// embed-store generation) sees the moved items at the next export.
+    pub fn item_updates(mut self, on: bool) -> Self {
+        self.item_updates = on;
         self
     }
     /// The configured half-life.
@@ -256,6 +274,15 @@ pub struct LiveModel {
     new_item_content: Vec<Option<Box<[f32]>>>,
     /// Embeds live items that have content.
     aggregator: Option<Arc<ContentAggregator>>,
+    // Item-side fold-in ([`LiveConfig::item_updates`]; all empty when off).
+    n_trained_users: usize,
+    /// Trained users' fold vectors `g_u = (E0_u + … + E{K−1}_u) / √d_u`.
+    user_fold: Vec<f32>,
+    /// Trained items' ego embeddings.
+    item_ego: Vec<f32>,
+    /// Trained items' weighted sums of their users' fold vectors, and the sums' mass.
+    item_sum: Vec<f32>,
+    item_mass: Vec<f64>,
     /// xorshift state of the refit's draws.
     rng: u64,
 }
@@ -350,8 +377,39 @@ impl LiveModel {
             new_item_mass: Vec::new(),
             new_item_content: Vec::new(),
             aggregator: None,
+            n_trained_users: nu,
+            user_fold: Vec::new(),
+            item_ego: Vec::new(),
+            item_sum: Vec::new(),
+            item_mass: Vec::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
         };
+        if config.item_updates {
+            let mut user_fold = partial[..nu * d].to_vec();
+            for (u, g) in user_fold.chunks_exact_mut(d).enumerate() {
+                let deg = graph.items_of(UserId(u as u32)).len();
+                let s = if deg == 0 {
+                    0.0
+                } else {
+                    1.0 / (deg as f32).sqrt()
+                };
+                g.iter_mut().for_each(|x| *x *= s);
+            }
+            let mut item_sum = vec![0f32; ni * d];
+            for (i, s) in item_sum.chunks_exact_mut(d).enumerate() {
+                for &u in graph.users_of(ItemId(i as u32)) {
+                    let g = &user_fold[u as usize * d..(u as usize + 1) * d];
+                    s.iter_mut().zip(g).for_each(|(s, g)| *s += g);
+                }
+            }
+            live.item_mass = live.item_count.iter().map(|&c| c as f64).collect();
+            live.item_ego = ego[nu * d..].to_vec();
+            live.item_sum = item_sum;
+            live.user_fold = user_fold;
+            for i in 0..ni {
+                live.refresh_item(i);
+            }
+        }
         // The fold-in formula reproduces the propagation; recomputing keeps users with
         // and without events on exactly the same arithmetic path.
         for u in 0..nu {
@@ -504,10 +562,59 @@ impl LiveModel {
             }
         }
         self.refresh_user(u);
+        if self.config.item_updates && i < self.n_trained_items {
+            self.update_trained_item(i, u, self.config.weights.of(kind), kind.is_positive());
+        }
         if kind.is_positive() {
             self.refit_user(u);
         }
         Ok(())
+    }
+
+    /// Folds user `u` (event weight `w`) into trained item `i`: `S_i += w g_u`, and for
+    /// a positive event `D_i += w` (its count was already raised). A user added live has
+    /// no trained layers: `g_u ≈ K e_u / √C_u`, as for items added live.
+    fn update_trained_item(&mut self, i: usize, u: usize, w: f32, positive: bool) {
+        let d = self.dim;
+        if u < self.n_trained_users {
+            for c in 0..d {
+                self.item_sum[i * d + c] += w * self.user_fold[u * d + c];
+            }
+        } else {
+            let g = w * self.layers as f32 / (self.user_count[u].max(1) as f32).sqrt();
+            for c in 0..d {
+                self.item_sum[i * d + c] += g * self.user_final[u * d + c];
+            }
+        }
+        if positive {
+            self.item_mass[i] += w as f64;
+        }
+        self.refresh_item(i);
+    }
+
+    /// Trained item `i`'s final embedding from its ego and its users' fold vectors:
+    /// `e_i = (E0_i + √C_i · S_i / D_i) / (K + 1)`, LightGCN's propagation exactly for
+    /// an item with no new events.
+    fn refresh_item(&mut self, i: usize) {
+        let d = self.dim;
+        let mass = self.item_mass[i];
+        let scale = if mass > 0.0 {
+            (self.item_count[i] as f64).sqrt() / mass
+        } else if self.item_count[i] == 0 {
+            // Only hides so far: the pushes away still count, at unit scale.
+            1.0
+        } else {
+            0.0
+        };
+        let inv = 1.0 / (self.layers + 1) as f64;
+        let (ego, sum) = (
+            &self.item_ego[i * d..(i + 1) * d],
+            &self.item_sum[i * d..(i + 1) * d],
+        );
+        let out = &mut self.item_final[i * d..(i + 1) * d];
+        for c in 0..d {
+            out[c] = ((ego[c] as f64 + scale * sum[c] as f64) * inv) as f32;
+        }
     }
 
     fn next_random(&mut self) -> u64 {
