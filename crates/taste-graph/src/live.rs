@@ -233,6 +233,28 @@ fn decay(dt: u64, half_life: f64) -> f64 {
     }
 }
 
+/// `1 / √deg` (0 for an isolated node, as the propagation's normalisation).
+fn inv_sqrt_degree(deg: usize) -> f32 {
+    if deg == 0 {
+        0.0
+    } else {
+        1.0 / (deg as f32).sqrt()
+    }
+}
+
+/// The scale of a fold sum `S` with (decayed) mass `D` over `C` positive events:
+/// `√C / D`; 1 when there are only hides (their pushes still count), 0 when every
+/// positive weight has decayed away.
+fn fold_scale(mass: f64, count: u32) -> f64 {
+    if mass > 0.0 {
+        (count as f64).sqrt() / mass
+    } else if count == 0 {
+        1.0
+    } else {
+        0.0
+    }
+}
+
 /// Inserts `v` into the sorted `set`; false if it was there.
 fn insert_sorted(set: &mut Vec<u32>, v: u32) -> bool {
     match set.binary_search(&v) {
@@ -321,12 +343,7 @@ impl LiveModel {
         for (i, f) in item_fold.chunks_exact_mut(d).enumerate() {
             let deg = graph.users_of(ItemId(i as u32)).len();
             item_count[i] = deg as u32;
-            let s = if deg == 0 {
-                0.0
-            } else {
-                1.0 / (deg as f32).sqrt()
-            };
-            f.iter_mut().for_each(|x| *x *= s);
+            f.iter_mut().for_each(|x| *x *= inv_sqrt_degree(deg));
         }
         let mut user_sum = vec![0f32; nu * d];
         let mut user_mass = vec![0f64; nu];
@@ -388,12 +405,7 @@ impl LiveModel {
             let mut user_fold = partial[..nu * d].to_vec();
             for (u, g) in user_fold.chunks_exact_mut(d).enumerate() {
                 let deg = graph.items_of(UserId(u as u32)).len();
-                let s = if deg == 0 {
-                    0.0
-                } else {
-                    1.0 / (deg as f32).sqrt()
-                };
-                g.iter_mut().for_each(|x| *x *= s);
+                g.iter_mut().for_each(|x| *x *= inv_sqrt_degree(deg));
             }
             let mut item_sum = vec![0f32; ni * d];
             for (i, s) in item_sum.chunks_exact_mut(d).enumerate() {
@@ -597,15 +609,7 @@ impl LiveModel {
     /// an item with no new events.
     fn refresh_item(&mut self, i: usize) {
         let d = self.dim;
-        let mass = self.item_mass[i];
-        let scale = if mass > 0.0 {
-            (self.item_count[i] as f64).sqrt() / mass
-        } else if self.item_count[i] == 0 {
-            // Only hides so far: the pushes away still count, at unit scale.
-            1.0
-        } else {
-            0.0
-        };
+        let scale = fold_scale(self.item_mass[i], self.item_count[i]);
         let inv = 1.0 / (self.layers + 1) as f64;
         let (ego, sum) = (
             &self.item_ego[i * d..(i + 1) * d],
@@ -869,15 +873,7 @@ impl LiveModel {
 
     fn refresh_user(&mut self, u: usize) {
         let d = self.dim;
-        let mass = self.user_mass[u];
-        let scale = if mass > 0.0 {
-            (self.user_count[u] as f64).sqrt() / mass
-        } else if self.user_count[u] == 0 {
-            // Only hides so far: the pushes away still count, at unit scale.
-            1.0
-        } else {
-            0.0
-        };
+        let scale = fold_scale(self.user_mass[u], self.user_count[u]);
         // The ego embedding was trained on the training-time interactions: it keeps
         // their share of the user's (decayed) mass, so new tastes are not outvoted by it.
         let ego_coef = self.ego_coefficient(u);
