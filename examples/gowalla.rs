@@ -11,6 +11,9 @@
 //! Prints one machine-readable line per epoch,
 //! `epoch=N loss=... epoch_s=...`, with `recall@20=... ndcg@20=... precision@20=...
 //! eval_s=...` appended on evaluation epochs (every E epochs and the last one).
+//! `--checkpoint PATH` saves the CPU trainer's whole state every `--checkpoint-every`
+//! epochs and at the end; `--resume PATH` continues from such a file exactly where it
+//! stopped (the epochs count on from the checkpoint's, up to `--epochs`).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -69,6 +72,18 @@ struct Args {
     /// moments are kept across switches).
     #[arg(long, value_delimiter = ',', value_parser = parse_switch)]
     schedule: Vec<Switch>,
+    /// Save the trainer's state to this file (CPU trainer) every `--checkpoint-every`
+    /// epochs and after the last.
+    #[arg(long)]
+    checkpoint: Option<PathBuf>,
+    /// Epochs between checkpoints.
+    #[arg(long, default_value_t = 10)]
+    checkpoint_every: usize,
+    /// Continue from a checkpoint (CPU trainer): the model, optimiser, sampler, rate and
+    /// batch come from the file (--dim, --layers, --batch, --lr, --decay and --seed are
+    /// not used); --schedule entries after the checkpoint's epoch still apply.
+    #[arg(long)]
+    resume: Option<PathBuf>,
 }
 
 /// One schedule entry: from `epoch` on, learning rate `lr` (and batch size `batch`).
@@ -131,8 +146,16 @@ fn main() -> anyhow::Result<()> {
         .lr(args.lr)
         .decay(args.decay)
         .seed(args.seed);
+    if selection.is_cuda() && (args.checkpoint.is_some() || args.resume.is_some()) {
+        anyhow::bail!("--checkpoint and --resume work with the CPU trainer (--device cpu) only");
+    }
     pool.install(|| -> anyhow::Result<()> {
-        let mut trainer = if selection.is_cuda() {
+        let mut trainer = if let Some(path) = &args.resume {
+            let t = Trainer::resume(&data.train, path)
+                .with_context(|| format!("resuming from {}", path.display()))?;
+            println!("resumed from={} epoch={}", path.display(), t.epochs());
+            Training::Cpu(t)
+        } else if selection.is_cuda() {
             Training::Device(DeviceTrainer::new(
                 &data.train,
                 &config,
@@ -153,7 +176,11 @@ fn main() -> anyhow::Result<()> {
             .progress_chars("=> "),
         );
         let start = Instant::now();
-        for epoch in 1..=args.epochs {
+        let first = match &trainer {
+            Training::Cpu(t) => t.epochs() + 1,
+            Training::Device(_) => 1,
+        };
+        for epoch in first..=args.epochs {
             for switch in args.schedule.iter().filter(|s| s.epoch == epoch) {
                 trainer.switch(switch)?;
                 bar.suspend(|| {
@@ -202,6 +229,13 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             bar.suspend(|| println!("{line}"));
+            if let (Some(path), Training::Cpu(t)) = (&args.checkpoint, &trainer)
+                && (epoch == args.epochs
+                    || (args.checkpoint_every > 0 && epoch.is_multiple_of(args.checkpoint_every)))
+            {
+                t.save_checkpoint(path, &data.train)
+                    .with_context(|| format!("saving {}", path.display()))?;
+            }
         }
         bar.finish_and_clear();
         println!("total_s={:.1}", start.elapsed().as_secs_f64());

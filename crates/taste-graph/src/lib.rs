@@ -26,6 +26,7 @@
 #![warn(missing_docs)]
 
 pub mod buffer;
+pub mod checkpoint;
 pub mod dataset;
 pub mod device;
 pub mod device_train;

@@ -19,6 +19,7 @@ use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha12Rng;
 use rayon::prelude::*;
 
 use crate::buffer::Table;
@@ -349,8 +350,19 @@ impl LightGcn {
         self.to_public_order(&self.ego)
     }
 
+    /// A public-order table (users, then items) in internal row order.
+    pub(crate) fn to_internal_order(&self, public: &[f32]) -> Vec<f32> {
+        let d = self.dim;
+        let mut out = vec![0f32; public.len()];
+        for (v, &p) in self.pos.iter().enumerate() {
+            let p = p as usize;
+            out[p * d..(p + 1) * d].copy_from_slice(&public[v * d..(v + 1) * d]);
+        }
+        out
+    }
+
     /// Rows of an internal-order table in public order (users, then items).
-    fn to_public_order(&self, internal: &[f32]) -> Vec<f32> {
+    pub(crate) fn to_public_order(&self, internal: &[f32]) -> Vec<f32> {
         let d = self.dim;
         let mut out = vec![0f32; internal.len()];
         out.par_chunks_mut(d)
@@ -723,11 +735,11 @@ pub struct EpochStats {
 /// Trains a [`LightGcn`] with BPR and Adam on the current rayon pool.
 #[derive(Debug)]
 pub struct Trainer {
-    model: LightGcn,
-    config: LightGcnConfig,
-    sampler: Sampler,
-    adam: AdamState,
-    epochs: usize,
+    pub(crate) model: LightGcn,
+    pub(crate) config: LightGcnConfig,
+    pub(crate) sampler: Sampler,
+    pub(crate) adam: AdamState,
+    pub(crate) epochs: usize,
 }
 
 /// The reference code's BPR sampler over a training graph.
@@ -736,7 +748,8 @@ pub(crate) struct Sampler {
     graph: BipartiteGraph,
     /// Users that can be sampled: at least one item, and at least one item missing.
     sample_users: Vec<u32>,
-    rng: StdRng,
+    /// `StdRng`'s generator, named so that its position can be saved and restored.
+    rng: ChaCha12Rng,
 }
 
 impl Sampler {
@@ -753,10 +766,20 @@ impl Sampler {
             });
         }
         Ok(Sampler {
-            rng: StdRng::seed_from_u64(seed ^ 0x5EED_5A3B_1E00_0001),
+            rng: ChaCha12Rng::seed_from_u64(seed ^ 0x5EED_5A3B_1E00_0001),
             graph: graph.clone(),
             sample_users,
         })
+    }
+
+    /// The generator's position in its stream (for a checkpoint).
+    pub(crate) fn position(&self) -> u128 {
+        self.rng.get_word_pos()
+    }
+
+    /// Moves the generator to a saved position.
+    pub(crate) fn set_position(&mut self, word_pos: u128) {
+        self.rng.set_word_pos(word_pos);
     }
 
     /// One epoch's triples (see [`Trainer::sample_epoch`]).

@@ -99,6 +99,28 @@ impl AdamState {
         })
     }
 
+    /// State saved earlier ([`AdamState::moments`], [`AdamState::steps`]); the moment
+    /// buffers must have the same length.
+    pub(crate) fn restore(config: AdamConfig, m: &[f32], v: &[f32], t: u64) -> Result<Self> {
+        config.validate()?;
+        if m.len() != v.len() {
+            return Err(Error::Shape {
+                message: format!("Adam moments of {} and {} values", m.len(), v.len()),
+            });
+        }
+        Ok(AdamState {
+            config,
+            m: Table::from_slice(m)?,
+            v: Table::from_slice(v)?,
+            t,
+        })
+    }
+
+    /// The first and second moment buffers.
+    pub(crate) fn moments(&self) -> (&[f32], &[f32]) {
+        (&self.m, &self.v)
+    }
+
     /// Steps taken so far.
     pub fn steps(&self) -> u64 {
         self.t

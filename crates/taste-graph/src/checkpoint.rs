@@ -1,0 +1,267 @@
+//! Training checkpoints: a [`Trainer`]'s whole state in one file, so that a long
+//! schedule can stop and go on exactly where it stopped.
+//!
+//! [`Trainer::save_checkpoint`] writes the model, Adam's moments and step count, the
+//! sampler's position in its random stream, the epochs done and the configuration (rate
+//! and batch included, as a schedule left them); [`Trainer::resume`] reads it back over
+//! the same training graph. A resumed trainer draws the same triples and takes the same
+//! steps as one that never stopped (bit for bit, `tests/checkpoint.rs`).
+//!
+//! The file is written to `PATH.tmp`, synced and renamed over `PATH`, so a crash leaves
+//! the previous checkpoint whole. Layout (little-endian):
+//!
+//! | bytes | field |
+//! |---|---|
+//! | 0..8 | magic `MOSLGCK1` |
+//! | 8..12 | format version (1) |
+//! | 12..36 | users, items, training edges (u64 each) |
+//! | 36..40 | crc32 of the graph's user → items lists |
+//! | 40..64 | dim, layers, batch size (u64 each) |
+//! | 64..72 | decay, init std (f32) |
+//! | 72..80 | seed (u64) |
+//! | 80..96 | Adam lr, beta1, beta2, eps (f32) |
+//! | 96..112 | epochs done, Adam steps (u64) |
+//! | 112..128 | sampler position (u128) |
+//! | 128.. | ego table, Adam first moments, second moments (f32, public order: users then items, `(users + items) × dim` each) |
+//! | last 4 | crc32 of everything before |
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::graph::BipartiteGraph;
+use crate::ids::UserId;
+use crate::lightgcn::{LightGcn, LightGcnConfig, Sampler, Trainer};
+use crate::optim::{AdamConfig, AdamState};
+
+const MAGIC: &[u8; 8] = b"MOSLGCK1";
+const VERSION: u32 = 1;
+const HEADER: usize = 128;
+
+/// crc32 of the graph's adjacency (each user's item count and items), which a
+/// checkpoint must be resumed over.
+fn graph_fingerprint(graph: &BipartiteGraph) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    for u in 0..graph.n_users() {
+        let items = graph.items_of(UserId(u as u32));
+        h.update(&(items.len() as u32).to_le_bytes());
+        for &i in items {
+            h.update(&i.to_le_bytes());
+        }
+    }
+    h.finalize()
+}
+
+fn f32s(out: &mut Vec<u8>, values: &[f32]) {
+    out.reserve(values.len() * 4);
+    for v in values {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+}
+
+/// Reads fixed-size fields front to back, with the offset for errors.
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut b = [0u8; N];
+        b.copy_from_slice(&self.bytes[self.at..self.at + N]);
+        self.at += N;
+        b
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn f32(&mut self) -> f32 {
+        f32::from_le_bytes(self.take())
+    }
+    fn table(&mut self, len: usize) -> Vec<f32> {
+        let out = self.bytes[self.at..self.at + len * 4]
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        self.at += len * 4;
+        out
+    }
+}
+
+impl Trainer {
+    /// Writes the trainer's whole state to `path` (atomically: a crash leaves the previous
+    /// file whole); [`Trainer::resume`] continues from it. See [`crate::checkpoint`].
+    pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
+        let m = &self.model;
+        if graph.n_users() != m.n_users() || graph.n_items() != m.n_items() {
+            return Err(Error::Graph {
+                message: format!(
+                    "the graph has {} users and {} items, the model {} and {}",
+                    graph.n_users(),
+                    graph.n_items(),
+                    m.n_users(),
+                    m.n_items()
+                ),
+            });
+        }
+        let c = &self.config;
+        let a = self.adam.config();
+        let n = (m.n_users() + m.n_items()) * m.dim();
+        let mut out = Vec::with_capacity(HEADER + 3 * n * 4 + 4);
+        out.extend_from_slice(MAGIC);
+        out.extend_from_slice(&VERSION.to_le_bytes());
+        for v in [m.n_users(), m.n_items(), graph.n_edges()] {
+            out.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        out.extend_from_slice(&graph_fingerprint(graph).to_le_bytes());
+        for v in [c.dim, c.layers, c.batch_size] {
+            out.extend_from_slice(&(v as u64).to_le_bytes());
+        }
+        f32s(&mut out, &[c.decay, c.init_std]);
+        out.extend_from_slice(&c.seed.to_le_bytes());
+        f32s(&mut out, &[a.lr, a.beta1, a.beta2, a.eps]);
+        out.extend_from_slice(&(self.epochs as u64).to_le_bytes());
+        out.extend_from_slice(&self.adam.steps().to_le_bytes());
+        out.extend_from_slice(&self.sampler.position().to_le_bytes());
+        debug_assert_eq!(out.len(), HEADER);
+        let (mom1, mom2) = self.adam.moments();
+        f32s(&mut out, &m.ego_table());
+        f32s(&mut out, &m.to_public_order(mom1));
+        f32s(&mut out, &m.to_public_order(mom2));
+        let crc = crc32fast::hash(&out);
+        out.extend_from_slice(&crc.to_le_bytes());
+
+        let mut tmp = path.as_os_str().to_owned();
+        tmp.push(".tmp");
+        let tmp = PathBuf::from(tmp);
+        let write = || -> std::io::Result<()> {
+            let mut f = File::create(&tmp)?;
+            f.write_all(&out)?;
+            f.sync_all()
+        };
+        write().map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+        File::open(dir.unwrap_or(Path::new(".")))
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir.unwrap_or(Path::new(".")), e))
+    }
+
+    /// A trainer resumed from the checkpoint at `path` over `graph`, which must be the
+    /// graph it was saved with (checked: sizes and a crc32 of the adjacency). It
+    /// continues exactly as the saved trainer would have, with the rate and batch size
+    /// it had.
+    pub fn resume(graph: &BipartiteGraph, path: &Path) -> Result<Trainer> {
+        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+        let corrupt = |offset: usize, message: String| Error::Corrupt {
+            path: path.to_path_buf(),
+            offset: offset as u64,
+            message,
+        };
+        if bytes.len() < HEADER + 4 || &bytes[..8] != MAGIC {
+            return Err(corrupt(
+                0,
+                "not a Mosaic LightGCN checkpoint (bad magic or too short)".into(),
+            ));
+        }
+        let body = bytes.len() - 4;
+        let stored = u32::from_le_bytes([
+            bytes[body],
+            bytes[body + 1],
+            bytes[body + 2],
+            bytes[body + 3],
+        ]);
+        if crc32fast::hash(&bytes[..body]) != stored {
+            return Err(corrupt(body, "checksum mismatch".into()));
+        }
+        let mut r = Reader {
+            bytes: &bytes,
+            at: 8,
+        };
+        let version = r.u32();
+        if version != VERSION {
+            return Err(corrupt(
+                8,
+                format!("format version {version}, this build reads {VERSION}"),
+            ));
+        }
+        let (nu, ni, ne) = (r.u64(), r.u64(), r.u64());
+        let fp = r.u32();
+        if (nu, ni, ne)
+            != (
+                graph.n_users() as u64,
+                graph.n_items() as u64,
+                graph.n_edges() as u64,
+            )
+            || fp != graph_fingerprint(graph)
+        {
+            return Err(Error::Graph {
+                message: format!(
+                    "{} was saved over a graph of {nu} users, {ni} items, {ne} edges \
+                     (crc32 {fp:08x}); this one has {}, {}, {} (crc32 {:08x})",
+                    path.display(),
+                    graph.n_users(),
+                    graph.n_items(),
+                    graph.n_edges(),
+                    graph_fingerprint(graph)
+                ),
+            });
+        }
+        let (dim, layers, batch) = (r.u64() as usize, r.u64() as usize, r.u64() as usize);
+        let (decay, init_std) = (r.f32(), r.f32());
+        let seed = r.u64();
+        let adam = AdamConfig {
+            lr: r.f32(),
+            beta1: r.f32(),
+            beta2: r.f32(),
+            eps: r.f32(),
+        };
+        let (epochs, steps) = (r.u64() as usize, r.u64());
+        let position = u128::from_le_bytes(r.take());
+        let config = LightGcnConfig {
+            dim,
+            layers,
+            batch_size: batch,
+            decay,
+            init_std,
+            seed,
+            adam,
+        }
+        .validated()?;
+        let n = (graph.n_users() + graph.n_items())
+            .checked_mul(dim)
+            .filter(|n| n.checked_mul(12).is_some_and(|b| b == body - HEADER))
+            .ok_or_else(|| {
+                corrupt(
+                    HEADER,
+                    format!(
+                        "{} bytes of tables, expected 3 tables of {} nodes x {dim} f32",
+                        body - HEADER,
+                        graph.n_users() + graph.n_items()
+                    ),
+                )
+            })?;
+        let ego = r.table(n);
+        let (m1, m2) = (r.table(n), r.table(n));
+        let model = LightGcn::from_embeddings(graph, layers, dim, ego)?;
+        let adam_state = AdamState::restore(
+            adam,
+            &model.to_internal_order(&m1),
+            &model.to_internal_order(&m2),
+            steps,
+        )?;
+        let mut sampler = Sampler::new(graph, seed)?;
+        sampler.set_position(position);
+        Ok(Trainer {
+            model,
+            config,
+            sampler,
+            adam: adam_state,
+            epochs,
+        })
+    }
+}

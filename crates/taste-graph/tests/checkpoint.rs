@@ -1,0 +1,109 @@
+//! Training checkpoints: a resumed trainer continues bit for bit; damaged files, other
+//! graphs and missing files are typed errors.
+
+use taste_graph::{BipartiteGraph, Error, ItemId, LightGcnConfig, Trainer, UserId};
+
+fn graph(seed: u64) -> BipartiteGraph {
+    let mut s = seed;
+    let mut next = |n: u64| {
+        s = s
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (s >> 33) % n
+    };
+    let edges: Vec<(UserId, ItemId)> = (0..600)
+        .map(|_| (UserId(next(50) as u32), ItemId(next(70) as u32)))
+        .collect();
+    BipartiteGraph::from_edges(50, 70, edges).unwrap()
+}
+
+fn config() -> LightGcnConfig {
+    LightGcnConfig::new()
+        .dim(8)
+        .layers(2)
+        .batch_size(64)
+        .lr(5e-3)
+        .seed(7)
+}
+
+#[test]
+fn a_resumed_trainer_continues_bit_for_bit() {
+    let g = graph(1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lgcn.ckpt");
+    let mut t = Trainer::new(&g, &config()).unwrap();
+    for _ in 0..2 {
+        t.train_epoch(|_, _| {}).unwrap();
+    }
+    // A schedule's change of rate and batch is part of the state.
+    t.set_lr(2e-3).unwrap();
+    t.set_batch_size(100).unwrap();
+    t.save_checkpoint(&path, &g).unwrap();
+    assert!(!dir.path().join("lgcn.ckpt.tmp").exists());
+    let mut losses = Vec::new();
+    for _ in 0..3 {
+        losses.push(t.train_epoch(|_, _| {}).unwrap().loss);
+    }
+
+    let mut r = Trainer::resume(&g, &path).unwrap();
+    assert_eq!(r.epochs(), 2);
+    let mut resumed = Vec::new();
+    for _ in 0..3 {
+        resumed.push(r.train_epoch(|_, _| {}).unwrap().loss);
+    }
+    assert_eq!(losses, resumed);
+    assert_eq!(t.model().ego_table(), r.model().ego_table());
+    assert_eq!(r.epochs(), 5);
+
+    // Overwriting keeps one whole file.
+    r.save_checkpoint(&path, &g).unwrap();
+    assert_eq!(Trainer::resume(&g, &path).unwrap().epochs(), 5);
+}
+
+#[test]
+fn damaged_files_other_graphs_and_missing_files_are_typed_errors() {
+    let g = graph(1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lgcn.ckpt");
+    let mut t = Trainer::new(&g, &config()).unwrap();
+    t.train_epoch(|_, _| {}).unwrap();
+    t.save_checkpoint(&path, &g).unwrap();
+    let good = std::fs::read(&path).unwrap();
+
+    // Any flipped byte (header, tables or checksum) is caught.
+    for at in [0, 9, 40, 100, 130, good.len() / 2, good.len() - 1] {
+        let mut bad = good.clone();
+        bad[at] ^= 0x10;
+        std::fs::write(&path, &bad).unwrap();
+        let e = Trainer::resume(&g, &path).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }), "byte {at}: {e}");
+    }
+    // Truncated.
+    std::fs::write(&path, &good[..good.len() - 9]).unwrap();
+    assert!(matches!(
+        Trainer::resume(&g, &path),
+        Err(Error::Corrupt { .. })
+    ));
+    std::fs::write(&path, &good[..20]).unwrap();
+    assert!(matches!(
+        Trainer::resume(&g, &path),
+        Err(Error::Corrupt { .. })
+    ));
+    // Another graph of the same sizes.
+    std::fs::write(&path, &good).unwrap();
+    let other = graph(2);
+    let e = Trainer::resume(&other, &path).unwrap_err();
+    assert!(
+        matches!(e, Error::Graph { .. }) && e.to_string().contains("crc32"),
+        "{e}"
+    );
+    // A graph that does not fit the model.
+    let small = BipartiteGraph::from_edges(3, 3, [(UserId(0), ItemId(1))]).unwrap();
+    assert!(matches!(
+        t.save_checkpoint(&path, &small),
+        Err(Error::Graph { .. })
+    ));
+    // Missing.
+    let e = Trainer::resume(&g, &dir.path().join("none")).unwrap_err();
+    assert!(matches!(e, Error::Io { .. }), "{e}");
+}
