@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::UserId;
 use crate::lightgcn::{LightGcn, LightGcnConfig, Sampler, Trainer};
+use crate::log::{parent_of, sync_dir};
 use crate::optim::{AdamConfig, AdamState};
 
 const MAGIC: &[u8; 8] = b"MOSLGCK1";
@@ -145,10 +146,7 @@ impl Trainer {
         };
         write().map_err(|e| Error::io(&tmp, e))?;
         std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-        File::open(dir.unwrap_or(Path::new(".")))
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir.unwrap_or(Path::new(".")), e))
+        sync_dir(parent_of(path))
     }
 
     /// A trainer resumed from the checkpoint at `path` over `graph`, which must be the
@@ -191,13 +189,14 @@ impl Trainer {
         }
         let (nu, ni, ne) = (r.u64(), r.u64(), r.u64());
         let fp = r.u32();
+        let this_fp = graph_fingerprint(graph);
         if (nu, ni, ne)
             != (
                 graph.n_users() as u64,
                 graph.n_items() as u64,
                 graph.n_edges() as u64,
             )
-            || fp != graph_fingerprint(graph)
+            || fp != this_fp
         {
             return Err(Error::Graph {
                 message: format!(
@@ -207,7 +206,7 @@ impl Trainer {
                     graph.n_users(),
                     graph.n_items(),
                     graph.n_edges(),
-                    graph_fingerprint(graph)
+                    this_fp
                 ),
             });
         }
