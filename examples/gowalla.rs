@@ -11,18 +11,20 @@
 //! Prints one machine-readable line per epoch,
 //! `epoch=N loss=... epoch_s=...`, with `recall@20=... ndcg@20=... precision@20=...
 //! eval_s=...` appended on evaluation epochs (every E epochs and the last one).
-//! `--checkpoint PATH` saves the CPU trainer's whole state every `--checkpoint-every`
+//! `--checkpoint PATH` saves the trainer's whole state every `--checkpoint-every`
 //! epochs and at the end; `--resume PATH` continues from such a file exactly where it
-//! stopped (the epochs count on from the checkpoint's, up to `--epochs`).
+//! stopped (the epochs count on from the checkpoint's, up to `--epochs`), on the CPU or
+//! on a GPU whichever wrote it: a long schedule can run in pieces and change device.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mosaic::taste_graph::{
-    Dataset, DeviceSpec, DeviceTrainer, EpochStats, LightGcnConfig, Trainer, evaluate,
+    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, LightGcnConfig, Trainer,
+    evaluate,
 };
 
 #[derive(Parser)]
@@ -72,15 +74,15 @@ struct Args {
     /// moments are kept across switches).
     #[arg(long, value_delimiter = ',', value_parser = parse_switch)]
     schedule: Vec<Switch>,
-    /// Save the trainer's state to this file (CPU trainer) every `--checkpoint-every`
+    /// Save the trainer's state (CPU or device) to this file every `--checkpoint-every`
     /// epochs and after the last.
     #[arg(long)]
     checkpoint: Option<PathBuf>,
     /// Epochs between checkpoints.
     #[arg(long, default_value_t = 10)]
     checkpoint_every: usize,
-    /// Continue from a checkpoint (CPU trainer): the model, optimiser, sampler, rate and
-    /// batch come from the file (--dim, --layers, --batch, --lr, --decay and --seed are
+    /// Continue from a checkpoint (written on the CPU or a device; trains on --device):
+    /// the model, optimiser, sampler, rate and batch come from the file (--dim, --layers, --batch, --lr, --decay and --seed are
     /// not used); --schedule entries after the checkpoint's epoch still apply.
     #[arg(long)]
     resume: Option<PathBuf>,
@@ -146,15 +148,19 @@ fn main() -> anyhow::Result<()> {
         .lr(args.lr)
         .decay(args.decay)
         .seed(args.seed);
-    if selection.is_cuda() && (args.checkpoint.is_some() || args.resume.is_some()) {
-        anyhow::bail!("--checkpoint and --resume work with the CPU trainer (--device cpu) only");
-    }
     pool.install(|| -> anyhow::Result<()> {
         let mut trainer = if let Some(path) = &args.resume {
-            let t = Trainer::resume(&data.train, path)
-                .with_context(|| format!("resuming from {}", path.display()))?;
+            let context = || format!("resuming from {}", path.display());
+            let t = if selection.is_cuda() {
+                Training::Device(
+                    DeviceTrainer::resume(&data.train, path, selection.device())
+                        .with_context(context)?,
+                )
+            } else {
+                Training::Cpu(Trainer::resume(&data.train, path).with_context(context)?)
+            };
             println!("resumed from={} epoch={}", path.display(), t.epochs());
-            Training::Cpu(t)
+            t
         } else if selection.is_cuda() {
             Training::Device(DeviceTrainer::new(
                 &data.train,
@@ -176,10 +182,7 @@ fn main() -> anyhow::Result<()> {
             .progress_chars("=> "),
         );
         let start = Instant::now();
-        let first = match &trainer {
-            Training::Cpu(t) => t.epochs() + 1,
-            Training::Device(_) => 1,
-        };
+        let first = trainer.epochs() + 1;
         for epoch in first..=args.epochs {
             for switch in args.schedule.iter().filter(|s| s.epoch == epoch) {
                 trainer.switch(switch)?;
@@ -229,11 +232,12 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             bar.suspend(|| println!("{line}"));
-            if let (Some(path), Training::Cpu(t)) = (&args.checkpoint, &trainer)
+            if let Some(path) = &args.checkpoint
                 && (epoch == args.epochs
                     || (args.checkpoint_every > 0 && epoch.is_multiple_of(args.checkpoint_every)))
             {
-                t.save_checkpoint(path, &data.train)
+                trainer
+                    .save_checkpoint(path, &data.train)
                     .with_context(|| format!("saving {}", path.display()))?;
             }
         }
@@ -264,6 +268,21 @@ impl Training {
                     t.set_batch_size(b)?;
                 }
             }
+        }
+        Ok(())
+    }
+
+    fn epochs(&self) -> usize {
+        match self {
+            Training::Cpu(t) => t.epochs(),
+            Training::Device(t) => t.epochs(),
+        }
+    }
+
+    fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> anyhow::Result<()> {
+        match self {
+            Training::Cpu(t) => t.save_checkpoint(path, graph)?,
+            Training::Device(t) => t.save_checkpoint(path, graph)?,
         }
         Ok(())
     }

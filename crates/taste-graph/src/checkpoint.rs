@@ -6,6 +6,9 @@
 //! and batch included, as a schedule left them); [`Trainer::resume`] reads it back over
 //! the same training graph. A resumed trainer draws the same triples and takes the same
 //! steps as one that never stopped (bit for bit, `tests/checkpoint.rs`).
+//! [`crate::DeviceTrainer::save_checkpoint`] / [`crate::DeviceTrainer::resume`] write and
+//! read the same file, so a schedule can move between the CPU kernels and a GPU at any
+//! checkpoint (the two paths differ only in rounding).
 //!
 //! The file is written to `PATH.tmp`, synced and renamed over `PATH`, so a crash leaves
 //! the previous checkpoint whole. Layout (little-endian):
@@ -93,174 +96,259 @@ impl Reader<'_> {
     }
 }
 
+/// What a checkpoint holds besides the tables: the configuration (rate and batch as a
+/// schedule left them), epochs done, Adam steps and the sampler's stream position.
+pub(crate) struct Progress {
+    pub(crate) config: LightGcnConfig,
+    pub(crate) epochs: usize,
+    pub(crate) steps: u64,
+    pub(crate) position: u128,
+}
+
+/// A checkpoint read back: its progress and the ego table and Adam moments, in public
+/// order (users then items).
+pub(crate) struct Saved {
+    pub(crate) progress: Progress,
+    pub(crate) ego: Vec<f32>,
+    pub(crate) m1: Vec<f32>,
+    pub(crate) m2: Vec<f32>,
+}
+
+/// Checks that a model of `users` × `items` was trained over `graph`.
+pub(crate) fn check_sizes(graph: &BipartiteGraph, users: usize, items: usize) -> Result<()> {
+    if graph.n_users() != users || graph.n_items() != items {
+        return Err(Error::Graph {
+            message: format!(
+                "the graph has {} users and {} items, the model {users} and {items}",
+                graph.n_users(),
+                graph.n_items(),
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Writes a checkpoint atomically (`PATH.tmp`, synced, renamed, directory synced); the
+/// tables are in public order.
+pub(crate) fn write(
+    path: &Path,
+    graph: &BipartiteGraph,
+    p: &Progress,
+    ego: &[f32],
+    m1: &[f32],
+    m2: &[f32],
+) -> Result<()> {
+    let c = &p.config;
+    let a = &c.adam;
+    let n = (graph.n_users() + graph.n_items()) * c.dim;
+    if [ego.len(), m1.len(), m2.len()] != [n; 3] {
+        return Err(Error::Graph {
+            message: format!(
+                "checkpoint tables of {}, {} and {} values for {} nodes x {}",
+                ego.len(),
+                m1.len(),
+                m2.len(),
+                graph.n_users() + graph.n_items(),
+                c.dim
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(HEADER + 3 * n * 4 + 4);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&VERSION.to_le_bytes());
+    for v in [graph.n_users(), graph.n_items(), graph.n_edges()] {
+        out.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    out.extend_from_slice(&graph_fingerprint(graph).to_le_bytes());
+    for v in [c.dim, c.layers, c.batch_size] {
+        out.extend_from_slice(&(v as u64).to_le_bytes());
+    }
+    f32s(&mut out, &[c.decay, c.init_std]);
+    out.extend_from_slice(&c.seed.to_le_bytes());
+    f32s(&mut out, &[a.lr, a.beta1, a.beta2, a.eps]);
+    out.extend_from_slice(&(p.epochs as u64).to_le_bytes());
+    out.extend_from_slice(&p.steps.to_le_bytes());
+    out.extend_from_slice(&p.position.to_le_bytes());
+    debug_assert_eq!(out.len(), HEADER);
+    f32s(&mut out, ego);
+    f32s(&mut out, m1);
+    f32s(&mut out, m2);
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(&out)?;
+        f.sync_all()
+    };
+    write().map_err(|e| Error::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+    sync_dir(parent_of(path))
+}
+
+/// Reads the checkpoint at `path`, which must have been saved over `graph` (checked:
+/// sizes and a crc32 of the adjacency).
+pub(crate) fn read(graph: &BipartiteGraph, path: &Path) -> Result<Saved> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let corrupt = |offset: usize, message: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        message,
+    };
+    if bytes.len() < HEADER + 4 || &bytes[..8] != MAGIC {
+        return Err(corrupt(
+            0,
+            "not a Mosaic LightGCN checkpoint (bad magic or too short)".into(),
+        ));
+    }
+    let body = bytes.len() - 4;
+    let stored = u32::from_le_bytes([
+        bytes[body],
+        bytes[body + 1],
+        bytes[body + 2],
+        bytes[body + 3],
+    ]);
+    if crc32fast::hash(&bytes[..body]) != stored {
+        return Err(corrupt(body, "checksum mismatch".into()));
+    }
+    let mut r = Reader {
+        bytes: &bytes,
+        at: 8,
+    };
+    let version = r.u32();
+    if version != VERSION {
+        return Err(corrupt(
+            8,
+            format!("format version {version}, this build reads {VERSION}"),
+        ));
+    }
+    let (nu, ni, ne) = (r.u64(), r.u64(), r.u64());
+    let fp = r.u32();
+    let this_fp = graph_fingerprint(graph);
+    if (nu, ni, ne)
+        != (
+            graph.n_users() as u64,
+            graph.n_items() as u64,
+            graph.n_edges() as u64,
+        )
+        || fp != this_fp
+    {
+        return Err(Error::Graph {
+            message: format!(
+                "{} was saved over a graph of {nu} users, {ni} items, {ne} edges \
+                 (crc32 {fp:08x}); this one has {}, {}, {} (crc32 {:08x})",
+                path.display(),
+                graph.n_users(),
+                graph.n_items(),
+                graph.n_edges(),
+                this_fp
+            ),
+        });
+    }
+    let (dim, layers, batch) = (r.u64() as usize, r.u64() as usize, r.u64() as usize);
+    let (decay, init_std) = (r.f32(), r.f32());
+    let seed = r.u64();
+    let adam = AdamConfig {
+        lr: r.f32(),
+        beta1: r.f32(),
+        beta2: r.f32(),
+        eps: r.f32(),
+    };
+    let (epochs, steps) = (r.u64() as usize, r.u64());
+    let position = u128::from_le_bytes(r.take());
+    let config = LightGcnConfig {
+        dim,
+        layers,
+        batch_size: batch,
+        decay,
+        init_std,
+        seed,
+        adam,
+    }
+    .validated()?;
+    let n = (graph.n_users() + graph.n_items())
+        .checked_mul(dim)
+        .filter(|n| n.checked_mul(12).is_some_and(|b| b == body - HEADER))
+        .ok_or_else(|| {
+            corrupt(
+                HEADER,
+                format!(
+                    "{} bytes of tables, expected 3 tables of {} nodes x {dim} f32",
+                    body - HEADER,
+                    graph.n_users() + graph.n_items()
+                ),
+            )
+        })?;
+    let ego = r.table(n);
+    let (m1, m2) = (r.table(n), r.table(n));
+    Ok(Saved {
+        progress: Progress {
+            config,
+            epochs,
+            steps,
+            position,
+        },
+        ego,
+        m1,
+        m2,
+    })
+}
+
 impl Trainer {
     /// Writes the trainer's whole state to `path` (atomically: a crash leaves the previous
-    /// file whole); [`Trainer::resume`] continues from it. See [`crate::checkpoint`].
+    /// file whole); [`Trainer::resume`] continues from it, and so does
+    /// [`crate::DeviceTrainer::resume`] on a device. See [`crate::checkpoint`].
     pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
         let m = &self.model;
-        if graph.n_users() != m.n_users() || graph.n_items() != m.n_items() {
-            return Err(Error::Graph {
-                message: format!(
-                    "the graph has {} users and {} items, the model {} and {}",
-                    graph.n_users(),
-                    graph.n_items(),
-                    m.n_users(),
-                    m.n_items()
-                ),
-            });
-        }
-        let c = &self.config;
-        let a = self.adam.config();
-        let n = (m.n_users() + m.n_items()) * m.dim();
-        let mut out = Vec::with_capacity(HEADER + 3 * n * 4 + 4);
-        out.extend_from_slice(MAGIC);
-        out.extend_from_slice(&VERSION.to_le_bytes());
-        for v in [m.n_users(), m.n_items(), graph.n_edges()] {
-            out.extend_from_slice(&(v as u64).to_le_bytes());
-        }
-        out.extend_from_slice(&graph_fingerprint(graph).to_le_bytes());
-        for v in [c.dim, c.layers, c.batch_size] {
-            out.extend_from_slice(&(v as u64).to_le_bytes());
-        }
-        f32s(&mut out, &[c.decay, c.init_std]);
-        out.extend_from_slice(&c.seed.to_le_bytes());
-        f32s(&mut out, &[a.lr, a.beta1, a.beta2, a.eps]);
-        out.extend_from_slice(&(self.epochs as u64).to_le_bytes());
-        out.extend_from_slice(&self.adam.steps().to_le_bytes());
-        out.extend_from_slice(&self.sampler.position().to_le_bytes());
-        debug_assert_eq!(out.len(), HEADER);
-        let (mom1, mom2) = self.adam.moments();
-        f32s(&mut out, &m.ego_table());
-        f32s(&mut out, &m.to_public_order(mom1));
-        f32s(&mut out, &m.to_public_order(mom2));
-        let crc = crc32fast::hash(&out);
-        out.extend_from_slice(&crc.to_le_bytes());
-
-        let mut tmp = path.as_os_str().to_owned();
-        tmp.push(".tmp");
-        let tmp = PathBuf::from(tmp);
-        let write = || -> std::io::Result<()> {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&out)?;
-            f.sync_all()
+        check_sizes(graph, m.n_users(), m.n_items())?;
+        let mut config = self.config.clone();
+        config.adam = *self.adam.config();
+        let progress = Progress {
+            config,
+            epochs: self.epochs,
+            steps: self.adam.steps(),
+            position: self.sampler.position(),
         };
-        write().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        sync_dir(parent_of(path))
+        let (mom1, mom2) = self.adam.moments();
+        write(
+            path,
+            graph,
+            &progress,
+            &m.ego_table(),
+            &m.to_public_order(mom1),
+            &m.to_public_order(mom2),
+        )
     }
 
     /// A trainer resumed from the checkpoint at `path` over `graph`, which must be the
     /// graph it was saved with (checked: sizes and a crc32 of the adjacency). It
     /// continues exactly as the saved trainer would have, with the rate and batch size
-    /// it had.
+    /// it had. A checkpoint saved by a [`crate::DeviceTrainer`] resumes here too.
     pub fn resume(graph: &BipartiteGraph, path: &Path) -> Result<Trainer> {
-        let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-        let corrupt = |offset: usize, message: String| Error::Corrupt {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            message,
-        };
-        if bytes.len() < HEADER + 4 || &bytes[..8] != MAGIC {
-            return Err(corrupt(
-                0,
-                "not a Mosaic LightGCN checkpoint (bad magic or too short)".into(),
-            ));
-        }
-        let body = bytes.len() - 4;
-        let stored = u32::from_le_bytes([
-            bytes[body],
-            bytes[body + 1],
-            bytes[body + 2],
-            bytes[body + 3],
-        ]);
-        if crc32fast::hash(&bytes[..body]) != stored {
-            return Err(corrupt(body, "checksum mismatch".into()));
-        }
-        let mut r = Reader {
-            bytes: &bytes,
-            at: 8,
-        };
-        let version = r.u32();
-        if version != VERSION {
-            return Err(corrupt(
-                8,
-                format!("format version {version}, this build reads {VERSION}"),
-            ));
-        }
-        let (nu, ni, ne) = (r.u64(), r.u64(), r.u64());
-        let fp = r.u32();
-        let this_fp = graph_fingerprint(graph);
-        if (nu, ni, ne)
-            != (
-                graph.n_users() as u64,
-                graph.n_items() as u64,
-                graph.n_edges() as u64,
-            )
-            || fp != this_fp
-        {
-            return Err(Error::Graph {
-                message: format!(
-                    "{} was saved over a graph of {nu} users, {ni} items, {ne} edges \
-                     (crc32 {fp:08x}); this one has {}, {}, {} (crc32 {:08x})",
-                    path.display(),
-                    graph.n_users(),
-                    graph.n_items(),
-                    graph.n_edges(),
-                    this_fp
-                ),
-            });
-        }
-        let (dim, layers, batch) = (r.u64() as usize, r.u64() as usize, r.u64() as usize);
-        let (decay, init_std) = (r.f32(), r.f32());
-        let seed = r.u64();
-        let adam = AdamConfig {
-            lr: r.f32(),
-            beta1: r.f32(),
-            beta2: r.f32(),
-            eps: r.f32(),
-        };
-        let (epochs, steps) = (r.u64() as usize, r.u64());
-        let position = u128::from_le_bytes(r.take());
-        let config = LightGcnConfig {
-            dim,
-            layers,
-            batch_size: batch,
-            decay,
-            init_std,
-            seed,
-            adam,
-        }
-        .validated()?;
-        let n = (graph.n_users() + graph.n_items())
-            .checked_mul(dim)
-            .filter(|n| n.checked_mul(12).is_some_and(|b| b == body - HEADER))
-            .ok_or_else(|| {
-                corrupt(
-                    HEADER,
-                    format!(
-                        "{} bytes of tables, expected 3 tables of {} nodes x {dim} f32",
-                        body - HEADER,
-                        graph.n_users() + graph.n_items()
-                    ),
-                )
-            })?;
-        let ego = r.table(n);
-        let (m1, m2) = (r.table(n), r.table(n));
-        let model = LightGcn::from_embeddings(graph, layers, dim, ego)?;
+        let Saved {
+            progress: p,
+            ego,
+            m1,
+            m2,
+        } = read(graph, path)?;
+        let model = LightGcn::from_embeddings(graph, p.config.layers, p.config.dim, ego)?;
         let adam_state = AdamState::restore(
-            adam,
+            p.config.adam,
             &model.to_internal_order(&m1),
             &model.to_internal_order(&m2),
-            steps,
+            p.steps,
         )?;
-        let mut sampler = Sampler::new(graph, seed)?;
-        sampler.set_position(position);
+        let mut sampler = Sampler::new(graph, p.config.seed)?;
+        sampler.set_position(p.position);
         Ok(Trainer {
             model,
-            config,
+            config: p.config,
             sampler,
             adam: adam_state,
-            epochs,
+            epochs: p.epochs,
         })
     }
 }

@@ -18,10 +18,12 @@
 //! bookkeeping, so this path keeps the plain formulation. The loss stays on the device
 //! during an epoch and is read once at its end.
 
+use std::path::Path;
 use std::time::Instant;
 
 use candle_core::{D, Device, Tensor};
 
+use crate::checkpoint::{self, Progress, Saved};
 use crate::device::{DeviceCsr, scatter_add_rows};
 use crate::error::Result;
 use crate::graph::BipartiteGraph;
@@ -137,6 +139,57 @@ impl DeviceTrainer {
     /// (same seed, same sequence).
     pub fn sample_epoch(&mut self) -> Vec<Triple> {
         self.sampler.sample_epoch()
+    }
+
+    /// Writes the trainer's whole state to `path` in [`crate::checkpoint`]'s format (the
+    /// tables are copied from the device), atomically. [`DeviceTrainer::resume`] continues
+    /// from it on any device, and so does [`crate::Trainer::resume`] on the CPU kernels.
+    pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
+        let m = &self.model;
+        checkpoint::check_sizes(graph, m.n_users(), m.n_items())?;
+        let host = |t: &Tensor| -> Result<Vec<f32>> {
+            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            Ok(m.to_public_order(&v))
+        };
+        let progress = Progress {
+            config: self.config.clone(),
+            epochs: self.epochs,
+            steps: self.t,
+            position: self.sampler.position(),
+        };
+        checkpoint::write(
+            path,
+            graph,
+            &progress,
+            &host(&self.ego)?,
+            &host(&self.m)?,
+            &host(&self.v)?,
+        )
+    }
+
+    /// A trainer on `device` resumed from the checkpoint at `path` over `graph` (the
+    /// graph it was saved with, checked), saved by a [`DeviceTrainer`] or by a
+    /// [`crate::Trainer`]: it takes the steps the saved trainer would have taken, with
+    /// its rate, batch size, Adam moments and sampler position (the kernels' rounding
+    /// differs between the CPU trainer and a device, nothing else).
+    pub fn resume(graph: &BipartiteGraph, path: &Path, device: &Device) -> Result<Self> {
+        let Saved {
+            progress: p,
+            ego,
+            m1,
+            m2,
+        } = checkpoint::read(graph, path)?;
+        let model = LightGcn::from_embeddings(graph, p.config.layers, p.config.dim, ego)?;
+        let shape = (model.n_users() + model.n_items(), model.dim());
+        let m1 = Tensor::from_vec(model.to_internal_order(&m1), shape, device)?;
+        let m2 = Tensor::from_vec(model.to_internal_order(&m2), shape, device)?;
+        let mut trainer = Self::with_model(model, graph, &p.config, device)?;
+        trainer.m = m1;
+        trainer.v = m2;
+        trainer.t = p.steps;
+        trainer.epochs = p.epochs;
+        trainer.sampler.set_position(p.position);
+        Ok(trainer)
     }
 
     /// One optimisation step on a batch; returns the batch's loss before the step.

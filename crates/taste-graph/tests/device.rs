@@ -1,5 +1,6 @@
-//! Propagation and training on a candle device equal the CPU kernels: on the CPU device
-//! always, on CUDA when a device exists (skipped with a printed reason otherwise).
+//! Propagation, training and checkpoints on a candle device equal the CPU kernels: on
+//! the CPU device always, on CUDA when a device exists (skipped with a printed reason
+//! otherwise).
 
 use candle_core::{Device, Tensor};
 use taste_graph::device::{DeviceCsr, scatter_add_rows};
@@ -167,6 +168,100 @@ fn check_training(device: &Device) {
     ));
 }
 
+/// Largest absolute difference of two equally long tables.
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
+/// Checkpoints: a device trainer resumed on the same device continues as the saved one
+/// would have (bit for bit on the CPU device), and a checkpoint moves between the CPU
+/// trainer and the device trainer in both directions.
+fn check_checkpoints(device: &Device) {
+    let g = graph();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lgcn.ckpt");
+    let config = LightGcnConfig::new()
+        .dim(16)
+        .layers(2)
+        .batch_size(128)
+        .lr(5e-3)
+        .seed(3);
+    let epoch = |t: &mut DeviceTrainer| t.train_epoch(|_, _| {}).unwrap().loss;
+
+    // Device -> device.
+    let mut dev = DeviceTrainer::new(&g, &config, device).unwrap();
+    for _ in 0..2 {
+        epoch(&mut dev);
+    }
+    dev.set_lr(2e-3).unwrap();
+    dev.set_batch_size(100).unwrap();
+    dev.save_checkpoint(&path, &g).unwrap();
+    let straight: Vec<f64> = (0..2).map(|_| epoch(&mut dev)).collect();
+    let mut resumed = DeviceTrainer::resume(&g, &path, device).unwrap();
+    assert_eq!(resumed.epochs(), 2);
+    let again: Vec<f64> = (0..2).map(|_| epoch(&mut resumed)).collect();
+    assert_eq!(resumed.epochs(), 4);
+    let d = max_diff(
+        &dev.model().unwrap().ego_table(),
+        &resumed.model().unwrap().ego_table(),
+    );
+    if device.is_cpu() {
+        assert_eq!(straight, again, "bit for bit on the CPU device");
+        assert_eq!(d, 0.0);
+    } else {
+        for (a, b) in straight.iter().zip(&again) {
+            assert!((a - b).abs() < 1e-5, "{straight:?} vs {again:?}");
+        }
+        assert!(d < 1e-4, "max|Δ ego| {d}");
+    }
+
+    // Device -> CPU trainer: the same steps, up to the kernels' rounding.
+    let mut cpu = Trainer::resume(&g, &path).unwrap();
+    assert_eq!(cpu.epochs(), 2);
+    let on_cpu: Vec<f64> = (0..2)
+        .map(|_| cpu.train_epoch(|_, _| {}).unwrap().loss)
+        .collect();
+    for (a, b) in straight.iter().zip(&on_cpu) {
+        assert!((a - b).abs() < 1e-5, "{straight:?} vs {on_cpu:?}");
+    }
+    let d = max_diff(&dev.model().unwrap().ego_table(), &cpu.model().ego_table());
+    assert!(d < 1e-4, "device vs CPU after resuming: max|Δ ego| {d}");
+
+    // CPU trainer -> device.
+    cpu.save_checkpoint(&path, &g).unwrap();
+    let next_cpu = cpu.train_epoch(|_, _| {}).unwrap().loss;
+    let mut moved = DeviceTrainer::resume(&g, &path, device).unwrap();
+    assert_eq!(moved.epochs(), 4);
+    let next_dev = epoch(&mut moved);
+    assert!(
+        (next_cpu - next_dev).abs() < 1e-5,
+        "{next_cpu} vs {next_dev}"
+    );
+    let d = max_diff(
+        &cpu.model().ego_table(),
+        &moved.model().unwrap().ego_table(),
+    );
+    assert!(d < 1e-4, "CPU vs device after resuming: max|Δ ego| {d}");
+
+    // Another graph is refused with a typed error.
+    let mut other_edges: Vec<(UserId, ItemId)> =
+        (0..300u32).map(|u| (UserId(u), ItemId(u % 500))).collect();
+    other_edges.push((UserId(0), ItemId(499)));
+    let other = BipartiteGraph::from_edges(300, 500, other_edges).unwrap();
+    assert!(matches!(
+        DeviceTrainer::resume(&other, &path, device),
+        Err(Error::Graph { .. })
+    ));
+    assert!(matches!(
+        moved.save_checkpoint(&path, &BipartiteGraph::from_edges(2, 2, vec![]).unwrap()),
+        Err(Error::Graph { .. })
+    ));
+}
+
 fn cuda() -> Option<Device> {
     match Device::new_cuda(0) {
         Ok(dev) => Some(dev),
@@ -189,6 +284,11 @@ fn device_training_equals_the_cpu_trainer_on_the_cpu_device() {
 }
 
 #[test]
+fn device_checkpoints_resume_on_the_cpu_device_and_move_to_the_cpu_trainer() {
+    check_checkpoints(&Device::Cpu);
+}
+
+#[test]
 fn device_propagation_equals_the_cpu_kernels_on_cuda() {
     if let Some(dev) = cuda() {
         check(&dev);
@@ -200,5 +300,12 @@ fn device_propagation_equals_the_cpu_kernels_on_cuda() {
 fn device_training_equals_the_cpu_trainer_on_cuda() {
     if let Some(dev) = cuda() {
         check_training(&dev);
+    }
+}
+
+#[test]
+fn device_checkpoints_resume_on_cuda_and_move_to_the_cpu_trainer() {
+    if let Some(dev) = cuda() {
+        check_checkpoints(&dev);
     }
 }
