@@ -1,8 +1,9 @@
 //! Real-time updates measured: hide the last 20% of the training interactions of a
 //! random 20% of users, train LightGCN on the rest, then stream the hidden interactions
 //! through `LiveModel::observe` (no retraining). Prints test Recall@20 / NDCG@20 of the
-//! stale model, after streaming, and after a full retrain with them — over all users
-//! and over the affected users — and how much of the gap streaming recovered.
+//! stale model, after streaming, and after a full retrain with them — over all users,
+//! over the affected users and over the others — and how much of the gap streaming
+//! recovered. `--retrain-seeds` adds retrains with other seeds, to size the noise.
 //!
 //! ```text
 //! cargo run --release --example gowalla_stream -- --data ../shared/datasets/gowalla --epochs 20
@@ -70,6 +71,10 @@ struct Args {
     /// (`LiveConfig::item_updates`), labelled `..._items`.
     #[arg(long)]
     item_updates: bool,
+    /// Also retrain with these seeds (same split, other initialisation and sampling),
+    /// to show how far two retrains differ: the noise around the gap's target.
+    #[arg(long, value_delimiter = ',')]
+    retrain_seeds: Vec<u64>,
 }
 
 fn train(
@@ -139,19 +144,24 @@ fn main() -> anyhow::Result<()> {
     }
     let kept = BipartiteGraph::from_edges(nu, ni, kept)?;
     let full = &data.train;
-    let test_affected = BipartiteGraph::from_edges(
-        nu,
-        ni,
-        (0..nu as u32)
-            .filter(|&u| affected[u as usize])
-            .flat_map(|u| {
-                data.test
-                    .items_of(UserId(u))
-                    .iter()
-                    .map(move |&i| (UserId(u), ItemId(i)))
-            })
-            .collect::<Vec<_>>(),
-    )?;
+    // The test set of the affected users, and of the others.
+    let test_of = |want: bool| {
+        BipartiteGraph::from_edges(
+            nu,
+            ni,
+            (0..nu as u32)
+                .filter(|&u| affected[u as usize] == want)
+                .flat_map(|u| {
+                    data.test
+                        .items_of(UserId(u))
+                        .iter()
+                        .map(move |&i| (UserId(u), ItemId(i)))
+                })
+                .collect::<Vec<_>>(),
+        )
+    };
+    let test_affected = test_of(true)?;
+    let test_unaffected = test_of(false)?;
     println!(
         "users={nu} items={ni} kept={} streamed={} affected_users={}",
         kept.n_edges(),
@@ -167,9 +177,10 @@ fn main() -> anyhow::Result<()> {
     let report = |label: &str, users: &[f32], items: &[f32]| -> anyhow::Result<(f64, f64)> {
         let all = evaluate(users, items, args.dim, full, &data.test, &[20])?[0];
         let aff = evaluate(users, items, args.dim, full, &test_affected, &[20])?[0];
+        let rest = evaluate(users, items, args.dim, full, &test_unaffected, &[20])?[0];
         println!(
-            "model={label} recall@20={:.4} ndcg@20={:.4} affected_recall@20={:.4} affected_ndcg@20={:.4}",
-            all.recall, all.ndcg, aff.recall, aff.ndcg
+            "model={label} recall@20={:.4} ndcg@20={:.4} affected_recall@20={:.4} affected_ndcg@20={:.4} unaffected_recall@20={:.4} unaffected_ndcg@20={:.4}",
+            all.recall, all.ndcg, aff.recall, aff.ndcg, rest.recall, rest.ndcg
         );
         Ok((all.recall, aff.recall))
     };
@@ -218,6 +229,23 @@ fn main() -> anyhow::Result<()> {
     let retrained = train(full, &config, args.epochs, "retrained", &device)?;
     let e = retrained.propagate()?;
     let (r_all, r_aff) = report("retrained", e.users(), e.items())?;
+    for &seed in &args.retrain_seeds {
+        let label = format!("retrained_seed{seed}");
+        let other = train(
+            full,
+            &config.clone().seed(seed),
+            args.epochs,
+            &label,
+            &device,
+        )?;
+        let e = other.propagate()?;
+        let (a, f) = report(&label, e.users(), e.items())?;
+        println!(
+            "model={label} minus_retrained_all={:+.4} minus_retrained_affected={:+.4}",
+            a - r_all,
+            f - r_aff
+        );
+    }
     let rec = |s: f64, m: f64, r: f64| {
         if r != s {
             100.0 * (m - s) / (r - s)
