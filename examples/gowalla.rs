@@ -82,8 +82,9 @@ struct Args {
     #[arg(long, default_value_t = 10)]
     checkpoint_every: usize,
     /// Continue from a checkpoint (written on the CPU or a device; trains on --device):
-    /// the model, optimiser, sampler, rate and batch come from the file (--dim, --layers, --batch, --lr, --decay and --seed are
-    /// not used); --schedule entries after the checkpoint's epoch still apply.
+    /// the model, optimiser, sampler, rate and batch come from the file (--dim,
+    /// --layers, --batch, --lr, --decay and --seed are not used); --schedule entries
+    /// after the checkpoint's epoch still apply.
     #[arg(long)]
     resume: Option<PathBuf>,
 }
