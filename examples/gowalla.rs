@@ -23,7 +23,7 @@ use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mosaic::taste_graph::{
-    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, LightGcnConfig, Trainer,
+    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, Init, LightGcnConfig, Trainer,
     evaluate,
 };
 
@@ -63,6 +63,10 @@ struct Args {
     /// Seed of initialisation and sampling.
     #[arg(long, default_value_t = 2020)]
     seed: u64,
+    /// Initialisation: normal (std 0.1, the PyTorch reference's) or xavier (uniform
+    /// Glorot per table, the paper's TensorFlow code's).
+    #[arg(long, value_enum, default_value_t = InitArg::Normal)]
+    init: InitArg,
     /// Where to train: cpu (hand-written kernels), cuda[:N], or auto.
     #[arg(long, default_value = "cpu")]
     device: DeviceSpec,
@@ -83,10 +87,19 @@ struct Args {
     checkpoint_every: usize,
     /// Continue from a checkpoint (written on the CPU or a device; trains on --device):
     /// the model, optimiser, sampler, rate and batch come from the file (--dim,
-    /// --layers, --batch, --lr, --decay and --seed are not used); --schedule entries
-    /// after the checkpoint's epoch still apply.
+    /// --layers, --batch, --lr, --decay, --seed and --init are not used); --schedule
+    /// entries after the checkpoint's epoch still apply.
     #[arg(long)]
     resume: Option<PathBuf>,
+}
+
+/// `--init` values.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum InitArg {
+    /// normal(0, 0.1).
+    Normal,
+    /// Xavier uniform.
+    Xavier,
 }
 
 /// One schedule entry: from `epoch` on, learning rate `lr` (and batch size `batch`).
@@ -148,6 +161,10 @@ fn main() -> anyhow::Result<()> {
         .batch_size(args.batch)
         .lr(args.lr)
         .decay(args.decay)
+        .init(match args.init {
+            InitArg::Normal => Init::Normal,
+            InitArg::Xavier => Init::XavierUniform,
+        })
         .seed(args.seed);
     pool.install(|| -> anyhow::Result<()> {
         let mut trainer = if let Some(path) = &args.resume {

@@ -16,7 +16,7 @@
 //! | bytes | field |
 //! |---|---|
 //! | 0..8 | magic `MOSLGCK1` |
-//! | 8..12 | format version (1) |
+//! | 8..12 | format version (2; version 1 files, which lack the init scheme, are read as normal init) |
 //! | 12..36 | users, items, training edges (u64 each) |
 //! | 36..40 | crc32 of the graph's user → items lists |
 //! | 40..64 | dim, layers, batch size (u64 each) |
@@ -25,7 +25,8 @@
 //! | 80..96 | Adam lr, beta1, beta2, eps (f32) |
 //! | 96..112 | epochs done, Adam steps (u64) |
 //! | 112..128 | sampler position (u128) |
-//! | 128.. | ego table, Adam first moments, second moments (f32, public order: users then items, `(users + items) × dim` each) |
+//! | 128..132 | init scheme (u32: 0 normal, 1 Xavier uniform) |
+//! | 132.. | ego table, Adam first moments, second moments (f32, public order: users then items, `(users + items) × dim` each) |
 //! | last 4 | crc32 of everything before |
 
 use std::fs::File;
@@ -35,13 +36,26 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::UserId;
-use crate::lightgcn::{LightGcn, LightGcnConfig, Sampler, Trainer};
+use crate::lightgcn::{Init, LightGcn, LightGcnConfig, Sampler, Trainer};
 use crate::log::{parent_of, sync_dir};
 use crate::optim::{AdamConfig, AdamState};
 
 const MAGIC: &[u8; 8] = b"MOSLGCK1";
-const VERSION: u32 = 1;
-const HEADER: usize = 128;
+const VERSION: u32 = 2;
+/// Header length of a version-2 file (version 1's was 128: no init scheme).
+const HEADER: usize = 132;
+
+/// Header length of format `version`.
+fn header_len(version: u32) -> usize {
+    if version == 1 { 128 } else { HEADER }
+}
+
+fn init_tag(init: Init) -> u32 {
+    match init {
+        Init::Normal => 0,
+        Init::XavierUniform => 1,
+    }
+}
 
 /// crc32 of the graph's adjacency (each user's item count and items), which a
 /// checkpoint must be resumed over.
@@ -169,6 +183,7 @@ pub(crate) fn write(
     out.extend_from_slice(&(p.epochs as u64).to_le_bytes());
     out.extend_from_slice(&p.steps.to_le_bytes());
     out.extend_from_slice(&p.position.to_le_bytes());
+    out.extend_from_slice(&init_tag(c.init).to_le_bytes());
     debug_assert_eq!(out.len(), HEADER);
     f32s(&mut out, ego);
     f32s(&mut out, m1);
@@ -198,7 +213,7 @@ pub(crate) fn read(graph: &BipartiteGraph, path: &Path) -> Result<Saved> {
         offset: offset as u64,
         message,
     };
-    if bytes.len() < HEADER + 4 || &bytes[..8] != MAGIC {
+    if bytes.len() < header_len(1) + 4 || &bytes[..8] != MAGIC {
         return Err(corrupt(
             0,
             "not a Mosaic LightGCN checkpoint (bad magic or too short)".into(),
@@ -219,10 +234,10 @@ pub(crate) fn read(graph: &BipartiteGraph, path: &Path) -> Result<Saved> {
         at: 8,
     };
     let version = r.u32();
-    if version != VERSION {
+    if version != VERSION && version != 1 {
         return Err(corrupt(
             8,
-            format!("format version {version}, this build reads {VERSION}"),
+            format!("format version {version}, this build reads 1 and {VERSION}"),
         ));
     }
     let (nu, ni, ne) = (r.u64(), r.u64(), r.u64());
@@ -259,11 +274,24 @@ pub(crate) fn read(graph: &BipartiteGraph, path: &Path) -> Result<Saved> {
     };
     let (epochs, steps) = (r.u64() as usize, r.u64());
     let position = u128::from_le_bytes(r.take());
+    let header = header_len(version);
+    if body < header {
+        return Err(corrupt(
+            0,
+            format!("{body} bytes before the checksum, shorter than the {header}-byte header"),
+        ));
+    }
+    let init = match if version == 1 { 0 } else { r.u32() } {
+        0 => Init::Normal,
+        1 => Init::XavierUniform,
+        tag => return Err(corrupt(128, format!("unknown init scheme {tag}"))),
+    };
     let config = LightGcnConfig {
         dim,
         layers,
         batch_size: batch,
         decay,
+        init,
         init_std,
         seed,
         adam,
@@ -271,13 +299,13 @@ pub(crate) fn read(graph: &BipartiteGraph, path: &Path) -> Result<Saved> {
     .validated()?;
     let n = (graph.n_users() + graph.n_items())
         .checked_mul(dim)
-        .filter(|n| n.checked_mul(12).is_some_and(|b| b == body - HEADER))
+        .filter(|n| n.checked_mul(12).is_some_and(|b| b == body - header))
         .ok_or_else(|| {
             corrupt(
-                HEADER,
+                header,
                 format!(
                     "{} bytes of tables, expected 3 tables of {} nodes x {dim} f32",
-                    body - HEADER,
+                    body - header,
                     graph.n_users() + graph.n_items()
                 ),
             )

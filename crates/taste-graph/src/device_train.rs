@@ -122,6 +122,11 @@ impl DeviceTrainer {
         self.epochs
     }
 
+    /// The configuration, with the rate and batch size a schedule last set.
+    pub fn config(&self) -> &LightGcnConfig {
+        &self.config
+    }
+
     /// Changes Adam's learning rate from the next step on (moments kept), for a
     /// schedule; the rate must be finite and > 0.
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {

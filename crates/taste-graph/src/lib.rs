@@ -53,7 +53,9 @@ pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
 pub use inductive::{AggregatorConfig, ContentAggregator, FitReport, Neighbours};
 pub use interactions::{Interaction, InteractionKind, Interactions};
 pub use interests::{Interest, InterestConfig, interests};
-pub use lightgcn::{BatchLoss, Embeddings, EpochStats, LightGcn, LightGcnConfig, Trainer, Triple};
+pub use lightgcn::{
+    BatchLoss, Embeddings, EpochStats, Init, LightGcn, LightGcnConfig, Trainer, Triple,
+};
 pub use live::{KindWeights, LiveConfig, LiveModel};
 pub use log::{EventLog, GraphSnapshot, Journal, Record, Recovery, Replay};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.

@@ -29,6 +29,20 @@ use crate::ids::UserId;
 use crate::optim::{AdamConfig, AdamState};
 use crate::sparse::{Csr, NO_SLOT, split_rows_mut};
 
+/// How the ego embeddings are initialised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Init {
+    /// normal(0, [`LightGcnConfig::init_std`]), as in the PyTorch reference code
+    /// (`nn.init.normal_(std=0.1)`).
+    #[default]
+    Normal,
+    /// Xavier (Glorot) uniform, `U(-a, a)` with `a = sqrt(6 / (rows + dim))` for the user
+    /// and the item table separately, as in the paper's TensorFlow code
+    /// (`xavier_initializer()` on `[n_users, dim]` and `[n_items, dim]`);
+    /// [`LightGcnConfig::init_std`] is not used.
+    XavierUniform,
+}
+
 /// Model and training hyper-parameters; the defaults are the reference code's
 /// Gowalla settings.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +55,8 @@ pub struct LightGcnConfig {
     pub batch_size: usize,
     /// L2 weight on the batch's ego embeddings (1e-4).
     pub decay: f32,
+    /// Initialisation scheme (normal, as the PyTorch reference).
+    pub init: Init,
     /// Standard deviation of the normal initialisation (0.1).
     pub init_std: f32,
     /// Seed of initialisation and sampling.
@@ -56,6 +72,7 @@ impl Default for LightGcnConfig {
             layers: 3,
             batch_size: 2048,
             decay: 1e-4,
+            init: Init::Normal,
             init_std: 0.1,
             seed: 2020,
             adam: AdamConfig::default(),
@@ -88,7 +105,12 @@ impl LightGcnConfig {
         self.decay = decay;
         self
     }
-    /// Sets the initialisation standard deviation.
+    /// Sets the initialisation scheme.
+    pub fn init(mut self, init: Init) -> Self {
+        self.init = init;
+        self
+    }
+    /// Sets the standard deviation of the normal initialisation.
     pub fn init_std(mut self, init_std: f32) -> Self {
         self.init_std = init_std;
         self
@@ -236,14 +258,31 @@ fn normal_fill(rng: &mut StdRng, std: f32, out: &mut [f32]) {
     }
 }
 
+/// Fills `out` with U(-limit, limit) values.
+fn uniform_fill(rng: &mut StdRng, limit: f32, out: &mut [f32]) {
+    for v in out {
+        *v = (2.0 * rng.random::<f64>() - 1.0) as f32 * limit;
+    }
+}
+
 impl LightGcn {
-    /// A model over `graph` with normal(0, `init_std`) ego embeddings.
+    /// A model over `graph` with ego embeddings drawn as `config.init` says.
     pub fn new(graph: &BipartiteGraph, config: &LightGcnConfig) -> Result<Self> {
         config.validate()?;
         let n = graph.n_users() + graph.n_items();
-        let mut ego = vec![0f32; n * config.dim];
+        let d = config.dim;
+        let mut ego = vec![0f32; n * d];
         let mut rng = StdRng::seed_from_u64(config.seed);
-        normal_fill(&mut rng, config.init_std, &mut ego);
+        match config.init {
+            Init::Normal => normal_fill(&mut rng, config.init_std, &mut ego),
+            Init::XavierUniform => {
+                let (users, items) = ego.split_at_mut(graph.n_users() * d);
+                for (table, rows) in [(users, graph.n_users()), (items, graph.n_items())] {
+                    let limit = (6.0 / (rows + d) as f64).sqrt() as f32;
+                    uniform_fill(&mut rng, limit, table);
+                }
+            }
+        }
         Self::from_embeddings(graph, config.layers, config.dim, ego)
     }
 
@@ -851,6 +890,11 @@ impl Trainer {
         self.epochs
     }
 
+    /// The configuration, with the rate and batch size a schedule last set.
+    pub fn config(&self) -> &LightGcnConfig {
+        &self.config
+    }
+
     /// Changes Adam's learning rate from the next step on (moments kept), for a
     /// schedule; the rate must be finite and > 0.
     pub fn set_lr(&mut self, lr: f32) -> Result<()> {
@@ -977,6 +1021,41 @@ mod tests {
             }])
             .is_ok()
         );
+    }
+
+    #[test]
+    fn xavier_init_is_uniform_per_table_with_the_glorot_limit() {
+        let edges: Vec<(UserId, ItemId)> = (0..300u32)
+            .map(|k| (UserId(k % 40), ItemId((k * 7) % 90)))
+            .collect();
+        let g = BipartiteGraph::from_edges(40, 90, edges).unwrap();
+        let d = 16;
+        let cfg = LightGcnConfig::new()
+            .dim(d)
+            .init(Init::XavierUniform)
+            .init_std(5.0); // not used by Xavier
+        let ego = LightGcn::new(&g, &cfg).unwrap().ego_table();
+        let (users, items) = ego.split_at(40 * d);
+        for (table, rows) in [(users, 40), (items, 90)] {
+            let limit = (6.0 / (rows + d) as f64).sqrt() as f32;
+            let max = table.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert!(
+                max <= limit && max > 0.95 * limit,
+                "max {max}, limit {limit}"
+            );
+            let n = table.len() as f32;
+            let mean = table.iter().sum::<f32>() / n;
+            let var = table.iter().map(|v| v * v).sum::<f32>() / n;
+            assert!(mean.abs() < 0.1 * limit, "mean {mean}");
+            let uniform_var = limit * limit / 3.0;
+            assert!((var / uniform_var - 1.0).abs() < 0.1, "var {var}");
+        }
+        // The normal default is a different table, of std init_std.
+        let normal = LightGcn::new(&g, &cfg.clone().init(Init::Normal).init_std(0.1))
+            .unwrap()
+            .ego_table();
+        let var = normal.iter().map(|v| v * v).sum::<f32>() / normal.len() as f32;
+        assert!((var.sqrt() / 0.1 - 1.0).abs() < 0.05, "std {}", var.sqrt());
     }
 
     #[test]

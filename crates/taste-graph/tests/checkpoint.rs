@@ -1,7 +1,7 @@
 //! Training checkpoints: a resumed trainer continues bit for bit; damaged files, other
 //! graphs and missing files are typed errors.
 
-use taste_graph::{BipartiteGraph, Error, ItemId, LightGcnConfig, Trainer, UserId};
+use taste_graph::{BipartiteGraph, Error, Init, ItemId, LightGcnConfig, Trainer, UserId};
 
 fn graph(seed: u64) -> BipartiteGraph {
     let mut s = seed;
@@ -106,4 +106,53 @@ fn damaged_files_other_graphs_and_missing_files_are_typed_errors() {
     // Missing.
     let e = Trainer::resume(&g, &dir.path().join("none")).unwrap_err();
     assert!(matches!(e, Error::Io { .. }), "{e}");
+}
+
+/// `bytes` with its trailing crc32 recomputed.
+fn resealed(mut bytes: Vec<u8>) -> Vec<u8> {
+    let body = bytes.len() - 4;
+    let crc = crc32fast::hash(&bytes[..body]);
+    bytes[body..].copy_from_slice(&crc.to_le_bytes());
+    bytes
+}
+
+#[test]
+fn the_init_scheme_is_kept_and_version_1_files_still_resume() {
+    let g = graph(1);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lgcn.ckpt");
+    let mut t = Trainer::new(&g, &config().init(Init::XavierUniform)).unwrap();
+    t.train_epoch(|_, _| {}).unwrap();
+    t.save_checkpoint(&path, &g).unwrap();
+    let r = Trainer::resume(&g, &path).unwrap();
+    assert_eq!(r.config(), t.config());
+    assert_eq!(r.config().init, Init::XavierUniform);
+    let good = std::fs::read(&path).unwrap();
+    assert_eq!(good[8..12], 2u32.to_le_bytes());
+
+    // Version 1 (written before the init scheme was stored): the same bytes without
+    // the 4-byte scheme at 128, read as normal init, tables intact.
+    let mut v1 = good.clone();
+    v1.drain(128..132);
+    v1[8..12].copy_from_slice(&1u32.to_le_bytes());
+    std::fs::write(&path, resealed(v1)).unwrap();
+    let old = Trainer::resume(&g, &path).unwrap();
+    assert_eq!(old.config().init, Init::Normal);
+    assert_eq!(old.model().ego_table(), t.model().ego_table());
+    assert_eq!(old.epochs(), 1);
+
+    // An unknown scheme or version, even with a valid checksum, is Corrupt.
+    let mut bad = good.clone();
+    bad[128..132].copy_from_slice(&7u32.to_le_bytes());
+    std::fs::write(&path, resealed(bad)).unwrap();
+    let e = Trainer::resume(&g, &path).unwrap_err();
+    assert!(
+        matches!(e, Error::Corrupt { offset: 128, .. }) && e.to_string().contains("init"),
+        "{e}"
+    );
+    let mut bad = good;
+    bad[8..12].copy_from_slice(&3u32.to_le_bytes());
+    std::fs::write(&path, resealed(bad)).unwrap();
+    let e = Trainer::resume(&g, &path).unwrap_err();
+    assert!(matches!(e, Error::Corrupt { offset: 8, .. }), "{e}");
 }
