@@ -8,7 +8,9 @@
 //! steps as one that never stopped (bit for bit, `tests/checkpoint.rs`).
 //! [`crate::DeviceTrainer::save_checkpoint`] / [`crate::DeviceTrainer::resume`] write and
 //! read the same file, so a schedule can move between the CPU kernels and a GPU at any
-//! checkpoint (the two paths differ only in rounding).
+//! checkpoint (the two paths differ only in rounding). The same state carries a trainer
+//! onto a graph that gained edges, users or items ([`Trainer::regraph`],
+//! [`crate::DeviceTrainer::regraph`]): a background refit without a restart.
 //!
 //! The file is written to `PATH.tmp`, synced and renamed over `PATH`, so a crash leaves
 //! the previous checkpoint whole. Layout (little-endian):
@@ -36,7 +38,10 @@ use std::path::{Path, PathBuf};
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::UserId;
-use crate::lightgcn::{Init, LightGcn, LightGcnConfig, Sampler, Trainer};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+use crate::lightgcn::{Init, LightGcn, LightGcnConfig, Sampler, Trainer, init_rows};
 use crate::log::{parent_of, sync_dir};
 use crate::optim::{AdamConfig, AdamState};
 
@@ -126,6 +131,48 @@ pub(crate) struct Saved {
     pub(crate) ego: Vec<f32>,
     pub(crate) m1: Vec<f32>,
     pub(crate) m2: Vec<f32>,
+}
+
+impl Saved {
+    /// The state of a model of `users` × `items` carried onto `graph`, which has as many
+    /// users and items or more (an interaction graph that grew): the rows of new users
+    /// and items are drawn as the configuration's init says (seeded by the seed and the
+    /// epochs done) with zero Adam moments; everything else is kept.
+    pub(crate) fn grown(self, users: usize, items: usize, graph: &BipartiteGraph) -> Result<Saved> {
+        let (nu, ni) = (graph.n_users(), graph.n_items());
+        if nu < users || ni < items {
+            return Err(Error::Graph {
+                message: format!(
+                    "the model has {users} users and {items} items, the new graph only \
+                     {nu} and {ni}: a graph can gain users and items, not lose them"
+                ),
+            });
+        }
+        if (nu, ni) == (users, items) {
+            return Ok(self);
+        }
+        let c = &self.progress.config;
+        let d = c.dim;
+        let mut rng = StdRng::seed_from_u64(
+            c.seed ^ (self.progress.epochs as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let mut fresh_users = vec![0f32; (nu - users) * d];
+        let mut fresh_items = vec![0f32; (ni - items) * d];
+        init_rows(c, nu, &mut rng, &mut fresh_users);
+        init_rows(c, ni, &mut rng, &mut fresh_items);
+        let zeros_u = vec![0f32; fresh_users.len()];
+        let zeros_i = vec![0f32; fresh_items.len()];
+        let grow = |t: &[f32], new_u: &[f32], new_i: &[f32]| {
+            let (old_u, old_i) = t.split_at(users * d);
+            [old_u, new_u, old_i, new_i].concat()
+        };
+        Ok(Saved {
+            ego: grow(&self.ego, &fresh_users, &fresh_items),
+            m1: grow(&self.m1, &zeros_u, &zeros_i),
+            m2: grow(&self.m2, &zeros_u, &zeros_i),
+            progress: self.progress,
+        })
+    }
 }
 
 /// Checks that a model of `users` × `items` was trained over `graph`.
@@ -332,23 +379,8 @@ impl Trainer {
     pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
         let m = &self.model;
         check_sizes(graph, m.n_users(), m.n_items())?;
-        let mut config = self.config.clone();
-        config.adam = *self.adam.config();
-        let progress = Progress {
-            config,
-            epochs: self.epochs,
-            steps: self.adam.steps(),
-            position: self.sampler.position(),
-        };
-        let (mom1, mom2) = self.adam.moments();
-        write(
-            path,
-            graph,
-            &progress,
-            &m.ego_table(),
-            &m.to_public_order(mom1),
-            &m.to_public_order(mom2),
-        )
+        let s = self.saved();
+        write(path, graph, &s.progress, &s.ego, &s.m1, &s.m2)
     }
 
     /// A trainer resumed from the checkpoint at `path` over `graph`, which must be the
@@ -356,12 +388,49 @@ impl Trainer {
     /// continues exactly as the saved trainer would have, with the rate and batch size
     /// it had. A checkpoint saved by a [`crate::DeviceTrainer`] resumes here too.
     pub fn resume(graph: &BipartiteGraph, path: &Path) -> Result<Trainer> {
+        Self::from_saved(graph, read(graph, path)?)
+    }
+
+    /// Carries training onto `graph`, the training graph after new interactions (the
+    /// same users and items, or more): the embeddings, Adam's moments and step count,
+    /// the rate, batch size and epoch count are kept, new users' and items' rows are
+    /// initialised as the config says, and the sampler draws from `graph` from here on.
+    /// A few epochs of this (a background refit) re-optimise every embedding for the new
+    /// edges at a fraction of a retrain's cost; a graph with fewer users or items is
+    /// [`Error::Graph`].
+    pub fn regraph(self, graph: &BipartiteGraph) -> Result<Trainer> {
+        let (users, items) = (self.model.n_users(), self.model.n_items());
+        Self::from_saved(graph, self.saved().grown(users, items, graph)?)
+    }
+
+    /// The whole state, tables in public order.
+    fn saved(&self) -> Saved {
+        let m = &self.model;
+        let mut config = self.config.clone();
+        config.adam = *self.adam.config();
+        let (mom1, mom2) = self.adam.moments();
+        Saved {
+            progress: Progress {
+                config,
+                epochs: self.epochs,
+                steps: self.adam.steps(),
+                position: self.sampler.position(),
+            },
+            ego: m.ego_table(),
+            m1: m.to_public_order(mom1),
+            m2: m.to_public_order(mom2),
+        }
+    }
+
+    /// A trainer over `graph` from a saved state (tables in public order, sized for
+    /// `graph`).
+    fn from_saved(graph: &BipartiteGraph, saved: Saved) -> Result<Trainer> {
         let Saved {
             progress: p,
             ego,
             m1,
             m2,
-        } = read(graph, path)?;
+        } = saved;
         let model = LightGcn::from_embeddings(graph, p.config.layers, p.config.dim, ego)?;
         let adam_state = AdamState::restore(
             p.config.adam,

@@ -152,24 +152,8 @@ impl DeviceTrainer {
     pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
         let m = &self.model;
         checkpoint::check_sizes(graph, m.n_users(), m.n_items())?;
-        let host = |t: &Tensor| -> Result<Vec<f32>> {
-            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
-            Ok(m.to_public_order(&v))
-        };
-        let progress = Progress {
-            config: self.config.clone(),
-            epochs: self.epochs,
-            steps: self.t,
-            position: self.sampler.position(),
-        };
-        checkpoint::write(
-            path,
-            graph,
-            &progress,
-            &host(&self.ego)?,
-            &host(&self.m)?,
-            &host(&self.v)?,
-        )
+        let s = self.saved()?;
+        checkpoint::write(path, graph, &s.progress, &s.ego, &s.m1, &s.m2)
     }
 
     /// A trainer on `device` resumed from the checkpoint at `path` over `graph` (the
@@ -178,23 +162,65 @@ impl DeviceTrainer {
     /// its rate, batch size, Adam moments and sampler position (the kernels' rounding
     /// differs between the CPU trainer and a device, nothing else).
     pub fn resume(graph: &BipartiteGraph, path: &Path, device: &Device) -> Result<Self> {
+        Self::from_saved(graph, checkpoint::read(graph, path)?, device)
+    }
+
+    /// Carries training onto `graph`, the training graph after new interactions (the
+    /// same users and items, or more), on the same device, exactly as
+    /// [`crate::Trainer::regraph`] does: embeddings, moments, steps, rate, batch size
+    /// and epochs kept, new rows initialised as the config says.
+    pub fn regraph(self, graph: &BipartiteGraph) -> Result<Self> {
+        let (users, items) = (self.model.n_users(), self.model.n_items());
+        let device = self.device().clone();
+        let saved = self.saved()?.grown(users, items, graph)?;
+        Self::from_saved(graph, saved, &device)
+    }
+
+    /// The whole state copied to the host, tables in public order.
+    fn saved(&self) -> Result<Saved> {
+        let m = &self.model;
+        let host = |t: &Tensor| -> Result<Vec<f32>> {
+            let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
+            Ok(m.to_public_order(&v))
+        };
+        Ok(Saved {
+            progress: Progress {
+                config: self.config.clone(),
+                epochs: self.epochs,
+                steps: self.t,
+                position: self.sampler.position(),
+            },
+            ego: host(&self.ego)?,
+            m1: host(&self.m)?,
+            m2: host(&self.v)?,
+        })
+    }
+
+    /// A trainer on `device` over `graph` from a saved state (tables in public order,
+    /// sized for `graph`).
+    fn from_saved(graph: &BipartiteGraph, saved: Saved, device: &Device) -> Result<Self> {
         let Saved {
             progress: p,
             ego,
             m1,
             m2,
-        } = checkpoint::read(graph, path)?;
+        } = saved;
         let model = LightGcn::from_embeddings(graph, p.config.layers, p.config.dim, ego)?;
         let shape = (model.n_users() + model.n_items(), model.dim());
-        let m1 = Tensor::from_vec(model.to_internal_order(&m1), shape, device)?;
-        let m2 = Tensor::from_vec(model.to_internal_order(&m2), shape, device)?;
-        let mut trainer = Self::with_model(model, graph, &p.config, device)?;
-        trainer.m = m1;
-        trainer.v = m2;
-        trainer.t = p.steps;
-        trainer.epochs = p.epochs;
-        trainer.sampler.set_position(p.position);
-        Ok(trainer)
+        let mut sampler = Sampler::new(graph, p.config.seed)?;
+        sampler.set_position(p.position);
+        Ok(DeviceTrainer {
+            adj: DeviceCsr::new(model.internal_adjacency(), device)?,
+            ego: Tensor::from_slice(model.internal_ego(), shape, device)?,
+            m: Tensor::from_vec(model.to_internal_order(&m1), shape, device)?,
+            v: Tensor::from_vec(model.to_internal_order(&m2), shape, device)?,
+            model,
+            config: p.config,
+            sampler,
+            t: p.steps,
+            epochs: p.epochs,
+            stale: false,
+        })
     }
 
     /// One optimisation step on a batch; returns the batch's loss before the step.

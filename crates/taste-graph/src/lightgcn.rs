@@ -265,6 +265,18 @@ fn uniform_fill(rng: &mut StdRng, limit: f32, out: &mut [f32]) {
     }
 }
 
+/// Draws the ego rows `out` of a table (users or items) of `rows` rows in all, as
+/// `config.init` says (for rows added to a trained model).
+pub(crate) fn init_rows(config: &LightGcnConfig, rows: usize, rng: &mut StdRng, out: &mut [f32]) {
+    match config.init {
+        Init::Normal => normal_fill(rng, config.init_std, out),
+        Init::XavierUniform => {
+            let limit = (6.0 / (rows + config.dim) as f64).sqrt() as f32;
+            uniform_fill(rng, limit, out);
+        }
+    }
+}
+
 impl LightGcn {
     /// A model over `graph` with ego embeddings drawn as `config.init` says.
     pub fn new(graph: &BipartiteGraph, config: &LightGcnConfig) -> Result<Self> {

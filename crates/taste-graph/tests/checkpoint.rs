@@ -1,5 +1,6 @@
 //! Training checkpoints: a resumed trainer continues bit for bit; damaged files, other
-//! graphs and missing files are typed errors.
+//! graphs and missing files are typed errors. A trainer carried onto a grown graph
+//! (`regraph`) keeps its state.
 
 use taste_graph::{BipartiteGraph, Error, Init, ItemId, LightGcnConfig, Trainer, UserId};
 
@@ -155,4 +156,73 @@ fn the_init_scheme_is_kept_and_version_1_files_still_resume() {
     std::fs::write(&path, resealed(bad)).unwrap();
     let e = Trainer::resume(&g, &path).unwrap_err();
     assert!(matches!(e, Error::Corrupt { offset: 8, .. }), "{e}");
+}
+
+#[test]
+fn regraph_keeps_the_state_and_trains_on_the_grown_graph() {
+    let g = graph(1);
+    let d = config().dim;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("lgcn.ckpt");
+    let mut t = Trainer::new(&g, &config()).unwrap();
+    for _ in 0..2 {
+        t.train_epoch(|_, _| {}).unwrap();
+    }
+    t.set_lr(2e-3).unwrap();
+    t.save_checkpoint(&path, &g).unwrap();
+
+    // Onto the same graph: exactly a resume.
+    let mut same = t.regraph(&g).unwrap();
+    let mut resumed = Trainer::resume(&g, &path).unwrap();
+    for _ in 0..2 {
+        assert_eq!(
+            same.train_epoch(|_, _| {}).unwrap().loss,
+            resumed.train_epoch(|_, _| {}).unwrap().loss
+        );
+    }
+    assert_eq!(same.model().ego_table(), resumed.model().ego_table());
+
+    // Onto a graph with new edges, 4 new users (50..54) and 6 new items (70..76).
+    let before = same.model().ego_table();
+    let mut edges: Vec<(UserId, ItemId)> = (0..50u32)
+        .flat_map(|u| {
+            g.items_of(UserId(u))
+                .iter()
+                .map(move |&i| (UserId(u), ItemId(i)))
+        })
+        .collect();
+    let added: Vec<(UserId, ItemId)> = (0..60u32)
+        .map(|k| (UserId(k % 54), ItemId(70 + k % 6)))
+        .collect();
+    edges.extend(&added);
+    let grown = BipartiteGraph::from_edges(54, 76, edges).unwrap();
+    let mut moved = same.regraph(&grown).unwrap();
+    assert_eq!(moved.epochs(), 4);
+    assert_eq!(moved.config().adam.lr, 2e-3);
+    assert_eq!((moved.model().n_users(), moved.model().n_items()), (54, 76));
+    let after = moved.model().ego_table();
+    assert_eq!(after[..50 * d], before[..50 * d], "old users kept");
+    assert_eq!(after[54 * d..124 * d], before[50 * d..], "old items kept");
+    for (rows, range) in [
+        ("new users", 50 * d..54 * d),
+        ("new items", 124 * d..130 * d),
+    ] {
+        let new = &after[range];
+        let std = (new.iter().map(|v| v * v).sum::<f32>() / new.len() as f32).sqrt();
+        assert!(std > 0.03 && std < 0.3, "{rows}: std {std}");
+    }
+    // The sampler draws from the grown graph: its new users and new edges appear.
+    let triples = moved.sample_epoch();
+    assert_eq!(triples.len(), grown.n_edges());
+    assert!(triples.iter().any(|t| t.user >= 50));
+    assert!(triples.iter().any(|t| t.pos >= 70));
+    let loss = moved.train_epoch(|_, _| {}).unwrap().loss;
+    assert!(loss.is_finite() && loss > 0.0);
+
+    // A graph that lost users or items is refused.
+    let e = moved.regraph(&g).unwrap_err();
+    assert!(
+        matches!(e, Error::Graph { .. }) && e.to_string().contains("lose"),
+        "{e}"
+    );
 }

@@ -1,4 +1,4 @@
-//! Propagation, training and checkpoints on a candle device equal the CPU kernels: on
+//! Propagation, training, checkpoints and regraphing on a candle device equal the CPU kernels: on
 //! the CPU device always, on CUDA when a device exists (skipped with a printed reason
 //! otherwise).
 
@@ -260,6 +260,36 @@ fn check_checkpoints(device: &Device) {
         moved.save_checkpoint(&path, &BipartiteGraph::from_edges(2, 2, vec![]).unwrap()),
         Err(Error::Graph { .. })
     ));
+
+    // Both carried onto a grown graph (new edges, users and items) take the same steps.
+    let mut edges: Vec<(UserId, ItemId)> = (0..300u32)
+        .flat_map(|u| {
+            g.items_of(UserId(u))
+                .iter()
+                .map(move |&i| (UserId(u), ItemId(i)))
+        })
+        .collect();
+    edges.extend((0..400u32).map(|k| (UserId(k % 310), ItemId((k * 13) % 520))));
+    let grown = BipartiteGraph::from_edges(310, 520, edges).unwrap();
+    let mut cpu = cpu.regraph(&grown).unwrap();
+    let mut moved = moved.regraph(&grown).unwrap();
+    assert_eq!((cpu.epochs(), moved.epochs()), (5, 5));
+    let d = max_diff(
+        &cpu.model().ego_table(),
+        &moved.model().unwrap().ego_table(),
+    );
+    assert!(d < 1e-4, "CPU vs device after regraph: max|Δ ego| {d}");
+    let (a, b) = (cpu.train_epoch(|_, _| {}).unwrap().loss, epoch(&mut moved));
+    assert!((a - b).abs() < 1e-5, "{a} vs {b}");
+    let d = max_diff(
+        &cpu.model().ego_table(),
+        &moved.model().unwrap().ego_table(),
+    );
+    assert!(
+        d < 1e-4,
+        "CPU vs device trained on the grown graph: max|Δ ego| {d}"
+    );
+    assert!(matches!(moved.regraph(&g), Err(Error::Graph { .. })));
 }
 
 fn cuda() -> Option<Device> {
