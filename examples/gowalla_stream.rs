@@ -4,6 +4,11 @@
 //! stale model, after streaming, and after a full retrain with them — over all users,
 //! over the affected users and over the others — and how much of the gap streaming
 //! recovered. `--retrain-seeds` adds retrains with other seeds, to size the noise.
+//! `--warm-epochs` adds a background refit: the stale trainer carried onto the full
+//! graph (`Trainer::regraph`, state kept) and trained a few more epochs, the periodic
+//! job that re-optimises the items and the users who streamed nothing; beside it, as a
+//! control, the stale trainer continued as long on the graph without the streamed
+//! interactions (what the extra epochs give by themselves).
 //!
 //! ```text
 //! cargo run --release --example gowalla_stream -- --data ../shared/datasets/gowalla --epochs 20
@@ -14,7 +19,7 @@
 //! Every evaluation excludes the full training set (streamed items included), so the
 //! three rows rank the same candidates.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::Context;
@@ -22,8 +27,8 @@ use clap::Parser;
 use mosaic::ranker::catalogue::Rng;
 use mosaic::taste_graph::dataset::read_lightgcn;
 use mosaic::taste_graph::{
-    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, InteractionKind, ItemId, LightGcn,
-    LightGcnConfig, LiveConfig, LiveModel, Selection, Trainer, UserId, evaluate,
+    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, InteractionKind, ItemId,
+    LightGcn, LightGcnConfig, LiveConfig, LiveModel, Selection, Trainer, UserId, evaluate,
 };
 
 #[derive(Parser)]
@@ -75,6 +80,77 @@ struct Args {
     /// to show how far two retrains differ: the noise around the gap's target.
     #[arg(long, value_delimiter = ',')]
     retrain_seeds: Vec<u64>,
+    /// Background refit: carry the stale trainer onto the full training graph (its
+    /// embeddings, Adam state and rate kept) and report after each of these epoch counts;
+    /// a control continues the stale trainer as long on the graph it was trained on.
+    #[arg(long, value_delimiter = ',')]
+    warm_epochs: Vec<usize>,
+    /// Learning rate of the background refit (default: the training rate, --lr).
+    #[arg(long)]
+    warm_lr: Option<f32>,
+}
+
+/// A trainer on the CPU kernels or a device.
+enum Fit {
+    Cpu(Trainer),
+    Device(DeviceTrainer),
+}
+
+impl Fit {
+    fn train_epoch(&mut self) -> anyhow::Result<EpochStats> {
+        Ok(match self {
+            Fit::Cpu(t) => t.train_epoch(|_, _| {})?,
+            Fit::Device(t) => t.train_epoch(|_, _| {})?,
+        })
+    }
+
+    fn model(&mut self) -> anyhow::Result<&LightGcn> {
+        Ok(match self {
+            Fit::Cpu(t) => t.model(),
+            Fit::Device(t) => t.model()?,
+        })
+    }
+
+    fn into_model(self) -> anyhow::Result<LightGcn> {
+        Ok(match self {
+            Fit::Cpu(t) => t.into_model(),
+            Fit::Device(t) => t.into_model()?,
+        })
+    }
+
+    /// The trainer carried onto `graph` (`regraph`), at rate `lr` if given.
+    fn regraph(self, graph: &BipartiteGraph, lr: Option<f32>) -> anyhow::Result<Fit> {
+        let fit = match self {
+            Fit::Cpu(t) => Fit::Cpu(t.regraph(graph)?),
+            Fit::Device(t) => Fit::Device(t.regraph(graph)?),
+        };
+        fit.with_lr(lr)
+    }
+
+    fn with_lr(mut self, lr: Option<f32>) -> anyhow::Result<Fit> {
+        match (&mut self, lr) {
+            (Fit::Cpu(t), Some(lr)) => t.set_lr(lr)?,
+            (Fit::Device(t), Some(lr)) => t.set_lr(lr)?,
+            (_, None) => {}
+        }
+        Ok(self)
+    }
+
+    /// A copy of the trainer over `graph` (through a checkpoint file at `path`).
+    fn fork(&self, graph: &BipartiteGraph, path: &Path) -> anyhow::Result<Fit> {
+        let fit = match self {
+            Fit::Cpu(t) => {
+                t.save_checkpoint(path, graph)?;
+                Fit::Cpu(Trainer::resume(graph, path)?)
+            }
+            Fit::Device(t) => {
+                t.save_checkpoint(path, graph)?;
+                Fit::Device(DeviceTrainer::resume(graph, path, t.device())?)
+            }
+        };
+        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
+        Ok(fit)
+    }
 }
 
 fn train(
@@ -83,33 +159,26 @@ fn train(
     epochs: usize,
     label: &str,
     device: &Selection,
-) -> anyhow::Result<LightGcn> {
+) -> anyhow::Result<Fit> {
     let start = Instant::now();
-    let log = |e: usize, s: mosaic::taste_graph::EpochStats| {
+    let mut fit = if device.is_cuda() {
+        Fit::Device(DeviceTrainer::new(graph, config, device.device())?)
+    } else {
+        Fit::Cpu(Trainer::new(graph, config)?)
+    };
+    for e in 1..=epochs {
+        let s = fit.train_epoch()?;
         eprintln!(
             "  {label} epoch {e}: loss {:.5} ({:.2} s)",
             s.loss, s.seconds
-        )
-    };
-    let model = if device.is_cuda() {
-        let mut t = DeviceTrainer::new(graph, config, device.device())?;
-        for e in 1..=epochs {
-            log(e, t.train_epoch(|_, _| {})?);
-        }
-        t.into_model()?
-    } else {
-        let mut t = Trainer::new(graph, config)?;
-        for e in 1..=epochs {
-            log(e, t.train_epoch(|_, _| {})?);
-        }
-        t.into_model()
-    };
+        );
+    }
     println!(
         "{label}_train_s={:.1} device=\"{}\"",
         start.elapsed().as_secs_f64(),
         device.reason()
     );
-    Ok(model)
+    Ok(fit)
 }
 
 /// Every event of `stream` through `observe` as a click; the mean microseconds per event.
@@ -184,8 +253,9 @@ fn main() -> anyhow::Result<()> {
         );
         Ok((all.recall, aff.recall))
     };
-    let stale = train(&kept, &config, args.epochs, "stale", &device)?;
-    let mut live = LiveModel::new(&stale, &kept, LiveConfig::new(), 0)?;
+    let mut stale_fit = train(&kept, &config, args.epochs, "stale", &device)?;
+    let stale = stale_fit.model()?;
+    let mut live = LiveModel::new(stale, &kept, LiveConfig::new(), 0)?;
     let (s_all, s_aff) = report("stale", live.users(), live.items())?;
     let per = stream_into(&mut live, &stream)?;
     println!("streamed={} observe_mean_us={per:.2}", stream.len());
@@ -220,13 +290,32 @@ fn main() -> anyhow::Result<()> {
         configs.push((label, config));
     }
     for (label, config) in configs {
-        let mut live = LiveModel::new(&stale, &kept, config, 0)?;
+        let mut live = LiveModel::new(stale, &kept, config, 0)?;
         let per = stream_into(&mut live, &stream)?;
         println!("model={label} observe_mean_us={per:.2}");
         let (a, f) = report(&label, live.users(), live.items())?;
         refits.push((label, a, f));
     }
-    let retrained = train(full, &config, args.epochs, "retrained", &device)?;
+    let warm_last = args.warm_epochs.iter().copied().max().unwrap_or(0);
+    if warm_last > 0 {
+        let path = std::env::temp_dir().join(format!("gowalla_stream-{}.ckpt", std::process::id()));
+        let control = stale_fit.fork(&kept, &path)?.with_lr(args.warm_lr)?;
+        let warm = stale_fit.regraph(full, args.warm_lr)?;
+        for (name, mut fit) in [("control", control), ("warm_refit", warm)] {
+            let mut seconds = 0.0;
+            for e in 1..=warm_last {
+                seconds += fit.train_epoch()?.seconds;
+                if args.warm_epochs.contains(&e) {
+                    let label = format!("{name}_epochs{e}");
+                    println!("model={label} refit_s={seconds:.1}");
+                    let e = fit.model()?.propagate()?;
+                    let (a, f) = report(&label, e.users(), e.items())?;
+                    refits.push((label, a, f));
+                }
+            }
+        }
+    }
+    let retrained = train(full, &config, args.epochs, "retrained", &device)?.into_model()?;
     let e = retrained.propagate()?;
     let (r_all, r_aff) = report("retrained", e.users(), e.items())?;
     for &seed in &args.retrain_seeds {
@@ -237,7 +326,8 @@ fn main() -> anyhow::Result<()> {
             args.epochs,
             &label,
             &device,
-        )?;
+        )?
+        .into_model()?;
         let e = other.propagate()?;
         let (a, f) = report(&label, e.users(), e.items())?;
         println!(
