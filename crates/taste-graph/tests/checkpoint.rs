@@ -4,18 +4,10 @@
 
 use taste_graph::{BipartiteGraph, Error, Init, ItemId, LightGcnConfig, Trainer, UserId};
 
+mod common;
+
 fn graph(seed: u64) -> BipartiteGraph {
-    let mut s = seed;
-    let mut next = |n: u64| {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) % n
-    };
-    let edges: Vec<(UserId, ItemId)> = (0..600)
-        .map(|_| (UserId(next(50) as u32), ItemId(next(70) as u32)))
-        .collect();
-    BipartiteGraph::from_edges(50, 70, edges).unwrap()
+    common::random_graph(50, 70, 600, seed)
 }
 
 fn config() -> LightGcnConfig {

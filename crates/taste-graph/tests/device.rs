@@ -8,18 +8,10 @@ use taste_graph::{
     BipartiteGraph, DeviceTrainer, Error, ItemId, LightGcn, LightGcnConfig, Trainer, UserId,
 };
 
+mod common;
+
 fn graph() -> BipartiteGraph {
-    let mut s = 7u64;
-    let mut next = |n: u64| {
-        s = s
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (s >> 33) % n
-    };
-    let edges: Vec<(UserId, ItemId)> = (0..3000)
-        .map(|_| (UserId(next(300) as u32), ItemId(next(500) as u32)))
-        .collect();
-    BipartiteGraph::from_edges(300, 500, edges).unwrap()
+    common::random_graph(300, 500, 3000, 7)
 }
 
 fn check(device: &Device) {

@@ -3,19 +3,8 @@
 
 use taste_graph::{BipartiteGraph, ItemId, LightGcn, Triple, UserId};
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn unit(&mut self) -> f64 {
-        self.next() as f64 / (1u64 << 31) as f64
-    }
-}
+mod common;
+use common::Lcg;
 
 /// The reference model: dense `Â` in f64 over `n` nodes (`nu` users first), width `d`,
 /// `k` layers.

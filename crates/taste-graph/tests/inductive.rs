@@ -9,27 +9,8 @@ use taste_graph::{
     LightGcnConfig, LiveConfig, LiveModel, Neighbours, Trainer, UserId, evaluate,
 };
 
-struct Lcg(u64);
-impl Lcg {
-    fn next(&mut self) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        self.0 >> 33
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn unit(&mut self) -> f64 {
-        self.next() as f64 / (1u64 << 31) as f64
-    }
-    fn normal(&mut self) -> f32 {
-        let u1 = 1.0 - self.unit();
-        let u2 = self.unit();
-        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
-    }
-}
+mod common;
+use common::Lcg;
 
 const CLUSTERS: u64 = 8;
 const ITEMS: usize = 480;

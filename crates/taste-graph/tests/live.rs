@@ -6,29 +6,8 @@ use taste_graph::{
     LiveConfig, LiveModel, Trainer, UserId, evaluate, interests,
 };
 
-struct Lcg(u64);
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
-
-fn random_graph(nu: usize, ni: usize, edges: usize, seed: u64) -> BipartiteGraph {
-    let mut rng = Lcg(seed);
-    let e: Vec<(UserId, ItemId)> = (0..edges)
-        .map(|_| {
-            (
-                UserId(rng.below(nu as u64) as u32),
-                ItemId(rng.below(ni as u64) as u32),
-            )
-        })
-        .collect();
-    BipartiteGraph::from_edges(nu, ni, e).unwrap()
-}
+mod common;
+use common::{Lcg, random_graph};
 
 fn close(a: &[f32], b: &[f32], tol: f32) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| (x - y).abs() <= tol)

@@ -3,16 +3,8 @@
 
 use taste_graph::{BipartiteGraph, ItemId, LightGcnConfig, Trainer, UserId, evaluate};
 
-struct Lcg(u64);
-impl Lcg {
-    fn below(&mut self, n: u64) -> u64 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 33) % n
-    }
-}
+mod common;
+use common::Lcg;
 
 const CLUSTERS: u64 = 8;
 const USERS_PER: u64 = 60;

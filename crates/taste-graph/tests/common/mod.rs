@@ -1,0 +1,47 @@
+//! Shared by the integration tests: a seeded generator and random graphs drawn with it.
+#![allow(dead_code)] // each test binary uses a part of it
+
+use taste_graph::{BipartiteGraph, ItemId, UserId};
+
+/// Knuth's MMIX linear congruential generator; outputs the state's high 31 bits.
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next 31-bit value.
+    pub fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        self.0 >> 33
+    }
+    /// A value in `0..n`.
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    /// A value in `[0, 1)`.
+    pub fn unit(&mut self) -> f64 {
+        self.next() as f64 / (1u64 << 31) as f64
+    }
+    /// A standard normal value (Box–Muller, cosine branch).
+    pub fn normal(&mut self) -> f32 {
+        let u1 = 1.0 - self.unit();
+        let u2 = self.unit();
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+}
+
+/// A graph of `users` × `items` with `edges` uniformly drawn (user, item) pairs (a
+/// repeated pair is one edge), seeded by `seed`.
+pub fn random_graph(users: usize, items: usize, edges: usize, seed: u64) -> BipartiteGraph {
+    let mut rng = Lcg(seed);
+    let e: Vec<(UserId, ItemId)> = (0..edges)
+        .map(|_| {
+            (
+                UserId(rng.below(users as u64) as u32),
+                ItemId(rng.below(items as u64) as u32),
+            )
+        })
+        .collect();
+    BipartiteGraph::from_edges(users, items, e).unwrap()
+}
