@@ -19,15 +19,21 @@ fn config() -> LightGcnConfig {
         .seed(7)
 }
 
+/// A trainer over `g` after two epochs.
+fn two_epochs(g: &BipartiteGraph) -> Trainer {
+    let mut t = Trainer::new(g, &config()).unwrap();
+    for _ in 0..2 {
+        t.train_epoch(|_, _| {}).unwrap();
+    }
+    t
+}
+
 #[test]
 fn a_resumed_trainer_continues_bit_for_bit() {
     let g = graph(1);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lgcn.ckpt");
-    let mut t = Trainer::new(&g, &config()).unwrap();
-    for _ in 0..2 {
-        t.train_epoch(|_, _| {}).unwrap();
-    }
+    let mut t = two_epochs(&g);
     // A schedule's change of rate and batch is part of the state.
     t.set_lr(2e-3).unwrap();
     t.set_batch_size(100).unwrap();
@@ -156,10 +162,7 @@ fn regraph_keeps_the_state_and_trains_on_the_grown_graph() {
     let d = config().dim;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("lgcn.ckpt");
-    let mut t = Trainer::new(&g, &config()).unwrap();
-    for _ in 0..2 {
-        t.train_epoch(|_, _| {}).unwrap();
-    }
+    let mut t = two_epochs(&g);
     t.set_lr(2e-3).unwrap();
     t.save_checkpoint(&path, &g).unwrap();
 
@@ -176,13 +179,7 @@ fn regraph_keeps_the_state_and_trains_on_the_grown_graph() {
 
     // Onto a graph with new edges, 4 new users (50..54) and 6 new items (70..76).
     let before = same.model().ego_table();
-    let mut edges: Vec<(UserId, ItemId)> = (0..50u32)
-        .flat_map(|u| {
-            g.items_of(UserId(u))
-                .iter()
-                .map(move |&i| (UserId(u), ItemId(i)))
-        })
-        .collect();
+    let mut edges = common::edges_of(&g);
     let added: Vec<(UserId, ItemId)> = (0..60u32)
         .map(|k| (UserId(k % 54), ItemId(70 + k % 6)))
         .collect();

@@ -254,13 +254,7 @@ fn check_checkpoints(device: &Device) {
     ));
 
     // Both carried onto a grown graph (new edges, users and items) take the same steps.
-    let mut edges: Vec<(UserId, ItemId)> = (0..300u32)
-        .flat_map(|u| {
-            g.items_of(UserId(u))
-                .iter()
-                .map(move |&i| (UserId(u), ItemId(i)))
-        })
-        .collect();
+    let mut edges = common::edges_of(&g);
     edges.extend((0..400u32).map(|k| (UserId(k % 310), ItemId((k * 13) % 520))));
     let grown = BipartiteGraph::from_edges(310, 520, edges).unwrap();
     let mut cpu = cpu.regraph(&grown).unwrap();

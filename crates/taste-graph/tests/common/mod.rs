@@ -45,3 +45,15 @@ pub fn random_graph(users: usize, items: usize, edges: usize, seed: u64) -> Bipa
         .collect();
     BipartiteGraph::from_edges(users, items, e).unwrap()
 }
+
+/// Every (user, item) edge of `graph`, user by user.
+pub fn edges_of(graph: &BipartiteGraph) -> Vec<(UserId, ItemId)> {
+    (0..graph.n_users() as u32)
+        .flat_map(|u| {
+            graph
+                .items_of(UserId(u))
+                .iter()
+                .map(move |&i| (UserId(u), ItemId(i)))
+        })
+        .collect()
+}
