@@ -19,7 +19,7 @@
 //! Every evaluation excludes the full training set (streamed items included), so the
 //! three rows rank the same candidates.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -118,37 +118,18 @@ impl Fit {
         })
     }
 
-    /// The trainer carried onto `graph` (`regraph`), at rate `lr` if given.
-    fn regraph(self, graph: &BipartiteGraph, lr: Option<f32>) -> anyhow::Result<Fit> {
-        let fit = match self {
+    /// A trainer carrying this one's state onto `graph` (`regraph`; on the graph it
+    /// trains on, a copy), at rate `lr` if given.
+    fn regraph(&self, graph: &BipartiteGraph, lr: Option<f32>) -> anyhow::Result<Fit> {
+        let mut fit = match self {
             Fit::Cpu(t) => Fit::Cpu(t.regraph(graph)?),
             Fit::Device(t) => Fit::Device(t.regraph(graph)?),
         };
-        fit.with_lr(lr)
-    }
-
-    fn with_lr(mut self, lr: Option<f32>) -> anyhow::Result<Fit> {
-        match (&mut self, lr) {
+        match (&mut fit, lr) {
             (Fit::Cpu(t), Some(lr)) => t.set_lr(lr)?,
             (Fit::Device(t), Some(lr)) => t.set_lr(lr)?,
             (_, None) => {}
         }
-        Ok(self)
-    }
-
-    /// A copy of the trainer over `graph` (through a checkpoint file at `path`).
-    fn fork(&self, graph: &BipartiteGraph, path: &Path) -> anyhow::Result<Fit> {
-        let fit = match self {
-            Fit::Cpu(t) => {
-                t.save_checkpoint(path, graph)?;
-                Fit::Cpu(Trainer::resume(graph, path)?)
-            }
-            Fit::Device(t) => {
-                t.save_checkpoint(path, graph)?;
-                Fit::Device(DeviceTrainer::resume(graph, path, t.device())?)
-            }
-        };
-        std::fs::remove_file(path).with_context(|| format!("removing {}", path.display()))?;
         Ok(fit)
     }
 }
@@ -298,8 +279,7 @@ fn main() -> anyhow::Result<()> {
     }
     let warm_last = args.warm_epochs.iter().copied().max().unwrap_or(0);
     if warm_last > 0 {
-        let path = std::env::temp_dir().join(format!("gowalla_stream-{}.ckpt", std::process::id()));
-        let control = stale_fit.fork(&kept, &path)?.with_lr(args.warm_lr)?;
+        let control = stale_fit.regraph(&kept, args.warm_lr)?;
         let warm = stale_fit.regraph(full, args.warm_lr)?;
         for (name, mut fit) in [("control", control), ("warm_refit", warm)] {
             let mut seconds = 0.0;

@@ -391,14 +391,15 @@ impl Trainer {
         Self::from_saved(graph, read(graph, path)?)
     }
 
-    /// Carries training onto `graph`, the training graph after new interactions (the
-    /// same users and items, or more): the embeddings, Adam's moments and step count,
-    /// the rate, batch size and epoch count are kept, new users' and items' rows are
-    /// initialised as the config says, and the sampler draws from `graph` from here on.
-    /// A few epochs of this (a background refit) re-optimise every embedding for the new
-    /// edges at a fraction of a retrain's cost; a graph with fewer users or items is
-    /// [`Error::Graph`].
-    pub fn regraph(self, graph: &BipartiteGraph) -> Result<Trainer> {
+    /// A trainer that carries this one's training onto `graph`, the training graph after
+    /// new interactions (the same users and items, or more): the embeddings, Adam's
+    /// moments and step count, the rate, batch size and epoch count are kept, new users'
+    /// and items' rows are initialised as the config says, and its sampler draws from
+    /// `graph`. A few epochs of it (a background refit) re-optimise every embedding for
+    /// the new edges at a fraction of a retrain's cost. `self` is left as it was (drop
+    /// it, or keep serving from it while the refit runs); on `graph` itself the result is
+    /// an exact copy. A graph with fewer users or items is [`Error::Graph`].
+    pub fn regraph(&self, graph: &BipartiteGraph) -> Result<Trainer> {
         let (users, items) = (self.model.n_users(), self.model.n_items());
         Self::from_saved(graph, self.saved().grown(users, items, graph)?)
     }

@@ -165,15 +165,15 @@ impl DeviceTrainer {
         Self::from_saved(graph, checkpoint::read(graph, path)?, device)
     }
 
-    /// Carries training onto `graph`, the training graph after new interactions (the
-    /// same users and items, or more), on the same device, exactly as
-    /// [`crate::Trainer::regraph`] does: embeddings, moments, steps, rate, batch size
-    /// and epochs kept, new rows initialised as the config says.
-    pub fn regraph(self, graph: &BipartiteGraph) -> Result<Self> {
+    /// A trainer on the same device that carries this one's training onto `graph`, the
+    /// training graph after new interactions (the same users and items, or more),
+    /// exactly as [`crate::Trainer::regraph`] does: embeddings, moments, steps, rate,
+    /// batch size and epochs kept, new rows initialised as the config says, `self` left
+    /// as it was.
+    pub fn regraph(&self, graph: &BipartiteGraph) -> Result<Self> {
         let (users, items) = (self.model.n_users(), self.model.n_items());
-        let device = self.device().clone();
         let saved = self.saved()?.grown(users, items, graph)?;
-        Self::from_saved(graph, saved, &device)
+        Self::from_saved(graph, saved, self.device())
     }
 
     /// The whole state copied to the host, tables in public order.

@@ -166,16 +166,16 @@ fn regraph_keeps_the_state_and_trains_on_the_grown_graph() {
     t.set_lr(2e-3).unwrap();
     t.save_checkpoint(&path, &g).unwrap();
 
-    // Onto the same graph: exactly a resume.
+    // Onto the same graph: an exact copy, as a resume is; the original goes on unchanged.
     let mut same = t.regraph(&g).unwrap();
     let mut resumed = Trainer::resume(&g, &path).unwrap();
     for _ in 0..2 {
-        assert_eq!(
-            same.train_epoch(|_, _| {}).unwrap().loss,
-            resumed.train_epoch(|_, _| {}).unwrap().loss
-        );
+        let loss = t.train_epoch(|_, _| {}).unwrap().loss;
+        assert_eq!(same.train_epoch(|_, _| {}).unwrap().loss, loss);
+        assert_eq!(resumed.train_epoch(|_, _| {}).unwrap().loss, loss);
     }
     assert_eq!(same.model().ego_table(), resumed.model().ego_table());
+    assert_eq!(same.model().ego_table(), t.model().ego_table());
 
     // Onto a graph with new edges, 4 new users (50..54) and 6 new items (70..76).
     let before = same.model().ego_table();
@@ -208,10 +208,12 @@ fn regraph_keeps_the_state_and_trains_on_the_grown_graph() {
     let loss = moved.train_epoch(|_, _| {}).unwrap().loss;
     assert!(loss.is_finite() && loss > 0.0);
 
-    // A graph that lost users or items is refused.
+    // A graph that lost users or items is refused, and the trainer is still there.
     let e = moved.regraph(&g).unwrap_err();
     assert!(
         matches!(e, Error::Graph { .. }) && e.to_string().contains("lose"),
         "{e}"
     );
+    assert_eq!(moved.epochs(), 5);
+    assert!(moved.train_epoch(|_, _| {}).is_ok());
 }
