@@ -23,8 +23,8 @@ use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mosaic::taste_graph::{
-    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, Init, LightGcnConfig, Trainer,
-    evaluate,
+    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, Init, LightGcnConfig,
+    RateSwitch, Trainer, evaluate,
 };
 
 #[derive(Parser)]
@@ -76,8 +76,8 @@ struct Args {
     /// Learning-rate (and batch) schedule: `EPOCH:LR[:BATCH],...` switches to rate LR
     /// (and batch size BATCH) from epoch EPOCH on, e.g. `61:4e-3,121:1e-3` (Adam's
     /// moments are kept across switches).
-    #[arg(long, value_delimiter = ',', value_parser = parse_switch)]
-    schedule: Vec<Switch>,
+    #[arg(long, value_delimiter = ',')]
+    schedule: Vec<RateSwitch>,
     /// Save the trainer's state (CPU or device) to this file every `--checkpoint-every`
     /// epochs and after the last.
     #[arg(long)]
@@ -100,37 +100,6 @@ enum InitArg {
     Normal,
     /// Xavier uniform.
     Xavier,
-}
-
-/// One schedule entry: from `epoch` on, learning rate `lr` (and batch size `batch`).
-#[derive(Clone, Copy, Debug)]
-struct Switch {
-    epoch: usize,
-    lr: f32,
-    batch: Option<usize>,
-}
-
-fn parse_switch(s: &str) -> Result<Switch, String> {
-    let parts: Vec<&str> = s.split(':').collect();
-    if !(2..=3).contains(&parts.len()) {
-        return Err(format!(
-            "schedule entry {s:?}: expected EPOCH:LR or EPOCH:LR:BATCH"
-        ));
-    }
-    let epoch = parts[0]
-        .parse()
-        .map_err(|e| format!("schedule entry {s:?}: epoch {:?}: {e}", parts[0]))?;
-    let lr = parts[1]
-        .parse()
-        .map_err(|e| format!("schedule entry {s:?}: learning rate {:?}: {e}", parts[1]))?;
-    let batch = match parts.get(2) {
-        Some(b) => Some(
-            b.parse()
-                .map_err(|e| format!("schedule entry {s:?}: batch {b:?}: {e}"))?,
-        ),
-        None => None,
-    };
-    Ok(Switch { epoch, lr, batch })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -272,20 +241,10 @@ enum Training {
 }
 
 impl Training {
-    fn switch(&mut self, s: &Switch) -> anyhow::Result<()> {
+    fn switch(&mut self, s: &RateSwitch) -> anyhow::Result<()> {
         match self {
-            Training::Cpu(t) => {
-                t.set_lr(s.lr)?;
-                if let Some(b) = s.batch {
-                    t.set_batch_size(b)?;
-                }
-            }
-            Training::Device(t) => {
-                t.set_lr(s.lr)?;
-                if let Some(b) = s.batch {
-                    t.set_batch_size(b)?;
-                }
-            }
+            Training::Cpu(t) => t.apply_switch(s)?,
+            Training::Device(t) => t.apply_switch(s)?,
         }
         Ok(())
     }

@@ -28,7 +28,8 @@ use mosaic::ranker::catalogue::Rng;
 use mosaic::taste_graph::dataset::read_lightgcn;
 use mosaic::taste_graph::{
     BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, InteractionKind, ItemId,
-    LightGcn, LightGcnConfig, LiveConfig, LiveModel, Selection, Trainer, UserId, evaluate,
+    LightGcn, LightGcnConfig, LiveConfig, LiveModel, RateSwitch, Selection, Trainer, UserId,
+    evaluate,
 };
 
 #[derive(Parser)]
@@ -85,9 +86,14 @@ struct Args {
     /// a control continues the stale trainer as long on the graph it was trained on.
     #[arg(long, value_delimiter = ',')]
     warm_epochs: Vec<usize>,
-    /// Learning rate of the background refit (default: the training rate, --lr).
+    /// Learning rate of the background refit (default: the rate the stale training
+    /// ended with).
     #[arg(long)]
     warm_lr: Option<f32>,
+    /// Learning-rate (and batch) schedule of both trainings, as `gowalla --schedule`:
+    /// `EPOCH:LR[:BATCH],...` (e.g. to train the stale model to convergence).
+    #[arg(long, value_delimiter = ',')]
+    schedule: Vec<RateSwitch>,
 }
 
 /// A trainer on the CPU kernels or a device.
@@ -97,6 +103,14 @@ enum Fit {
 }
 
 impl Fit {
+    fn apply_switch(&mut self, s: &RateSwitch) -> anyhow::Result<()> {
+        match self {
+            Fit::Cpu(t) => t.apply_switch(s)?,
+            Fit::Device(t) => t.apply_switch(s)?,
+        }
+        Ok(())
+    }
+
     fn train_epoch(&mut self) -> anyhow::Result<EpochStats> {
         Ok(match self {
             Fit::Cpu(t) => t.train_epoch(|_, _| {})?,
@@ -138,6 +152,7 @@ fn train(
     graph: &BipartiteGraph,
     config: &LightGcnConfig,
     epochs: usize,
+    schedule: &[RateSwitch],
     label: &str,
     device: &Selection,
 ) -> anyhow::Result<Fit> {
@@ -148,6 +163,9 @@ fn train(
         Fit::Cpu(Trainer::new(graph, config)?)
     };
     for e in 1..=epochs {
+        for switch in schedule.iter().filter(|s| s.epoch == e) {
+            fit.apply_switch(switch)?;
+        }
         let s = fit.train_epoch()?;
         eprintln!(
             "  {label} epoch {e}: loss {:.5} ({:.2} s)",
@@ -234,7 +252,14 @@ fn main() -> anyhow::Result<()> {
         );
         Ok((all.recall, aff.recall))
     };
-    let mut stale_fit = train(&kept, &config, args.epochs, "stale", &device)?;
+    let mut stale_fit = train(
+        &kept,
+        &config,
+        args.epochs,
+        &args.schedule,
+        "stale",
+        &device,
+    )?;
     let stale = stale_fit.model()?;
     let mut live = LiveModel::new(stale, &kept, LiveConfig::new(), 0)?;
     let (s_all, s_aff) = report("stale", live.users(), live.items())?;
@@ -295,7 +320,15 @@ fn main() -> anyhow::Result<()> {
             }
         }
     }
-    let retrained = train(full, &config, args.epochs, "retrained", &device)?.into_model()?;
+    let retrained = train(
+        full,
+        &config,
+        args.epochs,
+        &args.schedule,
+        "retrained",
+        &device,
+    )?
+    .into_model()?;
     let e = retrained.propagate()?;
     let (r_all, r_aff) = report("retrained", e.users(), e.items())?;
     for &seed in &args.retrain_seeds {
@@ -304,6 +337,7 @@ fn main() -> anyhow::Result<()> {
             full,
             &config.clone().seed(seed),
             args.epochs,
+            &args.schedule,
             &label,
             &device,
         )?

@@ -42,6 +42,7 @@ pub mod lightgcn;
 pub mod live;
 pub mod log;
 pub mod optim;
+pub mod schedule;
 pub mod sparse;
 
 pub use dataset::Dataset;
@@ -61,4 +62,5 @@ pub use log::{EventLog, GraphSnapshot, Journal, Record, Recovery, Replay};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use optim::{AdamConfig, AdamState};
+pub use schedule::RateSwitch;
 pub use sparse::Csr;
