@@ -290,8 +290,7 @@ impl LightGcn {
             Init::XavierUniform => {
                 let (users, items) = ego.split_at_mut(graph.n_users() * d);
                 for (table, rows) in [(users, graph.n_users()), (items, graph.n_items())] {
-                    let limit = (6.0 / (rows + d) as f64).sqrt() as f32;
-                    uniform_fill(&mut rng, limit, table);
+                    init_rows(config, rows, &mut rng, table);
                 }
             }
         }
