@@ -6,8 +6,9 @@
 //!     [--epochs N --dim 64 --layers 3 --eval-every E --threads T --device cpu|cuda|auto]
 //! ```
 //! `--device cpu` (the default) trains with the hand-written CPU kernels
-//! ([`Trainer`]); a CUDA device (build with `--features cuda`) trains with
-//! [`DeviceTrainer`], the same model, sampler and optimiser on the GPU.
+//! (`Trainer`); a CUDA device (build with `--features cuda`) trains with
+//! `DeviceTrainer`, the same model, sampler and optimiser on the GPU (both behind
+//! [`Training`]).
 //! Prints one machine-readable line per epoch,
 //! `epoch=N loss=... epoch_s=...`, with `recall@20=... ndcg@20=... precision@20=...
 //! eval_s=...` appended on evaluation epochs (every E epochs and the last one).
@@ -16,15 +17,14 @@
 //! stopped (the epochs count on from the checkpoint's, up to `--epochs`), on the CPU or
 //! on a GPU whichever wrote it: a long schedule can run in pieces and change device.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mosaic::taste_graph::{
-    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, Init, LightGcnConfig,
-    RateSwitch, Trainer, evaluate,
+    Dataset, DeviceSpec, Init, LightGcnConfig, RateSwitch, Training, evaluate,
 };
 
 #[derive(Parser)]
@@ -137,25 +137,12 @@ fn main() -> anyhow::Result<()> {
         .seed(args.seed);
     pool.install(|| -> anyhow::Result<()> {
         let mut trainer = if let Some(path) = &args.resume {
-            let context = || format!("resuming from {}", path.display());
-            let t = if selection.is_cuda() {
-                Training::Device(
-                    DeviceTrainer::resume(&data.train, path, selection.device())
-                        .with_context(context)?,
-                )
-            } else {
-                Training::Cpu(Trainer::resume(&data.train, path).with_context(context)?)
-            };
+            let t = Training::resume(&data.train, path, &selection)
+                .with_context(|| format!("resuming from {}", path.display()))?;
             println!("resumed from={} epoch={}", path.display(), t.epochs());
             t
-        } else if selection.is_cuda() {
-            Training::Device(DeviceTrainer::new(
-                &data.train,
-                &config,
-                selection.device(),
-            )?)
         } else {
-            Training::Cpu(Trainer::new(&data.train, &config)?)
+            Training::new(&data.train, &config, &selection)?
         };
         let bar = if args.quiet {
             ProgressBar::hidden()
@@ -172,7 +159,7 @@ fn main() -> anyhow::Result<()> {
         let first = trainer.epochs() + 1;
         for epoch in first..=args.epochs {
             for switch in args.schedule.iter().filter(|s| s.epoch == epoch) {
-                trainer.switch(switch)?;
+                trainer.apply_switch(switch)?;
                 bar.suspend(|| {
                     println!(
                         "schedule epoch={epoch} lr={} batch={}",
@@ -197,9 +184,11 @@ fn main() -> anyhow::Result<()> {
                 || (args.eval_every > 0 && epoch.is_multiple_of(args.eval_every));
             if eval_now {
                 let t = Instant::now();
-                let emb = match &mut trainer {
-                    Training::Cpu(t) => t.model().propagate()?,
-                    Training::Device(t) => t.model()?.propagate_on(selection.device())?,
+                let model = trainer.model()?;
+                let emb = if selection.is_cuda() {
+                    model.propagate_on(selection.device())?
+                } else {
+                    model.propagate()?
                 };
                 let m = evaluate(
                     emb.users(),
@@ -232,42 +221,4 @@ fn main() -> anyhow::Result<()> {
         println!("total_s={:.1}", start.elapsed().as_secs_f64());
         Ok(())
     })
-}
-
-/// The CPU trainer or the device trainer, behind one epoch call.
-enum Training {
-    Cpu(Trainer),
-    Device(DeviceTrainer),
-}
-
-impl Training {
-    fn switch(&mut self, s: &RateSwitch) -> anyhow::Result<()> {
-        match self {
-            Training::Cpu(t) => t.apply_switch(s)?,
-            Training::Device(t) => t.apply_switch(s)?,
-        }
-        Ok(())
-    }
-
-    fn epochs(&self) -> usize {
-        match self {
-            Training::Cpu(t) => t.epochs(),
-            Training::Device(t) => t.epochs(),
-        }
-    }
-
-    fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> anyhow::Result<()> {
-        match self {
-            Training::Cpu(t) => t.save_checkpoint(path, graph)?,
-            Training::Device(t) => t.save_checkpoint(path, graph)?,
-        }
-        Ok(())
-    }
-
-    fn train_epoch(&mut self, on_batch: impl FnMut(usize, usize)) -> anyhow::Result<EpochStats> {
-        Ok(match self {
-            Training::Cpu(t) => t.train_epoch(on_batch)?,
-            Training::Device(t) => t.train_epoch(on_batch)?,
-        })
-    }
 }

@@ -12,6 +12,7 @@
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
 //! - [`live`]: real-time fold-in of each interaction into the user's embedding;
+//!   [`training`]: one trainer type over the CPU kernels and a device ([`Training`]);
 //! - [`inductive`]: embeddings of new items from content features and their first
 //!   users (a GraphSAGE-style [`ContentAggregator`], the PinSage idea), no retraining;
 //! - [`interests`](mod@interests): several interests per user (PinnerSage: Ward clustering, medoids);
@@ -44,6 +45,7 @@ pub mod log;
 pub mod optim;
 pub mod schedule;
 pub mod sparse;
+pub mod training;
 
 pub use dataset::Dataset;
 pub use device_train::DeviceTrainer;
@@ -64,3 +66,4 @@ pub use mosaic_device::{DeviceSpec, Selection};
 pub use optim::{AdamConfig, AdamState};
 pub use schedule::RateSwitch;
 pub use sparse::Csr;
+pub use training::Training;

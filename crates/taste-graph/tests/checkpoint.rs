@@ -217,3 +217,36 @@ fn regraph_keeps_the_state_and_trains_on_the_grown_graph() {
     assert_eq!(moved.epochs(), 5);
     assert!(moved.train_epoch(|_, _| {}).is_ok());
 }
+
+#[test]
+fn training_on_a_cpu_selection_is_the_cpu_trainer_and_resumes_the_same() {
+    let g = graph(6);
+    let cpu = taste_graph::DeviceSpec::Cpu.select().unwrap();
+    let mut t = taste_graph::Training::new(&g, &config(), &cpu).unwrap();
+    assert!(matches!(t, taste_graph::Training::Cpu(_)) && t.device().is_none());
+    let mut plain = Trainer::new(&g, &config()).unwrap();
+    let schedule: Vec<taste_graph::RateSwitch> = vec!["2:1e-3:32".parse().unwrap()];
+    for _ in 0..2 {
+        t.apply_due(&schedule).unwrap();
+        let a = t.train_epoch(|_, _| {}).unwrap().loss;
+        if plain.epochs() == 1 {
+            plain.apply_switch(&schedule[0]).unwrap();
+        }
+        assert_eq!(a, plain.train_epoch(|_, _| {}).unwrap().loss);
+    }
+    assert_eq!((t.config().adam.lr, t.config().batch_size), (1e-3, 32));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.ckpt");
+    t.save_checkpoint(&path, &g).unwrap();
+    let mut r = taste_graph::Training::resume(&g, &path, &cpu).unwrap();
+    assert_eq!(r.epochs(), 2);
+    let (a, b) = (
+        t.train_epoch(|_, _| {}).unwrap().loss,
+        r.train_epoch(|_, _| {}).unwrap().loss,
+    );
+    assert_eq!(a, b);
+    assert_eq!(
+        t.into_model().unwrap().ego_table(),
+        r.model().unwrap().ego_table()
+    );
+}
