@@ -4,17 +4,18 @@
 //! stale model, after streaming, and after a full retrain with them — over all users,
 //! over the affected users and over the others — and how much of the gap streaming
 //! recovered. `--retrain-seeds` adds retrains with other seeds, to size the noise.
-//! `--warm-epochs` adds a background refit: the stale trainer carried onto the full
-//! graph (`Trainer::regraph`, state kept) and trained a few more epochs, the periodic
-//! job that re-optimises the items and the users who streamed nothing; beside it, as a
-//! control, the stale trainer continued as long on the graph without the streamed
-//! interactions (what the extra epochs give by themselves).
+//! `--warm-epochs` adds a background refit: the stream goes through a `Refresher`,
+//! whose refits carry the stale trainer onto the grown graph (`Training::regraph`, state
+//! kept), train a few more epochs and install the new live model — the periodic job that
+//! re-optimises the items and the users who streamed nothing; beside it, as a control,
+//! the stale trainer continued as long on the graph without the streamed interactions
+//! (what the extra epochs give by themselves).
 //!
 //! ```text
 //! cargo run --release --example gowalla_stream -- --data ../shared/datasets/gowalla --epochs 20
 //! ```
 //! `--device cuda` (with `--features cuda`) trains both models on the GPU
-//! ([`DeviceTrainer`]); streaming and evaluation run on the CPU either way.
+//! (`DeviceTrainer`); streaming and evaluation run on the CPU either way.
 //!
 //! Every evaluation excludes the full training set (streamed items included), so the
 //! three rows rank the same candidates.
@@ -27,9 +28,8 @@ use clap::Parser;
 use mosaic::ranker::catalogue::Rng;
 use mosaic::taste_graph::dataset::read_lightgcn;
 use mosaic::taste_graph::{
-    BipartiteGraph, Dataset, DeviceSpec, DeviceTrainer, EpochStats, InteractionKind, ItemId,
-    LightGcn, LightGcnConfig, LiveConfig, LiveModel, RateSwitch, Selection, Trainer, UserId,
-    evaluate,
+    BipartiteGraph, Dataset, DeviceSpec, Interaction, InteractionKind, ItemId, LightGcnConfig,
+    LiveConfig, LiveModel, RateSwitch, Refresher, Selection, Training, UserId, evaluate,
 };
 
 #[derive(Parser)]
@@ -96,58 +96,6 @@ struct Args {
     schedule: Vec<RateSwitch>,
 }
 
-/// A trainer on the CPU kernels or a device.
-enum Fit {
-    Cpu(Trainer),
-    Device(DeviceTrainer),
-}
-
-impl Fit {
-    fn apply_switch(&mut self, s: &RateSwitch) -> anyhow::Result<()> {
-        match self {
-            Fit::Cpu(t) => t.apply_switch(s)?,
-            Fit::Device(t) => t.apply_switch(s)?,
-        }
-        Ok(())
-    }
-
-    fn train_epoch(&mut self) -> anyhow::Result<EpochStats> {
-        Ok(match self {
-            Fit::Cpu(t) => t.train_epoch(|_, _| {})?,
-            Fit::Device(t) => t.train_epoch(|_, _| {})?,
-        })
-    }
-
-    fn model(&mut self) -> anyhow::Result<&LightGcn> {
-        Ok(match self {
-            Fit::Cpu(t) => t.model(),
-            Fit::Device(t) => t.model()?,
-        })
-    }
-
-    fn into_model(self) -> anyhow::Result<LightGcn> {
-        Ok(match self {
-            Fit::Cpu(t) => t.into_model(),
-            Fit::Device(t) => t.into_model()?,
-        })
-    }
-
-    /// A trainer carrying this one's state onto `graph` (`regraph`; on the graph it
-    /// trains on, a copy), at rate `lr` if given.
-    fn regraph(&self, graph: &BipartiteGraph, lr: Option<f32>) -> anyhow::Result<Fit> {
-        let mut fit = match self {
-            Fit::Cpu(t) => Fit::Cpu(t.regraph(graph)?),
-            Fit::Device(t) => Fit::Device(t.regraph(graph)?),
-        };
-        match (&mut fit, lr) {
-            (Fit::Cpu(t), Some(lr)) => t.set_lr(lr)?,
-            (Fit::Device(t), Some(lr)) => t.set_lr(lr)?,
-            (_, None) => {}
-        }
-        Ok(fit)
-    }
-}
-
 fn train(
     graph: &BipartiteGraph,
     config: &LightGcnConfig,
@@ -155,18 +103,12 @@ fn train(
     schedule: &[RateSwitch],
     label: &str,
     device: &Selection,
-) -> anyhow::Result<Fit> {
+) -> anyhow::Result<Training> {
     let start = Instant::now();
-    let mut fit = if device.is_cuda() {
-        Fit::Device(DeviceTrainer::new(graph, config, device.device())?)
-    } else {
-        Fit::Cpu(Trainer::new(graph, config)?)
-    };
+    let mut fit = Training::new(graph, config, device)?;
     for e in 1..=epochs {
-        for switch in schedule.iter().filter(|s| s.epoch == e) {
-            fit.apply_switch(switch)?;
-        }
-        let s = fit.train_epoch()?;
+        fit.apply_due(schedule)?;
+        let s = fit.train_epoch(|_, _| {})?;
         eprintln!(
             "  {label} epoch {e}: loss {:.5} ({:.2} s)",
             s.loss, s.seconds
@@ -261,7 +203,8 @@ fn main() -> anyhow::Result<()> {
         &device,
     )?;
     let stale = stale_fit.model()?;
-    let mut live = LiveModel::new(stale, &kept, LiveConfig::new(), 0)?;
+    let base_live = LiveModel::new(stale, &kept, LiveConfig::new(), 0)?;
+    let mut live = base_live.clone();
     let (s_all, s_aff) = report("stale", live.users(), live.items())?;
     let per = stream_into(&mut live, &stream)?;
     println!("streamed={} observe_mean_us={per:.2}", stream.len());
@@ -302,22 +245,59 @@ fn main() -> anyhow::Result<()> {
         let (a, f) = report(&label, live.users(), live.items())?;
         refits.push((label, a, f));
     }
-    let warm_last = args.warm_epochs.iter().copied().max().unwrap_or(0);
-    if warm_last > 0 {
-        let control = stale_fit.regraph(&kept, args.warm_lr)?;
-        let warm = stale_fit.regraph(full, args.warm_lr)?;
-        for (name, mut fit) in [("control", control), ("warm_refit", warm)] {
-            let mut seconds = 0.0;
-            for e in 1..=warm_last {
-                seconds += fit.train_epoch()?.seconds;
-                if args.warm_epochs.contains(&e) {
-                    let label = format!("{name}_epochs{e}");
-                    println!("model={label} refit_s={seconds:.1}");
-                    let e = fit.model()?.propagate()?;
-                    let (a, f) = report(&label, e.users(), e.items())?;
-                    refits.push((label, a, f));
-                }
+    let mut warm_epochs = args.warm_epochs.clone();
+    warm_epochs.sort_unstable();
+    warm_epochs.dedup();
+    if warm_epochs.last().is_some_and(|&e| e > 0) {
+        // The control: the stale trainer continued without the streamed interactions.
+        let mut control = stale_fit.regraph(&kept)?;
+        if let Some(lr) = args.warm_lr {
+            control.set_lr(lr)?;
+        }
+        let mut seconds = 0.0;
+        for e in 1..=warm_epochs[warm_epochs.len() - 1] {
+            seconds += control.train_epoch(|_, _| {})?.seconds;
+            if warm_epochs.contains(&e) {
+                let label = format!("control_epochs{e}");
+                println!("model={label} refit_s={seconds:.1}");
+                let e = control.model()?.propagate()?;
+                let (a, f) = report(&label, e.users(), e.items())?;
+                refits.push((label, a, f));
             }
+        }
+        drop(control);
+        // The background refit as a service runs it: the stream goes through a
+        // `Refresher`, whose refits (the steps between the listed epochs, each one
+        // installed) continue the stale trainer on the grown graph.
+        let mut refresher = Refresher::new(stale_fit.regraph(&kept)?, kept.clone())?;
+        let mut live = base_live.clone();
+        for &(user, item) in &stream {
+            let event = Interaction {
+                user,
+                item,
+                kind: InteractionKind::Click,
+                weight: 1.0,
+                timestamp: 1,
+            };
+            refresher.observe(&mut live, event)?;
+        }
+        let (mut done, mut seconds) = (0, 0.0);
+        for &e in warm_epochs.iter().filter(|&&e| e > 0) {
+            let mut job = refresher.plan(&live, e - done)?;
+            if let Some(lr) = args.warm_lr {
+                job = job.lr(lr);
+            }
+            let refit = job.run(|_| {})?;
+            seconds += refit.seconds();
+            let installed = refresher.install(refit, &mut live)?;
+            done = e;
+            let label = format!("warm_refit_epochs{e}");
+            println!(
+                "model={label} refit_s={seconds:.1} graph_edges={}",
+                installed.edges
+            );
+            let (a, f) = report(&label, live.users(), live.items())?;
+            refits.push((label, a, f));
         }
     }
     let retrained = train(

@@ -72,6 +72,14 @@ pub enum Error {
         /// The locked file.
         path: PathBuf,
     },
+    /// A background refit was planned before the latest install and would undo it.
+    #[error("stale refit: planned at generation {planned}, the refresher is at {current}")]
+    Stale {
+        /// The generation the refit was planned from.
+        planned: u64,
+        /// The refresher's generation now.
+        current: u64,
+    },
     /// A tensor operation in candle failed (evaluation scoring).
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),

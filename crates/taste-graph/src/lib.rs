@@ -12,6 +12,7 @@
 //! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
 //! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
 //! - [`live`]: real-time fold-in of each interaction into the user's embedding;
+//!   [`refresh`]: background refits swapped in for the live model ([`Refresher`]);
 //!   [`training`]: one trainer type over the CPU kernels and a device ([`Training`]);
 //! - [`inductive`]: embeddings of new items from content features and their first
 //!   users (a GraphSAGE-style [`ContentAggregator`], the PinSage idea), no retraining;
@@ -43,6 +44,7 @@ pub mod lightgcn;
 pub mod live;
 pub mod log;
 pub mod optim;
+pub mod refresh;
 pub mod schedule;
 pub mod sparse;
 pub mod training;
@@ -64,6 +66,7 @@ pub use log::{EventLog, GraphSnapshot, Journal, Record, Recovery, Replay};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use optim::{AdamConfig, AdamState};
+pub use refresh::{Installed, Refit, RefitJob, Refresher};
 pub use schedule::RateSwitch;
 pub use sparse::Csr;
 pub use training::Training;

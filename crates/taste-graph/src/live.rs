@@ -281,6 +281,8 @@ pub struct LiveModel {
     user_ego_mass: Vec<f64>,
     user_count: Vec<u32>,
     user_last: Vec<u64>,
+    /// The latest time seen: construction's `now` or any event's.
+    latest: u64,
     recent: Vec<VecDeque<Recent>>,
     seen: Vec<Vec<u32>>,
     hidden: Vec<Vec<u32>>,
@@ -383,6 +385,7 @@ impl LiveModel {
             user_mass,
             user_count,
             user_last: vec![now; nu],
+            latest: now,
             recent,
             seen,
             hidden: vec![Vec::new(); nu],
@@ -490,6 +493,11 @@ impl LiveModel {
         self.user_last.get(user.index()).copied()
     }
 
+    /// The latest time the model has seen: the construction's `now` or a later event's.
+    pub fn latest_time(&self) -> u64 {
+        self.latest
+    }
+
     /// Folds one interaction into `user`'s embedding. `user` and `item` are existing
     /// dense ids or exactly the next new one ([`LiveModel::n_users`] /
     /// [`LiveModel::n_items`]), which adds a user or an item.
@@ -522,6 +530,7 @@ impl LiveModel {
         if u == self.n_users() {
             self.add_user(time);
         }
+        self.latest = self.latest.max(time);
         if i == self.n_items() {
             self.add_item();
         }
@@ -860,6 +869,40 @@ impl LiveModel {
         self.new_item_content[i - self.n_trained_items] = Some(content.into());
         self.embed_content_item(i, self.item_count[i]);
         Ok(())
+    }
+
+    /// The content aggregator as shared, for a model rebuilt by a refit.
+    pub(crate) fn shared_aggregator(&self) -> Option<Arc<ContentAggregator>> {
+        self.aggregator.clone()
+    }
+
+    /// Shares `aggregator` (one taken from a model of the same width) without
+    /// re-embedding: for a model that has no live items yet.
+    pub(crate) fn share_aggregator(&mut self, aggregator: Option<Arc<ContentAggregator>>) {
+        self.aggregator = aggregator;
+    }
+
+    /// Appends the next item as a live item, with `content` if it has some (which
+    /// needs the aggregator).
+    pub(crate) fn push_item(&mut self, content: Option<&[f32]>) -> Result<()> {
+        match content {
+            Some(c) => self.add_item_with_content(c).map(|_| ()),
+            None => {
+                self.add_item();
+                Ok(())
+            }
+        }
+    }
+
+    /// Takes over from `old` (the model this one replaces, with the same users) what a
+    /// training graph does not hold: each user's hidden items and recent positives.
+    pub(crate) fn inherit_users(&mut self, old: &LiveModel) {
+        for (u, (hidden, recent)) in old.hidden.iter().zip(&old.recent).enumerate() {
+            if u < self.hidden.len() {
+                self.hidden[u].clone_from(hidden);
+                self.recent[u].clone_from(recent);
+            }
+        }
     }
 
     fn check_content(&self, content: &[f32]) -> Result<()> {

@@ -1,0 +1,442 @@
+//! Background refits: the serving [`LiveModel`] keeps folding events in while a copy of
+//! the trainer continues training on the graph those events grew; the refitted model is
+//! then installed in its place, with the events that arrived meanwhile replayed.
+//!
+//! Fold-in moves users towards what they did but leaves the trained tables as they were;
+//! a refit of a few epochs from the serving trainer's state (Adam moments and all, see
+//! [`Trainer::regraph`](crate::Trainer::regraph)) recovers most of what a full retrain
+//! gives, in a fraction of its time (measured in docs/taste-graph.md). The cycle:
+//!
+//! 1. serve: [`Refresher::observe`] folds every event into the live model and records it;
+//! 2. [`Refresher::plan`] (cheap: copies the recorded events, shares the trainer) returns a
+//!    [`RefitJob`] that owns everything it needs — run it on any thread
+//!    ([`RefitJob::run`]: builds the grown graph, regraphs the trainer, trains, builds the
+//!    new live model) while serving continues;
+//! 3. [`Refresher::install`] swaps the result in: it replays the events recorded since the
+//!    plan, carries over each user's hidden and recent items, and keeps the trainer and
+//!    graph for the next cycle.
+//!
+//! The refit graph is the trainer's graph plus the positive pairs recorded up to the plan
+//! (a later hide of a pair removes it, as [`Interactions::positive_pairs`] decides).
+//! Users and items added live become trained rows when they have a positive pair by then;
+//! from the first added user (item) without one on, users (items) stay live in the new
+//! model and their events are replayed instead — ids are dense, so the trained rows are
+//! a prefix — which keeps an item's content embedding until someone engages with it.
+//!
+//! [`Interactions::positive_pairs`]: crate::Interactions::positive_pairs
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::error::{Error, Result};
+use crate::graph::BipartiteGraph;
+use crate::ids::{ItemId, UserId};
+use crate::inductive::ContentAggregator;
+use crate::interactions::Interaction;
+use crate::lightgcn::EpochStats;
+use crate::live::{LiveConfig, LiveModel};
+use crate::schedule::RateSwitch;
+use crate::training::Training;
+
+/// Keeps the trainer and graph behind a [`LiveModel`] and the events observed since, and
+/// turns them into background refits.
+#[derive(Debug)]
+pub struct Refresher {
+    training: Arc<Training>,
+    graph: Arc<BipartiteGraph>,
+    events: Vec<Interaction>,
+    generation: u64,
+}
+
+/// What [`Refresher::install`] did.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Installed {
+    /// Events recorded before the plan that went into the refit graph or were replayed
+    /// by the job (they are dropped from the record).
+    pub folded: usize,
+    /// Events recorded after the plan, replayed into the new model during the install.
+    pub replayed: usize,
+    /// Users the refit trained (the rest stay live).
+    pub trained_users: usize,
+    /// Items the refit trained.
+    pub trained_items: usize,
+    /// Edges of the new training graph.
+    pub edges: usize,
+}
+
+impl Refresher {
+    /// A refresher for the live model built from `training`'s model on `graph` (the graph
+    /// it trained on; sizes checked).
+    pub fn new(mut training: Training, graph: BipartiteGraph) -> Result<Self> {
+        let model = training.model()?;
+        if model.n_users() != graph.n_users() || model.n_items() != graph.n_items() {
+            return Err(Error::Graph {
+                message: format!(
+                    "the graph has {} users and {} items, the trainer's model {} and {}",
+                    graph.n_users(),
+                    graph.n_items(),
+                    model.n_users(),
+                    model.n_items()
+                ),
+            });
+        }
+        Ok(Refresher {
+            training: Arc::new(training),
+            graph: Arc::new(graph),
+            events: Vec::new(),
+            generation: 0,
+        })
+    }
+
+    /// Folds `event` into `live` ([`LiveModel::observe`]) and, if it was accepted,
+    /// records it for the next refit. Every event the live model sees must go through
+    /// here (or [`Refresher::record`]), or the next install refuses the refit.
+    pub fn observe(&mut self, live: &mut LiveModel, event: Interaction) -> Result<()> {
+        check_weight(&event)?;
+        live.observe(event.user, event.item, event.kind, event.timestamp)?;
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// Records an event the caller already folded into the live model.
+    pub fn record(&mut self, event: Interaction) -> Result<()> {
+        check_weight(&event)?;
+        self.events.push(event);
+        Ok(())
+    }
+
+    /// Events recorded since the graph of the current model, oldest first.
+    pub fn pending(&self) -> &[Interaction] {
+        &self.events
+    }
+
+    /// The graph the current model was trained on.
+    pub fn graph(&self) -> &BipartiteGraph {
+        &self.graph
+    }
+
+    /// The trainer whose model the live model was built from.
+    pub fn training(&self) -> &Training {
+        &self.training
+    }
+
+    /// Installs so far (a job planned before the latest install is refused).
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// A refit of `epochs` epochs over everything recorded so far, continuing the
+    /// trainer's state; `live` is the serving model (its configuration, content
+    /// aggregator and live items' content go into the new one). Run it anywhere with
+    /// [`RefitJob::run`], then [`Refresher::install`] the result.
+    pub fn plan(&self, live: &LiveModel, epochs: usize) -> Result<RefitJob> {
+        if live.n_users() < self.graph.n_users() || live.n_items() < self.graph.n_items() {
+            return Err(Error::Graph {
+                message: format!(
+                    "the live model has {} users and {} items, fewer than the refresher's graph ({} and {}): not the model it serves",
+                    live.n_users(),
+                    live.n_items(),
+                    self.graph.n_users(),
+                    self.graph.n_items()
+                ),
+            });
+        }
+        let content = (self.graph.n_items()..live.n_items())
+            .map(|i| live.item_content(ItemId(i as u32)).map(Box::from))
+            .collect();
+        Ok(RefitJob {
+            training: Arc::clone(&self.training),
+            graph: Arc::clone(&self.graph),
+            events: self.events.clone(),
+            n_users: live.n_users(),
+            n_items: live.n_items(),
+            content,
+            aggregator: live.shared_aggregator(),
+            config: *live.config(),
+            now: live.latest_time(),
+            epochs,
+            lr: None,
+            schedule: Vec::new(),
+            generation: self.generation,
+        })
+    }
+
+    /// Swaps `refit` in for `live` (the model it was planned from, with every event
+    /// since): replays the events recorded after the plan, carries over each user's
+    /// hidden and recent items and the live items' content, and keeps the refit's trainer
+    /// and graph for the next plan. On an error nothing has changed.
+    pub fn install(&mut self, refit: Refit, live: &mut LiveModel) -> Result<Installed> {
+        if refit.generation != self.generation {
+            return Err(Error::Stale {
+                planned: refit.generation,
+                current: self.generation,
+            });
+        }
+        if refit.cut > self.events.len() {
+            return Err(Error::Graph {
+                message: format!(
+                    "the refit folded {} events, only {} are recorded",
+                    refit.cut,
+                    self.events.len()
+                ),
+            });
+        }
+        let mut new = refit.live;
+        let after = &self.events[refit.cut..];
+        for e in after {
+            add_items_up_to(&mut new, e.item.index() + 1, |i| live.item_content(i))?;
+            new.observe(e.user, e.item, e.kind, e.timestamp)?;
+        }
+        add_items_up_to(&mut new, live.n_items(), |i| live.item_content(i))?;
+        if new.n_users() != live.n_users() || new.n_items() != live.n_items() {
+            return Err(Error::Graph {
+                message: format!(
+                    "after replay the refit has {} users and {} items, the live model {} and {}: it saw events the refresher did not record",
+                    new.n_users(),
+                    new.n_items(),
+                    live.n_users(),
+                    live.n_items()
+                ),
+            });
+        }
+        for i in new.n_trained_items()..new.n_items() {
+            let id = ItemId(i as u32);
+            if let Some(c) = live.item_content(id)
+                && new.item_content(id) != Some(c)
+            {
+                new.set_item_content(id, c)?;
+            }
+        }
+        new.inherit_users(live);
+        let installed = Installed {
+            folded: refit.cut,
+            replayed: after.len(),
+            trained_users: refit.graph.n_users(),
+            trained_items: refit.graph.n_items(),
+            edges: refit.graph.n_edges(),
+        };
+        *live = new;
+        self.events.drain(..refit.cut);
+        self.training = Arc::new(refit.training);
+        self.graph = Arc::new(refit.graph);
+        self.generation += 1;
+        Ok(installed)
+    }
+}
+
+fn check_weight(event: &Interaction) -> Result<()> {
+    if event.weight.is_finite() && event.weight >= 0.0 {
+        Ok(())
+    } else {
+        Err(Error::Graph {
+            message: format!(
+                "interaction of user {} with item {} has weight {}, expected a finite value >= 0",
+                event.user.0, event.item.0, event.weight
+            ),
+        })
+    }
+}
+
+/// Appends live items to `live` until it has `n`, each with the content `content_of`
+/// gives it.
+fn add_items_up_to<'a>(
+    live: &mut LiveModel,
+    n: usize,
+    content_of: impl Fn(ItemId) -> Option<&'a [f32]>,
+) -> Result<()> {
+    while live.n_items() < n {
+        let id = ItemId(live.n_items() as u32);
+        live.push_item(content_of(id))?;
+    }
+    Ok(())
+}
+
+/// A background refit, owning all it needs (it is `Send`): built by
+/// [`Refresher::plan`], run by [`RefitJob::run`].
+#[derive(Debug)]
+pub struct RefitJob {
+    training: Arc<Training>,
+    graph: Arc<BipartiteGraph>,
+    events: Vec<Interaction>,
+    n_users: usize,
+    n_items: usize,
+    /// Content of the live model's items from the graph's item count on.
+    content: Vec<Option<Box<[f32]>>>,
+    aggregator: Option<Arc<ContentAggregator>>,
+    config: LiveConfig,
+    now: u64,
+    epochs: usize,
+    lr: Option<f32>,
+    schedule: Vec<RateSwitch>,
+    generation: u64,
+}
+
+/// A finished refit, ready for [`Refresher::install`].
+#[derive(Debug)]
+pub struct Refit {
+    training: Training,
+    graph: BipartiteGraph,
+    live: LiveModel,
+    cut: usize,
+    generation: u64,
+    seconds: f64,
+}
+
+impl Refit {
+    /// The new training graph.
+    pub fn graph(&self) -> &BipartiteGraph {
+        &self.graph
+    }
+
+    /// The new live model, before the install's replay.
+    pub fn live(&self) -> &LiveModel {
+        &self.live
+    }
+
+    /// The trainer after the refit.
+    pub fn training(&self) -> &Training {
+        &self.training
+    }
+
+    /// Wall-clock seconds the job took (graph, training and live model).
+    pub fn seconds(&self) -> f64 {
+        self.seconds
+    }
+}
+
+impl RefitJob {
+    /// Trains at `lr` (Adam's moments kept) instead of the trainer's last rate.
+    pub fn lr(mut self, lr: f32) -> Self {
+        self.lr = Some(lr);
+        self
+    }
+
+    /// Applies these switches by the refit's own epochs (1 = its first epoch).
+    pub fn schedule(mut self, schedule: Vec<RateSwitch>) -> Self {
+        self.schedule = schedule;
+        self
+    }
+
+    /// Dates the new model's training interactions `now` (default: the latest time the
+    /// serving model had seen at the plan); later events decay them from there.
+    pub fn now(mut self, now: u64) -> Self {
+        self.now = now;
+        self
+    }
+
+    /// Epochs the job trains.
+    pub fn epochs(&self) -> usize {
+        self.epochs
+    }
+
+    /// Events the refit folds in (recorded up to the plan).
+    pub fn events(&self) -> usize {
+        self.events.len()
+    }
+
+    /// The refit training graph and the events it leaves to the replay: the trainer's
+    /// graph plus the recorded positive pairs among trained users and items, with
+    /// users (items) trained up to the first live one that has no positive pair.
+    pub fn refit_graph(&self) -> Result<(BipartiteGraph, Vec<Interaction>)> {
+        let base = &*self.graph;
+        let (bu, bi) = (base.n_users(), base.n_items());
+        // The last event of each recorded pair decides, in timestamp order (recording
+        // order among equal timestamps); the trainer's graph is older than all of them.
+        let mut order: Vec<usize> = (0..self.events.len()).collect();
+        order.sort_by_key(|&k| {
+            let e = &self.events[k];
+            (e.user, e.item, e.timestamp, k)
+        });
+        let mut added = Vec::new();
+        let mut removed = HashSet::new();
+        for (n, &k) in order.iter().enumerate() {
+            let e = &self.events[k];
+            let last_of_pair = order.get(n + 1).is_none_or(|&next| {
+                (self.events[next].user, self.events[next].item) != (e.user, e.item)
+            });
+            if !last_of_pair {
+                continue;
+            }
+            if e.kind.is_positive() && e.weight > 0.0 {
+                added.push((e.user, e.item));
+            } else {
+                removed.insert((e.user, e.item));
+            }
+        }
+        let mut user_pos = vec![false; self.n_users - bu];
+        let mut item_pos = vec![false; self.n_items - bi];
+        for &(u, i) in &added {
+            if let Some(p) = u.index().checked_sub(bu) {
+                user_pos[p] = true;
+            }
+            if let Some(p) = i.index().checked_sub(bi) {
+                item_pos[p] = true;
+            }
+        }
+        let n_users = bu + user_pos.iter().position(|&p| !p).unwrap_or(user_pos.len());
+        let n_items = bi + item_pos.iter().position(|&p| !p).unwrap_or(item_pos.len());
+        let old = (0..bu).flat_map(|u| {
+            base.items_of(UserId(u as u32))
+                .iter()
+                .map(move |&i| (UserId(u as u32), ItemId(i)))
+        });
+        let edges = old.filter(|p| !removed.contains(p)).chain(
+            added
+                .iter()
+                .copied()
+                .filter(|(u, i)| u.index() < n_users && i.index() < n_items),
+        );
+        let graph = BipartiteGraph::from_edges(n_users, n_items, edges)?;
+        let replay = self
+            .events
+            .iter()
+            .filter(|e| e.user.index() >= n_users || e.item.index() >= n_items)
+            .copied()
+            .collect();
+        Ok((graph, replay))
+    }
+
+    /// Runs the refit: the grown graph ([`RefitJob::refit_graph`]), the trainer regraphed
+    /// onto it, `epochs` epochs (`on_epoch` after each), and the new live model with the
+    /// recorded events on users and items that stay live replayed (its training
+    /// interactions dated [`RefitJob::now`]). Heavy: run it off the serving thread.
+    pub fn run(self, mut on_epoch: impl FnMut(&EpochStats)) -> Result<Refit> {
+        let start = Instant::now();
+        let (graph, replay) = self.refit_graph()?;
+        let mut training = self.training.regraph(&graph)?;
+        if let Some(lr) = self.lr {
+            training.set_lr(lr)?;
+        }
+        let first = training.epochs();
+        for _ in 0..self.epochs {
+            let own = training.epochs() - first + 1;
+            for switch in self.schedule.iter().filter(|s| s.epoch == own) {
+                training.apply_switch(switch)?;
+            }
+            on_epoch(&training.train_epoch(|_, _| {})?);
+        }
+        let mut live = LiveModel::new(training.model()?, &graph, self.config, self.now)?;
+        live.share_aggregator(self.aggregator.clone());
+        let base_items = self.graph.n_items();
+        let content_of = |i: ItemId| {
+            i.index()
+                .checked_sub(base_items)
+                .and_then(|j| self.content.get(j))
+                .and_then(|c| c.as_deref())
+        };
+        for e in &replay {
+            add_items_up_to(&mut live, e.item.index() + 1, content_of)?;
+            live.observe(e.user, e.item, e.kind, e.timestamp)?;
+        }
+        add_items_up_to(&mut live, self.n_items, content_of)?;
+        Ok(Refit {
+            training,
+            graph,
+            live,
+            cut: self.events.len(),
+            generation: self.generation,
+            seconds: start.elapsed().as_secs_f64(),
+        })
+    }
+}

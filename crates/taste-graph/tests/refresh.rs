@@ -1,0 +1,339 @@
+//! Background refits ([`Refresher`]): the refit graph, the trained rows, the replay of
+//! events that arrived meanwhile, and the refusals.
+
+use taste_graph::{
+    AggregatorConfig, BipartiteGraph, ContentAggregator, Error, Interaction, InteractionKind,
+    ItemId, LightGcnConfig, LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
+};
+
+mod common;
+use common::{edges_of, random_graph};
+
+const D: usize = 8;
+
+fn config() -> LightGcnConfig {
+    LightGcnConfig::new()
+        .dim(D)
+        .layers(2)
+        .batch_size(64)
+        .lr(1e-2)
+        .seed(9)
+}
+
+fn ev(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
+    Interaction {
+        user: UserId(u),
+        item: ItemId(i),
+        kind,
+        weight: 1.0,
+        timestamp: t,
+    }
+}
+
+/// A trainer two epochs into `g`, its live model, and a refresher over both.
+fn serving(g: &BipartiteGraph, live_config: LiveConfig) -> (Refresher, LiveModel) {
+    let mut t = Trainer::new(g, &config()).unwrap();
+    for _ in 0..2 {
+        t.train_epoch(|_, _| {}).unwrap();
+    }
+    let live = LiveModel::new(t.model(), g, live_config, 10).unwrap();
+    (Refresher::new(Training::Cpu(t), g.clone()).unwrap(), live)
+}
+
+fn first_non_edge(g: &BipartiteGraph, u: u32) -> u32 {
+    (0..g.n_items() as u32)
+        .find(|&i| !g.has_edge(UserId(u), ItemId(i)))
+        .unwrap()
+}
+
+/// Pre-plan events: clicks on new pairs, a new user with two clicks, a new item clicked,
+/// and a hide of a trained edge. Returns the hidden pair.
+fn stream_before(g: &BipartiteGraph, r: &mut Refresher, live: &mut LiveModel) -> (u32, u32) {
+    let (nu, ni) = (g.n_users() as u32, g.n_items() as u32);
+    for u in [0, 3, 7] {
+        let i = first_non_edge(g, u);
+        r.observe(live, ev(u, i, InteractionKind::Click, 20 + u as u64))
+            .unwrap();
+    }
+    r.observe(live, ev(nu, 1, InteractionKind::Save, 30))
+        .unwrap();
+    r.observe(live, ev(nu, ni, InteractionKind::Click, 31))
+        .unwrap();
+    r.observe(live, ev(5, ni, InteractionKind::Click, 32))
+        .unwrap();
+    let hidden = (2, g.items_of(UserId(2))[0]);
+    r.observe(live, ev(hidden.0, hidden.1, InteractionKind::Hide, 33))
+        .unwrap();
+    hidden
+}
+
+#[test]
+fn a_refit_is_the_regraphed_trainer_on_the_grown_graph() {
+    let g = random_graph(40, 30, 220, 4);
+    let (mut r, mut live) = serving(&g, LiveConfig::new());
+    let hidden = stream_before(&g, &mut r, &mut live);
+    let (nu, ni) = (g.n_users() as u32, g.n_items() as u32);
+
+    // The graph the refit must train on, by hand.
+    let mut want_edges: Vec<(UserId, ItemId)> = edges_of(&g)
+        .into_iter()
+        .filter(|&(u, i)| (u.0, i.0) != hidden)
+        .collect();
+    for u in [0, 3, 7] {
+        want_edges.push((UserId(u), ItemId(first_non_edge(&g, u))));
+    }
+    want_edges.extend([
+        (UserId(nu), ItemId(1)),
+        (UserId(nu), ItemId(ni)),
+        (UserId(5), ItemId(ni)),
+    ]);
+    let want = BipartiteGraph::from_edges(g.n_users() + 1, g.n_items() + 1, want_edges).unwrap();
+    // The serving trainer regraphed onto it and trained three epochs, by hand.
+    let Training::Cpu(base) = r.training() else {
+        unreachable!()
+    };
+    let mut by_hand = base.regraph(&want).unwrap();
+    for _ in 0..3 {
+        by_hand.train_epoch(|_, _| {}).unwrap();
+    }
+    let expected = LiveModel::new(by_hand.model(), &want, LiveConfig::new(), 33).unwrap();
+
+    let job = r.plan(&live, 3).unwrap();
+    assert_eq!(job.events(), 7);
+    let refit = job.run(|_| {}).unwrap();
+    assert_eq!(edges_of(refit.graph()), edges_of(&want));
+    let done = r.install(refit, &mut live).unwrap();
+    assert_eq!(
+        (
+            done.folded,
+            done.replayed,
+            done.trained_users,
+            done.trained_items
+        ),
+        (7, 0, g.n_users() + 1, g.n_items() + 1)
+    );
+    assert_eq!(done.edges, want.n_edges());
+    assert_eq!(live.users(), expected.users());
+    assert_eq!(live.items(), expected.items());
+    assert_eq!(live.n_trained_items(), g.n_items() + 1);
+    // What a graph does not hold is carried over: the hide, and recency.
+    assert!(live.hidden(UserId(hidden.0)).contains(&hidden.1));
+    let last = live.recent(UserId(5)).last().unwrap();
+    assert_eq!((last.item, last.time), (ItemId(ni), 32));
+    // The training interactions are dated at the latest time served (33).
+    assert_eq!(
+        (live.last_time(UserId(1)), live.latest_time()),
+        (Some(33), 33)
+    );
+    assert!(r.pending().is_empty());
+    assert_eq!(r.generation(), 1);
+    assert_eq!(r.graph().n_edges(), want.n_edges());
+    assert_eq!(r.training().epochs(), 5);
+}
+
+#[test]
+fn events_during_the_refit_are_replayed_into_the_new_model() {
+    let g = random_graph(40, 30, 220, 5);
+    let (mut r, mut live) = serving(&g, LiveConfig::new());
+    stream_before(&g, &mut r, &mut live);
+    let job = r.plan(&live, 2).unwrap();
+    let twin = r.plan(&live, 2).unwrap();
+    // The job owns what it needs: it runs on another thread while serving goes on.
+    let running = std::thread::spawn(move || job.run(|_| {}));
+    let (nu, ni) = (live.n_users() as u32, live.n_items() as u32);
+    let during = [
+        ev(1, first_non_edge(&g, 1), InteractionKind::Click, 40),
+        ev(nu, 4, InteractionKind::Click, 41),
+        ev(9, ni, InteractionKind::Save, 42),
+        ev(3, 2, InteractionKind::Hide, 43),
+    ];
+    for e in during {
+        r.observe(&mut live, e).unwrap();
+    }
+    let refit = running.join().unwrap().unwrap();
+    // The same job run here, then the same events observed: what the install must give.
+    let mut want = twin.run(|_| {}).unwrap().live().clone();
+    for e in during {
+        want.observe(e.user, e.item, e.kind, e.timestamp).unwrap();
+    }
+    let done = r.install(refit, &mut live).unwrap();
+    assert_eq!((done.folded, done.replayed), (7, 4));
+    assert_eq!(live.users(), want.users());
+    assert_eq!(live.items(), want.items());
+    assert_eq!(
+        (live.n_users(), live.n_items()),
+        (want.n_users(), want.n_items())
+    );
+    assert_eq!(r.pending(), &during);
+    // The next refit folds exactly those four in.
+    let next = r.plan(&live, 1).unwrap();
+    assert_eq!(next.events(), 4);
+    let refit = next.run(|_| {}).unwrap();
+    assert_eq!(refit.graph().n_users(), g.n_users() + 2);
+    assert!(refit.graph().has_edge(UserId(nu), ItemId(4)));
+    assert!(!refit.graph().has_edge(UserId(3), ItemId(2)));
+    r.install(refit, &mut live).unwrap();
+    assert!(r.pending().is_empty());
+    assert!(live.hidden(UserId(3)).contains(&2));
+}
+
+#[test]
+fn live_items_without_a_positive_pair_stay_live_with_their_content() {
+    let g = random_graph(30, 20, 150, 6);
+    let (mut r, mut live) = serving(&g, LiveConfig::new());
+    let agg = ContentAggregator::new(5, D, &AggregatorConfig::new().hidden(6)).unwrap();
+    live.set_aggregator(agg).unwrap();
+    let ni = g.n_items() as u32;
+    // Item ni is engaged with; ni + 1 has content only; ni + 2 is engaged with.
+    r.observe(&mut live, ev(0, ni, InteractionKind::Click, 20))
+        .unwrap();
+    let content = [0.5, -1.0, 2.0, 0.0, 1.5];
+    assert_eq!(
+        live.add_item_with_content(&content).unwrap(),
+        ItemId(ni + 1)
+    );
+    r.observe(&mut live, ev(1, ni + 2, InteractionKind::Click, 21))
+        .unwrap();
+    let before = live.item(ItemId(ni + 1)).unwrap().to_vec();
+
+    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    // Trained items are a prefix: up to the first live item without a positive pair.
+    assert_eq!(refit.graph().n_items(), g.n_items() + 1);
+    assert!(!refit.graph().has_edge(UserId(1), ItemId(ni + 2)));
+    r.install(refit, &mut live).unwrap();
+    assert_eq!(live.n_trained_items(), g.n_items() + 1);
+    assert_eq!(live.n_items(), g.n_items() + 3);
+    assert_eq!(live.item_content(ItemId(ni + 1)), Some(&content[..]));
+    // Content only: the aggregator's embedding, as before the refit.
+    assert_eq!(live.item(ItemId(ni + 1)).unwrap(), &before[..]);
+    // The engaged live item was replayed: user 1 saw it, and it has a count.
+    assert!(live.seen(UserId(1)).contains(&(ni + 2)));
+    assert_eq!(live.item_counts()[(ni + 2) as usize], 1);
+}
+
+#[test]
+fn stale_refits_unrecorded_events_and_bad_input_are_refused() {
+    let g = random_graph(30, 20, 150, 7);
+    let (mut r, mut live) = serving(&g, LiveConfig::new());
+    r.observe(
+        &mut live,
+        ev(0, first_non_edge(&g, 0), InteractionKind::Click, 20),
+    )
+    .unwrap();
+    let first = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    let second = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    r.install(first, &mut live).unwrap();
+    let users = live.users().to_vec();
+    assert!(matches!(
+        r.install(second, &mut live),
+        Err(Error::Stale {
+            planned: 0,
+            current: 1
+        })
+    ));
+    assert_eq!(live.users(), &users[..]);
+
+    // A user the live model saw but the refresher did not record.
+    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    let nu = live.n_users() as u32;
+    live.observe(UserId(nu), ItemId(0), InteractionKind::Click, 30)
+        .unwrap();
+    let err = r.install(refit, &mut live).unwrap_err();
+    assert!(matches!(&err, Error::Graph { message } if message.contains("did not record")));
+    assert_eq!(r.generation(), 1);
+
+    // Bad weights are refused before touching the live model.
+    let mut bad = ev(0, 0, InteractionKind::Click, 40);
+    bad.weight = f32::NAN;
+    let before = live.users().to_vec();
+    assert!(matches!(
+        r.observe(&mut live, bad),
+        Err(Error::Graph { .. })
+    ));
+    assert!(matches!(r.record(bad), Err(Error::Graph { .. })));
+    assert_eq!(live.users(), &before[..]);
+
+    // A live model smaller than the refresher's graph is not the one it serves.
+    let small = random_graph(10, 5, 20, 1);
+    let t = Trainer::new(&small, &config()).unwrap();
+    let other = LiveModel::new(t.model(), &small, LiveConfig::new(), 0).unwrap();
+    assert!(matches!(r.plan(&other, 1), Err(Error::Graph { .. })));
+    // A trainer and graph of different sizes.
+    assert!(matches!(
+        Refresher::new(Training::Cpu(t), g.clone()),
+        Err(Error::Graph { .. })
+    ));
+}
+
+#[test]
+fn a_device_trainer_refits_the_same_way() {
+    let g = random_graph(40, 30, 220, 8);
+    let dev = candle_core::Device::Cpu;
+    let mut t = taste_graph::DeviceTrainer::new(&g, &config(), &dev).unwrap();
+    t.train_epoch(|_, _| {}).unwrap();
+    let mut live = LiveModel::new(t.model().unwrap(), &g, LiveConfig::new(), 10).unwrap();
+    let mut r = Refresher::new(Training::Device(t), g.clone()).unwrap();
+    assert!(r.training().device().is_some());
+    stream_before(&g, &mut r, &mut live);
+    let job = r.plan(&live, 2).unwrap().lr(5e-3);
+    let twin = r.plan(&live, 2).unwrap();
+    let refit = std::thread::spawn(move || job.run(|_| {}))
+        .join()
+        .unwrap()
+        .unwrap();
+    // By hand: the device trainer regraphed onto the refit graph, at the new rate.
+    let Training::Device(base) = r.training() else {
+        unreachable!()
+    };
+    let mut by_hand = base.regraph(refit.graph()).unwrap();
+    by_hand.set_lr(5e-3).unwrap();
+    for _ in 0..2 {
+        by_hand.train_epoch(|_, _| {}).unwrap();
+    }
+    let want = LiveModel::new(
+        by_hand.model().unwrap(),
+        refit.graph(),
+        LiveConfig::new(),
+        33,
+    )
+    .unwrap();
+    assert_eq!(refit.training().config().adam.lr, 5e-3);
+    r.install(refit, &mut live).unwrap();
+    assert_eq!(live.users(), want.users());
+    assert_eq!(live.items(), want.items());
+    // The rate matters: the twin job, at the trainer's own rate, ends elsewhere.
+    let other = twin.run(|_| {}).unwrap();
+    assert_ne!(other.live().users(), live.users());
+}
+
+#[test]
+fn a_schedule_switches_the_rate_by_the_refits_own_epochs() {
+    let g = random_graph(40, 30, 220, 9);
+    let (mut r, mut live) = serving(&g, LiveConfig::new());
+    stream_before(&g, &mut r, &mut live);
+    let switch: taste_graph::RateSwitch = "2:1e-3:32".parse().unwrap();
+    let refit = r
+        .plan(&live, 3)
+        .unwrap()
+        .schedule(vec![switch])
+        .now(50)
+        .run(|_| {})
+        .unwrap();
+    let cfg = refit.training().config();
+    assert_eq!((cfg.adam.lr, cfg.batch_size), (1e-3, 32));
+    assert_eq!(refit.training().epochs(), 5);
+    // And it trained as a hand-run schedule does.
+    let Training::Cpu(base) = r.training() else {
+        unreachable!()
+    };
+    let mut by_hand = base.regraph(refit.graph()).unwrap();
+    by_hand.train_epoch(|_, _| {}).unwrap();
+    by_hand.apply_switch(&switch).unwrap();
+    for _ in 0..2 {
+        by_hand.train_epoch(|_, _| {}).unwrap();
+    }
+    let want = LiveModel::new(by_hand.model(), refit.graph(), LiveConfig::new(), 50).unwrap();
+    r.install(refit, &mut live).unwrap();
+    assert_eq!(live.users(), want.users());
+    assert_eq!(live.last_time(UserId(0)), Some(50));
+}
