@@ -59,6 +59,22 @@ pub struct Interaction {
     pub timestamp: u64,
 }
 
+impl Interaction {
+    /// The weight must be finite and non-negative ([`Error::Graph`] naming the event).
+    pub(crate) fn check_weight(&self) -> Result<()> {
+        if self.weight.is_finite() && self.weight >= 0.0 {
+            Ok(())
+        } else {
+            Err(Error::Graph {
+                message: format!(
+                    "interaction of user {} with item {} has weight {}, expected a finite value >= 0",
+                    self.user.0, self.item.0, self.weight
+                ),
+            })
+        }
+    }
+}
+
 /// An in-memory collection of interaction events, validated on insertion.
 #[derive(Debug, Clone, Default)]
 pub struct Interactions {
@@ -75,14 +91,7 @@ impl Interactions {
 
     /// Appends an event. The weight must be finite and non-negative.
     pub fn push(&mut self, event: Interaction) -> Result<()> {
-        if !event.weight.is_finite() || event.weight < 0.0 {
-            return Err(Error::Graph {
-                message: format!(
-                    "interaction of user {} with item {} has weight {}, expected a finite value >= 0",
-                    event.user.0, event.item.0, event.weight
-                ),
-            });
-        }
+        event.check_weight()?;
         self.n_users = self.n_users.max(event.user.index() + 1);
         self.n_items = self.n_items.max(event.item.index() + 1);
         self.events.push(event);

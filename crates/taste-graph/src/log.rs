@@ -94,19 +94,6 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
-fn check_weight(event: &Interaction) -> Result<()> {
-    if event.weight.is_finite() && event.weight >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::Graph {
-            message: format!(
-                "interaction of user {} with item {} has weight {}, expected a finite value >= 0",
-                event.user.0, event.item.0, event.weight
-            ),
-        })
-    }
-}
-
 fn encode_event(e: &Interaction, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.user.0.to_le_bytes());
     out.extend_from_slice(&e.item.0.to_le_bytes());
@@ -541,7 +528,7 @@ impl EventLog {
     pub fn append_record(&mut self, record: &Record) -> Result<u64> {
         self.check_usable()?;
         match record {
-            Record::Event(event) => check_weight(event)?,
+            Record::Event(event) => event.check_weight()?,
             Record::User { .. } | Record::Item { .. } if self.version < 2 => {
                 return Err(Error::Graph {
                     message: format!(

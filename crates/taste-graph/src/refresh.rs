@@ -93,7 +93,7 @@ impl Refresher {
     /// records it for the next refit. Every event the live model sees must go through
     /// here (or [`Refresher::record`]), or the next install refuses the refit.
     pub fn observe(&mut self, live: &mut LiveModel, event: Interaction) -> Result<()> {
-        check_weight(&event)?;
+        event.check_weight()?;
         live.observe(event.user, event.item, event.kind, event.timestamp)?;
         self.events.push(event);
         Ok(())
@@ -101,7 +101,7 @@ impl Refresher {
 
     /// Records an event the caller already folded into the live model.
     pub fn record(&mut self, event: Interaction) -> Result<()> {
-        check_weight(&event)?;
+        event.check_weight()?;
         self.events.push(event);
         Ok(())
     }
@@ -222,19 +222,6 @@ impl Refresher {
         self.graph = Arc::new(refit.graph);
         self.generation += 1;
         Ok(installed)
-    }
-}
-
-fn check_weight(event: &Interaction) -> Result<()> {
-    if event.weight.is_finite() && event.weight >= 0.0 {
-        Ok(())
-    } else {
-        Err(Error::Graph {
-            message: format!(
-                "interaction of user {} with item {} has weight {}, expected a finite value >= 0",
-                event.user.0, event.item.0, event.weight
-            ),
-        })
     }
 }
 
