@@ -283,17 +283,21 @@ fn main() -> anyhow::Result<()> {
         }
         let (mut done, mut seconds) = (0, 0.0);
         for &e in warm_epochs.iter().filter(|&&e| e > 0) {
+            let t = Instant::now();
             let mut job = refresher.plan(&live, e - done)?;
+            let plan_ms = t.elapsed().as_secs_f64() * 1e3;
             if let Some(lr) = args.warm_lr {
                 job = job.lr(lr);
             }
             let refit = job.run(|_| {})?;
             seconds += refit.seconds();
+            let t = Instant::now();
             let installed = refresher.install(refit, &mut live)?;
+            let install_ms = t.elapsed().as_secs_f64() * 1e3;
             done = e;
             let label = format!("warm_refit_epochs{e}");
             println!(
-                "model={label} refit_s={seconds:.1} graph_edges={}",
+                "model={label} refit_s={seconds:.1} plan_ms={plan_ms:.2} install_ms={install_ms:.2} graph_edges={}",
                 installed.edges
             );
             let (a, f) = report(&label, live.users(), live.items())?;

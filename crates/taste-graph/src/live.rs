@@ -895,14 +895,21 @@ impl LiveModel {
     }
 
     /// Takes over from `old` (the model this one replaces, with the same users) what a
-    /// training graph does not hold: each user's hidden items and recent positives.
-    pub(crate) fn inherit_users(&mut self, old: &LiveModel) {
-        for (u, (hidden, recent)) in old.hidden.iter().zip(&old.recent).enumerate() {
-            if u < self.hidden.len() {
-                self.hidden[u].clone_from(hidden);
-                self.recent[u].clone_from(recent);
-            }
+    /// training graph does not hold: each user's hidden items and recent positives. The
+    /// tables are moved, not copied (O(1)); `old` is left with this model's.
+    pub(crate) fn inherit_users(&mut self, old: &mut LiveModel) -> Result<()> {
+        if old.hidden.len() != self.hidden.len() {
+            return Err(Error::Graph {
+                message: format!(
+                    "the replaced model has {} users, this one {}",
+                    old.hidden.len(),
+                    self.hidden.len()
+                ),
+            });
         }
+        std::mem::swap(&mut self.hidden, &mut old.hidden);
+        std::mem::swap(&mut self.recent, &mut old.recent);
+        Ok(())
     }
 
     fn check_content(&self, content: &[f32]) -> Result<()> {

@@ -165,7 +165,10 @@ impl Refresher {
     /// Swaps `refit` in for `live` (the model it was planned from, with every event
     /// since): replays the events recorded after the plan, carries over each user's
     /// hidden and recent items and the live items' content, and keeps the refit's trainer
-    /// and graph for the next plan. On an error nothing has changed.
+    /// and graph for the next plan. On an error nothing has changed. It costs one
+    /// [`LiveModel::observe`] per event recorded since the plan plus a pass over the live
+    /// items (users' tables are moved, not copied): that is how long a service holds its
+    /// write lock, so plan often enough to keep it short.
     pub fn install(&mut self, refit: Refit, live: &mut LiveModel) -> Result<Installed> {
         if refit.generation != self.generation {
             return Err(Error::Stale {
@@ -208,7 +211,7 @@ impl Refresher {
                 new.set_item_content(id, c)?;
             }
         }
-        new.inherit_users(live);
+        new.inherit_users(live)?;
         let installed = Installed {
             folded: refit.cut,
             replayed: after.len(),
