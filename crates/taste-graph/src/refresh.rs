@@ -188,7 +188,8 @@ impl Refresher {
         let mut new = refit.live;
         let after = &self.events[refit.cut..];
         for e in after {
-            add_items_up_to(&mut new, e.item.index() + 1, |i| live.item_content(i))?;
+            let up_to = (e.item.index() + 1).min(live.n_items());
+            add_items_up_to(&mut new, up_to, |i| live.item_content(i))?;
             new.observe(e.user, e.item, e.kind, e.timestamp)?;
         }
         add_items_up_to(&mut new, live.n_items(), |i| live.item_content(i))?;
@@ -331,6 +332,18 @@ impl RefitJob {
     pub fn refit_graph(&self) -> Result<(BipartiteGraph, Vec<Interaction>)> {
         let base = &*self.graph;
         let (bu, bi) = (base.n_users(), base.n_items());
+        if let Some(e) = self
+            .events
+            .iter()
+            .find(|e| e.user.index() >= self.n_users || e.item.index() >= self.n_items)
+        {
+            return Err(Error::Graph {
+                message: format!(
+                    "a recorded event (user {}, item {}) is outside the live model's {} users and {} items: record only what it observed",
+                    e.user.0, e.item.0, self.n_users, self.n_items
+                ),
+            });
+        }
         // The last event of each recorded pair decides, in timestamp order (recording
         // order among equal timestamps); the trainer's graph is older than all of them.
         let mut order: Vec<usize> = (0..self.events.len()).collect();

@@ -253,6 +253,22 @@ fn stale_refits_unrecorded_events_and_bad_input_are_refused() {
     assert!(matches!(r.record(bad), Err(Error::Graph { .. })));
     assert_eq!(live.users(), &before[..]);
 
+    // Recorded events the live model never saw: far-out ids are refused, by the job
+    // before the plan and by the install after it (without adding the ids between).
+    let far = ev(0, 4_000_000_000, InteractionKind::Click, 41);
+    let (mut r2, mut live2) = serving(&g, LiveConfig::new());
+    let job = r2.plan(&live2, 1).unwrap();
+    r2.record(far).unwrap();
+    let refit = job.run(|_| {}).unwrap();
+    let err = r2.install(refit, &mut live2).unwrap_err();
+    assert!(matches!(err, Error::Graph { .. }), "{err}");
+    assert_eq!(live2.n_items(), g.n_items());
+    let err = r2.plan(&live2, 1).unwrap().run(|_| {}).unwrap_err();
+    assert!(
+        matches!(&err, Error::Graph { message } if message.contains("outside the live model")),
+        "{err}"
+    );
+
     // A live model smaller than the refresher's graph is not the one it serves.
     let small = random_graph(10, 5, 20, 1);
     let t = Trainer::new(&small, &config()).unwrap();
