@@ -20,6 +20,17 @@ pub enum Error {
         /// Which id and what is known.
         message: String,
     },
+    /// This recommender was replaced by [`crate::Recommender::refreshed`]: its vectors
+    /// belong to an earlier model of the taste graph; serve from the refreshed one.
+    #[error(
+        "retired recommender: it serves refit generation {serves}, the taste graph is at {current}"
+    )]
+    Retired {
+        /// The refit generation this recommender's vectors belong to.
+        serves: u64,
+        /// The taste graph's refit generation now.
+        current: u64,
+    },
     /// The embedding store failed (search, lookup).
     #[error("embedding store: {0}")]
     Store(#[from] embed_store::Error),

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use embed_store::hnsw::{Hnsw, HnswParams};
 use embed_store::{GenerationSpec, ItemId as StoreId, Metric, Snapshot, StorageType, Store};
 use taste_graph::{
-    BipartiteGraph, EpochStats, InterestConfig, LightGcn, LightGcnConfig, LiveConfig, LiveModel,
-    Trainer,
+    BipartiteGraph, EpochStats, Installed, InterestConfig, LightGcn, LightGcnConfig, LiveConfig,
+    LiveModel, Refit, Refresher, Trainer, Training,
 };
 
 use crate::error::{Error, Result};
@@ -33,6 +33,10 @@ pub struct PipelineOptions {
     pub interests: InterestConfig,
     /// The time the training data ends (training edges count as events at this time).
     pub now: u64,
+    /// Keep the trainer in a [`Refresher`] attached to the recommender, for background
+    /// refits ([`Recommender::plan_refit`], [`refreshed`]); it holds the Adam state, about
+    /// twice the model's tables, in memory.
+    pub refits: bool,
 }
 
 impl Default for PipelineOptions {
@@ -46,6 +50,7 @@ impl Default for PipelineOptions {
             live: LiveConfig::new(),
             interests: InterestConfig::new(),
             now: 0,
+            refits: false,
         }
     }
 }
@@ -115,9 +120,49 @@ pub fn build(
         let stats = trainer.train_epoch(|_, _| {})?;
         on_epoch(e + 1, &stats);
     }
+    if opts.refits {
+        let m = trainer.model();
+        let rec = serve(graph, m, item_ids, attrs, store, opts)?;
+        // The caller's copy; the trainer keeps training its own in the refits.
+        let model = LightGcn::from_embeddings(graph, m.layers(), m.dim(), m.ego_table())?;
+        let rec = rec.with_refresher(Refresher::new(Training::Cpu(trainer), graph.clone())?)?;
+        return Ok((rec, model));
+    }
     let model = trainer.into_model();
     let rec = serve(graph, &model, item_ids, attrs, store, opts)?;
     Ok((rec, model))
+}
+
+/// Serves a finished background refit of `rec` ([`Recommender::plan_refit`]): the
+/// refit's item embeddings exported to the new generation `name` of `store` (made
+/// current; `attrs` for the refit's items in dense order), an HNSW index when
+/// `opts.hnsw` asks, then [`Recommender::refreshed`]. Swap the returned recommender in
+/// for `rec`.
+pub fn refreshed(
+    rec: &Recommender,
+    refit: Refit,
+    name: &str,
+    attrs: Option<Attrs<'_>>,
+    store: &Arc<Store>,
+    opts: &PipelineOptions,
+) -> Result<(Recommender, Installed)> {
+    let live = refit.live();
+    let ids = rec.external_ids(live.n_items())?;
+    export_items(
+        store,
+        name,
+        opts.storage,
+        live.items(),
+        live.dim(),
+        &ids,
+        attrs,
+    )?;
+    let snap = store.generation(name)?;
+    let index = match opts.hnsw {
+        Some(p) => Some(index_for(store, &snap, p)?),
+        None => None,
+    };
+    rec.refreshed(refit, snap, index)
 }
 
 /// A recommender for a trained `model` of `graph`: its item embeddings exported to

@@ -3,11 +3,14 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::{Filter, ItemId as StoreId, Metric, Snapshot};
-use taste_graph::{InteractionKind, InterestConfig, ItemId, LiveModel, UserId};
+use taste_graph::{
+    Installed, Interaction, InteractionKind, InterestConfig, ItemId, LiveModel, Refit, RefitJob,
+    Refresher, UserId,
+};
 
 use crate::error::{Error, Result};
 use crate::mmr::{Quotas, mmr, normalize_rows};
@@ -89,6 +92,10 @@ struct State {
     /// Dense item ids by decreasing engagement (refreshed every `POPULAR_REFRESH` events).
     popular: Vec<u32>,
     since_refresh: usize,
+    /// Records every event for background refits, when attached.
+    refresher: Option<Refresher>,
+    /// Refits installed so far; a recommender serves one of them.
+    generation: u64,
 }
 
 const POPULAR_POOL: usize = 4096;
@@ -109,6 +116,36 @@ fn popular_order(counts: &[u32]) -> Vec<u32> {
     order
 }
 
+fn no_refresher() -> Error {
+    Error::config("no refresher is attached (Recommender::with_refresher)")
+}
+
+/// Refuses an index that does not belong to `snap` (the search itself would too).
+fn check_index(snap: &Snapshot, index: Option<&Hnsw>) -> Result<()> {
+    if let Some(h) = index {
+        let mut s = Scratch::new(h.len());
+        h.search(snap, &vec![0.0; snap.dim()], 1, 1, &Filter::none(), &mut s)?;
+    }
+    Ok(())
+}
+
+/// The newest live rows of `snap` (id, segment, row), newest first.
+fn fresh_rows(snap: &Snapshot) -> Vec<(u64, usize, usize)> {
+    let mut fresh = Vec::with_capacity(FRESH_POOL);
+    'segments: for (s, ls) in snap.segments().iter().enumerate().rev() {
+        let ids = ls.segment.ids();
+        for r in (0..ids.len()).rev() {
+            if fresh.len() == FRESH_POOL {
+                break 'segments;
+            }
+            if !ls.tombstones.is_deleted(r) {
+                fresh.push((ids[r], s, r));
+            }
+        }
+    }
+    fresh
+}
+
 thread_local! {
     static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
 }
@@ -116,14 +153,19 @@ thread_local! {
 /// Recommendations over one embed-store generation (the item embeddings of the taste
 /// graph's model) and the live taste graph. Cheap to share (`Arc`): `recommend` takes
 /// `&self` and runs concurrently; `record` takes a short write lock. To serve a new
-/// generation (a retrain), build a new `Recommender` and swap the `Arc`.
+/// generation (a retrain), build a new `Recommender` and swap the `Arc`; for background
+/// refits of the same taste graph, attach a [`Refresher`]
+/// ([`Recommender::with_refresher`]) and see [`Recommender::refreshed`].
 pub struct Recommender {
     snap: Snapshot,
     /// The newest live rows (id, segment, row), newest first.
     fresh: Vec<(u64, usize, usize)>,
     index: Option<Hnsw>,
     interests: InterestConfig,
-    state: RwLock<State>,
+    /// Shared with the recommenders that refits of this one make.
+    state: Arc<RwLock<State>>,
+    /// The refit generation whose item embeddings `snap` holds.
+    serves: u64,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -182,42 +224,129 @@ impl Recommender {
                 live.n_items()
             )));
         }
-        if let Some(h) = &index {
-            // A mismatched index is refused by the search itself; check it early too.
-            let mut s = Scratch::new(h.len());
-            h.search(&snap, &vec![0.0; snap.dim()], 1, 1, &Filter::none(), &mut s)?;
-        }
+        check_index(&snap, index.as_ref())?;
         let popular = popular_order(live.item_counts());
-        let mut fresh = Vec::with_capacity(FRESH_POOL);
-        'segments: for (s, ls) in snap.segments().iter().enumerate().rev() {
-            let ids = ls.segment.ids();
-            for r in (0..ids.len()).rev() {
-                if fresh.len() == FRESH_POOL {
-                    break 'segments;
-                }
-                if !ls.tombstones.is_deleted(r) {
-                    fresh.push((ids[r], s, r));
-                }
-            }
-        }
         Ok(Self {
+            fresh: fresh_rows(&snap),
             snap,
-            fresh,
             index,
             interests,
-            state: RwLock::new(State {
+            state: Arc::new(RwLock::new(State {
                 live,
                 items: ItemIds::new(external)?,
                 popular,
                 since_refresh: 0,
-            }),
+                refresher: None,
+                generation: 0,
+            })),
+            serves: 0,
         })
+    }
+
+    /// Attaches `refresher` (built from the trainer and graph of the live model this
+    /// recommender serves): from now on [`Recommender::record`] also records every event
+    /// for background refits ([`Recommender::plan_refit`]).
+    pub fn with_refresher(self, refresher: Refresher) -> Result<Self> {
+        {
+            let mut st = self.write();
+            let trained = (st.live.n_users(), st.live.n_trained_items());
+            let graph = (refresher.graph().n_users(), refresher.graph().n_items());
+            if graph.0 > trained.0 || graph.1 != trained.1 {
+                return Err(Error::config(format!(
+                    "the refresher's graph has {} users and {} items, the live model {} users and {} trained items: not the graph it was built on",
+                    graph.0, graph.1, trained.0, trained.1
+                )));
+            }
+            st.refresher = Some(refresher);
+        }
+        Ok(self)
+    }
+
+    /// A background refit of `epochs` epochs over the events recorded so far (see
+    /// [`Refresher::plan`]); run it off the request path, export its item embeddings
+    /// ([`crate::pipeline::refreshed`] does it all) and pass it to
+    /// [`Recommender::refreshed`]. Needs an attached refresher.
+    pub fn plan_refit(&self, epochs: usize) -> Result<RefitJob> {
+        let st = self.read();
+        let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
+        Ok(r.plan(&st.live, epochs)?)
+    }
+
+    /// The external ids of the live model's first `n` items (e.g. those of a refit's
+    /// model, to export its embeddings under).
+    pub fn external_ids(&self, n: usize) -> Result<Vec<u64>> {
+        let st = self.read();
+        st.items
+            .external
+            .get(..n)
+            .map(<[u64]>::to_vec)
+            .ok_or_else(|| {
+                Error::config(format!(
+                    "{n} item ids asked for, the taste graph has {}",
+                    st.items.external.len()
+                ))
+            })
+    }
+
+    /// Installs `refit` into the shared taste graph ([`Refresher::install`]: the events
+    /// recorded since its plan are replayed) and returns the recommender that serves it
+    /// over `snap` (the refit's item embeddings, exported under
+    /// [`Recommender::external_ids`]) and `index` (built from `snap`, cosine). Swap it in
+    /// for this one: from the install on, this one's `recommend` answers
+    /// [`Error::Retired`] (its vectors belong to the previous model), while `record`
+    /// through either reaches the same taste graph, so no event is lost in between.
+    pub fn refreshed(
+        &self,
+        refit: Refit,
+        snap: Snapshot,
+        index: Option<Hnsw>,
+    ) -> Result<(Recommender, Installed)> {
+        if snap.dim() != refit.live().dim() {
+            return Err(Error::config(format!(
+                "generation {:?} holds {}-wide vectors, the refit's embeddings are {} wide",
+                snap.generation(),
+                snap.dim(),
+                refit.live().dim()
+            )));
+        }
+        check_index(&snap, index.as_ref())?;
+        let fresh = fresh_rows(&snap);
+        let mut st = self.write();
+        let st = &mut *st;
+        let r = st.refresher.as_mut().ok_or_else(no_refresher)?;
+        let installed = r.install(refit, &mut st.live)?;
+        st.generation += 1;
+        st.popular = popular_order(st.live.item_counts());
+        st.since_refresh = 0;
+        Ok((
+            Recommender {
+                snap,
+                fresh,
+                index,
+                interests: self.interests,
+                state: Arc::clone(&self.state),
+                serves: st.generation,
+            },
+            installed,
+        ))
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
         // A panic while holding the lock cannot leave `State` half-updated in a way
         // that breaks invariants (observe validates before mutating), so keep serving.
         self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The state, if this recommender's vectors still belong to its model.
+    fn read_current(&self) -> Result<RwLockReadGuard<'_, State>> {
+        let st = self.read();
+        if st.generation != self.serves {
+            return Err(Error::Retired {
+                serves: self.serves,
+                current: st.generation,
+            });
+        }
+        Ok(st)
     }
 
     fn write(&self) -> RwLockWriteGuard<'_, State> {
@@ -251,7 +380,7 @@ impl Recommender {
 
     /// The user's interests now (most important first), with external medoid ids.
     pub fn interests(&self, user: UserId, now: Option<u64>) -> Result<Vec<(u64, f32)>> {
-        let st = self.read();
+        let st = self.read_current()?;
         let now = now.unwrap_or_else(|| st.live.last_time(user).unwrap_or(0));
         let found = taste_graph::interests(&st.live, user, now, &self.interests)?;
         Ok(found
@@ -271,7 +400,19 @@ impl Recommender {
             Some(&d) => d,
             None => st.live.n_items() as u32,
         };
-        st.live.observe(user, ItemId(dense), kind, time)?;
+        match &mut st.refresher {
+            Some(r) => {
+                let event = Interaction {
+                    user,
+                    item: ItemId(dense),
+                    kind,
+                    weight: 1.0,
+                    timestamp: time,
+                };
+                r.observe(&mut st.live, event)?
+            }
+            None => st.live.observe(user, ItemId(dense), kind, time)?,
+        }
         if dense as usize == st.items.external.len() {
             st.items.external.push(item);
             st.items.dense.insert(item, dense);
@@ -373,7 +514,7 @@ impl Recommender {
         let d = self.snap.dim();
         // Everything needed from the live state, under one short read lock.
         let (user_vec, interests, mut exclude, popular, max_count) = {
-            let st = self.read();
+            let st = self.read_current()?;
             let Some(u) = st.live.user(user) else {
                 return Err(Error::Unknown {
                     what: "user",
@@ -532,7 +673,7 @@ impl Recommender {
         let mut vecs = vec![0f32; ids.len() * d];
         self.snap.get_many(&ids, &mut vecs)?;
         let counts: Vec<u32> = {
-            let st = self.read();
+            let st = self.read_current()?;
             let c = st.live.item_counts();
             cands
                 .iter()

@@ -1,0 +1,191 @@
+//! Background refits through the recommender: planned from it, installed with the
+//! events that arrived meanwhile, served by the refreshed recommender over a new
+//! generation; the old one retires without losing an event.
+
+use std::sync::Arc;
+
+use embed_store::{ItemId as StoreId, RamDirectory, Store};
+use ranker::catalogue::{Catalogue, CatalogueSpec};
+use ranker::pipeline::{Attrs, PipelineOptions, build, refreshed};
+use ranker::{Error, RecommendOptions, Recommender};
+use taste_graph::{
+    BipartiteGraph, InteractionKind, ItemId, LightGcnConfig, Refresher, Trainer, Training, UserId,
+};
+
+const BASE: u64 = 10_000;
+
+fn catalogue() -> Catalogue {
+    Catalogue::generate(CatalogueSpec {
+        styles: 6,
+        items_per_style: 60,
+        users: 120,
+        events_per_user: 16,
+        dim: 16,
+        seed: 5,
+    })
+    .unwrap()
+}
+
+fn options(refits: bool) -> PipelineOptions {
+    PipelineOptions {
+        lightgcn: LightGcnConfig::new()
+            .dim(16)
+            .layers(2)
+            .batch_size(256)
+            .lr(0.05)
+            .seed(2),
+        epochs: 8,
+        refits,
+        ..PipelineOptions::default()
+    }
+}
+
+fn setup() -> (Catalogue, BipartiteGraph, Arc<Store>, Recommender) {
+    let cat = catalogue();
+    let (graph, _) = cat.split(0.75).unwrap();
+    let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
+    let ids: Vec<u64> = (0..cat.n_items() as u64).map(|i| BASE + i).collect();
+    let attrs = Attrs {
+        values: &cat.style,
+        n_attrs: 1,
+    };
+    let (rec, _) = build(
+        &graph,
+        Some(ids),
+        Some(attrs),
+        &store,
+        &options(true),
+        |_, _| {},
+    )
+    .unwrap();
+    (cat, graph, store, rec)
+}
+
+/// An item `user` has not engaged with.
+fn unseen(rec: &Recommender, user: u32) -> u64 {
+    rec.with_live(|l| {
+        let seen = l.seen(UserId(user));
+        (0..l.n_items() as u32)
+            .find(|i| !seen.contains(i))
+            .map(|i| BASE + i as u64)
+            .unwrap()
+    })
+}
+
+#[test]
+fn a_refit_is_served_by_the_refreshed_recommender_and_the_old_one_retires() {
+    let (cat, graph, store, rec) = setup();
+    let opts = RecommendOptions::new().k(10);
+    let t0 = rec.with_live(|l| l.latest_time());
+    for (k, u) in [0u32, 1, 2, 3].into_iter().enumerate() {
+        let item = unseen(&rec, u);
+        rec.record(UserId(u), item, InteractionKind::Save, t0 + k as u64)
+            .unwrap();
+    }
+    let job = rec.plan_refit(2).unwrap();
+    let stale_job = rec.plan_refit(1).unwrap();
+    assert_eq!(job.events(), 4);
+    // Serving goes on while the job runs: a hide and a click arrive meanwhile.
+    let hidden = rec.recommend(UserId(5), &opts).unwrap()[0].item;
+    rec.record(UserId(5), hidden, InteractionKind::Hide, t0 + 10)
+        .unwrap();
+    let clicked = unseen(&rec, 6);
+    rec.record(UserId(6), clicked, InteractionKind::Click, t0 + 11)
+        .unwrap();
+    let refit = std::thread::spawn(move || job.run(|_| {}))
+        .join()
+        .unwrap()
+        .unwrap();
+    assert_eq!(refit.graph().n_edges(), graph.n_edges() + 4);
+    let attrs = Attrs {
+        values: &cat.style,
+        n_attrs: 1,
+    };
+    let (fresh, installed) =
+        refreshed(&rec, refit, "refit-1", Some(attrs), &store, &options(true)).unwrap();
+    assert_eq!((installed.folded, installed.replayed), (4, 2));
+
+    // The old recommender's vectors belong to the previous model: it retires.
+    assert!(matches!(
+        rec.recommend(UserId(0), &opts),
+        Err(Error::Retired {
+            serves: 0,
+            current: 1
+        })
+    ));
+    assert!(matches!(
+        rec.interests(UserId(0), None),
+        Err(Error::Retired { .. })
+    ));
+    // The new one serves the refit's vectors from the new generation.
+    assert_eq!(fresh.snapshot().generation(), "refit-1");
+    let recs = fresh.recommend(UserId(5), &opts).unwrap();
+    assert!(!recs.is_empty() && recs.iter().all(|r| r.item != hidden));
+    for ext in [BASE, BASE + 17, BASE + 200] {
+        let dense = fresh.dense_id(ext).unwrap();
+        let stored = fresh.snapshot().get(StoreId(ext)).unwrap();
+        fresh.with_live(|l| assert_eq!(l.item(dense).unwrap(), &stored[..]));
+    }
+    // The event during the refit was replayed into the new model.
+    let dense = fresh.dense_id(clicked).unwrap();
+    fresh.with_live(|l| assert!(l.seen(UserId(6)).contains(&dense.0)));
+    // An event recorded through the old recommender reaches the shared taste graph.
+    let late = unseen(&fresh, 7);
+    rec.record(UserId(7), late, InteractionKind::Save, t0 + 20)
+        .unwrap();
+    let dense = fresh.dense_id(late).unwrap();
+    fresh.with_live(|l| assert!(l.seen(UserId(7)).contains(&dense.0)));
+    // A refit planned before that install would undo it.
+    let stale = stale_job.run(|_| {}).unwrap();
+    let err = refreshed(&fresh, stale, "refit-2", None, &store, &options(true)).unwrap_err();
+    assert!(
+        matches!(err, Error::Taste(taste_graph::Error::Stale { .. })),
+        "{err}"
+    );
+    // The next cycle folds in what arrived since the plan (the hide, two events).
+    let next = fresh.plan_refit(1).unwrap();
+    assert_eq!(next.events(), 3);
+    let refit = next.run(|_| {}).unwrap();
+    assert!(
+        !refit
+            .graph()
+            .has_edge(UserId(5), ItemId(fresh.dense_id(hidden).unwrap().0))
+    );
+    let (third, _) = refreshed(&fresh, refit, "refit-3", None, &store, &options(true)).unwrap();
+    assert!(third.recommend(UserId(5), &opts).is_ok());
+    assert!(matches!(
+        fresh.recommend(UserId(5), &opts),
+        Err(Error::Retired { serves: 1, .. })
+    ));
+}
+
+#[test]
+fn refits_need_an_attached_refresher_of_the_served_graph() {
+    let cat = catalogue();
+    let (graph, _) = cat.split(0.75).unwrap();
+    let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
+    let (rec, _) = build(&graph, None, None, &store, &options(false), |_, _| {}).unwrap();
+    assert!(matches!(rec.plan_refit(1), Err(Error::Config { .. })));
+    assert!(matches!(
+        rec.external_ids(1_000_000),
+        Err(Error::Config { .. })
+    ));
+    // A refresher over another graph is refused.
+    let other = cat.split(0.5).unwrap().0;
+    let small = BipartiteGraph::from_edges(
+        other.n_users(),
+        other.n_items() - 1,
+        (0..other.n_users() as u32).flat_map(|u| {
+            other
+                .items_of(UserId(u))
+                .iter()
+                .filter(|&&i| (i as usize) < other.n_items() - 1)
+                .map(move |&i| (UserId(u), ItemId(i)))
+                .collect::<Vec<_>>()
+        }),
+    )
+    .unwrap();
+    let t = Trainer::new(&small, &options(false).lightgcn).unwrap();
+    let r = Refresher::new(Training::Cpu(t), small).unwrap();
+    assert!(matches!(rec.with_refresher(r), Err(Error::Config { .. })));
+}
