@@ -146,15 +146,28 @@ pub fn refreshed(
     store: &Arc<Store>,
     opts: &PipelineOptions,
 ) -> Result<(Recommender, Installed)> {
-    let live = refit.live();
-    let ids = rec.external_ids(live.n_items())?;
+    let ids = rec.external_ids(refit.live().n_items())?;
+    let (snap, index) = publish(store, name, refit.live(), &ids, attrs, opts)?;
+    rec.refreshed(refit, snap, index)
+}
+
+/// `live`'s item embeddings written to generation `name` of `store` under `ids` (made
+/// current), and its HNSW index when `opts.hnsw` asks.
+fn publish(
+    store: &Arc<Store>,
+    name: &str,
+    live: &LiveModel,
+    ids: &[u64],
+    attrs: Option<Attrs<'_>>,
+    opts: &PipelineOptions,
+) -> Result<(Snapshot, Option<Hnsw>)> {
     export_items(
         store,
         name,
         opts.storage,
         live.items(),
         live.dim(),
-        &ids,
+        ids,
         attrs,
     )?;
     let snap = store.generation(name)?;
@@ -162,7 +175,7 @@ pub fn refreshed(
         Some(p) => Some(index_for(store, &snap, p)?),
         None => None,
     };
-    rec.refreshed(refit, snap, index)
+    Ok((snap, index))
 }
 
 /// A recommender for a trained `model` of `graph`: its item embeddings exported to
@@ -179,20 +192,7 @@ pub fn serve(
 ) -> Result<Recommender> {
     let live = LiveModel::new(model, graph, opts.live, opts.now)?;
     let ids = item_ids.unwrap_or_else(|| (0..live.n_items() as u64).collect());
-    export_items(
-        store,
-        &opts.generation,
-        opts.storage,
-        live.items(),
-        live.dim(),
-        &ids,
-        attrs,
-    )?;
-    let snap = store.generation(&opts.generation)?;
-    let index = match opts.hnsw {
-        Some(p) => Some(index_for(store, &snap, p)?),
-        None => None,
-    };
+    let (snap, index) = publish(store, &opts.generation, &live, &ids, attrs, opts)?;
     Recommender::new(snap, index, live, Some(ids), opts.interests)
 }
 
