@@ -292,12 +292,15 @@ fn main() -> anyhow::Result<()> {
             let refit = job.run(|_| {})?;
             seconds += refit.seconds();
             let t = Instant::now();
-            let installed = refresher.install(refit, &mut live)?;
+            let (installed, replaced) = refresher.install(refit, &mut live)?;
             let install_ms = t.elapsed().as_secs_f64() * 1e3;
+            let t = Instant::now();
+            drop(replaced);
+            let drop_ms = t.elapsed().as_secs_f64() * 1e3;
             done = e;
             let label = format!("warm_refit_epochs{e}");
             println!(
-                "model={label} refit_s={seconds:.1} plan_ms={plan_ms:.2} install_ms={install_ms:.2} graph_edges={}",
+                "model={label} refit_s={seconds:.1} plan_ms={plan_ms:.2} install_ms={install_ms:.2} drop_replaced_ms={drop_ms:.2} graph_edges={}",
                 installed.edges
             );
             let (a, f) = report(&label, live.users(), live.items())?;

@@ -311,13 +311,18 @@ impl Recommender {
         }
         check_index(&snap, index.as_ref())?;
         let fresh = fresh_rows(&snap);
-        let mut st = self.write();
-        let st = &mut *st;
-        let r = st.refresher.as_mut().ok_or_else(no_refresher)?;
-        let installed = r.install(refit, &mut st.live)?;
-        st.generation += 1;
-        st.popular = popular_order(st.live.item_counts());
-        st.since_refresh = 0;
+        let (installed, replaced, serves) = {
+            let mut st = self.write();
+            let st = &mut *st;
+            let r = st.refresher.as_mut().ok_or_else(no_refresher)?;
+            let (installed, replaced) = r.install(refit, &mut st.live)?;
+            st.generation += 1;
+            st.popular = popular_order(st.live.item_counts());
+            st.since_refresh = 0;
+            (installed, replaced, st.generation)
+        };
+        // The previous model's tables are freed outside the lock.
+        drop(replaced);
         Ok((
             Recommender {
                 snap,
@@ -325,7 +330,7 @@ impl Recommender {
                 index,
                 interests: self.interests,
                 state: Arc::clone(&self.state),
-                serves: st.generation,
+                serves,
             },
             installed,
         ))

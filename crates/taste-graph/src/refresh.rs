@@ -65,6 +65,19 @@ pub struct Installed {
     pub edges: usize,
 }
 
+/// What an install replaced: the previous live model, trainer and graph. Drop it after
+/// releasing the service's lock — freeing the old tables takes milliseconds at
+/// Gowalla's size, more at scale — or keep it to roll back by hand.
+#[derive(Debug)]
+pub struct Replaced {
+    /// The live model that was serving.
+    pub live: LiveModel,
+    /// The trainer behind it (shared with any job still planned from it).
+    pub training: Arc<Training>,
+    /// The graph it was trained on.
+    pub graph: Arc<BipartiteGraph>,
+}
+
 impl Refresher {
     /// A refresher for the live model built from `training`'s model on `graph` (the graph
     /// it trained on; sizes checked).
@@ -168,8 +181,9 @@ impl Refresher {
     /// and graph for the next plan. On an error nothing has changed. It costs one
     /// [`LiveModel::observe`] per event recorded since the plan plus a pass over the live
     /// items (users' tables are moved, not copied): that is how long a service holds its
-    /// write lock, so plan often enough to keep it short.
-    pub fn install(&mut self, refit: Refit, live: &mut LiveModel) -> Result<Installed> {
+    /// write lock, so plan often enough to keep it short; what it replaced comes back
+    /// to be dropped outside the lock.
+    pub fn install(&mut self, refit: Refit, live: &mut LiveModel) -> Result<(Installed, Replaced)> {
         if refit.generation != self.generation {
             return Err(Error::Stale {
                 planned: refit.generation,
@@ -220,12 +234,14 @@ impl Refresher {
             trained_items: refit.graph.n_items(),
             edges: refit.graph.n_edges(),
         };
-        *live = new;
+        let replaced = Replaced {
+            live: std::mem::replace(live, new),
+            training: std::mem::replace(&mut self.training, Arc::new(refit.training)),
+            graph: std::mem::replace(&mut self.graph, Arc::new(refit.graph)),
+        };
         self.events.drain(..refit.cut);
-        self.training = Arc::new(refit.training);
-        self.graph = Arc::new(refit.graph);
         self.generation += 1;
-        Ok(installed)
+        Ok((installed, replaced))
     }
 }
 

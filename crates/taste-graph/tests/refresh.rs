@@ -102,7 +102,12 @@ fn a_refit_is_the_regraphed_trainer_on_the_grown_graph() {
     assert_eq!(job.events(), 7);
     let refit = job.run(|_| {}).unwrap();
     assert_eq!(edges_of(refit.graph()), edges_of(&want));
-    let done = r.install(refit, &mut live).unwrap();
+    let serving = live.users().to_vec();
+    let (done, replaced) = r.install(refit, &mut live).unwrap();
+    // What it replaced comes back, to be freed outside the caller's lock.
+    assert_eq!(replaced.live.users(), &serving[..]);
+    assert_eq!(edges_of(&replaced.graph), edges_of(&g));
+    assert_eq!(replaced.training.epochs(), 2);
     assert_eq!(
         (
             done.folded,
@@ -156,7 +161,7 @@ fn events_during_the_refit_are_replayed_into_the_new_model() {
     for e in during {
         want.observe(e.user, e.item, e.kind, e.timestamp).unwrap();
     }
-    let done = r.install(refit, &mut live).unwrap();
+    let (done, _) = r.install(refit, &mut live).unwrap();
     assert_eq!((done.folded, done.replayed), (7, 4));
     assert_eq!(live.users(), want.users());
     assert_eq!(live.items(), want.items());
