@@ -111,8 +111,14 @@ fn start_cluster() -> Cluster {
     args.extend(addrs.iter().map(String::as_str));
     args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
     redis_cli(&args);
+    // Every node must be ok *and* know all three masters with their slots: a node can
+    // report cluster_state:ok while gossip about a master is still in flight.
     for p in &cluster.ports {
-        while !redis_cli(&["-p", &p.to_string(), "cluster", "info"]).contains("cluster_state:ok") {
+        loop {
+            let info = redis_cli(&["-p", &p.to_string(), "cluster", "info"]);
+            if info.contains("cluster_state:ok") && info.contains("cluster_size:3") {
+                break;
+            }
             assert!(Instant::now() < deadline, "the cluster did not become ok");
             std::thread::sleep(Duration::from_millis(100));
         }
