@@ -60,6 +60,12 @@ pub struct Interaction {
 }
 
 impl Interaction {
+    /// Whether this event, as the last of its (user, item) pair, puts the pair in the
+    /// graph: a positive kind with weight > 0 (a hide or weight 0 removes it).
+    pub(crate) fn adds_pair(&self) -> bool {
+        self.kind.is_positive() && self.weight > 0.0
+    }
+
     /// The weight must be finite and non-negative ([`Error::Graph`] naming the event).
     pub(crate) fn check_weight(&self) -> Result<()> {
         if self.weight.is_finite() && self.weight >= 0.0 {
@@ -128,30 +134,27 @@ impl Interactions {
     /// kind with weight > 0 adds the pair, a [`InteractionKind::Hide`] (or weight 0)
     /// removes it. Sorted by user, then item.
     pub fn positive_pairs(&self) -> Vec<(UserId, ItemId)> {
-        let mut order: Vec<usize> = (0..self.events.len()).collect();
-        order.sort_by_key(|&i| {
-            let e = &self.events[i];
-            (e.user, e.item, e.timestamp, i)
-        });
-        let mut out = Vec::new();
-        let mut k = 0;
-        while k < order.len() {
-            let first = &self.events[order[k]];
-            let mut last = first;
-            while k < order.len() {
-                let e = &self.events[order[k]];
-                if e.user != first.user || e.item != first.item {
-                    break;
-                }
-                last = e;
-                k += 1;
-            }
-            if last.kind.is_positive() && last.weight > 0.0 {
-                out.push((last.user, last.item));
-            }
-        }
-        out
+        deciding_events(&self.events)
+            .filter(|e| e.adds_pair())
+            .map(|e| (e.user, e.item))
+            .collect()
     }
+}
+
+/// The event that decides each (user, item) pair of `events`: its last in timestamp
+/// order (order in `events` among equal timestamps), pairs sorted by user, then item.
+pub(crate) fn deciding_events(events: &[Interaction]) -> impl Iterator<Item = &Interaction> {
+    let mut order: Vec<usize> = (0..events.len()).collect();
+    order.sort_by_key(|&i| {
+        let e = &events[i];
+        (e.user, e.item, e.timestamp, i)
+    });
+    let pair = |k: usize| (events[order[k]].user, events[order[k]].item);
+    let last: Vec<usize> = (0..order.len())
+        .filter(|&k| k + 1 == order.len() || pair(k + 1) != pair(k))
+        .map(|k| order[k])
+        .collect();
+    last.into_iter().map(move |i| &events[i])
 }
 
 #[cfg(test)]

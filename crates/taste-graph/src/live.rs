@@ -47,6 +47,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
@@ -321,17 +322,7 @@ impl LiveModel {
         now: u64,
     ) -> Result<Self> {
         config.validate()?;
-        if graph.n_users() != model.n_users() || graph.n_items() != model.n_items() {
-            return Err(Error::Graph {
-                message: format!(
-                    "the graph has {} users and {} items, the model {} and {}",
-                    graph.n_users(),
-                    graph.n_items(),
-                    model.n_users(),
-                    model.n_items()
-                ),
-            });
-        }
+        checkpoint::check_sizes(graph, model.n_users(), model.n_items())?;
         let (d, nu, ni, k) = (
             model.dim(),
             model.n_users(),

@@ -29,11 +29,12 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::ContentAggregator;
-use crate::interactions::Interaction;
+use crate::interactions::{Interaction, deciding_events};
 use crate::lightgcn::EpochStats;
 use crate::live::{LiveConfig, LiveModel};
 use crate::schedule::RateSwitch;
@@ -83,17 +84,7 @@ impl Refresher {
     /// it trained on; sizes checked).
     pub fn new(mut training: Training, graph: BipartiteGraph) -> Result<Self> {
         let model = training.model()?;
-        if model.n_users() != graph.n_users() || model.n_items() != graph.n_items() {
-            return Err(Error::Graph {
-                message: format!(
-                    "the graph has {} users and {} items, the trainer's model {} and {}",
-                    graph.n_users(),
-                    graph.n_items(),
-                    model.n_users(),
-                    model.n_items()
-                ),
-            });
-        }
+        checkpoint::check_sizes(&graph, model.n_users(), model.n_items())?;
         Ok(Refresher {
             training: Arc::new(training),
             graph: Arc::new(graph),
@@ -360,24 +351,12 @@ impl RefitJob {
                 ),
             });
         }
-        // The last event of each recorded pair decides, in timestamp order (recording
-        // order among equal timestamps); the trainer's graph is older than all of them.
-        let mut order: Vec<usize> = (0..self.events.len()).collect();
-        order.sort_by_key(|&k| {
-            let e = &self.events[k];
-            (e.user, e.item, e.timestamp, k)
-        });
+        // The last event of each recorded pair decides (as `positive_pairs` decides);
+        // the trainer's graph is older than all of them.
         let mut added = Vec::new();
         let mut removed = HashSet::new();
-        for (n, &k) in order.iter().enumerate() {
-            let e = &self.events[k];
-            let last_of_pair = order.get(n + 1).is_none_or(|&next| {
-                (self.events[next].user, self.events[next].item) != (e.user, e.item)
-            });
-            if !last_of_pair {
-                continue;
-            }
-            if e.kind.is_positive() && e.weight > 0.0 {
+        for e in deciding_events(&self.events) {
+            if e.adds_pair() {
                 added.push((e.user, e.item));
             } else {
                 removed.insert((e.user, e.item));
@@ -427,12 +406,18 @@ impl RefitJob {
         if let Some(lr) = self.lr {
             training.set_lr(lr)?;
         }
+        // The schedule counts the refit's own epochs; the trainer counts on from its own.
         let first = training.epochs();
+        let schedule: Vec<RateSwitch> = self
+            .schedule
+            .iter()
+            .map(|s| RateSwitch {
+                epoch: first + s.epoch,
+                ..*s
+            })
+            .collect();
         for _ in 0..self.epochs {
-            let own = training.epochs() - first + 1;
-            for switch in self.schedule.iter().filter(|s| s.epoch == own) {
-                training.apply_switch(switch)?;
-            }
+            training.apply_due(&schedule)?;
             on_epoch(&training.train_epoch(|_, _| {})?);
         }
         let mut live = LiveModel::new(training.model()?, &graph, self.config, self.now)?;
