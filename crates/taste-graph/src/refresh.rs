@@ -20,8 +20,9 @@
 //! (a later hide of a pair removes it, as [`Interactions::positive_pairs`] decides).
 //! Users and items added live become trained rows when they have a positive pair by then;
 //! from the first added user (item) without one on, users (items) stay live in the new
-//! model and their events are replayed instead — ids are dense, so the trained rows are
-//! a prefix — which keeps an item's content embedding until someone engages with it.
+//! model and their events are replayed instead (and kept for the next refit) — ids are
+//! dense, so the trained rows are a prefix — which keeps an item's content embedding
+//! until someone engages with it.
 //!
 //! [`Interactions::positive_pairs`]: crate::Interactions::positive_pairs
 
@@ -53,9 +54,12 @@ pub struct Refresher {
 /// What [`Refresher::install`] did.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Installed {
-    /// Events recorded before the plan that went into the refit graph or were replayed
-    /// by the job (they are dropped from the record).
+    /// Events recorded before the plan that the refit graph holds (dropped from the
+    /// record).
     pub folded: usize,
+    /// Events recorded before the plan on users or items that stay live: replayed by the
+    /// job and kept in the record for the next refit.
+    pub kept: usize,
     /// Events recorded after the plan, replayed into the new model during the install.
     pub replayed: usize,
     /// Users the refit trained (the rest stay live).
@@ -110,7 +114,8 @@ impl Refresher {
         Ok(())
     }
 
-    /// Events recorded since the graph of the current model, oldest first.
+    /// Events the current model's graph does not hold, oldest first: those recorded
+    /// since it was built, and earlier ones on users or items that stayed live.
     pub fn pending(&self) -> &[Interaction] {
         &self.events
     }
@@ -219,7 +224,8 @@ impl Refresher {
         }
         new.inherit_users(live)?;
         let installed = Installed {
-            folded: refit.cut,
+            folded: refit.cut - refit.kept.len(),
+            kept: refit.kept.len(),
             replayed: after.len(),
             trained_users: refit.graph.n_users(),
             trained_items: refit.graph.n_items(),
@@ -230,7 +236,7 @@ impl Refresher {
             training: std::mem::replace(&mut self.training, Arc::new(refit.training)),
             graph: std::mem::replace(&mut self.graph, Arc::new(refit.graph)),
         };
-        self.events.drain(..refit.cut);
+        self.events.splice(..refit.cut, refit.kept);
         self.generation += 1;
         Ok((installed, replaced))
     }
@@ -277,6 +283,8 @@ pub struct Refit {
     graph: BipartiteGraph,
     live: LiveModel,
     cut: usize,
+    /// The events up to `cut` that the graph does not hold (replayed into `live`).
+    kept: Vec<Interaction>,
     generation: u64,
     seconds: f64,
 }
@@ -439,6 +447,7 @@ impl RefitJob {
             graph,
             live,
             cut: self.events.len(),
+            kept: replay,
             generation: self.generation,
             seconds: start.elapsed().as_secs_f64(),
         })

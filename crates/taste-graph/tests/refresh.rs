@@ -214,6 +214,19 @@ fn live_items_without_a_positive_pair_stay_live_with_their_content() {
     // The engaged live item was replayed: user 1 saw it, and it has a count.
     assert!(live.seen(UserId(1)).contains(&(ni + 2)));
     assert_eq!(live.item_counts()[(ni + 2) as usize], 1);
+    // Its event is not in the graph: it stays recorded for the next refit...
+    assert_eq!(r.pending(), &[ev(1, ni + 2, InteractionKind::Click, 21)]);
+    // ...which trains both live items once the content-only one is engaged with.
+    r.observe(&mut live, ev(2, ni + 1, InteractionKind::Click, 22))
+        .unwrap();
+    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    assert_eq!(refit.graph().n_items(), g.n_items() + 3);
+    assert!(refit.graph().has_edge(UserId(1), ItemId(ni + 2)));
+    assert!(refit.graph().has_edge(UserId(2), ItemId(ni + 1)));
+    let (done, _) = r.install(refit, &mut live).unwrap();
+    assert_eq!((done.folded, done.kept, done.replayed), (2, 0, 0));
+    assert!(r.pending().is_empty());
+    assert_eq!(live.n_trained_items(), g.n_items() + 3);
 }
 
 #[test]
