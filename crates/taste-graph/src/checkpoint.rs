@@ -237,13 +237,18 @@ pub(crate) fn write(
     f32s(&mut out, m2);
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
+    write_atomic(path, &out)
+}
 
+/// Writes `bytes` to `path` atomically: `PATH.tmp`, synced, renamed over `PATH`, the
+/// directory synced.
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     let write = || -> std::io::Result<()> {
         let mut f = File::create(&tmp)?;
-        f.write_all(&out)?;
+        f.write_all(bytes)?;
         f.sync_all()
     };
     write().map_err(|e| Error::io(&tmp, e))?;

@@ -284,6 +284,8 @@ pub struct LiveModel {
     user_last: Vec<u64>,
     /// The latest time seen: construction's `now` or any event's.
     latest: u64,
+    /// Construction's `now`: the time the training interactions are dated.
+    trained_at: u64,
     recent: Vec<VecDeque<Recent>>,
     seen: Vec<Vec<u32>>,
     hidden: Vec<Vec<u32>>,
@@ -377,6 +379,7 @@ impl LiveModel {
             user_count,
             user_last: vec![now; nu],
             latest: now,
+            trained_at: now,
             recent,
             seen,
             hidden: vec![Vec::new(); nu],
@@ -487,6 +490,11 @@ impl LiveModel {
     /// The latest time the model has seen: the construction's `now` or a later event's.
     pub fn latest_time(&self) -> u64 {
         self.latest
+    }
+
+    /// The time the training interactions are dated: the construction's `now`.
+    pub fn trained_at(&self) -> u64 {
+        self.trained_at
     }
 
     /// Folds one interaction into `user`'s embedding. `user` and `item` are existing
@@ -900,6 +908,56 @@ impl LiveModel {
         }
         std::mem::swap(&mut self.hidden, &mut old.hidden);
         std::mem::swap(&mut self.recent, &mut old.recent);
+        Ok(())
+    }
+
+    /// Each user's hidden items (sorted) and recent positives, as
+    /// [`LiveModel::inherit_users`] moves them.
+    pub(crate) fn user_memory(&self) -> (&[Vec<u32>], &[VecDeque<Recent>]) {
+        (&self.hidden, &self.recent)
+    }
+
+    /// Replaces every user's hidden items and recent positives (one entry per user;
+    /// hidden lists sorted without repeats, items known; recent lists oldest first,
+    /// trimmed to the configured length).
+    pub(crate) fn set_user_memory(
+        &mut self,
+        hidden: Vec<Vec<u32>>,
+        mut recent: Vec<VecDeque<Recent>>,
+    ) -> Result<()> {
+        let (nu, ni) = (self.n_users(), self.n_items());
+        if hidden.len() != nu || recent.len() != nu {
+            return Err(Error::Graph {
+                message: format!(
+                    "hidden and recent items of {} and {} users for a model of {nu} users",
+                    hidden.len(),
+                    recent.len()
+                ),
+            });
+        }
+        for (u, h) in hidden.iter().enumerate() {
+            if let Some(w) = h.windows(2).find(|w| w[0] >= w[1]) {
+                return Err(Error::Graph {
+                    message: format!(
+                        "user {u}'s hidden items are not sorted and distinct ({} then {})",
+                        w[0], w[1]
+                    ),
+                });
+            }
+            let known = h.iter().map(|&i| i as usize);
+            let recent_items = recent[u].iter().map(|r| r.item.index());
+            if let Some(i) = known.chain(recent_items).find(|&i| i >= ni) {
+                return Err(Error::Graph {
+                    message: format!("user {u} remembers item {i}, the model has {ni} items"),
+                });
+            }
+        }
+        for r in &mut recent {
+            let excess = r.len().saturating_sub(self.config.recent);
+            r.drain(..excess);
+        }
+        self.hidden = hidden;
+        self.recent = recent;
         Ok(())
     }
 

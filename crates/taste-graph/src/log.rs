@@ -69,7 +69,7 @@ pub const LOG_HEADER_LEN: usize = 32;
 pub const LOG_RECORD_LEN: usize = 36;
 
 /// Length of an encoded event (a log record without seq and crc; a snapshot entry).
-const EVENT_LEN: usize = 24;
+pub(crate) const EVENT_LEN: usize = 24;
 const SNAPSHOT_HEADER_LEN: usize = 32;
 /// Pending appends are written to the file (not synced) once this many bytes are buffered.
 const FLUSH_BYTES: usize = 1 << 20;
@@ -94,7 +94,7 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(w)
 }
 
-fn encode_event(e: &Interaction, out: &mut Vec<u8>) {
+pub(crate) fn encode_event(e: &Interaction, out: &mut Vec<u8>) {
     out.extend_from_slice(&e.user.0.to_le_bytes());
     out.extend_from_slice(&e.item.0.to_le_bytes());
     out.extend_from_slice(&e.timestamp.to_le_bytes());
@@ -167,7 +167,7 @@ fn decode_record(b: &[u8], ids: bool) -> std::result::Result<Record, String> {
 }
 
 /// Decodes `EVENT_LEN` bytes; `Err` says what is invalid.
-fn decode_event(b: &[u8]) -> std::result::Result<Interaction, String> {
+pub(crate) fn decode_event(b: &[u8]) -> std::result::Result<Interaction, String> {
     let kind = InteractionKind::from_code(b[20])
         .ok_or_else(|| format!("unknown interaction kind code {}", b[20]))?;
     if b[21..24] != [0, 0, 0] {
@@ -839,6 +839,51 @@ pub struct Recovery {
     pub discarded_bytes: u64,
     /// Snapshot files that were unreadable and passed over for an older one.
     pub skipped_snapshots: Vec<PathBuf>,
+    /// Index in `events` of the first event replayed from a log (the snapshot's come
+    /// before it).
+    log_from: usize,
+    /// The seq of each event replayed from a log, in order.
+    log_seqs: Vec<u64>,
+}
+
+impl Recovery {
+    /// The recovered events with a seq above `seq`, oldest first: what a component that
+    /// saved its state through `seq` (e.g. [`crate::Refresher::save`]) has not seen.
+    ///
+    /// Refused when `seq` is below the loaded snapshot's (those events are in the
+    /// snapshot without their seqs: save such state before [`Journal::checkpoint`]) or
+    /// above the last recovered event (the state has seen events the journal lost: save
+    /// it with an acknowledged seq, [`Journal::sync`]).
+    pub fn events_after(&self, seq: u64) -> Result<&[Interaction]> {
+        if seq < self.snapshot_seq {
+            return Err(Error::Graph {
+                message: format!(
+                    "events after seq {seq} are wanted, but the journal's snapshot covers \
+                     up to seq {} and does not keep seqs: save state before checkpointing \
+                     the journal",
+                    self.snapshot_seq
+                ),
+            });
+        }
+        if seq > self.last_seq {
+            return Err(Error::Graph {
+                message: format!(
+                    "events after seq {seq} are wanted, but the journal ends at seq {}: the \
+                     state was saved with events the journal did not acknowledge",
+                    self.last_seq
+                ),
+            });
+        }
+        let start = self.log_from + self.log_seqs.partition_point(|&s| s <= seq);
+        self.events.events().get(start..).ok_or_else(|| Error::Graph {
+            message: format!(
+                "the recovery's events were changed: {} left, the logs replayed {} from index {}",
+                self.events.len(),
+                self.log_seqs.len(),
+                self.log_from
+            ),
+        })
+    }
 }
 
 /// A directory holding snapshots and event logs: `snapshot-<seq>.snap` covers events up
@@ -867,13 +912,19 @@ struct Recovered {
     events: Interactions,
     users: UserMap,
     items: ItemMap,
+    /// The seq of each event replayed from a log.
+    seqs: Vec<u64>,
 }
 
 impl Recovered {
-    /// Applies one replayed record, read at `offset` of `path`.
-    fn apply(&mut self, record: &Record, path: &Path, offset: u64) -> Result<()> {
+    /// Applies one replayed record with seq `seq`, read at `offset` of `path`.
+    fn apply(&mut self, record: &Record, seq: u64, path: &Path, offset: u64) -> Result<()> {
         match *record {
-            Record::Event(e) => self.events.push(e),
+            Record::Event(e) => {
+                self.events.push(e)?;
+                self.seqs.push(seq);
+                Ok(())
+            }
             Record::User { external, user } => assign(&mut self.users, external, user.0, "user")
                 .map_err(|m| corrupt(path, offset, m)),
             Record::Item { external, item } => assign(&mut self.items, external, item.0, "item")
@@ -1041,10 +1092,12 @@ impl Journal {
                 "snapshot seq is u64::MAX",
             )
         })?;
+        let log_from = snapshot.events.len();
         let mut state = Recovered {
             events: snapshot.events,
             users: snapshot.users,
             items: snapshot.items,
+            seqs: Vec::new(),
         };
         let replayed = replay_logs(&dir, &logs, from, &mut state).map_err(&with_context)?;
         let last_seq = replayed.log.next_seq() - 1;
@@ -1088,6 +1141,8 @@ impl Journal {
             last_seq,
             discarded_bytes: replayed.discarded_bytes,
             skipped_snapshots: skipped,
+            log_from,
+            log_seqs: state.seqs,
         };
         let journal = Journal {
             dir,
@@ -1349,7 +1404,7 @@ fn replay_logs(
         let skip = (cursor - first).min(log_events.len() as u64) as usize;
         for (i, r) in log_events.iter().enumerate().skip(skip) {
             let offset = (LOG_HEADER_LEN + i * LOG_RECORD_LEN) as u64;
-            state.apply(r, path, offset)?;
+            state.apply(r, first + i as u64, path, offset)?;
         }
         cursor = cursor.max(next_seq);
     }

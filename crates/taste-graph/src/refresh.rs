@@ -24,6 +24,10 @@
 //! dense, so the trained rows are a prefix — which keeps an item's content embedding
 //! until someone engages with it.
 //!
+//! [`Refresher::save`] writes the trainer, graph, recorded events and users' hidden and
+//! recent items to a directory; [`Refresher::load`] rebuilds the refresher and the live
+//! model after a restart.
+//!
 //! [`Interactions::positive_pairs`]: crate::Interactions::positive_pairs
 
 use std::collections::HashSet;
@@ -41,6 +45,10 @@ use crate::live::{LiveConfig, LiveModel};
 use crate::schedule::RateSwitch;
 use crate::training::Training;
 
+mod state;
+
+pub use state::{ModelFiles, Restored};
+
 /// Keeps the trainer and graph behind a [`LiveModel`] and the events observed since, and
 /// turns them into background refits.
 #[derive(Debug)]
@@ -49,6 +57,8 @@ pub struct Refresher {
     graph: Arc<BipartiteGraph>,
     events: Vec<Interaction>,
     generation: u64,
+    /// Names the current model's files in a state directory ([`Refresher::save`]).
+    stamp: u64,
 }
 
 /// What [`Refresher::install`] did.
@@ -94,6 +104,7 @@ impl Refresher {
             graph: Arc::new(graph),
             events: Vec::new(),
             generation: 0,
+            stamp: state::fresh_stamp(),
         })
     }
 
@@ -140,17 +151,7 @@ impl Refresher {
     /// aggregator and live items' content go into the new one). Run it anywhere with
     /// [`RefitJob::run`], then [`Refresher::install`] the result.
     pub fn plan(&self, live: &LiveModel, epochs: usize) -> Result<RefitJob> {
-        if live.n_users() < self.graph.n_users() || live.n_items() < self.graph.n_items() {
-            return Err(Error::Graph {
-                message: format!(
-                    "the live model has {} users and {} items, fewer than the refresher's graph ({} and {}): not the model it serves",
-                    live.n_users(),
-                    live.n_items(),
-                    self.graph.n_users(),
-                    self.graph.n_items()
-                ),
-            });
-        }
+        self.check_live(live)?;
         let content = (self.graph.n_items()..live.n_items())
             .map(|i| live.item_content(ItemId(i as u32)).map(Box::from))
             .collect();
@@ -169,6 +170,23 @@ impl Refresher {
             schedule: Vec::new(),
             generation: self.generation,
         })
+    }
+
+    /// `Err` unless `live` can be the model this refresher serves (at least its graph's
+    /// users and items).
+    fn check_live(&self, live: &LiveModel) -> Result<()> {
+        if live.n_users() < self.graph.n_users() || live.n_items() < self.graph.n_items() {
+            return Err(Error::Graph {
+                message: format!(
+                    "the live model has {} users and {} items, fewer than the refresher's graph ({} and {}): not the model it serves",
+                    live.n_users(),
+                    live.n_items(),
+                    self.graph.n_users(),
+                    self.graph.n_items()
+                ),
+            });
+        }
+        Ok(())
     }
 
     /// Swaps `refit` in for `live` (the model it was planned from, with every event
@@ -238,6 +256,7 @@ impl Refresher {
         };
         self.events.splice(..refit.cut, refit.kept);
         self.generation += 1;
+        self.stamp = state::fresh_stamp();
         Ok((installed, replaced))
     }
 }

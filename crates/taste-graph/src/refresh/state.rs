@@ -1,0 +1,503 @@
+//! A [`Refresher`]'s state on disk, so that a service restarted after a crash serves the
+//! model it served, with every event it had folded in.
+//!
+//! A state directory holds (tantivy-style: immutable files, one small meta file swapped
+//! atomically):
+//!
+//! - `trainer-<stamp>.ckpt`: the trainer ([`Training::save_checkpoint`]), written once
+//!   per installed model (the stamp names one model of one refresher);
+//! - `graph-<stamp>.graph`: the graph it trained on, written alongside;
+//! - `REFRESHER`: which stamp is current, the install generation, the journal seq the
+//!   state covers, when the training interactions are dated, the events recorded since
+//!   the graph, and each user's hidden and recent items (what a training graph does not
+//!   hold). Rewritten by every save (temp file, fsync, rename, directory fsync).
+//!
+//! A crash at any point leaves the previous `REFRESHER` and the files it names whole;
+//! files no meta names are removed by the next save.
+//!
+//! Graph file (little-endian): magic `MOSRFGR1`, format version (u32), users, items,
+//! edges (u64 each), each user's degree (u32), the items of every user in user order
+//! (u32), crc32 of everything before.
+//!
+//! Meta file: magic `MOSRFSH1`, format version (u32), stamp, generation, seq, trained-at
+//! time, the live model's users and items, recorded events (u64 each); the events (24
+//! bytes each, the event log's encoding); per user: hidden count (u32), hidden items
+//! (u32), recent count (u32), recent entries (item u32, weight f32, time u64); crc32 of
+//! everything before.
+
+use std::collections::VecDeque;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{Refresher, add_items_up_to};
+use crate::checkpoint::write_atomic;
+use crate::error::{Error, Result};
+use crate::graph::BipartiteGraph;
+use crate::ids::{ItemId, UserId};
+use crate::interactions::Interaction;
+use crate::live::{LiveConfig, LiveModel, Recent};
+use crate::log::{EVENT_LEN, decode_event, encode_event, sync_dir};
+use crate::training::Training;
+use mosaic_device::Selection;
+
+const META: &str = "REFRESHER";
+const META_MAGIC: &[u8; 8] = b"MOSRFSH1";
+const GRAPH_MAGIC: &[u8; 8] = b"MOSRFGR1";
+const FORMAT: u32 = 1;
+/// Meta header: magic, version, then seven u64 (the last: the event count).
+const META_HEADER: usize = 8 + 4 + 7 * 8;
+const GRAPH_HEADER: usize = 8 + 4 + 3 * 8;
+
+/// A refresher and live model rebuilt from a saved state ([`Refresher::load`]).
+#[derive(Debug)]
+pub struct Restored {
+    /// The trainer, graph and recorded events as saved, and the install generation.
+    pub refresher: Refresher,
+    /// The trainer's model with the recorded events folded in again and each user's
+    /// hidden and recent items as saved. Items added live come back without content
+    /// (give it again with [`LiveModel::set_item_content`] after setting an aggregator).
+    pub live: LiveModel,
+    /// The journal seq the state covers: observe the journal's events after it
+    /// ([`crate::Recovery::events_after`]) through the refresher.
+    pub through_seq: u64,
+}
+
+/// The trainer and graph files of a refresher's current model, to write outside the
+/// service's lock ([`Refresher::model_files`]).
+#[derive(Debug, Clone)]
+pub struct ModelFiles {
+    training: Arc<Training>,
+    graph: Arc<BipartiteGraph>,
+    stamp: u64,
+}
+
+impl ModelFiles {
+    /// Writes the trainer checkpoint and the graph to `dir` unless they are there
+    /// already (each atomically); [`Refresher::save`] then only writes the meta file.
+    pub fn write(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let graph = graph_path(dir, self.stamp);
+        if !graph.exists() {
+            write_graph(&graph, &self.graph)?;
+        }
+        let trainer = trainer_path(dir, self.stamp);
+        if !trainer.exists() {
+            self.training.save_checkpoint(&trainer, &self.graph)?;
+        }
+        Ok(())
+    }
+}
+
+/// A stamp no other model of this process has, and unlikely any other process's.
+pub(super) fn fresh_stamp() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // splitmix64 of the clock and a counter: distinct within the process, spread across.
+    let mut z = nanos ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ u64::from(std::process::id());
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+fn trainer_path(dir: &Path, stamp: u64) -> PathBuf {
+    dir.join(format!("trainer-{stamp:016x}.ckpt"))
+}
+
+fn graph_path(dir: &Path, stamp: u64) -> PathBuf {
+    dir.join(format!("graph-{stamp:016x}.graph"))
+}
+
+fn put_u32(out: &mut Vec<u8>, v: u32) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(out: &mut Vec<u8>, v: u64) {
+    out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// Reads little-endian values from a verified file body; running short is corruption.
+struct Cursor<'a> {
+    path: &'a Path,
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn corrupt(&self, message: impl Into<String>) -> Error {
+        Error::Corrupt {
+            path: self.path.to_path_buf(),
+            offset: self.at as u64,
+            message: message.into(),
+        }
+    }
+    fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8]> {
+        let end = self
+            .at
+            .checked_add(n)
+            .filter(|&e| e <= self.bytes.len())
+            .ok_or_else(|| self.corrupt(format!("file ends inside {what}")))?;
+        let b = &self.bytes[self.at..end];
+        self.at = end;
+        Ok(b)
+    }
+    fn u32(&mut self, what: &str) -> Result<u32> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    }
+    fn u64(&mut self, what: &str) -> Result<u64> {
+        let b = self.take(8, what)?;
+        let mut w = [0u8; 8];
+        w.copy_from_slice(b);
+        Ok(u64::from_le_bytes(w))
+    }
+    /// A count of `size`-byte entries that must fit in what is left.
+    fn count(&mut self, size: usize, what: &str) -> Result<usize> {
+        let n = self.u64(what)?;
+        self.fits(n, size, what)
+    }
+    fn fits(&self, n: u64, size: usize, what: &str) -> Result<usize> {
+        let left = (self.bytes.len() - self.at) as u64;
+        if n.checked_mul(size as u64).is_none_or(|b| b > left) {
+            return Err(self.corrupt(format!("{n} {what} do not fit the file")));
+        }
+        Ok(n as usize)
+    }
+}
+
+/// Reads `path`, checks the magic, version and trailing crc32; returns the body (crc
+/// excluded).
+fn read_verified(path: &Path, magic: &[u8; 8], header: usize, what: &str) -> Result<Vec<u8>> {
+    let mut bytes = fs::read(path).map_err(|e| Error::io(path, e))?;
+    let corrupt = |offset: usize, message: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        message,
+    };
+    if bytes.len() < header + 4 || &bytes[..8] != magic {
+        return Err(corrupt(0, format!("not a {what} (bad magic or too short)")));
+    }
+    let body = bytes.len() - 4;
+    let stored = u32::from_le_bytes([
+        bytes[body],
+        bytes[body + 1],
+        bytes[body + 2],
+        bytes[body + 3],
+    ]);
+    if crc32fast::hash(&bytes[..body]) != stored {
+        return Err(corrupt(body, format!("{what} checksum mismatch")));
+    }
+    let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
+    if version != FORMAT {
+        return Err(corrupt(
+            8,
+            format!("{what} format version {version}, this build reads {FORMAT}"),
+        ));
+    }
+    bytes.truncate(body);
+    Ok(bytes)
+}
+
+fn with_crc(mut out: Vec<u8>) -> Vec<u8> {
+    let crc = crc32fast::hash(&out);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out
+}
+
+fn write_graph(path: &Path, graph: &BipartiteGraph) -> Result<()> {
+    let mut out = Vec::with_capacity(GRAPH_HEADER + 4 * (graph.n_users() + graph.n_edges()) + 4);
+    out.extend_from_slice(GRAPH_MAGIC);
+    put_u32(&mut out, FORMAT);
+    for v in [graph.n_users(), graph.n_items(), graph.n_edges()] {
+        put_u64(&mut out, v as u64);
+    }
+    let users = (0..graph.n_users()).map(|u| graph.items_of(UserId(u as u32)));
+    for items in users.clone() {
+        put_u32(&mut out, items.len() as u32);
+    }
+    for items in users {
+        items.iter().for_each(|&i| put_u32(&mut out, i));
+    }
+    write_atomic(path, &with_crc(out))
+}
+
+fn read_graph(path: &Path) -> Result<BipartiteGraph> {
+    let bytes = read_verified(path, GRAPH_MAGIC, GRAPH_HEADER, "refresher graph file")?;
+    let mut r = Cursor {
+        path,
+        bytes: &bytes,
+        at: 12,
+    };
+    let n_users = r.u64("the user count")?;
+    let n_items = r.u64("the item count")?;
+    let n_edges = r.u64("the edge count")?;
+    let n_users = r.fits(n_users, 4, "user degrees")?;
+    let n_edges = r.fits(n_edges, 4, "edges")?;
+    let n_items = usize::try_from(n_items).map_err(|_| r.corrupt("item count overflows"))?;
+    let mut degrees = Vec::with_capacity(n_users);
+    for _ in 0..n_users {
+        degrees.push(r.u32("user degrees")? as usize);
+    }
+    if degrees.iter().sum::<usize>() != n_edges {
+        return Err(r.corrupt(format!("user degrees do not add up to {n_edges} edges")));
+    }
+    let mut edges = Vec::with_capacity(n_edges);
+    for (u, &deg) in degrees.iter().enumerate() {
+        for _ in 0..deg {
+            edges.push((UserId(u as u32), ItemId(r.u32("edges")?)));
+        }
+    }
+    if r.at != bytes.len() {
+        return Err(r.corrupt("bytes after the last edge"));
+    }
+    let graph =
+        BipartiteGraph::from_edges(n_users, n_items, edges).map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            message: format!("graph does not build: {e}"),
+        })?;
+    if graph.n_edges() != n_edges {
+        return Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            offset: 0,
+            message: format!(
+                "{n_edges} edges stored, {} distinct: a user lists an item twice",
+                graph.n_edges()
+            ),
+        });
+    }
+    Ok(graph)
+}
+
+/// What the meta file holds besides the files it names.
+struct Meta {
+    stamp: u64,
+    generation: u64,
+    through_seq: u64,
+    trained_at: u64,
+    n_users: usize,
+    n_items: usize,
+    events: Vec<Interaction>,
+    hidden: Vec<Vec<u32>>,
+    recent: Vec<VecDeque<Recent>>,
+}
+
+fn read_meta(path: &Path) -> Result<Meta> {
+    let bytes = read_verified(path, META_MAGIC, META_HEADER, "refresher state file")?;
+    let mut r = Cursor {
+        path,
+        bytes: &bytes,
+        at: 12,
+    };
+    let stamp = r.u64("the stamp")?;
+    let generation = r.u64("the generation")?;
+    let through_seq = r.u64("the seq")?;
+    let trained_at = r.u64("the trained-at time")?;
+    let n_users = r.count(8, "users")?;
+    let n_items =
+        usize::try_from(r.u64("the item count")?).map_err(|_| r.corrupt("item count overflows"))?;
+    let n_events = r.count(EVENT_LEN, "events")?;
+    let mut events = Vec::with_capacity(n_events);
+    for _ in 0..n_events {
+        let b = r.take(EVENT_LEN, "events")?;
+        events.push(decode_event(b).map_err(|m| r.corrupt(format!("recorded event: {m}")))?);
+    }
+    let mut hidden = Vec::with_capacity(n_users);
+    let mut recent = Vec::with_capacity(n_users);
+    for u in 0..n_users {
+        let n = r.u32("hidden counts")?;
+        let n = r.fits(n.into(), 4, "hidden items")?;
+        let mut h = Vec::with_capacity(n);
+        for _ in 0..n {
+            h.push(r.u32("hidden items")?);
+        }
+        hidden.push(h);
+        let n = r.u32("recent counts")?;
+        let n = r.fits(n.into(), 16, "recent items")?;
+        let mut q = VecDeque::with_capacity(n);
+        for _ in 0..n {
+            let item = ItemId(r.u32("recent items")?);
+            let weight = f32::from_bits(r.u32("recent items")?);
+            let time = r.u64("recent items")?;
+            if !weight.is_finite() || weight < 0.0 {
+                return Err(r.corrupt(format!(
+                    "user {u}'s recent item {} has weight {weight}",
+                    item.0
+                )));
+            }
+            q.push_back(Recent { item, weight, time });
+        }
+        recent.push(q);
+    }
+    if r.at != bytes.len() {
+        return Err(r.corrupt("bytes after the last user"));
+    }
+    Ok(Meta {
+        stamp,
+        generation,
+        through_seq,
+        trained_at,
+        n_users,
+        n_items,
+        events,
+        hidden,
+        recent,
+    })
+}
+
+impl Refresher {
+    /// Saves the state behind `live` (the model this refresher serves) to `dir`, as
+    /// covering the journal up to `through_seq`: every journal event up to that seq must
+    /// have gone through this refresher, and none after it (pass what
+    /// [`crate::Journal::sync`] acknowledged, and save before
+    /// [`crate::Journal::checkpoint`] drops the seqs of older events).
+    ///
+    /// The trainer and graph files are written once per installed model (a trainer
+    /// checkpoint: 54 MB at Gowalla's size); every save rewrites the meta file with the
+    /// events recorded since and each user's hidden and recent items. To keep a
+    /// service's lock short, write the model's files outside it first
+    /// ([`Refresher::model_files`]). Atomic: a crash leaves the previous save whole. One
+    /// saver per directory at a time.
+    pub fn save(&self, dir: impl AsRef<Path>, live: &LiveModel, through_seq: u64) -> Result<()> {
+        let dir = dir.as_ref();
+        self.check_live(live)?;
+        self.model_files().write(dir)?;
+        let mut out = Vec::with_capacity(META_HEADER + self.events.len() * EVENT_LEN + 4);
+        out.extend_from_slice(META_MAGIC);
+        put_u32(&mut out, FORMAT);
+        for v in [
+            self.stamp,
+            self.generation,
+            through_seq,
+            live.trained_at(),
+            live.n_users() as u64,
+            live.n_items() as u64,
+            self.events.len() as u64,
+        ] {
+            put_u64(&mut out, v);
+        }
+        for e in &self.events {
+            encode_event(e, &mut out);
+        }
+        let (hidden, recent) = live.user_memory();
+        for (h, q) in hidden.iter().zip(recent) {
+            put_u32(&mut out, h.len() as u32);
+            h.iter().for_each(|&i| put_u32(&mut out, i));
+            put_u32(&mut out, q.len() as u32);
+            for r in q {
+                put_u32(&mut out, r.item.0);
+                put_u32(&mut out, r.weight.to_bits());
+                put_u64(&mut out, r.time);
+            }
+        }
+        write_atomic(&dir.join(META), &with_crc(out))?;
+        remove_unnamed(dir, self.stamp)
+    }
+
+    /// The current model's trainer and graph (shared, not copied), to write with
+    /// [`ModelFiles::write`] while serving goes on.
+    pub fn model_files(&self) -> ModelFiles {
+        ModelFiles {
+            training: Arc::clone(&self.training),
+            graph: Arc::clone(&self.graph),
+            stamp: self.stamp,
+        }
+    }
+
+    /// Rebuilds the refresher and the live model saved in `dir` ([`Refresher::save`]),
+    /// training on `selection`'s device, the live model configured by `config`; `None`
+    /// when nothing was saved there.
+    ///
+    /// Then observe the journal's events after [`Restored::through_seq`] through the
+    /// refresher, set the aggregator and the content of items added live, and serve.
+    /// Damaged or mismatched files are an [`Error::Corrupt`].
+    pub fn load(
+        dir: impl AsRef<Path>,
+        selection: &Selection,
+        config: LiveConfig,
+    ) -> Result<Option<Restored>> {
+        let dir = dir.as_ref();
+        let meta_path = dir.join(META);
+        if !meta_path.exists() {
+            return Ok(None);
+        }
+        let meta = read_meta(&meta_path)?;
+        let graph_file = graph_path(dir, meta.stamp);
+        let graph = read_graph(&graph_file)?;
+        let mut training = Training::resume(&graph, &trainer_path(dir, meta.stamp), selection)?;
+        let mut live = LiveModel::new(training.model()?, &graph, config, meta.trained_at)?;
+        let mismatch = |message: String| Error::Corrupt {
+            path: meta_path.clone(),
+            offset: 0,
+            message,
+        };
+        for e in &meta.events {
+            if e.item.index() >= meta.n_items {
+                return Err(mismatch(format!(
+                    "recorded event on item {} of a model with {} items",
+                    e.item.0, meta.n_items
+                )));
+            }
+            add_items_up_to(&mut live, e.item.index() + 1, |_| None)?;
+            live.observe(e.user, e.item, e.kind, e.timestamp)
+                .map_err(|err| mismatch(format!("recorded event does not replay: {err}")))?;
+        }
+        add_items_up_to(&mut live, meta.n_items, |_| None)?;
+        if live.n_users() != meta.n_users || live.n_items() != meta.n_items {
+            return Err(mismatch(format!(
+                "the replayed model has {} users and {} items, the saved one had {} and {}",
+                live.n_users(),
+                live.n_items(),
+                meta.n_users,
+                meta.n_items
+            )));
+        }
+        live.set_user_memory(meta.hidden, meta.recent)
+            .map_err(|err| mismatch(err.to_string()))?;
+        let refresher = Refresher {
+            training: Arc::new(training),
+            graph: Arc::new(graph),
+            events: meta.events,
+            generation: meta.generation,
+            stamp: meta.stamp,
+        };
+        Ok(Some(Restored {
+            refresher,
+            live,
+            through_seq: meta.through_seq,
+        }))
+    }
+}
+
+/// Removes trainer and graph files (and their temp files) of other stamps from `dir`.
+fn remove_unnamed(dir: &Path, stamp: u64) -> Result<()> {
+    let keep = [
+        format!("trainer-{stamp:016x}.ckpt"),
+        format!("graph-{stamp:016x}.graph"),
+    ];
+    let mut removed = false;
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let ours = name.starts_with("trainer-") || name.starts_with("graph-");
+        if ours && !keep.contains(&name) {
+            let p = entry.path();
+            match fs::remove_file(&p) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&p, e)),
+            }
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}

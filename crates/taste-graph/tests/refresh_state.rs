@@ -1,0 +1,229 @@
+//! A refresher's state on disk ([`Refresher::save`] / [`Refresher::load`]) and the
+//! journal events after it ([`Recovery::events_after`]): a restart serves exactly the
+//! model that was served, and damage is refused.
+
+use std::path::Path;
+
+use taste_graph::{
+    BipartiteGraph, DeviceSpec, Error, Interaction, InteractionKind, ItemId, Journal,
+    LightGcnConfig, LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
+};
+
+mod common;
+use common::{edges_of, random_graph};
+
+fn config() -> LightGcnConfig {
+    LightGcnConfig::new()
+        .dim(8)
+        .layers(2)
+        .batch_size(64)
+        .lr(1e-2)
+        .seed(11)
+}
+
+fn ev(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
+    Interaction {
+        user: UserId(u),
+        item: ItemId(i),
+        kind,
+        weight: 1.0,
+        timestamp: t,
+    }
+}
+
+fn serving(g: &BipartiteGraph) -> (Refresher, LiveModel) {
+    let mut t = Trainer::new(g, &config()).unwrap();
+    t.train_epoch(|_, _| {}).unwrap();
+    let live = LiveModel::new(t.model(), g, LiveConfig::new().recent(4), 10).unwrap();
+    (Refresher::new(Training::Cpu(t), g.clone()).unwrap(), live)
+}
+
+fn first_non_edge(g: &BipartiteGraph, u: u32) -> u32 {
+    (0..g.n_items() as u32)
+        .find(|&i| !g.has_edge(UserId(u), ItemId(i)))
+        .unwrap()
+}
+
+/// Events on trained and new users and items, a hide, and a new item nobody engaged
+/// with positively (it stays live through a refit).
+fn events(g: &BipartiteGraph, t0: u64) -> Vec<Interaction> {
+    let (nu, ni) = (g.n_users() as u32, g.n_items() as u32);
+    vec![
+        ev(0, first_non_edge(g, 0), InteractionKind::Click, t0),
+        ev(nu, 3, InteractionKind::Save, t0 + 1),
+        ev(4, ni, InteractionKind::Click, t0 + 2),
+        ev(1, g.items_of(UserId(1))[0], InteractionKind::Hide, t0 + 3),
+        ev(2, ni + 1, InteractionKind::Hide, t0 + 4),
+        ev(0, 5, InteractionKind::Save, t0 + 5),
+    ]
+}
+
+fn load(dir: &Path) -> taste_graph::Restored {
+    let cpu = DeviceSpec::Cpu.select().unwrap();
+    Refresher::load(dir, &cpu, LiveConfig::new().recent(4))
+        .unwrap()
+        .expect("a saved state")
+}
+
+fn assert_same_live(a: &LiveModel, b: &LiveModel) {
+    assert_eq!((a.n_users(), a.n_items()), (b.n_users(), b.n_items()));
+    assert_eq!(a.users(), b.users());
+    assert_eq!(a.items(), b.items());
+    assert_eq!(a.item_counts(), b.item_counts());
+    assert_eq!(a.trained_at(), b.trained_at());
+    for u in 0..a.n_users() as u32 {
+        let u = UserId(u);
+        assert_eq!(a.hidden(u), b.hidden(u), "hidden items of {u:?}");
+        assert_eq!(a.seen(u), b.seen(u), "seen items of {u:?}");
+        let (ra, rb): (Vec<_>, Vec<_>) = (a.recent(u).collect(), b.recent(u).collect());
+        assert_eq!(ra, rb, "recent items of {u:?}");
+    }
+}
+
+fn files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
+    let g = random_graph(30, 25, 160, 21);
+    let (mut r, mut live) = serving(&g);
+    let dir = tempfile::tempdir().unwrap();
+    assert!(
+        Refresher::load(
+            dir.path(),
+            &DeviceSpec::Cpu.select().unwrap(),
+            LiveConfig::new()
+        )
+        .unwrap()
+        .is_none()
+    );
+    for e in events(&g, 20) {
+        r.observe(&mut live, e).unwrap();
+    }
+    r.save(dir.path(), &live, 6).unwrap();
+    let back = load(dir.path());
+    assert_eq!(back.through_seq, 6);
+    assert_same_live(&back.live, &live);
+    assert_eq!(back.refresher.pending(), r.pending());
+    assert_eq!(edges_of(back.refresher.graph()), edges_of(&g));
+    assert_eq!(back.refresher.generation(), 0);
+
+    // A refit from either gives the same model.
+    let (mut r2, mut live2) = (back.refresher, back.live);
+    let refit = r.plan(&live, 2).unwrap().run(|_| {}).unwrap();
+    let refit2 = r2.plan(&live2, 2).unwrap().run(|_| {}).unwrap();
+    let (done, _) = r.install(refit, &mut live).unwrap();
+    r2.install(refit2, &mut live2).unwrap();
+    assert_same_live(&live2, &live);
+    // The new item with only a hide stays live, and its event stays recorded.
+    assert_eq!(done.kept, 1);
+    assert_eq!(r.pending().len(), 1);
+
+    // After an install the next save writes the new model's files and removes the old.
+    let before = files(dir.path());
+    r.observe(&mut live, ev(3, 7, InteractionKind::Click, 50))
+        .unwrap();
+    // The model's files can be written first, outside a service's lock.
+    r.model_files().write(dir.path()).unwrap();
+    assert_eq!(files(dir.path()).len(), 5);
+    r.save(dir.path(), &live, 9).unwrap();
+    let after = files(dir.path());
+    assert_eq!(after.len(), 3, "{after:?}");
+    assert!(
+        after
+            .iter()
+            .all(|f| !before.contains(f) || f == "REFRESHER")
+    );
+    let back = load(dir.path());
+    assert_eq!(back.through_seq, 9);
+    assert_eq!(back.refresher.generation(), 1);
+    assert_eq!(back.refresher.pending(), r.pending());
+    assert_same_live(&back.live, &live);
+}
+
+#[test]
+fn a_damaged_or_mismatched_state_is_refused() {
+    let g = random_graph(20, 15, 90, 22);
+    let (mut r, mut live) = serving(&g);
+    for e in events(&g, 20) {
+        r.observe(&mut live, e).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    r.save(dir.path(), &live, 6).unwrap();
+    let cpu = DeviceSpec::Cpu.select().unwrap();
+    let reload = || Refresher::load(dir.path(), &cpu, LiveConfig::new().recent(4));
+    for name in files(dir.path()) {
+        let path = dir.path().join(&name);
+        let good = std::fs::read(&path).unwrap();
+        // A flipped byte anywhere (a checksum) and a torn file are corruption.
+        let mut bad = good.clone();
+        let at = bad.len() / 2;
+        bad[at] ^= 0x40;
+        std::fs::write(&path, &bad).unwrap();
+        let err = reload().unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err}");
+        std::fs::write(&path, &good[..good.len() - 9]).unwrap();
+        let err = reload().unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err}");
+        std::fs::write(&path, &good).unwrap();
+        assert!(reload().is_ok());
+    }
+    // A live model that is not the one served is refused at save.
+    let small = random_graph(5, 5, 10, 1);
+    let t = Trainer::new(&small, &config()).unwrap();
+    let other = LiveModel::new(t.model(), &small, LiveConfig::new(), 0).unwrap();
+    assert!(matches!(
+        r.save(dir.path(), &other, 7),
+        Err(Error::Graph { .. })
+    ));
+}
+
+#[test]
+fn the_journal_gives_the_events_after_a_saved_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let kinds = [InteractionKind::Click, InteractionKind::Save];
+    let mut seqs = Vec::new();
+    {
+        let (mut j, _) = Journal::open(dir.path()).unwrap();
+        // External ids: new users and items log id records, which take seqs too.
+        for k in 0..6u64 {
+            let (seq, _) = j
+                .record_external(100 + k % 3, 200 + k, kinds[k as usize % 2], 1.0, k)
+                .unwrap();
+            seqs.push(seq);
+        }
+        j.sync().unwrap();
+    }
+    let (mut j, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.events.len(), 6);
+    assert_eq!(rec.events_after(0).unwrap().len(), 6);
+    for (n, &seq) in seqs.iter().enumerate() {
+        let after = rec.events_after(seq).unwrap();
+        assert_eq!(after, &rec.events.events()[n + 1..], "after seq {seq}");
+    }
+    // Past the last event: the state saw events the journal does not have.
+    assert!(matches!(
+        rec.events_after(rec.last_seq + 1),
+        Err(Error::Graph { .. })
+    ));
+    // After a checkpoint the snapshot's events have no seqs: older saves are refused.
+    let snap = j.checkpoint(&rec.events).unwrap();
+    let (e, _) = j
+        .record_external(100, 300, InteractionKind::Click, 1.0, 9)
+        .unwrap();
+    j.sync().unwrap();
+    drop(j);
+    let (_, rec) = Journal::open(dir.path()).unwrap();
+    assert!(matches!(
+        rec.events_after(seqs[2]),
+        Err(Error::Graph { .. })
+    ));
+    assert_eq!(rec.events_after(snap).unwrap().len(), 1);
+    assert!(rec.events_after(e).unwrap().is_empty());
+}
