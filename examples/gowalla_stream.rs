@@ -9,7 +9,11 @@
 //! kept), train a few more epochs and install the new live model — the periodic job that
 //! re-optimises the items and the users who streamed nothing; beside it, as a control,
 //! the stale trainer continued as long on the graph without the streamed interactions
-//! (what the extra epochs give by themselves).
+//! (what the extra epochs give by themselves). `--state-dir DIR` (with `--warm-epochs`)
+//! saves the refresher's state there before the refits and after the last
+//! (`Refresher::save`), loads it back as a restarted service would
+//! (`Refresher::load`), checks the restored live model is the served one bit for bit,
+//! and prints the times.
 //!
 //! ```text
 //! cargo run --release --example gowalla_stream -- --data ../shared/datasets/gowalla --epochs 20
@@ -94,6 +98,49 @@ struct Args {
     /// `EPOCH:LR[:BATCH],...` (e.g. to train the stale model to convergence).
     #[arg(long, value_delimiter = ',')]
     schedule: Vec<RateSwitch>,
+    /// Save and reload the refresher's state in this directory (with `--warm-epochs`).
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+}
+
+/// Saves `refresher`'s state to `dir` (the capture a service does under its lock, then
+/// the write, timed apart), loads it back, and checks the restored live model equals
+/// `live`.
+fn save_and_restore(
+    label: &str,
+    refresher: &Refresher,
+    live: &LiveModel,
+    dir: &std::path::Path,
+    through_seq: u64,
+    device: &Selection,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let state = refresher.state(live, through_seq)?;
+    let capture_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t = Instant::now();
+    state.write(dir)?;
+    let write_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let restored = Refresher::load(dir, device, *live.config())?
+        .context("the state just saved is not there")?;
+    let load_s = t.elapsed().as_secs_f64();
+    let same = restored.live.users() == live.users()
+        && restored.live.items() == live.items()
+        && restored.refresher.pending() == refresher.pending()
+        && (0..live.n_users() as u32).all(|u| {
+            let u = UserId(u);
+            restored.live.hidden(u) == live.hidden(u) && restored.live.recent(u).eq(live.recent(u))
+        });
+    anyhow::ensure!(
+        same,
+        "{label}: the restored live model differs from the served one"
+    );
+    println!(
+        "state={label} pending={} meta_bytes={} capture_ms={capture_ms:.1} write_s={write_s:.2} load_s={load_s:.2} restored_equal=true",
+        refresher.pending().len(),
+        state.meta_bytes()
+    );
+    Ok(())
 }
 
 fn train(
@@ -281,6 +328,16 @@ fn main() -> anyhow::Result<()> {
             };
             refresher.observe(&mut live, event)?;
         }
+        if let Some(dir) = &args.state_dir {
+            save_and_restore(
+                "streamed",
+                &refresher,
+                &live,
+                dir,
+                stream.len() as u64,
+                &device,
+            )?;
+        }
         let (mut done, mut seconds) = (0, 0.0);
         for &e in warm_epochs.iter().filter(|&&e| e > 0) {
             let t = Instant::now();
@@ -305,6 +362,16 @@ fn main() -> anyhow::Result<()> {
             );
             let (a, f) = report(&label, live.users(), live.items())?;
             refits.push((label, a, f));
+        }
+        if let Some(dir) = &args.state_dir {
+            save_and_restore(
+                "refitted",
+                &refresher,
+                &live,
+                dir,
+                stream.len() as u64,
+                &device,
+            )?;
         }
     }
     let retrained = train(

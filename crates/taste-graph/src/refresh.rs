@@ -47,7 +47,7 @@ use crate::training::Training;
 
 mod state;
 
-pub use state::{ModelFiles, Restored};
+pub use state::{RefresherState, Restored};
 
 /// Keeps the trainer and graph behind a [`LiveModel`] and the events observed since, and
 /// turns them into background refits.

@@ -129,10 +129,13 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
     let before = files(dir.path());
     r.observe(&mut live, ev(3, 7, InteractionKind::Click, 50))
         .unwrap();
-    // The model's files can be written first, outside a service's lock.
-    r.model_files().write(dir.path()).unwrap();
-    assert_eq!(files(dir.path()).len(), 5);
-    r.save(dir.path(), &live, 9).unwrap();
+    // Captured (under a service's lock), then written (outside it).
+    let state = r.state(&live, 9).unwrap();
+    r.observe(&mut live, ev(3, 8, InteractionKind::Click, 51))
+        .unwrap();
+    state.write(dir.path()).unwrap();
+    assert_eq!(load(dir.path()).refresher.pending().len(), 2);
+    r.save(dir.path(), &live, 10).unwrap();
     let after = files(dir.path());
     assert_eq!(after.len(), 3, "{after:?}");
     assert!(
@@ -141,7 +144,7 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
             .all(|f| !before.contains(f) || f == "REFRESHER")
     );
     let back = load(dir.path());
-    assert_eq!(back.through_seq, 9);
+    assert_eq!(back.through_seq, 10);
     assert_eq!(back.refresher.generation(), 1);
     assert_eq!(back.refresher.pending(), r.pending());
     assert_same_live(&back.live, &live);

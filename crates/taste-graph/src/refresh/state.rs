@@ -64,18 +64,22 @@ pub struct Restored {
     pub through_seq: u64,
 }
 
-/// The trainer and graph files of a refresher's current model, to write outside the
-/// service's lock ([`Refresher::model_files`]).
+/// A refresher's state captured for writing ([`Refresher::state`]): the current model's
+/// trainer and graph (shared, not copied) and the encoded meta file. Capture it under
+/// the service's lock, write it outside.
 #[derive(Debug, Clone)]
-pub struct ModelFiles {
+pub struct RefresherState {
     training: Arc<Training>,
     graph: Arc<BipartiteGraph>,
     stamp: u64,
+    meta: Vec<u8>,
 }
 
-impl ModelFiles {
-    /// Writes the trainer checkpoint and the graph to `dir` unless they are there
-    /// already (each atomically); [`Refresher::save`] then only writes the meta file.
+impl RefresherState {
+    /// Writes the state to `dir`: the trainer checkpoint and the graph unless a previous
+    /// write of the same model left them there, then the meta file, each atomically;
+    /// then removes the files of other models. A crash at any point leaves the previous
+    /// write whole. One writer per directory at a time.
     pub fn write(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -87,7 +91,13 @@ impl ModelFiles {
         if !trainer.exists() {
             self.training.save_checkpoint(&trainer, &self.graph)?;
         }
-        Ok(())
+        write_atomic(&dir.join(META), &self.meta)?;
+        remove_unnamed(dir, self.stamp)
+    }
+
+    /// Bytes of the meta file (the part that grows with the events and the users).
+    pub fn meta_bytes(&self) -> usize {
+        self.meta.len()
     }
 }
 
@@ -359,14 +369,18 @@ impl Refresher {
     ///
     /// The trainer and graph files are written once per installed model (a trainer
     /// checkpoint: 54 MB at Gowalla's size); every save rewrites the meta file with the
-    /// events recorded since and each user's hidden and recent items. To keep a
-    /// service's lock short, write the model's files outside it first
-    /// ([`Refresher::model_files`]). Atomic: a crash leaves the previous save whole. One
-    /// saver per directory at a time.
+    /// events recorded since and each user's hidden and recent items. The same as
+    /// [`Refresher::state`] then [`RefresherState::write`], which a service splits to
+    /// hold its lock only for the capture.
     pub fn save(&self, dir: impl AsRef<Path>, live: &LiveModel, through_seq: u64) -> Result<()> {
-        let dir = dir.as_ref();
+        self.state(live, through_seq)?.write(dir)
+    }
+
+    /// Captures the state behind `live` as covering the journal up to `through_seq`
+    /// (see [`Refresher::save`]): shares the trainer and graph and encodes the meta file,
+    /// O(recorded events + users' hidden and recent items).
+    pub fn state(&self, live: &LiveModel, through_seq: u64) -> Result<RefresherState> {
         self.check_live(live)?;
-        self.model_files().write(dir)?;
         let mut out = Vec::with_capacity(META_HEADER + self.events.len() * EVENT_LEN + 4);
         out.extend_from_slice(META_MAGIC);
         put_u32(&mut out, FORMAT);
@@ -395,18 +409,12 @@ impl Refresher {
                 put_u64(&mut out, r.time);
             }
         }
-        write_atomic(&dir.join(META), &with_crc(out))?;
-        remove_unnamed(dir, self.stamp)
-    }
-
-    /// The current model's trainer and graph (shared, not copied), to write with
-    /// [`ModelFiles::write`] while serving goes on.
-    pub fn model_files(&self) -> ModelFiles {
-        ModelFiles {
+        Ok(RefresherState {
             training: Arc::clone(&self.training),
             graph: Arc::clone(&self.graph),
             stamp: self.stamp,
-        }
+            meta: with_crc(out),
+        })
     }
 
     /// Rebuilds the refresher and the live model saved in `dir` ([`Refresher::save`]),
