@@ -9,7 +9,9 @@
 //! kept), train a few more epochs and install the new live model — the periodic job that
 //! re-optimises the items and the users who streamed nothing; beside it, as a control,
 //! the stale trainer continued as long on the graph without the streamed interactions
-//! (what the extra epochs give by themselves). `--state-dir DIR` (with `--warm-epochs`)
+//! (what the extra epochs give by themselves). `--during-refit N` holds the last N
+//! streamed events back until the first refit has run and catches the refit up with them
+//! (`Refit::catch_up`) before installing it, timing both. `--state-dir DIR` (with `--warm-epochs`)
 //! saves the refresher's state there before the refits and after the last
 //! (`Refresher::save`), loads it back as a restarted service would
 //! (`Refresher::load`), checks the restored live model is the served one bit for bit,
@@ -98,6 +100,11 @@ struct Args {
     /// `EPOCH:LR[:BATCH],...` (e.g. to train the stale model to convergence).
     #[arg(long, value_delimiter = ',')]
     schedule: Vec<RateSwitch>,
+    /// With `--warm-epochs`: this many of the streamed events (the last ones) arrive
+    /// while the first refit runs; they are caught up (`Refit::catch_up`) before its
+    /// install, and the copy and replay are timed.
+    #[arg(long, default_value_t = 0)]
+    during_refit: usize,
     /// Save and reload the refresher's state in this directory (with `--warm-epochs`).
     #[arg(long)]
     state_dir: Option<PathBuf>,
@@ -318,15 +325,18 @@ fn main() -> anyhow::Result<()> {
         // installed) continue the stale trainer on the grown graph.
         let mut refresher = Refresher::new(stale_fit.regraph(&kept)?, kept.clone())?;
         let mut live = base_live.clone();
-        for &(user, item) in &stream {
-            let event = Interaction {
-                user,
-                item,
-                kind: InteractionKind::Click,
-                weight: 1.0,
-                timestamp: 1,
-            };
-            refresher.observe(&mut live, event)?;
+        let click = |&(user, item): &(UserId, ItemId)| Interaction {
+            user,
+            item,
+            kind: InteractionKind::Click,
+            weight: 1.0,
+            timestamp: 1,
+        };
+        // The last `--during-refit` events arrive while the first refit runs.
+        let during = args.during_refit.min(stream.len());
+        let (before, mut later) = stream.split_at(stream.len() - during);
+        for p in before {
+            refresher.observe(&mut live, click(p))?;
         }
         if let Some(dir) = &args.state_dir {
             save_and_restore(
@@ -346,8 +356,24 @@ fn main() -> anyhow::Result<()> {
             if let Some(lr) = args.warm_lr {
                 job = job.lr(lr);
             }
-            let refit = job.run(|_| {})?;
+            let mut refit = job.run(|_| {})?;
             seconds += refit.seconds();
+            if !later.is_empty() {
+                for p in later {
+                    refresher.observe(&mut live, click(p))?;
+                }
+                let t = Instant::now();
+                let copy = refresher.catch_up(&refit, &live)?;
+                let copy_ms = t.elapsed().as_secs_f64() * 1e3;
+                let t = Instant::now();
+                refit = refit.catch_up(copy)?;
+                let replay_ms = t.elapsed().as_secs_f64() * 1e3;
+                println!(
+                    "during_refit={} catch_up_copy_ms={copy_ms:.2} catch_up_replay_ms={replay_ms:.2}",
+                    later.len()
+                );
+                later = &[];
+            }
             let t = Instant::now();
             let (installed, replaced) = refresher.install(refit, &mut live)?;
             let install_ms = t.elapsed().as_secs_f64() * 1e3;
@@ -357,8 +383,8 @@ fn main() -> anyhow::Result<()> {
             done = e;
             let label = format!("warm_refit_epochs{e}");
             println!(
-                "model={label} refit_s={seconds:.1} plan_ms={plan_ms:.2} install_ms={install_ms:.2} drop_replaced_ms={drop_ms:.2} graph_edges={}",
-                installed.edges
+                "model={label} refit_s={seconds:.1} plan_ms={plan_ms:.2} install_ms={install_ms:.2} install_replayed={} drop_replaced_ms={drop_ms:.2} graph_edges={}",
+                installed.replayed, installed.edges
             );
             let (a, f) = report(&label, live.users(), live.items())?;
             refits.push((label, a, f));

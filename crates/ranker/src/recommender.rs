@@ -288,8 +288,9 @@ impl Recommender {
             })
     }
 
-    /// Installs `refit` into the shared taste graph ([`Refresher::install`]: the events
-    /// recorded since its plan are replayed) and returns the recommender that serves it
+    /// Installs `refit` into the shared taste graph ([`Refresher::install`]; the events
+    /// recorded since its plan are replayed, most of them outside the write lock
+    /// ([`Refit::catch_up`])) and returns the recommender that serves it
     /// over `snap` (the refit's item embeddings, exported under
     /// [`Recommender::external_ids`]) and `index` (built from `snap`, cosine). Swap it in
     /// for this one: from the install on, this one's `recommend` answers
@@ -311,6 +312,14 @@ impl Recommender {
         }
         check_index(&snap, index.as_ref())?;
         let fresh = fresh_rows(&snap);
+        // Events recorded during the refit are copied under the read lock and replayed
+        // outside any lock; the install replays only those that arrive meanwhile.
+        let copy = {
+            let st = self.read();
+            let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
+            r.catch_up(&refit, &st.live)?
+        };
+        let refit = refit.catch_up(copy)?;
         let (installed, replaced, serves) = {
             let mut st = self.write();
             let st = &mut *st;

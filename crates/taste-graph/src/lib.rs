@@ -66,7 +66,9 @@ pub use log::{EventLog, GraphSnapshot, Journal, Record, Recovery, Replay};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use optim::{AdamConfig, AdamState};
-pub use refresh::{Installed, Refit, RefitJob, Refresher, RefresherState, Replaced, Restored};
+pub use refresh::{
+    CatchUp, Installed, Refit, RefitJob, Refresher, RefresherState, Replaced, Restored,
+};
 pub use schedule::RateSwitch;
 pub use sparse::Csr;
 pub use training::Training;

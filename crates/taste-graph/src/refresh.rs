@@ -70,8 +70,12 @@ pub struct Installed {
     /// Events recorded before the plan on users or items that stay live: replayed by the
     /// job and kept in the record for the next refit.
     pub kept: usize,
-    /// Events recorded after the plan, replayed into the new model during the install.
+    /// Events recorded after the plan (or after the last [`Refit::catch_up`]), replayed
+    /// into the new model during the install.
     pub replayed: usize,
+    /// Events recorded after the plan that [`Refit::catch_up`] replayed before the
+    /// install.
+    pub caught_up: usize,
     /// Users the refit trained (the rest stay live).
     pub trained_users: usize,
     /// Items the refit trained.
@@ -189,32 +193,57 @@ impl Refresher {
         Ok(())
     }
 
-    /// Swaps `refit` in for `live` (the model it was planned from, with every event
-    /// since): replays the events recorded after the plan, carries over each user's
-    /// hidden and recent items and the live items' content, and keeps the refit's trainer
-    /// and graph for the next plan. On an error nothing has changed. It costs one
-    /// [`LiveModel::observe`] per event recorded since the plan plus a pass over the live
-    /// items (users' tables are moved, not copied): that is how long a service holds its
-    /// write lock, so plan often enough to keep it short; what it replaced comes back
-    /// to be dropped outside the lock.
-    pub fn install(&mut self, refit: Refit, live: &mut LiveModel) -> Result<(Installed, Replaced)> {
+    /// Copies what `refit` has not replayed yet — the events recorded since its plan (or
+    /// its last catch-up) and the content of the items `live` added since — for
+    /// [`Refit::catch_up`] to replay outside the service's lock. A copy, O(those events);
+    /// refused for a refit planned before the latest install ([`Error::Stale`]).
+    pub fn catch_up(&self, refit: &Refit, live: &LiveModel) -> Result<CatchUp> {
+        self.check_refit(refit)?;
+        let first_item = refit.live.n_items();
+        Ok(CatchUp {
+            generation: self.generation,
+            from: refit.replayed,
+            events: self.events[refit.replayed..].to_vec(),
+            first_item,
+            content: (first_item..live.n_items())
+                .map(|i| live.item_content(ItemId(i as u32)).map(Box::from))
+                .collect(),
+        })
+    }
+
+    /// `Err` unless `refit` was planned from this generation and has replayed no more
+    /// events than are recorded.
+    fn check_refit(&self, refit: &Refit) -> Result<()> {
         if refit.generation != self.generation {
             return Err(Error::Stale {
                 planned: refit.generation,
                 current: self.generation,
             });
         }
-        if refit.cut > self.events.len() {
+        if refit.replayed > self.events.len() {
             return Err(Error::Graph {
                 message: format!(
-                    "the refit folded {} events, only {} are recorded",
-                    refit.cut,
+                    "the refit folded or replayed {} events, only {} are recorded",
+                    refit.replayed,
                     self.events.len()
                 ),
             });
         }
+        Ok(())
+    }
+
+    /// Swaps `refit` in for `live` (the model it was planned from, with every event
+    /// since): replays the events recorded after the plan (after the last
+    /// [`Refit::catch_up`]), carries over each user's hidden and recent items and the
+    /// live items' content, and keeps the refit's trainer and graph for the next plan.
+    /// On an error nothing has changed. It costs one [`LiveModel::observe`] per event
+    /// it replays plus a pass over the live items (users' tables are moved, not copied):
+    /// that is how long a service holds its write lock, so catch the refit up first;
+    /// what it replaced comes back to be dropped outside the lock.
+    pub fn install(&mut self, refit: Refit, live: &mut LiveModel) -> Result<(Installed, Replaced)> {
+        self.check_refit(&refit)?;
         let mut new = refit.live;
-        let after = &self.events[refit.cut..];
+        let after = &self.events[refit.replayed..];
         for e in after {
             let up_to = (e.item.index() + 1).min(live.n_items());
             add_items_up_to(&mut new, up_to, |i| live.item_content(i))?;
@@ -245,6 +274,7 @@ impl Refresher {
             folded: refit.cut - refit.kept.len(),
             kept: refit.kept.len(),
             replayed: after.len(),
+            caught_up: refit.replayed - refit.cut,
             trained_users: refit.graph.n_users(),
             trained_items: refit.graph.n_items(),
             edges: refit.graph.n_edges(),
@@ -304,8 +334,31 @@ pub struct Refit {
     cut: usize,
     /// The events up to `cut` that the graph does not hold (replayed into `live`).
     kept: Vec<Interaction>,
+    /// Recorded events replayed into `live` so far (`cut`, then catch-ups).
+    replayed: usize,
     generation: u64,
     seconds: f64,
+}
+
+/// What a [`Refit`] has not replayed yet, copied by [`Refresher::catch_up`] for
+/// [`Refit::catch_up`].
+#[derive(Debug, Clone)]
+pub struct CatchUp {
+    generation: u64,
+    /// Index of the first of `events` among the refresher's recorded events.
+    from: usize,
+    events: Vec<Interaction>,
+    /// The live model's item count when the refit was caught up last.
+    first_item: usize,
+    /// Content of the live model's items from `first_item` on.
+    content: Vec<Option<Box<[f32]>>>,
+}
+
+impl CatchUp {
+    /// Events to replay.
+    pub fn events(&self) -> usize {
+        self.events.len()
+    }
 }
 
 impl Refit {
@@ -327,6 +380,45 @@ impl Refit {
     /// Wall-clock seconds the job took (graph, training and live model).
     pub fn seconds(&self) -> f64 {
         self.seconds
+    }
+
+    /// Replays `catch_up` (from [`Refresher::catch_up`], taken after this refit's last
+    /// catch-up) into the new live model — outside the service's lock — so that the
+    /// install replays only what arrives after it. Repeat while events keep coming;
+    /// on an error the refit is dropped (plan again).
+    pub fn catch_up(mut self, catch_up: CatchUp) -> Result<Refit> {
+        if catch_up.generation != self.generation {
+            return Err(Error::Stale {
+                planned: self.generation,
+                current: catch_up.generation,
+            });
+        }
+        if catch_up.from != self.replayed || catch_up.first_item > self.live.n_items() {
+            return Err(Error::Graph {
+                message: format!(
+                    "the catch-up starts at event {} and item {}, the refit has replayed {} events and has {} items: take it after the refit's last catch-up",
+                    catch_up.from,
+                    catch_up.first_item,
+                    self.replayed,
+                    self.live.n_items()
+                ),
+            });
+        }
+        let first = catch_up.first_item;
+        let known = first + catch_up.content.len();
+        let content_of = |i: ItemId| {
+            i.index()
+                .checked_sub(first)
+                .and_then(|j| catch_up.content.get(j))
+                .and_then(|c| c.as_deref())
+        };
+        for e in &catch_up.events {
+            add_items_up_to(&mut self.live, (e.item.index() + 1).min(known), content_of)?;
+            self.live.observe(e.user, e.item, e.kind, e.timestamp)?;
+        }
+        add_items_up_to(&mut self.live, known, content_of)?;
+        self.replayed += catch_up.events.len();
+        Ok(self)
     }
 }
 
@@ -466,6 +558,7 @@ impl RefitJob {
             graph,
             live,
             cut: self.events.len(),
+            replayed: self.events.len(),
             kept: replay,
             generation: self.generation,
             seconds: start.elapsed().as_secs_f64(),

@@ -183,6 +183,64 @@ fn events_during_the_refit_are_replayed_into_the_new_model() {
 }
 
 #[test]
+fn a_refit_caught_up_outside_the_lock_installs_the_same_model() {
+    let g = random_graph(40, 30, 220, 8);
+    let agg = ContentAggregator::new(5, D, &AggregatorConfig::new().hidden(6)).unwrap();
+    let serve = || {
+        let (mut r, mut live) = serving(&g, LiveConfig::new());
+        live.set_aggregator(agg.clone()).unwrap();
+        stream_before(&g, &mut r, &mut live);
+        (r, live)
+    };
+    let (mut r, mut live) = serve();
+    let (mut plain_r, mut plain_live) = serve();
+    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    let plain = plain_r.plan(&plain_live, 1).unwrap().run(|_| {}).unwrap();
+    let (nu, ni) = (live.n_users() as u32, live.n_items() as u32);
+    let content = [1.0, 0.5, -0.5, 2.0, 0.0];
+    // Served while the refit ran: events, and an item added with content, then an
+    // event on it.
+    let first = [
+        ev(1, first_non_edge(&g, 1), InteractionKind::Click, 40),
+        ev(nu, 4, InteractionKind::Click, 41),
+    ];
+    let second = [
+        ev(9, ni + 1, InteractionKind::Save, 43),
+        ev(3, 2, InteractionKind::Hide, 44),
+    ];
+    for (r, live) in [(&mut r, &mut live), (&mut plain_r, &mut plain_live)] {
+        for e in first {
+            r.observe(live, e).unwrap();
+        }
+        assert_eq!(live.add_item_with_content(&content).unwrap(), ItemId(ni));
+    }
+    // Copied under the lock, replayed outside it; more events arrive; then the install.
+    let copy = r.catch_up(&refit, &live).unwrap();
+    assert_eq!(copy.events(), 2);
+    let refit = refit.catch_up(copy).unwrap();
+    for (r, live) in [(&mut r, &mut live), (&mut plain_r, &mut plain_live)] {
+        for e in second {
+            r.observe(live, e).unwrap();
+        }
+    }
+    // A second catch-up (the stale copy is used below).
+    let stale = r.catch_up(&refit, &live).unwrap();
+    let fresh = r.catch_up(&refit, &live).unwrap();
+    let refit = refit.catch_up(fresh).unwrap();
+    let (done, _) = r.install(refit, &mut live).unwrap();
+    assert_eq!((done.caught_up, done.replayed), (4, 0));
+    let (plain_done, _) = plain_r.install(plain, &mut plain_live).unwrap();
+    assert_eq!((plain_done.caught_up, plain_done.replayed), (0, 4));
+    assert_eq!(live.users(), plain_live.users());
+    assert_eq!(live.items(), plain_live.items());
+    assert_eq!(live.item_content(ItemId(ni)), Some(&content[..]));
+    assert_eq!(r.pending(), plain_r.pending());
+    // After the install, a copy taken before it belongs to the old generation.
+    let next = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    assert!(matches!(next.catch_up(stale), Err(Error::Stale { .. })));
+}
+
+#[test]
 fn live_items_without_a_positive_pair_stay_live_with_their_content() {
     let g = random_graph(30, 20, 150, 6);
     let (mut r, mut live) = serving(&g, LiveConfig::new());
