@@ -16,6 +16,8 @@
 //! epochs and at the end; `--resume PATH` continues from such a file exactly where it
 //! stopped (the epochs count on from the checkpoint's, up to `--epochs`), on the CPU or
 //! on a GPU whichever wrote it: a long schedule can run in pieces and change device.
+//! `--average-from E` also evaluates the mean of the ego tables after each epoch from E
+//! on (weight averaging), printed as `avg_recall@20=...` beside the current model's.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -24,7 +26,7 @@ use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
 use mosaic::taste_graph::{
-    Dataset, DeviceSpec, Init, LightGcnConfig, RateSwitch, Training, evaluate,
+    Dataset, DeviceSpec, Init, LightGcn, LightGcnConfig, RateSwitch, Training, evaluate,
 };
 
 #[derive(Parser)]
@@ -91,6 +93,12 @@ struct Args {
     /// entries after the checkpoint's epoch still apply.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// From this epoch on, also keep the running mean of the ego tables after each
+    /// epoch (Polyak / stochastic weight averaging) and evaluate it beside the
+    /// current model (`avg_recall@K=...` on evaluation epochs). The mean is not in the
+    /// checkpoints: a resumed run starts a new one.
+    #[arg(long)]
+    average_from: Option<usize>,
 }
 
 /// `--init` values.
@@ -157,6 +165,7 @@ fn main() -> anyhow::Result<()> {
         );
         let start = Instant::now();
         let first = trainer.epochs() + 1;
+        let mut average: Option<(Vec<f64>, usize)> = None;
         for epoch in first..=args.epochs {
             for switch in args.schedule.iter().filter(|s| s.epoch == epoch) {
                 trainer.apply_switch(switch)?;
@@ -182,6 +191,14 @@ fn main() -> anyhow::Result<()> {
             );
             let eval_now = epoch == args.epochs
                 || (args.eval_every > 0 && epoch.is_multiple_of(args.eval_every));
+            if args.average_from.is_some_and(|from| epoch >= from) {
+                let ego = trainer.model()?.ego_table();
+                let (sum, n) = average.get_or_insert_with(|| (vec![0f64; ego.len()], 0));
+                for (s, &e) in sum.iter_mut().zip(&ego) {
+                    *s += f64::from(e);
+                }
+                *n += 1;
+            }
             if eval_now {
                 let t = Instant::now();
                 let model = trainer.model()?;
@@ -206,6 +223,24 @@ fn main() -> anyhow::Result<()> {
                     m[0].precision,
                     t.elapsed().as_secs_f64()
                 );
+                if let Some((sum, n)) = &average {
+                    let mean: Vec<f32> = sum.iter().map(|&s| (s / *n as f64) as f32).collect();
+                    let cfg = trainer.config();
+                    let avg = LightGcn::from_embeddings(&data.train, cfg.layers, cfg.dim, mean)?
+                        .propagate()?;
+                    let m = evaluate(
+                        avg.users(),
+                        avg.items(),
+                        avg.dim(),
+                        &data.train,
+                        &data.test,
+                        &[args.topk],
+                    )?;
+                    line += &format!(
+                        " avg_epochs={n} avg_recall@{k}={:.4} avg_ndcg@{k}={:.4} avg_precision@{k}={:.4}",
+                        m[0].recall, m[0].ndcg, m[0].precision
+                    );
+                }
             }
             bar.suspend(|| println!("{line}"));
             if let Some(path) = &args.checkpoint
