@@ -43,6 +43,9 @@ pub enum Error {
     /// A tensor operation failed while re-scoring.
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The device asked for is not available.
+    #[error("device: {0}")]
+    Device(#[from] mosaic_device::DeviceError),
 }
 
 impl Error {

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use embed_store::hnsw::{Hnsw, HnswParams};
 use embed_store::{GenerationSpec, ItemId as StoreId, Metric, Snapshot, StorageType, Store};
 use taste_graph::{
-    BipartiteGraph, EpochStats, Installed, InterestConfig, LightGcn, LightGcnConfig, LiveConfig,
-    LiveModel, Refit, Refresher, Trainer, Training,
+    BipartiteGraph, DeviceSpec, EpochStats, Installed, InterestConfig, LightGcn, LightGcnConfig,
+    LiveConfig, LiveModel, Refit, Refresher, Training,
 };
 
 use crate::error::{Error, Result};
@@ -37,6 +37,9 @@ pub struct PipelineOptions {
     /// refits ([`Recommender::plan_refit`], [`refreshed`]); it holds the Adam state, about
     /// twice the model's tables, in memory.
     pub refits: bool,
+    /// Where LightGCN trains (and the refits go on): the CPU kernels, or a CUDA device
+    /// with the `cuda` feature. Serving runs on the CPU either way.
+    pub device: DeviceSpec,
 }
 
 impl Default for PipelineOptions {
@@ -51,6 +54,7 @@ impl Default for PipelineOptions {
             interests: InterestConfig::new(),
             now: 0,
             refits: false,
+            device: DeviceSpec::Cpu,
         }
     }
 }
@@ -115,20 +119,21 @@ pub fn build(
     opts: &PipelineOptions,
     mut on_epoch: impl FnMut(usize, &EpochStats),
 ) -> Result<(Recommender, LightGcn)> {
-    let mut trainer = Trainer::new(graph, &opts.lightgcn)?;
+    let selection = opts.device.select()?;
+    let mut trainer = Training::new(graph, &opts.lightgcn, &selection)?;
     for e in 0..opts.epochs {
         let stats = trainer.train_epoch(|_, _| {})?;
         on_epoch(e + 1, &stats);
     }
     if opts.refits {
-        let m = trainer.model();
+        let m = trainer.model()?;
         let rec = serve(graph, m, item_ids, attrs, store, opts)?;
         // The caller's copy; the trainer keeps training its own in the refits.
         let model = LightGcn::from_embeddings(graph, m.layers(), m.dim(), m.ego_table())?;
-        let rec = rec.with_refresher(Refresher::new(Training::Cpu(trainer), graph.clone())?)?;
+        let rec = rec.with_refresher(Refresher::new(trainer, graph.clone())?)?;
         return Ok((rec, model));
     }
-    let model = trainer.into_model();
+    let model = trainer.into_model()?;
     let rec = serve(graph, &model, item_ids, attrs, store, opts)?;
     Ok((rec, model))
 }

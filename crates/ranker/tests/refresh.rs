@@ -9,7 +9,8 @@ use ranker::catalogue::{Catalogue, CatalogueSpec};
 use ranker::pipeline::{Attrs, PipelineOptions, build, refreshed};
 use ranker::{Error, RecommendOptions, Recommender};
 use taste_graph::{
-    BipartiteGraph, InteractionKind, ItemId, LightGcnConfig, Refresher, Trainer, Training, UserId,
+    BipartiteGraph, DeviceSpec, InteractionKind, ItemId, LightGcnConfig, Refresher, Trainer,
+    Training, UserId,
 };
 
 const BASE: u64 = 10_000;
@@ -192,4 +193,35 @@ fn refits_need_an_attached_refresher_of_the_served_graph() {
     let t = Trainer::new(&small, &options(false).lightgcn).unwrap();
     let r = Refresher::new(Training::Cpu(t), small).unwrap();
     assert!(matches!(rec.with_refresher(r), Err(Error::Config { .. })));
+}
+
+#[test]
+fn the_pipeline_trains_and_refits_on_a_cuda_device() {
+    let cat = catalogue();
+    let (graph, _) = cat.split(0.75).unwrap();
+    let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
+    let opts = PipelineOptions {
+        device: DeviceSpec::Cuda(0),
+        ..options(true)
+    };
+    let rec = match build(&graph, None, None, &store, &opts, |_, _| {}) {
+        Ok((rec, _)) => rec,
+        // Without the `cuda` feature or a device: a typed error, nothing trained.
+        Err(Error::Device(e)) => {
+            println!("SKIPPED the_pipeline_trains_and_refits_on_a_cuda_device: {e}");
+            return;
+        }
+        Err(e) => panic!("unexpected error: {e}"),
+    };
+    let item = unseen(&rec, 3);
+    rec.record(UserId(3), item, InteractionKind::Save, 1_000)
+        .unwrap();
+    let refit = rec.plan_refit(2).unwrap().run(|_| {}).unwrap();
+    assert!(refit.training().device().is_some_and(|d| d.is_cuda()));
+    let (fresh, installed) = refreshed(&rec, refit, "refit-cuda", None, &store, &opts).unwrap();
+    assert_eq!(installed.folded, 1);
+    let recs = fresh
+        .recommend(UserId(3), &RecommendOptions::new().k(10))
+        .unwrap();
+    assert!(!recs.is_empty());
 }
