@@ -2,6 +2,7 @@
 //! item embeddings into an `embed-store` generation (with attributes) → optional HNSW
 //! index → a [`Recommender`] over that generation and the live taste graph.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use embed_store::hnsw::{Hnsw, HnswParams};
@@ -12,7 +13,7 @@ use taste_graph::{
 };
 
 use crate::error::{Error, Result};
-use crate::recommender::Recommender;
+use crate::recommender::{Recommender, decode_app_data};
 
 /// Settings of [`build`].
 #[derive(Debug, Clone)]
@@ -154,6 +155,30 @@ pub fn refreshed(
     let ids = rec.external_ids(refit.live().n_items())?;
     let (snap, index) = publish(store, name, refit.live(), &ids, attrs, opts)?;
     rec.refreshed(refit, snap, index)
+}
+
+/// The recommender a restarted service serves: the state saved in `dir` through
+/// [`Recommender::state`] (taste graph, refresher and external item ids; refits train on
+/// `opts.device`, the live model is configured by `opts.live`), over the store
+/// generation it was saved serving (its HNSW index loaded or built when `opts.hnsw`
+/// asks). Returns it with the journal seq the state covers — observe the journal's later
+/// events through [`Recommender::record`] — or `None` when nothing was saved in `dir`.
+pub fn restore(
+    dir: &Path,
+    store: &Arc<Store>,
+    opts: &PipelineOptions,
+) -> Result<Option<(Recommender, u64)>> {
+    let selection = opts.device.select()?;
+    let Some(restored) = Refresher::load(dir, &selection, opts.live)? else {
+        return Ok(None);
+    };
+    let (name, _) = decode_app_data(&restored.app_data)?;
+    let snap = store.generation(&name)?;
+    let index = match opts.hnsw {
+        Some(p) => Some(index_for(store, &snap, p)?),
+        None => None,
+    };
+    Recommender::restore(restored, snap, index, opts.interests).map(Some)
 }
 
 /// `live`'s item embeddings written to generation `name` of `store` under `ids` (made

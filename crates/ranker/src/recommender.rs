@@ -9,7 +9,7 @@ use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::{Filter, ItemId as StoreId, Metric, Snapshot};
 use taste_graph::{
     Installed, Interaction, InteractionKind, InterestConfig, ItemId, LiveModel, Refit, RefitJob,
-    Refresher, UserId,
+    Refresher, RefresherState, Restored, UserId,
 };
 
 use crate::error::{Error, Result};
@@ -114,6 +114,57 @@ fn popular_order(counts: &[u32]) -> Vec<u32> {
     }
     order.sort_by(|&a, &b| counts[b as usize].cmp(&counts[a as usize]).then(a.cmp(&b)));
     order
+}
+
+/// Tags the ranker's part of a saved state.
+const APP_MAGIC: &[u8; 8] = b"MOSRKID1";
+
+/// The ranker's part of a saved state: magic, the served generation's name (length u32,
+/// UTF-8), the external item ids (count u64, then u64 each), little-endian.
+fn encode_app_data(generation: &str, ids: &[u64]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + 4 + generation.len() + 8 + 8 * ids.len());
+    out.extend_from_slice(APP_MAGIC);
+    out.extend_from_slice(&(generation.len() as u32).to_le_bytes());
+    out.extend_from_slice(generation.as_bytes());
+    out.extend_from_slice(&(ids.len() as u64).to_le_bytes());
+    for id in ids {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    out
+}
+
+/// Reads [`encode_app_data`]'s bytes back (the meta file's checksum already held).
+pub(crate) fn decode_app_data(b: &[u8]) -> Result<(String, Vec<u64>)> {
+    let bad = |what: &str| {
+        Error::config(format!(
+            "the saved state holds no ranker data written by Recommender::state ({what})"
+        ))
+    };
+    let rest = b
+        .strip_prefix(APP_MAGIC.as_slice())
+        .ok_or_else(|| bad("no ranker tag"))?;
+    let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("short"))?;
+    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+    let (name, rest) = rest
+        .split_at_checked(len)
+        .ok_or_else(|| bad("short name"))?;
+    let name = std::str::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
+    let (n, rest) = rest.split_at_checked(8).ok_or_else(|| bad("short"))?;
+    let mut w = [0u8; 8];
+    w.copy_from_slice(n);
+    let n = u64::from_le_bytes(w);
+    if n.checked_mul(8) != Some(rest.len() as u64) {
+        return Err(bad("item id count does not match its bytes"));
+    }
+    let ids = rest
+        .chunks_exact(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect();
+    Ok((name.to_string(), ids))
 }
 
 fn no_refresher() -> Error {
@@ -349,6 +400,43 @@ impl Recommender {
         // A panic while holding the lock cannot leave `State` half-updated in a way
         // that breaks invariants (observe validates before mutating), so keep serving.
         self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Captures what a restarted service needs to serve on (under the read lock, O(events
+    /// recorded since the last refit + users)): the attached refresher's state
+    /// ([`Refresher::state_with`]) with this recommender's external item ids and the name
+    /// of the store generation it serves. Write it with [`RefresherState::write`] outside
+    /// any lock; [`Recommender::restore`] (or [`crate::pipeline::restore`]) serves it
+    /// again. `through_seq`: the journal seq every recorded event up to is covered (see
+    /// [`Refresher::save`]). Refused on a retired recommender (save the one serving).
+    pub fn state(&self, through_seq: u64) -> Result<RefresherState> {
+        let st = self.read_current()?;
+        let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
+        let app = encode_app_data(self.snap.generation(), &st.items.external);
+        Ok(r.state_with(&st.live, through_seq, &app)?)
+    }
+
+    /// A recommender serving a state saved through [`Recommender::state`] (loaded with
+    /// [`Refresher::load`]) over `snap` — which must be the store generation it was
+    /// saved serving — and `index` (built from `snap`, cosine); returns it with the
+    /// journal seq the state covers (observe the journal's later events through
+    /// [`Recommender::record`]). The refresher is attached again.
+    pub fn restore(
+        restored: Restored,
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        interests: InterestConfig,
+    ) -> Result<(Recommender, u64)> {
+        let (generation, ids) = decode_app_data(&restored.app_data)?;
+        if generation != snap.generation() {
+            return Err(Error::config(format!(
+                "the saved taste graph was served over store generation {generation:?}, this snapshot is {:?}: restore over that generation, or publish the restored model's items to a new one",
+                snap.generation()
+            )));
+        }
+        let rec = Recommender::new(snap, index, restored.live, Some(ids), interests)?
+            .with_refresher(restored.refresher)?;
+        Ok((rec, restored.through_seq))
     }
 
     /// The state, if this recommender's vectors still belong to its model.

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use embed_store::{ItemId as StoreId, RamDirectory, Store};
 use ranker::catalogue::{Catalogue, CatalogueSpec};
-use ranker::pipeline::{Attrs, PipelineOptions, build, refreshed};
+use ranker::pipeline::{Attrs, PipelineOptions, build, refreshed, restore};
 use ranker::{Error, RecommendOptions, Recommender};
 use taste_graph::{
     BipartiteGraph, DeviceSpec, InteractionKind, ItemId, LightGcnConfig, Refresher, Trainer,
@@ -224,4 +224,83 @@ fn the_pipeline_trains_and_refits_on_a_cuda_device() {
         .recommend(UserId(3), &RecommendOptions::new().k(10))
         .unwrap();
     assert!(!recs.is_empty());
+}
+
+#[test]
+fn a_restarted_service_serves_the_state_it_saved() {
+    let (_, _, store, rec) = setup();
+    let opts = RecommendOptions::new().k(10);
+    let t0 = rec.with_live(|l| l.latest_time());
+    // A new external item, then a refit served over a new generation.
+    let new_item = BASE + 999_999;
+    rec.record(UserId(2), new_item, InteractionKind::Save, t0 + 1)
+        .unwrap();
+    for u in [0u32, 1, 3] {
+        let item = unseen(&rec, u);
+        rec.record(UserId(u), item, InteractionKind::Click, t0 + 2)
+            .unwrap();
+    }
+    let refit = rec.plan_refit(1).unwrap().run(|_| {}).unwrap();
+    let (fresh, _) = refreshed(&rec, refit, "refit-1", None, &store, &options(true)).unwrap();
+    // Served after the refit: a hide (kept only in the users' memory after the next
+    // refit) and a click; then the state is captured and written.
+    let hidden = fresh.recommend(UserId(4), &opts).unwrap()[0].item;
+    fresh
+        .record(UserId(4), hidden, InteractionKind::Hide, t0 + 3)
+        .unwrap();
+    let item = unseen(&fresh, 5);
+    fresh
+        .record(UserId(5), item, InteractionKind::Click, t0 + 4)
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    fresh.state(42).unwrap().write(dir.path()).unwrap();
+    // The retired recommender's vectors are not the served ones: refused.
+    assert!(matches!(rec.state(42), Err(Error::Retired { .. })));
+
+    let (back, seq) = restore(dir.path(), &store, &options(true))
+        .unwrap()
+        .expect("a saved state");
+    assert_eq!(seq, 42);
+    assert_eq!(back.snapshot().generation(), "refit-1");
+    assert_eq!(back.dense_id(new_item), fresh.dense_id(new_item));
+    back.with_live(|b| {
+        fresh.with_live(|f| {
+            assert_eq!(b.users(), f.users());
+            assert_eq!(b.items(), f.items());
+            assert_eq!(b.hidden(UserId(4)), f.hidden(UserId(4)));
+        })
+    });
+    for u in 0..12 {
+        let (a, b) = (
+            fresh.recommend(UserId(u), &opts).unwrap(),
+            back.recommend(UserId(u), &opts).unwrap(),
+        );
+        let ids = |r: &[ranker::Recommendation]| r.iter().map(|x| x.item).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ids(&b), "user {u}");
+    }
+    assert!(
+        back.recommend(UserId(4), &opts)
+            .unwrap()
+            .iter()
+            .all(|r| r.item != hidden)
+    );
+    // It refits like the original: the refresher came back attached.
+    let refit = back.plan_refit(1).unwrap().run(|_| {}).unwrap();
+    assert!(refreshed(&back, refit, "refit-2", None, &store, &options(true)).is_ok());
+
+    // Over another generation than the one it was saved serving: refused.
+    let cpu = DeviceSpec::Cpu.select().unwrap();
+    let loaded = Refresher::load(dir.path(), &cpu, options(true).live)
+        .unwrap()
+        .unwrap();
+    let other = store.generation("lightgcn").unwrap();
+    let err = Recommender::restore(loaded, other, None, options(true).interests).unwrap_err();
+    assert!(matches!(err, Error::Config { .. }), "{err}");
+    // Nothing saved: None.
+    let empty = tempfile::tempdir().unwrap();
+    assert!(
+        restore(empty.path(), &store, &options(true))
+            .unwrap()
+            .is_none()
+    );
 }

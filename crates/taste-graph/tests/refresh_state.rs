@@ -109,6 +109,7 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
     r.save(dir.path(), &live, 6).unwrap();
     let back = load(dir.path());
     assert_eq!(back.through_seq, 6);
+    assert!(back.app_data.is_empty());
     assert_same_live(&back.live, &live);
     assert_eq!(back.refresher.pending(), r.pending());
     assert_eq!(edges_of(back.refresher.graph()), edges_of(&g));
@@ -135,7 +136,10 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
         .unwrap();
     state.write(dir.path()).unwrap();
     assert_eq!(load(dir.path()).refresher.pending().len(), 2);
-    r.save(dir.path(), &live, 10).unwrap();
+    r.state_with(&live, 10, b"app")
+        .unwrap()
+        .write(dir.path())
+        .unwrap();
     let after = files(dir.path());
     assert_eq!(after.len(), 3, "{after:?}");
     assert!(
@@ -145,6 +149,7 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
     );
     let back = load(dir.path());
     assert_eq!(back.through_seq, 10);
+    assert_eq!(back.app_data, b"app");
     assert_eq!(back.refresher.generation(), 1);
     assert_eq!(back.refresher.pending(), r.pending());
     assert_same_live(&back.live, &live);

@@ -22,8 +22,8 @@
 //! Meta file: magic `MOSRFSH1`, format version (u32), stamp, generation, seq, trained-at
 //! time, the live model's users and items, recorded events (u64 each); the events (24
 //! bytes each, the event log's encoding); per user: hidden count (u32), hidden items
-//! (u32), recent count (u32), recent entries (item u32, weight f32, time u64); crc32 of
-//! everything before.
+//! (u32), recent count (u32), recent entries (item u32, weight f32, time u64); the
+//! application's bytes (length u64, then the bytes); crc32 of everything before.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -62,6 +62,8 @@ pub struct Restored {
     /// The journal seq the state covers: observe the journal's events after it
     /// ([`crate::Recovery::events_after`]) through the refresher.
     pub through_seq: u64,
+    /// The application's bytes saved with the state ([`Refresher::state_with`]).
+    pub app_data: Vec<u8>,
 }
 
 /// A refresher's state captured for writing ([`Refresher::state`]): the current model's
@@ -295,6 +297,7 @@ struct Meta {
     events: Vec<Interaction>,
     hidden: Vec<Vec<u32>>,
     recent: Vec<VecDeque<Recent>>,
+    app_data: Vec<u8>,
 }
 
 fn read_meta(path: &Path) -> Result<Meta> {
@@ -344,8 +347,10 @@ fn read_meta(path: &Path) -> Result<Meta> {
         }
         recent.push(q);
     }
+    let n = r.count(1, "application bytes")?;
+    let app_data = r.take(n, "application bytes")?.to_vec();
     if r.at != bytes.len() {
-        return Err(r.corrupt("bytes after the last user"));
+        return Err(r.corrupt("bytes after the application's"));
     }
     Ok(Meta {
         stamp,
@@ -357,6 +362,7 @@ fn read_meta(path: &Path) -> Result<Meta> {
         events,
         hidden,
         recent,
+        app_data,
     })
 }
 
@@ -380,6 +386,18 @@ impl Refresher {
     /// (see [`Refresher::save`]): shares the trainer and graph and encodes the meta file,
     /// O(recorded events + users' hidden and recent items).
     pub fn state(&self, live: &LiveModel, through_seq: u64) -> Result<RefresherState> {
+        self.state_with(live, through_seq, &[])
+    }
+
+    /// [`Refresher::state`] with `app_data` saved in the same meta file (so it changes
+    /// atomically with the state; e.g. the ranker's external item ids), given back by
+    /// [`Refresher::load`] as [`Restored::app_data`].
+    pub fn state_with(
+        &self,
+        live: &LiveModel,
+        through_seq: u64,
+        app_data: &[u8],
+    ) -> Result<RefresherState> {
         self.check_live(live)?;
         let mut out = Vec::with_capacity(META_HEADER + self.events.len() * EVENT_LEN + 4);
         out.extend_from_slice(META_MAGIC);
@@ -409,6 +427,8 @@ impl Refresher {
                 put_u64(&mut out, r.time);
             }
         }
+        put_u64(&mut out, app_data.len() as u64);
+        out.extend_from_slice(app_data);
         Ok(RefresherState {
             training: Arc::clone(&self.training),
             graph: Arc::clone(&self.graph),
@@ -478,6 +498,7 @@ impl Refresher {
             refresher,
             live,
             through_seq: meta.through_seq,
+            app_data: meta.app_data,
         }))
     }
 }
