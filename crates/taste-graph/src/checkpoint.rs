@@ -240,6 +240,18 @@ pub(crate) fn write(
     write_atomic(path, &out)
 }
 
+/// Whether `bytes` (at least 4 long) end with the crc32 of everything before.
+pub(crate) fn crc_trailer_holds(bytes: &[u8]) -> bool {
+    let body = bytes.len() - 4;
+    let stored = u32::from_le_bytes([
+        bytes[body],
+        bytes[body + 1],
+        bytes[body + 2],
+        bytes[body + 3],
+    ]);
+    crc32fast::hash(&bytes[..body]) == stored
+}
+
 /// Writes `bytes` to `path` atomically: `PATH.tmp`, synced, renamed over `PATH`, the
 /// directory synced.
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
@@ -272,13 +284,7 @@ pub(crate) fn read(graph: &BipartiteGraph, path: &Path) -> Result<Saved> {
         ));
     }
     let body = bytes.len() - 4;
-    let stored = u32::from_le_bytes([
-        bytes[body],
-        bytes[body + 1],
-        bytes[body + 2],
-        bytes[body + 3],
-    ]);
-    if crc32fast::hash(&bytes[..body]) != stored {
+    if !crc_trailer_holds(&bytes) {
         return Err(corrupt(body, "checksum mismatch".into()));
     }
     let mut r = Reader {

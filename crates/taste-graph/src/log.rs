@@ -212,6 +212,30 @@ fn read_full(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
 }
 
 /// fsyncs a directory, so that entries created, renamed or removed in it are durable.
+/// Removes the files of `dir` whose (UTF-8) names `obsolete` accepts, then syncs the
+/// directory if any went; a file already gone is no error.
+pub(crate) fn remove_files(dir: &Path, obsolete: impl Fn(&str) -> bool) -> Result<()> {
+    let mut removed = false;
+    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let entry = entry.map_err(|e| Error::io(dir, e))?;
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        if obsolete(&name) {
+            let p = entry.path();
+            match fs::remove_file(&p) {
+                Ok(()) => removed = true,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&p, e)),
+            }
+        }
+    }
+    if removed {
+        sync_dir(dir)?;
+    }
+    Ok(())
+}
+
 pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     let dir = if dir.as_os_str().is_empty() {
         Path::new(".")
@@ -1277,26 +1301,10 @@ impl Journal {
             let (log, _) = EventLog::open_from(Self::log_path(&self.dir, seq + 1), seq + 1)?;
             self.log = log;
         }
-        let mut removed = false;
-        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
-            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
-            let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-                continue;
-            };
-            let obsolete = parse_name(&name, "snapshot-", ".snap").is_some_and(|s| s < seq)
-                || parse_name(&name, "log-", ".log").is_some_and(|s| s <= seq);
-            if obsolete {
-                let p = entry.path();
-                match fs::remove_file(&p) {
-                    Ok(()) => removed = true,
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                    Err(e) => return Err(Error::io(&p, e)),
-                }
-            }
-        }
-        if removed {
-            sync_dir(&self.dir)?;
-        }
+        remove_files(&self.dir, |name| {
+            parse_name(name, "snapshot-", ".snap").is_some_and(|s| s < seq)
+                || parse_name(name, "log-", ".log").is_some_and(|s| s <= seq)
+        })?;
         Ok(seq)
     }
 

@@ -2,12 +2,12 @@
 //! events that arrived meanwhile, and the refusals.
 
 use taste_graph::{
-    AggregatorConfig, BipartiteGraph, ContentAggregator, Error, Interaction, InteractionKind,
-    ItemId, LightGcnConfig, LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
+    AggregatorConfig, BipartiteGraph, ContentAggregator, Error, InteractionKind, ItemId,
+    LightGcnConfig, LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
 };
 
 mod common;
-use common::{edges_of, random_graph};
+use common::{edges_of, ev, first_non_edge, random_graph};
 
 const D: usize = 8;
 
@@ -20,16 +20,6 @@ fn config() -> LightGcnConfig {
         .seed(9)
 }
 
-fn ev(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
-    Interaction {
-        user: UserId(u),
-        item: ItemId(i),
-        kind,
-        weight: 1.0,
-        timestamp: t,
-    }
-}
-
 /// A trainer two epochs into `g`, its live model, and a refresher over both.
 fn serving(g: &BipartiteGraph, live_config: LiveConfig) -> (Refresher, LiveModel) {
     let mut t = Trainer::new(g, &config()).unwrap();
@@ -38,12 +28,6 @@ fn serving(g: &BipartiteGraph, live_config: LiveConfig) -> (Refresher, LiveModel
     }
     let live = LiveModel::new(t.model(), g, live_config, 10).unwrap();
     (Refresher::new(Training::Cpu(t), g.clone()).unwrap(), live)
-}
-
-fn first_non_edge(g: &BipartiteGraph, u: u32) -> u32 {
-    (0..g.n_items() as u32)
-        .find(|&i| !g.has_edge(UserId(u), ItemId(i)))
-        .unwrap()
 }
 
 /// Pre-plan events: clicks on new pairs, a new user with two clicks, a new item clicked,

@@ -5,12 +5,12 @@
 use std::path::Path;
 
 use taste_graph::{
-    BipartiteGraph, DeviceSpec, Error, Interaction, InteractionKind, ItemId, Journal,
-    LightGcnConfig, LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
+    BipartiteGraph, DeviceSpec, Error, Interaction, InteractionKind, Journal, LightGcnConfig,
+    LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
 };
 
 mod common;
-use common::{edges_of, random_graph};
+use common::{edges_of, ev, first_non_edge, random_graph};
 
 fn config() -> LightGcnConfig {
     LightGcnConfig::new()
@@ -21,27 +21,11 @@ fn config() -> LightGcnConfig {
         .seed(11)
 }
 
-fn ev(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
-    Interaction {
-        user: UserId(u),
-        item: ItemId(i),
-        kind,
-        weight: 1.0,
-        timestamp: t,
-    }
-}
-
 fn serving(g: &BipartiteGraph) -> (Refresher, LiveModel) {
     let mut t = Trainer::new(g, &config()).unwrap();
     t.train_epoch(|_, _| {}).unwrap();
     let live = LiveModel::new(t.model(), g, LiveConfig::new().recent(4), 10).unwrap();
     (Refresher::new(Training::Cpu(t), g.clone()).unwrap(), live)
-}
-
-fn first_non_edge(g: &BipartiteGraph, u: u32) -> u32 {
-    (0..g.n_items() as u32)
-        .find(|&i| !g.has_edge(UserId(u), ItemId(i)))
-        .unwrap()
 }
 
 /// Events on trained and new users and items, a hide, and a new item nobody engaged

@@ -32,13 +32,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::{Refresher, add_items_up_to};
-use crate::checkpoint::write_atomic;
+use crate::checkpoint::{crc_trailer_holds, write_atomic};
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::interactions::Interaction;
 use crate::live::{LiveConfig, LiveModel, Recent};
-use crate::log::{EVENT_LEN, decode_event, encode_event, sync_dir};
+use crate::log::{EVENT_LEN, decode_event, encode_event, remove_files};
 use crate::training::Training;
 use mosaic_device::Selection;
 
@@ -195,13 +195,7 @@ fn read_verified(path: &Path, magic: &[u8; 8], header: usize, what: &str) -> Res
         return Err(corrupt(0, format!("not a {what} (bad magic or too short)")));
     }
     let body = bytes.len() - 4;
-    let stored = u32::from_le_bytes([
-        bytes[body],
-        bytes[body + 1],
-        bytes[body + 2],
-        bytes[body + 3],
-    ]);
-    if crc32fast::hash(&bytes[..body]) != stored {
+    if !crc_trailer_holds(&bytes) {
         return Err(corrupt(body, format!("{what} checksum mismatch")));
     }
     let version = u32::from_le_bytes([bytes[8], bytes[9], bytes[10], bytes[11]]);
@@ -509,24 +503,8 @@ fn remove_unnamed(dir: &Path, stamp: u64) -> Result<()> {
         format!("trainer-{stamp:016x}.ckpt"),
         format!("graph-{stamp:016x}.graph"),
     ];
-    let mut removed = false;
-    for entry in fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let entry = entry.map_err(|e| Error::io(dir, e))?;
-        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
-            continue;
-        };
-        let ours = name.starts_with("trainer-") || name.starts_with("graph-");
-        if ours && !keep.contains(&name) {
-            let p = entry.path();
-            match fs::remove_file(&p) {
-                Ok(()) => removed = true,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&p, e)),
-            }
-        }
-    }
-    if removed {
-        sync_dir(dir)?;
-    }
-    Ok(())
+    remove_files(dir, |name| {
+        (name.starts_with("trainer-") || name.starts_with("graph-"))
+            && !keep.iter().any(|k| k == name)
+    })
 }

@@ -1,7 +1,7 @@
 //! Shared by the integration tests: a seeded generator and random graphs drawn with it.
 #![allow(dead_code)] // each test binary uses a part of it
 
-use taste_graph::{BipartiteGraph, ItemId, UserId};
+use taste_graph::{BipartiteGraph, Interaction, InteractionKind, ItemId, UserId};
 
 /// Knuth's MMIX linear congruential generator; outputs the state's high 31 bits.
 pub struct Lcg(pub u64);
@@ -56,4 +56,22 @@ pub fn edges_of(graph: &BipartiteGraph) -> Vec<(UserId, ItemId)> {
                 .map(move |&i| (UserId(u), ItemId(i)))
         })
         .collect()
+}
+
+/// An event of weight 1 between dense ids.
+pub fn ev(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
+    Interaction {
+        user: UserId(u),
+        item: ItemId(i),
+        kind,
+        weight: 1.0,
+        timestamp: t,
+    }
+}
+
+/// The first item `u` has no edge to in `g`.
+pub fn first_non_edge(g: &BipartiteGraph, u: u32) -> u32 {
+    (0..g.n_items() as u32)
+        .find(|&i| !g.has_edge(UserId(u), ItemId(i)))
+        .expect("a user without an edge to every item")
 }
