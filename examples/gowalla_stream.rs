@@ -128,7 +128,7 @@ fn save_and_restore(
     state.write(dir)?;
     let write_s = t.elapsed().as_secs_f64();
     let t = Instant::now();
-    let restored = Refresher::load(dir, device, *live.config())?
+    let restored = Refresher::load(dir, device, *live.config(), live.aggregator().cloned())?
         .context("the state just saved is not there")?;
     let load_s = t.elapsed().as_secs_f64();
     let same = restored.live.users() == live.users()

@@ -169,7 +169,8 @@ pub fn restore(
     opts: &PipelineOptions,
 ) -> Result<Option<(Recommender, u64)>> {
     let selection = opts.device.select()?;
-    let Some(restored) = Refresher::load(dir, &selection, opts.live)? else {
+    // The ranker adds no items with content, so the taste graph needs no aggregator.
+    let Some(restored) = Refresher::load(dir, &selection, opts.live, None)? else {
         return Ok(None);
     };
     let (name, _) = decode_app_data(&restored.app_data)?;

@@ -290,7 +290,7 @@ fn a_restarted_service_serves_the_state_it_saved() {
 
     // Over another generation than the one it was saved serving: refused.
     let cpu = DeviceSpec::Cpu.select().unwrap();
-    let loaded = Refresher::load(dir.path(), &cpu, options(true).live)
+    let loaded = Refresher::load(dir.path(), &cpu, options(true).live, None)
         .unwrap()
         .unwrap();
     let other = store.generation("lightgcn").unwrap();

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use taste_graph::{
-    BipartiteGraph, DeviceSpec, Error, Interaction, InteractionKind, Journal, LightGcnConfig,
-    LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
+    AggregatorConfig, BipartiteGraph, ContentAggregator, DeviceSpec, Error, InteractionKind,
+    ItemId, Journal, LightGcnConfig, LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
 };
 
 mod common;
@@ -21,30 +21,43 @@ fn config() -> LightGcnConfig {
         .seed(11)
 }
 
+fn aggregator() -> ContentAggregator {
+    ContentAggregator::new(3, 8, &AggregatorConfig::new().hidden(5)).unwrap()
+}
+
+/// A trainer one epoch in, its live model (with a content aggregator), a refresher.
 fn serving(g: &BipartiteGraph) -> (Refresher, LiveModel) {
     let mut t = Trainer::new(g, &config()).unwrap();
     t.train_epoch(|_, _| {}).unwrap();
-    let live = LiveModel::new(t.model(), g, LiveConfig::new().recent(4), 10).unwrap();
+    let mut live = LiveModel::new(t.model(), g, LiveConfig::new().recent(4), 10).unwrap();
+    live.set_aggregator(aggregator()).unwrap();
     (Refresher::new(Training::Cpu(t), g.clone()).unwrap(), live)
 }
 
-/// Events on trained and new users and items, a hide, and a new item nobody engaged
-/// with positively (it stays live through a refit).
-fn events(g: &BipartiteGraph, t0: u64) -> Vec<Interaction> {
+/// Observes events on trained and new users and items, a hide, a new item nobody
+/// engaged with positively (it stays live through a refit), and an item added with
+/// content and then clicked (it stays live too: the one before it has no positive).
+fn stream(g: &BipartiteGraph, r: &mut Refresher, live: &mut LiveModel, t0: u64) {
     let (nu, ni) = (g.n_users() as u32, g.n_items() as u32);
-    vec![
+    let events = [
         ev(0, first_non_edge(g, 0), InteractionKind::Click, t0),
         ev(nu, 3, InteractionKind::Save, t0 + 1),
         ev(4, ni, InteractionKind::Click, t0 + 2),
         ev(1, g.items_of(UserId(1))[0], InteractionKind::Hide, t0 + 3),
         ev(2, ni + 1, InteractionKind::Hide, t0 + 4),
         ev(0, 5, InteractionKind::Save, t0 + 5),
-    ]
+    ];
+    for e in events {
+        r.observe(live, e).unwrap();
+    }
+    let item = live.add_item_with_content(&[0.5, -1.0, 2.0]).unwrap();
+    r.observe(live, ev(6, item.0, InteractionKind::Click, t0 + 6))
+        .unwrap();
 }
 
 fn load(dir: &Path) -> taste_graph::Restored {
     let cpu = DeviceSpec::Cpu.select().unwrap();
-    Refresher::load(dir, &cpu, LiveConfig::new().recent(4))
+    Refresher::load(dir, &cpu, LiveConfig::new().recent(4), Some(aggregator()))
         .unwrap()
         .expect("a saved state")
 }
@@ -55,6 +68,9 @@ fn assert_same_live(a: &LiveModel, b: &LiveModel) {
     assert_eq!(a.items(), b.items());
     assert_eq!(a.item_counts(), b.item_counts());
     assert_eq!(a.trained_at(), b.trained_at());
+    for i in 0..a.n_items() as u32 {
+        assert_eq!(a.item_content(ItemId(i)), b.item_content(ItemId(i)));
+    }
     for u in 0..a.n_users() as u32 {
         let u = UserId(u);
         assert_eq!(a.hidden(u), b.hidden(u), "hidden items of {u:?}");
@@ -82,14 +98,13 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
         Refresher::load(
             dir.path(),
             &DeviceSpec::Cpu.select().unwrap(),
-            LiveConfig::new()
+            LiveConfig::new(),
+            None
         )
         .unwrap()
         .is_none()
     );
-    for e in events(&g, 20) {
-        r.observe(&mut live, e).unwrap();
-    }
+    stream(&g, &mut r, &mut live, 20);
     r.save(dir.path(), &live, 6).unwrap();
     let back = load(dir.path());
     assert_eq!(back.through_seq, 6);
@@ -106,9 +121,10 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
     let (done, _) = r.install(refit, &mut live).unwrap();
     r2.install(refit2, &mut live2).unwrap();
     assert_same_live(&live2, &live);
-    // The new item with only a hide stays live, and its event stays recorded.
-    assert_eq!(done.kept, 1);
-    assert_eq!(r.pending().len(), 1);
+    // The new item with only a hide and the content item after it stay live, and their
+    // events stay recorded.
+    assert_eq!(done.kept, 2);
+    assert_eq!(r.pending().len(), 2);
 
     // After an install the next save writes the new model's files and removes the old.
     let before = files(dir.path());
@@ -119,7 +135,7 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
     r.observe(&mut live, ev(3, 8, InteractionKind::Click, 51))
         .unwrap();
     state.write(dir.path()).unwrap();
-    assert_eq!(load(dir.path()).refresher.pending().len(), 2);
+    assert_eq!(load(dir.path()).refresher.pending().len(), 3);
     r.state_with(&live, 10, b"app")
         .unwrap()
         .write(dir.path())
@@ -143,13 +159,23 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
 fn a_damaged_or_mismatched_state_is_refused() {
     let g = random_graph(20, 15, 90, 22);
     let (mut r, mut live) = serving(&g);
-    for e in events(&g, 20) {
-        r.observe(&mut live, e).unwrap();
-    }
+    stream(&g, &mut r, &mut live, 20);
     let dir = tempfile::tempdir().unwrap();
     r.save(dir.path(), &live, 6).unwrap();
     let cpu = DeviceSpec::Cpu.select().unwrap();
-    let reload = || Refresher::load(dir.path(), &cpu, LiveConfig::new().recent(4));
+    let reload = || {
+        Refresher::load(
+            dir.path(),
+            &cpu,
+            LiveConfig::new().recent(4),
+            Some(aggregator()),
+        )
+    };
+    // Live items with content need the aggregator.
+    assert!(matches!(
+        Refresher::load(dir.path(), &cpu, LiveConfig::new().recent(4), None),
+        Err(Error::Config { .. })
+    ));
     for name in files(dir.path()) {
         let path = dir.path().join(&name);
         let good = std::fs::read(&path).unwrap();

@@ -23,6 +23,7 @@
 //! time, the live model's users and items, recorded events (u64 each); the events (24
 //! bytes each, the event log's encoding); per user: hidden count (u32), hidden items
 //! (u32), recent count (u32), recent entries (item u32, weight f32, time u64); the
+//! content of each item past the graph's (width u32, 0 for none, then f32 each); the
 //! application's bytes (length u64, then the bytes); crc32 of everything before.
 
 use std::collections::VecDeque;
@@ -36,6 +37,7 @@ use crate::checkpoint::{crc_trailer_holds, write_atomic};
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
+use crate::inductive::ContentAggregator;
 use crate::interactions::Interaction;
 use crate::live::{LiveConfig, LiveModel, Recent};
 use crate::log::{EVENT_LEN, decode_event, encode_event, remove_files};
@@ -55,9 +57,9 @@ const GRAPH_HEADER: usize = 8 + 4 + 3 * 8;
 pub struct Restored {
     /// The trainer, graph and recorded events as saved, and the install generation.
     pub refresher: Refresher,
-    /// The trainer's model with the recorded events folded in again and each user's
-    /// hidden and recent items as saved. Items added live come back without content
-    /// (give it again with [`LiveModel::set_item_content`] after setting an aggregator).
+    /// The trainer's model with the recorded events folded in again, items added live
+    /// with their content, and each user's hidden and recent items as saved: the served
+    /// model, bit for bit.
     pub live: LiveModel,
     /// The journal seq the state covers: observe the journal's events after it
     /// ([`crate::Recovery::events_after`]) through the refresher.
@@ -291,6 +293,8 @@ struct Meta {
     events: Vec<Interaction>,
     hidden: Vec<Vec<u32>>,
     recent: Vec<VecDeque<Recent>>,
+    /// Content of the items past the graph's.
+    content: Vec<Option<Vec<f32>>>,
     app_data: Vec<u8>,
 }
 
@@ -341,6 +345,26 @@ fn read_meta(path: &Path) -> Result<Meta> {
         }
         recent.push(q);
     }
+    let mut content = Vec::new();
+    let n_content = r.count(4, "live items' content")?;
+    if n_content > n_items {
+        return Err(r.corrupt(format!(
+            "content of {n_content} live items for a model of {n_items} items"
+        )));
+    }
+    for _ in 0..n_content {
+        let width = r.u32("content widths")?;
+        let width = r.fits(width.into(), 4, "content values")?;
+        if width == 0 {
+            content.push(None);
+            continue;
+        }
+        let mut v = Vec::with_capacity(width);
+        for _ in 0..width {
+            v.push(f32::from_bits(r.u32("content values")?));
+        }
+        content.push(Some(v));
+    }
     let n = r.count(1, "application bytes")?;
     let app_data = r.take(n, "application bytes")?.to_vec();
     if r.at != bytes.len() {
@@ -356,6 +380,7 @@ fn read_meta(path: &Path) -> Result<Meta> {
         events,
         hidden,
         recent,
+        content,
         app_data,
     })
 }
@@ -421,6 +446,13 @@ impl Refresher {
                 put_u64(&mut out, r.time);
             }
         }
+        let live_items = self.graph.n_items()..live.n_items();
+        put_u64(&mut out, live_items.len() as u64);
+        for i in live_items {
+            let c = live.item_content(ItemId(i as u32)).unwrap_or(&[]);
+            put_u32(&mut out, c.len() as u32);
+            c.iter().for_each(|&x| put_u32(&mut out, x.to_bits()));
+        }
         put_u64(&mut out, app_data.len() as u64);
         out.extend_from_slice(app_data);
         Ok(RefresherState {
@@ -432,16 +464,18 @@ impl Refresher {
     }
 
     /// Rebuilds the refresher and the live model saved in `dir` ([`Refresher::save`]),
-    /// training on `selection`'s device, the live model configured by `config`; `None`
-    /// when nothing was saved there.
+    /// training on `selection`'s device, the live model configured by `config` and
+    /// embedding items added live with content through `aggregator` (the one the served
+    /// model had; needed when such items were saved); `None` when nothing was saved
+    /// there.
     ///
     /// Then observe the journal's events after [`Restored::through_seq`] through the
-    /// refresher, set the aggregator and the content of items added live, and serve.
-    /// Damaged or mismatched files are an [`Error::Corrupt`].
+    /// refresher, and serve. Damaged or mismatched files are an [`Error::Corrupt`].
     pub fn load(
         dir: impl AsRef<Path>,
         selection: &Selection,
         config: LiveConfig,
+        aggregator: Option<ContentAggregator>,
     ) -> Result<Option<Restored>> {
         let dir = dir.as_ref();
         let meta_path = dir.join(META);
@@ -453,6 +487,26 @@ impl Refresher {
         let graph = read_graph(&graph_file)?;
         let mut training = Training::resume(&graph, &trainer_path(dir, meta.stamp), selection)?;
         let mut live = LiveModel::new(training.model()?, &graph, config, meta.trained_at)?;
+        match aggregator {
+            Some(a) => live.set_aggregator(a)?,
+            None if meta.content.iter().any(Option::is_some) => {
+                return Err(Error::Config {
+                    message: format!(
+                        "{} saved live items have content: pass the content aggregator the served model had",
+                        meta.content.iter().flatten().count()
+                    ),
+                });
+            }
+            None => {}
+        }
+        let first = graph.n_items();
+        let content = &meta.content;
+        let content_of = |i: ItemId| {
+            i.index()
+                .checked_sub(first)
+                .and_then(|j| content.get(j))
+                .and_then(|c| c.as_deref())
+        };
         let mismatch = |message: String| Error::Corrupt {
             path: meta_path.clone(),
             offset: 0,
@@ -465,11 +519,11 @@ impl Refresher {
                     e.item.0, meta.n_items
                 )));
             }
-            add_items_up_to(&mut live, e.item.index() + 1, |_| None)?;
+            add_items_up_to(&mut live, e.item.index() + 1, content_of)?;
             live.observe(e.user, e.item, e.kind, e.timestamp)
                 .map_err(|err| mismatch(format!("recorded event does not replay: {err}")))?;
         }
-        add_items_up_to(&mut live, meta.n_items, |_| None)?;
+        add_items_up_to(&mut live, meta.n_items, content_of)?;
         if live.n_users() != meta.n_users || live.n_items() != meta.n_items {
             return Err(mismatch(format!(
                 "the replayed model has {} users and {} items, the saved one had {} and {}",
