@@ -245,3 +245,51 @@ fn the_journal_gives_the_events_after_a_saved_seq() {
     assert_eq!(rec.events_after(snap).unwrap().len(), 1);
     assert!(rec.events_after(e).unwrap().is_empty());
 }
+
+#[test]
+fn a_crash_after_a_save_recovers_every_acknowledged_event_from_the_journal() {
+    let g = random_graph(25, 20, 120, 23);
+    let (journal_dir, state_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (nu, ni) = (g.n_users() as u32, g.n_items() as u32);
+    let before = [
+        ev(0, first_non_edge(&g, 0), InteractionKind::Click, 20),
+        ev(nu, 2, InteractionKind::Save, 21),
+        ev(3, g.items_of(UserId(3))[0], InteractionKind::Hide, 22),
+    ];
+    let after = [
+        ev(1, ni, InteractionKind::Click, 30),
+        ev(nu, 4, InteractionKind::Click, 31),
+        ev(nu + 1, 0, InteractionKind::Save, 32),
+    ];
+    // The service: every event is journalled, then observed; the state is saved once,
+    // more events are acknowledged, and the process dies.
+    let served = {
+        let (mut r, mut live) = serving(&g);
+        let (mut journal, _) = Journal::open(journal_dir.path()).unwrap();
+        for e in before {
+            journal.record(&e).unwrap();
+            r.observe(&mut live, e).unwrap();
+        }
+        let seq = journal.sync().unwrap();
+        r.state(&live, seq)
+            .unwrap()
+            .write(state_dir.path())
+            .unwrap();
+        for e in after {
+            journal.record(&e).unwrap();
+            r.observe(&mut live, e).unwrap();
+        }
+        journal.sync().unwrap();
+        live
+    };
+    // The restart: the saved state, then the journal's events after its seq.
+    let (_journal, recovery) = Journal::open(journal_dir.path()).unwrap();
+    let mut back = load(state_dir.path());
+    let missed = recovery.events_after(back.through_seq).unwrap();
+    assert_eq!(missed, &after);
+    for &e in missed {
+        back.refresher.observe(&mut back.live, e).unwrap();
+    }
+    assert_same_live(&back.live, &served);
+    assert_eq!(back.refresher.pending().len(), before.len() + after.len());
+}
