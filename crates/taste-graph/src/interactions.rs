@@ -144,17 +144,23 @@ impl Interactions {
 /// The event that decides each (user, item) pair of `events`: its last in timestamp
 /// order (order in `events` among equal timestamps), pairs sorted by user, then item.
 pub(crate) fn deciding_events(events: &[Interaction]) -> impl Iterator<Item = &Interaction> {
+    deciding_indices(events)
+        .into_iter()
+        .map(move |i| &events[i])
+}
+
+/// The indices in `events` of [`deciding_events`], in the same order.
+pub(crate) fn deciding_indices(events: &[Interaction]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..events.len()).collect();
     order.sort_by_key(|&i| {
         let e = &events[i];
         (e.user, e.item, e.timestamp, i)
     });
     let pair = |k: usize| (events[order[k]].user, events[order[k]].item);
-    let last: Vec<usize> = (0..order.len())
+    (0..order.len())
         .filter(|&k| k + 1 == order.len() || pair(k + 1) != pair(k))
         .map(|k| order[k])
-        .collect();
-    last.into_iter().map(move |i| &events[i])
+        .collect()
 }
 
 #[cfg(test)]

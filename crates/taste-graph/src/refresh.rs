@@ -17,7 +17,10 @@
 //!    graph for the next cycle.
 //!
 //! The refit graph is the trainer's graph plus the positive pairs recorded up to the plan
-//! (a later hide of a pair removes it, as [`Interactions::positive_pairs`] decides).
+//! (a later hide of a pair removes it, as [`Interactions::positive_pairs`] decides). A
+//! hide is no edge: the hide that decides its pair is replayed into each new live model,
+//! so the push it gave the user's vector survives the refit, and it stays recorded for
+//! the next one (until a later positive event on the pair decides otherwise).
 //! Users and items added live become trained rows when they have a positive pair by then;
 //! from the first added user (item) without one on, users (items) stay live in the new
 //! model and their events are replayed instead (and kept for the next refit) — ids are
@@ -39,7 +42,7 @@ use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::ContentAggregator;
-use crate::interactions::{Interaction, deciding_events};
+use crate::interactions::{Interaction, deciding_indices};
 use crate::lightgcn::EpochStats;
 use crate::live::{LiveConfig, LiveModel};
 use crate::schedule::RateSwitch;
@@ -67,8 +70,8 @@ pub struct Installed {
     /// Events recorded before the plan that the refit graph holds (dropped from the
     /// record).
     pub folded: usize,
-    /// Events recorded before the plan on users or items that stay live: replayed by the
-    /// job and kept in the record for the next refit.
+    /// Events recorded before the plan on users or items that stay live, and hides that
+    /// decide their pairs: replayed by the job and kept in the record for the next refit.
     pub kept: usize,
     /// Events recorded after the plan (or after the last [`Refit::catch_up`]), replayed
     /// into the new model during the install.
@@ -130,7 +133,8 @@ impl Refresher {
     }
 
     /// Events the current model's graph does not hold, oldest first: those recorded
-    /// since it was built, and earlier ones on users or items that stayed live.
+    /// since it was built, and earlier ones on users or items that stayed live or hides
+    /// that decide their pairs.
     pub fn pending(&self) -> &[Interaction] {
         &self.events
     }
@@ -454,7 +458,9 @@ impl RefitJob {
 
     /// The refit training graph and the events it leaves to the replay: the trainer's
     /// graph plus the recorded positive pairs among trained users and items, with
-    /// users (items) trained up to the first live one that has no positive pair.
+    /// users (items) trained up to the first live one that has no positive pair; the
+    /// replay holds the events on users and items that stay live and the hides that
+    /// decide their pairs.
     pub fn refit_graph(&self) -> Result<(BipartiteGraph, Vec<Interaction>)> {
         let base = &*self.graph;
         let (bu, bi) = (base.n_users(), base.n_items());
@@ -474,11 +480,18 @@ impl RefitJob {
         // the trainer's graph is older than all of them.
         let mut added = Vec::new();
         let mut removed = HashSet::new();
-        for e in deciding_events(&self.events) {
+        // A hide that decides its pair is not a graph edge, but the push it gave the
+        // user's vector is replayed into each new model (and kept for the next).
+        let mut hides = HashSet::new();
+        for k in deciding_indices(&self.events) {
+            let e = &self.events[k];
             if e.adds_pair() {
                 added.push((e.user, e.item));
             } else {
                 removed.insert((e.user, e.item));
+                if !e.kind.is_positive() {
+                    hides.insert(k);
+                }
             }
         }
         let mut user_pos = vec![false; self.n_users - bu];
@@ -508,8 +521,11 @@ impl RefitJob {
         let replay = self
             .events
             .iter()
-            .filter(|e| e.user.index() >= n_users || e.item.index() >= n_items)
-            .copied()
+            .enumerate()
+            .filter(|(k, e)| {
+                e.user.index() >= n_users || e.item.index() >= n_items || hides.contains(k)
+            })
+            .map(|(_, e)| *e)
             .collect();
         Ok((graph, replay))
     }

@@ -30,6 +30,14 @@ fn serving(g: &BipartiteGraph, live_config: LiveConfig) -> (Refresher, LiveModel
     (Refresher::new(Training::Cpu(t), g.clone()).unwrap(), live)
 }
 
+/// `live` with the hide of `pair` at time 33 folded in: what a refit's new model gets
+/// after `stream_before` (a hide is no graph edge; its push is replayed).
+fn with_hide(mut live: LiveModel, pair: (u32, u32)) -> LiveModel {
+    live.observe(UserId(pair.0), ItemId(pair.1), InteractionKind::Hide, 33)
+        .unwrap();
+    live
+}
+
 /// Pre-plan events: clicks on new pairs, a new user with two clicks, a new item clicked,
 /// and a hide of a trained edge. Returns the hidden pair.
 fn stream_before(g: &BipartiteGraph, r: &mut Refresher, live: &mut LiveModel) -> (u32, u32) {
@@ -80,7 +88,10 @@ fn a_refit_is_the_regraphed_trainer_on_the_grown_graph() {
     for _ in 0..3 {
         by_hand.train_epoch(|_, _| {}).unwrap();
     }
-    let expected = LiveModel::new(by_hand.model(), &want, LiveConfig::new(), 33).unwrap();
+    let expected = with_hide(
+        LiveModel::new(by_hand.model(), &want, LiveConfig::new(), 33).unwrap(),
+        hidden,
+    );
 
     let job = r.plan(&live, 3).unwrap();
     assert_eq!(job.events(), 7);
@@ -95,11 +106,12 @@ fn a_refit_is_the_regraphed_trainer_on_the_grown_graph() {
     assert_eq!(
         (
             done.folded,
+            done.kept,
             done.replayed,
             done.trained_users,
             done.trained_items
         ),
-        (7, 0, g.n_users() + 1, g.n_items() + 1)
+        (6, 1, 0, g.n_users() + 1, g.n_items() + 1)
     );
     assert_eq!(done.edges, want.n_edges());
     assert_eq!(live.users(), expected.users());
@@ -114,7 +126,11 @@ fn a_refit_is_the_regraphed_trainer_on_the_grown_graph() {
         (live.last_time(UserId(1)), live.latest_time()),
         (Some(33), 33)
     );
-    assert!(r.pending().is_empty());
+    // The hide stays recorded: the next refit replays its push again.
+    assert_eq!(
+        r.pending(),
+        &[ev(hidden.0, hidden.1, InteractionKind::Hide, 33)]
+    );
     assert_eq!(r.generation(), 1);
     assert_eq!(r.graph().n_edges(), want.n_edges());
     assert_eq!(r.training().epochs(), 5);
@@ -124,7 +140,7 @@ fn a_refit_is_the_regraphed_trainer_on_the_grown_graph() {
 fn events_during_the_refit_are_replayed_into_the_new_model() {
     let g = random_graph(40, 30, 220, 5);
     let (mut r, mut live) = serving(&g, LiveConfig::new());
-    stream_before(&g, &mut r, &mut live);
+    let hidden = stream_before(&g, &mut r, &mut live);
     let job = r.plan(&live, 2).unwrap();
     let twin = r.plan(&live, 2).unwrap();
     // The job owns what it needs: it runs on another thread while serving goes on.
@@ -146,23 +162,25 @@ fn events_during_the_refit_are_replayed_into_the_new_model() {
         want.observe(e.user, e.item, e.kind, e.timestamp).unwrap();
     }
     let (done, _) = r.install(refit, &mut live).unwrap();
-    assert_eq!((done.folded, done.replayed), (7, 4));
+    assert_eq!((done.folded, done.kept, done.replayed), (6, 1, 4));
     assert_eq!(live.users(), want.users());
     assert_eq!(live.items(), want.items());
     assert_eq!(
         (live.n_users(), live.n_items()),
         (want.n_users(), want.n_items())
     );
-    assert_eq!(r.pending(), &during);
-    // The next refit folds exactly those four in.
+    let kept_hide = ev(hidden.0, hidden.1, InteractionKind::Hide, 33);
+    assert_eq!(r.pending()[0], kept_hide);
+    assert_eq!(&r.pending()[1..], &during);
+    // The next refit folds those four in and replays both hides.
     let next = r.plan(&live, 1).unwrap();
-    assert_eq!(next.events(), 4);
+    assert_eq!(next.events(), 5);
     let refit = next.run(|_| {}).unwrap();
     assert_eq!(refit.graph().n_users(), g.n_users() + 2);
     assert!(refit.graph().has_edge(UserId(nu), ItemId(4)));
     assert!(!refit.graph().has_edge(UserId(3), ItemId(2)));
     r.install(refit, &mut live).unwrap();
-    assert!(r.pending().is_empty());
+    assert_eq!(r.pending(), &[kept_hide, during[3]]);
     assert!(live.hidden(UserId(3)).contains(&2));
 }
 
@@ -350,7 +368,7 @@ fn a_device_trainer_refits_the_same_way() {
     let mut live = LiveModel::new(t.model().unwrap(), &g, LiveConfig::new(), 10).unwrap();
     let mut r = Refresher::new(Training::Device(t), g.clone()).unwrap();
     assert!(r.training().device().is_some());
-    stream_before(&g, &mut r, &mut live);
+    let hidden = stream_before(&g, &mut r, &mut live);
     let job = r.plan(&live, 2).unwrap().lr(5e-3);
     let twin = r.plan(&live, 2).unwrap();
     let refit = std::thread::spawn(move || job.run(|_| {}))
@@ -366,13 +384,16 @@ fn a_device_trainer_refits_the_same_way() {
     for _ in 0..2 {
         by_hand.train_epoch(|_, _| {}).unwrap();
     }
-    let want = LiveModel::new(
-        by_hand.model().unwrap(),
-        refit.graph(),
-        LiveConfig::new(),
-        33,
-    )
-    .unwrap();
+    let want = with_hide(
+        LiveModel::new(
+            by_hand.model().unwrap(),
+            refit.graph(),
+            LiveConfig::new(),
+            33,
+        )
+        .unwrap(),
+        hidden,
+    );
     assert_eq!(refit.training().config().adam.lr, 5e-3);
     r.install(refit, &mut live).unwrap();
     assert_eq!(live.users(), want.users());
@@ -386,7 +407,7 @@ fn a_device_trainer_refits_the_same_way() {
 fn a_schedule_switches_the_rate_by_the_refits_own_epochs() {
     let g = random_graph(40, 30, 220, 9);
     let (mut r, mut live) = serving(&g, LiveConfig::new());
-    stream_before(&g, &mut r, &mut live);
+    let hidden = stream_before(&g, &mut r, &mut live);
     let switch: taste_graph::RateSwitch = "2:1e-3:32".parse().unwrap();
     let refit = r
         .plan(&live, 3)
@@ -408,7 +429,10 @@ fn a_schedule_switches_the_rate_by_the_refits_own_epochs() {
     for _ in 0..2 {
         by_hand.train_epoch(|_, _| {}).unwrap();
     }
-    let want = LiveModel::new(by_hand.model(), refit.graph(), LiveConfig::new(), 50).unwrap();
+    let want = with_hide(
+        LiveModel::new(by_hand.model(), refit.graph(), LiveConfig::new(), 50).unwrap(),
+        hidden,
+    );
     r.install(refit, &mut live).unwrap();
     assert_eq!(live.users(), want.users());
     assert_eq!(live.last_time(UserId(0)), Some(50));
