@@ -312,6 +312,8 @@ pub struct LiveModel {
     item_mass: Vec<f64>,
     /// xorshift state of the refit's draws.
     rng: u64,
+    /// The refit's candidate negatives of one step (reused, not reallocated).
+    candidates: Vec<usize>,
 }
 
 impl LiveModel {
@@ -397,6 +399,7 @@ impl LiveModel {
             item_sum: Vec::new(),
             item_mass: Vec::new(),
             rng: 0x9E37_79B9_7F4A_7C15,
+            candidates: Vec::new(),
         };
         if config.item_updates {
             let mut user_fold = partial[..nu * d].to_vec();
@@ -643,15 +646,27 @@ impl LiveModel {
         if steps == 0 || n_pos == 0 || n_pos >= n_items {
             return;
         }
+        let mut candidates = std::mem::take(&mut self.candidates);
         for _ in 0..steps {
             let r = self.next_random();
             let p = self.seen[u][(r % n_pos as u64) as usize] as usize;
-            // Fresh candidates each step; the one the user scores highest now.
-            let mut j = self.unseen_item(u);
-            if self.config.refit_negatives > 1 {
-                let mut best = self.score(u, j);
-                for _ in 1..self.config.refit_negatives {
-                    let c = self.unseen_item(u);
+            // Fresh candidates each step; the one the user scores highest now. All are
+            // drawn (and their rows prefetched) before any is scored, so the draws'
+            // unpredictable branches do not hold up the rows' loads.
+            candidates.clear();
+            for _ in 0..self.config.refit_negatives {
+                let c = self.unseen_item(u);
+                self.prefetch_item(c);
+                candidates.push(c);
+            }
+            // At least one candidate: the configuration asks for 1..=1024.
+            let Some((&first, rest)) = candidates.split_first() else {
+                break;
+            };
+            let mut j = first;
+            if !rest.is_empty() {
+                let mut best = self.score(u, first);
+                for &c in rest {
                     let sc = self.score(u, c);
                     if sc > best {
                         (j, best) = (c, sc);
@@ -672,6 +687,28 @@ impl LiveModel {
             }
             self.refresh_user(u);
         }
+        self.candidates = candidates;
+    }
+
+    /// Hints the CPU to fetch item `i`'s embedding row.
+    #[inline(always)]
+    fn prefetch_item(&self, i: usize) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let row = &self.item_final[i * self.dim..(i + 1) * self.dim];
+            for k in (0..row.len()).step_by(16) {
+                // SAFETY: a prefetch never faults, and `row[k]` is inside the
+                // bounds-checked row.
+                unsafe {
+                    std::arch::x86_64::_mm_prefetch(
+                        row[k..].as_ptr() as *const i8,
+                        std::arch::x86_64::_MM_HINT_T0,
+                    )
+                };
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = i;
     }
 
     /// User `u`'s current score of item `i`.
