@@ -192,6 +192,18 @@ fn a_damaged_or_mismatched_state_is_refused() {
         std::fs::write(&path, &good).unwrap();
         assert!(reload().is_ok());
     }
+    // Checksummed but inconsistent: an item count the live items do not account for
+    // (at bytes 52..60 of the meta file) is refused, not allocated.
+    let meta = dir.path().join("REFRESHER");
+    let good = std::fs::read(&meta).unwrap();
+    let mut bad = good[..good.len() - 4].to_vec();
+    bad[52..60].copy_from_slice(&(1u64 << 40).to_le_bytes());
+    let crc = crc32fast::hash(&bad);
+    bad.extend_from_slice(&crc.to_le_bytes());
+    std::fs::write(&meta, &bad).unwrap();
+    let err = reload().unwrap_err();
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    std::fs::write(&meta, &good).unwrap();
     // A live model that is not the one served is refused at save.
     let small = random_graph(5, 5, 10, 1);
     let t = Trainer::new(&small, &config()).unwrap();

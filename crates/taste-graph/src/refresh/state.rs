@@ -500,6 +500,17 @@ impl Refresher {
             None => {}
         }
         let first = graph.n_items();
+        if meta.n_items != first + meta.content.len() {
+            return Err(Error::Corrupt {
+                path: meta_path.clone(),
+                offset: 0,
+                message: format!(
+                    "{} items saved, but the graph has {first} and {} live items follow",
+                    meta.n_items,
+                    meta.content.len()
+                ),
+            });
+        }
         let content = &meta.content;
         let content_of = |i: ItemId| {
             i.index()
