@@ -235,9 +235,14 @@ pub(crate) fn write(
     f32s(&mut out, ego);
     f32s(&mut out, m1);
     f32s(&mut out, m2);
+    write_atomic(path, &with_crc(out))
+}
+
+/// `out` followed by the crc32 of its bytes (what [`crc_trailer_holds`] checks).
+pub(crate) fn with_crc(mut out: Vec<u8>) -> Vec<u8> {
     let crc = crc32fast::hash(&out);
     out.extend_from_slice(&crc.to_le_bytes());
-    write_atomic(path, &out)
+    out
 }
 
 /// Whether `bytes` (at least 4 long) end with the crc32 of everything before.

@@ -51,6 +51,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
+use crate::checkpoint::crc_trailer_holds;
 use crate::error::{Error, Result};
 use crate::ids::{DenseId, IdMap, ItemId, ItemMap, UserId, UserMap};
 use crate::interactions::{Interaction, InteractionKind, Interactions};
@@ -736,7 +737,7 @@ impl GraphSnapshot {
             return Err(corrupt(path, 0, "not a taste-graph snapshot (bad magic)"));
         }
         let body_len = b.len() - 4;
-        if crc32fast::hash(&b[..body_len]) != u32_at(&b, body_len) {
+        if !crc_trailer_holds(&b) {
             return Err(corrupt(path, body_len as u64, "snapshot checksum mismatch"));
         }
         let version = u32_at(&b, 8);

@@ -160,9 +160,7 @@ impl Refresher {
     /// [`RefitJob::run`], then [`Refresher::install`] the result.
     pub fn plan(&self, live: &LiveModel, epochs: usize) -> Result<RefitJob> {
         self.check_live(live)?;
-        let content = (self.graph.n_items()..live.n_items())
-            .map(|i| live.item_content(ItemId(i as u32)).map(Box::from))
-            .collect();
+        let content = ItemContent::of(live, self.graph.n_items());
         Ok(RefitJob {
             training: Arc::clone(&self.training),
             graph: Arc::clone(&self.graph),
@@ -203,15 +201,11 @@ impl Refresher {
     /// refused for a refit planned before the latest install ([`Error::Stale`]).
     pub fn catch_up(&self, refit: &Refit, live: &LiveModel) -> Result<CatchUp> {
         self.check_refit(refit)?;
-        let first_item = refit.live.n_items();
         Ok(CatchUp {
             generation: self.generation,
             from: refit.replayed,
             events: self.events[refit.replayed..].to_vec(),
-            first_item,
-            content: (first_item..live.n_items())
-                .map(|i| live.item_content(ItemId(i as u32)).map(Box::from))
-                .collect(),
+            content: ItemContent::of(live, refit.live.n_items()),
         })
     }
 
@@ -295,6 +289,38 @@ impl Refresher {
     }
 }
 
+/// The content of a live model's items from `first` on, copied so that they can be added
+/// to another model ([`add_items_up_to`]).
+#[derive(Debug, Clone)]
+struct ItemContent {
+    first: usize,
+    /// Item `first + k`'s content, if it has some.
+    content: Vec<Option<Box<[f32]>>>,
+}
+
+impl ItemContent {
+    /// `live`'s items from `first` on.
+    fn of(live: &LiveModel, first: usize) -> Self {
+        let content = (first..live.n_items())
+            .map(|i| live.item_content(ItemId(i as u32)).map(Box::from))
+            .collect();
+        ItemContent { first, content }
+    }
+
+    /// One past the last item covered.
+    fn end(&self) -> usize {
+        self.first + self.content.len()
+    }
+
+    /// Item `i`'s content (none outside the covered items).
+    fn get(&self, i: ItemId) -> Option<&[f32]> {
+        i.index()
+            .checked_sub(self.first)
+            .and_then(|k| self.content.get(k))
+            .and_then(|c| c.as_deref())
+    }
+}
+
 /// Appends live items to `live` until it has `n`, each with the content `content_of`
 /// gives it.
 fn add_items_up_to<'a>(
@@ -319,7 +345,7 @@ pub struct RefitJob {
     n_users: usize,
     n_items: usize,
     /// Content of the live model's items from the graph's item count on.
-    content: Vec<Option<Box<[f32]>>>,
+    content: ItemContent,
     aggregator: Option<Arc<ContentAggregator>>,
     config: LiveConfig,
     now: u64,
@@ -352,10 +378,8 @@ pub struct CatchUp {
     /// Index of the first of `events` among the refresher's recorded events.
     from: usize,
     events: Vec<Interaction>,
-    /// The live model's item count when the refit was caught up last.
-    first_item: usize,
-    /// Content of the live model's items from `first_item` on.
-    content: Vec<Option<Box<[f32]>>>,
+    /// Content of the live model's items from the refit's item count on.
+    content: ItemContent,
 }
 
 impl CatchUp {
@@ -397,30 +421,26 @@ impl Refit {
                 current: catch_up.generation,
             });
         }
-        if catch_up.from != self.replayed || catch_up.first_item > self.live.n_items() {
+        if catch_up.from != self.replayed || catch_up.content.first > self.live.n_items() {
             return Err(Error::Graph {
                 message: format!(
                     "the catch-up starts at event {} and item {}, the refit has replayed {} events and has {} items: take it after the refit's last catch-up",
                     catch_up.from,
-                    catch_up.first_item,
+                    catch_up.content.first,
                     self.replayed,
                     self.live.n_items()
                 ),
             });
         }
-        let first = catch_up.first_item;
-        let known = first + catch_up.content.len();
-        let content_of = |i: ItemId| {
-            i.index()
-                .checked_sub(first)
-                .and_then(|j| catch_up.content.get(j))
-                .and_then(|c| c.as_deref())
-        };
+        let content = &catch_up.content;
+        let known = content.end();
         for e in &catch_up.events {
-            add_items_up_to(&mut self.live, (e.item.index() + 1).min(known), content_of)?;
+            add_items_up_to(&mut self.live, (e.item.index() + 1).min(known), |i| {
+                content.get(i)
+            })?;
             self.live.observe(e.user, e.item, e.kind, e.timestamp)?;
         }
-        add_items_up_to(&mut self.live, known, content_of)?;
+        add_items_up_to(&mut self.live, known, |i| content.get(i))?;
         self.replayed += catch_up.events.len();
         Ok(self)
     }
@@ -557,13 +577,7 @@ impl RefitJob {
         }
         let mut live = LiveModel::new(training.model()?, &graph, self.config, self.now)?;
         live.share_aggregator(self.aggregator.clone());
-        let base_items = self.graph.n_items();
-        let content_of = |i: ItemId| {
-            i.index()
-                .checked_sub(base_items)
-                .and_then(|j| self.content.get(j))
-                .and_then(|c| c.as_deref())
-        };
+        let content_of = |i: ItemId| self.content.get(i);
         for e in &replay {
             add_items_up_to(&mut live, e.item.index() + 1, content_of)?;
             live.observe(e.user, e.item, e.kind, e.timestamp)?;

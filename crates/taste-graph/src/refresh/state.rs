@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{Refresher, add_items_up_to};
-use crate::checkpoint::{crc_trailer_holds, write_atomic};
+use super::{ItemContent, Refresher, add_items_up_to};
+use crate::checkpoint::{crc_trailer_holds, with_crc, write_atomic};
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
@@ -119,12 +119,20 @@ pub(super) fn fresh_stamp() -> u64 {
     z ^ (z >> 31)
 }
 
+/// File names of the trainer checkpoint and the graph of the model named `stamp`.
+fn model_files(stamp: u64) -> [String; 2] {
+    [
+        format!("trainer-{stamp:016x}.ckpt"),
+        format!("graph-{stamp:016x}.graph"),
+    ]
+}
+
 fn trainer_path(dir: &Path, stamp: u64) -> PathBuf {
-    dir.join(format!("trainer-{stamp:016x}.ckpt"))
+    dir.join(&model_files(stamp)[0])
 }
 
 fn graph_path(dir: &Path, stamp: u64) -> PathBuf {
-    dir.join(format!("graph-{stamp:016x}.graph"))
+    dir.join(&model_files(stamp)[1])
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -211,12 +219,6 @@ fn read_verified(path: &Path, magic: &[u8; 8], header: usize, what: &str) -> Res
     Ok(bytes)
 }
 
-fn with_crc(mut out: Vec<u8>) -> Vec<u8> {
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
-}
-
 fn write_graph(path: &Path, graph: &BipartiteGraph) -> Result<()> {
     let mut out = Vec::with_capacity(GRAPH_HEADER + 4 * (graph.n_users() + graph.n_edges()) + 4);
     out.extend_from_slice(GRAPH_MAGIC);
@@ -294,7 +296,7 @@ struct Meta {
     hidden: Vec<Vec<u32>>,
     recent: Vec<VecDeque<Recent>>,
     /// Content of the items past the graph's.
-    content: Vec<Option<Vec<f32>>>,
+    content: Vec<Option<Box<[f32]>>>,
     app_data: Vec<u8>,
 }
 
@@ -363,7 +365,7 @@ fn read_meta(path: &Path) -> Result<Meta> {
         for _ in 0..width {
             v.push(f32::from_bits(r.u32("content values")?));
         }
-        content.push(Some(v));
+        content.push(Some(v.into_boxed_slice()));
     }
     let n = r.count(1, "application bytes")?;
     let app_data = r.take(n, "application bytes")?.to_vec();
@@ -499,30 +501,24 @@ impl Refresher {
             }
             None => {}
         }
-        let first = graph.n_items();
-        if meta.n_items != first + meta.content.len() {
-            return Err(Error::Corrupt {
-                path: meta_path.clone(),
-                offset: 0,
-                message: format!(
-                    "{} items saved, but the graph has {first} and {} live items follow",
-                    meta.n_items,
-                    meta.content.len()
-                ),
-            });
-        }
-        let content = &meta.content;
-        let content_of = |i: ItemId| {
-            i.index()
-                .checked_sub(first)
-                .and_then(|j| content.get(j))
-                .and_then(|c| c.as_deref())
-        };
         let mismatch = |message: String| Error::Corrupt {
             path: meta_path.clone(),
             offset: 0,
             message,
         };
+        let content = ItemContent {
+            first: graph.n_items(),
+            content: meta.content,
+        };
+        if meta.n_items != content.end() {
+            return Err(mismatch(format!(
+                "{} items saved, but the graph has {} and {} live items follow",
+                meta.n_items,
+                content.first,
+                content.content.len()
+            )));
+        }
+        let content_of = |i: ItemId| content.get(i);
         for e in &meta.events {
             if e.item.index() >= meta.n_items {
                 return Err(mismatch(format!(
@@ -564,10 +560,7 @@ impl Refresher {
 
 /// Removes trainer and graph files (and their temp files) of other stamps from `dir`.
 fn remove_unnamed(dir: &Path, stamp: u64) -> Result<()> {
-    let keep = [
-        format!("trainer-{stamp:016x}.ckpt"),
-        format!("graph-{stamp:016x}.graph"),
-    ];
+    let keep = model_files(stamp);
     remove_files(dir, |name| {
         (name.starts_with("trainer-") || name.starts_with("graph-"))
             && !keep.iter().any(|k| k == name)
