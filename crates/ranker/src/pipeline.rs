@@ -173,13 +173,19 @@ pub fn restore(
     let Some(restored) = Refresher::load(dir, &selection, opts.live, None)? else {
         return Ok(None);
     };
-    let (name, _) = decode_app_data(&restored.app_data)?;
+    let (name, ids) = decode_app_data(&restored.app_data)?;
     let snap = store.generation(&name)?;
-    let index = match opts.hnsw {
-        Some(p) => Some(index_for(store, &snap, p)?),
-        None => None,
-    };
-    Recommender::restore(restored, snap, index, opts.interests).map(Some)
+    let index = index_if_asked(store, &snap, opts)?;
+    Recommender::restore_with(restored, &name, ids, snap, index, opts.interests).map(Some)
+}
+
+/// The HNSW index of `snap` ([`index_for`]) when `opts.hnsw` asks for one.
+fn index_if_asked(
+    store: &Arc<Store>,
+    snap: &Snapshot,
+    opts: &PipelineOptions,
+) -> Result<Option<Hnsw>> {
+    opts.hnsw.map(|p| index_for(store, snap, p)).transpose()
 }
 
 /// `live`'s item embeddings written to generation `name` of `store` under `ids` (made
@@ -202,10 +208,7 @@ fn publish(
         attrs,
     )?;
     let snap = store.generation(name)?;
-    let index = match opts.hnsw {
-        Some(p) => Some(index_for(store, &snap, p)?),
-        None => None,
-    };
+    let index = index_if_asked(store, &snap, opts)?;
     Ok((snap, index))
 }
 

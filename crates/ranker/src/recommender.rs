@@ -428,6 +428,19 @@ impl Recommender {
         interests: InterestConfig,
     ) -> Result<(Recommender, u64)> {
         let (generation, ids) = decode_app_data(&restored.app_data)?;
+        Self::restore_with(restored, &generation, ids, snap, index, interests)
+    }
+
+    /// [`Recommender::restore`] with the ranker's saved data already decoded: the
+    /// generation it served and the external item ids.
+    pub(crate) fn restore_with(
+        restored: Restored,
+        generation: &str,
+        ids: Vec<u64>,
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        interests: InterestConfig,
+    ) -> Result<(Recommender, u64)> {
         if generation != snap.generation() {
             return Err(Error::config(format!(
                 "the saved taste graph was served over store generation {generation:?}, this snapshot is {:?}: restore over that generation, or publish the restored model's items to a new one",
