@@ -339,12 +339,13 @@ fn main() -> anyhow::Result<()> {
             refresher.observe(&mut live, click(p))?;
         }
         if let Some(dir) = &args.state_dir {
+            // Without a journal, an event's seq is its position in the stream.
             save_and_restore(
                 "streamed",
                 &refresher,
                 &live,
                 dir,
-                stream.len() as u64,
+                before.len() as u64,
                 &device,
             )?;
         }
