@@ -124,9 +124,18 @@ fn save_and_restore(
     let t = Instant::now();
     let state = refresher.state(live, through_seq)?;
     let capture_ms = t.elapsed().as_secs_f64() * 1e3;
+    let before = dir_files(dir)?;
     let t = Instant::now();
     state.write(dir)?;
     let write_s = t.elapsed().as_secs_f64();
+    // What this save wrote: the files it added and the meta file it replaced.
+    let after = dir_files(dir)?;
+    let written: u64 = after
+        .iter()
+        .filter(|(name, _)| name == "REFRESHER" || !before.iter().any(|(b, _)| b == name))
+        .map(|(_, len)| len)
+        .sum();
+    let dir_bytes: u64 = after.iter().map(|(_, len)| len).sum();
     let t = Instant::now();
     let restored = Refresher::load(dir, device, *live.config(), live.aggregator().cloned())?
         .context("the state just saved is not there")?;
@@ -143,11 +152,28 @@ fn save_and_restore(
         "{label}: the restored live model differs from the served one"
     );
     println!(
-        "state={label} pending={} meta_bytes={} capture_ms={capture_ms:.1} write_s={write_s:.2} load_s={load_s:.2} restored_equal=true",
+        "state={label} pending={} meta_bytes={} segment_events={} written_bytes={written} dir_bytes={dir_bytes} capture_ms={capture_ms:.1} write_s={write_s:.2} load_s={load_s:.2} restored_equal=true",
         refresher.pending().len(),
-        state.meta_bytes()
+        state.meta_bytes(),
+        state.segment_events()
     );
     Ok(())
+}
+
+/// Names and sizes of the files in `dir` (none when it does not exist yet).
+fn dir_files(dir: &std::path::Path) -> anyhow::Result<Vec<(String, u64)>> {
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        files.push((
+            entry.file_name().to_string_lossy().into_owned(),
+            entry.metadata()?.len(),
+        ));
+    }
+    Ok(files)
 }
 
 fn train(
@@ -397,6 +423,24 @@ fn main() -> anyhow::Result<()> {
                 &live,
                 dir,
                 stream.len() as u64,
+                &device,
+            )?;
+            // A later save writes only what is new: 1000 more clicks (repeats of the
+            // stream's first pairs).
+            let more = stream.len().min(1000);
+            for p in &stream[..more] {
+                let again = Interaction {
+                    timestamp: 2,
+                    ..click(p)
+                };
+                refresher.observe(&mut live, again)?;
+            }
+            save_and_restore(
+                "incremental",
+                &refresher,
+                &live,
+                dir,
+                (stream.len() + more) as u64,
                 &device,
             )?;
         }

@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::ContentAggregator;
-use crate::interactions::InteractionKind;
+use crate::interactions::{Interaction, InteractionKind};
 use crate::lightgcn::LightGcn;
 
 /// Fold-in weight of each interaction kind (hide is negative: it pushes away).
@@ -566,24 +566,8 @@ impl LiveModel {
             self.user_count[u] += 1;
             self.item_count[i] += 1;
             insert_sorted(&mut self.seen[u], i as u32);
-            let r = &mut self.recent[u];
-            if let Some(p) = r.iter().position(|x| x.item.index() == i) {
-                r.remove(p);
-            }
-            if r.len() == self.config.recent {
-                r.pop_front();
-            }
-            r.push_back(Recent {
-                item,
-                weight: self.config.weights.of(kind),
-                time,
-            });
-        } else {
-            insert_sorted(&mut self.hidden[u], i as u32);
-            if let Some(p) = self.recent[u].iter().position(|x| x.item.index() == i) {
-                self.recent[u].remove(p);
-            }
         }
+        self.remember(u, item, kind, time);
         self.refresh_user(u);
         if self.config.item_updates && i < self.n_trained_items {
             self.update_trained_item(i, u, self.config.weights.of(kind), kind.is_positive());
@@ -945,6 +929,48 @@ impl LiveModel {
         }
         std::mem::swap(&mut self.hidden, &mut old.hidden);
         std::mem::swap(&mut self.recent, &mut old.recent);
+        Ok(())
+    }
+
+    /// Records an event in user `u`'s recent positives (a positive moves the item to
+    /// the newest end, dropping the oldest past the configured length) or hidden items (a
+    /// hide, which also drops the item from the recent ones).
+    fn remember(&mut self, u: usize, item: ItemId, kind: InteractionKind, time: u64) {
+        let i = item.index();
+        let r = &mut self.recent[u];
+        if let Some(p) = r.iter().position(|x| x.item.index() == i) {
+            r.remove(p);
+        }
+        if kind.is_positive() {
+            if r.len() == self.config.recent {
+                r.pop_front();
+            }
+            r.push_back(Recent {
+                item,
+                weight: self.config.weights.of(kind),
+                time,
+            });
+        } else {
+            insert_sorted(&mut self.hidden[u], i as u32);
+        }
+    }
+
+    /// Applies only the hidden- and recent-item part of [`LiveModel::observe`] for an
+    /// event on an existing user and item (rebuilding users' memory from a saved copy and
+    /// the events after it).
+    pub(crate) fn remember_event(&mut self, e: &Interaction) -> Result<()> {
+        if e.user.index() >= self.n_users() || e.item.index() >= self.n_items() {
+            return Err(Error::Graph {
+                message: format!(
+                    "event on user {} and item {} of a model with {} users and {} items",
+                    e.user.0,
+                    e.item.0,
+                    self.n_users(),
+                    self.n_items()
+                ),
+            });
+        }
+        self.remember(e.user.index(), e.item, e.kind, e.timestamp);
         Ok(())
     }
 

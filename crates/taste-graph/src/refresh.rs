@@ -27,14 +27,15 @@
 //! dense, so the trained rows are a prefix — which keeps an item's content embedding
 //! until someone engages with it.
 //!
-//! [`Refresher::save`] writes the trainer, graph, recorded events and users' hidden and
-//! recent items to a directory; [`Refresher::load`] rebuilds the refresher and the live
-//! model after a restart.
+//! [`Refresher::save`] writes the refresher's state to a directory — the trainer and graph
+//! once per installed model, then at each save the events observed since the previous
+//! one (users' hidden and recent items are copied only now and then);
+//! [`Refresher::load`] rebuilds the refresher and the live model after a restart.
 //!
 //! [`Interactions::positive_pairs`]: crate::Interactions::positive_pairs
 
 use std::collections::HashSet;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::checkpoint;
@@ -59,9 +60,16 @@ pub struct Refresher {
     training: Arc<Training>,
     graph: Arc<BipartiteGraph>,
     events: Vec<Interaction>,
+    /// The first events of `events`: those a refit kept (not in the graph), fixed until
+    /// the next install; the rest are the stream's events from `cut_at` on.
+    kept: Arc<[Interaction]>,
+    /// Index (counting every event observed) of the first event after the kept ones.
+    cut_at: u64,
     generation: u64,
     /// Names the current model's files in a state directory ([`Refresher::save`]).
     stamp: u64,
+    /// What the next saves need besides the model: event segments and users' memory.
+    saves: Mutex<state::SaveLog>,
 }
 
 /// What [`Refresher::install`] did.
@@ -110,8 +118,11 @@ impl Refresher {
             training: Arc::new(training),
             graph: Arc::new(graph),
             events: Vec::new(),
+            kept: Arc::from([]),
+            cut_at: 0,
             generation: 0,
             stamp: state::fresh_stamp(),
+            saves: Mutex::new(state::SaveLog::new()),
         })
     }
 
@@ -121,15 +132,21 @@ impl Refresher {
     pub fn observe(&mut self, live: &mut LiveModel, event: Interaction) -> Result<()> {
         event.check_weight()?;
         live.observe(event.user, event.item, event.kind, event.timestamp)?;
-        self.events.push(event);
+        self.push(event);
         Ok(())
     }
 
     /// Records an event the caller already folded into the live model.
     pub fn record(&mut self, event: Interaction) -> Result<()> {
         event.check_weight()?;
-        self.events.push(event);
+        self.push(event);
         Ok(())
+    }
+
+    fn push(&mut self, event: Interaction) {
+        self.events.push(event);
+        let saves = self.saves.get_mut().unwrap_or_else(PoisonError::into_inner);
+        saves.push(event);
     }
 
     /// Events the current model's graph does not hold, oldest first: those recorded
@@ -282,7 +299,10 @@ impl Refresher {
             training: std::mem::replace(&mut self.training, Arc::new(refit.training)),
             graph: std::mem::replace(&mut self.graph, Arc::new(refit.graph)),
         };
-        self.events.splice(..refit.cut, refit.kept);
+        // The events before the cut that were not kept leave the record.
+        self.cut_at += (refit.cut - self.kept.len()) as u64;
+        self.events.splice(..refit.cut, refit.kept.iter().copied());
+        self.kept = refit.kept;
         self.generation += 1;
         self.stamp = state::fresh_stamp();
         Ok((installed, replaced))
@@ -363,7 +383,7 @@ pub struct Refit {
     live: LiveModel,
     cut: usize,
     /// The events up to `cut` that the graph does not hold (replayed into `live`).
-    kept: Vec<Interaction>,
+    kept: Arc<[Interaction]>,
     /// Recorded events replayed into `live` so far (`cut`, then catch-ups).
     replayed: usize,
     generation: u64,
@@ -589,7 +609,7 @@ impl RefitJob {
             live,
             cut: self.events.len(),
             replayed: self.events.len(),
-            kept: replay,
+            kept: replay.into(),
             generation: self.generation,
             seconds: start.elapsed().as_secs_f64(),
         })

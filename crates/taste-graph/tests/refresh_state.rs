@@ -140,13 +140,19 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
         .unwrap()
         .write(dir.path())
         .unwrap();
+    // One model's files, one memory copy, the event segments the state needs.
     let after = files(dir.path());
-    assert_eq!(after.len(), 3, "{after:?}");
-    assert!(
-        after
-            .iter()
-            .all(|f| !before.contains(f) || f == "REFRESHER")
-    );
+    for (prefix, n) in [
+        ("trainer-", 1),
+        ("graph-", 1),
+        ("memory-", 1),
+        ("REFRESHER", 1),
+    ] {
+        let found = after.iter().filter(|f| f.starts_with(prefix)).count();
+        assert_eq!(found, n, "{prefix} in {after:?}");
+    }
+    let old_model = |f: &&String| f.starts_with("trainer-") || f.starts_with("graph-");
+    assert!(before.iter().filter(old_model).all(|f| !after.contains(f)));
     let back = load(dir.path());
     assert_eq!(back.through_seq, 10);
     assert_eq!(back.app_data, b"app");
@@ -193,17 +199,38 @@ fn a_damaged_or_mismatched_state_is_refused() {
         assert!(reload().is_ok());
     }
     // Checksummed but inconsistent: an item count the live items do not account for
-    // (at bytes 52..60 of the meta file) is refused, not allocated.
-    let meta = dir.path().join("REFRESHER");
-    let good = std::fs::read(&meta).unwrap();
-    let mut bad = good[..good.len() - 4].to_vec();
-    bad[52..60].copy_from_slice(&(1u64 << 40).to_le_bytes());
-    let crc = crc32fast::hash(&bad);
-    bad.extend_from_slice(&crc.to_le_bytes());
-    std::fs::write(&meta, &bad).unwrap();
-    let err = reload().unwrap_err();
-    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
-    std::fs::write(&meta, &good).unwrap();
+    // (at bytes 52..60 of the meta file), a graph file asking for 2^40 items (bytes
+    // 20..28), a segment that says it starts elsewhere (bytes 20..28) are refused, not
+    // allocated.
+    let named = |prefix: &str| {
+        let name = files(dir.path())
+            .into_iter()
+            .find(|f| f.starts_with(prefix))
+            .unwrap();
+        dir.path().join(name)
+    };
+    for (path, at) in [
+        (dir.path().join("REFRESHER"), 52),
+        (named("graph-"), 20),
+        (named("events-"), 20),
+    ] {
+        let good = std::fs::read(&path).unwrap();
+        let mut bad = good[..good.len() - 4].to_vec();
+        bad[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let crc = crc32fast::hash(&bad);
+        bad.extend_from_slice(&crc.to_le_bytes());
+        std::fs::write(&path, &bad).unwrap();
+        let err = reload().unwrap_err();
+        assert!(matches!(err, Error::Corrupt { .. }), "{path:?}: {err}");
+        std::fs::write(&path, &good).unwrap();
+    }
+    // A file the meta names is missing.
+    let memory = named("memory-");
+    let good = std::fs::read(&memory).unwrap();
+    std::fs::remove_file(&memory).unwrap();
+    assert!(matches!(reload().unwrap_err(), Error::Io { .. }));
+    std::fs::write(&memory, &good).unwrap();
+    assert!(reload().is_ok());
     // A live model that is not the one served is refused at save.
     let small = random_graph(5, 5, 10, 1);
     let t = Trainer::new(&small, &config()).unwrap();
@@ -304,4 +331,86 @@ fn a_crash_after_a_save_recovers_every_acknowledged_event_from_the_journal() {
     }
     assert_same_live(&back.live, &served);
     assert_eq!(back.refresher.pending().len(), before.len() + after.len());
+}
+
+/// Many saves with events, new users, hides and an install between them: each save
+/// writes the events since the previous one and a meta file that does not grow with
+/// them, the segments are merged and dropped, the memory copy is taken again now and
+/// then (not at every save), and every save restores the served model.
+#[test]
+fn saves_write_what_is_new_and_the_directory_stays_bounded() {
+    let g = random_graph(30, 25, 160, 24);
+    let (mut r, mut live) = serving(&g);
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = common::Lcg(5);
+    let kinds = [
+        InteractionKind::Click,
+        InteractionKind::Save,
+        InteractionKind::Hide,
+    ];
+    let (mut memory_copies, mut meta_sizes, mut t) = (Vec::new(), Vec::new(), 100u64);
+    let mut segment_events = 0;
+    for save in 0..40u64 {
+        for _ in 0..8 {
+            // Mostly existing users and items, now and then a new one.
+            let user = rng.below(live.n_users() as u64 + 1) as u32;
+            let item = rng.below(live.n_items() as u64 + 1) as u32;
+            let kind = kinds[rng.below(3) as usize];
+            t += 1;
+            r.observe(&mut live, ev(user, item, kind, t)).unwrap();
+        }
+        if save == 20 {
+            let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+            r.install(refit, &mut live).unwrap();
+        }
+        let state = r.state(&live, save).unwrap();
+        segment_events = state.segment_events();
+        meta_sizes.push(state.meta_bytes());
+        state.write(dir.path()).unwrap();
+        let names = files(dir.path());
+        let segments = names.iter().filter(|f| f.starts_with("events-")).count();
+        assert!((1..=17).contains(&segments), "{names:?}");
+        let memory: Vec<_> = names.iter().filter(|f| f.starts_with("memory-")).collect();
+        assert_eq!(memory.len(), 1, "{names:?}");
+        if memory_copies.last() != Some(memory[0]) {
+            memory_copies.push(memory[0].clone());
+        }
+        let back = load(dir.path());
+        assert_eq!(back.through_seq, save);
+        assert_eq!(back.refresher.pending(), r.pending(), "save {save}");
+        assert_same_live(&back.live, &live);
+    }
+    // 320 events of 24 bytes against a copy of ~30 users' memory: a few copies, far
+    // fewer than the saves.
+    assert!(
+        (2..=20).contains(&memory_copies.len()),
+        "{} memory copies",
+        memory_copies.len()
+    );
+    // Segments before the install's cut and the memory copy are dropped.
+    assert!(
+        segment_events < 8 * 30,
+        "{segment_events} events in segments"
+    );
+    // The meta file holds the segment list and the live items' content, not the events.
+    let most = *meta_sizes.iter().max().unwrap();
+    assert!(most < 2000, "meta files of up to {most} bytes");
+
+    // A restored refresher goes on saving where it left off (its segments, its copy).
+    let mut back = load(dir.path());
+    back.refresher
+        .observe(&mut back.live, ev(1, 2, InteractionKind::Click, t + 1))
+        .unwrap();
+    back.refresher.save(dir.path(), &back.live, 99).unwrap();
+    let again = load(dir.path());
+    assert_eq!(again.refresher.pending(), back.refresher.pending());
+    assert_same_live(&again.live, &back.live);
+
+    // Its memory copy is on disk in `dir` only: another directory is refused, not left
+    // naming a file it does not have.
+    let other = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        back.refresher.save(other.path(), &back.live, 100),
+        Err(Error::Config { .. })
+    ));
 }

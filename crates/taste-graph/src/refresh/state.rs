@@ -2,35 +2,49 @@
 //! model it served, with every event it had folded in.
 //!
 //! A state directory holds (tantivy-style: immutable files, one small meta file swapped
-//! atomically):
+//! atomically), each file named by a random id:
 //!
-//! - `trainer-<stamp>.ckpt`: the trainer ([`Training::save_checkpoint`]), written once
-//!   per installed model (the stamp names one model of one refresher);
-//! - `graph-<stamp>.graph`: the graph it trained on, written alongside;
-//! - `REFRESHER`: which stamp is current, the install generation, the journal seq the
-//!   state covers, when the training interactions are dated, the events recorded since
-//!   the graph, and each user's hidden and recent items (what a training graph does not
-//!   hold). Rewritten by every save (temp file, fsync, rename, directory fsync).
+//! - `trainer-<stamp>.ckpt`: the trainer ([`Training::save_checkpoint`]) and
+//!   `graph-<stamp>.graph`: the graph it trained on and the events the refit kept outside
+//!   it; written once per installed model;
+//! - `events-<id>.seg`: a segment of the stream of events the refresher observed, one per
+//!   save (the events since the previous one); merged into one when there are more than
+//!   [`MAX_SEGMENTS`]; dropped once neither the recorded events nor the memory copy
+//!   needs them;
+//! - `memory-<id>.mem`: each user's hidden and recent items (what a training graph does
+//!   not hold) as of one point of the stream; written again only once the events after
+//!   that point take more bytes than the copy itself, so the copy costs O(1) amortised
+//!   per event;
+//! - `REFRESHER`: which files are current, the install generation, the journal seq the
+//!   state covers, when the training interactions are dated, where the recorded events
+//!   and the memory copy start in the stream, the content of items added live, and the
+//!   application's bytes. Small; rewritten by every save (temp file, fsync, rename,
+//!   directory fsync).
 //!
-//! A crash at any point leaves the previous `REFRESHER` and the files it names whole;
-//! files no meta names are removed by the next save.
+//! So a save writes the events since the previous save and a small meta file (plus, now
+//! and then, a model or a memory copy), not every user's state. A crash at any point
+//! leaves the previous `REFRESHER` and the files it names whole; files no meta names are
+//! removed by the next save.
 //!
-//! Graph file (little-endian): magic `MOSRFGR1`, format version (u32), users, items,
-//! edges (u64 each), each user's degree (u32), the items of every user in user order
-//! (u32), crc32 of everything before.
-//!
-//! Meta file: magic `MOSRFSH1`, format version (u32), stamp, generation, seq, trained-at
-//! time, the live model's users and items, recorded events (u64 each); the events (24
-//! bytes each, the event log's encoding); per user: hidden count (u32), hidden items
-//! (u32), recent count (u32), recent entries (item u32, weight f32, time u64); the
-//! content of each item past the graph's (width u32, 0 for none, then f32 each); the
-//! application's bytes (length u64, then the bytes); crc32 of everything before.
+//! All files are little-endian, start with a magic and the format version (u32) and end
+//! with the crc32 of everything before. Graph file (`MOSRFGR2`): users, items, edges,
+//! kept events (u64 each), each user's degree (u32), the items of every user in user
+//! order (u32), the kept events (24 bytes each, the event log's encoding). Segment
+//! (`MOSRFEV1`): id, index of its first event in the stream, event count (u64 each), the
+//! events. Memory copy (`MOSRFMB1`): id, stream index it is taken at, users (u64 each);
+//! per user: hidden count (u32), hidden items (u32), recent count (u32), recent entries
+//! (item u32, weight f32, time u64). Meta (`MOSRFSH2`): stamp, generation, seq,
+//! trained-at time, the live model's users and items, kept events, stream index of the
+//! first recorded event after the kept ones, events observed, memory copy id and index,
+//! segment count (u64 each); per segment id, first index, count (u64 each); the content
+//! of each item past the graph's (count u64, then per item width u32, 0 for none, then
+//! f32 each); the application's bytes (length u64, then the bytes).
 
 use std::collections::VecDeque;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{ItemContent, Refresher, add_items_up_to};
 use crate::checkpoint::{crc_trailer_holds, with_crc, write_atomic};
@@ -45,12 +59,123 @@ use crate::training::Training;
 use mosaic_device::Selection;
 
 const META: &str = "REFRESHER";
-const META_MAGIC: &[u8; 8] = b"MOSRFSH1";
-const GRAPH_MAGIC: &[u8; 8] = b"MOSRFGR1";
-const FORMAT: u32 = 1;
-/// Meta header: magic, version, then seven u64 (the last: the event count).
-const META_HEADER: usize = 8 + 4 + 7 * 8;
-const GRAPH_HEADER: usize = 8 + 4 + 3 * 8;
+const META_MAGIC: &[u8; 8] = b"MOSRFSH2";
+const GRAPH_MAGIC: &[u8; 8] = b"MOSRFGR2";
+const SEGMENT_MAGIC: &[u8; 8] = b"MOSRFEV1";
+const MEMORY_MAGIC: &[u8; 8] = b"MOSRFMB1";
+const FORMAT: u32 = 2;
+/// Magic and version.
+const PREFIX: usize = 8 + 4;
+/// Meta header: twelve u64 (the last: the segment count).
+const META_HEADER: usize = PREFIX + 12 * 8;
+const GRAPH_HEADER: usize = PREFIX + 4 * 8;
+const SEGMENT_HEADER: usize = PREFIX + 3 * 8;
+const MEMORY_HEADER: usize = PREFIX + 3 * 8;
+/// More segments than this are merged into one by the next save.
+const MAX_SEGMENTS: usize = 16;
+
+/// The stream of observed events as the saves see it: segments already captured, the
+/// events since, and the users' memory copy. Kept by the refresher behind a mutex, so
+/// that a save captures under a service's read lock.
+#[derive(Debug)]
+pub(super) struct SaveLog {
+    /// Events observed before this stream index are in `segments` (those still needed).
+    saved: u64,
+    segments: Vec<Segment>,
+    /// Events observed since `saved`.
+    unsaved: Vec<Interaction>,
+    memory: Option<MemoryCopy>,
+}
+
+/// Consecutive events of the stream, from index `first`.
+#[derive(Debug, Clone)]
+struct Segment {
+    id: u64,
+    first: u64,
+    events: Arc<[Interaction]>,
+}
+
+impl Segment {
+    fn end(&self) -> u64 {
+        self.first + self.events.len() as u64
+    }
+}
+
+/// Users' hidden and recent items as of stream index `at`.
+#[derive(Debug)]
+struct MemoryCopy {
+    id: u64,
+    at: u64,
+    /// Size of its file.
+    bytes: u64,
+    /// The file's bytes until a write reports it on disk.
+    encoded: Option<Arc<Vec<u8>>>,
+    written: Arc<AtomicBool>,
+}
+
+impl MemoryCopy {
+    /// A copy of `live`'s users' hidden and recent items, at stream index `at`.
+    fn take(live: &LiveModel, at: u64) -> Self {
+        let id = fresh_stamp();
+        let encoded = encode_memory(id, at, live);
+        MemoryCopy {
+            id,
+            at,
+            bytes: encoded.len() as u64,
+            encoded: Some(Arc::new(encoded)),
+            written: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+impl SaveLog {
+    pub(super) fn new() -> Self {
+        SaveLog {
+            saved: 0,
+            segments: Vec::new(),
+            unsaved: Vec::new(),
+            memory: None,
+        }
+    }
+
+    pub(super) fn push(&mut self, event: Interaction) {
+        self.unsaved.push(event);
+    }
+
+    /// Moves the events since the last capture into a new segment.
+    fn seal(&mut self) {
+        if self.unsaved.is_empty() {
+            return;
+        }
+        let events: Arc<[Interaction]> = std::mem::take(&mut self.unsaved).into();
+        let first = self.saved;
+        self.saved += events.len() as u64;
+        self.segments.push(Segment {
+            id: fresh_stamp(),
+            first,
+            events,
+        });
+    }
+
+    /// Drops the segments that end at or before `from`, then merges the rest into one
+    /// when there are more than [`MAX_SEGMENTS`].
+    fn trim(&mut self, from: u64) {
+        self.segments.retain(|s| s.end() > from);
+        if self.segments.len() > MAX_SEGMENTS {
+            let first = self.segments[0].first;
+            let events: Vec<Interaction> = self
+                .segments
+                .iter()
+                .flat_map(|s| s.events.iter().copied())
+                .collect();
+            self.segments = vec![Segment {
+                id: fresh_stamp(),
+                first,
+                events: events.into(),
+            }];
+        }
+    }
+}
 
 /// A refresher and live model rebuilt from a saved state ([`Refresher::load`]).
 #[derive(Debug)]
@@ -69,39 +194,83 @@ pub struct Restored {
 }
 
 /// A refresher's state captured for writing ([`Refresher::state`]): the current model's
-/// trainer and graph (shared, not copied) and the encoded meta file. Capture it under
-/// the service's lock, write it outside.
+/// trainer, graph and kept events, the event segments and memory copy the meta names
+/// (all shared, not copied) and the encoded meta file. Capture it under the service's
+/// lock, write it outside.
 #[derive(Debug, Clone)]
 pub struct RefresherState {
     training: Arc<Training>,
     graph: Arc<BipartiteGraph>,
+    kept: Arc<[Interaction]>,
     stamp: u64,
+    segments: Vec<Segment>,
+    memory_id: u64,
+    /// The memory copy's bytes, if no write has reported it on disk yet.
+    memory: Option<(Arc<Vec<u8>>, Arc<AtomicBool>)>,
     meta: Vec<u8>,
 }
 
 impl RefresherState {
-    /// Writes the state to `dir`: the trainer checkpoint and the graph unless a previous
-    /// write of the same model left them there, then the meta file, each atomically;
-    /// then removes the files of other models. A crash at any point leaves the previous
-    /// write whole. One writer per directory at a time.
+    /// Writes the state to `dir`: the model's files, the memory copy and each event
+    /// segment unless an earlier write left them there, then the meta file, each
+    /// atomically; then removes the files the meta does not name. A crash at any point
+    /// leaves the previous write whole. One writer per directory at a time.
     pub fn write(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let graph = graph_path(dir, self.stamp);
         if !graph.exists() {
-            write_graph(&graph, &self.graph)?;
+            write_graph(&graph, &self.graph, &self.kept)?;
         }
         let trainer = trainer_path(dir, self.stamp);
         if !trainer.exists() {
             self.training.save_checkpoint(&trainer, &self.graph)?;
         }
+        let memory = dir.join(memory_name(self.memory_id));
+        match &self.memory {
+            Some((bytes, written)) => {
+                if !memory.exists() {
+                    write_atomic(&memory, bytes)?;
+                }
+                written.store(true, Ordering::Release);
+            }
+            None if !memory.exists() => {
+                return Err(Error::Config {
+                    message: format!(
+                        "{} is not there and the refresher no longer holds it (it went to another directory): save a refresher to one state directory",
+                        memory.display()
+                    ),
+                });
+            }
+            None => {}
+        }
+        for s in &self.segments {
+            let path = dir.join(segment_name(s.id));
+            if !path.exists() {
+                write_segment(&path, s)?;
+            }
+        }
         write_atomic(&dir.join(META), &self.meta)?;
-        remove_unnamed(dir, self.stamp)
+        let mut keep: Vec<String> = model_files(self.stamp).into();
+        keep.push(memory_name(self.memory_id));
+        keep.extend(self.segments.iter().map(|s| segment_name(s.id)));
+        remove_files(dir, |name| {
+            ["trainer-", "graph-", "events-", "memory-"]
+                .iter()
+                .any(|p| name.starts_with(p))
+                && !keep.iter().any(|k| k == name)
+        })
     }
 
-    /// Bytes of the meta file (the part that grows with the events and the users).
+    /// Bytes of the meta file (the part every save rewrites).
     pub fn meta_bytes(&self) -> usize {
         self.meta.len()
+    }
+
+    /// Events in the segments the meta names (each written once, by the first write
+    /// that needs it).
+    pub fn segment_events(&self) -> usize {
+        self.segments.iter().map(|s| s.events.len()).sum()
     }
 }
 
@@ -135,12 +304,29 @@ fn graph_path(dir: &Path, stamp: u64) -> PathBuf {
     dir.join(&model_files(stamp)[1])
 }
 
+fn segment_name(id: u64) -> String {
+    format!("events-{id:016x}.seg")
+}
+
+fn memory_name(id: u64) -> String {
+    format!("memory-{id:016x}.mem")
+}
+
 fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
 fn put_u64(out: &mut Vec<u8>, v: u64) {
     out.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A file's magic, format version and `header` u64 values.
+fn start_file(magic: &[u8; 8], header: &[u64], capacity: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(PREFIX + 8 * header.len() + capacity + 4);
+    out.extend_from_slice(magic);
+    put_u32(&mut out, FORMAT);
+    header.iter().for_each(|&v| put_u64(&mut out, v));
+    out
 }
 
 /// Reads little-endian values from a verified file body; running short is corruption.
@@ -151,6 +337,14 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    /// The body of a verified file, after its magic and version.
+    fn after_prefix(path: &'a Path, bytes: &'a [u8]) -> Self {
+        Cursor {
+            path,
+            bytes,
+            at: PREFIX,
+        }
+    }
     fn corrupt(&self, message: impl Into<String>) -> Error {
         Error::Corrupt {
             path: self.path.to_path_buf(),
@@ -190,6 +384,23 @@ impl<'a> Cursor<'a> {
         }
         Ok(n as usize)
     }
+    /// `n` events in the event log's encoding.
+    fn events(&mut self, n: usize, what: &str) -> Result<Vec<Interaction>> {
+        let n = self.fits(n as u64, EVENT_LEN, what)?;
+        let mut events = Vec::with_capacity(n);
+        for _ in 0..n {
+            let b = self.take(EVENT_LEN, what)?;
+            events.push(decode_event(b).map_err(|m| self.corrupt(format!("{what}: {m}")))?);
+        }
+        Ok(events)
+    }
+    /// Every byte was read.
+    fn end(&self, after: &str) -> Result<()> {
+        if self.at != self.bytes.len() {
+            return Err(self.corrupt(format!("bytes after {after}")));
+        }
+        Ok(())
+    }
 }
 
 /// Reads `path`, checks the magic, version and trailing crc32; returns the body (crc
@@ -219,13 +430,16 @@ fn read_verified(path: &Path, magic: &[u8; 8], header: usize, what: &str) -> Res
     Ok(bytes)
 }
 
-fn write_graph(path: &Path, graph: &BipartiteGraph) -> Result<()> {
-    let mut out = Vec::with_capacity(GRAPH_HEADER + 4 * (graph.n_users() + graph.n_edges()) + 4);
-    out.extend_from_slice(GRAPH_MAGIC);
-    put_u32(&mut out, FORMAT);
-    for v in [graph.n_users(), graph.n_items(), graph.n_edges()] {
-        put_u64(&mut out, v as u64);
-    }
+fn write_graph(path: &Path, graph: &BipartiteGraph, kept: &[Interaction]) -> Result<()> {
+    let header = [
+        graph.n_users(),
+        graph.n_items(),
+        graph.n_edges(),
+        kept.len(),
+    ]
+    .map(|v| v as u64);
+    let size = 4 * (graph.n_users() + graph.n_edges()) + EVENT_LEN * kept.len();
+    let mut out = start_file(GRAPH_MAGIC, &header, size);
     let users = (0..graph.n_users()).map(|u| graph.items_of(UserId(u as u32)));
     for items in users.clone() {
         put_u32(&mut out, items.len() as u32);
@@ -233,22 +447,31 @@ fn write_graph(path: &Path, graph: &BipartiteGraph) -> Result<()> {
     for items in users {
         items.iter().for_each(|&i| put_u32(&mut out, i));
     }
+    kept.iter().for_each(|e| encode_event(e, &mut out));
     write_atomic(path, &with_crc(out))
 }
 
-fn read_graph(path: &Path) -> Result<BipartiteGraph> {
+/// The graph and the kept events of a graph file, for a trainer checkpoint of
+/// `trainer_bytes` (which bounds the user and item counts before anything is allocated).
+fn read_graph(path: &Path, trainer_bytes: u64) -> Result<(BipartiteGraph, Vec<Interaction>)> {
     let bytes = read_verified(path, GRAPH_MAGIC, GRAPH_HEADER, "refresher graph file")?;
-    let mut r = Cursor {
-        path,
-        bytes: &bytes,
-        at: 12,
-    };
+    let mut r = Cursor::after_prefix(path, &bytes);
     let n_users = r.u64("the user count")?;
     let n_items = r.u64("the item count")?;
     let n_edges = r.u64("the edge count")?;
+    let n_kept = r.u64("the kept event count")?;
     let n_users = r.fits(n_users, 4, "user degrees")?;
     let n_edges = r.fits(n_edges, 4, "edges")?;
-    let n_items = usize::try_from(n_items).map_err(|_| r.corrupt("item count overflows"))?;
+    let n_kept = r.fits(n_kept, EVENT_LEN, "kept events")?;
+    // The trainer holds at least one f32 per user and item: a larger count (a crafted
+    // file) is refused before the graph's tables are allocated for it.
+    let most = trainer_bytes / 4;
+    if n_users as u64 > most || n_items > most {
+        return Err(r.corrupt(format!(
+            "{n_users} users and {n_items} items, more than a trainer checkpoint of {trainer_bytes} bytes holds"
+        )));
+    }
+    let n_items = n_items as usize;
     let mut degrees = Vec::with_capacity(n_users);
     for _ in 0..n_users {
         degrees.push(r.u32("user degrees")? as usize);
@@ -262,9 +485,8 @@ fn read_graph(path: &Path) -> Result<BipartiteGraph> {
             edges.push((UserId(u as u32), ItemId(r.u32("edges")?)));
         }
     }
-    if r.at != bytes.len() {
-        return Err(r.corrupt("bytes after the last edge"));
-    }
+    let kept = r.events(n_kept, "kept events")?;
+    r.end("the last kept event")?;
     let graph =
         BipartiteGraph::from_edges(n_users, n_items, edges).map_err(|e| Error::Corrupt {
             path: path.to_path_buf(),
@@ -281,45 +503,79 @@ fn read_graph(path: &Path) -> Result<BipartiteGraph> {
             ),
         });
     }
-    Ok(graph)
+    Ok((graph, kept))
 }
 
-/// What the meta file holds besides the files it names.
-struct Meta {
-    stamp: u64,
-    generation: u64,
-    through_seq: u64,
-    trained_at: u64,
-    n_users: usize,
-    n_items: usize,
-    events: Vec<Interaction>,
-    hidden: Vec<Vec<u32>>,
-    recent: Vec<VecDeque<Recent>>,
-    /// Content of the items past the graph's.
-    content: Vec<Option<Box<[f32]>>>,
-    app_data: Vec<u8>,
+fn write_segment(path: &Path, s: &Segment) -> Result<()> {
+    let header = [s.id, s.first, s.events.len() as u64];
+    let mut out = start_file(SEGMENT_MAGIC, &header, EVENT_LEN * s.events.len());
+    s.events.iter().for_each(|e| encode_event(e, &mut out));
+    write_atomic(path, &with_crc(out))
 }
 
-fn read_meta(path: &Path) -> Result<Meta> {
-    let bytes = read_verified(path, META_MAGIC, META_HEADER, "refresher state file")?;
-    let mut r = Cursor {
-        path,
-        bytes: &bytes,
-        at: 12,
-    };
-    let stamp = r.u64("the stamp")?;
-    let generation = r.u64("the generation")?;
-    let through_seq = r.u64("the seq")?;
-    let trained_at = r.u64("the trained-at time")?;
-    let n_users = r.count(8, "users")?;
-    let n_items =
-        usize::try_from(r.u64("the item count")?).map_err(|_| r.corrupt("item count overflows"))?;
-    let n_events = r.count(EVENT_LEN, "events")?;
-    let mut events = Vec::with_capacity(n_events);
-    for _ in 0..n_events {
-        let b = r.take(EVENT_LEN, "events")?;
-        events.push(decode_event(b).map_err(|m| r.corrupt(format!("recorded event: {m}")))?);
+/// The segment `id` of the meta, which says it starts at `first` and holds `count`.
+fn read_segment(dir: &Path, id: u64, first: u64, count: u64) -> Result<Segment> {
+    let path = dir.join(segment_name(id));
+    let bytes = read_verified(&path, SEGMENT_MAGIC, SEGMENT_HEADER, "event segment")?;
+    let mut r = Cursor::after_prefix(&path, &bytes);
+    let header = [
+        r.u64("the id")?,
+        r.u64("the first index")?,
+        r.u64("the count")?,
+    ];
+    if header != [id, first, count] {
+        return Err(r.corrupt(format!(
+            "segment (id {:x}, first {}, {} events) is not the one the meta names (id {id:x}, first {first}, {count} events)",
+            header[0], header[1], header[2]
+        )));
     }
+    let n = r.fits(count, EVENT_LEN, "events")?;
+    let events = r.events(n, "events")?;
+    r.end("the last event")?;
+    Ok(Segment {
+        id,
+        first,
+        events: events.into(),
+    })
+}
+
+/// Encodes every user's hidden and recent items as a memory copy file.
+fn encode_memory(id: u64, at: u64, live: &LiveModel) -> Vec<u8> {
+    let (hidden, recent) = live.user_memory();
+    let size: usize = hidden
+        .iter()
+        .zip(recent)
+        .map(|(h, q)| 8 + 4 * h.len() + 16 * q.len())
+        .sum();
+    let mut out = start_file(MEMORY_MAGIC, &[id, at, hidden.len() as u64], size);
+    for (h, q) in hidden.iter().zip(recent) {
+        put_u32(&mut out, h.len() as u32);
+        h.iter().for_each(|&i| put_u32(&mut out, i));
+        put_u32(&mut out, q.len() as u32);
+        for r in q {
+            put_u32(&mut out, r.item.0);
+            put_u32(&mut out, r.weight.to_bits());
+            put_u64(&mut out, r.time);
+        }
+    }
+    with_crc(out)
+}
+
+/// Users' hidden and recent items.
+type Memory = (Vec<Vec<u32>>, Vec<VecDeque<Recent>>);
+
+/// The memory copy `id` taken at stream index `at`, and the size of its file.
+fn read_memory(dir: &Path, id: u64, at: u64) -> Result<(Memory, u64)> {
+    let path = dir.join(memory_name(id));
+    let bytes = read_verified(&path, MEMORY_MAGIC, MEMORY_HEADER, "memory copy")?;
+    let mut r = Cursor::after_prefix(&path, &bytes);
+    let (file_id, file_at) = (r.u64("the id")?, r.u64("the stream index")?);
+    if (file_id, file_at) != (id, at) {
+        return Err(r.corrupt(format!(
+            "memory copy (id {file_id:x}, at {file_at}) is not the one the meta names (id {id:x}, at {at})"
+        )));
+    }
+    let n_users = r.count(8, "users")?;
     let mut hidden = Vec::with_capacity(n_users);
     let mut recent = Vec::with_capacity(n_users);
     for u in 0..n_users {
@@ -347,6 +603,71 @@ fn read_meta(path: &Path) -> Result<Meta> {
         }
         recent.push(q);
     }
+    r.end("the last user")?;
+    Ok(((hidden, recent), bytes.len() as u64 + 4))
+}
+
+/// What the meta file holds besides the files it names.
+struct Meta {
+    stamp: u64,
+    generation: u64,
+    through_seq: u64,
+    trained_at: u64,
+    n_users: usize,
+    n_items: usize,
+    kept: u64,
+    cut_at: u64,
+    observed: u64,
+    memory_id: u64,
+    memory_at: u64,
+    /// Each segment's id, first index and event count.
+    segments: Vec<[u64; 3]>,
+    /// Content of the items past the graph's.
+    content: Vec<Option<Box<[f32]>>>,
+    app_data: Vec<u8>,
+}
+
+fn read_meta(path: &Path) -> Result<Meta> {
+    let bytes = read_verified(path, META_MAGIC, META_HEADER, "refresher state file")?;
+    let mut r = Cursor::after_prefix(path, &bytes);
+    let mut header = [0u64; 11];
+    for (v, what) in header.iter_mut().zip([
+        "the stamp",
+        "the generation",
+        "the seq",
+        "the trained-at time",
+        "the user count",
+        "the item count",
+        "the kept event count",
+        "the cut index",
+        "the observed count",
+        "the memory copy id",
+        "the memory copy index",
+    ]) {
+        *v = r.u64(what)?;
+    }
+    let [
+        stamp,
+        generation,
+        through_seq,
+        trained_at,
+        n_users,
+        n_items,
+        kept,
+        cut_at,
+        observed,
+        memory_id,
+        memory_at,
+    ] = header;
+    let as_count = |n: u64, what: &str| {
+        usize::try_from(n).map_err(|_| r.corrupt(format!("{what} count {n} overflows")))
+    };
+    let (n_users, n_items) = (as_count(n_users, "user")?, as_count(n_items, "item")?);
+    let n_segments = r.count(24, "segments")?;
+    let mut segments = Vec::with_capacity(n_segments);
+    for _ in 0..n_segments {
+        segments.push([r.u64("segments")?, r.u64("segments")?, r.u64("segments")?]);
+    }
     let mut content = Vec::new();
     let n_content = r.count(4, "live items' content")?;
     if n_content > n_items {
@@ -369,9 +690,7 @@ fn read_meta(path: &Path) -> Result<Meta> {
     }
     let n = r.count(1, "application bytes")?;
     let app_data = r.take(n, "application bytes")?.to_vec();
-    if r.at != bytes.len() {
-        return Err(r.corrupt("bytes after the application's"));
-    }
+    r.end("the application's")?;
     Ok(Meta {
         stamp,
         generation,
@@ -379,12 +698,49 @@ fn read_meta(path: &Path) -> Result<Meta> {
         trained_at,
         n_users,
         n_items,
-        events,
-        hidden,
-        recent,
+        kept,
+        cut_at,
+        observed,
+        memory_id,
+        memory_at,
+        segments,
         content,
         app_data,
     })
+}
+
+/// The stream from `from` to the meta's observed count, from the segments it names
+/// (which must be contiguous and cover it).
+fn read_stream(dir: &Path, meta_path: &Path, meta: &Meta, from: u64) -> Result<Vec<Segment>> {
+    let corrupt = |message: String| Error::Corrupt {
+        path: meta_path.to_path_buf(),
+        offset: 0,
+        message,
+    };
+    let mut at = meta.segments.first().map_or(meta.observed, |s| s[1]);
+    if at > from {
+        return Err(corrupt(format!(
+            "the segments start at event {at}, the state needs them from {from}"
+        )));
+    }
+    let mut segments = Vec::with_capacity(meta.segments.len());
+    for &[id, first, count] in &meta.segments {
+        if first != at {
+            return Err(corrupt(format!(
+                "segment {id:x} starts at event {first}, the previous ends at {at}"
+            )));
+        }
+        let s = read_segment(dir, id, first, count)?;
+        at = s.end();
+        segments.push(s);
+    }
+    if at != meta.observed {
+        return Err(corrupt(format!(
+            "the segments end at event {at}, {} were observed",
+            meta.observed
+        )));
+    }
+    Ok(segments)
 }
 
 impl Refresher {
@@ -394,18 +750,20 @@ impl Refresher {
     /// [`crate::Journal::sync`] acknowledged, and save before
     /// [`crate::Journal::checkpoint`] drops the seqs of older events).
     ///
-    /// The trainer and graph files are written once per installed model (a trainer
-    /// checkpoint: 54 MB at Gowalla's size); every save rewrites the meta file with the
-    /// events recorded since and each user's hidden and recent items. The same as
-    /// [`Refresher::state`] then [`RefresherState::write`], which a service splits to
-    /// hold its lock only for the capture.
+    /// A save writes the events observed since the previous save and a small meta file;
+    /// the trainer and graph once per installed model (a trainer checkpoint: 54 MB at
+    /// Gowalla's size); every user's hidden and recent items once the events since their
+    /// last copy outweigh it. The same as [`Refresher::state`] then
+    /// [`RefresherState::write`], which a service splits to hold its lock only for the
+    /// capture. Save each state directory from one refresher.
     pub fn save(&self, dir: impl AsRef<Path>, live: &LiveModel, through_seq: u64) -> Result<()> {
         self.state(live, through_seq)?.write(dir)
     }
 
     /// Captures the state behind `live` as covering the journal up to `through_seq`
-    /// (see [`Refresher::save`]): shares the trainer and graph and encodes the meta file,
-    /// O(recorded events + users' hidden and recent items).
+    /// (see [`Refresher::save`]): shares the trainer, graph and event segments and
+    /// encodes the meta file, O(segments + items added live since the install), plus
+    /// O(users' hidden and recent items) when it takes a new memory copy.
     pub fn state(&self, live: &LiveModel, through_seq: u64) -> Result<RefresherState> {
         self.state_with(live, through_seq, &[])
     }
@@ -420,9 +778,28 @@ impl Refresher {
         app_data: &[u8],
     ) -> Result<RefresherState> {
         self.check_live(live)?;
-        let mut out = Vec::with_capacity(META_HEADER + self.events.len() * EVENT_LEN + 4);
-        out.extend_from_slice(META_MAGIC);
-        put_u32(&mut out, FORMAT);
+        let mut log = self.saves.lock().unwrap_or_else(PoisonError::into_inner);
+        log.seal();
+        let observed = log.saved;
+        // A new memory copy once the events since the last one outweigh it.
+        let mut copy = match log.memory.take() {
+            Some(m) if (observed - m.at).saturating_mul(EVENT_LEN as u64) <= m.bytes => m,
+            _ => MemoryCopy::take(live, observed),
+        };
+        if copy.written.load(Ordering::Acquire) {
+            copy.encoded = None;
+        }
+        let (memory_id, memory_at) = (copy.id, copy.at);
+        let memory = copy
+            .encoded
+            .as_ref()
+            .map(|e| (Arc::clone(e), Arc::clone(&copy.written)));
+        log.memory = Some(copy);
+        log.trim(self.cut_at.min(memory_at));
+        let segments = log.segments.clone();
+        drop(log);
+
+        let mut out = start_file(META_MAGIC, &[], 16 * 8 + 24 * segments.len());
         for v in [
             self.stamp,
             self.generation,
@@ -430,23 +807,19 @@ impl Refresher {
             live.trained_at(),
             live.n_users() as u64,
             live.n_items() as u64,
-            self.events.len() as u64,
+            self.kept.len() as u64,
+            self.cut_at,
+            observed,
+            memory_id,
+            memory_at,
+            segments.len() as u64,
         ] {
             put_u64(&mut out, v);
         }
-        for e in &self.events {
-            encode_event(e, &mut out);
-        }
-        let (hidden, recent) = live.user_memory();
-        for (h, q) in hidden.iter().zip(recent) {
-            put_u32(&mut out, h.len() as u32);
-            h.iter().for_each(|&i| put_u32(&mut out, i));
-            put_u32(&mut out, q.len() as u32);
-            for r in q {
-                put_u32(&mut out, r.item.0);
-                put_u32(&mut out, r.weight.to_bits());
-                put_u64(&mut out, r.time);
-            }
+        for s in &segments {
+            [s.id, s.first, s.events.len() as u64]
+                .iter()
+                .for_each(|&v| put_u64(&mut out, v));
         }
         let live_items = self.graph.n_items()..live.n_items();
         put_u64(&mut out, live_items.len() as u64);
@@ -460,16 +833,20 @@ impl Refresher {
         Ok(RefresherState {
             training: Arc::clone(&self.training),
             graph: Arc::clone(&self.graph),
+            kept: Arc::clone(&self.kept),
             stamp: self.stamp,
+            segments,
+            memory_id,
+            memory,
             meta: with_crc(out),
         })
     }
 
     /// Rebuilds the refresher and the live model saved in `dir` ([`Refresher::save`]),
-    /// training on `selection`'s device, the live model configured by `config` and
-    /// embedding items added live with content through `aggregator` (the one the served
-    /// model had; needed when such items were saved); `None` when nothing was saved
-    /// there.
+    /// training on `selection`'s device, the live model configured by `config` (users'
+    /// recent items are replayed with its length and kind weights) and embedding items
+    /// added live with content through `aggregator` (the one the served model had; needed
+    /// when such items were saved); `None` when nothing was saved there.
     ///
     /// Then observe the journal's events after [`Restored::through_seq`] through the
     /// refresher, and serve. Damaged or mismatched files are an [`Error::Corrupt`].
@@ -485,9 +862,44 @@ impl Refresher {
             return Ok(None);
         }
         let meta = read_meta(&meta_path)?;
-        let graph_file = graph_path(dir, meta.stamp);
-        let graph = read_graph(&graph_file)?;
-        let mut training = Training::resume(&graph, &trainer_path(dir, meta.stamp), selection)?;
+        let mismatch = |message: String| Error::Corrupt {
+            path: meta_path.clone(),
+            offset: 0,
+            message,
+        };
+        if meta.cut_at > meta.observed || meta.memory_at > meta.observed {
+            return Err(mismatch(format!(
+                "recorded events from {} and a memory copy at {}, past the {} events observed",
+                meta.cut_at, meta.memory_at, meta.observed
+            )));
+        }
+        let trainer = trainer_path(dir, meta.stamp);
+        let trainer_bytes = fs::metadata(&trainer)
+            .map_err(|e| Error::io(&trainer, e))?
+            .len();
+        let (graph, kept) = read_graph(&graph_path(dir, meta.stamp), trainer_bytes)?;
+        if kept.len() as u64 != meta.kept {
+            return Err(mismatch(format!(
+                "{} kept events saved with the model, {} expected",
+                kept.len(),
+                meta.kept
+            )));
+        }
+        let from = meta.cut_at.min(meta.memory_at);
+        let segments = read_stream(dir, &meta_path, &meta, from)?;
+        let first = segments.first().map_or(meta.observed, |s| s.first);
+        let stream: Vec<Interaction> = segments
+            .iter()
+            .flat_map(|s| s.events.iter().copied())
+            .collect();
+        let events: Vec<Interaction> = kept
+            .iter()
+            .chain(&stream[(meta.cut_at - first) as usize..])
+            .copied()
+            .collect();
+        let ((hidden, recent), memory_bytes) = read_memory(dir, meta.memory_id, meta.memory_at)?;
+
+        let mut training = Training::resume(&graph, &trainer, selection)?;
         let mut live = LiveModel::new(training.model()?, &graph, config, meta.trained_at)?;
         match aggregator {
             Some(a) => live.set_aggregator(a)?,
@@ -501,11 +913,6 @@ impl Refresher {
             }
             None => {}
         }
-        let mismatch = |message: String| Error::Corrupt {
-            path: meta_path.clone(),
-            offset: 0,
-            message,
-        };
         let content = ItemContent {
             first: graph.n_items(),
             content: meta.content,
@@ -519,7 +926,7 @@ impl Refresher {
             )));
         }
         let content_of = |i: ItemId| content.get(i);
-        for e in &meta.events {
+        for e in &events {
             if e.item.index() >= meta.n_items {
                 return Err(mismatch(format!(
                     "recorded event on item {} of a model with {} items",
@@ -540,14 +947,42 @@ impl Refresher {
                 meta.n_items
             )));
         }
-        live.set_user_memory(meta.hidden, meta.recent)
+        // Users' memory: the copy (users added since have none), then the events after it.
+        if hidden.len() > meta.n_users {
+            return Err(mismatch(format!(
+                "a memory copy of {} users for a model of {}",
+                hidden.len(),
+                meta.n_users
+            )));
+        }
+        let (mut hidden, mut recent) = (hidden, recent);
+        hidden.resize_with(meta.n_users, Vec::new);
+        recent.resize_with(meta.n_users, VecDeque::new);
+        live.set_user_memory(hidden, recent)
             .map_err(|err| mismatch(err.to_string()))?;
+        for e in &stream[(meta.memory_at - first) as usize..] {
+            live.remember_event(e)
+                .map_err(|err| mismatch(format!("an event after the memory copy: {err}")))?;
+        }
+        let mut saves = SaveLog::new();
+        saves.saved = meta.observed;
+        saves.segments = segments;
+        saves.memory = Some(MemoryCopy {
+            id: meta.memory_id,
+            at: meta.memory_at,
+            bytes: memory_bytes,
+            encoded: None,
+            written: Arc::new(AtomicBool::new(true)),
+        });
         let refresher = Refresher {
             training: Arc::new(training),
             graph: Arc::new(graph),
-            events: meta.events,
+            events,
+            kept: kept.into(),
+            cut_at: meta.cut_at,
             generation: meta.generation,
             stamp: meta.stamp,
+            saves: Mutex::new(saves),
         };
         Ok(Some(Restored {
             refresher,
@@ -556,13 +991,4 @@ impl Refresher {
             app_data: meta.app_data,
         }))
     }
-}
-
-/// Removes trainer and graph files (and their temp files) of other stamps from `dir`.
-fn remove_unnamed(dir: &Path, stamp: u64) -> Result<()> {
-    let keep = model_files(stamp);
-    remove_files(dir, |name| {
-        (name.starts_with("trainer-") || name.starts_with("graph-"))
-            && !keep.iter().any(|k| k == name)
-    })
 }
