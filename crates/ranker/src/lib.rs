@@ -23,6 +23,7 @@ pub mod options;
 pub mod pipeline;
 pub mod recommender;
 pub mod rescore;
+mod saved;
 pub mod scorer;
 
 pub use error::{Error, Result};

@@ -13,7 +13,8 @@ use taste_graph::{
 };
 
 use crate::error::{Error, Result};
-use crate::recommender::{Recommender, decode_app_data};
+use crate::recommender::Recommender;
+use crate::saved::SavedIds;
 
 /// Settings of [`build`].
 #[derive(Debug, Clone)]
@@ -173,10 +174,10 @@ pub fn restore(
     let Some(restored) = Refresher::load(dir, &selection, opts.live, None)? else {
         return Ok(None);
     };
-    let (name, ids) = decode_app_data(&restored.app_data)?;
-    let snap = store.generation(&name)?;
+    let saved = SavedIds::decode(&restored.app_data)?;
+    let snap = store.generation(&saved.generation)?;
     let index = index_if_asked(store, &snap, opts)?;
-    Recommender::restore_with(restored, &name, ids, snap, index, opts.interests).map(Some)
+    Recommender::restore_with(restored, saved, snap, index, opts.interests).map(Some)
 }
 
 /// The HNSW index of `snap` ([`index_for`]) when `opts.hnsw` asks for one.

@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::{Filter, ItemId as StoreId, Metric, Snapshot};
@@ -15,6 +15,7 @@ use taste_graph::{
 use crate::error::{Error, Result};
 use crate::mmr::{Quotas, mmr, normalize_rows};
 use crate::options::RecommendOptions;
+use crate::saved::{self, Prefix, SavedIds};
 
 /// Where a recommendation came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -116,57 +117,6 @@ fn popular_order(counts: &[u32]) -> Vec<u32> {
     order
 }
 
-/// Tags the ranker's part of a saved state.
-const APP_MAGIC: &[u8; 8] = b"MOSRKID1";
-
-/// The ranker's part of a saved state: magic, the served generation's name (length u32,
-/// UTF-8), the external item ids (count u64, then u64 each), little-endian.
-fn encode_app_data(generation: &str, ids: &[u64]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + 4 + generation.len() + 8 + 8 * ids.len());
-    out.extend_from_slice(APP_MAGIC);
-    out.extend_from_slice(&(generation.len() as u32).to_le_bytes());
-    out.extend_from_slice(generation.as_bytes());
-    out.extend_from_slice(&(ids.len() as u64).to_le_bytes());
-    for id in ids {
-        out.extend_from_slice(&id.to_le_bytes());
-    }
-    out
-}
-
-/// Reads [`encode_app_data`]'s bytes back (the meta file's checksum already held).
-pub(crate) fn decode_app_data(b: &[u8]) -> Result<(String, Vec<u64>)> {
-    let bad = |what: &str| {
-        Error::config(format!(
-            "the saved state holds no ranker data written by Recommender::state ({what})"
-        ))
-    };
-    let rest = b
-        .strip_prefix(APP_MAGIC.as_slice())
-        .ok_or_else(|| bad("no ranker tag"))?;
-    let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("short"))?;
-    let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
-    let (name, rest) = rest
-        .split_at_checked(len)
-        .ok_or_else(|| bad("short name"))?;
-    let name = std::str::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
-    let (n, rest) = rest.split_at_checked(8).ok_or_else(|| bad("short"))?;
-    let mut w = [0u8; 8];
-    w.copy_from_slice(n);
-    let n = u64::from_le_bytes(w);
-    if n.checked_mul(8) != Some(rest.len() as u64) {
-        return Err(bad("item id count does not match its bytes"));
-    }
-    let ids = rest
-        .chunks_exact(8)
-        .map(|c| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            u64::from_le_bytes(w)
-        })
-        .collect();
-    Ok((name.to_string(), ids))
-}
-
 fn no_refresher() -> Error {
     Error::config("no refresher is attached (Recommender::with_refresher)")
 }
@@ -217,6 +167,8 @@ pub struct Recommender {
     state: Arc<RwLock<State>>,
     /// The refit generation whose item embeddings `snap` holds.
     serves: u64,
+    /// The leading external ids `snap`'s rows hold (found by the first save).
+    saved_prefix: OnceLock<Prefix>,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -291,6 +243,7 @@ impl Recommender {
                 generation: 0,
             })),
             serves: 0,
+            saved_prefix: OnceLock::new(),
         })
     }
 
@@ -391,6 +344,7 @@ impl Recommender {
                 interests: self.interests,
                 state: Arc::clone(&self.state),
                 serves,
+                saved_prefix: OnceLock::new(),
             },
             installed,
         ))
@@ -402,17 +356,23 @@ impl Recommender {
         self.state.read().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Captures what a restarted service needs to serve on (under the read lock, O(events
-    /// recorded since the last refit + users)): the attached refresher's state
-    /// ([`Refresher::state_with`]) with this recommender's external item ids and the name
-    /// of the store generation it serves. Write it with [`RefresherState::write`] outside
+    /// Captures what a restarted service needs to serve on (under the read lock; see
+    /// [`Refresher::state`] for its cost): the attached refresher's state
+    /// ([`Refresher::state_with`]) with the name of the store generation this recommender
+    /// serves and its external item ids — those past the ones the generation's rows hold
+    /// in the same order (for a pipeline-published model: the items added since; the
+    /// first save on a generation compares the ids once, O(items)). Write it with [`RefresherState::write`] outside
     /// any lock; [`Recommender::restore`] (or [`crate::pipeline::restore`]) serves it
     /// again. `through_seq`: the journal seq every recorded event up to is covered (see
     /// [`Refresher::save`]). Refused on a retired recommender (save the one serving).
     pub fn state(&self, through_seq: u64) -> Result<RefresherState> {
         let st = self.read_current()?;
         let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
-        let app = encode_app_data(self.snap.generation(), &st.items.external);
+        let ids = &st.items.external;
+        let prefix = *self
+            .saved_prefix
+            .get_or_init(|| Prefix::of(&self.snap, ids));
+        let app = saved::encode(self.snap.generation(), prefix, ids);
         Ok(r.state_with(&st.live, through_seq, &app)?)
     }
 
@@ -427,26 +387,26 @@ impl Recommender {
         index: Option<Hnsw>,
         interests: InterestConfig,
     ) -> Result<(Recommender, u64)> {
-        let (generation, ids) = decode_app_data(&restored.app_data)?;
-        Self::restore_with(restored, &generation, ids, snap, index, interests)
+        let saved = SavedIds::decode(&restored.app_data)?;
+        Self::restore_with(restored, saved, snap, index, interests)
     }
 
-    /// [`Recommender::restore`] with the ranker's saved data already decoded: the
-    /// generation it served and the external item ids.
+    /// [`Recommender::restore`] with the ranker's saved data already decoded.
     pub(crate) fn restore_with(
         restored: Restored,
-        generation: &str,
-        ids: Vec<u64>,
+        saved: SavedIds,
         snap: Snapshot,
         index: Option<Hnsw>,
         interests: InterestConfig,
     ) -> Result<(Recommender, u64)> {
-        if generation != snap.generation() {
+        if saved.generation != snap.generation() {
             return Err(Error::config(format!(
-                "the saved taste graph was served over store generation {generation:?}, this snapshot is {:?}: restore over that generation, or publish the restored model's items to a new one",
+                "the saved taste graph was served over store generation {:?}, this snapshot is {:?}: restore over that generation, or publish the restored model's items to a new one",
+                saved.generation,
                 snap.generation()
             )));
         }
+        let ids = saved.ids(&snap)?;
         let rec = Recommender::new(snap, index, restored.live, Some(ids), interests)?
             .with_refresher(restored.refresher)?;
         Ok((rec, restored.through_seq))

@@ -252,8 +252,22 @@ fn a_restarted_service_serves_the_state_it_saved() {
     fresh
         .record(UserId(5), item, InteractionKind::Click, t0 + 4)
         .unwrap();
+    // An item added after the refit: not in the served generation.
+    let newer_item = BASE + 888_888;
+    fresh
+        .record(UserId(6), newer_item, InteractionKind::Click, t0 + 5)
+        .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    fresh.state(42).unwrap().write(dir.path()).unwrap();
+    let state = fresh.state(42).unwrap();
+    // The generation holds the first items' ids in dense order: only the newer item's id
+    // is in the meta file, not 8 bytes per item.
+    let n_items = fresh.with_live(|l| l.n_items());
+    assert!(
+        state.meta_bytes() < 4 * n_items,
+        "{} meta bytes for {n_items} items",
+        state.meta_bytes()
+    );
+    state.write(dir.path()).unwrap();
     // The retired recommender's vectors are not the served ones: refused.
     assert!(matches!(rec.state(42), Err(Error::Retired { .. })));
 
@@ -263,6 +277,11 @@ fn a_restarted_service_serves_the_state_it_saved() {
     assert_eq!(seq, 42);
     assert_eq!(back.snapshot().generation(), "refit-1");
     assert_eq!(back.dense_id(new_item), fresh.dense_id(new_item));
+    assert_eq!(back.dense_id(newer_item), fresh.dense_id(newer_item));
+    assert_eq!(
+        back.external_ids(n_items).unwrap(),
+        fresh.external_ids(n_items).unwrap()
+    );
     back.with_live(|b| {
         fresh.with_live(|f| {
             assert_eq!(b.users(), f.users());
@@ -296,6 +315,20 @@ fn a_restarted_service_serves_the_state_it_saved() {
     let other = store.generation("lightgcn").unwrap();
     let err = Recommender::restore(loaded, other, None, options(true).interests).unwrap_err();
     assert!(matches!(err, Error::Config { .. }), "{err}");
+    // Over the same generation changed since (its first item deleted): refused, not
+    // served with shifted ids.
+    let first = store
+        .generation("refit-1")
+        .unwrap()
+        .iter_live()
+        .next()
+        .unwrap()
+        .0;
+    let mut w = store.writer().unwrap();
+    w.delete("refit-1", &[first]).unwrap();
+    w.commit().unwrap();
+    let err = restore(dir.path(), &store, &options(true)).unwrap_err();
+    assert!(err.to_string().contains("changed since"), "{err}");
     // Nothing saved: None.
     let empty = tempfile::tempdir().unwrap();
     assert!(
