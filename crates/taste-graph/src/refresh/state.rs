@@ -372,6 +372,11 @@ impl<'a> Cursor<'a> {
         w.copy_from_slice(b);
         Ok(u64::from_le_bytes(w))
     }
+    /// A u64 that must fit a usize.
+    fn usize(&mut self, what: &str) -> Result<usize> {
+        let n = self.u64(what)?;
+        usize::try_from(n).map_err(|_| self.corrupt(format!("{what} {n} overflows")))
+    }
     /// A count of `size`-byte entries that must fit in what is left.
     fn count(&mut self, size: usize, what: &str) -> Result<usize> {
         let n = self.u64(what)?;
@@ -630,45 +635,28 @@ struct Meta {
 fn read_meta(path: &Path) -> Result<Meta> {
     let bytes = read_verified(path, META_MAGIC, META_HEADER, "refresher state file")?;
     let mut r = Cursor::after_prefix(path, &bytes);
-    let mut header = [0u64; 11];
-    for (v, what) in header.iter_mut().zip([
-        "the stamp",
-        "the generation",
-        "the seq",
-        "the trained-at time",
-        "the user count",
-        "the item count",
-        "the kept event count",
-        "the cut index",
-        "the observed count",
-        "the memory copy id",
-        "the memory copy index",
-    ]) {
-        *v = r.u64(what)?;
-    }
-    let [
-        stamp,
-        generation,
-        through_seq,
-        trained_at,
-        n_users,
-        n_items,
-        kept,
-        cut_at,
-        observed,
-        memory_id,
-        memory_at,
-    ] = header;
-    let as_count = |n: u64, what: &str| {
-        usize::try_from(n).map_err(|_| r.corrupt(format!("{what} count {n} overflows")))
+    let mut meta = Meta {
+        stamp: r.u64("the stamp")?,
+        generation: r.u64("the generation")?,
+        through_seq: r.u64("the seq")?,
+        trained_at: r.u64("the trained-at time")?,
+        n_users: r.usize("the user count")?,
+        n_items: r.usize("the item count")?,
+        kept: r.u64("the kept event count")?,
+        cut_at: r.u64("the cut index")?,
+        observed: r.u64("the observed count")?,
+        memory_id: r.u64("the memory copy id")?,
+        memory_at: r.u64("the memory copy index")?,
+        segments: Vec::new(),
+        content: Vec::new(),
+        app_data: Vec::new(),
     };
-    let (n_users, n_items) = (as_count(n_users, "user")?, as_count(n_items, "item")?);
+    let n_items = meta.n_items;
     let n_segments = r.count(24, "segments")?;
-    let mut segments = Vec::with_capacity(n_segments);
     for _ in 0..n_segments {
-        segments.push([r.u64("segments")?, r.u64("segments")?, r.u64("segments")?]);
+        let segment = [r.u64("segments")?, r.u64("segments")?, r.u64("segments")?];
+        meta.segments.push(segment);
     }
-    let mut content = Vec::new();
     let n_content = r.count(4, "live items' content")?;
     if n_content > n_items {
         return Err(r.corrupt(format!(
@@ -679,34 +667,19 @@ fn read_meta(path: &Path) -> Result<Meta> {
         let width = r.u32("content widths")?;
         let width = r.fits(width.into(), 4, "content values")?;
         if width == 0 {
-            content.push(None);
+            meta.content.push(None);
             continue;
         }
         let mut v = Vec::with_capacity(width);
         for _ in 0..width {
             v.push(f32::from_bits(r.u32("content values")?));
         }
-        content.push(Some(v.into_boxed_slice()));
+        meta.content.push(Some(v.into_boxed_slice()));
     }
     let n = r.count(1, "application bytes")?;
-    let app_data = r.take(n, "application bytes")?.to_vec();
+    meta.app_data = r.take(n, "application bytes")?.to_vec();
     r.end("the application's")?;
-    Ok(Meta {
-        stamp,
-        generation,
-        through_seq,
-        trained_at,
-        n_users,
-        n_items,
-        kept,
-        cut_at,
-        observed,
-        memory_id,
-        memory_at,
-        segments,
-        content,
-        app_data,
-    })
+    Ok(meta)
 }
 
 /// The stream from `from` to the meta's observed count, from the segments it names
