@@ -35,7 +35,7 @@
 //! [`Interactions::positive_pairs`]: crate::Interactions::positive_pairs
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use crate::checkpoint;
@@ -132,21 +132,15 @@ impl Refresher {
     pub fn observe(&mut self, live: &mut LiveModel, event: Interaction) -> Result<()> {
         event.check_weight()?;
         live.observe(event.user, event.item, event.kind, event.timestamp)?;
-        self.push(event);
+        self.events.push(event);
         Ok(())
     }
 
     /// Records an event the caller already folded into the live model.
     pub fn record(&mut self, event: Interaction) -> Result<()> {
         event.check_weight()?;
-        self.push(event);
-        Ok(())
-    }
-
-    fn push(&mut self, event: Interaction) {
         self.events.push(event);
-        let saves = self.saves.get_mut().unwrap_or_else(PoisonError::into_inner);
-        saves.push(event);
+        Ok(())
     }
 
     /// Events the current model's graph does not hold, oldest first: those recorded

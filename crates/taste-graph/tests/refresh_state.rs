@@ -349,7 +349,7 @@ fn saves_write_what_is_new_and_the_directory_stays_bounded() {
         InteractionKind::Hide,
     ];
     let (mut memory_copies, mut meta_sizes, mut t) = (Vec::new(), Vec::new(), 100u64);
-    let mut segment_events = 0;
+    let (mut segment_events, mut planned) = (0, None);
     for save in 0..40u64 {
         for _ in 0..8 {
             // Mostly existing users and items, now and then a new one.
@@ -359,9 +359,17 @@ fn saves_write_what_is_new_and_the_directory_stays_bounded() {
             t += 1;
             r.observe(&mut live, ev(user, item, kind, t)).unwrap();
         }
+        // An install with unsaved events before its plan (the next save starts over
+        // from the cut with a new memory copy), then one planned before two saves.
         if save == 20 {
             let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
             r.install(refit, &mut live).unwrap();
+        }
+        if save == 30 {
+            planned = Some(r.plan(&live, 1).unwrap().run(|_| {}).unwrap());
+        }
+        if save == 32 {
+            r.install(planned.take().unwrap(), &mut live).unwrap();
         }
         let state = r.state(&live, save).unwrap();
         segment_events = state.segment_events();
@@ -369,7 +377,7 @@ fn saves_write_what_is_new_and_the_directory_stays_bounded() {
         state.write(dir.path()).unwrap();
         let names = files(dir.path());
         let segments = names.iter().filter(|f| f.starts_with("events-")).count();
-        assert!((1..=17).contains(&segments), "{names:?}");
+        assert!(segments <= 17, "{names:?}");
         let memory: Vec<_> = names.iter().filter(|f| f.starts_with("memory-")).collect();
         assert_eq!(memory.len(), 1, "{names:?}");
         if memory_copies.last() != Some(memory[0]) {

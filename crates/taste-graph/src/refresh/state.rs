@@ -12,9 +12,10 @@
 //!   [`MAX_SEGMENTS`]; dropped once neither the recorded events nor the memory copy
 //!   needs them;
 //! - `memory-<id>.mem`: each user's hidden and recent items (what a training graph does
-//!   not hold) as of one point of the stream; written again only once the events after
-//!   that point take more bytes than the copy itself, so the copy costs O(1) amortised
-//!   per event;
+//!   not hold) as of one point of the stream; taken again once the events after that
+//!   point take more bytes than the copy itself (so the copy costs O(1) amortised per
+//!   event), or when an install folded events that no save had captured (the events
+//!   after the copy would no longer all be there: once per install at most);
 //! - `REFRESHER`: which files are current, the install generation, the journal seq the
 //!   state covers, when the training interactions are dated, where the recorded events
 //!   and the memory copy start in the stream, the content of items added live, and the
@@ -74,16 +75,15 @@ const MEMORY_HEADER: usize = PREFIX + 3 * 8;
 /// More segments than this are merged into one by the next save.
 const MAX_SEGMENTS: usize = 16;
 
-/// The stream of observed events as the saves see it: segments already captured, the
-/// events since, and the users' memory copy. Kept by the refresher behind a mutex, so
-/// that a save captures under a service's read lock.
+/// What the saves so far captured: the segments of the stream of observed events still
+/// needed and the users' memory copy. Kept by the refresher behind a mutex, so that a
+/// save captures under a service's read lock; nothing is kept for a refresher that never
+/// saves.
 #[derive(Debug)]
 pub(super) struct SaveLog {
     /// Events observed before this stream index are in `segments` (those still needed).
     saved: u64,
     segments: Vec<Segment>,
-    /// Events observed since `saved`.
-    unsaved: Vec<Interaction>,
     memory: Option<MemoryCopy>,
 }
 
@@ -133,28 +133,30 @@ impl SaveLog {
         SaveLog {
             saved: 0,
             segments: Vec::new(),
-            unsaved: Vec::new(),
             memory: None,
         }
     }
 
-    pub(super) fn push(&mut self, event: Interaction) {
-        self.unsaved.push(event);
-    }
-
-    /// Moves the events since the last capture into a new segment.
-    fn seal(&mut self) {
-        if self.unsaved.is_empty() {
-            return;
+    /// Captures the events observed since the last capture as a new segment: `stream`
+    /// holds the stream's events from index `cut_at` on (the recorded events after the
+    /// kept ones). When an install folded events observed since the last capture, they
+    /// are gone: the memory copy, which would need them, is dropped (the capture takes a
+    /// new one) and the segments start again at `cut_at`.
+    fn seal(&mut self, cut_at: u64, stream: &[Interaction]) {
+        if self.saved < cut_at {
+            self.segments.clear();
+            self.memory = None;
+            self.saved = cut_at;
         }
-        let events: Arc<[Interaction]> = std::mem::take(&mut self.unsaved).into();
-        let first = self.saved;
-        self.saved += events.len() as u64;
-        self.segments.push(Segment {
-            id: fresh_stamp(),
-            first,
-            events,
-        });
+        let from = (self.saved - cut_at) as usize;
+        if from < stream.len() {
+            self.segments.push(Segment {
+                id: fresh_stamp(),
+                first: self.saved,
+                events: stream[from..].into(),
+            });
+            self.saved = cut_at + stream.len() as u64;
+        }
     }
 
     /// Drops the segments that end at or before `from`, then merges the rest into one
@@ -207,6 +209,8 @@ pub struct RefresherState {
     memory_id: u64,
     /// The memory copy's bytes, if no write has reported it on disk yet.
     memory: Option<(Arc<Vec<u8>>, Arc<AtomicBool>)>,
+    /// An older copy's bytes the refresher let go of, freed when this state is dropped.
+    _released: Option<Arc<Vec<u8>>>,
     meta: Vec<u8>,
 }
 
@@ -752,16 +756,20 @@ impl Refresher {
     ) -> Result<RefresherState> {
         self.check_live(live)?;
         let mut log = self.saves.lock().unwrap_or_else(PoisonError::into_inner);
-        log.seal();
+        log.seal(self.cut_at, &self.events[self.kept.len()..]);
         let observed = log.saved;
         // A new memory copy once the events since the last one outweigh it.
         let mut copy = match log.memory.take() {
             Some(m) if (observed - m.at).saturating_mul(EVENT_LEN as u64) <= m.bytes => m,
             _ => MemoryCopy::take(live, observed),
         };
-        if copy.written.load(Ordering::Acquire) {
-            copy.encoded = None;
-        }
+        // A copy on disk is no longer held; its bytes are freed with the state, outside
+        // the caller's lock (megabytes at Gowalla's size).
+        let released = if copy.written.load(Ordering::Acquire) {
+            copy.encoded.take()
+        } else {
+            None
+        };
         let (memory_id, memory_at) = (copy.id, copy.at);
         let memory = copy
             .encoded
@@ -811,6 +819,7 @@ impl Refresher {
             segments,
             memory_id,
             memory,
+            _released: released,
             meta: with_crc(out),
         })
     }
