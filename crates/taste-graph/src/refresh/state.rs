@@ -141,11 +141,13 @@ impl SaveLog {
     /// holds the stream's events from index `cut_at` on (the recorded events after the
     /// kept ones). When an install folded events observed since the last capture, they
     /// are gone: the memory copy, which would need them, is dropped (the capture takes a
-    /// new one) and the segments start again at `cut_at`.
-    fn seal(&mut self, cut_at: u64, stream: &[Interaction]) {
+    /// new one; its bytes, if still held, are returned to be freed outside the caller's
+    /// lock) and the segments start again at `cut_at`.
+    fn seal(&mut self, cut_at: u64, stream: &[Interaction]) -> Option<Arc<Vec<u8>>> {
+        let mut released = None;
         if self.saved < cut_at {
             self.segments.clear();
-            self.memory = None;
+            released = self.memory.take().and_then(|m| m.encoded);
             self.saved = cut_at;
         }
         let from = (self.saved - cut_at) as usize;
@@ -157,6 +159,7 @@ impl SaveLog {
             });
             self.saved = cut_at + stream.len() as u64;
         }
+        released
     }
 
     /// Drops the segments that end at or before `from`, then merges the rest into one
@@ -209,8 +212,8 @@ pub struct RefresherState {
     memory_id: u64,
     /// The memory copy's bytes, if no write has reported it on disk yet.
     memory: Option<(Arc<Vec<u8>>, Arc<AtomicBool>)>,
-    /// An older copy's bytes the refresher let go of, freed when this state is dropped.
-    _released: Option<Arc<Vec<u8>>>,
+    /// Older copies' bytes the refresher let go of, freed when this state is dropped.
+    _released: Vec<Arc<Vec<u8>>>,
     meta: Vec<u8>,
 }
 
@@ -218,7 +221,8 @@ impl RefresherState {
     /// Writes the state to `dir`: the model's files, the memory copy and each event
     /// segment unless an earlier write left them there, then the meta file, each
     /// atomically; then removes the files the meta does not name. A crash at any point
-    /// leaves the previous write whole. One writer per directory at a time.
+    /// leaves the previous write whole. One writer per directory at a time, writing
+    /// states in the order they were captured.
     pub fn write(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
@@ -756,20 +760,21 @@ impl Refresher {
     ) -> Result<RefresherState> {
         self.check_live(live)?;
         let mut log = self.saves.lock().unwrap_or_else(PoisonError::into_inner);
-        log.seal(self.cut_at, &self.events[self.kept.len()..]);
+        let dropped = log.seal(self.cut_at, &self.events[self.kept.len()..]);
         let observed = log.saved;
         // A new memory copy once the events since the last one outweigh it.
         let mut copy = match log.memory.take() {
             Some(m) if (observed - m.at).saturating_mul(EVENT_LEN as u64) <= m.bytes => m,
             _ => MemoryCopy::take(live, observed),
         };
-        // A copy on disk is no longer held; its bytes are freed with the state, outside
-        // the caller's lock (megabytes at Gowalla's size).
+        // A copy on disk is no longer held; its bytes (and a dropped copy's) are freed
+        // with the state, outside the caller's lock (megabytes at Gowalla's size).
         let released = if copy.written.load(Ordering::Acquire) {
             copy.encoded.take()
         } else {
             None
         };
+        let released = [released, dropped].into_iter().flatten().collect();
         let (memory_id, memory_at) = (copy.id, copy.at);
         let memory = copy
             .encoded
