@@ -490,6 +490,21 @@ impl LiveModel {
         self.user_last.get(user.index()).copied()
     }
 
+    /// Every user's latest event time ([`LiveModel::last_time`]), in user order.
+    pub(crate) fn last_times(&self) -> &[u64] {
+        &self.user_last
+    }
+
+    /// Dates the first `last.len()` users' interactions at `last` (e.g. their latest
+    /// events in the model a refit replaces) instead of the construction's `now`, so that
+    /// time decay goes on from each user's own last activity.
+    pub(crate) fn date_users(&mut self, last: &[u64]) {
+        for (slot, &t) in self.user_last.iter_mut().zip(last) {
+            *slot = t;
+            self.latest = self.latest.max(t);
+        }
+    }
+
     /// The latest time the model has seen: the construction's `now` or a later event's.
     pub fn latest_time(&self) -> u64 {
         self.latest

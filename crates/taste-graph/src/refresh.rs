@@ -65,6 +65,9 @@ pub struct Refresher {
     kept: Arc<[Interaction]>,
     /// Index (counting every event observed) of the first event after the kept ones.
     cut_at: u64,
+    /// When each trained user's interactions are dated in the current model (users past
+    /// these: the model's `trained_at`).
+    user_times: Arc<[u64]>,
     generation: u64,
     /// Names the current model's files in a state directory ([`Refresher::save`]).
     stamp: u64,
@@ -120,6 +123,7 @@ impl Refresher {
             events: Vec::new(),
             kept: Arc::from([]),
             cut_at: 0,
+            user_times: Arc::from([]),
             generation: 0,
             stamp: state::fresh_stamp(),
             saves: Mutex::new(state::SaveLog::new()),
@@ -167,7 +171,8 @@ impl Refresher {
 
     /// A refit of `epochs` epochs over everything recorded so far, continuing the
     /// trainer's state; `live` is the serving model (its configuration, content
-    /// aggregator and live items' content go into the new one). Run it anywhere with
+    /// aggregator, live items' content and each user's latest event time go into the new
+    /// one). O(recorded events + users): a copy. Run it anywhere with
     /// [`RefitJob::run`], then [`Refresher::install`] the result.
     pub fn plan(&self, live: &LiveModel, epochs: usize) -> Result<RefitJob> {
         self.check_live(live)?;
@@ -182,6 +187,7 @@ impl Refresher {
             aggregator: live.shared_aggregator(),
             config: *live.config(),
             now: live.latest_time(),
+            user_times: live.last_times().to_vec(),
             epochs,
             lr: None,
             schedule: Vec::new(),
@@ -297,6 +303,7 @@ impl Refresher {
         self.cut_at += (refit.cut - self.kept.len()) as u64;
         self.events.splice(..refit.cut, refit.kept.iter().copied());
         self.kept = refit.kept;
+        self.user_times = refit.user_times;
         self.generation += 1;
         self.stamp = state::fresh_stamp();
         Ok((installed, replaced))
@@ -363,6 +370,9 @@ pub struct RefitJob {
     aggregator: Option<Arc<ContentAggregator>>,
     config: LiveConfig,
     now: u64,
+    /// Each user's latest event time at the plan: the new model's trained users are
+    /// dated at theirs.
+    user_times: Vec<u64>,
     epochs: usize,
     lr: Option<f32>,
     schedule: Vec<RateSwitch>,
@@ -378,6 +388,8 @@ pub struct Refit {
     cut: usize,
     /// The events up to `cut` that the graph does not hold (replayed into `live`).
     kept: Arc<[Interaction]>,
+    /// When `live`'s trained users' interactions are dated.
+    user_times: Arc<[u64]>,
     /// Recorded events replayed into `live` so far (`cut`, then catch-ups).
     replayed: usize,
     generation: u64,
@@ -473,8 +485,10 @@ impl RefitJob {
         self
     }
 
-    /// Dates the new model's training interactions `now` (default: the latest time the
-    /// serving model had seen at the plan); later events decay them from there.
+    /// The new model's creation time, [`LiveModel::trained_at`] (default: the latest time
+    /// the serving model had seen at the plan). Its trained users' interactions are
+    /// dated at each user's latest event at the plan, and later events decay them from
+    /// there.
     pub fn now(mut self, now: u64) -> Self {
         self.now = now;
         self
@@ -590,6 +604,11 @@ impl RefitJob {
             on_epoch(&training.train_epoch(|_, _| {})?);
         }
         let mut live = LiveModel::new(training.model()?, &graph, self.config, self.now)?;
+        // Each trained user's interactions are as old as the user's latest event, not the
+        // refit's: decay goes on from there.
+        let mut user_times = self.user_times;
+        user_times.truncate(graph.n_users());
+        live.date_users(&user_times);
         live.share_aggregator(self.aggregator.clone());
         let content_of = |i: ItemId| self.content.get(i);
         for e in &replay {
@@ -604,6 +623,7 @@ impl RefitJob {
             cut: self.events.len(),
             replayed: self.events.len(),
             kept: replay.into(),
+            user_times: user_times.into(),
             generation: self.generation,
             seconds: start.elapsed().as_secs_f64(),
         })

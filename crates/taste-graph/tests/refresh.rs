@@ -121,11 +121,12 @@ fn a_refit_is_the_regraphed_trainer_on_the_grown_graph() {
     assert!(live.hidden(UserId(hidden.0)).contains(&hidden.1));
     let last = live.recent(UserId(5)).last().unwrap();
     assert_eq!((last.item, last.time), (ItemId(ni), 32));
-    // The training interactions are dated at the latest time served (33).
-    assert_eq!(
-        (live.last_time(UserId(1)), live.latest_time()),
-        (Some(33), 33)
-    );
+    // Each trained user's interactions are dated at the user's latest event (decay goes
+    // on from there, as in the replaced model), not at the refit's time: user 1 acted
+    // last at the first model's creation (10), user 7 at 27, user 2 at 33.
+    let times: Vec<_> = [1, 7, 2].map(|u| live.last_time(UserId(u)).unwrap()).into();
+    assert_eq!(times, [10, 27, 33]);
+    assert_eq!((live.latest_time(), live.trained_at()), (33, 33));
     // The hide stays recorded: the next refit replays its push again.
     assert_eq!(
         r.pending(),
@@ -435,5 +436,9 @@ fn a_schedule_switches_the_rate_by_the_refits_own_epochs() {
     );
     r.install(refit, &mut live).unwrap();
     assert_eq!(live.users(), want.users());
-    assert_eq!(live.last_time(UserId(0)), Some(50));
+    // `now` dates the model; user 0's interactions stay dated at its click (20).
+    assert_eq!(
+        (live.trained_at(), live.last_time(UserId(0))),
+        (50, Some(20))
+    );
 }

@@ -68,11 +68,13 @@ fn assert_same_live(a: &LiveModel, b: &LiveModel) {
     assert_eq!(a.items(), b.items());
     assert_eq!(a.item_counts(), b.item_counts());
     assert_eq!(a.trained_at(), b.trained_at());
+    assert_eq!(a.latest_time(), b.latest_time());
     for i in 0..a.n_items() as u32 {
         assert_eq!(a.item_content(ItemId(i)), b.item_content(ItemId(i)));
     }
     for u in 0..a.n_users() as u32 {
         let u = UserId(u);
+        assert_eq!(a.last_time(u), b.last_time(u), "last time of {u:?}");
         assert_eq!(a.hidden(u), b.hidden(u), "hidden items of {u:?}");
         assert_eq!(a.seen(u), b.seen(u), "seen items of {u:?}");
         let (ra, rb): (Vec<_>, Vec<_>) = (a.recent(u).collect(), b.recent(u).collect());

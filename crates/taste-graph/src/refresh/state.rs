@@ -5,8 +5,9 @@
 //! atomically), each file named by a random id:
 //!
 //! - `trainer-<stamp>.ckpt`: the trainer ([`Training::save_checkpoint`]) and
-//!   `graph-<stamp>.graph`: the graph it trained on and the events the refit kept outside
-//!   it; written once per installed model;
+//!   `graph-<stamp>.graph`: the graph it trained on, the events the refit kept outside
+//!   it and when each trained user's interactions are dated; written once per installed
+//!   model;
 //! - `events-<id>.seg`: a segment of the stream of events the refresher observed, one per
 //!   save (the events since the previous one); merged into one when there are more than
 //!   [`MAX_SEGMENTS`]; dropped once neither the recorded events nor the memory copy
@@ -29,8 +30,9 @@
 //!
 //! All files are little-endian, start with a magic and the format version (u32) and end
 //! with the crc32 of everything before. Graph file (`MOSRFGR2`): users, items, edges,
-//! kept events (u64 each), each user's degree (u32), the items of every user in user
-//! order (u32), the kept events (24 bytes each, the event log's encoding). Segment
+//! kept events, user times (u64 each), each user's degree (u32), the items of every
+//! user in user order (u32), the kept events (24 bytes each, the event log's encoding),
+//! the time each trained user's interactions are dated at (u64 each). Segment
 //! (`MOSRFEV1`): id, index of its first event in the stream, event count (u64 each), the
 //! events. Memory copy (`MOSRFMB1`): id, stream index it is taken at, users (u64 each);
 //! per user: hidden count (u32), hidden items (u32), recent count (u32), recent entries
@@ -69,7 +71,7 @@ const FORMAT: u32 = 2;
 const PREFIX: usize = 8 + 4;
 /// Meta header: twelve u64 (the last: the segment count).
 const META_HEADER: usize = PREFIX + 12 * 8;
-const GRAPH_HEADER: usize = PREFIX + 4 * 8;
+const GRAPH_HEADER: usize = PREFIX + 5 * 8;
 const SEGMENT_HEADER: usize = PREFIX + 3 * 8;
 const MEMORY_HEADER: usize = PREFIX + 3 * 8;
 /// More segments than this are merged into one by the next save.
@@ -207,6 +209,7 @@ pub struct RefresherState {
     training: Arc<Training>,
     graph: Arc<BipartiteGraph>,
     kept: Arc<[Interaction]>,
+    user_times: Arc<[u64]>,
     stamp: u64,
     segments: Vec<Segment>,
     memory_id: u64,
@@ -228,7 +231,7 @@ impl RefresherState {
         fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let graph = graph_path(dir, self.stamp);
         if !graph.exists() {
-            write_graph(&graph, &self.graph, &self.kept)?;
+            write_graph(&graph, &self.graph, &self.kept, &self.user_times)?;
         }
         let trainer = trainer_path(dir, self.stamp);
         if !trainer.exists() {
@@ -443,15 +446,22 @@ fn read_verified(path: &Path, magic: &[u8; 8], header: usize, what: &str) -> Res
     Ok(bytes)
 }
 
-fn write_graph(path: &Path, graph: &BipartiteGraph, kept: &[Interaction]) -> Result<()> {
+fn write_graph(
+    path: &Path,
+    graph: &BipartiteGraph,
+    kept: &[Interaction],
+    user_times: &[u64],
+) -> Result<()> {
     let header = [
         graph.n_users(),
         graph.n_items(),
         graph.n_edges(),
         kept.len(),
+        user_times.len(),
     ]
     .map(|v| v as u64);
-    let size = 4 * (graph.n_users() + graph.n_edges()) + EVENT_LEN * kept.len();
+    let size =
+        4 * (graph.n_users() + graph.n_edges()) + EVENT_LEN * kept.len() + 8 * user_times.len();
     let mut out = start_file(GRAPH_MAGIC, &header, size);
     let users = (0..graph.n_users()).map(|u| graph.items_of(UserId(u as u32)));
     for items in users.clone() {
@@ -461,18 +471,27 @@ fn write_graph(path: &Path, graph: &BipartiteGraph, kept: &[Interaction]) -> Res
         items.iter().for_each(|&i| put_u32(&mut out, i));
     }
     kept.iter().for_each(|e| encode_event(e, &mut out));
+    user_times.iter().for_each(|&t| put_u64(&mut out, t));
     write_atomic(path, &with_crc(out))
 }
 
-/// The graph and the kept events of a graph file, for a trainer checkpoint of
+/// What a graph file holds.
+struct ModelGraph {
+    graph: BipartiteGraph,
+    kept: Vec<Interaction>,
+    user_times: Vec<u64>,
+}
+
+/// The graph, kept events and users' times of a graph file, for a trainer checkpoint of
 /// `trainer_bytes` (which bounds the user and item counts before anything is allocated).
-fn read_graph(path: &Path, trainer_bytes: u64) -> Result<(BipartiteGraph, Vec<Interaction>)> {
+fn read_graph(path: &Path, trainer_bytes: u64) -> Result<ModelGraph> {
     let bytes = read_verified(path, GRAPH_MAGIC, GRAPH_HEADER, "refresher graph file")?;
     let mut r = Cursor::after_prefix(path, &bytes);
     let n_users = r.u64("the user count")?;
     let n_items = r.u64("the item count")?;
     let n_edges = r.u64("the edge count")?;
     let n_kept = r.u64("the kept event count")?;
+    let n_times = r.u64("the user time count")?;
     let n_users = r.fits(n_users, 4, "user degrees")?;
     let n_edges = r.fits(n_edges, 4, "edges")?;
     let n_kept = r.fits(n_kept, EVENT_LEN, "kept events")?;
@@ -499,7 +518,14 @@ fn read_graph(path: &Path, trainer_bytes: u64) -> Result<(BipartiteGraph, Vec<In
         }
     }
     let kept = r.events(n_kept, "kept events")?;
-    r.end("the last kept event")?;
+    if n_times > n_users as u64 {
+        return Err(r.corrupt(format!("times of {n_times} users in a graph of {n_users}")));
+    }
+    let mut user_times = Vec::with_capacity(n_times as usize);
+    for _ in 0..n_times {
+        user_times.push(r.u64("user times")?);
+    }
+    r.end("the last user time")?;
     let graph =
         BipartiteGraph::from_edges(n_users, n_items, edges).map_err(|e| Error::Corrupt {
             path: path.to_path_buf(),
@@ -516,7 +542,11 @@ fn read_graph(path: &Path, trainer_bytes: u64) -> Result<(BipartiteGraph, Vec<In
             ),
         });
     }
-    Ok((graph, kept))
+    Ok(ModelGraph {
+        graph,
+        kept,
+        user_times,
+    })
 }
 
 fn write_segment(path: &Path, s: &Segment) -> Result<()> {
@@ -820,6 +850,7 @@ impl Refresher {
             training: Arc::clone(&self.training),
             graph: Arc::clone(&self.graph),
             kept: Arc::clone(&self.kept),
+            user_times: Arc::clone(&self.user_times),
             stamp: self.stamp,
             segments,
             memory_id,
@@ -864,7 +895,11 @@ impl Refresher {
         let trainer_bytes = fs::metadata(&trainer)
             .map_err(|e| Error::io(&trainer, e))?
             .len();
-        let (graph, kept) = read_graph(&graph_path(dir, meta.stamp), trainer_bytes)?;
+        let ModelGraph {
+            graph,
+            kept,
+            user_times,
+        } = read_graph(&graph_path(dir, meta.stamp), trainer_bytes)?;
         if kept.len() as u64 != meta.kept {
             return Err(mismatch(format!(
                 "{} kept events saved with the model, {} expected",
@@ -888,6 +923,7 @@ impl Refresher {
 
         let mut training = Training::resume(&graph, &trainer, selection)?;
         let mut live = LiveModel::new(training.model()?, &graph, config, meta.trained_at)?;
+        live.date_users(&user_times);
         match aggregator {
             Some(a) => live.set_aggregator(a)?,
             None if meta.content.iter().any(Option::is_some) => {
@@ -967,6 +1003,7 @@ impl Refresher {
             events,
             kept: kept.into(),
             cut_at: meta.cut_at,
+            user_times: user_times.into(),
             generation: meta.generation,
             stamp: meta.stamp,
             saves: Mutex::new(saves),
