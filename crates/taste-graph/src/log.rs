@@ -61,6 +61,8 @@ const SNAPSHOT_MAGIC: [u8; 8] = *b"MOSAICSN";
 /// The version new files are written in; version 1 (no id records, snapshots without
 /// id maps) is read too.
 const VERSION: u32 = 2;
+/// Snapshot format version: 3 adds the seq dropped through ([`Journal::drop_through`]).
+const SNAPSHOT_VERSION: u32 = 3;
 const USER_ID_CODE: u8 = 0x81;
 const ITEM_ID_CODE: u8 = 0x82;
 
@@ -659,6 +661,9 @@ pub struct GraphSnapshot {
     pub users: UserMap,
     /// External item ids (empty when the application uses dense ids).
     pub items: ItemMap,
+    /// Events up to this seq were dropped from the journal ([`Journal::drop_through`]):
+    /// `events` holds those after it (0: none dropped).
+    pub dropped_through: u64,
 }
 
 impl GraphSnapshot {
@@ -671,7 +676,19 @@ impl GraphSnapshot {
         users: &UserMap,
         items: &ItemMap,
     ) -> Result<()> {
-        let path = path.as_ref();
+        Self::write_dropped(path.as_ref(), seq, events, users, items, 0)
+    }
+
+    /// [`GraphSnapshot::write`] of a journal whose events up to `dropped_through` were
+    /// dropped.
+    fn write_dropped(
+        path: &Path,
+        seq: u64,
+        events: &Interactions,
+        users: &UserMap,
+        items: &ItemMap,
+        dropped_through: u64,
+    ) -> Result<()> {
         let name = path.file_name().ok_or_else(|| Error::Config {
             message: format!("snapshot path {} has no file name", path.display()),
         })?;
@@ -689,7 +706,7 @@ impl GraphSnapshot {
         let mut crc = crc32fast::Hasher::new();
         let mut chunk = Vec::with_capacity(SNAPSHOT_HEADER_LEN);
         chunk.extend_from_slice(&SNAPSHOT_MAGIC);
-        chunk.extend_from_slice(&VERSION.to_le_bytes());
+        chunk.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
         chunk.extend_from_slice(&(EVENT_LEN as u32).to_le_bytes());
         chunk.extend_from_slice(&seq.to_le_bytes());
         chunk.extend_from_slice(&(events.len() as u64).to_le_bytes());
@@ -712,6 +729,7 @@ impl GraphSnapshot {
                 chunk.extend_from_slice(&id.to_le_bytes());
             }
         }
+        chunk.extend_from_slice(&dropped_through.to_le_bytes());
         crc.update(&chunk);
         chunk.extend_from_slice(&crc.finalize().to_le_bytes());
         w.write_all(&chunk).map_err(io)?;
@@ -726,7 +744,14 @@ impl GraphSnapshot {
 
     /// Writes this snapshot to `path` atomically (see [`GraphSnapshot::write`]).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        Self::write(path, self.seq, &self.events, &self.users, &self.items)
+        Self::write_dropped(
+            path.as_ref(),
+            self.seq,
+            &self.events,
+            &self.users,
+            &self.items,
+            self.dropped_through,
+        )
     }
 
     /// Reads and verifies a snapshot; any damage is an [`Error::Corrupt`].
@@ -741,11 +766,13 @@ impl GraphSnapshot {
             return Err(corrupt(path, body_len as u64, "snapshot checksum mismatch"));
         }
         let version = u32_at(&b, 8);
-        if !(1..=VERSION).contains(&version) {
+        if !(1..=SNAPSHOT_VERSION).contains(&version) {
             return Err(corrupt(
                 path,
                 8,
-                format!("unsupported snapshot version {version} (this build reads 1 to {VERSION})"),
+                format!(
+                    "unsupported snapshot version {version} (this build reads 1 to {SNAPSHOT_VERSION})"
+                ),
             ));
         }
         let entry_len = u32_at(&b, 12);
@@ -769,9 +796,30 @@ impl GraphSnapshot {
                     format!("{count} entries do not fit a file of {} bytes", b.len()),
                 )
             })? as usize;
-        let (users, items) = if version >= 2 {
+        let (users, items, dropped_through) = if version >= 2 {
             let (users, at) = read_id_map(path, &b[..body_len], entries_end, "user")?;
-            let (items, at) = read_id_map(path, &b[..body_len], at, "item")?;
+            let (items, mut at) = read_id_map(path, &b[..body_len], at, "item")?;
+            let mut dropped_through = 0;
+            if version >= 3 {
+                if at + 8 > body_len {
+                    return Err(corrupt(
+                        path,
+                        at as u64,
+                        "the snapshot ends before its dropped seq",
+                    ));
+                }
+                dropped_through = u64_at(&b, at);
+                at += 8;
+                if dropped_through > seq {
+                    return Err(corrupt(
+                        path,
+                        at as u64 - 8,
+                        format!(
+                            "events dropped through seq {dropped_through}, past the snapshot's {seq}"
+                        ),
+                    ));
+                }
+            }
             if at != body_len {
                 return Err(corrupt(
                     path,
@@ -779,7 +827,7 @@ impl GraphSnapshot {
                     format!("{} bytes after the item map", body_len - at),
                 ));
             }
-            (users, items)
+            (users, items, dropped_through)
         } else {
             if entries_end != body_len {
                 return Err(corrupt(
@@ -788,7 +836,7 @@ impl GraphSnapshot {
                     format!("{count} entries do not fill a file of {} bytes", b.len()),
                 ));
             }
-            (UserMap::new(), ItemMap::new())
+            (UserMap::new(), ItemMap::new(), 0)
         };
         let mut events = Interactions::new();
         for (i, e) in b[SNAPSHOT_HEADER_LEN..entries_end]
@@ -804,6 +852,7 @@ impl GraphSnapshot {
             events,
             users,
             items,
+            dropped_through,
         })
     }
 }
@@ -858,6 +907,9 @@ pub struct Recovery {
     pub events: Interactions,
     /// The seq covered by the snapshot that was loaded (0: none).
     pub snapshot_seq: u64,
+    /// Events up to this seq were dropped ([`Journal::drop_through`]; 0: none): `events`
+    /// holds only those after it.
+    pub dropped_through: u64,
     /// The seq of the last recovered event (0: none).
     pub last_seq: u64,
     /// Bytes of torn tail discarded from log files.
@@ -923,6 +975,8 @@ pub struct Journal {
     dir: PathBuf,
     log: EventLog,
     snapshot_seq: u64,
+    /// Events up to this seq were dropped ([`Journal::drop_through`]).
+    dropped_through: u64,
     users: UserMap,
     items: ItemMap,
     /// One more than the largest user index any recorded event uses (0: none).
@@ -939,6 +993,9 @@ struct Recovered {
     items: ItemMap,
     /// The seq of each event replayed from a log.
     seqs: Vec<u64>,
+    /// The snapshot is a [`Journal::drop_through`]'s: its id maps already hold the ids
+    /// that records after it assign (each must then match).
+    ids_ahead: bool,
 }
 
 impl Recovered {
@@ -950,22 +1007,31 @@ impl Recovered {
                 self.seqs.push(seq);
                 Ok(())
             }
-            Record::User { external, user } => assign(&mut self.users, external, user.0, "user")
-                .map_err(|m| corrupt(path, offset, m)),
-            Record::Item { external, item } => assign(&mut self.items, external, item.0, "item")
-                .map_err(|m| corrupt(path, offset, m)),
+            Record::User { external, user } => {
+                assign(&mut self.users, external, user.0, self.ids_ahead, "user")
+                    .map_err(|m| corrupt(path, offset, m))
+            }
+            Record::Item { external, item } => {
+                assign(&mut self.items, external, item.0, self.ids_ahead, "item")
+                    .map_err(|m| corrupt(path, offset, m))
+            }
         }
     }
 }
 
-/// Replays an id record: `external` must be new and `dense` the next index.
+/// Replays an id record: `external` must be new and `dense` the next index, or, when
+/// the map is `ahead` of the records (a dropped journal's snapshot), already at `dense`.
 fn assign<T: DenseId>(
     map: &mut IdMap<T>,
     external: u64,
     dense: u32,
+    ahead: bool,
     what: &str,
 ) -> std::result::Result<(), String> {
     if let Some(existing) = map.get(external) {
+        if ahead && existing.to_index() == dense {
+            return Ok(());
+        }
         return Err(format!(
             "{what} id {external} is assigned again (it has index {})",
             existing.to_index()
@@ -1123,6 +1189,7 @@ impl Journal {
             users: snapshot.users,
             items: snapshot.items,
             seqs: Vec::new(),
+            ids_ahead: snapshot.seq > 0 && snapshot.dropped_through == snapshot.seq,
         };
         let replayed = replay_logs(&dir, &logs, from, &mut state).map_err(&with_context)?;
         let last_seq = replayed.log.next_seq() - 1;
@@ -1163,6 +1230,7 @@ impl Journal {
         let recovery = Recovery {
             events: state.events,
             snapshot_seq: snapshot.seq,
+            dropped_through: snapshot.dropped_through,
             last_seq,
             discarded_bytes: replayed.discarded_bytes,
             skipped_snapshots: skipped,
@@ -1173,6 +1241,7 @@ impl Journal {
             dir,
             log,
             snapshot_seq: snapshot.seq,
+            dropped_through: snapshot.dropped_through,
             users: state.users,
             items: state.items,
             seen_users,
@@ -1279,8 +1348,9 @@ impl Journal {
     /// returns the snapshot's seq.
     ///
     /// `events` must be the state after *every* event recorded so far (what
-    /// [`Journal::open`] returned plus everything passed to [`Journal::record`]), since
-    /// the snapshot replaces them. Steps, each durable before the next: sync the log;
+    /// [`Journal::open`] returned plus everything passed to [`Journal::record`]; after a
+    /// [`Journal::drop_through`], every event after the dropped ones), since the snapshot
+    /// replaces them. Steps, each durable before the next: sync the log;
     /// write the snapshot (atomic rename); create the new log; delete older logs and
     /// snapshots. A crash anywhere opens to the same events; an error after the snapshot
     /// is written leaves obsolete files that the next checkpoint removes.
@@ -1290,12 +1360,13 @@ impl Journal {
             check_mapped(&self.items, e.item.0, "item")?;
         }
         let seq = self.log.sync()?;
-        GraphSnapshot::write(
-            Self::snapshot_path(&self.dir, seq),
+        GraphSnapshot::write_dropped(
+            &Self::snapshot_path(&self.dir, seq),
             seq,
             events,
             &self.users,
             &self.items,
+            self.dropped_through,
         )?;
         self.snapshot_seq = seq;
         if self.log.first_seq() != seq + 1 {
@@ -1307,6 +1378,68 @@ impl Journal {
                 || parse_name(name, "log-", ".log").is_some_and(|s| s <= seq)
         })?;
         Ok(seq)
+    }
+
+    /// Drops the events up to `seq` from the journal, keeping the id maps: for a service
+    /// that saved its state through `seq` elsewhere (a refresher state,
+    /// [`crate::Refresher::save`], written before this), so that the journal's files and
+    /// its replay at [`Journal::open`] grow with the events since the last save, not with
+    /// the whole history ([`Journal::checkpoint`] rewrites every event).
+    ///
+    /// Steps, each durable before the next: sync the log; write a snapshot at `seq` with
+    /// no events and the id maps (ids assigned after `seq` included; their records are
+    /// replayed as no-ops); start a new log; delete the logs that end at or before `seq`
+    /// and older snapshots. A crash anywhere opens to the events after `seq` (or, before
+    /// the snapshot is renamed, to all of them). From then on [`Journal::open`] recovers
+    /// the events after the newest drop ([`Recovery::dropped_through`]). Refused when
+    /// `seq` is past the last recorded seq or below the newest snapshot's.
+    pub fn drop_through(&mut self, seq: u64) -> Result<()> {
+        let last = self.log.sync()?;
+        if seq > last || seq < self.snapshot_seq {
+            return Err(Error::Graph {
+                message: format!(
+                    "cannot drop the journal's events through seq {seq}: it holds seqs {} to {last}",
+                    self.snapshot_seq + 1
+                ),
+            });
+        }
+        GraphSnapshot::write_dropped(
+            &Self::snapshot_path(&self.dir, seq),
+            seq,
+            &Interactions::new(),
+            &self.users,
+            &self.items,
+            seq,
+        )?;
+        self.snapshot_seq = seq;
+        self.dropped_through = seq;
+        let next = last + 1;
+        if self.log.first_seq() != next {
+            let (log, _) = EventLog::open_from(Self::log_path(&self.dir, next), next)?;
+            self.log = log;
+        }
+        // A log ends where the next one starts; the current one (from `next`) stays.
+        let mut firsts: Vec<u64> = Vec::new();
+        for entry in fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))? {
+            let entry = entry.map_err(|e| Error::io(&self.dir, e))?;
+            if let Some(first) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| parse_name(n, "log-", ".log"))
+            {
+                firsts.push(first);
+            }
+        }
+        firsts.sort_unstable();
+        let obsolete: Vec<u64> = firsts
+            .windows(2)
+            .filter(|w| w[1] - 1 <= seq)
+            .map(|w| w[0])
+            .collect();
+        remove_files(&self.dir, |name| {
+            parse_name(name, "snapshot-", ".snap").is_some_and(|s| s < seq)
+                || parse_name(name, "log-", ".log").is_some_and(|f| obsolete.contains(&f))
+        })
     }
 
     /// The directory.

@@ -1024,10 +1024,18 @@ fn snapshot_id_maps_round_trip_and_damage_is_corrupt() {
         Err(Error::Corrupt { .. })
     ));
 
-    // A version 1 snapshot (no maps) reads with empty maps.
+    // A version 2 snapshot (no dropped seq) reads with none dropped; a version 1
+    // snapshot (no maps either) with empty maps.
     let plain = dir.path().join("plain.snap");
     write_snapshot(&plain, 50, &events).unwrap();
     let mut b = fs::read(&plain).unwrap();
+    let dropped_at = b.len() - 12;
+    b.drain(dropped_at..dropped_at + 8);
+    b[8..12].copy_from_slice(&2u32.to_le_bytes());
+    reseal(&mut b);
+    fs::write(&plain, &b).unwrap();
+    let s = GraphSnapshot::read(&plain).unwrap();
+    assert_eq!((s.events.events(), s.dropped_through), (events.events(), 0));
     b.drain(users_at..users_at + 16);
     b[8..12].copy_from_slice(&1u32.to_le_bytes());
     reseal(&mut b);
@@ -1035,6 +1043,127 @@ fn snapshot_id_maps_round_trip_and_damage_is_corrupt() {
     let s = GraphSnapshot::read(&plain).unwrap();
     assert_eq!(s.events.events(), events.events());
     assert!(s.users.is_empty() && s.items.is_empty());
+    // A dropped seq past the snapshot's is corrupt.
+    let mut b = good.clone();
+    let at = b.len() - 12;
+    b[at..at + 8].copy_from_slice(&78u64.to_le_bytes());
+    reseal(&mut b);
+    fs::write(&path, &b).unwrap();
+    assert!(matches!(
+        GraphSnapshot::read(&path),
+        Err(Error::Corrupt { .. })
+    ));
+}
+
+/// A service that saves its state elsewhere drops the journal's events it covers: the
+/// journal keeps the id maps and the events after, its old logs go, and every crash
+/// state of the drop opens to the acknowledged events after it (or all of them).
+#[test]
+fn dropped_events_leave_the_id_maps_and_the_events_after() {
+    let dir = TempDir::new("drop");
+    let mut want = Expected::new();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for k in 0..30 {
+        want.record(&mut j, k);
+    }
+    let cut = j.sync().unwrap();
+    // Ten more events after the cut (new ids among them), then the drop through the
+    // cut: the snapshot's maps hold their ids and their id records replay as no-ops.
+    for k in 30..40 {
+        want.record(&mut j, k);
+    }
+    j.sync().unwrap();
+    j.drop_through(cut).unwrap();
+    assert_eq!(j.snapshot_seq(), cut);
+    // Two more events after the drop, one with a new user.
+    for k in 40..42 {
+        want.record(&mut j, k);
+    }
+    j.sync().unwrap();
+    drop(j);
+    let (j, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.dropped_through, cut);
+    assert_eq!(rec.events.events(), &want.events[30..]);
+    assert_eq!(rec.events_after(cut).unwrap(), &want.events[30..]);
+    assert_eq!(j.users().externals(), &want.users[..]);
+    assert_eq!(j.items().externals(), &want.items[..]);
+    // The log holding the events after the cut stays (with the new one) until a later
+    // drop passes it.
+    let files = names(dir.path());
+    let logs = files.iter().filter(|n| n.starts_with("log-")).count();
+    let snapshots = files.iter().filter(|n| n.starts_with("snapshot-")).count();
+    assert_eq!((logs, snapshots), (2, 1), "{files:?}");
+    drop(j);
+
+    // A later drop past every old record leaves one log; a checkpoint keeps the drop.
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    let last = j.sync().unwrap();
+    j.drop_through(last).unwrap();
+    let logs: Vec<_> = names(dir.path())
+        .into_iter()
+        .filter(|n| n.starts_with("log-"))
+        .collect();
+    assert_eq!(logs.len(), 1, "{logs:?}");
+    want.record(&mut j, 42);
+    j.checkpoint(&collect(&want.events[42..])).unwrap();
+    drop(j);
+    let (j, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.dropped_through, last);
+    assert_eq!(rec.events.events(), &want.events[42..]);
+    assert_eq!(j.users().externals(), &want.users[..]);
+    // Refused: past the last seq, or below the snapshot.
+    let mut j = j;
+    let last = j.sync().unwrap();
+    assert!(matches!(j.drop_through(last + 1), Err(Error::Graph { .. })));
+    assert!(matches!(j.drop_through(1), Err(Error::Graph { .. })));
+}
+
+/// Every crash state of a drop: before the snapshot is renamed (the old files), after it
+/// (old logs still there), after the new log: each opens to the acknowledged events
+/// after the drop, or to all of them before the snapshot exists.
+#[test]
+fn crash_states_of_a_drop_open_to_the_acknowledged_events() {
+    let dir = TempDir::new("drop-crash");
+    let mut want = Expected::new();
+    let (mut j, _) = Journal::open(dir.path()).unwrap();
+    for k in 0..20 {
+        want.record(&mut j, k);
+    }
+    let cut = j.sync().unwrap();
+    for k in 20..30 {
+        want.record(&mut j, k);
+    }
+    j.sync().unwrap();
+    let before: Vec<(String, Vec<u8>)> = names(dir.path())
+        .into_iter()
+        .filter(|n| n != "LOCK")
+        .map(|n| {
+            let b = fs::read(dir.path().join(&n)).unwrap();
+            (n, b)
+        })
+        .collect();
+    j.drop_through(cut).unwrap();
+    drop(j);
+    let after: Vec<String> = names(dir.path());
+    // The crash after the snapshot but before the old files were removed: put them back.
+    for (n, b) in &before {
+        if !after.contains(n) {
+            fs::write(dir.path().join(n), b).unwrap();
+        }
+    }
+    let (j, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.events.events(), &want.events[20..]);
+    assert_eq!(j.users().externals(), &want.users[..]);
+    drop(j);
+    // Before the snapshot was renamed: only the old files (a temp file is removed).
+    let snap = Journal::snapshot_path(dir.path(), cut);
+    let mut tmp = snap.clone().into_os_string();
+    tmp.push(".tmp");
+    fs::rename(&snap, &tmp).unwrap();
+    let (j, rec) = Journal::open(dir.path()).unwrap();
+    assert_eq!(rec.dropped_through, 0);
+    assert_eq!(rec.events.events(), &want.events[..]);
+    assert_eq!(j.users().externals(), &want.users[..]);
 }
 
 #[test]
