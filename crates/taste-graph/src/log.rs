@@ -12,6 +12,10 @@
 //!   the sequence numbers) is never skipped silently: it is an [`Error::Corrupt`] naming
 //!   the file and the byte offset.
 //!
+//! A service that saves its model state elsewhere (a refresher state,
+//! [`crate::Refresher::save`]) bounds the journal with [`Journal::drop_through`] instead of
+//! [`Journal::checkpoint`]: the events up to the saved seq go, the id maps stay.
+//!
 //! External `u64` ids: a [`Journal`] assigns dense indices to external ids
 //! ([`Journal::record_external`]) and logs each assignment as a record of its own,
 //! before the first event that uses it and under the same sync, so a recovered journal
