@@ -1055,24 +1055,31 @@ fn snapshot_id_maps_round_trip_and_damage_is_corrupt() {
     ));
 }
 
+/// A journal in `dir` with events `0..cut` of [`external_pair`] synced (the returned
+/// seq), then events `cut..end` synced.
+fn journal_with_cut(dir: &Path, cut: u64, end: u64) -> (Journal, Expected, u64) {
+    let mut want = Expected::new();
+    let (mut j, _) = Journal::open(dir).unwrap();
+    for k in 0..cut {
+        want.record(&mut j, k);
+    }
+    let seq = j.sync().unwrap();
+    for k in cut..end {
+        want.record(&mut j, k);
+    }
+    j.sync().unwrap();
+    (j, want, seq)
+}
+
 /// A service that saves its state elsewhere drops the journal's events it covers: the
 /// journal keeps the id maps and the events after, its old logs go, and every crash
 /// state of the drop opens to the acknowledged events after it (or all of them).
 #[test]
 fn dropped_events_leave_the_id_maps_and_the_events_after() {
     let dir = TempDir::new("drop");
-    let mut want = Expected::new();
-    let (mut j, _) = Journal::open(dir.path()).unwrap();
-    for k in 0..30 {
-        want.record(&mut j, k);
-    }
-    let cut = j.sync().unwrap();
-    // Ten more events after the cut (new ids among them), then the drop through the
-    // cut: the snapshot's maps hold their ids and their id records replay as no-ops.
-    for k in 30..40 {
-        want.record(&mut j, k);
-    }
-    j.sync().unwrap();
+    // Ten events after the cut (new ids among them), then the drop through the cut: the
+    // snapshot's maps hold their ids and their id records replay as no-ops.
+    let (mut j, mut want, cut) = journal_with_cut(dir.path(), 30, 40);
     j.drop_through(cut).unwrap();
     assert_eq!(j.snapshot_seq(), cut);
     // Two more events after the drop, one with a new user.
@@ -1124,16 +1131,7 @@ fn dropped_events_leave_the_id_maps_and_the_events_after() {
 #[test]
 fn crash_states_of_a_drop_open_to_the_acknowledged_events() {
     let dir = TempDir::new("drop-crash");
-    let mut want = Expected::new();
-    let (mut j, _) = Journal::open(dir.path()).unwrap();
-    for k in 0..20 {
-        want.record(&mut j, k);
-    }
-    let cut = j.sync().unwrap();
-    for k in 20..30 {
-        want.record(&mut j, k);
-    }
-    j.sync().unwrap();
+    let (mut j, want, cut) = journal_with_cut(dir.path(), 20, 30);
     let before: Vec<(String, Vec<u8>)> = names(dir.path())
         .into_iter()
         .filter(|n| n != "LOCK")
