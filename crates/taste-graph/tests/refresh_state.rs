@@ -428,3 +428,55 @@ fn saves_write_what_is_new_and_the_directory_stays_bounded() {
         Err(Error::Config { .. })
     ));
 }
+
+/// A crash inside a write — after some or all of its new files, before its meta file —
+/// opens to the previous save exactly; the next write cleans up after it.
+#[test]
+fn a_crash_inside_a_write_opens_to_the_previous_save() {
+    let g = random_graph(30, 25, 160, 21);
+    let (mut r, mut live) = serving(&g);
+    let dir = tempfile::tempdir().unwrap();
+    stream(&g, &mut r, &mut live, 20);
+    r.save(dir.path(), &live, 1).unwrap();
+    let first = load(dir.path());
+    let saved: Vec<(String, Vec<u8>)> = files(dir.path())
+        .into_iter()
+        .map(|n| {
+            let b = std::fs::read(dir.path().join(&n)).unwrap();
+            (n, b)
+        })
+        .collect();
+    // More events and an install, then a write that "crashes" before its meta: the new
+    // files are there, the meta is the previous one.
+    r.observe(&mut live, ev(2, 3, InteractionKind::Click, 40))
+        .unwrap();
+    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    r.install(refit, &mut live).unwrap();
+    r.observe(&mut live, ev(4, 1, InteractionKind::Save, 41))
+        .unwrap();
+    r.save(dir.path(), &live, 2).unwrap();
+    let (meta, old_meta) = (
+        dir.path().join("REFRESHER"),
+        &saved.iter().find(|(n, _)| n == "REFRESHER").unwrap().1,
+    );
+    let new_meta = std::fs::read(&meta).unwrap();
+    // The previous save's files come back (the removal after the meta never ran).
+    for (n, b) in &saved {
+        std::fs::write(dir.path().join(n), b).unwrap();
+    }
+    std::fs::write(&meta, old_meta).unwrap();
+    let back = load(dir.path());
+    assert_eq!(back.through_seq, 1);
+    assert_eq!(back.refresher.pending(), first.refresher.pending());
+    assert_same_live(&back.live, &first.live);
+    // With the new meta (the crash came after it), the new save opens.
+    std::fs::write(&meta, &new_meta).unwrap();
+    let back = load(dir.path());
+    assert_eq!(back.through_seq, 2);
+    assert_same_live(&back.live, &live);
+    // The next write removes what no meta names.
+    r.save(dir.path(), &live, 3).unwrap();
+    let names = files(dir.path());
+    let models = names.iter().filter(|n| n.starts_with("trainer-")).count();
+    assert_eq!(models, 1, "{names:?}");
+}
