@@ -932,7 +932,8 @@ impl Recovery {
     /// saved its state through `seq` (e.g. [`crate::Refresher::save`]) has not seen.
     ///
     /// Refused when `seq` is below the loaded snapshot's (those events are in the
-    /// snapshot without their seqs: save such state before [`Journal::checkpoint`]) or
+    /// snapshot without their seqs, or were dropped: save such state before
+    /// [`Journal::checkpoint`], and drop only what a written state covers) or
     /// above the last recovered event (the state has seen events the journal lost: save
     /// it with an acknowledged seq, [`Journal::sync`]).
     pub fn events_after(&self, seq: u64) -> Result<&[Interaction]> {
@@ -940,9 +941,14 @@ impl Recovery {
             return Err(Error::Graph {
                 message: format!(
                     "events after seq {seq} are wanted, but the journal's snapshot covers \
-                     up to seq {} and does not keep seqs: save state before checkpointing \
+                     up to seq {} and does not keep seqs{}: save state before checkpointing \
                      the journal",
-                    self.snapshot_seq
+                    self.snapshot_seq,
+                    if self.dropped_through > seq {
+                        " (events up to it were dropped after a later save)"
+                    } else {
+                        ""
+                    }
                 ),
             });
         }
