@@ -35,7 +35,7 @@
 //! [`Interactions::positive_pairs`]: crate::Interactions::positive_pairs
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::checkpoint;
@@ -299,8 +299,12 @@ impl Refresher {
             training: std::mem::replace(&mut self.training, Arc::new(refit.training)),
             graph: std::mem::replace(&mut self.graph, Arc::new(refit.graph)),
         };
-        // The events before the cut that were not kept leave the record.
-        self.cut_at += (refit.cut - self.kept.len()) as u64;
+        // The events before the cut that were not kept leave the record (the saves keep
+        // those no capture has reached yet).
+        let folded = &self.events[self.kept.len()..refit.cut];
+        let saves = self.saves.get_mut().unwrap_or_else(PoisonError::into_inner);
+        saves.carry(self.cut_at, folded);
+        self.cut_at += folded.len() as u64;
         self.events.splice(..refit.cut, refit.kept.iter().copied());
         self.kept = refit.kept;
         self.user_times = refit.user_times;

@@ -480,3 +480,35 @@ fn a_crash_inside_a_write_opens_to_the_previous_save() {
     let models = names.iter().filter(|n| n.starts_with("trainer-")).count();
     assert_eq!(models, 1, "{names:?}");
 }
+
+/// Events observed after a save and folded by an install before the next save are kept
+/// for it: the memory copy stays usable (not taken again), and the restore is exact.
+#[test]
+fn an_install_between_saves_keeps_the_unsaved_events_it_folds() {
+    let g = random_graph(30, 25, 160, 21);
+    let (mut r, mut live) = serving(&g);
+    let dir = tempfile::tempdir().unwrap();
+    stream(&g, &mut r, &mut live, 20);
+    r.save(dir.path(), &live, 1).unwrap();
+    let memory = |dir: &Path| {
+        files(dir)
+            .into_iter()
+            .filter(|n| n.starts_with("memory-"))
+            .collect::<Vec<_>>()
+    };
+    let copy = memory(dir.path());
+    for (u, i) in [(3, 4), (5, 6), (7, 8)] {
+        r.observe(&mut live, ev(u, i, InteractionKind::Click, 40 + u as u64))
+            .unwrap();
+    }
+    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    r.install(refit, &mut live).unwrap();
+    let state = r.state(&live, 2).unwrap();
+    // The three folded clicks are in the new segment; the copy is the same file.
+    assert!(state.segment_events() >= 3);
+    state.write(dir.path()).unwrap();
+    assert_eq!(memory(dir.path()), copy);
+    let back = load(dir.path());
+    assert_eq!(back.refresher.pending(), r.pending());
+    assert_same_live(&back.live, &live);
+}

@@ -15,8 +15,8 @@
 //! - `memory-<id>.mem`: each user's hidden and recent items (what a training graph does
 //!   not hold) as of one point of the stream; taken again once the events after that
 //!   point take more bytes than the copy itself (so the copy costs O(1) amortised per
-//!   event), or when an install folded events that no save had captured (the events
-//!   after the copy would no longer all be there: once per install at most);
+//!   event); events an install folds out of the recorded events before a save reached
+//!   them are carried to the next save, so the events after the copy stay complete;
 //! - `REFRESHER`: which files are current, the install generation, the journal seq the
 //!   state covers, when the training interactions are dated, where the recorded events
 //!   and the memory copy start in the stream, the content of items added live, and the
@@ -86,6 +86,9 @@ pub(super) struct SaveLog {
     /// Events observed before this stream index are in `segments` (those still needed).
     saved: u64,
     segments: Vec<Segment>,
+    /// The stream's events from `saved` on that an install folded before a capture
+    /// reached them (they left the recorded events); the next capture seals them.
+    carried: Vec<Interaction>,
     memory: Option<MemoryCopy>,
 }
 
@@ -135,31 +138,52 @@ impl SaveLog {
         SaveLog {
             saved: 0,
             segments: Vec::new(),
+            carried: Vec::new(),
             memory: None,
         }
     }
 
-    /// Captures the events observed since the last capture as a new segment: `stream`
-    /// holds the stream's events from index `cut_at` on (the recorded events after the
-    /// kept ones). When an install folded events observed since the last capture, they
-    /// are gone: the memory copy, which would need them, is dropped (the capture takes a
-    /// new one; its bytes, if still held, are returned to be freed outside the caller's
-    /// lock) and the segments start again at `cut_at`.
+    /// Called by an install that folds `folded`, the stream's events from index `cut_at`
+    /// on, out of the recorded events: keeps those no capture has reached, so that the
+    /// memory copy stays usable (nothing is kept before the first save).
+    pub(super) fn carry(&mut self, cut_at: u64, folded: &[Interaction]) {
+        let held = self.saved + self.carried.len() as u64;
+        if self.memory.is_none() || held < cut_at {
+            return;
+        }
+        let from = (held - cut_at) as usize;
+        if from < folded.len() {
+            self.carried.extend_from_slice(&folded[from..]);
+        }
+    }
+
+    /// Captures the events observed since the last capture as a new segment: those an
+    /// install carried, then the rest from `stream`, the stream's events from index
+    /// `cut_at` on (the recorded events after the kept ones). When events before
+    /// `cut_at` are neither saved nor carried (an install before the first save), the
+    /// memory copy, which would need them, is dropped (the capture takes a new one; its
+    /// bytes, if still held, are returned to be freed outside the caller's lock) and the
+    /// segments start again at `cut_at`.
     fn seal(&mut self, cut_at: u64, stream: &[Interaction]) -> Option<Arc<Vec<u8>>> {
         let mut released = None;
-        if self.saved < cut_at {
+        if self.saved + (self.carried.len() as u64) < cut_at {
             self.segments.clear();
+            self.carried.clear();
             released = self.memory.take().and_then(|m| m.encoded);
             self.saved = cut_at;
         }
-        let from = (self.saved - cut_at) as usize;
-        if from < stream.len() {
+        let held = self.saved + self.carried.len() as u64;
+        let from = ((held - cut_at) as usize).min(stream.len());
+        if !self.carried.is_empty() || from < stream.len() {
+            let mut events = std::mem::take(&mut self.carried);
+            events.extend_from_slice(&stream[from..]);
+            let first = self.saved;
+            self.saved += events.len() as u64;
             self.segments.push(Segment {
                 id: fresh_stamp(),
-                first: self.saved,
-                events: stream[from..].into(),
+                first,
+                events: events.into(),
             });
-            self.saved = cut_at + stream.len() as u64;
         }
         released
     }
