@@ -175,14 +175,20 @@ impl SaveLog {
         let held = self.saved + self.carried.len() as u64;
         let from = ((held - cut_at) as usize).min(stream.len());
         if !self.carried.is_empty() || from < stream.len() {
-            let mut events = std::mem::take(&mut self.carried);
-            events.extend_from_slice(&stream[from..]);
+            // One allocation, straight into the shared block.
+            let events: Arc<[Interaction]> = self
+                .carried
+                .iter()
+                .chain(&stream[from..])
+                .copied()
+                .collect();
+            self.carried = Vec::new();
             let first = self.saved;
             self.saved += events.len() as u64;
             self.segments.push(Segment {
                 id: fresh_stamp(),
                 first,
-                events: events.into(),
+                events,
             });
         }
         released
