@@ -429,15 +429,22 @@ fn saves_write_what_is_new_and_the_directory_stays_bounded() {
     ));
 }
 
-/// A crash inside a write — after some or all of its new files, before its meta file —
-/// opens to the previous save exactly; the next write cleans up after it.
-#[test]
-fn a_crash_inside_a_write_opens_to_the_previous_save() {
+/// A refresher that streamed [`stream`]'s events and saved them (seq 1) to a new
+/// directory.
+fn saved_once() -> (Refresher, LiveModel, tempfile::TempDir) {
     let g = random_graph(30, 25, 160, 21);
     let (mut r, mut live) = serving(&g);
     let dir = tempfile::tempdir().unwrap();
     stream(&g, &mut r, &mut live, 20);
     r.save(dir.path(), &live, 1).unwrap();
+    (r, live, dir)
+}
+
+/// A crash inside a write — after some or all of its new files, before its meta file —
+/// opens to the previous save exactly; the next write cleans up after it.
+#[test]
+fn a_crash_inside_a_write_opens_to_the_previous_save() {
+    let (mut r, mut live, dir) = saved_once();
     let first = load(dir.path());
     let saved: Vec<(String, Vec<u8>)> = files(dir.path())
         .into_iter()
@@ -485,11 +492,7 @@ fn a_crash_inside_a_write_opens_to_the_previous_save() {
 /// for it: the memory copy stays usable (not taken again), and the restore is exact.
 #[test]
 fn an_install_between_saves_keeps_the_unsaved_events_it_folds() {
-    let g = random_graph(30, 25, 160, 21);
-    let (mut r, mut live) = serving(&g);
-    let dir = tempfile::tempdir().unwrap();
-    stream(&g, &mut r, &mut live, 20);
-    r.save(dir.path(), &live, 1).unwrap();
+    let (mut r, mut live, dir) = saved_once();
     let memory = |dir: &Path| {
         files(dir)
             .into_iter()
