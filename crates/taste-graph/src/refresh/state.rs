@@ -200,7 +200,7 @@ impl SaveLog {
         self.segments.retain(|s| s.end() > from);
         if self.segments.len() > MAX_SEGMENTS {
             let first = self.segments[0].first;
-            let events: Vec<Interaction> = self
+            let events: Arc<[Interaction]> = self
                 .segments
                 .iter()
                 .flat_map(|s| s.events.iter().copied())
@@ -208,7 +208,7 @@ impl SaveLog {
             self.segments = vec![Segment {
                 id: fresh_stamp(),
                 first,
-                events: events.into(),
+                events,
             }];
         }
     }
@@ -430,9 +430,9 @@ impl<'a> Cursor<'a> {
         }
         Ok(n as usize)
     }
-    /// `n` events in the event log's encoding.
-    fn events(&mut self, n: usize, what: &str) -> Result<Vec<Interaction>> {
-        let n = self.fits(n as u64, EVENT_LEN, what)?;
+    /// `n` events in the event log's encoding (which must fit in what is left).
+    fn events(&mut self, n: u64, what: &str) -> Result<Vec<Interaction>> {
+        let n = self.fits(n, EVENT_LEN, what)?;
         let mut events = Vec::with_capacity(n);
         for _ in 0..n {
             let b = self.take(EVENT_LEN, what)?;
@@ -524,7 +524,6 @@ fn read_graph(path: &Path, trainer_bytes: u64) -> Result<ModelGraph> {
     let n_times = r.u64("the user time count")?;
     let n_users = r.fits(n_users, 4, "user degrees")?;
     let n_edges = r.fits(n_edges, 4, "edges")?;
-    let n_kept = r.fits(n_kept, EVENT_LEN, "kept events")?;
     // The trainer holds at least one f32 per user and item: a larger count (a crafted
     // file) is refused before the graph's tables are allocated for it.
     let most = trainer_bytes / 4;
@@ -602,8 +601,7 @@ fn read_segment(dir: &Path, id: u64, first: u64, count: u64) -> Result<Segment> 
             header[0], header[1], header[2]
         )));
     }
-    let n = r.fits(count, EVENT_LEN, "events")?;
-    let events = r.events(n, "events")?;
+    let events = r.events(count, "events")?;
     r.end("the last event")?;
     Ok(Segment {
         id,
@@ -845,8 +843,7 @@ impl Refresher {
         let segments = log.segments.clone();
         drop(log);
 
-        let mut out = start_file(META_MAGIC, &[], 16 * 8 + 24 * segments.len());
-        for v in [
+        let header = [
             self.stamp,
             self.generation,
             through_seq,
@@ -859,9 +856,8 @@ impl Refresher {
             memory_id,
             memory_at,
             segments.len() as u64,
-        ] {
-            put_u64(&mut out, v);
-        }
+        ];
+        let mut out = start_file(META_MAGIC, &header, 24 * segments.len());
         for s in &segments {
             [s.id, s.first, s.events.len() as u64]
                 .iter()
@@ -949,7 +945,8 @@ impl Refresher {
             .chain(&stream[(meta.cut_at - first) as usize..])
             .copied()
             .collect();
-        let ((hidden, recent), memory_bytes) = read_memory(dir, meta.memory_id, meta.memory_at)?;
+        let ((mut hidden, mut recent), memory_bytes) =
+            read_memory(dir, meta.memory_id, meta.memory_at)?;
 
         let mut training = Training::resume(&graph, &trainer, selection)?;
         let mut live = LiveModel::new(training.model()?, &graph, config, meta.trained_at)?;
@@ -1008,7 +1005,6 @@ impl Refresher {
                 meta.n_users
             )));
         }
-        let (mut hidden, mut recent) = (hidden, recent);
         hidden.resize_with(meta.n_users, Vec::new);
         recent.resize_with(meta.n_users, VecDeque::new);
         live.set_user_memory(hidden, recent)
