@@ -142,7 +142,7 @@ fn save_and_restore(
     let load_s = t.elapsed().as_secs_f64();
     let same = restored.live.users() == live.users()
         && restored.live.items() == live.items()
-        && restored.refresher.pending() == refresher.pending()
+        && restored.refresher.pending().eq(refresher.pending())
         && (0..live.n_users() as u32).all(|u| {
             let u = UserId(u);
             restored.live.hidden(u) == live.hidden(u) && restored.live.recent(u).eq(live.recent(u))
@@ -153,7 +153,7 @@ fn save_and_restore(
     );
     println!(
         "state={label} pending={} meta_bytes={} segment_events={} written_bytes={written} dir_bytes={dir_bytes} capture_ms={capture_ms:.1} write_s={write_s:.2} load_s={load_s:.2} restored_equal=true",
-        refresher.pending().len(),
+        refresher.pending_len(),
         state.meta_bytes(),
         state.segment_events()
     );

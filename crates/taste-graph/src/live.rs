@@ -298,7 +298,7 @@ pub struct LiveModel {
     new_item_sum: Vec<f32>,
     new_item_mass: Vec<f64>,
     /// For items added live: their content features, if given.
-    new_item_content: Vec<Option<Box<[f32]>>>,
+    new_item_content: Vec<Option<Arc<[f32]>>>,
     /// Embeds live items that have content.
     aggregator: Option<Arc<ContentAggregator>>,
     // Item-side fold-in ([`LiveConfig::item_updates`]; all empty when off).
@@ -488,11 +488,6 @@ impl LiveModel {
     /// The time of the user's latest event (or the model's creation time).
     pub fn last_time(&self, user: UserId) -> Option<u64> {
         self.user_last.get(user.index()).copied()
-    }
-
-    /// Every user's latest event time ([`LiveModel::last_time`]), in user order.
-    pub(crate) fn last_times(&self) -> &[u64] {
-        &self.user_last
     }
 
     /// Dates the first `last.len()` users' interactions at `last` (e.g. their latest
@@ -873,15 +868,11 @@ impl LiveModel {
     /// gives it the aggregator's content-only embedding at once, so it can be retrieved
     /// before anyone has seen it. Needs [`LiveModel::set_aggregator`] first.
     pub fn add_item_with_content(&mut self, content: &[f32]) -> Result<ItemId> {
-        self.check_content(content)?;
         let i = self.n_items();
         let id = u32::try_from(i).map_err(|_| Error::Graph {
             message: format!("item id {i} does not fit in 32 bits"),
         })?;
-        self.add_item();
-        let j = i - self.n_trained_items;
-        self.new_item_content[j] = Some(content.into());
-        self.embed_content_item(i, 0);
+        self.push_item(Some(content.into()))?;
         Ok(ItemId(id))
     }
 
@@ -917,16 +908,25 @@ impl LiveModel {
         self.aggregator = aggregator;
     }
 
+    /// A live-added item's content as shared (a copy of the pointer, not the features).
+    pub(crate) fn shared_item_content(&self, item: ItemId) -> Option<Arc<[f32]>> {
+        let j = item.index().checked_sub(self.n_trained_items)?;
+        self.new_item_content.get(j)?.clone()
+    }
+
     /// Appends the next item as a live item, with `content` if it has some (which
-    /// needs the aggregator).
-    pub(crate) fn push_item(&mut self, content: Option<&[f32]>) -> Result<()> {
-        match content {
-            Some(c) => self.add_item_with_content(c).map(|_| ()),
-            None => {
-                self.add_item();
-                Ok(())
-            }
+    /// needs the aggregator), sharing it.
+    pub(crate) fn push_item(&mut self, content: Option<Arc<[f32]>>) -> Result<()> {
+        if let Some(c) = &content {
+            self.check_content(c)?;
         }
+        let i = self.n_items();
+        self.add_item();
+        if let Some(c) = content {
+            self.new_item_content[i - self.n_trained_items] = Some(c);
+            self.embed_content_item(i, 0);
+        }
+        Ok(())
     }
 
     /// Takes over from `old` (the model this one replaces, with the same users) what a

@@ -8,8 +8,9 @@
 //! gives, in a fraction of its time (measured in docs/taste-graph.md). The cycle:
 //!
 //! 1. serve: [`Refresher::observe`] folds every event into the live model and records it;
-//! 2. [`Refresher::plan`] (cheap: copies the recorded events, shares the trainer) returns a
-//!    [`RefitJob`] that owns everything it needs — run it on any thread
+//! 2. [`Refresher::plan`] (cheap: shares the recorded events, the trainer and the live
+//!    items' content, O(blocks of 8192 events + live items)) returns a [`RefitJob`] that
+//!    owns everything it needs — run it on any thread
 //!    ([`RefitJob::run`]: builds the grown graph, regraphs the trainer, trains, builds the
 //!    new live model) while serving continues;
 //! 3. [`Refresher::install`] swaps the result in: it replays the events recorded since the
@@ -49,7 +50,10 @@ use crate::live::{LiveConfig, LiveModel};
 use crate::schedule::RateSwitch;
 use crate::training::Training;
 
+mod events;
 mod state;
+
+use events::SharedEvents;
 
 pub use state::{RefresherState, Restored};
 
@@ -59,7 +63,7 @@ pub use state::{RefresherState, Restored};
 pub struct Refresher {
     training: Arc<Training>,
     graph: Arc<BipartiteGraph>,
-    events: Vec<Interaction>,
+    events: SharedEvents,
     /// The first events of `events`: those a refit kept (not in the graph), fixed until
     /// the next install; the rest are the stream's events from `cut_at` on.
     kept: Arc<[Interaction]>,
@@ -120,7 +124,7 @@ impl Refresher {
         Ok(Refresher {
             training: Arc::new(training),
             graph: Arc::new(graph),
-            events: Vec::new(),
+            events: SharedEvents::default(),
             kept: Arc::from([]),
             cut_at: 0,
             user_times: Arc::from([]),
@@ -150,8 +154,13 @@ impl Refresher {
     /// Events the current model's graph does not hold, oldest first: those recorded
     /// since it was built, and earlier ones on users or items that stayed live or hides
     /// that decide their pairs.
-    pub fn pending(&self) -> &[Interaction] {
-        &self.events
+    pub fn pending(&self) -> impl Iterator<Item = &Interaction> {
+        self.events.iter()
+    }
+
+    /// How many events [`Refresher::pending`] yields.
+    pub fn pending_len(&self) -> usize {
+        self.events.len()
     }
 
     /// The graph the current model was trained on.
@@ -171,9 +180,12 @@ impl Refresher {
 
     /// A refit of `epochs` epochs over everything recorded so far, continuing the
     /// trainer's state; `live` is the serving model (its configuration, content
-    /// aggregator, live items' content and each user's latest event time go into the new
-    /// one). O(recorded events + users): a copy. Run it anywhere with
-    /// [`RefitJob::run`], then [`Refresher::install`] the result.
+    /// aggregator and live items' content go into the new one, whose users keep their
+    /// latest event times). Shares what it takes — the recorded events' sealed blocks,
+    /// the trainer, the live items' content — so it costs O(recorded events / 8192 +
+    /// items added live) pointer copies plus at most 8192 events copied, whatever the
+    /// number of users. Run it anywhere with [`RefitJob::run`], then
+    /// [`Refresher::install`] the result.
     pub fn plan(&self, live: &LiveModel, epochs: usize) -> Result<RefitJob> {
         self.check_live(live)?;
         let content = ItemContent::of(live, self.graph.n_items());
@@ -187,7 +199,11 @@ impl Refresher {
             aggregator: live.shared_aggregator(),
             config: *live.config(),
             now: live.latest_time(),
-            user_times: live.last_times().to_vec(),
+            dates: Dates {
+                users: Arc::clone(&self.user_times),
+                trained_at: live.trained_at(),
+                trained_users: self.graph.n_users(),
+            },
             epochs,
             lr: None,
             schedule: Vec::new(),
@@ -212,16 +228,16 @@ impl Refresher {
         Ok(())
     }
 
-    /// Copies what `refit` has not replayed yet — the events recorded since its plan (or
+    /// Takes what `refit` has not replayed yet — the events recorded since its plan (or
     /// its last catch-up) and the content of the items `live` added since — for
-    /// [`Refit::catch_up`] to replay outside the service's lock. A copy, O(those events);
-    /// refused for a refit planned before the latest install ([`Error::Stale`]).
+    /// [`Refit::catch_up`] to replay outside the service's lock. Shared as
+    /// [`Refresher::plan`] shares them: O(blocks of events + items added since); refused for a refit planned before the latest install ([`Error::Stale`]).
     pub fn catch_up(&self, refit: &Refit, live: &LiveModel) -> Result<CatchUp> {
         self.check_refit(refit)?;
         Ok(CatchUp {
             generation: self.generation,
             from: refit.replayed,
-            events: self.events[refit.replayed..].to_vec(),
+            events: self.events.suffix(refit.replayed),
             content: ItemContent::of(live, refit.live.n_items()),
         })
     }
@@ -258,13 +274,13 @@ impl Refresher {
     pub fn install(&mut self, refit: Refit, live: &mut LiveModel) -> Result<(Installed, Replaced)> {
         self.check_refit(&refit)?;
         let mut new = refit.live;
-        let after = &self.events[refit.replayed..];
-        for e in after {
+        let after = self.events.len() - refit.replayed;
+        for e in self.events.iter_from(refit.replayed) {
             let up_to = (e.item.index() + 1).min(live.n_items());
-            add_items_up_to(&mut new, up_to, |i| live.item_content(i))?;
+            add_items_up_to(&mut new, up_to, |i| live.shared_item_content(i))?;
             new.observe(e.user, e.item, e.kind, e.timestamp)?;
         }
-        add_items_up_to(&mut new, live.n_items(), |i| live.item_content(i))?;
+        add_items_up_to(&mut new, live.n_items(), |i| live.shared_item_content(i))?;
         if new.n_users() != live.n_users() || new.n_items() != live.n_items() {
             return Err(Error::Graph {
                 message: format!(
@@ -288,7 +304,7 @@ impl Refresher {
         let installed = Installed {
             folded: refit.cut - refit.kept.len(),
             kept: refit.kept.len(),
-            replayed: after.len(),
+            replayed: after,
             caught_up: refit.replayed - refit.cut,
             trained_users: refit.graph.n_users(),
             trained_items: refit.graph.n_items(),
@@ -301,11 +317,12 @@ impl Refresher {
         };
         // The events before the cut that were not kept leave the record (the saves keep
         // those no capture has reached yet).
-        let folded = &self.events[self.kept.len()..refit.cut];
+        let folded = refit.cut - self.kept.len();
         let saves = self.saves.get_mut().unwrap_or_else(PoisonError::into_inner);
-        saves.carry(self.cut_at, folded);
-        self.cut_at += folded.len() as u64;
-        self.events.splice(..refit.cut, refit.kept.iter().copied());
+        saves.carry(self.cut_at, self.events.range(self.kept.len(), refit.cut));
+        self.cut_at += folded as u64;
+        self.events
+            .replace_prefix(refit.cut, Arc::clone(&refit.kept));
         self.kept = refit.kept;
         self.user_times = refit.user_times;
         self.generation += 1;
@@ -314,20 +331,20 @@ impl Refresher {
     }
 }
 
-/// The content of a live model's items from `first` on, copied so that they can be added
+/// The content of a live model's items from `first` on, shared so that they can be added
 /// to another model ([`add_items_up_to`]).
 #[derive(Debug, Clone)]
 struct ItemContent {
     first: usize,
     /// Item `first + k`'s content, if it has some.
-    content: Vec<Option<Box<[f32]>>>,
+    content: Vec<Option<Arc<[f32]>>>,
 }
 
 impl ItemContent {
-    /// `live`'s items from `first` on.
+    /// `live`'s items from `first` on (pointers copied, not features).
     fn of(live: &LiveModel, first: usize) -> Self {
         let content = (first..live.n_items())
-            .map(|i| live.item_content(ItemId(i as u32)).map(Box::from))
+            .map(|i| live.shared_item_content(ItemId(i as u32)))
             .collect();
         ItemContent { first, content }
     }
@@ -338,20 +355,20 @@ impl ItemContent {
     }
 
     /// Item `i`'s content (none outside the covered items).
-    fn get(&self, i: ItemId) -> Option<&[f32]> {
+    fn get(&self, i: ItemId) -> Option<Arc<[f32]>> {
         i.index()
             .checked_sub(self.first)
             .and_then(|k| self.content.get(k))
-            .and_then(|c| c.as_deref())
+            .and_then(Option::clone)
     }
 }
 
 /// Appends live items to `live` until it has `n`, each with the content `content_of`
 /// gives it.
-fn add_items_up_to<'a>(
+fn add_items_up_to(
     live: &mut LiveModel,
     n: usize,
-    content_of: impl Fn(ItemId) -> Option<&'a [f32]>,
+    content_of: impl Fn(ItemId) -> Option<Arc<[f32]>>,
 ) -> Result<()> {
     while live.n_items() < n {
         let id = ItemId(live.n_items() as u32);
@@ -366,7 +383,7 @@ fn add_items_up_to<'a>(
 pub struct RefitJob {
     training: Arc<Training>,
     graph: Arc<BipartiteGraph>,
-    events: Vec<Interaction>,
+    events: SharedEvents,
     n_users: usize,
     n_items: usize,
     /// Content of the live model's items from the graph's item count on.
@@ -374,13 +391,46 @@ pub struct RefitJob {
     aggregator: Option<Arc<ContentAggregator>>,
     config: LiveConfig,
     now: u64,
-    /// Each user's latest event time at the plan: the new model's trained users are
-    /// dated at theirs.
-    user_times: Vec<u64>,
+    /// When the planned-from model dated its users' interactions: with the recorded
+    /// events, each user's latest event time at the plan, at which the new model's
+    /// trained users are dated.
+    dates: Dates,
     epochs: usize,
     lr: Option<f32>,
     schedule: Vec<RateSwitch>,
     generation: u64,
+}
+
+/// When a model dated its users' interactions before any recorded event: the trained
+/// users in `users` at theirs, the other trained users at `trained_at`; users added live
+/// at their first event.
+#[derive(Debug)]
+struct Dates {
+    users: Arc<[u64]>,
+    trained_at: u64,
+    trained_users: usize,
+}
+
+impl Dates {
+    /// The latest event time of each of the first `n` users once `events` (everything
+    /// the model observed since it was built) are folded in — what the model's
+    /// [`LiveModel::last_time`] says — computed apart from the model, so that a plan
+    /// needs no copy of it.
+    fn latest(&self, n: usize, events: &SharedEvents) -> Vec<u64> {
+        let mut out: Vec<u64> = (0..n)
+            .map(|u| match self.users.get(u) {
+                Some(&t) => t,
+                None if u < self.trained_users => self.trained_at,
+                None => 0,
+            })
+            .collect();
+        for e in events.iter() {
+            if let Some(t) = out.get_mut(e.user.index()) {
+                *t = (*t).max(e.timestamp);
+            }
+        }
+        out
+    }
 }
 
 /// A finished refit, ready for [`Refresher::install`].
@@ -407,7 +457,7 @@ pub struct CatchUp {
     generation: u64,
     /// Index of the first of `events` among the refresher's recorded events.
     from: usize,
-    events: Vec<Interaction>,
+    events: SharedEvents,
     /// Content of the live model's items from the refit's item count on.
     content: ItemContent,
 }
@@ -464,7 +514,7 @@ impl Refit {
         }
         let content = &catch_up.content;
         let known = content.end();
-        for e in &catch_up.events {
+        for e in catch_up.events.iter() {
             add_items_up_to(&mut self.live, (e.item.index() + 1).min(known), |i| {
                 content.get(i)
             })?;
@@ -516,8 +566,8 @@ impl RefitJob {
     pub fn refit_graph(&self) -> Result<(BipartiteGraph, Vec<Interaction>)> {
         let base = &*self.graph;
         let (bu, bi) = (base.n_users(), base.n_items());
-        if let Some(e) = self
-            .events
+        let events = self.events.to_vec();
+        if let Some(e) = events
             .iter()
             .find(|e| e.user.index() >= self.n_users || e.item.index() >= self.n_items)
         {
@@ -535,8 +585,8 @@ impl RefitJob {
         // A hide that decides its pair is not a graph edge, but the push it gave the
         // user's vector is replayed into each new model (and kept for the next).
         let mut hides = HashSet::new();
-        for k in deciding_indices(&self.events) {
-            let e = &self.events[k];
+        for k in deciding_indices(&events) {
+            let e = &events[k];
             if e.adds_pair() {
                 added.push((e.user, e.item));
             } else {
@@ -570,8 +620,7 @@ impl RefitJob {
                 .filter(|(u, i)| u.index() < n_users && i.index() < n_items),
         );
         let graph = BipartiteGraph::from_edges(n_users, n_items, edges)?;
-        let replay = self
-            .events
+        let replay = events
             .iter()
             .enumerate()
             .filter(|(k, e)| {
@@ -610,8 +659,7 @@ impl RefitJob {
         let mut live = LiveModel::new(training.model()?, &graph, self.config, self.now)?;
         // Each trained user's interactions are as old as the user's latest event, not the
         // refit's: decay goes on from there.
-        let mut user_times = self.user_times;
-        user_times.truncate(graph.n_users());
+        let user_times = self.dates.latest(graph.n_users(), &self.events);
         live.date_users(&user_times);
         live.share_aggregator(self.aggregator.clone());
         let content_of = |i: ItemId| self.content.get(i);

@@ -49,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::{ItemContent, Refresher, add_items_up_to};
+use super::{ItemContent, Refresher, SharedEvents, add_items_up_to};
 use crate::checkpoint::{crc_trailer_holds, with_crc, write_atomic};
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
@@ -146,25 +146,23 @@ impl SaveLog {
     /// Called by an install that folds `folded`, the stream's events from index `cut_at`
     /// on, out of the recorded events: keeps those no capture has reached, so that the
     /// memory copy stays usable (nothing is kept before the first save).
-    pub(super) fn carry(&mut self, cut_at: u64, folded: &[Interaction]) {
+    pub(super) fn carry<'a>(&mut self, cut_at: u64, folded: impl Iterator<Item = &'a Interaction>) {
         let held = self.saved + self.carried.len() as u64;
         if self.memory.is_none() || held < cut_at {
             return;
         }
         let from = (held - cut_at) as usize;
-        if from < folded.len() {
-            self.carried.extend_from_slice(&folded[from..]);
-        }
+        self.carried.extend(folded.skip(from));
     }
 
     /// Captures the events observed since the last capture as a new segment: those an
-    /// install carried, then the rest from `stream`, the stream's events from index
-    /// `cut_at` on (the recorded events after the kept ones). When events before
+    /// install carried, then the rest from the stream's events from index `cut_at` on,
+    /// `recorded`'s events after the first `kept`. When events before
     /// `cut_at` are neither saved nor carried (an install before the first save), the
     /// memory copy, which would need them, is dropped (the capture takes a new one; its
     /// bytes, if still held, are returned to be freed outside the caller's lock) and the
     /// segments start again at `cut_at`.
-    fn seal(&mut self, cut_at: u64, stream: &[Interaction]) -> Option<Arc<Vec<u8>>> {
+    fn seal(&mut self, cut_at: u64, recorded: &SharedEvents, kept: usize) -> Option<Arc<Vec<u8>>> {
         let mut released = None;
         if self.saved + (self.carried.len() as u64) < cut_at {
             self.segments.clear();
@@ -173,13 +171,14 @@ impl SaveLog {
             self.saved = cut_at;
         }
         let held = self.saved + self.carried.len() as u64;
-        let from = ((held - cut_at) as usize).min(stream.len());
-        if !self.carried.is_empty() || from < stream.len() {
+        let stream = recorded.len() - kept;
+        let from = ((held - cut_at) as usize).min(stream);
+        if !self.carried.is_empty() || from < stream {
             // One allocation, straight into the shared block.
             let events: Arc<[Interaction]> = self
                 .carried
                 .iter()
-                .chain(&stream[from..])
+                .chain(recorded.iter_from(kept + from))
                 .copied()
                 .collect();
             self.carried = Vec::new();
@@ -694,7 +693,7 @@ struct Meta {
     /// Each segment's id, first index and event count.
     segments: Vec<[u64; 3]>,
     /// Content of the items past the graph's.
-    content: Vec<Option<Box<[f32]>>>,
+    content: Vec<Option<Arc<[f32]>>>,
     app_data: Vec<u8>,
 }
 
@@ -740,7 +739,7 @@ fn read_meta(path: &Path) -> Result<Meta> {
         for _ in 0..width {
             v.push(f32::from_bits(r.u32("content values")?));
         }
-        meta.content.push(Some(v.into_boxed_slice()));
+        meta.content.push(Some(v.into()));
     }
     let n = r.count(1, "application bytes")?;
     meta.app_data = r.take(n, "application bytes")?.to_vec();
@@ -818,7 +817,7 @@ impl Refresher {
     ) -> Result<RefresherState> {
         self.check_live(live)?;
         let mut log = self.saves.lock().unwrap_or_else(PoisonError::into_inner);
-        let dropped = log.seal(self.cut_at, &self.events[self.kept.len()..]);
+        let dropped = log.seal(self.cut_at, &self.events, self.kept.len());
         let observed = log.saved;
         // A new memory copy once the events since the last one outweigh it.
         let mut copy = match log.memory.take() {
@@ -1026,7 +1025,7 @@ impl Refresher {
         let refresher = Refresher {
             training: Arc::new(training),
             graph: Arc::new(graph),
-            events,
+            events: events.into(),
             kept: kept.into(),
             cut_at: meta.cut_at,
             user_times: user_times.into(),

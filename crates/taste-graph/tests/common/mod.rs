@@ -1,7 +1,7 @@
 //! Shared by the integration tests: a seeded generator and random graphs drawn with it.
 #![allow(dead_code)] // each test binary uses a part of it
 
-use taste_graph::{BipartiteGraph, Interaction, InteractionKind, ItemId, UserId};
+use taste_graph::{BipartiteGraph, Interaction, InteractionKind, ItemId, Refresher, UserId};
 
 /// Knuth's MMIX linear congruential generator; outputs the state's high 31 bits.
 pub struct Lcg(pub u64);
@@ -74,4 +74,11 @@ pub fn first_non_edge(g: &BipartiteGraph, u: u32) -> u32 {
     (0..g.n_items() as u32)
         .find(|&i| !g.has_edge(UserId(u), ItemId(i)))
         .expect("a user without an edge to every item")
+}
+
+/// The refresher's pending events, collected.
+pub fn pending(r: &Refresher) -> Vec<Interaction> {
+    let out: Vec<Interaction> = r.pending().copied().collect();
+    assert_eq!(out.len(), r.pending_len());
+    out
 }
