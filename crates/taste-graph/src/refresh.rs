@@ -319,7 +319,7 @@ impl Refresher {
         // those no capture has reached yet).
         let folded = refit.cut - self.kept.len();
         let saves = self.saves.get_mut().unwrap_or_else(PoisonError::into_inner);
-        saves.carry(self.cut_at, self.events.range(self.kept.len(), refit.cut));
+        saves.carry(self.cut_at, &self.events, self.kept.len(), refit.cut);
         self.cut_at += folded as u64;
         self.events
             .replace_prefix(refit.cut, Arc::clone(&refit.kept));

@@ -11,7 +11,8 @@
 //! - `events-<id>.seg`: a segment of the stream of events the refresher observed, one per
 //!   save (the events since the previous one); merged into one when there are more than
 //!   [`MAX_SEGMENTS`]; dropped once neither the recorded events nor the memory copy
-//!   needs them;
+//!   needs them; in memory a segment shares the recorded events' blocks, so a capture or
+//!   a merge moves at most a block's tail and the write makes the file;
 //! - `memory-<id>.mem`: each user's hidden and recent items (what a training graph does
 //!   not hold) as of one point of the stream; taken again once the events after that
 //!   point take more bytes than the copy itself (so the copy costs O(1) amortised per
@@ -88,21 +89,28 @@ pub(super) struct SaveLog {
     segments: Vec<Segment>,
     /// The stream's events from `saved` on that an install folded before a capture
     /// reached them (they left the recorded events); the next capture seals them.
-    carried: Vec<Interaction>,
+    carried: SharedEvents,
     memory: Option<MemoryCopy>,
 }
 
-/// Consecutive events of the stream, from index `first`.
+/// Consecutive events of the stream, from index `first`: one file on disk; in memory
+/// blocks shared with the recorded events and the other segments, so that a capture or
+/// a merge under the caller's lock moves no more than a block's tail (the write, outside
+/// it, makes the file).
 #[derive(Debug, Clone)]
 struct Segment {
     id: u64,
     first: u64,
-    events: Arc<[Interaction]>,
+    events: SharedEvents,
 }
 
 impl Segment {
+    fn len(&self) -> u64 {
+        self.events.len() as u64
+    }
+
     fn end(&self) -> u64 {
-        self.first + self.events.len() as u64
+        self.first + self.len()
     }
 }
 
@@ -138,21 +146,24 @@ impl SaveLog {
         SaveLog {
             saved: 0,
             segments: Vec::new(),
-            carried: Vec::new(),
+            carried: SharedEvents::default(),
             memory: None,
         }
     }
 
-    /// Called by an install that folds `folded`, the stream's events from index `cut_at`
-    /// on, out of the recorded events: keeps those no capture has reached, so that the
-    /// memory copy stays usable (nothing is kept before the first save).
-    pub(super) fn carry<'a>(&mut self, cut_at: u64, folded: impl Iterator<Item = &'a Interaction>) {
+    /// Called by an install that folds `recorded`'s events `kept..cut` (the stream's
+    /// events from index `cut_at` on) out of the recorded events: keeps those no capture
+    /// has reached, so that the memory copy stays usable (nothing is kept before the first
+    /// save). Shares their blocks: O(blocks).
+    pub(super) fn carry(&mut self, cut_at: u64, recorded: &SharedEvents, kept: usize, cut: usize) {
         let held = self.saved + self.carried.len() as u64;
         if self.memory.is_none() || held < cut_at {
             return;
         }
-        let from = (held - cut_at) as usize;
-        self.carried.extend(folded.skip(from));
+        let from = kept + (held - cut_at) as usize;
+        if from < cut {
+            self.carried.append(&recorded.slice(from, cut));
+        }
     }
 
     /// Captures the events observed since the last capture as a new segment: those an
@@ -166,7 +177,7 @@ impl SaveLog {
         let mut released = None;
         if self.saved + (self.carried.len() as u64) < cut_at {
             self.segments.clear();
-            self.carried.clear();
+            self.carried = SharedEvents::default();
             released = self.memory.take().and_then(|m| m.encoded);
             self.saved = cut_at;
         }
@@ -174,14 +185,8 @@ impl SaveLog {
         let stream = recorded.len() - kept;
         let from = ((held - cut_at) as usize).min(stream);
         if !self.carried.is_empty() || from < stream {
-            // One allocation, straight into the shared block.
-            let events: Arc<[Interaction]> = self
-                .carried
-                .iter()
-                .chain(recorded.iter_from(kept + from))
-                .copied()
-                .collect();
-            self.carried = Vec::new();
+            let mut events = std::mem::take(&mut self.carried);
+            events.append(&recorded.suffix(kept + from));
             let first = self.saved;
             self.saved += events.len() as u64;
             self.segments.push(Segment {
@@ -194,16 +199,14 @@ impl SaveLog {
     }
 
     /// Drops the segments that end at or before `from`, then merges the rest into one
-    /// when there are more than [`MAX_SEGMENTS`].
+    /// when there are more than [`MAX_SEGMENTS`]: O(blocks), the merged file is made by
+    /// the next write.
     fn trim(&mut self, from: u64) {
         self.segments.retain(|s| s.end() > from);
         if self.segments.len() > MAX_SEGMENTS {
             let first = self.segments[0].first;
-            let events: Arc<[Interaction]> = self
-                .segments
-                .iter()
-                .flat_map(|s| s.events.iter().copied())
-                .collect();
+            let mut events = SharedEvents::default();
+            self.segments.iter().for_each(|s| events.append(&s.events));
             self.segments = vec![Segment {
                 id: fresh_stamp(),
                 first,
@@ -578,7 +581,7 @@ fn read_graph(path: &Path, trainer_bytes: u64) -> Result<ModelGraph> {
 }
 
 fn write_segment(path: &Path, s: &Segment) -> Result<()> {
-    let header = [s.id, s.first, s.events.len() as u64];
+    let header = [s.id, s.first, s.len()];
     let mut out = start_file(SEGMENT_MAGIC, &header, EVENT_LEN * s.events.len());
     s.events.iter().for_each(|e| encode_event(e, &mut out));
     write_atomic(path, &with_crc(out))
@@ -799,9 +802,10 @@ impl Refresher {
     }
 
     /// Captures the state behind `live` as covering the journal up to `through_seq`
-    /// (see [`Refresher::save`]): shares the trainer, graph and event segments and
-    /// encodes the meta file, O(segments + items added live since the install), plus
-    /// O(users' hidden and recent items) when it takes a new memory copy.
+    /// (see [`Refresher::save`]): shares the trainer, graph and events (segments sharing
+    /// the recorded events' blocks) and encodes the meta file, O(blocks of events held +
+    /// items added live since the install) plus at most a block's tail (8192 events)
+    /// copied, and O(users' hidden and recent items) when it takes a new memory copy.
     pub fn state(&self, live: &LiveModel, through_seq: u64) -> Result<RefresherState> {
         self.state_with(live, through_seq, &[])
     }
@@ -858,7 +862,7 @@ impl Refresher {
         ];
         let mut out = start_file(META_MAGIC, &header, 24 * segments.len());
         for s in &segments {
-            [s.id, s.first, s.events.len() as u64]
+            [s.id, s.first, s.len()]
                 .iter()
                 .for_each(|&v| put_u64(&mut out, v));
         }
