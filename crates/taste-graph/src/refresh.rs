@@ -9,7 +9,7 @@
 //!
 //! 1. serve: [`Refresher::observe`] folds every event into the live model and records it;
 //! 2. [`Refresher::plan`] (cheap: shares the recorded events, the trainer and the live
-//!    items' content, O(blocks of 8192 events + live items)) returns a [`RefitJob`] that
+//!    items' content, O(blocks of 4096 events + live items)) returns a [`RefitJob`] that
 //!    owns everything it needs — run it on any thread
 //!    ([`RefitJob::run`]: builds the grown graph, regraphs the trainer, trains, builds the
 //!    new live model) while serving continues;
@@ -182,8 +182,8 @@ impl Refresher {
     /// trainer's state; `live` is the serving model (its configuration, content
     /// aggregator and live items' content go into the new one, whose users keep their
     /// latest event times). Shares what it takes — the recorded events' sealed blocks,
-    /// the trainer, the live items' content — so it costs O(recorded events / 8192 +
-    /// items added live) pointer copies plus at most 8192 events copied, whatever the
+    /// the trainer, the live items' content — so it costs O(recorded events / 4096 +
+    /// items added live) pointer copies plus at most 4096 events copied, whatever the
     /// number of users. Run it anywhere with [`RefitJob::run`], then
     /// [`Refresher::install`] the result.
     pub fn plan(&self, live: &LiveModel, epochs: usize) -> Result<RefitJob> {

@@ -10,8 +10,9 @@ use std::sync::Arc;
 
 use crate::interactions::Interaction;
 
-/// Events per sealed block: 8192 × 24 bytes = 192 KiB, the most a copy moves.
-const BLOCK: usize = 8192;
+/// Events per sealed block: 4096 × 24 bytes = 96 KiB, the most a copy moves (below
+/// the allocator's default mmap threshold, so a copy faults in no fresh pages).
+const BLOCK: usize = 4096;
 
 /// A sequence of events: ranges of shared blocks, then an open tail.
 #[derive(Debug, Clone)]

@@ -804,7 +804,7 @@ impl Refresher {
     /// Captures the state behind `live` as covering the journal up to `through_seq`
     /// (see [`Refresher::save`]): shares the trainer, graph and events (segments sharing
     /// the recorded events' blocks) and encodes the meta file, O(blocks of events held +
-    /// items added live since the install) plus at most a block's tail (8192 events)
+    /// items added live since the install) plus at most a block's tail (4096 events)
     /// copied, and O(users' hidden and recent items) when it takes a new memory copy.
     pub fn state(&self, live: &LiveModel, through_seq: u64) -> Result<RefresherState> {
         self.state_with(live, through_seq, &[])
