@@ -15,7 +15,7 @@ use taste_graph::{
 use crate::error::{Error, Result};
 use crate::mmr::{Quotas, mmr, normalize_rows};
 use crate::options::RecommendOptions;
-use crate::saved::{self, Prefix, SavedIds};
+use crate::saved::{self, Prefix, PrefixScan, SavedIds};
 
 /// Where a recommendation came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -100,6 +100,9 @@ struct State {
 }
 
 const POPULAR_POOL: usize = 4096;
+/// Ids compared per read lock when the first save finds the generation's prefix
+/// (512 KiB of ids).
+const PREFIX_CHUNK: usize = 65_536;
 /// Newest rows considered by the fresh source.
 const FRESH_POOL: usize = 2048;
 const POPULAR_REFRESH: usize = 4096;
@@ -361,19 +364,35 @@ impl Recommender {
     /// ([`Refresher::state_with`]) with the name of the store generation this recommender
     /// serves and its external item ids — those past the ones the generation's rows hold
     /// in the same order (for a pipeline-published model: the items added since; the
-    /// first save on a generation compares the ids once, O(items)). Write it with [`RefresherState::write`] outside
+    /// first save on a generation compares the ids once, 65,536 at a time, each under its
+    /// own short read lock). Write it with [`RefresherState::write`] outside
     /// any lock; [`Recommender::restore`] (or [`crate::pipeline::restore`]) serves it
     /// again. `through_seq`: the journal seq every recorded event up to is covered (see
     /// [`Refresher::save`]). Refused on a retired recommender (save the one serving).
     pub fn state(&self, through_seq: u64) -> Result<RefresherState> {
+        let prefix = self.saved_prefix();
         let st = self.read_current()?;
         let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
         let ids = &st.items.external;
-        let prefix = *self
-            .saved_prefix
-            .get_or_init(|| Prefix::of(&self.snap, ids));
         let app = saved::encode(self.snap.generation(), prefix, ids);
         Ok(r.state_with(&st.live, through_seq, &app)?)
+    }
+
+    /// The leading external ids the generation's live rows hold, found once per
+    /// recommender: compared [`PREFIX_CHUNK`] ids at a time, each chunk under its own read
+    /// lock (the ids only grow, so what a chunk matched stays true), so that no lock is
+    /// held for O(items).
+    fn saved_prefix(&self) -> Prefix {
+        *self.saved_prefix.get_or_init(|| {
+            let mut rows = self.snap.iter_live().map(|(id, _, _)| id.0);
+            let mut scan = PrefixScan::new();
+            while !scan.done() {
+                let st = self.read();
+                let ids = st.items.external.get(scan.len()..).unwrap_or(&[]);
+                scan.feed(&mut rows, &ids[..ids.len().min(PREFIX_CHUNK)]);
+            }
+            scan.prefix()
+        })
     }
 
     /// A recommender serving a state saved through [`Recommender::state`] (loaded with

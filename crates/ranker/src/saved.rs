@@ -25,17 +25,56 @@ pub(crate) struct Prefix {
     pub digest: u64,
 }
 
-impl Prefix {
-    /// How many of `ids` the generation's live rows repeat, in order, from the first.
-    pub(crate) fn of(snap: &Snapshot, ids: &[u64]) -> Prefix {
-        let len = snap
-            .iter_live()
-            .zip(ids)
-            .take_while(|((row, _, _), id)| row.0 == **id)
-            .count();
+/// Finds a [`Prefix`] a chunk of ids at a time, so that a caller can read each chunk
+/// under its own short lock (the ids are append-only: what a chunk matched stays true).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PrefixScan {
+    len: usize,
+    digest: u64,
+    done: bool,
+}
+
+impl PrefixScan {
+    /// A scan at the first id.
+    pub(crate) fn new() -> Self {
+        PrefixScan {
+            len: 0,
+            digest: DIGEST_SEED,
+            done: false,
+        }
+    }
+
+    /// Ids matched so far (where the next chunk starts).
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether a mismatch or an empty chunk ended the prefix.
+    pub(crate) fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Takes the next ids, `chunk`, while `rows` (the generation's live row ids, in
+    /// order, continued from the previous chunk) repeat them.
+    pub(crate) fn feed(&mut self, rows: &mut impl Iterator<Item = u64>, chunk: &[u64]) {
+        if chunk.is_empty() {
+            self.done = true;
+        }
+        for &id in chunk {
+            if rows.next() != Some(id) {
+                self.done = true;
+                return;
+            }
+            self.digest = digest_step(self.digest, id);
+            self.len += 1;
+        }
+    }
+
+    /// The prefix found.
+    pub(crate) fn prefix(&self) -> Prefix {
         Prefix {
-            len,
-            digest: digest(ids[..len].iter().copied()),
+            len: self.len,
+            digest: self.digest,
         }
     }
 }
@@ -47,11 +86,16 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+const DIGEST_SEED: u64 = 0x9E37_79B9_7F4A_7C15;
+
+/// One id into the digest.
+fn digest_step(h: u64, id: u64) -> u64 {
+    mix(h ^ id).wrapping_add(DIGEST_SEED)
+}
+
 /// An order-sensitive 64-bit digest of a list of ids (stable across builds).
 fn digest(ids: impl Iterator<Item = u64>) -> u64 {
-    ids.fold(0x9E37_79B9_7F4A_7C15, |h, id| {
-        mix(h ^ id).wrapping_add(0x9E37_79B9_7F4A_7C15)
-    })
+    ids.fold(DIGEST_SEED, digest_step)
 }
 
 /// Encodes the ranker's part of a state: `generation` served, `ids` with the first
@@ -157,6 +201,28 @@ mod tests {
         assert_ne!(a, digest([1u64, 2, 4].into_iter()));
         assert_ne!(a, digest([1u64, 2].into_iter()));
         assert_eq!(a, digest([1u64, 2, 3].into_iter()));
+    }
+
+    /// Chunk by chunk, the scan stops at the first id the rows do not repeat, or at an
+    /// empty chunk, and digests what it matched as `digest` does.
+    #[test]
+    fn the_scan_matches_chunk_by_chunk() {
+        let ids = [5u64, 6, 7, 8, 9, 10, 11];
+        for chunk in 1..=8 {
+            for (rows, want) in [
+                (vec![5u64, 6, 7, 8, 9, 10, 11], 7),
+                (vec![5, 6, 7, 0, 9], 3),
+            ] {
+                let mut rows_it = rows.into_iter();
+                let mut scan = PrefixScan::new();
+                while !scan.done() {
+                    let next = &ids[scan.len().min(ids.len())..];
+                    scan.feed(&mut rows_it, &next[..next.len().min(chunk)]);
+                }
+                assert_eq!(scan.prefix().len, want, "chunk {chunk}");
+                assert_eq!(scan.prefix().digest, digest(ids[..want].iter().copied()));
+            }
+        }
     }
 
     #[test]
