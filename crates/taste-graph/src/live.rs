@@ -299,6 +299,9 @@ pub struct LiveModel {
     new_item_mass: Vec<f64>,
     /// For items added live: their content features, if given.
     new_item_content: Vec<Option<Arc<[f32]>>>,
+    /// Live items whose content was given or replaced, in order (a saved state writes
+    /// the content of those since its previous capture).
+    content_changes: Vec<u32>,
     /// Embeds live items that have content.
     aggregator: Option<Arc<ContentAggregator>>,
     // Item-side fold-in ([`LiveConfig::item_updates`]; all empty when off).
@@ -392,6 +395,7 @@ impl LiveModel {
             new_item_sum: Vec::new(),
             new_item_mass: Vec::new(),
             new_item_content: Vec::new(),
+            content_changes: Vec::new(),
             aggregator: None,
             n_trained_users: nu,
             user_fold: Vec::new(),
@@ -893,6 +897,7 @@ impl LiveModel {
         }
         self.check_content(content)?;
         self.new_item_content[i - self.n_trained_items] = Some(content.into());
+        self.content_changes.push(i as u32);
         self.embed_content_item(i, self.item_count[i]);
         Ok(())
     }
@@ -906,6 +911,11 @@ impl LiveModel {
     /// re-embedding: for a model that has no live items yet.
     pub(crate) fn share_aggregator(&mut self, aggregator: Option<Arc<ContentAggregator>>) {
         self.aggregator = aggregator;
+    }
+
+    /// The live items whose content was given or replaced, in the order it happened.
+    pub(crate) fn content_changes(&self) -> &[u32] {
+        &self.content_changes
     }
 
     /// A live-added item's content as shared (a copy of the pointer, not the features).
@@ -924,6 +934,7 @@ impl LiveModel {
         self.add_item();
         if let Some(c) = content {
             self.new_item_content[i - self.n_trained_items] = Some(c);
+            self.content_changes.push(i as u32);
             self.embed_content_item(i, 0);
         }
         Ok(())

@@ -215,6 +215,7 @@ fn a_damaged_or_mismatched_state_is_refused() {
         (dir.path().join("REFRESHER"), 52),
         (named("graph-"), 20),
         (named("events-"), 20),
+        (named("content-"), 28),
     ] {
         let good = std::fs::read(&path).unwrap();
         let mut bad = good[..good.len() - 4].to_vec();
@@ -427,6 +428,91 @@ fn saves_write_what_is_new_and_the_directory_stays_bounded() {
         back.refresher.save(other.path(), &back.live, 100),
         Err(Error::Config { .. })
     ));
+}
+
+/// The content files in `dir`, with their sizes.
+fn content_files(dir: &Path) -> Vec<(String, u64)> {
+    files(dir)
+        .into_iter()
+        .filter(|n| n.starts_with("content-"))
+        .map(|n| {
+            let len = std::fs::metadata(dir.join(&n)).unwrap().len();
+            (n, len)
+        })
+        .collect()
+}
+
+/// Live items' content is written once per change, not by every save: a save writes a
+/// file with the content given or replaced since the previous one (none when nothing
+/// changed), the files are rewritten into one past 16 and after an install, and every
+/// save restores the served model.
+#[test]
+fn live_items_content_is_written_once_per_change() {
+    let g = random_graph(20, 15, 90, 23);
+    let (mut r, mut live) = serving(&g);
+    let dir = tempfile::tempdir().unwrap();
+    let mut items = Vec::new();
+    let (mut written, mut every_save) = (0u64, 0u64);
+    let record = 8 + 4 * 3;
+    for save in 0..40u32 {
+        for k in 0..2 {
+            let x = [save as f32, k as f32, 1.0];
+            items.push(live.add_item_with_content(&x).unwrap());
+        }
+        if save % 5 == 4 {
+            let x = [-1.0, save as f32, 0.5];
+            live.set_item_content(items[save as usize / 2], &x).unwrap();
+        }
+        let before = content_files(dir.path());
+        r.save(dir.path(), &live, save as u64).unwrap();
+        let after = content_files(dir.path());
+        let new: Vec<_> = after.iter().filter(|f| !before.contains(f)).collect();
+        assert_eq!(new.len(), 1, "save {save}: one new content file");
+        assert!(
+            after.len() <= 16,
+            "save {save}: {} content files",
+            after.len()
+        );
+        written += new[0].1;
+        every_save += items.len() as u64 * record;
+        assert_same_live(&load(dir.path()).live, &live);
+    }
+    // Rewriting every live item's content at each save would have written three times
+    // as much and more.
+    assert!(
+        3 * written < every_save,
+        "{written} bytes against {every_save}"
+    );
+    let meta = std::fs::metadata(dir.path().join("REFRESHER"))
+        .unwrap()
+        .len();
+    assert!(meta < 600, "a meta file of {meta} bytes");
+
+    // Nothing changed: no new content file.
+    let before = content_files(dir.path());
+    r.save(dir.path(), &live, 41).unwrap();
+    assert_eq!(content_files(dir.path()), before);
+
+    // After an install, one file with all the live items' content (they stay live: no
+    // one engaged with them).
+    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
+    let (_, old) = r.install(refit, &mut live).unwrap();
+    drop(old);
+    r.save(dir.path(), &live, 42).unwrap();
+    let after = content_files(dir.path());
+    assert_eq!(after.len(), 1);
+    assert!(after[0].1 >= items.len() as u64 * record);
+    let back = load(dir.path());
+    assert_same_live(&back.live, &live);
+
+    // A restored refresher goes on from the files it found.
+    let mut back = back;
+    back.live
+        .set_item_content(items[0], &[2.0, 2.0, 2.0])
+        .unwrap();
+    back.refresher.save(dir.path(), &back.live, 43).unwrap();
+    assert_eq!(content_files(dir.path()).len(), 2);
+    assert_same_live(&load(dir.path()).live, &back.live);
 }
 
 /// A refresher that streamed [`stream`]'s events and saved them (seq 1) to a new

@@ -18,10 +18,13 @@
 //!   point take more bytes than the copy itself (so the copy costs O(1) amortised per
 //!   event); events an install folds out of the recorded events before a save reached
 //!   them are carried to the next save, so the events after the copy stay complete;
+//! - `content-<id>.cnt`: the content of items added live, one file per save that gives
+//!   or replaces some (those since the previous save; later files override earlier
+//!   ones), rewritten into one file with all of them after an install or when there
+//!   would be more than [`MAX_CONTENT_FILES`];
 //! - `REFRESHER`: which files are current, the install generation, the journal seq the
 //!   state covers, when the training interactions are dated, where the recorded events
-//!   and the memory copy start in the stream, the content of items added live, and the
-//!   application's bytes. Small; rewritten by every save (temp file, fsync, rename,
+//!   and the memory copy start in the stream, and the application's bytes. Small; rewritten by every save (temp file, fsync, rename,
 //!   directory fsync).
 //!
 //! So a save writes the events since the previous save and a small meta file (plus, now
@@ -37,12 +40,15 @@
 //! (`MOSRFEV1`): id, index of its first event in the stream, event count (u64 each), the
 //! events. Memory copy (`MOSRFMB1`): id, stream index it is taken at, users (u64 each);
 //! per user: hidden count (u32), hidden items (u32), recent count (u32), recent entries
-//! (item u32, weight f32, time u64). Meta (`MOSRFSH2`): stamp, generation, seq,
+//! (item u32, weight f32, time u64). Content (`MOSRFCN1`): id, the model's stamp, record
+//! count (u64 each); per record: item (u32), width (u32), values (f32 each). Meta
+//! (`MOSRFSH2`): stamp, generation, seq,
 //! trained-at time, the live model's users and items, kept events, stream index of the
 //! first recorded event after the kept ones, events observed, memory copy id and index,
-//! segment count (u64 each); per segment id, first index, count (u64 each); the content
-//! of each item past the graph's (count u64, then per item width u32, 0 for none, then
-//! f32 each); the application's bytes (length u64, then the bytes).
+//! segment count (u64 each); per segment id, first index, count (u64 each); content file
+//! count (u64), per file id and record count (u64 each); the application's bytes
+//! (length u64, then the bytes). Format version 3 (version 2 kept live items' content
+//! in the meta file; its states are refused, as any other version).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -67,7 +73,8 @@ const META_MAGIC: &[u8; 8] = b"MOSRFSH2";
 const GRAPH_MAGIC: &[u8; 8] = b"MOSRFGR2";
 const SEGMENT_MAGIC: &[u8; 8] = b"MOSRFEV1";
 const MEMORY_MAGIC: &[u8; 8] = b"MOSRFMB1";
-const FORMAT: u32 = 2;
+const CONTENT_MAGIC: &[u8; 8] = b"MOSRFCN1";
+const FORMAT: u32 = 3;
 /// Magic and version.
 const PREFIX: usize = 8 + 4;
 /// Meta header: twelve u64 (the last: the segment count).
@@ -75,8 +82,11 @@ const META_HEADER: usize = PREFIX + 12 * 8;
 const GRAPH_HEADER: usize = PREFIX + 5 * 8;
 const SEGMENT_HEADER: usize = PREFIX + 3 * 8;
 const MEMORY_HEADER: usize = PREFIX + 3 * 8;
+const CONTENT_HEADER: usize = PREFIX + 3 * 8;
 /// More segments than this are merged into one by the next save.
 const MAX_SEGMENTS: usize = 16;
+/// More content files than this are rewritten into one by the next save that adds one.
+const MAX_CONTENT_FILES: usize = 16;
 
 /// What the saves so far captured: the segments of the stream of observed events still
 /// needed and the users' memory copy. Kept by the refresher behind a mutex, so that a
@@ -91,6 +101,60 @@ pub(super) struct SaveLog {
     /// reached them (they left the recorded events); the next capture seals them.
     carried: SharedEvents,
     memory: Option<MemoryCopy>,
+    content: ContentLog,
+}
+
+/// The live items' content as the saves wrote it for the current model: the files since
+/// its install (or the last rewrite), later ones overriding earlier ones, and how many
+/// of the live model's content changes they cover.
+#[derive(Debug, Default)]
+struct ContentLog {
+    /// The model (install stamp) the files belong to.
+    stamp: u64,
+    files: Vec<ContentFile>,
+    seen: usize,
+}
+
+/// The content of some live items, one file: (item, features), shared with the live
+/// model.
+#[derive(Debug, Clone)]
+struct ContentFile {
+    id: u64,
+    records: Arc<[(u32, Arc<[f32]>)]>,
+}
+
+impl ContentLog {
+    /// Adds a file with the content of the live items (from `first` on) of `live`, the
+    /// model of install `stamp`, given or replaced since the previous capture, if there
+    /// are any: O(changes), pointers copied (the write outside the lock encodes them).
+    /// After an install, or when a file would be the one past [`MAX_CONTENT_FILES`], the
+    /// file holds all of them instead (O(live items)) and replaces the others.
+    fn capture(&mut self, stamp: u64, first: usize, live: &LiveModel) {
+        let changes = live.content_changes();
+        let fresh = self.stamp != stamp || self.seen > changes.len();
+        let mut items: Vec<u32> = Vec::new();
+        if !fresh {
+            items.extend_from_slice(&changes[self.seen..]);
+            items.sort_unstable();
+            items.dedup();
+        }
+        if fresh || (!items.is_empty() && self.files.len() >= MAX_CONTENT_FILES) {
+            self.stamp = stamp;
+            self.files.clear();
+            items = (first..live.n_items()).map(|i| i as u32).collect();
+        }
+        self.seen = changes.len();
+        let records: Arc<[(u32, Arc<[f32]>)]> = items
+            .into_iter()
+            .filter_map(|i| live.shared_item_content(ItemId(i)).map(|c| (i, c)))
+            .collect();
+        if !records.is_empty() {
+            self.files.push(ContentFile {
+                id: fresh_stamp(),
+                records,
+            });
+        }
+    }
 }
 
 /// Consecutive events of the stream, from index `first`: one file on disk; in memory
@@ -148,6 +212,7 @@ impl SaveLog {
             segments: Vec::new(),
             carried: SharedEvents::default(),
             memory: None,
+            content: ContentLog::default(),
         }
     }
 
@@ -233,8 +298,8 @@ pub struct Restored {
 }
 
 /// A refresher's state captured for writing ([`Refresher::state`]): the current model's
-/// trainer, graph and kept events, the event segments and memory copy the meta names
-/// (all shared, not copied) and the encoded meta file. Capture it under the service's
+/// trainer, graph and kept events, the event segments, content files and memory copy the
+/// meta names (all shared, not copied) and the encoded meta file. Capture it under the service's
 /// lock, write it outside.
 #[derive(Debug, Clone)]
 pub struct RefresherState {
@@ -244,6 +309,7 @@ pub struct RefresherState {
     user_times: Arc<[u64]>,
     stamp: u64,
     segments: Vec<Segment>,
+    content: Vec<ContentFile>,
     memory_id: u64,
     /// The memory copy's bytes, if no write has reported it on disk yet.
     memory: Option<(Arc<Vec<u8>>, Arc<AtomicBool>)>,
@@ -253,8 +319,8 @@ pub struct RefresherState {
 }
 
 impl RefresherState {
-    /// Writes the state to `dir`: the model's files, the memory copy and each event
-    /// segment unless an earlier write left them there, then the meta file, each
+    /// Writes the state to `dir`: the model's files, the memory copy, each event segment
+    /// and each content file unless an earlier write left them there, then the meta file, each
     /// atomically; then removes the files the meta does not name. A crash at any point
     /// leaves the previous write whole. One writer per directory at a time, writing
     /// states in the order they were captured.
@@ -293,12 +359,19 @@ impl RefresherState {
                 write_segment(&path, s)?;
             }
         }
+        for c in &self.content {
+            let path = dir.join(content_name(c.id));
+            if !path.exists() {
+                write_content(&path, c, self.stamp)?;
+            }
+        }
         write_atomic(&dir.join(META), &self.meta)?;
         let mut keep: Vec<String> = model_files(self.stamp).into();
         keep.push(memory_name(self.memory_id));
         keep.extend(self.segments.iter().map(|s| segment_name(s.id)));
+        keep.extend(self.content.iter().map(|c| content_name(c.id)));
         remove_files(dir, |name| {
-            ["trainer-", "graph-", "events-", "memory-"]
+            ["trainer-", "graph-", "events-", "memory-", "content-"]
                 .iter()
                 .any(|p| name.starts_with(p))
                 && !keep.iter().any(|k| k == name)
@@ -353,6 +426,10 @@ fn segment_name(id: u64) -> String {
 
 fn memory_name(id: u64) -> String {
     format!("memory-{id:016x}.mem")
+}
+
+fn content_name(id: u64) -> String {
+    format!("content-{id:016x}.cnt")
 }
 
 fn put_u32(out: &mut Vec<u8>, v: u32) {
@@ -612,6 +689,59 @@ fn read_segment(dir: &Path, id: u64, first: u64, count: u64) -> Result<Segment> 
     })
 }
 
+fn write_content(path: &Path, c: &ContentFile, stamp: u64) -> Result<()> {
+    let header = [c.id, stamp, c.records.len() as u64];
+    let size: usize = c.records.iter().map(|(_, v)| 8 + 4 * v.len()).sum();
+    let mut out = start_file(CONTENT_MAGIC, &header, size);
+    for (item, v) in c.records.iter() {
+        put_u32(&mut out, *item);
+        put_u32(&mut out, v.len() as u32);
+        v.iter().for_each(|&x| put_u32(&mut out, x.to_bits()));
+    }
+    write_atomic(path, &with_crc(out))
+}
+
+/// The content file `id` of the meta (of model `stamp`), which says it holds `count`
+/// records, each of a live item in `items`.
+fn read_content(
+    dir: &Path,
+    [id, count]: [u64; 2],
+    stamp: u64,
+    items: std::ops::Range<usize>,
+) -> Result<ContentFile> {
+    let path = dir.join(content_name(id));
+    let bytes = read_verified(&path, CONTENT_MAGIC, CONTENT_HEADER, "content file")?;
+    let mut r = Cursor::after_prefix(&path, &bytes);
+    let header = [r.u64("the id")?, r.u64("the stamp")?, r.u64("the count")?];
+    if header != [id, stamp, count] {
+        return Err(r.corrupt(format!(
+            "content file (id {:x}, model {:x}, {} items) is not the one the meta names (id {id:x}, model {stamp:x}, {count} items)",
+            header[0], header[1], header[2]
+        )));
+    }
+    let count = r.fits(count, 8, "content records")?;
+    let mut records = Vec::with_capacity(count);
+    for _ in 0..count {
+        let item = r.u32("an item")?;
+        if !items.contains(&(item as usize)) {
+            return Err(r.corrupt(format!(
+                "content of item {item}, not one of the live items {items:?}"
+            )));
+        }
+        let width = r.u32("a content width")?;
+        let width = r.fits(width.into(), 4, "content values")?;
+        let v: Arc<[f32]> = (0..width)
+            .map(|_| r.u32("content values").map(f32::from_bits))
+            .collect::<Result<_>>()?;
+        records.push((item, v));
+    }
+    r.end("the last record")?;
+    Ok(ContentFile {
+        id,
+        records: records.into(),
+    })
+}
+
 /// Encodes every user's hidden and recent items as a memory copy file.
 fn encode_memory(id: u64, at: u64, live: &LiveModel) -> Vec<u8> {
     let (hidden, recent) = live.user_memory();
@@ -695,8 +825,8 @@ struct Meta {
     memory_at: u64,
     /// Each segment's id, first index and event count.
     segments: Vec<[u64; 3]>,
-    /// Content of the items past the graph's.
-    content: Vec<Option<Arc<[f32]>>>,
+    /// Each content file's id and record count.
+    content: Vec<[u64; 2]>,
     app_data: Vec<u8>,
 }
 
@@ -725,24 +855,16 @@ fn read_meta(path: &Path) -> Result<Meta> {
         let segment = [r.u64("segments")?, r.u64("segments")?, r.u64("segments")?];
         meta.segments.push(segment);
     }
-    let n_content = r.count(4, "live items' content")?;
-    if n_content > n_items {
-        return Err(r.corrupt(format!(
-            "content of {n_content} live items for a model of {n_items} items"
-        )));
-    }
+    let n_content = r.count(16, "content files")?;
     for _ in 0..n_content {
-        let width = r.u32("content widths")?;
-        let width = r.fits(width.into(), 4, "content values")?;
-        if width == 0 {
-            meta.content.push(None);
-            continue;
+        let file = [r.u64("content files")?, r.u64("content files")?];
+        if file[1] > n_items as u64 {
+            return Err(r.corrupt(format!(
+                "a content file of {} items for a model of {n_items} items",
+                file[1]
+            )));
         }
-        let mut v = Vec::with_capacity(width);
-        for _ in 0..width {
-            v.push(f32::from_bits(r.u32("content values")?));
-        }
-        meta.content.push(Some(v.into()));
+        meta.content.push(file);
     }
     let n = r.count(1, "application bytes")?;
     meta.app_data = r.take(n, "application bytes")?.to_vec();
@@ -844,6 +966,8 @@ impl Refresher {
         log.memory = Some(copy);
         log.trim(self.cut_at.min(memory_at));
         let segments = log.segments.clone();
+        log.content.capture(self.stamp, self.graph.n_items(), live);
+        let content = log.content.files.clone();
         drop(log);
 
         let header = [
@@ -860,18 +984,17 @@ impl Refresher {
             memory_at,
             segments.len() as u64,
         ];
-        let mut out = start_file(META_MAGIC, &header, 24 * segments.len());
+        let size = 24 * segments.len() + 8 + 16 * content.len() + 8 + app_data.len();
+        let mut out = start_file(META_MAGIC, &header, size);
         for s in &segments {
             [s.id, s.first, s.len()]
                 .iter()
                 .for_each(|&v| put_u64(&mut out, v));
         }
-        let live_items = self.graph.n_items()..live.n_items();
-        put_u64(&mut out, live_items.len() as u64);
-        for i in live_items {
-            let c = live.item_content(ItemId(i as u32)).unwrap_or(&[]);
-            put_u32(&mut out, c.len() as u32);
-            c.iter().for_each(|&x| put_u32(&mut out, x.to_bits()));
+        put_u64(&mut out, content.len() as u64);
+        for c in &content {
+            put_u64(&mut out, c.id);
+            put_u64(&mut out, c.records.len() as u64);
         }
         put_u64(&mut out, app_data.len() as u64);
         out.extend_from_slice(app_data);
@@ -882,6 +1005,7 @@ impl Refresher {
             user_times: Arc::clone(&self.user_times),
             stamp: self.stamp,
             segments,
+            content,
             memory_id,
             memory,
             _released: released,
@@ -951,32 +1075,52 @@ impl Refresher {
         let ((mut hidden, mut recent), memory_bytes) =
             read_memory(dir, meta.memory_id, meta.memory_at)?;
 
+        let live_items = graph.n_items()..meta.n_items;
+        if meta.n_items < graph.n_items() {
+            return Err(mismatch(format!(
+                "{} items saved, fewer than the graph's {}",
+                meta.n_items,
+                graph.n_items()
+            )));
+        }
+        // Live items' content: the files in order, later records overriding earlier ones.
+        let content_files = meta
+            .content
+            .iter()
+            .map(|&file| read_content(dir, file, meta.stamp, live_items.clone()))
+            .collect::<Result<Vec<_>>>()?;
+        // Each live item came with an event or with content: more is a crafted count.
+        let records: usize = content_files.iter().map(|f| f.records.len()).sum();
+        if live_items.len() > records + events.len() {
+            return Err(mismatch(format!(
+                "{} live items saved, with only {records} content records and {} events",
+                live_items.len(),
+                events.len()
+            )));
+        }
+        let mut content = ItemContent {
+            first: live_items.start,
+            content: vec![None; live_items.len()],
+        };
+        for f in &content_files {
+            for (item, v) in f.records.iter() {
+                content.content[*item as usize - live_items.start] = Some(Arc::clone(v));
+            }
+        }
         let mut training = Training::resume(&graph, &trainer, selection)?;
         let mut live = LiveModel::new(training.model()?, &graph, config, meta.trained_at)?;
         live.date_users(&user_times);
         match aggregator {
             Some(a) => live.set_aggregator(a)?,
-            None if meta.content.iter().any(Option::is_some) => {
+            None if content.content.iter().any(Option::is_some) => {
                 return Err(Error::Config {
                     message: format!(
                         "{} saved live items have content: pass the content aggregator the served model had",
-                        meta.content.iter().flatten().count()
+                        content.content.iter().flatten().count()
                     ),
                 });
             }
             None => {}
-        }
-        let content = ItemContent {
-            first: graph.n_items(),
-            content: meta.content,
-        };
-        if meta.n_items != content.end() {
-            return Err(mismatch(format!(
-                "{} items saved, but the graph has {} and {} live items follow",
-                meta.n_items,
-                content.first,
-                content.content.len()
-            )));
         }
         let content_of = |i: ItemId| content.get(i);
         for e in &events {
@@ -1026,6 +1170,11 @@ impl Refresher {
             encoded: None,
             written: Arc::new(AtomicBool::new(true)),
         });
+        saves.content = ContentLog {
+            stamp: meta.stamp,
+            files: content_files,
+            seen: live.content_changes().len(),
+        };
         let refresher = Refresher {
             training: Arc::new(training),
             graph: Arc::new(graph),
