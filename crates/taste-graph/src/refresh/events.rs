@@ -4,14 +4,14 @@
 //! Events are appended to an open tail; a full tail is sealed into an immutable block
 //! (`Arc<[Interaction]>`). A copy ([`Clone`], [`SharedEvents::suffix`]) shares the sealed
 //! blocks and copies only the tail; dropping a prefix ([`SharedEvents::replace_prefix`]) moves
-//! no events.
+//! no more than the tail either.
 
 use std::sync::Arc;
 
 use crate::interactions::Interaction;
 
 /// Events per sealed block: 4096 × 24 bytes = 96 KiB, the most a copy moves (below
-/// the allocator's default mmap threshold, so a copy faults in no fresh pages).
+/// glibc's default mmap threshold, so a copy comes from the heap, not a fresh mapping).
 const BLOCK: usize = 4096;
 
 /// A sequence of events: ranges of shared blocks, then an open tail.
