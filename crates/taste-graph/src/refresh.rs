@@ -53,6 +53,9 @@ use crate::training::Training;
 mod events;
 mod state;
 
+/// Users a save copies at most when it retakes the memory copy, by default.
+const DEFAULT_MEMORY_STEP: usize = 1 << 20;
+
 use events::SharedEvents;
 
 pub use state::{RefresherState, Restored};
@@ -77,6 +80,8 @@ pub struct Refresher {
     stamp: u64,
     /// What the next saves need besides the model: event segments and users' memory.
     saves: Mutex<state::SaveLog>,
+    /// Users a save copies at most when it retakes the memory copy.
+    memory_step: usize,
 }
 
 /// What [`Refresher::install`] did.
@@ -131,6 +136,7 @@ impl Refresher {
             generation: 0,
             stamp: state::fresh_stamp(),
             saves: Mutex::new(state::SaveLog::new()),
+            memory_step: DEFAULT_MEMORY_STEP,
         })
     }
 
@@ -171,6 +177,15 @@ impl Refresher {
     /// The trainer whose model the live model was built from.
     pub fn training(&self) -> &Training {
         &self.training
+    }
+
+    /// Sets how many users' hidden and recent items a save copies at most when it
+    /// retakes the memory copy ([`Refresher::save`]; default 1,048,576, at least one):
+    /// a bound on what a capture under the service's lock costs, the copy being taken
+    /// over as many saves as it needs while the previous one serves. The first copy is
+    /// taken whole.
+    pub fn set_memory_step(&mut self, users: usize) {
+        self.memory_step = users.max(1);
     }
 
     /// Installs so far (a job planned before the latest install is refused).

@@ -346,9 +346,41 @@ fn a_crash_after_a_save_recovers_every_acknowledged_event_from_the_journal() {
 /// then (not at every save), and every save restores the served model.
 #[test]
 fn saves_write_what_is_new_and_the_directory_stays_bounded() {
+    let ranges = saves_restore_the_served_model(None);
+    assert!(ranges.iter().all(|&n| n == 1), "{ranges:?}");
+}
+
+/// The same with the memory copy retaken 4 users per save: the copies are made of
+/// several user ranges taken at different saves, and every save still restores the
+/// served model.
+#[test]
+fn a_memory_copy_taken_over_several_saves_restores_the_served_model() {
+    let ranges = saves_restore_the_served_model(Some(4));
+    assert!(ranges.iter().any(|&n| n > 2), "{ranges:?}");
+}
+
+/// The user ranges of the memory copy file in `dir` (its header: magic, version, id,
+/// index, users, then the range count).
+fn memory_ranges(dir: &Path) -> u64 {
+    let name = files(dir)
+        .into_iter()
+        .find(|f| f.starts_with("memory-"))
+        .unwrap();
+    let b = std::fs::read(dir.join(name)).unwrap();
+    u64::from_le_bytes(b[36..44].try_into().unwrap())
+}
+
+/// 40 saves of [`saves_write_what_is_new_and_the_directory_stays_bounded`], the memory
+/// copy retaken `step` users per save (`None`: the default); returns the range counts
+/// of the memory copies the saves wrote.
+fn saves_restore_the_served_model(step: Option<usize>) -> Vec<u64> {
     let g = random_graph(30, 25, 160, 24);
     let (mut r, mut live) = serving(&g);
+    if let Some(step) = step {
+        r.set_memory_step(step);
+    }
     let dir = tempfile::tempdir().unwrap();
+    let mut ranges = Vec::new();
     let mut rng = common::Lcg(5);
     let kinds = [
         InteractionKind::Click,
@@ -389,6 +421,7 @@ fn saves_write_what_is_new_and_the_directory_stays_bounded() {
         assert_eq!(memory.len(), 1, "{names:?}");
         if memory_copies.last() != Some(memory[0]) {
             memory_copies.push(memory[0].clone());
+            ranges.push(memory_ranges(dir.path()));
         }
         let back = load(dir.path());
         assert_eq!(back.through_seq, save);
@@ -428,6 +461,7 @@ fn saves_write_what_is_new_and_the_directory_stays_bounded() {
         back.refresher.save(other.path(), &back.live, 100),
         Err(Error::Config { .. })
     ));
+    ranges
 }
 
 /// The content files in `dir`, with their sizes.

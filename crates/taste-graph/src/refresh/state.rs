@@ -14,18 +14,21 @@
 //!   needs them; in memory a segment shares the recorded events' blocks, so a capture or
 //!   a merge moves at most a block's tail and the write makes the file;
 //! - `memory-<id>.mem`: each user's hidden and recent items (what a training graph does
-//!   not hold) as of one point of the stream; taken again once the events after that
-//!   point take more bytes than the copy itself (so the copy costs O(1) amortised per
-//!   event); events an install folds out of the recorded events before a save reached
-//!   them are carried to the next save, so the events after the copy stay complete;
+//!   not hold), copied a range of users at a time, each range as of one point of the
+//!   stream (the events after it complete its users); taken again once the events after
+//!   the copy take more bytes than the copy itself (so the copy costs O(1) amortised per
+//!   event), [`Refresher::set_memory_step`] users per save (the first copy whole), the
+//!   previous copy serving until the new one is complete; events an install folds out
+//!   of the recorded events before a save reached them are carried to the next save, so
+//!   the events after the copy stay complete;
 //! - `content-<id>.cnt`: the content of items added live, one file per save that gives
 //!   or replaces some (those since the previous save; later files override earlier
 //!   ones), rewritten into one file with all of them after an install or when there
 //!   would be more than [`MAX_CONTENT_FILES`];
 //! - `REFRESHER`: which files are current, the install generation, the journal seq the
 //!   state covers, when the training interactions are dated, where the recorded events
-//!   and the memory copy start in the stream, and the application's bytes. Small; rewritten by every save (temp file, fsync, rename,
-//!   directory fsync).
+//!   and the memory copy start in the stream, and the application's bytes. Small;
+//!   rewritten by every save (temp file, fsync, rename, directory fsync).
 //!
 //! So a save writes the events since the previous save and a small meta file (plus, now
 //! and then, a model or a memory copy), not every user's state. A crash at any point
@@ -38,8 +41,9 @@
 //! user in user order (u32), the kept events (24 bytes each, the event log's encoding),
 //! the time each trained user's interactions are dated at (u64 each). Segment
 //! (`MOSRFEV1`): id, index of its first event in the stream, event count (u64 each), the
-//! events. Memory copy (`MOSRFMB1`): id, stream index it is taken at, users (u64 each);
-//! per user: hidden count (u32), hidden items (u32), recent count (u32), recent entries
+//! events. Memory copy (`MOSRFMB1`): id, stream index of its first range, users, range
+//! count (u64 each); per range its first user and stream index (u64 each, the first
+//! range at user 0, users increasing, indices non-decreasing); per user: hidden count (u32), hidden items (u32), recent count (u32), recent entries
 //! (item u32, weight f32, time u64). Content (`MOSRFCN1`): id, the model's stamp, record
 //! count (u64 each); per record: item (u32), width (u32), values (f32 each). Meta
 //! (`MOSRFSH2`): stamp, generation, seq,
@@ -57,7 +61,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use super::{ItemContent, Refresher, SharedEvents, add_items_up_to};
-use crate::checkpoint::{crc_trailer_holds, with_crc, write_atomic};
+use crate::checkpoint::{crc_trailer_holds, with_crc, write_atomic, write_atomic_parts};
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
@@ -81,7 +85,7 @@ const PREFIX: usize = 8 + 4;
 const META_HEADER: usize = PREFIX + 12 * 8;
 const GRAPH_HEADER: usize = PREFIX + 5 * 8;
 const SEGMENT_HEADER: usize = PREFIX + 3 * 8;
-const MEMORY_HEADER: usize = PREFIX + 3 * 8;
+const MEMORY_HEADER: usize = PREFIX + 4 * 8;
 const CONTENT_HEADER: usize = PREFIX + 3 * 8;
 /// More segments than this are merged into one by the next save.
 const MAX_SEGMENTS: usize = 16;
@@ -101,6 +105,8 @@ pub(super) struct SaveLog {
     /// reached them (they left the recorded events); the next capture seals them.
     carried: SharedEvents,
     memory: Option<MemoryCopy>,
+    /// The next memory copy, while it is taken a range of users per capture.
+    building: Option<MemoryBuild>,
     content: ContentLog,
 }
 
@@ -178,28 +184,86 @@ impl Segment {
     }
 }
 
-/// Users' hidden and recent items as of stream index `at`.
+/// A memory copy file's parts (head, users' records, crc), shared until written.
+type MemoryFile = Arc<Vec<Vec<u8>>>;
+
+/// Users' hidden and recent items, copied a range of users at a time: from stream index
+/// `at` (its first range's) on, the events after each user's range was copied complete
+/// it.
 #[derive(Debug)]
 struct MemoryCopy {
     id: u64,
     at: u64,
     /// Size of its file.
     bytes: u64,
-    /// The file's bytes until a write reports it on disk.
-    encoded: Option<Arc<Vec<u8>>>,
+    /// The file's parts until a write reports it on disk.
+    encoded: Option<MemoryFile>,
     written: Arc<AtomicBool>,
 }
 
-impl MemoryCopy {
-    /// A copy of `live`'s users' hidden and recent items, at stream index `at`.
-    fn take(live: &LiveModel, at: u64) -> Self {
-        let id = fresh_stamp();
-        let encoded = encode_memory(id, at, live);
+/// A memory copy being taken over several captures (at most `step` users each, so that
+/// no capture holds the caller's lock for O(users)).
+#[derive(Debug)]
+struct MemoryBuild {
+    id: u64,
+    /// Each range's first user and the stream index it was copied at (non-decreasing).
+    ranges: Vec<[u64; 2]>,
+    /// Each range's users, encoded.
+    parts: Vec<Vec<u8>>,
+    /// Users copied so far.
+    users: usize,
+}
+
+impl MemoryBuild {
+    fn new() -> Self {
+        MemoryBuild {
+            id: fresh_stamp(),
+            ranges: Vec::new(),
+            parts: Vec::new(),
+            users: 0,
+        }
+    }
+
+    /// The stream index the copy starts at (its first range's).
+    fn at(&self) -> Option<u64> {
+        self.ranges.first().map(|r| r[1])
+    }
+
+    /// Copies up to `step` more of `live`'s users, as of stream index `at`; whether every
+    /// user is now copied (users added later have nothing before their first event).
+    fn step(&mut self, live: &LiveModel, at: u64, step: usize) -> bool {
+        let to = live.n_users().min(self.users.saturating_add(step.max(1)));
+        if to > self.users || self.ranges.is_empty() {
+            self.ranges.push([self.users as u64, at]);
+            self.parts.push(encode_users(live, self.users..to));
+            self.users = to;
+        }
+        self.users >= live.n_users()
+    }
+
+    /// The finished copy: its file is a head (id, first index, users, the ranges), the
+    /// parts, and the crc32 of both.
+    fn finish(self) -> MemoryCopy {
+        let at = self.at().unwrap_or(0);
+        let header = [self.id, at, self.users as u64];
+        let mut head = start_file(MEMORY_MAGIC, &header, 8 + 16 * self.ranges.len());
+        put_u64(&mut head, self.ranges.len() as u64);
+        for r in &self.ranges {
+            put_u64(&mut head, r[0]);
+            put_u64(&mut head, r[1]);
+        }
+        let mut crc = crc32fast::Hasher::new();
+        crc.update(&head);
+        self.parts.iter().for_each(|p| crc.update(p));
+        let mut parts = Vec::with_capacity(self.parts.len() + 2);
+        parts.push(head);
+        parts.extend(self.parts);
+        parts.push(crc.finalize().to_le_bytes().to_vec());
         MemoryCopy {
-            id,
+            id: self.id,
             at,
-            bytes: encoded.len() as u64,
-            encoded: Some(Arc::new(encoded)),
+            bytes: parts.iter().map(|p| p.len() as u64).sum(),
+            encoded: Some(Arc::new(parts)),
             written: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -212,6 +276,7 @@ impl SaveLog {
             segments: Vec::new(),
             carried: SharedEvents::default(),
             memory: None,
+            building: None,
             content: ContentLog::default(),
         }
     }
@@ -238,12 +303,13 @@ impl SaveLog {
     /// memory copy, which would need them, is dropped (the capture takes a new one; its
     /// bytes, if still held, are returned to be freed outside the caller's lock) and the
     /// segments start again at `cut_at`.
-    fn seal(&mut self, cut_at: u64, recorded: &SharedEvents, kept: usize) -> Option<Arc<Vec<u8>>> {
+    fn seal(&mut self, cut_at: u64, recorded: &SharedEvents, kept: usize) -> Option<MemoryFile> {
         let mut released = None;
         if self.saved + (self.carried.len() as u64) < cut_at {
             self.segments.clear();
             self.carried = SharedEvents::default();
             released = self.memory.take().and_then(|m| m.encoded);
+            self.building = None;
             self.saved = cut_at;
         }
         let held = self.saved + self.carried.len() as u64;
@@ -269,13 +335,16 @@ impl SaveLog {
     fn trim(&mut self, from: u64) {
         self.segments.retain(|s| s.end() > from);
         if self.segments.len() > MAX_SEGMENTS {
-            let first = self.segments[0].first;
+            // The merged segment starts at `from`: the events before it are not needed
+            // (were they kept, a merge every 17 saves would carry them on for good).
+            let start = self.segments[0].first;
+            let first = start.max(from);
             let mut events = SharedEvents::default();
             self.segments.iter().for_each(|s| events.append(&s.events));
             self.segments = vec![Segment {
                 id: fresh_stamp(),
                 first,
-                events,
+                events: events.suffix((first - start) as usize),
             }];
         }
     }
@@ -312,9 +381,9 @@ pub struct RefresherState {
     content: Vec<ContentFile>,
     memory_id: u64,
     /// The memory copy's bytes, if no write has reported it on disk yet.
-    memory: Option<(Arc<Vec<u8>>, Arc<AtomicBool>)>,
+    memory: Option<(MemoryFile, Arc<AtomicBool>)>,
     /// Older copies' bytes the refresher let go of, freed when this state is dropped.
-    _released: Vec<Arc<Vec<u8>>>,
+    _released: Vec<MemoryFile>,
     meta: Vec<u8>,
 }
 
@@ -339,7 +408,8 @@ impl RefresherState {
         match &self.memory {
             Some((bytes, written)) => {
                 if !memory.exists() {
-                    write_atomic(&memory, bytes)?;
+                    let parts: Vec<&[u8]> = bytes.iter().map(Vec::as_slice).collect();
+                    write_atomic_parts(&memory, &parts)?;
                 }
                 written.store(true, Ordering::Release);
             }
@@ -742,15 +812,16 @@ fn read_content(
     })
 }
 
-/// Encodes every user's hidden and recent items as a memory copy file.
-fn encode_memory(id: u64, at: u64, live: &LiveModel) -> Vec<u8> {
+/// Encodes the hidden and recent items of `live`'s `users` (a memory copy's records).
+fn encode_users(live: &LiveModel, users: std::ops::Range<usize>) -> Vec<u8> {
     let (hidden, recent) = live.user_memory();
+    let (hidden, recent) = (&hidden[users.clone()], &recent[users]);
     let size: usize = hidden
         .iter()
         .zip(recent)
         .map(|(h, q)| 8 + 4 * h.len() + 16 * q.len())
         .sum();
-    let mut out = start_file(MEMORY_MAGIC, &[id, at, hidden.len() as u64], size);
+    let mut out = Vec::with_capacity(size);
     for (h, q) in hidden.iter().zip(recent) {
         put_u32(&mut out, h.len() as u32);
         h.iter().for_each(|&i| put_u32(&mut out, i));
@@ -761,14 +832,30 @@ fn encode_memory(id: u64, at: u64, live: &LiveModel) -> Vec<u8> {
             put_u64(&mut out, r.time);
         }
     }
-    with_crc(out)
+    out
 }
 
 /// Users' hidden and recent items.
 type Memory = (Vec<Vec<u32>>, Vec<VecDeque<Recent>>);
 
-/// The memory copy `id` taken at stream index `at`, and the size of its file.
-fn read_memory(dir: &Path, id: u64, at: u64) -> Result<(Memory, u64)> {
+/// A memory copy read back: users' hidden and recent items, each range's first user and
+/// stream index, and the size of its file.
+struct ReadMemory {
+    memory: Memory,
+    ranges: Vec<[u64; 2]>,
+    bytes: u64,
+}
+
+/// The stream index at which a memory copy with these `ranges` (first user, index; at
+/// least one) copied `user`: its events from there on come after the copy (users past
+/// the copy: the last range's).
+fn copied_at(ranges: &[[u64; 2]], user: UserId) -> u64 {
+    let k = ranges.partition_point(|r| r[0] <= user.0 as u64);
+    ranges.get(k.saturating_sub(1)).map_or(0, |r| r[1])
+}
+
+/// The memory copy `id` starting at stream index `at`, with no range past `observed`.
+fn read_memory(dir: &Path, id: u64, at: u64, observed: u64) -> Result<ReadMemory> {
     let path = dir.join(memory_name(id));
     let bytes = read_verified(&path, MEMORY_MAGIC, MEMORY_HEADER, "memory copy")?;
     let mut r = Cursor::after_prefix(&path, &bytes);
@@ -778,7 +865,27 @@ fn read_memory(dir: &Path, id: u64, at: u64) -> Result<(Memory, u64)> {
             "memory copy (id {file_id:x}, at {file_at}) is not the one the meta names (id {id:x}, at {at})"
         )));
     }
-    let n_users = r.count(8, "users")?;
+    let n_users = r.u64("users")?;
+    let n_ranges = r.count(16, "user ranges")?;
+    let mut ranges: Vec<[u64; 2]> = Vec::with_capacity(n_ranges);
+    for _ in 0..n_ranges {
+        let range = [r.u64("user ranges")?, r.u64("user ranges")?];
+        let follows = match ranges.last() {
+            None => range == [0, at],
+            Some(prev) => range[0] > prev[0] && range[0] < n_users && range[1] >= prev[1],
+        };
+        if !follows || range[1] > observed {
+            return Err(r.corrupt(format!(
+                "user range {range:?} does not follow {:?} (copy at {at} of {n_users} users, {observed} events observed)",
+                ranges.last()
+            )));
+        }
+        ranges.push(range);
+    }
+    if ranges.is_empty() {
+        return Err(r.corrupt("a memory copy with no user range"));
+    }
+    let n_users = r.fits(n_users, 8, "users")?;
     let mut hidden = Vec::with_capacity(n_users);
     let mut recent = Vec::with_capacity(n_users);
     for u in 0..n_users {
@@ -807,7 +914,11 @@ fn read_memory(dir: &Path, id: u64, at: u64) -> Result<(Memory, u64)> {
         recent.push(q);
     }
     r.end("the last user")?;
-    Ok(((hidden, recent), bytes.len() as u64 + 4))
+    Ok(ReadMemory {
+        memory: (hidden, recent),
+        ranges,
+        bytes: bytes.len() as u64 + 4,
+    })
 }
 
 /// What the meta file holds besides the files it names.
@@ -927,7 +1038,8 @@ impl Refresher {
     /// (see [`Refresher::save`]): shares the trainer, graph and events (segments sharing
     /// the recorded events' blocks) and encodes the meta file, O(blocks of events held +
     /// items added live since the install) plus at most a block's tail (4096 events)
-    /// copied, and O(users' hidden and recent items) when it takes a new memory copy.
+    /// copied, and, while it retakes the memory copy, the hidden and recent items of at
+    /// most [`Refresher::set_memory_step`] users (all of them for the first copy).
     pub fn state(&self, live: &LiveModel, through_seq: u64) -> Result<RefresherState> {
         self.state_with(live, through_seq, &[])
     }
@@ -945,26 +1057,56 @@ impl Refresher {
         let mut log = self.saves.lock().unwrap_or_else(PoisonError::into_inner);
         let dropped = log.seal(self.cut_at, &self.events, self.kept.len());
         let observed = log.saved;
-        // A new memory copy once the events since the last one outweigh it.
+        // The first memory copy is taken whole; the next one once the events since the
+        // last outweigh it, `memory_step` users per capture, the last copy serving until
+        // it is complete.
+        let mut replaced = None;
         let mut copy = match log.memory.take() {
-            Some(m) if (observed - m.at).saturating_mul(EVENT_LEN as u64) <= m.bytes => m,
-            _ => MemoryCopy::take(live, observed),
+            Some(m) => {
+                let due = (observed - m.at).saturating_mul(EVENT_LEN as u64) > m.bytes;
+                if due && log.building.is_none() {
+                    log.building = Some(MemoryBuild::new());
+                }
+                m
+            }
+            None => {
+                let mut b = MemoryBuild::new();
+                b.step(live, observed, usize::MAX);
+                b.finish()
+            }
         };
-        // A copy on disk is no longer held; its bytes (and a dropped copy's) are freed
-        // with the state, outside the caller's lock (megabytes at Gowalla's size).
+        if let Some(mut b) = log.building.take() {
+            if b.step(live, observed, self.memory_step) {
+                replaced = std::mem::replace(&mut copy, b.finish()).encoded;
+            } else {
+                log.building = Some(b);
+            }
+        }
+        // A copy on disk is no longer held; its bytes (and a dropped or replaced copy's)
+        // are freed with the state, outside the caller's lock (megabytes at Gowalla's
+        // size).
         let released = if copy.written.load(Ordering::Acquire) {
             copy.encoded.take()
         } else {
             None
         };
-        let released = [released, dropped].into_iter().flatten().collect();
+        let released = [released, dropped, replaced]
+            .into_iter()
+            .flatten()
+            .collect();
         let (memory_id, memory_at) = (copy.id, copy.at);
         let memory = copy
             .encoded
             .as_ref()
             .map(|e| (Arc::clone(e), Arc::clone(&copy.written)));
         log.memory = Some(copy);
-        log.trim(self.cut_at.min(memory_at));
+        // Events from the oldest of the install's cut, the copy and the copy being taken.
+        let building_at = log.building.as_ref().and_then(MemoryBuild::at);
+        let from = self
+            .cut_at
+            .min(memory_at)
+            .min(building_at.unwrap_or(u64::MAX));
+        log.trim(from);
         let segments = log.segments.clone();
         log.content.capture(self.stamp, self.graph.n_items(), live);
         let content = log.content.files.clone();
@@ -1072,8 +1214,11 @@ impl Refresher {
             .chain(&stream[(meta.cut_at - first) as usize..])
             .copied()
             .collect();
-        let ((mut hidden, mut recent), memory_bytes) =
-            read_memory(dir, meta.memory_id, meta.memory_at)?;
+        let ReadMemory {
+            memory: (mut hidden, mut recent),
+            ranges,
+            bytes: memory_bytes,
+        } = read_memory(dir, meta.memory_id, meta.memory_at, meta.observed)?;
 
         let live_items = graph.n_items()..meta.n_items;
         if meta.n_items < graph.n_items() {
@@ -1144,7 +1289,8 @@ impl Refresher {
                 meta.n_items
             )));
         }
-        // Users' memory: the copy (users added since have none), then the events after it.
+        // Users' memory: the copy (users added since have none), then the events after
+        // the copy of each user's range.
         if hidden.len() > meta.n_users {
             return Err(mismatch(format!(
                 "a memory copy of {} users for a model of {}",
@@ -1156,9 +1302,14 @@ impl Refresher {
         recent.resize_with(meta.n_users, VecDeque::new);
         live.set_user_memory(hidden, recent)
             .map_err(|err| mismatch(err.to_string()))?;
-        for e in &stream[(meta.memory_at - first) as usize..] {
-            live.remember_event(e)
-                .map_err(|err| mismatch(format!("an event after the memory copy: {err}")))?;
+        for (k, e) in stream[(meta.memory_at - first) as usize..]
+            .iter()
+            .enumerate()
+        {
+            if meta.memory_at + k as u64 >= copied_at(&ranges, e.user) {
+                live.remember_event(e)
+                    .map_err(|err| mismatch(format!("an event after the memory copy: {err}")))?;
+            }
         }
         let mut saves = SaveLog::new();
         saves.saved = meta.observed;
@@ -1185,6 +1336,7 @@ impl Refresher {
             generation: meta.generation,
             stamp: meta.stamp,
             saves: Mutex::new(saves),
+            memory_step: super::DEFAULT_MEMORY_STEP,
         };
         Ok(Some(Restored {
             refresher,
