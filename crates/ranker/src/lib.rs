@@ -21,6 +21,7 @@ pub mod eval;
 pub mod mmr;
 pub mod options;
 pub mod pipeline;
+mod popular;
 pub mod recommender;
 pub mod rescore;
 mod saved;

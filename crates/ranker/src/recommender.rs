@@ -15,6 +15,7 @@ use taste_graph::{
 use crate::error::{Error, Result};
 use crate::mmr::{Quotas, mmr, normalize_rows};
 use crate::options::RecommendOptions;
+use crate::popular::Popular;
 use crate::saved::{self, Prefix, PrefixScan, SavedIds};
 
 /// Where a recommendation came from.
@@ -90,35 +91,19 @@ impl ItemIds {
 struct State {
     live: LiveModel,
     items: ItemIds,
-    /// Dense item ids by decreasing engagement (refreshed every `POPULAR_REFRESH` events).
-    popular: Vec<u32>,
-    since_refresh: usize,
+    /// The most engaged items, in order (kept so by every event).
+    popular: Popular,
     /// Records every event for background refits, when attached.
     refresher: Option<Refresher>,
     /// Refits installed so far; a recommender serves one of them.
     generation: u64,
 }
 
-const POPULAR_POOL: usize = 4096;
 /// Ids compared per read lock when the first save finds the generation's prefix
 /// (512 KiB of ids).
 const PREFIX_CHUNK: usize = 65_536;
 /// Newest rows considered by the fresh source.
 const FRESH_POOL: usize = 2048;
-const POPULAR_REFRESH: usize = 4096;
-
-fn popular_order(counts: &[u32]) -> Vec<u32> {
-    let mut order: Vec<u32> = (0..counts.len() as u32).collect();
-    let pool = POPULAR_POOL.min(order.len());
-    if pool > 0 && pool < order.len() {
-        order.select_nth_unstable_by(pool - 1, |&a, &b| {
-            counts[b as usize].cmp(&counts[a as usize]).then(a.cmp(&b))
-        });
-        order.truncate(pool);
-    }
-    order.sort_by(|&a, &b| counts[b as usize].cmp(&counts[a as usize]).then(a.cmp(&b)));
-    order
-}
 
 fn no_refresher() -> Error {
     Error::config("no refresher is attached (Recommender::with_refresher)")
@@ -231,7 +216,7 @@ impl Recommender {
             )));
         }
         check_index(&snap, index.as_ref())?;
-        let popular = popular_order(live.item_counts());
+        let popular = Popular::from_counts(live.item_counts());
         Ok(Self {
             fresh: fresh_rows(&snap),
             snap,
@@ -241,7 +226,6 @@ impl Recommender {
                 live,
                 items: ItemIds::new(external)?,
                 popular,
-                since_refresh: 0,
                 refresher: None,
                 generation: 0,
             })),
@@ -333,8 +317,7 @@ impl Recommender {
             let r = st.refresher.as_mut().ok_or_else(no_refresher)?;
             let (installed, replaced) = r.install(refit, &mut st.live)?;
             st.generation += 1;
-            st.popular = popular_order(st.live.item_counts());
-            st.since_refresh = 0;
+            st.popular = Popular::from_counts(st.live.item_counts());
             (installed, replaced, st.generation)
         };
         // The previous model's tables are freed outside the lock.
@@ -511,11 +494,7 @@ impl Recommender {
             st.items.external.push(item);
             st.items.dense.insert(item, dense);
         }
-        st.since_refresh += 1;
-        if st.since_refresh >= POPULAR_REFRESH {
-            st.popular = popular_order(st.live.item_counts());
-            st.since_refresh = 0;
-        }
+        st.popular.bump(st.live.item_counts(), dense);
         Ok(())
     }
 
@@ -641,11 +620,11 @@ impl Recommender {
                 exclude.extend(st.live.seen(user).iter().map(ext));
             }
             let counts = st.live.item_counts();
-            let max_count = st.popular.first().map_or(0, |&i| counts[i as usize]);
+            let max_count = st.popular.ids().next().map_or(0, |i| counts[i as usize]);
             let popular: Vec<(u64, u32)> = if opts.sources.popular > 0.0 {
                 st.popular
-                    .iter()
-                    .map(|&i| (ext(&i), counts[i as usize]))
+                    .ids()
+                    .map(|i| (ext(&i), counts[i as usize]))
                     .collect()
             } else {
                 Vec::new()

@@ -1,0 +1,121 @@
+//! The popular source's pool: the most engaged items, kept in order as each event
+//! arrives instead of re-ranking every item now and then.
+//!
+//! The pool holds the [`POOL`] items with the most positive interactions (ties: the
+//! lower dense id first), in that order. Between installs an item's count only grows,
+//! by one per event, and new items start at zero, so one event moves one item: found
+//! by binary search and moved up, or let in at the bottom — O(log pool + moves) under
+//! the write lock, where a re-rank is O(items).
+
+use std::cmp::Reverse;
+
+/// Items the pool holds.
+pub(crate) const POOL: usize = 4096;
+
+/// An item's rank key: more interactions first, then the lower id.
+type Key = (Reverse<u32>, u32);
+
+/// The first [`POOL`] items by decreasing engagement, as their keys (count and id,
+/// kept together so that a search reads one contiguous block).
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Popular {
+    pool: Vec<Key>,
+}
+
+fn key(counts: &[u32], item: u32) -> Key {
+    (
+        Reverse(counts.get(item as usize).copied().unwrap_or(0)),
+        item,
+    )
+}
+
+impl Popular {
+    /// The pool ranked from `counts` (each item's positive interactions): O(items).
+    pub(crate) fn from_counts(counts: &[u32]) -> Self {
+        let mut pool: Vec<Key> = (0..counts.len() as u32).map(|i| key(counts, i)).collect();
+        let n = POOL.min(pool.len());
+        if n > 0 && n < pool.len() {
+            pool.select_nth_unstable(n - 1);
+            pool.truncate(n);
+        }
+        pool.sort_unstable();
+        Popular { pool }
+    }
+
+    /// The pool's dense item ids, most engaged first.
+    pub(crate) fn ids(&self) -> impl ExactSizeIterator<Item = u32> + '_ {
+        self.pool.iter().map(|k| k.1)
+    }
+
+    /// Takes one event on `item` into the pool: `counts` are the counts after it, in
+    /// which `item`'s grew by at most one since the previous call (or it is a new item
+    /// at zero) and no other count changed. O(log pool) plus a move of at most the pool.
+    pub(crate) fn bump(&mut self, counts: &[u32], item: u32) {
+        let now = key(counts, item);
+        if self.pool.binary_search(&now).is_ok() {
+            return; // in the pool, count unchanged
+        }
+        let before = (Reverse(now.0.0.saturating_sub(1)), item);
+        let from = match self.pool.binary_search(&before) {
+            Ok(p) => p,
+            Err(_) if self.pool.len() < POOL => {
+                let q = self.pool.partition_point(|k| *k < now);
+                self.pool.insert(q, now);
+                return;
+            }
+            Err(_) => match self.pool.last() {
+                Some(last) if now < *last => self.pool.len() - 1,
+                _ => return,
+            },
+        };
+        // The item moves up from `from` to its place among those ahead of it.
+        self.pool[from] = now;
+        let to = self.pool[..from].partition_point(|k| *k < now);
+        self.pool[to..=from].rotate_right(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Events on random items (a few hot ones, new items now and then) keep the pool
+    /// equal to a re-rank of every item, across pools smaller and larger than [`POOL`].
+    #[test]
+    fn bumps_match_a_full_rerank() {
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n.max(1)
+        };
+        for start in [10usize, POOL - 3, POOL + 500] {
+            let mut counts: Vec<u32> = (0..start).map(|_| next(5) as u32).collect();
+            let mut pool = Popular::from_counts(&counts);
+            for step in 0..20_000 {
+                let item = match next(100) {
+                    0 => {
+                        counts.push(0);
+                        counts.len() as u32 - 1
+                    }
+                    1..=40 => next(8) as u32,
+                    _ => next(counts.len() as u64) as u32,
+                };
+                // Some events leave the count as it was (a hide, a repeat).
+                if next(4) != 0 {
+                    counts[item as usize] += 1;
+                }
+                pool.bump(&counts, item);
+                if step % 997 == 0 || step == 19_999 {
+                    assert_eq!(
+                        pool,
+                        Popular::from_counts(&counts),
+                        "start {start}, step {step}"
+                    );
+                }
+            }
+            assert_eq!(pool.ids().len(), POOL.min(counts.len()));
+        }
+    }
+}
