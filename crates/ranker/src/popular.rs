@@ -47,6 +47,24 @@ impl Popular {
         self.pool.iter().map(|k| k.1)
     }
 
+    /// The pool after counts changed by growing only: `counts` now, and every item whose
+    /// count grew (or that is new) among `changed`. The top of the pool and the changed
+    /// items hold the new top (the others fell no lower and rose no higher), so only they
+    /// are ranked: O((pool + changed) log).
+    pub(crate) fn repair(&self, counts: &[u32], changed: impl Iterator<Item = u32>) -> Self {
+        let mut ids: Vec<u32> = self.ids().chain(changed).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut pool: Vec<Key> = ids.into_iter().map(|i| key(counts, i)).collect();
+        let n = POOL.min(pool.len());
+        if n > 0 && n < pool.len() {
+            pool.select_nth_unstable(n - 1);
+            pool.truncate(n);
+        }
+        pool.sort_unstable();
+        Popular { pool }
+    }
+
     /// Takes one event on `item` into the pool: `counts` are the counts after it, in
     /// which `item`'s grew by at most one since the previous call (or it is a new item
     /// at zero) and no other count changed. O(log pool) plus a move of at most the pool.
@@ -116,6 +134,34 @@ mod tests {
                 }
             }
             assert_eq!(pool.ids().len(), POOL.min(counts.len()));
+        }
+    }
+
+    /// A pool ranked earlier, repaired with the items whose counts grew since (by any
+    /// amount) and the new items, equals a full re-rank.
+    #[test]
+    fn a_repair_matches_a_full_rerank() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state % n.max(1)
+        };
+        for start in [10usize, POOL - 3, 3 * POOL] {
+            let mut counts: Vec<u32> = (0..start).map(|_| next(6) as u32).collect();
+            let pool = Popular::from_counts(&counts);
+            let mut changed = Vec::new();
+            for _ in 0..300 {
+                let item = next(counts.len() as u64) as usize;
+                counts[item] += 1 + next(3) as u32;
+                changed.push(item as u32);
+            }
+            let before = counts.len() as u32;
+            counts.extend((0..20).map(|_| next(4) as u32));
+            let added = before..counts.len() as u32;
+            let repaired = pool.repair(&counts, changed.into_iter().chain(added));
+            assert_eq!(repaired, Popular::from_counts(&counts), "start {start}");
         }
     }
 }

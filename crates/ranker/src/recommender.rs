@@ -311,13 +311,21 @@ impl Recommender {
             r.catch_up(&refit, &st.live)?
         };
         let refit = refit.catch_up(copy)?;
+        // The new model's popular pool, ranked outside the lock (O(items)); the install
+        // only grows the counts of the items its replayed events touch, and adds items.
+        let popular = Popular::from_counts(refit.live().item_counts());
+        let ranked_items = refit.live().n_items() as u32;
         let (installed, replaced, serves) = {
             let mut st = self.write();
             let st = &mut *st;
             let r = st.refresher.as_mut().ok_or_else(no_refresher)?;
             let (installed, replaced) = r.install(refit, &mut st.live)?;
             st.generation += 1;
-            st.popular = Popular::from_counts(st.live.item_counts());
+            let replayed = r.pending().skip(r.pending_len() - installed.replayed);
+            let touched = replayed.map(|e| e.item.0);
+            let added = ranked_items..st.live.n_items() as u32;
+            st.popular = popular.repair(st.live.item_counts(), touched.chain(added));
+            debug_assert_eq!(st.popular, Popular::from_counts(st.live.item_counts()));
             (installed, replaced, st.generation)
         };
         // The previous model's tables are freed outside the lock.

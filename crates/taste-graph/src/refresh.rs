@@ -94,7 +94,8 @@ pub struct Installed {
     /// decide their pairs: replayed by the job and kept in the record for the next refit.
     pub kept: usize,
     /// Events recorded after the plan (or after the last [`Refit::catch_up`]), replayed
-    /// into the new model during the install.
+    /// into the new model during the install: the last `replayed` of
+    /// [`Refresher::pending`] right after it.
     pub replayed: usize,
     /// Events recorded after the plan that [`Refit::catch_up`] replayed before the
     /// install.

@@ -234,6 +234,13 @@ fn a_refit_caught_up_outside_the_lock_installs_the_same_model() {
     assert_eq!((done.caught_up, done.replayed), (4, 0));
     let (plain_done, _) = plain_r.install(plain, &mut plain_live).unwrap();
     assert_eq!((plain_done.caught_up, plain_done.replayed), (0, 4));
+    // The events an install replayed are the last `replayed` pending ones (the ranker
+    // repairs its popular pool from their items).
+    let p = pending(&plain_r);
+    assert_eq!(
+        &p[p.len() - plain_done.replayed..],
+        [first, second].concat()
+    );
     assert_eq!(live.users(), plain_live.users());
     assert_eq!(live.items(), plain_live.items());
     assert_eq!(live.item_content(ItemId(ni)), Some(&content[..]));
