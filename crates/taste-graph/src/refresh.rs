@@ -247,7 +247,8 @@ impl Refresher {
     /// Takes what `refit` has not replayed yet — the events recorded since its plan (or
     /// its last catch-up) and the content of the items `live` added since — for
     /// [`Refit::catch_up`] to replay outside the service's lock. Shared as
-    /// [`Refresher::plan`] shares them: O(blocks of events + items added since); refused for a refit planned before the latest install ([`Error::Stale`]).
+    /// [`Refresher::plan`] shares them: O(blocks of events + items added since); refused
+    /// for a refit planned before the latest install ([`Error::Stale`]).
     pub fn catch_up(&self, refit: &Refit, live: &LiveModel) -> Result<CatchUp> {
         self.check_refit(refit)?;
         Ok(CatchUp {

@@ -2,9 +2,9 @@
 //! an install costs O(blocks) under the service's lock instead of O(events).
 //!
 //! Events are appended to an open tail; a full tail is sealed into an immutable block
-//! (`Arc<[Interaction]>`). A copy ([`Clone`], [`SharedEvents::suffix`]) shares the sealed
-//! blocks and copies only the tail; dropping a prefix ([`SharedEvents::replace_prefix`]) moves
-//! no more than the tail either.
+//! (`Arc<[Interaction]>`). A copy ([`Clone`], [`SharedEvents::suffix`]) shares the
+//! sealed blocks and copies only the tail; dropping a prefix
+//! ([`SharedEvents::replace_prefix`]) moves no more than the tail either.
 
 use std::sync::Arc;
 

@@ -43,16 +43,16 @@
 //! (`MOSRFEV1`): id, index of its first event in the stream, event count (u64 each), the
 //! events. Memory copy (`MOSRFMB1`): id, stream index of its first range, users, range
 //! count (u64 each); per range its first user and stream index (u64 each, the first
-//! range at user 0, users increasing, indices non-decreasing); per user: hidden count (u32), hidden items (u32), recent count (u32), recent entries
-//! (item u32, weight f32, time u64). Content (`MOSRFCN1`): id, the model's stamp, record
-//! count (u64 each); per record: item (u32), width (u32), values (f32 each). Meta
-//! (`MOSRFSH2`): stamp, generation, seq,
-//! trained-at time, the live model's users and items, kept events, stream index of the
-//! first recorded event after the kept ones, events observed, memory copy id and index,
-//! segment count (u64 each); per segment id, first index, count (u64 each); content file
-//! count (u64), per file id and record count (u64 each); the application's bytes
-//! (length u64, then the bytes). Format version 3 (version 2 kept live items' content
-//! in the meta file; its states are refused, as any other version).
+//! range at user 0, users increasing, indices non-decreasing); per user: hidden count
+//! (u32), hidden items (u32), recent count (u32), recent entries (item u32, weight f32,
+//! time u64). Content (`MOSRFCN1`): id, the model's stamp, record count (u64 each); per
+//! record: item (u32), width (u32), values (f32 each). Meta (`MOSRFSH2`): stamp,
+//! generation, seq, trained-at time, the live model's users and items, kept events,
+//! stream index of the first recorded event after the kept ones, events observed, memory
+//! copy id and index, segment count (u64 each); per segment id, first index, count (u64
+//! each); content file count (u64), per file id and record count (u64 each); the
+//! application's bytes (length u64, then the bytes). Format version 3 (version 2 kept
+//! live items' content in the meta file; its states are refused, as any other version).
 
 use std::collections::VecDeque;
 use std::fs;
@@ -368,8 +368,8 @@ pub struct Restored {
 
 /// A refresher's state captured for writing ([`Refresher::state`]): the current model's
 /// trainer, graph and kept events, the event segments, content files and memory copy the
-/// meta names (all shared, not copied) and the encoded meta file. Capture it under the service's
-/// lock, write it outside.
+/// meta names (all shared, not copied) and the encoded meta file. Capture it under the
+/// service's lock, write it outside.
 #[derive(Debug, Clone)]
 pub struct RefresherState {
     training: Arc<Training>,
@@ -389,8 +389,8 @@ pub struct RefresherState {
 
 impl RefresherState {
     /// Writes the state to `dir`: the model's files, the memory copy, each event segment
-    /// and each content file unless an earlier write left them there, then the meta file, each
-    /// atomically; then removes the files the meta does not name. A crash at any point
+    /// and each content file unless an earlier write left them there, then the meta file,
+    /// each atomically; then removes the files the meta does not name. A crash at any point
     /// leaves the previous write whole. One writer per directory at a time, writing
     /// states in the order they were captured.
     pub fn write(&self, dir: impl AsRef<Path>) -> Result<()> {
