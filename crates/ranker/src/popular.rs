@@ -32,14 +32,18 @@ fn key(counts: &[u32], item: u32) -> Key {
 impl Popular {
     /// The pool ranked from `counts` (each item's positive interactions): O(items).
     pub(crate) fn from_counts(counts: &[u32]) -> Self {
-        let mut pool: Vec<Key> = (0..counts.len() as u32).map(|i| key(counts, i)).collect();
-        let n = POOL.min(pool.len());
-        if n > 0 && n < pool.len() {
-            pool.select_nth_unstable(n - 1);
-            pool.truncate(n);
+        Self::top_of((0..counts.len() as u32).map(|i| key(counts, i)).collect())
+    }
+
+    /// The first [`POOL`] of `keys`, in order.
+    fn top_of(mut keys: Vec<Key>) -> Self {
+        let n = POOL.min(keys.len());
+        if n > 0 && n < keys.len() {
+            keys.select_nth_unstable(n - 1);
+            keys.truncate(n);
         }
-        pool.sort_unstable();
-        Popular { pool }
+        keys.sort_unstable();
+        Popular { pool: keys }
     }
 
     /// The pool's dense item ids, most engaged first.
@@ -55,14 +59,7 @@ impl Popular {
         let mut ids: Vec<u32> = self.ids().chain(changed).collect();
         ids.sort_unstable();
         ids.dedup();
-        let mut pool: Vec<Key> = ids.into_iter().map(|i| key(counts, i)).collect();
-        let n = POOL.min(pool.len());
-        if n > 0 && n < pool.len() {
-            pool.select_nth_unstable(n - 1);
-            pool.truncate(n);
-        }
-        pool.sort_unstable();
-        Popular { pool }
+        Self::top_of(ids.into_iter().map(|i| key(counts, i)).collect())
     }
 
     /// Takes one event on `item` into the pool: `counts` are the counts after it, in
@@ -97,17 +94,21 @@ impl Popular {
 mod tests {
     use super::*;
 
-    /// Events on random items (a few hot ones, new items now and then) keep the pool
-    /// equal to a re-rank of every item, across pools smaller and larger than [`POOL`].
-    #[test]
-    fn bumps_match_a_full_rerank() {
-        let mut state = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = |n: u64| {
+    /// A seeded xorshift64 draw below `n`.
+    fn draws(mut state: u64) -> impl FnMut(u64) -> u64 {
+        move |n| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             state % n.max(1)
-        };
+        }
+    }
+
+    /// Events on random items (a few hot ones, new items now and then) keep the pool
+    /// equal to a re-rank of every item, across pools smaller and larger than [`POOL`].
+    #[test]
+    fn bumps_match_a_full_rerank() {
+        let mut next = draws(0x2545_f491_4f6c_dd1d);
         for start in [10usize, POOL - 3, POOL + 500] {
             let mut counts: Vec<u32> = (0..start).map(|_| next(5) as u32).collect();
             let mut pool = Popular::from_counts(&counts);
@@ -141,13 +142,7 @@ mod tests {
     /// amount) and the new items, equals a full re-rank.
     #[test]
     fn a_repair_matches_a_full_rerank() {
-        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n.max(1)
-        };
+        let mut next = draws(0x9e37_79b9_7f4a_7c15);
         for start in [10usize, POOL - 3, 3 * POOL] {
             let mut counts: Vec<u32> = (0..start).map(|_| next(6) as u32).collect();
             let pool = Popular::from_counts(&counts);
