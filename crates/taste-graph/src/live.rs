@@ -864,8 +864,7 @@ impl LiveModel {
 
     /// The content of a live-added item, if it was given.
     pub fn item_content(&self, item: ItemId) -> Option<&[f32]> {
-        let j = item.index().checked_sub(self.n_trained_items)?;
-        self.new_item_content.get(j)?.as_deref()
+        self.shared_item_content(item).map(|c| &**c)
     }
 
     /// Adds the next item (id [`LiveModel::n_items`]) with its content features and
@@ -918,10 +917,10 @@ impl LiveModel {
         &self.content_changes
     }
 
-    /// A live-added item's content as shared (a copy of the pointer, not the features).
-    pub(crate) fn shared_item_content(&self, item: ItemId) -> Option<Arc<[f32]>> {
+    /// A live-added item's content as shared (clone the pointer, not the features).
+    pub(crate) fn shared_item_content(&self, item: ItemId) -> Option<&Arc<[f32]>> {
         let j = item.index().checked_sub(self.n_trained_items)?;
-        self.new_item_content.get(j)?.clone()
+        self.new_item_content.get(j)?.as_ref()
     }
 
     /// Appends the next item as a live item, with `content` if it has some (which

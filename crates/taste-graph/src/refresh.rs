@@ -294,10 +294,12 @@ impl Refresher {
         let after = self.events.len() - refit.replayed;
         for e in self.events.iter_from(refit.replayed) {
             let up_to = (e.item.index() + 1).min(live.n_items());
-            add_items_up_to(&mut new, up_to, |i| live.shared_item_content(i))?;
+            add_items_up_to(&mut new, up_to, |i| live.shared_item_content(i).cloned())?;
             new.observe(e.user, e.item, e.kind, e.timestamp)?;
         }
-        add_items_up_to(&mut new, live.n_items(), |i| live.shared_item_content(i))?;
+        add_items_up_to(&mut new, live.n_items(), |i| {
+            live.shared_item_content(i).cloned()
+        })?;
         if new.n_users() != live.n_users() || new.n_items() != live.n_items() {
             return Err(Error::Graph {
                 message: format!(
@@ -311,8 +313,12 @@ impl Refresher {
         }
         for i in new.n_trained_items()..new.n_items() {
             let id = ItemId(i as u32);
-            if let Some(c) = live.item_content(id)
-                && new.item_content(id) != Some(c)
+            // Mostly the same shared features (the refit took them from this model):
+            // compared by pointer first, by value only when they are not.
+            if let Some(c) = live.shared_item_content(id)
+                && !new
+                    .shared_item_content(id)
+                    .is_some_and(|n| Arc::ptr_eq(n, c) || n == c)
             {
                 new.set_item_content(id, c)?;
             }
@@ -361,7 +367,7 @@ impl ItemContent {
     /// `live`'s items from `first` on (pointers copied, not features).
     fn of(live: &LiveModel, first: usize) -> Self {
         let content = (first..live.n_items())
-            .map(|i| live.shared_item_content(ItemId(i as u32)))
+            .map(|i| live.shared_item_content(ItemId(i as u32)).cloned())
             .collect();
         ItemContent { first, content }
     }

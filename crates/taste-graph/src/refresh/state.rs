@@ -152,7 +152,10 @@ impl ContentLog {
         self.seen = changes.len();
         let records: Arc<[(u32, Arc<[f32]>)]> = items
             .into_iter()
-            .filter_map(|i| live.shared_item_content(ItemId(i)).map(|c| (i, c)))
+            .filter_map(|i| {
+                live.shared_item_content(ItemId(i))
+                    .map(|c| (i, Arc::clone(c)))
+            })
             .collect();
         if !records.is_empty() {
             self.files.push(ContentFile {
