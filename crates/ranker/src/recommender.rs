@@ -321,7 +321,7 @@ impl Recommender {
             let r = st.refresher.as_mut().ok_or_else(no_refresher)?;
             let (installed, replaced) = r.install(refit, &mut st.live)?;
             st.generation += 1;
-            let replayed = r.pending().skip(r.pending_len() - installed.replayed);
+            let replayed = r.pending_from(r.pending_len().saturating_sub(installed.replayed));
             let touched = replayed.map(|e| e.item.0);
             let added = ranked_items..st.live.n_items() as u32;
             st.popular = popular.repair(st.live.item_counts(), touched.chain(added));

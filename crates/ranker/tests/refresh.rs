@@ -15,16 +15,19 @@ use taste_graph::{
 
 const BASE: u64 = 10_000;
 
-fn catalogue() -> Catalogue {
-    Catalogue::generate(CatalogueSpec {
+fn spec() -> CatalogueSpec {
+    CatalogueSpec {
         styles: 6,
         items_per_style: 60,
         users: 120,
         events_per_user: 16,
         dim: 16,
         seed: 5,
-    })
-    .unwrap()
+    }
+}
+
+fn catalogue() -> Catalogue {
+    Catalogue::generate(spec()).unwrap()
 }
 
 fn options(refits: bool) -> PipelineOptions {
@@ -42,7 +45,10 @@ fn options(refits: bool) -> PipelineOptions {
 }
 
 fn setup() -> (Catalogue, BipartiteGraph, Arc<Store>, Recommender) {
-    let cat = catalogue();
+    setup_with(catalogue())
+}
+
+fn setup_with(cat: Catalogue) -> (Catalogue, BipartiteGraph, Arc<Store>, Recommender) {
     let (graph, _) = cat.split(0.75).unwrap();
     let store = Store::open(Arc::new(RamDirectory::new())).unwrap();
     let ids: Vec<u64> = (0..cat.n_items() as u64).map(|i| BASE + i).collect();
@@ -162,6 +168,78 @@ fn a_refit_is_served_by_the_refreshed_recommender_and_the_old_one_retires() {
         fresh.recommend(UserId(5), &opts),
         Err(Error::Retired { serves: 1, .. })
     ));
+}
+
+#[test]
+fn events_recorded_while_refits_install_are_all_served() {
+    // A recorder hammers the shared taste graph while refits are planned, trained and
+    // installed: events landing between an install's catch-up and its write lock are
+    // replayed under the lock (and the popular pool repaired for their items, which
+    // `refreshed` checks against a full re-ranking in debug builds: more items than
+    // the pool holds, so that a missed repair shows); none is lost.
+    let cat = Catalogue::generate(CatalogueSpec {
+        items_per_style: 700,
+        ..spec()
+    })
+    .unwrap();
+    let (_, _, store, rec) = setup_with(cat);
+    let rec = Arc::new(rec);
+    let t0 = rec.with_live(|l| l.latest_time());
+    let n_items = rec.with_live(|l| l.n_items()) as u64;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let recorder = {
+        let (rec, stop) = (Arc::clone(&rec), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut recorded = Vec::new();
+            let mut k = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (user, item) = ((k % 120) as u32, BASE + (k * 7_919) % n_items);
+                rec.record(UserId(user), item, InteractionKind::Click, t0 + 1 + k)
+                    .unwrap();
+                recorded.push((user, item));
+                k += 1;
+                if k.is_multiple_of(64) {
+                    // At most ~64k events a second: the record stays small.
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
+            recorded
+        })
+    };
+    let mut current: Option<Recommender> = None;
+    let mut replayed = 0;
+    let mut installs = 0;
+    // At least 12 installs, and on until one of them replayed an event under the lock.
+    while installs < 12 || (replayed == 0 && installs < 400) {
+        let n = installs;
+        installs += 1;
+        let from = current.as_ref().unwrap_or(&rec);
+        let refit = from.plan_refit(1).unwrap().run(|_| {}).unwrap();
+        let name = format!("race-{n}");
+        let (fresh, installed) =
+            refreshed(from, refit, &name, None, &store, &options(true)).unwrap();
+        replayed += installed.replayed;
+        current = Some(fresh);
+    }
+    let current = current.unwrap();
+    assert!(replayed > 0, "no event landed inside {installs} installs");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let recorded = recorder.join().unwrap();
+    assert!(!recorded.is_empty());
+    current.with_live(|l| {
+        for &(user, item) in &recorded {
+            let dense = current.dense_id(item).unwrap();
+            assert!(
+                l.seen(UserId(user)).contains(&dense.0),
+                "user {user}'s click on {item} was lost ({} recorded)",
+                recorded.len()
+            );
+        }
+    });
+    println!(
+        "{} events recorded over {installs} installs, {replayed} of them replayed under the write lock",
+        recorded.len()
+    );
 }
 
 #[test]

@@ -165,6 +165,12 @@ impl Refresher {
         self.events.iter()
     }
 
+    /// The pending events from position `from` on (the last `pending_len() - from`),
+    /// reached by skipping whole blocks rather than walking the events before them.
+    pub fn pending_from(&self, from: usize) -> impl Iterator<Item = &Interaction> {
+        self.events.iter_from(from)
+    }
+
     /// How many events [`Refresher::pending`] yields.
     pub fn pending_len(&self) -> usize {
         self.events.len()

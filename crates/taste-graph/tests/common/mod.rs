@@ -80,5 +80,16 @@ pub fn first_non_edge(g: &BipartiteGraph, u: u32) -> u32 {
 pub fn pending(r: &Refresher) -> Vec<Interaction> {
     let out: Vec<Interaction> = r.pending().copied().collect();
     assert_eq!(out.len(), r.pending_len());
+    // Every suffix reached by skipping blocks is the same as the one walked to.
+    for from in [
+        0,
+        out.len() / 3,
+        out.len() / 2,
+        out.len().saturating_sub(1),
+        out.len(),
+    ] {
+        let tail: Vec<Interaction> = r.pending_from(from).copied().collect();
+        assert_eq!(tail, out[from..], "pending_from({from}) of {}", out.len());
+    }
     out
 }
