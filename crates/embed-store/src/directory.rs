@@ -4,13 +4,18 @@
 //!
 //! Files are written whole and atomically (`atomic_write`: temp file, fsync, rename,
 //! fsync of the directory), never modified afterwards, and read as shared byte slices.
+//! Each write has a temp file of its own (`.{name}.{pid}-{seq}.tmp`), locked while it is
+//! written, so concurrent writers of one name never share one and garbage collection
+//! ([`Directory::remove_abandoned_temps`]) only removes those whose writer is gone.
 
 use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use memmap2::Mmap;
 
@@ -73,6 +78,12 @@ pub trait Directory: Send + Sync + fmt::Debug {
     fn list(&self) -> Result<Vec<String>>;
     /// Take the exclusive lock `name`, or fail with [`Error::Locked`] at once.
     fn try_lock(&self, name: &str) -> Result<Box<dyn LockGuard>>;
+    /// Remove the temporary files of [`Directory::atomic_write`]s whose writer is gone
+    /// (died mid-write); never one that a live writer, of any process, is still writing.
+    /// Returns the names removed.
+    fn remove_abandoned_temps(&self) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
     /// A path to show in messages.
     fn describe(&self) -> PathBuf;
 }
@@ -103,6 +114,20 @@ impl MmapDirectory {
     }
 }
 
+/// Suffix of the temporary files of [`Directory::atomic_write`].
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// A temp file younger than this is never removed, even unlocked: its writer may be
+/// between creating and locking it.
+const TEMP_GRACE: Duration = Duration::from_secs(600);
+
+/// A temp name no other write of this or another live process uses at the same time.
+fn temp_name(name: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!(".{name}.{}-{seq}{TEMP_SUFFIX}", std::process::id())
+}
+
 struct MmapBytes(Mmap);
 
 impl AsRef<[u8]> for MmapBytes {
@@ -120,6 +145,11 @@ impl LockGuard for FileLock {}
 impl Directory for MmapDirectory {
     fn open_read(&self, name: &str) -> Result<FileBytes> {
         let path = self.root.join(name);
+        // a FIFO or device would block or never end: only regular files are read
+        let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
+        if !meta.is_file() {
+            return Err(Error::corrupt(name, "is not a regular file"));
+        }
         let file = File::open(&path).map_err(|e| Error::io(&path, e))?;
         let len = file.metadata().map_err(|e| Error::io(&path, e))?.len();
         if len == 0 {
@@ -131,18 +161,28 @@ impl Directory for MmapDirectory {
     }
 
     fn atomic_write(&self, name: &str, data: &[u8]) -> Result<()> {
-        let tmp = self.root.join(format!(".{name}.tmp"));
+        let tmp = self.root.join(temp_name(name));
         let path = self.root.join(name);
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&tmp)
-            .map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(data).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
+        let write = || -> std::io::Result<File> {
+            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
+            // held until the rename: garbage collection skips a locked temp file
+            f.lock()?;
+            f.write_all(data)?;
+            f.sync_all()?;
+            Ok(f)
+        };
+        let f = match write() {
+            Ok(f) => f,
+            Err(e) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(Error::io(&tmp, e));
+            }
+        };
+        if let Err(e) = std::fs::rename(&tmp, &path) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(Error::io(&path, e));
+        }
         drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
         self.sync_dir()
     }
 
@@ -187,6 +227,35 @@ impl Directory for MmapDirectory {
             }),
             Err(std::fs::TryLockError::Error(e)) => Err(Error::io(&path, e)),
         }
+    }
+
+    fn remove_abandoned_temps(&self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for name in self.list()? {
+            if !(name.starts_with('.') && name.ends_with(TEMP_SUFFIX)) {
+                continue;
+            }
+            let path = self.root.join(&name);
+            let Ok(file) = File::open(&path) else {
+                continue; // renamed or removed meanwhile
+            };
+            let young = file
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| SystemTime::now().duration_since(t).ok())
+                .is_none_or(|age| age < TEMP_GRACE);
+            // a live writer holds the lock until its rename
+            if young || file.try_lock().is_err() {
+                continue;
+            }
+            match std::fs::remove_file(&path) {
+                Ok(()) => removed.push(name),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&path, e)),
+            }
+        }
+        Ok(removed)
     }
 
     fn describe(&self) -> PathBuf {

@@ -123,7 +123,7 @@ pub fn hnsw_index(bytes: &[u8]) -> Result<()> {
     let snap = index_snapshot()?;
     let dir = RamDirectory::new();
     dir.atomic_write(
-        &Hnsw::file_name(snap.generation(), snap.opstamp(), Metric::L2),
+        &Hnsw::file_name(snap.generation(), snap.version(), Metric::L2),
         bytes,
     )?;
     let Some(h) = Hnsw::load(&dir, snap, Metric::L2)? else {

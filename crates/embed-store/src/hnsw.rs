@@ -283,6 +283,8 @@ struct IndexHeader {
     format: String,
     version: u32,
     generation: String,
+    /// The generation's content version (the field kept its first name: indexes saved
+    /// before versions existed hold the opstamp, which legacy manifests read as version).
     opstamp: u64,
     metric: Metric,
     dim: usize,
@@ -319,7 +321,7 @@ pub struct Hnsw {
     upper_start: Block<u32>,
     entry: u32,
     max_level: usize,
-    /// The snapshot the graph was built from (generation, opstamp).
+    /// The snapshot the graph was built from (generation, content version).
     built_from: (String, u64),
     /// That snapshot's segment names, in order (`rows` index into them).
     segments: Vec<String>,
@@ -389,7 +391,7 @@ impl Hnsw {
             upper_start: upper_start.into(),
             entry: 0,
             max_level: 0,
-            built_from: (snap.generation().to_string(), snap.opstamp()),
+            built_from: (snap.generation().to_string(), snap.version()),
             segments: segment_names(snap),
         };
         h.insert_nodes(0, params.ef_construction);
@@ -458,14 +460,14 @@ impl Hnsw {
     /// then quantise).
     pub fn update(&self, newer: &Snapshot, ef_construction: usize, seed: u64) -> Result<Self> {
         let err = |message: String| Err(Error::Query { message });
-        if newer.generation() != self.built_from.0 || newer.opstamp() < self.built_from.1 {
+        if newer.generation() != self.built_from.0 || newer.version() < self.built_from.1 {
             return err(format!(
-                "the index is of generation {:?} at commit {}, the snapshot {:?} at commit {}: \
-                 an index is updated to a later commit of its own generation",
+                "the index is of generation {:?} at version {}, the snapshot {:?} at version \
+                 {}: an index is updated to a later version of its own generation",
                 self.built_from.0,
                 self.built_from.1,
                 newer.generation(),
-                newer.opstamp()
+                newer.version()
             ));
         }
         if self.int8.is_some() {
@@ -482,9 +484,9 @@ impl Hnsw {
                 Some(p) => remap.push(p as u32),
                 None => {
                     return err(format!(
-                        "segment {name} of the indexed commit is gone from commit {} \
+                        "segment {name} of the indexed version is gone from version {} \
                          (merged by compaction): rebuild the index",
-                        newer.opstamp()
+                        newer.version()
                     ));
                 }
             }
@@ -552,7 +554,7 @@ impl Hnsw {
             upper_start: upper_start.into(),
             entry: self.entry,
             max_level: self.max_level,
-            built_from: (newer.generation().to_string(), newer.opstamp()),
+            built_from: (newer.generation().to_string(), newer.version()),
             segments: names,
         };
         h.insert_nodes(n_old, ef_construction);
@@ -560,17 +562,23 @@ impl Hnsw {
         Ok(h)
     }
 
-    /// Name of the file holding the index of `generation` at commit `opstamp` for
-    /// `metric` (generation names may hold any printable character, so they are hashed;
-    /// the header keeps the full name).
-    pub fn file_name(generation: &str, opstamp: u64, metric: Metric) -> String {
+    /// Name of the file holding the index of `generation` at content `version`
+    /// ([`Snapshot::version`]) for `metric` (generation names may hold any printable
+    /// character, so they are hashed; the header keeps the full name).
+    pub fn file_name(generation: &str, version: u64, metric: Metric) -> String {
         let tag = match metric {
             Metric::InnerProduct => "ip",
             Metric::Cosine => "cos",
             Metric::L2 => "l2",
         };
+        format!("{}{tag}.hnsw", Self::file_prefix(generation, version))
+    }
+
+    /// What every index file of `generation` at `version` starts with, whatever its
+    /// metric.
+    pub fn file_prefix(generation: &str, version: u64) -> String {
         let h = crc32fast::hash(generation.as_bytes());
-        format!("hnsw-{opstamp:016x}-{h:08x}-{tag}.hnsw")
+        format!("hnsw-{version:016x}-{h:08x}-")
     }
 
     /// Write the index into `dir` (beside the store's segments) atomically, as a JSON
@@ -634,18 +642,18 @@ impl Hnsw {
     /// [`crate::MmapDirectory`] the blocks are views of the mapped file (no copy). The
     /// whole file is verified (CRC, section sizes, every link in range) before use.
     pub fn load(dir: &dyn Directory, snap: &Snapshot, metric: Metric) -> Result<Option<Self>> {
-        let name = Self::file_name(snap.generation(), snap.opstamp(), metric);
+        let name = Self::file_name(snap.generation(), snap.version(), metric);
         if !dir.exists(&name) {
             return Ok(None);
         }
         let h = Self::open_bytes(&name, dir.open_read(&name)?)?;
         if (h.built_from.0.as_str(), h.built_from.1, h.metric)
-            != (snap.generation(), snap.opstamp(), metric)
+            != (snap.generation(), snap.version(), metric)
         {
             return Err(Error::corrupt(
                 &name,
                 format!(
-                    "holds the index of {:?} at commit {} ({:?})",
+                    "holds the index of {:?} at version {} ({:?})",
                     h.built_from.0, h.built_from.1, h.metric
                 ),
             ));
@@ -1394,14 +1402,14 @@ impl Hnsw {
                 ),
             });
         }
-        if (snap.generation(), snap.opstamp()) != (self.built_from.0.as_str(), self.built_from.1) {
+        if (snap.generation(), snap.version()) != (self.built_from.0.as_str(), self.built_from.1) {
             return Err(Error::Query {
                 message: format!(
-                    "the index was built from generation {:?} at commit {}, the snapshot is {:?} at commit {}",
+                    "the index was built from generation {:?} at version {}, the snapshot is {:?} at version {}",
                     self.built_from.0,
                     self.built_from.1,
                     snap.generation(),
-                    snap.opstamp()
+                    snap.version()
                 ),
             });
         }

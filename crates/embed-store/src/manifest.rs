@@ -39,6 +39,11 @@ pub struct GenerationMeta {
     pub n_attrs: usize,
     /// Segments, oldest first.
     pub segments: Vec<SegmentMeta>,
+    /// Content version: the opstamp of the last commit that changed this generation's
+    /// rows (indexes built from it are keyed by it, so commits to other generations leave
+    /// them valid). Manifests written before it existed read as the manifest's opstamp.
+    #[serde(default)]
+    pub version: u64,
 }
 
 impl GenerationMeta {
@@ -95,7 +100,7 @@ impl Manifest {
         if crc32fast::hash(body.as_bytes()) != want {
             return Err(bad("checksum mismatch".into()));
         }
-        let m: Manifest = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
+        let mut m: Manifest = serde_json::from_str(body).map_err(|e| bad(e.to_string()))?;
         if m.format_version > VERSION {
             return Err(Error::Version {
                 file: MANIFEST.into(),
@@ -103,13 +108,89 @@ impl Manifest {
                 supported: VERSION,
             });
         }
-        if let Some(c) = &m.current
-            && !m.generations.contains_key(c)
-        {
-            return Err(bad(format!("current generation {c:?} is not listed")));
+        for g in m.generations.values_mut() {
+            if g.version == 0 {
+                g.version = m.opstamp;
+            }
         }
+        m.validate().map_err(bad)?;
         Ok(m)
     }
+
+    /// Every field within the bounds the writer enforces: generation names and shapes as
+    /// [`check_generation`] accepts them, plain file names, row counts that add up,
+    /// versions and file numbers not ahead of the manifest's counters.
+    fn validate(&self) -> std::result::Result<(), String> {
+        if let Some(c) = &self.current
+            && !self.generations.contains_key(c)
+        {
+            return Err(format!("current generation {c:?} is not listed"));
+        }
+        let mut files = std::collections::HashSet::new();
+        for (name, g) in &self.generations {
+            check_generation(name, g.dim, g.n_attrs)
+                .map_err(|m| format!("generation {name:?}: {m}"))?;
+            if g.version > self.opstamp {
+                return Err(format!(
+                    "generation {name:?} has version {} past the manifest's opstamp {}",
+                    g.version, self.opstamp
+                ));
+            }
+            for s in &g.segments {
+                for f in std::iter::once(&s.file).chain(&s.deletes) {
+                    check_file_name(f).map_err(|m| format!("generation {name:?}: {m}"))?;
+                    if !files.insert(f.as_str()) {
+                        return Err(format!("file {f:?} is named twice"));
+                    }
+                }
+                if s.count == 0 || s.deleted > s.count || (s.deleted > 0) != s.deletes.is_some() {
+                    return Err(format!(
+                        "segment {:?} of generation {name:?}: {} rows, {} deleted, tombstones {:?}",
+                        s.file, s.count, s.deleted, s.deletes
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Most attributes per item a generation may declare.
+pub const MAX_ATTRS: usize = 1024;
+/// Widest vector a generation may declare.
+pub const MAX_DIM: usize = 65_536;
+
+/// The rules every generation obeys, checked when it is created and whenever a manifest
+/// is read: a name of 1..=200 printable characters, `dim` in 1..=[`MAX_DIM`], at most
+/// [`MAX_ATTRS`] attributes.
+pub fn check_generation(name: &str, dim: usize, n_attrs: usize) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > 200 || name.chars().any(char::is_control) {
+        return Err("names must be 1..=200 printable characters".into());
+    }
+    if dim == 0 || dim > MAX_DIM {
+        return Err(format!("dim must be in 1..={MAX_DIM}, got {dim}"));
+    }
+    if n_attrs > MAX_ATTRS {
+        return Err(format!(
+            "at most {MAX_ATTRS} attributes per item, got {n_attrs}"
+        ));
+    }
+    Ok(())
+}
+
+/// A file name the store may open: a plain name inside its directory (no separator, not
+/// `.` or `..`, no control character, at most 255 bytes).
+pub fn check_file_name(f: &str) -> std::result::Result<(), String> {
+    if f.is_empty()
+        || f.len() > 255
+        || f == "."
+        || f == ".."
+        || f.contains(['/', '\\'])
+        || f.chars().any(char::is_control)
+    {
+        return Err(format!("{f:?} is not a plain file name"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -131,11 +212,23 @@ mod tests {
                     deletes: None,
                     deleted: 0,
                 }],
+                version: 3,
             },
         );
+        m.opstamp = 3;
         m.current = Some("pinclip-2026-11-20".into());
         let b = m.encode();
         assert_eq!(Manifest::decode(&b).unwrap(), m);
+        // a manifest from before per-generation versions reads its opstamp as the version
+        let legacy = String::from_utf8(b.clone()).unwrap();
+        let body = legacy
+            .rsplit_once("\n#crc32=")
+            .unwrap()
+            .0
+            .replace(",\n      \"version\": 3", "");
+        assert!(!body.contains("\"version\""));
+        let legacy = format!("{body}\n#crc32={:08x}\n", crc32fast::hash(body.as_bytes()));
+        assert_eq!(Manifest::decode(legacy.as_bytes()).unwrap(), m);
         for pos in 0..b.len() {
             let mut c = b.clone();
             c[pos] ^= 0x01;

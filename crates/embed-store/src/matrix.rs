@@ -107,7 +107,7 @@ impl DeviceMatrix {
             dim: d,
             len: live.len(),
             chunks,
-            built_from: (snap.generation().to_string(), snap.opstamp()),
+            built_from: (snap.generation().to_string(), snap.version()),
         })
     }
 
@@ -135,14 +135,14 @@ impl DeviceMatrix {
         filter: &Filter,
     ) -> Result<Vec<Vec<Hit>>> {
         let d = self.dim;
-        if (snap.generation(), snap.opstamp()) != (self.built_from.0.as_str(), self.built_from.1) {
+        if (snap.generation(), snap.version()) != (self.built_from.0.as_str(), self.built_from.1) {
             return Err(Error::Query {
                 message: format!(
-                    "the matrix was built from generation {:?} at commit {}, the snapshot is {:?} at commit {}",
+                    "the matrix was built from generation {:?} at version {}, the snapshot is {:?} at version {}",
                     self.built_from.0,
                     self.built_from.1,
                     snap.generation(),
-                    snap.opstamp()
+                    snap.version()
                 ),
             });
         }

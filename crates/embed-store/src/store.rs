@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 
 use crate::directory::{Directory, LockGuard};
 use crate::error::{Error, Result};
-use crate::manifest::{GenerationMeta, MANIFEST, Manifest, SegmentMeta};
+use crate::manifest::{GenerationMeta, MANIFEST, Manifest, SegmentMeta, check_generation};
 use crate::segment::{self, Row, Segment};
 use crate::tombstones::Tombstones;
 use crate::types::{ItemId, StorageType};
@@ -63,6 +63,11 @@ impl Snapshot {
     /// Commit this view was taken at.
     pub fn opstamp(&self) -> u64 {
         self.opstamp
+    }
+    /// Content version of the generation: the opstamp of the last commit that changed
+    /// its rows. Commits to other generations leave it (and indexes keyed by it) as is.
+    pub fn version(&self) -> u64 {
+        self.meta.version
     }
     /// Segments, oldest first.
     pub fn segments(&self) -> &[LiveSegment] {
@@ -210,16 +215,48 @@ impl Store {
         self.dir.as_ref()
     }
 
-    /// Re-read the manifest (to see commits made by another process).
+    /// Re-read the manifest to see commits made by another process (or another `Store`
+    /// on the same directory). The visible state never moves backwards: a manifest no
+    /// newer than the one in use changes nothing, so a reload racing a commit of this
+    /// process cannot undo it. When a newer commit collected the files of the manifest
+    /// just read, the read is retried on the newer manifest.
     pub fn reload(&self) -> Result<()> {
-        let manifest = if self.dir.exists(MANIFEST) {
-            Manifest::decode(self.dir.open_read(MANIFEST)?.as_slice())?
+        const ATTEMPTS: usize = 8;
+        let mut attempt = 0;
+        loop {
+            let manifest = self.read_manifest()?;
+            if manifest.opstamp <= self.state().manifest.opstamp {
+                return Ok(());
+            }
+            match self.build_state(manifest.clone()) {
+                Ok(state) => {
+                    self.install(Arc::new(state));
+                    return Ok(());
+                }
+                Err(e) => {
+                    attempt += 1;
+                    if attempt >= ATTEMPTS || self.read_manifest()?.opstamp == manifest.opstamp {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+
+    fn read_manifest(&self) -> Result<Manifest> {
+        if self.dir.exists(MANIFEST) {
+            Manifest::decode(self.dir.open_read(MANIFEST)?.as_slice())
         } else {
-            Manifest::default()
-        };
-        let state = self.build_state(manifest)?;
-        *self.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
-        Ok(())
+            Ok(Manifest::default())
+        }
+    }
+
+    /// Make `state` the one readers get, unless the one in use is as new or newer.
+    fn install(&self, state: Arc<State>) {
+        let mut cur = self.state.write().unwrap_or_else(|p| p.into_inner());
+        if state.manifest.opstamp > cur.manifest.opstamp {
+            *cur = state;
+        }
     }
 
     fn segment(&self, name: &str) -> Result<Arc<Segment>> {
@@ -345,22 +382,27 @@ impl Store {
         self.state().manifest.clone()
     }
 
-    /// Take the single writer; a second one gets [`Error::Locked`].
+    /// Take the single writer; a second one gets [`Error::Locked`]. Files left by a
+    /// writer that died are collected (a failure there is kept for
+    /// [`Writer::take_gc_error`], not returned).
     pub fn writer(self: &Arc<Self>) -> Result<Writer> {
         let lock = self.dir.try_lock(WRITER_LOCK)?;
         // see commits made by a previous writer of another process
         self.reload()?;
-        let w = Writer {
+        let base = self.state();
+        let mut w = Writer {
             store: self.clone(),
             _lock: lock,
+            next_file: base.manifest.next_file,
+            base,
             pending: BTreeMap::new(),
             new_generations: Vec::new(),
             dropped: Vec::new(),
             current: None,
-            next_file: self.state().manifest.next_file,
             flush_bytes: DEFAULT_FLUSH_BYTES,
+            gc_error: None,
         };
-        w.collect_garbage()?;
+        w.collect_garbage_after_publish();
         Ok(w)
     }
 }
@@ -385,6 +427,11 @@ pub const DEFAULT_FLUSH_BYTES: usize = 256 << 20;
 pub struct Writer {
     store: Arc<Store>,
     _lock: Box<dyn LockGuard>,
+    /// The state of the last commit this writer published (or found when it took the
+    /// lock): every commit builds on it, never on a state read back from disk.
+    base: Arc<State>,
+    /// Why the last garbage collection after a publish failed, if it did.
+    gc_error: Option<Error>,
     pending: BTreeMap<String, Pending>,
     new_generations: Vec<GenerationSpec>,
     dropped: Vec<String>,
@@ -398,7 +445,7 @@ impl Writer {
         if let Some(g) = self.new_generations.iter().find(|g| g.name == name) {
             return Ok((g.dim, g.n_attrs));
         }
-        match self.store.state().manifest.generations.get(name) {
+        match self.base.manifest.generations.get(name) {
             Some(g) if !self.dropped.iter().any(|d| d == name) => Ok((g.dim, g.n_attrs)),
             _ => Err(Error::Generation {
                 name: name.into(),
@@ -412,19 +459,25 @@ impl Writer {
         Ok(self.spec_of(generation)?.0)
     }
 
+    /// The generation `name` as of this writer's last commit (buffered changes are not
+    /// in it).
+    pub fn snapshot(&self, name: &str) -> Result<Snapshot> {
+        self.base
+            .snapshots
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Generation {
+                name: name.into(),
+                message: "no such generation".into(),
+            })
+    }
+
     /// Declare a new generation (visible after commit).
     pub fn create_generation(&mut self, spec: GenerationSpec) -> Result<()> {
-        if spec.name.is_empty() || spec.name.len() > 200 || spec.name.chars().any(char::is_control)
-        {
+        if let Err(message) = check_generation(&spec.name, spec.dim, spec.n_attrs) {
             return Err(Error::Generation {
                 name: spec.name,
-                message: "names must be 1..=200 printable characters".into(),
-            });
-        }
-        if spec.dim == 0 || spec.dim > 65_536 {
-            return Err(Error::Generation {
-                name: spec.name,
-                message: format!("dim must be in 1..=65536, got {}", spec.dim),
+                message,
             });
         }
         if self.spec_of(&spec.name).is_ok() {
@@ -525,13 +578,15 @@ impl Writer {
             match self.new_generations.iter().find(|g| g.name == generation) {
                 Some(g) => (g.storage, g.dim, g.n_attrs),
                 None => {
-                    let st = self.store.state();
-                    let g = st.manifest.generations.get(generation).ok_or_else(|| {
-                        Error::Generation {
+                    let g = self
+                        .base
+                        .manifest
+                        .generations
+                        .get(generation)
+                        .ok_or_else(|| Error::Generation {
                             name: generation.into(),
                             message: "no such generation".into(),
-                        }
-                    })?;
+                        })?;
                     (g.storage, g.dim, g.n_attrs)
                 }
             };
@@ -622,11 +677,16 @@ impl Writer {
     }
 
     /// Write new segments and tombstones, then swap the manifest atomically. Returns the
-    /// new opstamp. On error nothing becomes visible and the buffer is kept.
+    /// new opstamp once the manifest is durable; on error nothing becomes visible and the
+    /// buffer is kept. Garbage collection after the swap cannot fail the commit: its
+    /// error is kept for [`Writer::take_gc_error`].
     pub fn commit(&mut self) -> Result<u64> {
-        let store = self.store.clone();
-        let st = store.state();
+        let st = self.base.clone();
         let mut m = st.manifest.clone();
+        let op = m.opstamp + 1;
+        for name in &self.dropped {
+            m.generations.remove(name);
+        }
         for g in &self.new_generations {
             m.generations.insert(
                 g.name.clone(),
@@ -635,11 +695,9 @@ impl Writer {
                     storage: g.storage,
                     n_attrs: g.n_attrs,
                     segments: Vec::new(),
+                    version: op,
                 },
             );
-        }
-        for name in &self.dropped {
-            m.generations.remove(name);
         }
         // buffered puts become staged segments first, so apply() sees only staged
         // segments and deletions
@@ -648,8 +706,10 @@ impl Writer {
             self.flush(&name)?;
         }
         let pending = std::mem::take(&mut self.pending);
-        let result = self.apply(&store, &st, &mut m, &pending);
+        let result = self.apply(&st, &mut m, &pending, op);
         self.pending = pending;
+        // the old state's snapshots would keep the files this commit replaces alive
+        drop(st);
         result?;
         if let Some(c) = &self.current {
             m.current = Some(c.clone());
@@ -660,25 +720,53 @@ impl Writer {
         {
             m.current = None;
         }
-        m.next_file = self.next_file;
-        m.opstamp += 1;
-        // open (and verify) everything the new manifest names before publishing it
-        let state = store.build_state(m.clone())?;
-        store.dir.atomic_write(MANIFEST, &m.encode())?;
-        *store.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
+        self.publish(m)?;
         // the staged files now belong to the manifest: forget them without deleting
         self.clear();
-        self.collect_garbage()?;
-        Ok(m.opstamp)
+        self.collect_garbage_after_publish();
+        Ok(op)
     }
 
-    /// Record tombstones and the staged segments of `pending` in `m`.
+    /// Verify everything `m` names, write it durably, and make it the state readers get
+    /// and the base of the next commit.
+    fn publish(&mut self, mut m: Manifest) -> Result<()> {
+        m.next_file = self.next_file;
+        m.opstamp = self.base.manifest.opstamp + 1;
+        // open (and verify) everything the new manifest names before publishing it
+        let state = Arc::new(self.store.build_state(m.clone())?);
+        self.store.dir.atomic_write(MANIFEST, &m.encode())?;
+        self.store.install(state.clone());
+        self.base = state;
+        Ok(())
+    }
+
+    /// Garbage collection once a manifest is durable: a failure is logged and kept for
+    /// [`Writer::take_gc_error`], never reported as a failed commit.
+    fn collect_garbage_after_publish(&mut self) {
+        self.gc_error = match self.collect_garbage() {
+            Ok(_) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "embed-store: garbage collection after a commit failed");
+                Some(e)
+            }
+        };
+    }
+
+    /// The error of the garbage collection that followed the last commit (or the taking
+    /// of the writer), if it failed. The commit itself was durable; the files it left are
+    /// collected by the next commit or [`Writer::collect_garbage`].
+    pub fn take_gc_error(&mut self) -> Option<Error> {
+        self.gc_error.take()
+    }
+
+    /// Record tombstones and the staged segments of `pending` in `m`; every generation
+    /// whose rows change takes the version `op`.
     fn apply(
         &mut self,
-        store: &Store,
         st: &State,
         m: &mut Manifest,
         pending: &BTreeMap<String, Pending>,
+        op: u64,
     ) -> Result<()> {
         for (name, p) in pending {
             if p.deletes.is_empty() && p.staged.is_empty() {
@@ -703,10 +791,14 @@ impl Writer {
                 }
                 if changed {
                     let file = self.new_file("del");
-                    store.dir.atomic_write(&file, &t.encode())?;
+                    self.store.dir.atomic_write(&file, &t.encode())?;
                     sm.deletes = Some(file);
                     sm.deleted = t.count();
+                    g.version = op;
                 }
+            }
+            if !p.staged.is_empty() {
+                g.version = op;
             }
             for (file, count) in &p.staged {
                 g.segments.push(SegmentMeta {
@@ -722,13 +814,13 @@ impl Writer {
         Ok(())
     }
 
-    /// Merge the live rows of all segments of `generation` into one segment (at once,
-    /// as its own commit).
+    /// Merge the live rows of all segments of `generation` into one segment, as its own
+    /// commit. Buffered changes are committed first, so the merge includes them.
     pub fn compact(&mut self, generation: &str) -> Result<u64> {
-        let snap = self.store.generation(generation)?;
         if self.has_pending() {
             self.commit()?;
         }
+        let snap = self.snapshot(generation)?;
         let d = snap.dim();
         let mut ids = Vec::new();
         let mut vecs = Vec::new();
@@ -751,36 +843,39 @@ impl Writer {
                 attrs: &attrs[i * na..(i + 1) * na],
             })
             .collect();
-        let store = self.store.clone();
-        let mut m = store.state().manifest.clone();
+        let mut m = self.base.manifest.clone();
+        let op = m.opstamp + 1;
         let file = self.new_file("seg");
         // int8 rows re-quantize exactly: the decoded values have the same max and scale
         let bytes = segment::encode(snap.storage(), d, na, &mut rows);
-        store.dir.atomic_write(&file, &bytes)?;
+        self.store.dir.atomic_write(&file, &bytes)?;
         if let Some(g) = m.generations.get_mut(generation) {
+            g.version = op;
             g.segments = if rows.is_empty() {
                 Vec::new()
             } else {
                 vec![SegmentMeta {
-                    file,
+                    file: file.clone(),
                     count: rows.len(),
                     deletes: None,
                     deleted: 0,
                 }]
             };
         }
-        m.next_file = self.next_file;
-        m.opstamp += 1;
-        let state = store.build_state(m.clone())?;
-        store.dir.atomic_write(MANIFEST, &m.encode())?;
-        *store.state.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(state);
-        self.collect_garbage()?;
-        Ok(m.opstamp)
+        if let Err(e) = self.publish(m) {
+            // best effort: the next garbage collection removes what this leaves
+            let _ = self.store.dir.delete(&file);
+            return Err(e);
+        }
+        self.collect_garbage_after_publish();
+        Ok(op)
     }
 
-    /// Delete files that the manifest no longer names and no snapshot holds.
+    /// Delete files that the manifest no longer names, no snapshot holds and no open
+    /// transaction has staged; HNSW indexes of a generation's older versions; temporary
+    /// files of writers that are gone ([`Directory::remove_abandoned_temps`]).
     pub fn collect_garbage(&self) -> Result<Vec<String>> {
-        let st = self.store.state();
+        let st = &self.base;
         let mut keep: HashSet<String> =
             HashSet::from([MANIFEST.to_string(), WRITER_LOCK.to_string()]);
         for g in st.manifest.generations.values() {
@@ -788,6 +883,9 @@ impl Writer {
                 keep.insert(s.file.clone());
                 keep.extend(s.deletes.clone());
             }
+        }
+        for p in self.pending.values() {
+            keep.extend(p.staged.iter().map(|(f, _)| f.clone()));
         }
         {
             let segs = self
@@ -807,23 +905,26 @@ impl Writer {
                     .map(|(k, _)| k.clone()),
             );
         }
-        // HNSW index files are tied to a commit: those of older commits can go (a reader
-        // that mapped one keeps its mapping)
-        let live_index = format!("hnsw-{:016x}-", st.manifest.opstamp);
+        // HNSW index files are tied to a generation's content version: those of older
+        // versions can go (a reader that mapped one keeps its mapping)
+        let live_indexes: Vec<String> = st
+            .manifest
+            .generations
+            .iter()
+            .map(|(name, g)| crate::hnsw::Hnsw::file_prefix(name, g.version))
+            .collect();
         let mut removed = Vec::new();
         for f in self.store.dir.list()? {
-            if f.ends_with(".hnsw") && f.starts_with(&live_index) {
+            if f.ends_with(".hnsw") && live_indexes.iter().any(|p| f.starts_with(p.as_str())) {
                 continue;
             }
-            let ours = f.ends_with(".seg")
-                || f.ends_with(".del")
-                || f.ends_with(".tmp")
-                || f.ends_with(".hnsw");
+            let ours = f.ends_with(".seg") || f.ends_with(".del") || f.ends_with(".hnsw");
             if ours && !keep.contains(&f) {
                 self.store.dir.delete(&f)?;
                 removed.push(f);
             }
         }
+        removed.extend(self.store.dir.remove_abandoned_temps()?);
         Ok(removed)
     }
 }

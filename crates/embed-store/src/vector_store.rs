@@ -204,14 +204,20 @@ impl VectorStore for EmbeddedStore {
     }
 
     fn put_many(&self, generation: &str, ids: &[ItemId], vectors: &[f32]) -> Result<()> {
-        // Writer::put_many validates the batch (validate_batch) before keeping any of it
+        // Writer::put_many validates the batch (validate_batch) before keeping any of it;
+        // this API carries no attributes, so an existing item keeps its own (new items
+        // get zeros)
         self.with_writer(|w| {
-            let n_attrs = self
-                .store
-                .generation(generation)
-                .map(|s| s.n_attrs())
-                .unwrap_or(0);
-            let attrs = vec![0u32; ids.len() * n_attrs];
+            let snap = w.snapshot(generation)?;
+            let n_attrs = snap.n_attrs();
+            let mut attrs = vec![0u32; ids.len() * n_attrs];
+            if n_attrs > 0 {
+                for (id, a) in ids.iter().zip(attrs.chunks_mut(n_attrs)) {
+                    if let Some(old) = snap.attrs(*id) {
+                        a.copy_from_slice(old);
+                    }
+                }
+            }
             w.put_many(
                 generation,
                 ids,

@@ -385,7 +385,7 @@ fn an_index_saved_in_an_older_format_is_rebuilt_a_damaged_one_is_an_error() {
     let snap = store.snapshot().unwrap();
     let params = HnswParams::default();
     let first = index_for(&store, &snap, params).unwrap();
-    let name = Hnsw::file_name("g", snap.opstamp(), Metric::Cosine);
+    let name = Hnsw::file_name("g", snap.version(), Metric::Cosine);
     // Version 1 (bytes 8..12 after the magic): refused by load, rebuilt by index_for.
     dir.tamper(&name, |b| b[8..12].copy_from_slice(&1u32.to_le_bytes()))
         .unwrap();
