@@ -115,6 +115,21 @@ impl WeightLayout {
     }
 }
 
+impl WeightLayout {
+    /// Every file of the layout: the single file, or the index and each shard once.
+    pub fn files(&self) -> Vec<PathBuf> {
+        match self {
+            WeightLayout::Single(p) => vec![p.clone()],
+            WeightLayout::Sharded { index, weight_map } => {
+                let shards: BTreeSet<&PathBuf> = weight_map.values().collect();
+                std::iter::once(index.clone())
+                    .chain(shards.into_iter().cloned())
+                    .collect()
+            }
+        }
+    }
+}
+
 /// The files of one checkpoint, located but not yet read.
 #[derive(Debug, Clone)]
 pub struct CheckpointFiles {
@@ -130,6 +145,18 @@ pub struct CheckpointFiles {
     pub adapter: Option<PathBuf>,
     /// Side files present (see [`SIDE_FILES`]).
     pub side_files: Vec<PathBuf>,
+}
+
+impl CheckpointFiles {
+    /// Every file the checkpoint was (or will be) read from.
+    pub fn all(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.config.clone()];
+        v.extend(self.tokenizer.clone());
+        v.extend(self.weights.files());
+        v.extend(self.adapter.clone());
+        v.extend(self.side_files.iter().cloned());
+        v
+    }
 }
 
 impl CheckpointFiles {

@@ -155,6 +155,15 @@ pub enum Error {
         /// What is inconsistent.
         message: String,
     },
+    /// An output path is refused: writing it would overwrite a file the model was
+    /// loaded from (symlinks followed, as in hub snapshots).
+    #[error("refusing to write {output}: it is {input}, an input of the loaded model")]
+    OutputIsInput {
+        /// The output file that was to be written.
+        output: PathBuf,
+        /// The input file it resolves to.
+        input: PathBuf,
+    },
     /// A tensor operation failed inside candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

@@ -202,6 +202,8 @@ pub struct SurgeredModel {
     model: TextModel,
     tokenizer: Option<PromptTokenizer>,
     adapter: Option<EmbeddingAdapter>,
+    /// An adapter file given in [`LoadOptions::adapter`] (an input beside `files`).
+    adapter_file: Option<PathBuf>,
     report: SurgeryReport,
 }
 
@@ -248,6 +250,7 @@ impl SurgeredModel {
             model,
             tokenizer,
             adapter: None,
+            adapter_file: opts.adapter.clone(),
             report,
         };
         if let Some(p) = adapter_path {
@@ -440,11 +443,70 @@ impl SurgeredModel {
         self.model.score(seq, continuations)
     }
 
+    /// The tokenizer and side files that a save copies.
+    fn copied_files(&self) -> Vec<PathBuf> {
+        let mut copies = self.files.side_files.clone();
+        copies.extend(self.files.tokenizer.clone());
+        copies
+    }
+
+    /// [`Error::OutputIsInput`] when a file that saving into `dir` would write is, or
+    /// resolves to (symlinks followed), a file this model was loaded from.
+    fn refuse_inputs_in(&self, dir: &Path) -> Result<()> {
+        let mut given = self.files.all();
+        given.extend(self.adapter_file.clone());
+        let inputs: Vec<(PathBuf, PathBuf)> = given
+            .into_iter()
+            .filter_map(|p| std::fs::canonicalize(&p).ok().map(|real| (real, p)))
+            .collect();
+        let copied: Vec<PathBuf> = self.copied_files();
+        let is_output = |name: &str| {
+            [CONFIG_FILE, WEIGHTS_FILE, WEIGHTS_INDEX_FILE, ADAPTER_FILE].contains(&name)
+                || copied
+                    .iter()
+                    .any(|c| c.file_name().is_some_and(|n| n == name))
+                || (name.starts_with("model-") && name.ends_with(".safetensors"))
+        };
+        let clash = |output: PathBuf, input: &Path| Error::OutputIsInput {
+            output,
+            input: input.to_path_buf(),
+        };
+        let dir_real = std::fs::canonicalize(dir).map_err(|e| Error::io(dir, e))?;
+        // an input that sits in `dir` under a name the save writes
+        for (real, input) in &inputs {
+            if let Some(name) = real.file_name().and_then(|n| n.to_str())
+                && real.parent() == Some(dir_real.as_path())
+                && is_output(name)
+            {
+                return Err(clash(dir.join(name), input));
+            }
+        }
+        // a name the save writes that is a link to an input (a hub snapshot's layout)
+        let entries = std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))?;
+        for entry in entries {
+            let path = entry.map_err(|e| Error::io(dir, e))?.path();
+            if path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_output)
+                && let Ok(real) = std::fs::canonicalize(&path)
+                && let Some((_, input)) = inputs.iter().find(|(r, _)| *r == real)
+            {
+                return Err(clash(path, input));
+            }
+        }
+        Ok(())
+    }
+
     /// Write a text-only checkpoint to `dir`: the decoder tensors as stored (sharded past
     /// `opts.max_shard_bytes`), config.json without `vision_config` (with a record of the
-    /// surgery), the tokenizer and side files, and the attached adapter.
+    /// surgery), the tokenizer and side files, and the attached adapter. Every file is
+    /// written through a temp file and a rename. An output that resolves (symlinks
+    /// followed) to a file the model was loaded from is refused with
+    /// [`Error::OutputIsInput`] before anything is written.
     pub fn save_surgered(&self, dir: &Path, opts: &SaveOptions) -> Result<SavedCheckpoint> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        self.refuse_inputs_in(dir)?;
         let names: Vec<&String> = self
             .weights
             .entries()
@@ -491,11 +553,13 @@ impl SurgeredModel {
             }
             let path = dir.join(&file);
             let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-            safetensors::serialize_to_file(views, Some(meta), &path).map_err(|e| {
-                Error::Safetensors {
-                    path: path.clone(),
-                    message: e.to_string(),
-                }
+            write_replacing(&path, |tmp| {
+                safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| {
+                    Error::Safetensors {
+                        path: path.clone(),
+                        message: e.to_string(),
+                    }
+                })
             })?;
             written.push(path);
         }
@@ -515,17 +579,22 @@ impl SurgeredModel {
             .config
             .surgered_json(self.report.skipped_parameters, self.report.skipped_bytes);
         write_json(&dir.join(CONFIG_FILE), &cfg)?;
-        let mut copies: Vec<PathBuf> = self.files.side_files.clone();
-        copies.extend(self.files.tokenizer.clone());
-        for src in copies {
+        for src in self.copied_files() {
             if let Some(name) = src.file_name() {
                 let dst = dir.join(name);
-                std::fs::copy(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+                write_replacing(&dst, |tmp| {
+                    std::fs::copy(&src, tmp)
+                        .map(drop)
+                        .map_err(|e| Error::io(&src, e))
+                })?;
             }
         }
         if let Some(a) = &self.adapter {
-            a.save(&dir.join(ADAPTER_FILE))?;
+            write_replacing(&dir.join(ADAPTER_FILE), |tmp| a.save(tmp))?;
         }
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| Error::io(dir, e))?;
         Ok(SavedCheckpoint {
             dir: dir.to_path_buf(),
             shards: written,
@@ -540,7 +609,30 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    std::fs::write(path, text + "\n").map_err(|e| Error::io(path, e))
+    write_replacing(path, |tmp| {
+        std::fs::write(tmp, text + "\n").map_err(|e| Error::io(tmp, e))
+    })
+}
+
+/// Create or replace `path` whole: `write` fills a temp file beside it, which is synced
+/// and renamed over `path` (removed instead when anything fails). A reader of `path`
+/// sees the old file or the new one, never a part.
+fn write_replacing(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = write(&tmp).and_then(|()| {
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
 }
 
 fn build_report(weights: &Weights, unopened: &[(String, PathBuf)]) -> SurgeryReport {

@@ -225,6 +225,66 @@ fn save_surgered_round_trips_without_the_original() {
     assert_eq!(cfg["mosaic_surgery"]["removed_parameters"], params);
 }
 
+/// Every file of `dir` with its bytes.
+fn contents(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            let name = p.file_name().unwrap().to_string_lossy().into_owned();
+            (name, std::fs::read(&p).unwrap())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn saving_over_the_inputs_is_refused_and_changes_nothing() {
+    let src = tempfile::tempdir().unwrap();
+    copy_dir(&fixture_model(FIXTURE), src.path());
+    let before = contents(src.path());
+    let m = load(src.path());
+    // the directory itself, and the same directory by another path
+    for out in [src.path().to_path_buf(), src.path().join(".")] {
+        let err = m.save_surgered(&out, &SaveOptions::default()).unwrap_err();
+        assert!(
+            matches!(err, vision_surgery::Error::OutputIsInput { .. }),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        contents(src.path()),
+        before,
+        "the source checkpoint changed"
+    );
+    // a snapshot-like directory whose files are links to the inputs
+    let linked = tempfile::tempdir().unwrap();
+    for (name, _) in &before {
+        std::os::unix::fs::symlink(src.path().join(name), linked.path().join(name)).unwrap();
+    }
+    let m = load(linked.path());
+    let err = m
+        .save_surgered(linked.path(), &SaveOptions::default())
+        .unwrap_err();
+    assert!(
+        matches!(err, vision_surgery::Error::OutputIsInput { .. }),
+        "{err}"
+    );
+    assert_eq!(contents(src.path()), before);
+    assert_eq!(contents(linked.path()), before, "a link was replaced");
+    // elsewhere it saves, and leaves no temp file behind
+    let out = tempfile::tempdir().unwrap();
+    m.save_surgered(out.path(), &SaveOptions::default())
+        .unwrap();
+    assert!(
+        contents(out.path())
+            .iter()
+            .all(|(n, _)| !n.ends_with(".tmp"))
+    );
+    assert!(load(out.path()).tokenizer().is_some());
+}
+
 #[test]
 fn legacy_rope_spelling_gives_the_same_logits() {
     let dir = tempfile::tempdir().unwrap();
