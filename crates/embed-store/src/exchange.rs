@@ -94,6 +94,16 @@ impl NpyReader {
             }
             v => return Err(npy_err(path, format!("unsupported .npy version {v}"))),
         };
+        let file_len = std::fs::metadata(path)
+            .map_err(|e| Error::io(path, e))?
+            .len();
+        let header_total = 8 + if pre[6] == 1 { 2 } else { 4 } + hlen;
+        if header_total as u64 > file_len {
+            return Err(npy_err(
+                path,
+                format!("header of {hlen} bytes is longer than the file ({file_len} bytes)"),
+            ));
+        }
         let mut h = vec![0u8; hlen];
         r.read_exact(&mut h).map_err(|e| Error::io(path, e))?;
         let h = String::from_utf8(h).map_err(|_| npy_err(path, "header is not text"))?;
@@ -130,18 +140,20 @@ impl NpyReader {
                     .map_err(|_| npy_err(path, format!("malformed shape ({inner})")))
             })
             .collect::<Result<Vec<_>>>()?;
-        let expected: usize = shape.iter().product::<usize>() * ty.size();
-        let data_len = std::fs::metadata(path)
-            .map_err(|e| Error::io(path, e))?
-            .len() as usize;
-        let header_total = 8 + if pre[6] == 1 { 2 } else { 4 } + hlen;
-        if data_len != header_total + expected {
+        let expected = shape
+            .iter()
+            .try_fold(ty.size() as u64, |acc, &d| acc.checked_mul(d as u64))
+            .ok_or_else(|| {
+                npy_err(
+                    path,
+                    format!("shape {shape:?} of {descr} overflows 64 bits of bytes"),
+                )
+            })?;
+        let data_len = file_len - header_total as u64;
+        if data_len != expected {
             return Err(npy_err(
                 path,
-                format!(
-                    "holds {} data bytes, shape {shape:?} of {descr} needs {expected}",
-                    data_len - header_total.min(data_len)
-                ),
+                format!("holds {data_len} data bytes, shape {shape:?} of {descr} needs {expected}"),
             ));
         }
         Ok(Self {

@@ -755,6 +755,12 @@ impl Hnsw {
         let up_len = upper_start.last().copied().unwrap_or(0) as usize;
         let upper: Block<u32> = Block::mapped(&bytes, section("upper", up_len)?, up_len, "upper")?;
         // structure checks: searches index by these values without further checks
+        if upper_start.first().is_some_and(|&s| s != 0) {
+            return Err(bad(format!(
+                "upper_start[0] is {}, not 0",
+                upper_start.first().copied().unwrap_or(0)
+            )));
+        }
         if rows.iter().any(|&[s, _]| s as usize >= h.segments.len()) {
             return Err(bad("a node names a segment the header does not list".into()));
         }
@@ -783,11 +789,16 @@ impl Hnsw {
         // an upper-level link must lead to a node that exists on that level
         for i in 0..n {
             for l in 1..=levels[i] as usize {
+                // in range and record-aligned by the checks above; looked up, not
+                // indexed, all the same
                 let st = upper_start[i] as usize + (l - 1) * (1 + h.m);
-                let rec = &upper[st..st + 1 + h.m];
-                if rec[1..1 + rec[0] as usize]
+                let links = upper
+                    .get(st..st + 1 + h.m)
+                    .and_then(|rec| rec.get(1..1 + rec[0] as usize))
+                    .ok_or_else(|| bad(format!("node {i}: level {l} record out of range")))?;
+                if links
                     .iter()
-                    .any(|&x| (levels[x as usize] as usize) < l)
+                    .any(|&x| levels.get(x as usize).is_none_or(|&lx| (lx as usize) < l))
                 {
                     return Err(bad(format!("node {i} links below its level {l}")));
                 }
@@ -1411,6 +1422,13 @@ impl Hnsw {
                     snap.generation(),
                     snap.version()
                 ),
+            });
+        }
+        crate::search::check_k("k", k)?;
+        crate::search::check_k("ef", ef)?;
+        if let Some(i) = query.iter().position(|v| !v.is_finite()) {
+            return Err(Error::Query {
+                message: format!("query value {} at column {i} is not finite", query[i]),
             });
         }
         if self.is_empty() || k == 0 {

@@ -154,6 +154,7 @@ impl DeviceMatrix {
                 ),
             });
         }
+        crate::search::check_k("k", k)?;
         if let Some(i) = queries.iter().position(|v| !v.is_finite()) {
             return Err(Error::Query {
                 message: format!(

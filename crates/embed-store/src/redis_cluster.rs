@@ -198,7 +198,7 @@ impl VectorStore for RedisClusterStore {
         check_name("generation", generation)?;
         let mut conn = self.conn()?;
         let meta = self.meta(&mut conn, generation)?;
-        validate_batch(meta.dim, ids, vectors)?;
+        validate_batch(meta.dim, meta.storage, ids, vectors)?;
         for (chunk_ids, chunk) in ids.chunks(CHUNK).zip(vectors.chunks(CHUNK * meta.dim)) {
             let mut p = cluster_pipe();
             for (id, v) in chunk_ids.iter().zip(chunk.chunks_exact(meta.dim)) {

@@ -168,6 +168,20 @@ fn finish(metric: Metric, dot: f32, x2: f32, q_norm: f32, q2: f32) -> f32 {
     }
 }
 
+/// Most results one search may ask for (`k`, and HNSW's `ef`): past it a search is a
+/// typed [`Error::Query`], never an allocation sized by the request.
+pub const MAX_K: usize = 1 << 20;
+
+/// [`Error::Query`] naming `what` when `value` is past [`MAX_K`].
+pub(crate) fn check_k(what: &str, value: usize) -> Result<()> {
+    if value > MAX_K {
+        return Err(Error::Query {
+            message: format!("{what} = {value} is past the limit of {MAX_K}"),
+        });
+    }
+    Ok(())
+}
+
 impl Snapshot {
     fn check_query(&self, q: &[f32]) -> Result<()> {
         if q.len() != self.dim() {
@@ -195,6 +209,7 @@ impl Snapshot {
         metric: Metric,
         filter: &Filter,
     ) -> Result<Vec<Hit>> {
+        check_k("k", k)?;
         self.check_query(query)?;
         Ok(self
             .search_block(query, k, metric, filter)
@@ -213,6 +228,7 @@ impl Snapshot {
         metric: Metric,
         filter: &Filter,
     ) -> Result<Vec<Vec<Hit>>> {
+        check_k("k", k)?;
         let d = self.dim();
         if !queries.len().is_multiple_of(d) {
             return Err(Error::Query {

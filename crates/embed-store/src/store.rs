@@ -454,6 +454,14 @@ impl Writer {
         }
     }
 
+    fn storage_of(&self, name: &str) -> Result<StorageType> {
+        self.spec_of(name)?;
+        match self.new_generations.iter().find(|g| g.name == name) {
+            Some(g) => Ok(g.storage),
+            None => Ok(self.snapshot(name)?.storage()),
+        }
+    }
+
     /// Vector width of `generation` (existing or created in this transaction).
     pub fn dim_of(&self, generation: &str) -> Result<usize> {
         Ok(self.spec_of(generation)?.0)
@@ -526,7 +534,7 @@ impl Writer {
     ) -> Result<()> {
         let (dim, n_attrs) = self.spec_of(generation)?;
         let n = ids.len();
-        crate::vector_store::validate_batch(dim, ids, vectors)?;
+        crate::vector_store::validate_batch(dim, self.storage_of(generation)?, ids, vectors)?;
         match attrs {
             Some(a) if a.len() != n * n_attrs => {
                 return Err(Error::batch(format!(

@@ -64,9 +64,15 @@ pub trait VectorStore: Send + Sync {
     }
 }
 
-/// Check a write batch: `vectors` holds `ids.len()` rows of `dim` finite values and no id
-/// repeats. The error names the row, id and column at fault.
-pub fn validate_batch(dim: usize, ids: &[ItemId], vectors: &[f32]) -> Result<()> {
+/// Check a write batch: `vectors` holds `ids.len()` rows of `dim` finite values that
+/// `storage` represents (f16 holds magnitudes up to 65504; past that it would store
+/// infinity) and no id repeats. The error names the row, id and column at fault.
+pub fn validate_batch(
+    dim: usize,
+    storage: StorageType,
+    ids: &[ItemId],
+    vectors: &[f32],
+) -> Result<()> {
     let n = ids.len();
     if vectors.len() != n * dim {
         return Err(Error::batch(format!(
@@ -78,6 +84,18 @@ pub fn validate_batch(dim: usize, ids: &[ItemId], vectors: &[f32]) -> Result<()>
     if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
         return Err(Error::batch(format!(
             "value {} at row {} (id {}), column {} is not finite",
+            vectors[i],
+            i / dim,
+            ids[i / dim].0,
+            i % dim
+        )));
+    }
+    let f16_max = f16::MAX.to_f32();
+    if storage == StorageType::F16
+        && let Some(i) = vectors.iter().position(|v| v.abs() > f16_max)
+    {
+        return Err(Error::batch(format!(
+            "value {} at row {} (id {}), column {} is past f16's range (|x| <= {f16_max})",
             vectors[i],
             i / dim,
             ids[i / dim].0,

@@ -420,3 +420,61 @@ fn damaged_hnsw_indexes_are_refused_and_never_panic() {
     println!("hnsw header errors: {errors:#?}");
     assert!(errors.len() >= 6, "too few checks reached: {errors:?}");
 }
+
+/// An index whose checksums are valid but whose `upper_start` does not start at 0 (alone,
+/// and with every entry and the `upper` section shifted to stay consistent) is refused
+/// at load, not a panic at load or search.
+#[test]
+fn an_index_with_upper_start_not_at_zero_is_refused() {
+    let seed = fuzzing::index_seed(false).unwrap();
+    let hlen = u32::from_le_bytes([seed[12], seed[13], seed[14], seed[15]]) as usize;
+    let data_start = (20 + hlen).next_multiple_of(8);
+    let h: serde_json::Value = serde_json::from_slice(&seed[16..16 + hlen]).unwrap();
+    let section = |name: &str| {
+        let s = h["sections"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s[0] == name)
+            .unwrap();
+        (
+            s[1].as_u64().unwrap() as usize,
+            s[2].as_u64().unwrap() as usize,
+        )
+    };
+    let (off, n) = section("upper_start");
+    let at = |i: usize| data_start + off + 4 * i;
+    let u32_at = |b: &[u8], i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+    // the first node with upper levels, and where its first upper record starts
+    let (levels, _) = section("levels");
+    let first = (0..n - 1)
+        .find(|&i| seed[data_start + levels + i] > 0)
+        .unwrap();
+    let record = u32_at(&seed, at(first)) as usize;
+    let (upper, _) = section("upper");
+    let nodes = h["nodes"].as_u64().unwrap() as u32;
+    for shift_all in [false, true] {
+        let mut b = seed.clone();
+        for i in 0..if shift_all { n } else { 1 } {
+            let v = u32_at(&b, at(i)) + 1;
+            b[at(i)..at(i) + 4].copy_from_slice(&v.to_le_bytes());
+        }
+        if shift_all {
+            // read one value late, that record's count is its first link slot: make it a
+            // valid node id far past m, so a reader trusting it slices past the record
+            let slot = data_start + upper + 4 * (record + 1);
+            b[slot..slot + 4].copy_from_slice(&(nodes - 1).to_le_bytes());
+        }
+        reseal_index(&mut b, |h| {
+            if shift_all {
+                for s in h["sections"].as_array_mut().unwrap() {
+                    if s[0] == "upper" {
+                        s[2] = (s[2].as_u64().unwrap() + 1).into();
+                    }
+                }
+            }
+        });
+        let e = fuzzing::hnsw_index(&b).unwrap_err();
+        assert!(matches!(e, embed_store::Error::Corrupt { .. }), "{e}");
+    }
+}
