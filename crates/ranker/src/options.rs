@@ -115,6 +115,13 @@ impl std::fmt::Debug for RecommendOptions {
     }
 }
 
+/// Most results one request may ask for.
+pub const MAX_K: usize = 10_000;
+/// Most candidates one request may retrieve before scoring.
+pub const MAX_CANDIDATES: usize = 100_000;
+/// Largest HNSW search list one request may use.
+pub const MAX_EF: usize = 100_000;
+
 impl Default for RecommendOptions {
     fn default() -> Self {
         Self {
@@ -229,6 +236,17 @@ impl RecommendOptions {
         let bad = |m: String| Err(Error::config(m));
         if self.k == 0 {
             return bad("k = 0, expected at least 1 result".into());
+        }
+        // a request sizes its buffers by these: past the caps they are refused, not
+        // allocated
+        for (name, v, cap) in [
+            ("k", self.k, MAX_K),
+            ("candidates", self.candidates, MAX_CANDIDATES),
+            ("ef", self.ef, MAX_EF),
+        ] {
+            if v > cap {
+                return bad(format!("{name} = {v} is past the limit of {cap}"));
+            }
         }
         if self.candidates < self.k {
             return bad(format!(

@@ -13,6 +13,39 @@ use crate::ids::{ItemId, UserId};
 /// Largest index accepted in a dataset file (guards against allocating for a typo).
 pub const MAX_INDEX: u32 = (1 << 31) - 1;
 
+/// Indices are dense: the user (item) count, one more than the largest index, may exceed
+/// the number of distinct users (items) present by at most this factor plus
+/// [`INDEX_SLACK`]. Counts are sized from the file's largest index, so without this a
+/// one-line file holding `2147483647` would allocate tens of GB.
+pub const MAX_SPARSITY: usize = 2;
+/// Absent indices always allowed on top of [`MAX_SPARSITY`] (small hand-made files).
+pub const INDEX_SLACK: usize = 1024;
+
+/// [`Error::Parse`] at the line of `max` when `count` indices are implied by largest
+/// index `max` but only `present` distinct ones appear.
+fn check_dense(what: &str, max: Option<(u32, &Path, usize)>, present: usize) -> Result<usize> {
+    let Some((max, path, line)) = max else {
+        return Ok(0);
+    };
+    let count = max as usize + 1;
+    if count
+        > present
+            .saturating_mul(MAX_SPARSITY)
+            .saturating_add(INDEX_SLACK)
+    {
+        return Err(Error::Parse {
+            path: path.to_path_buf(),
+            line,
+            message: format!(
+                "{what} index {max} implies {count} {what}s, but only {present} distinct \
+                 {what}s appear: indices must be dense (at most {MAX_SPARSITY}x + \
+                 {INDEX_SLACK} the number present)"
+            ),
+        });
+    }
+    Ok(count)
+}
+
 /// One parsed file: (user, items) per non-blank line, in file order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UserLines {
@@ -20,6 +53,8 @@ pub struct UserLines {
     pub path: PathBuf,
     /// `(user, items)` per line.
     pub lines: Vec<(u32, Vec<u32>)>,
+    /// 1-based line number of each entry of `lines`.
+    pub line_numbers: Vec<usize>,
 }
 
 /// Parses LightGCN-format text. `path` names the source in errors, which carry the
@@ -27,6 +62,7 @@ pub struct UserLines {
 /// a user that appears on two lines.
 pub fn parse_lightgcn(text: &str, path: &Path) -> Result<UserLines> {
     let mut lines = Vec::new();
+    let mut line_numbers = Vec::new();
     let mut seen: std::collections::HashMap<u32, usize> = std::collections::HashMap::new();
     for (no, line) in text.lines().enumerate() {
         let no = no + 1;
@@ -53,10 +89,12 @@ pub fn parse_lightgcn(text: &str, path: &Path) -> Result<UserLines> {
             return Err(err(format!("user {user} already has a line (line {prev})")));
         }
         lines.push((user, items));
+        line_numbers.push(no);
     }
     Ok(UserLines {
         path: path.to_path_buf(),
         lines,
+        line_numbers,
     })
 }
 
@@ -94,15 +132,28 @@ pub struct Dataset {
 }
 
 impl Dataset {
-    /// Builds a dataset from parsed train and test lines.
+    /// Builds a dataset from parsed train and test lines. Indices must be dense (see
+    /// [`MAX_SPARSITY`]): the counts are sized by the largest index.
     pub fn from_lines(train: &UserLines, test: &UserLines) -> Result<Self> {
-        let all = || train.lines.iter().chain(&test.lines);
-        let n_users = all().map(|(u, _)| *u as usize + 1).max().unwrap_or(0);
-        let n_items = all()
-            .filter_map(|(_, items)| items.iter().max())
-            .map(|&i| i as usize + 1)
-            .max()
-            .unwrap_or(0);
+        // (index, file, line) of each user and item
+        let all = || {
+            [train, test].into_iter().flat_map(|f| {
+                f.lines
+                    .iter()
+                    .zip(&f.line_numbers)
+                    .map(move |(l, &no)| (l, f.path.as_path(), no))
+            })
+        };
+        let users: std::collections::HashSet<u32> = all().map(|((u, _), _, _)| *u).collect();
+        let items: std::collections::HashSet<u32> = all()
+            .flat_map(|((_, is), _, _)| is.iter().copied())
+            .collect();
+        let max_user = all().map(|((u, _), p, no)| (*u, p, no)).max_by_key(|x| x.0);
+        let max_item = all()
+            .filter_map(|((_, is), p, no)| is.iter().max().map(|&i| (i, p, no)))
+            .max_by_key(|x| x.0);
+        let n_users = check_dense("user", max_user, users.len())?;
+        let n_items = check_dense("item", max_item, items.len())?;
         let edges = |l: &UserLines| -> Vec<(UserId, ItemId)> {
             l.lines
                 .iter()
@@ -136,6 +187,29 @@ impl Dataset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_huge_index_is_an_error_naming_its_line_not_an_allocation() {
+        let empty = parse_lightgcn("", Path::new("x/test.txt")).unwrap();
+        for (text, what, line) in [
+            ("0 1\n1 0\n0 2147483647\n", "user", 3),
+            ("0 1\n1 0\n2 2147483647\n", "item", 3),
+            ("2147483647\n", "user", 1),
+        ] {
+            // a repeated user is its own error: give each case distinct users
+            let text = text.replacen("0 2147483647", "2147483647 0", 1);
+            let train = parse_lightgcn(&text, Path::new("x/train.txt")).unwrap();
+            let err = Dataset::from_lines(&train, &empty).unwrap_err();
+            let msg = err.to_string();
+            assert!(
+                matches!(&err, Error::Parse { line: l, .. } if *l == line) && msg.contains(what),
+                "{text:?}: {msg}"
+            );
+        }
+        // dense enough: accepted
+        let train = parse_lightgcn("0 1\n1 0\n3 1000\n", Path::new("x/train.txt")).unwrap();
+        assert_eq!(Dataset::from_lines(&train, &empty).unwrap().n_items(), 1001);
+    }
 
     #[test]
     fn parses_users_items_blank_and_item_less_lines() {

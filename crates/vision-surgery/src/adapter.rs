@@ -36,6 +36,13 @@ use crate::weights::{Weights, st_dtype};
 pub const FORMAT: &str = "mosaic.embedding_adapter";
 /// The format version this crate reads and writes.
 pub const FORMAT_VERSION: &str = "1";
+/// Widest `in_dim` or `hidden_size` a header may declare (Qwen3-VL's largest hidden
+/// size is 8192).
+pub const MAX_WIDTH: usize = 1 << 16;
+/// Most soft tokens per item a header may declare.
+pub const MAX_TOKENS_PER_ITEM: usize = 4096;
+/// Most DeepStack levels a header may declare (Qwen3-VL uses 3).
+pub const MAX_DEEPSTACK_LAYERS: usize = 64;
 
 /// Non-linearity between the two layers of an MLP adapter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -210,6 +217,8 @@ impl AdapterSpec {
     }
 
     /// Parse and check header metadata; `hidden` is the MLP width read from `fc1.weight`.
+    /// Every number is bounded ([`MAX_WIDTH`], [`MAX_TOKENS_PER_ITEM`],
+    /// [`MAX_DEEPSTACK_LAYERS`]) before anything is sized by it.
     pub fn from_metadata(
         meta: &HashMap<String, String>,
         mlp_hidden: Option<usize>,
@@ -220,13 +229,13 @@ impl AdapterSpec {
                 message: "missing from the safetensors header metadata".into(),
             })
         };
-        let num = |k: &str| -> Result<usize> {
+        let num = |k: &str, max: usize| -> Result<usize> {
             let v = get(k)?;
             match v.trim().parse::<usize>() {
-                Ok(n) if n > 0 => Ok(n),
+                Ok(n) if n > 0 && n <= max => Ok(n),
                 _ => Err(Error::AdapterFormat {
                     field: k.into(),
-                    message: format!("expected a positive integer, found {v:?}"),
+                    message: format!("expected an integer in 1..={max}, found {v:?}"),
                 }),
             }
         };
@@ -246,9 +255,9 @@ impl AdapterSpec {
                 ),
             });
         }
-        let in_dim = num("in_dim")?;
-        let tokens_per_item = num("tokens_per_item")?;
-        let hidden_size = num("hidden_size")?;
+        let in_dim = num("in_dim", MAX_WIDTH)?;
+        let tokens_per_item = num("tokens_per_item", MAX_TOKENS_PER_ITEM)?;
+        let hidden_size = num("hidden_size", MAX_WIDTH)?;
         let activation = Activation::parse(get("activation")?)?;
         let architecture = match get("architecture")?.as_str() {
             "linear" => {
@@ -290,9 +299,13 @@ impl AdapterSpec {
             Some(v) => v
                 .trim()
                 .parse::<usize>()
-                .map_err(|_| Error::AdapterFormat {
+                .ok()
+                .filter(|&n| n <= MAX_DEEPSTACK_LAYERS)
+                .ok_or_else(|| Error::AdapterFormat {
                     field: "deepstack_layers".into(),
-                    message: format!("expected a non-negative integer, found {v:?}"),
+                    message: format!(
+                        "expected an integer in 0..={MAX_DEEPSTACK_LAYERS}, found {v:?}"
+                    ),
                 })?,
         };
         let grid = match meta.get("token_grid") {
@@ -305,7 +318,9 @@ impl AdapterSpec {
                     ))
                 });
                 match parsed {
-                    Some((h, w)) if h * w == tokens_per_item && h > 0 => VisualGrid::still(h, w),
+                    Some((h, w)) if h.checked_mul(w) == Some(tokens_per_item) && h > 0 => {
+                        VisualGrid::still(h, w)
+                    }
                     _ => {
                         return Err(Error::AdapterFormat {
                             field: "token_grid".into(),
@@ -768,6 +783,20 @@ mod tests {
                 .to_string()
                 .contains("format_version")
         );
+
+        // numbers that would size allocations are bounded first
+        for (field, value) in [
+            ("deepstack_layers", "100000000000"),
+            ("in_dim", "18446744073709551615"),
+            ("hidden_size", "4294967296"),
+            ("tokens_per_item", "1000000"),
+            ("token_grid", "4294967296x4294967296"),
+        ] {
+            let mut bad = meta.clone();
+            bad.insert(field.into(), value.into());
+            let e = AdapterSpec::from_metadata(&bad, Some(40)).unwrap_err();
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
 
         let mut bad = meta;
         bad.insert("token_grid".into(), "3x3".into());

@@ -490,6 +490,30 @@ fn validate_text(t: &TextConfig) -> Result<()> {
             return Err(Error::config(format!("text_config.{name}"), "must be > 0"));
         }
     }
+    // sizes the model is built with: bounded before anything is sized by them (the
+    // released checkpoints are far inside these)
+    let bounded = [
+        ("vocab_size", t.vocab_size, 1 << 24),
+        ("hidden_size", t.hidden_size, 1 << 16),
+        ("intermediate_size", t.intermediate_size, 1 << 20),
+        ("num_hidden_layers", t.num_hidden_layers, 1024),
+        ("num_attention_heads", t.num_attention_heads, 1024),
+        ("num_key_value_heads", t.num_key_value_heads, 1024),
+        ("head_dim", t.head_dim, 4096),
+        (
+            "max_position_embeddings",
+            t.max_position_embeddings,
+            1 << 24,
+        ),
+    ];
+    for (name, v, max) in bounded {
+        if v > max {
+            return Err(Error::config(
+                format!("text_config.{name}"),
+                format!("{v} is past the limit of {max}"),
+            ));
+        }
+    }
     if !t.num_attention_heads.is_multiple_of(t.num_key_value_heads) {
         return Err(Error::config(
             "text_config.num_key_value_heads",
@@ -545,6 +569,24 @@ mod tests {
             "text_config": text,
             "vision_config": {"deepstack_visual_indexes": [0, 2]}
         })
+    }
+
+    #[test]
+    fn oversized_shapes_are_config_errors_naming_the_field() {
+        for (field, v) in [
+            ("vocab_size", json!(1u64 << 40)),
+            ("hidden_size", json!(1u64 << 20)),
+            ("num_hidden_layers", json!(100_000_000_000u64)),
+            ("max_position_embeddings", json!(1u64 << 40)),
+        ] {
+            let rope = json!({"rope_type": "default", "rope_theta": 5e6,
+                "mrope_section": [4, 2, 2], "mrope_interleaved": true});
+            let ok = Qwen3VlConfig::from_value(base(json!({ "rope_parameters": rope.clone() })));
+            assert!(ok.is_ok(), "{ok:?}");
+            let e = Qwen3VlConfig::from_value(base(json!({ field: v, "rope_parameters": rope })))
+                .unwrap_err();
+            assert!(e.to_string().contains(field), "{field}: {e}");
+        }
     }
 
     #[test]

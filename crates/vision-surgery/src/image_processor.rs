@@ -23,6 +23,10 @@ fn img_err(message: impl Into<String>) -> Error {
     }
 }
 
+/// Largest `max_pixels` (longest edge setting) a preprocessor config may declare: 2^28
+/// pixels, 16x the released default.
+pub const MAX_PIXELS: usize = 1 << 28;
+
 /// Settings read from `preprocessor_config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PreprocessorConfig {
@@ -123,6 +127,21 @@ impl PreprocessorConfig {
                 "preprocessor_config",
                 "patch_size, merge_size and temporal_patch_size must be > 0",
             ));
+        }
+        // images are resized to at most max_pixels and cut into patches of these sizes:
+        // bounded before any buffer is sized by them
+        for (name, v, max) in [
+            ("patch_size", c.patch_size, 1024),
+            ("temporal_patch_size", c.temporal_patch_size, 64),
+            ("merge_size", c.merge_size, 64),
+            ("max_pixels", c.max_pixels, MAX_PIXELS),
+        ] {
+            if v > max {
+                return Err(Error::config(
+                    format!("preprocessor_config.{name}"),
+                    format!("{v} is past the limit of {max}"),
+                ));
+            }
         }
         if c.min_pixels > c.max_pixels {
             return Err(Error::config(

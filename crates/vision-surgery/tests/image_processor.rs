@@ -149,3 +149,25 @@ fn bad_images_are_typed_errors() {
     let e = ImageProcessor::default().resized(&thin).unwrap_err();
     assert!(e.to_string().contains("aspect ratio"), "{e}");
 }
+
+#[test]
+fn oversized_preprocessor_settings_are_config_errors() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("preprocessor_config.json");
+    for (json, field) in [
+        (r#"{"max_pixels": 18446744073709551615}"#, "max_pixels"),
+        (
+            r#"{"size": {"shortest_edge": 1, "longest_edge": 1099511627776}}"#,
+            "max_pixels",
+        ),
+        (r#"{"patch_size": 4294967296}"#, "patch_size"),
+        (r#"{"merge_size": 100000}"#, "merge_size"),
+    ] {
+        std::fs::write(&path, json).unwrap();
+        let e = PreprocessorConfig::from_file(&path).unwrap_err();
+        assert!(
+            matches!(e, vision_surgery::Error::Config { .. }) && e.to_string().contains(field),
+            "{json}: {e}"
+        );
+    }
+}
