@@ -88,44 +88,155 @@ pub trait Directory: Send + Sync + fmt::Debug {
     fn describe(&self) -> PathBuf;
 }
 
-/// Files on disk, read through mmap.
+/// The file-system steps a durable directory is made of. [`FsDirectory`] writes files
+/// with them in one place ([`FsDirectory::atomic_write`]): [`OsFs`] carries them out on
+/// disk, [`crate::sim::SimFs`] in memory with simulated power loss, so the crash tests
+/// exercise the very sequence of writes and syncs production runs.
+pub trait FileSystem: Send + Sync + fmt::Debug {
+    /// A file being written, exclusively created and locked.
+    type Writing;
+    /// Create `name` (it must not exist) and lock it until the handle is dropped.
+    fn create_locked(&self, name: &str) -> std::io::Result<Self::Writing>;
+    /// Append `data` to the file being written.
+    fn write(&self, file: &mut Self::Writing, data: &[u8]) -> std::io::Result<()>;
+    /// Make the file's content durable.
+    fn sync_file(&self, file: &Self::Writing) -> std::io::Result<()>;
+    /// Rename `from` to `to`, replacing `to`.
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()>;
+    /// Remove `name`.
+    fn remove(&self, name: &str) -> std::io::Result<()>;
+    /// Make the directory's entries (creations, renames, removals) durable.
+    fn sync_dir(&self) -> std::io::Result<()>;
+    /// The content of `name`.
+    fn read(&self, name: &str) -> Result<FileBytes>;
+    /// Whether `name` exists.
+    fn exists(&self, name: &str) -> bool;
+    /// Every name, sorted.
+    fn list(&self) -> std::io::Result<Vec<String>>;
+    /// Take the lock `name` or fail at once.
+    fn try_lock(&self, name: &str) -> Result<Box<dyn LockGuard>>;
+    /// Whether the temp file `name` belongs to a writer that is gone.
+    fn is_abandoned(&self, name: &str) -> bool;
+    /// A path to show in messages.
+    fn describe(&self) -> PathBuf;
+}
+
+/// A [`Directory`] over a [`FileSystem`]: files are written to a temp file of their
+/// own, synced, renamed into place, and the directory synced, before a write returns.
 #[derive(Debug, Clone)]
-pub struct MmapDirectory {
+pub struct FsDirectory<F> {
+    fs: F,
+}
+
+impl<F: FileSystem> FsDirectory<F> {
+    /// The directory on `fs`.
+    pub fn new(fs: F) -> Self {
+        Self { fs }
+    }
+
+    /// The file system underneath.
+    pub fn fs(&self) -> &F {
+        &self.fs
+    }
+}
+
+impl<F: FileSystem> Directory for FsDirectory<F> {
+    fn open_read(&self, name: &str) -> Result<FileBytes> {
+        self.fs.read(name)
+    }
+
+    /// The durable write, in this order (each sync is needed; the power-loss suite in
+    /// `tests/power_loss.rs` fails without any one of them):
+    /// 1. write the data to a temp file of its own and sync it, so that the name never
+    ///    points at data that is not on disk;
+    /// 2. rename it over `name`;
+    /// 3. sync the directory, so that the rename is durable before the write returns.
+    fn atomic_write(&self, name: &str, data: &[u8]) -> Result<()> {
+        let tmp = temp_name(name);
+        let fs = &self.fs;
+        let io = |e| Error::io(fs.describe().join(name), e);
+        let written = fs.create_locked(&tmp).and_then(|mut f| {
+            fs.write(&mut f, data)?;
+            fs.sync_file(&f)?; // sync 1
+            fs.rename(&tmp, name)?;
+            Ok(f)
+        });
+        match written {
+            // the lock is held until the rename: garbage collection skips the temp file
+            Ok(f) => drop(f),
+            Err(e) => {
+                let _ = fs.remove(&tmp);
+                return Err(io(e));
+            }
+        }
+        fs.sync_dir().map_err(io) // sync 3
+    }
+
+    fn delete(&self, name: &str) -> Result<()> {
+        match self.fs.remove(name) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(Error::io(self.fs.describe().join(name), e)),
+        }
+    }
+
+    fn exists(&self, name: &str) -> bool {
+        self.fs.exists(name)
+    }
+
+    fn list(&self) -> Result<Vec<String>> {
+        self.fs.list().map_err(|e| Error::io(self.fs.describe(), e))
+    }
+
+    fn try_lock(&self, name: &str) -> Result<Box<dyn LockGuard>> {
+        self.fs.try_lock(name)
+    }
+
+    fn remove_abandoned_temps(&self) -> Result<Vec<String>> {
+        let mut removed = Vec::new();
+        for name in self.list()? {
+            if name.starts_with('.') && name.ends_with(TEMP_SUFFIX) && self.fs.is_abandoned(&name) {
+                self.delete(&name)?;
+                removed.push(name);
+            }
+        }
+        Ok(removed)
+    }
+
+    fn describe(&self) -> PathBuf {
+        self.fs.describe()
+    }
+}
+
+/// Files on disk, read through mmap.
+pub type MmapDirectory = FsDirectory<OsFs>;
+
+/// The operating system's file system under one directory.
+#[derive(Debug, Clone)]
+pub struct OsFs {
     root: PathBuf,
 }
 
 impl MmapDirectory {
-    /// Use `root`, creating it if needed.
+    /// Use `root`, creating it (and syncing its parent, so the new directory survives a
+    /// power loss) if needed.
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
-        Ok(Self { root })
+        if !root.is_dir() {
+            std::fs::create_dir_all(&root).map_err(|e| Error::io(&root, e))?;
+            if let Some(parent) = root.parent().filter(|p| !p.as_os_str().is_empty()) {
+                File::open(parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| Error::io(parent, e))?;
+            }
+        }
+        Ok(FsDirectory::new(OsFs { root }))
     }
 
     /// The directory path.
     pub fn root(&self) -> &Path {
-        &self.root
+        &self.fs.root
     }
-
-    fn sync_dir(&self) -> Result<()> {
-        File::open(&self.root)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(&self.root, e))
-    }
-}
-
-/// Suffix of the temporary files of [`Directory::atomic_write`].
-pub const TEMP_SUFFIX: &str = ".tmp";
-
-/// A temp file younger than this is never removed, even unlocked: its writer may be
-/// between creating and locking it.
-const TEMP_GRACE: Duration = Duration::from_secs(600);
-
-/// A temp name no other write of this or another live process uses at the same time.
-fn temp_name(name: &str) -> String {
-    static SEQ: AtomicU64 = AtomicU64::new(0);
-    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-    format!(".{name}.{}-{seq}{TEMP_SUFFIX}", std::process::id())
 }
 
 struct MmapBytes(Mmap);
@@ -142,8 +253,53 @@ struct FileLock {
 
 impl LockGuard for FileLock {}
 
-impl Directory for MmapDirectory {
-    fn open_read(&self, name: &str) -> Result<FileBytes> {
+/// Suffix of the temporary files of [`Directory::atomic_write`].
+pub const TEMP_SUFFIX: &str = ".tmp";
+
+/// A temp file younger than this is never removed, even unlocked: its writer may be
+/// between creating and locking it.
+const TEMP_GRACE: Duration = Duration::from_secs(600);
+
+/// A temp name no other write of this or another live process uses at the same time.
+fn temp_name(name: &str) -> String {
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed);
+    format!(".{name}.{}-{seq}{TEMP_SUFFIX}", std::process::id())
+}
+
+impl FileSystem for OsFs {
+    type Writing = File;
+
+    fn create_locked(&self, name: &str) -> std::io::Result<File> {
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(self.root.join(name))?;
+        f.lock()?;
+        Ok(f)
+    }
+
+    fn write(&self, file: &mut File, data: &[u8]) -> std::io::Result<()> {
+        file.write_all(data)
+    }
+
+    fn sync_file(&self, file: &File) -> std::io::Result<()> {
+        file.sync_all()
+    }
+
+    fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
+        std::fs::rename(self.root.join(from), self.root.join(to))
+    }
+
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        std::fs::remove_file(self.root.join(name))
+    }
+
+    fn sync_dir(&self) -> std::io::Result<()> {
+        File::open(&self.root).and_then(|d| d.sync_all())
+    }
+
+    fn read(&self, name: &str) -> Result<FileBytes> {
         let path = self.root.join(name);
         // a FIFO or device would block or never end: only regular files are read
         let meta = std::fs::metadata(&path).map_err(|e| Error::io(&path, e))?;
@@ -160,51 +316,14 @@ impl Directory for MmapDirectory {
         Ok(FileBytes(Arc::new(MmapBytes(map))))
     }
 
-    fn atomic_write(&self, name: &str, data: &[u8]) -> Result<()> {
-        let tmp = self.root.join(temp_name(name));
-        let path = self.root.join(name);
-        let write = || -> std::io::Result<File> {
-            let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-            // held until the rename: garbage collection skips a locked temp file
-            f.lock()?;
-            f.write_all(data)?;
-            f.sync_all()?;
-            Ok(f)
-        };
-        let f = match write() {
-            Ok(f) => f,
-            Err(e) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(Error::io(&tmp, e));
-            }
-        };
-        if let Err(e) = std::fs::rename(&tmp, &path) {
-            let _ = std::fs::remove_file(&tmp);
-            return Err(Error::io(&path, e));
-        }
-        drop(f);
-        self.sync_dir()
-    }
-
-    fn delete(&self, name: &str) -> Result<()> {
-        let path = self.root.join(name);
-        match std::fs::remove_file(&path) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::io(&path, e)),
-        }
-    }
-
     fn exists(&self, name: &str) -> bool {
         self.root.join(name).exists()
     }
 
-    fn list(&self) -> Result<Vec<String>> {
-        let rd = std::fs::read_dir(&self.root).map_err(|e| Error::io(&self.root, e))?;
+    fn list(&self) -> std::io::Result<Vec<String>> {
         let mut v = Vec::new();
-        for e in rd {
-            let e = e.map_err(|e| Error::io(&self.root, e))?;
-            if let Some(n) = e.file_name().to_str() {
+        for e in std::fs::read_dir(&self.root)? {
+            if let Some(n) = e?.file_name().to_str() {
                 v.push(n.to_string());
             }
         }
@@ -229,33 +348,19 @@ impl Directory for MmapDirectory {
         }
     }
 
-    fn remove_abandoned_temps(&self) -> Result<Vec<String>> {
-        let mut removed = Vec::new();
-        for name in self.list()? {
-            if !(name.starts_with('.') && name.ends_with(TEMP_SUFFIX)) {
-                continue;
-            }
-            let path = self.root.join(&name);
-            let Ok(file) = File::open(&path) else {
-                continue; // renamed or removed meanwhile
-            };
-            let young = file
-                .metadata()
-                .and_then(|m| m.modified())
-                .ok()
-                .and_then(|t| SystemTime::now().duration_since(t).ok())
-                .is_none_or(|age| age < TEMP_GRACE);
-            // a live writer holds the lock until its rename
-            if young || file.try_lock().is_err() {
-                continue;
-            }
-            match std::fs::remove_file(&path) {
-                Ok(()) => removed.push(name),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&path, e)),
-            }
-        }
-        Ok(removed)
+    /// Unlocked (its writer is gone: a live one holds the lock until its rename) and
+    /// older than 10 minutes (a writer may be between creating and locking it).
+    fn is_abandoned(&self, name: &str) -> bool {
+        let Ok(file) = File::open(self.root.join(name)) else {
+            return false; // renamed or removed meanwhile
+        };
+        let old = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .is_some_and(|age| age >= TEMP_GRACE);
+        old && file.try_lock().is_ok()
     }
 
     fn describe(&self) -> PathBuf {

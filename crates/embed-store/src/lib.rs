@@ -26,12 +26,13 @@ pub mod matrix;
 pub mod redis_cluster;
 pub mod search;
 pub mod segment;
+pub mod sim;
 pub mod store;
 pub mod tombstones;
 pub mod types;
 pub mod vector_store;
 
-pub use directory::{Directory, MmapDirectory, RamDirectory};
+pub use directory::{Directory, FileSystem, FsDirectory, MmapDirectory, OsFs, RamDirectory};
 pub use error::{Error, Result};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
