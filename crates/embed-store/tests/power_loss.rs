@@ -94,6 +94,8 @@ impl Run {
     fn workload(&mut self, seed: u64) -> Result<(), Stop> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut w = self.store.writer().map_err(|_| Stop::Failed)?;
+        // buffered puts past 64 bytes go to staged segments before their commit
+        w.set_flush_bytes(64);
         self.commit(&mut w, |w, m| {
             w.create_generation(GenerationSpec::new("a", DIM, StorageType::F32))?;
             let ids: Vec<ItemId> = (0..24).map(ItemId).collect();
