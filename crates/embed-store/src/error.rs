@@ -69,6 +69,22 @@ pub enum Error {
         /// What failed, with the server's or client's message.
         message: String,
     },
+    /// A remote backend rejected the credentials (wrong user or password).
+    #[error("{backend} backend: authentication failed: {message}")]
+    Auth {
+        /// Which backend.
+        backend: &'static str,
+        /// The server's or client's message.
+        message: String,
+    },
+    /// A remote backend's access rules refuse the command or key (an ACL).
+    #[error("{backend} backend: permission denied: {message}")]
+    Denied {
+        /// Which backend.
+        backend: &'static str,
+        /// The server's message (names the command or key).
+        message: String,
+    },
     /// A tensor operation on the compute device failed (batch search by GEMM).
     #[error("device error: {0}")]
     Device(#[from] candle_core::Error),

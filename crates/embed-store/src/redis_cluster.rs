@@ -1,24 +1,34 @@
 //! [`VectorStore`] on a Redis Cluster, for catalogues past one machine.
 //!
-//! Key layout under a namespace `ns` (see docs/embed-store.md):
+//! Key layout under a namespace `ns` (see docs/embed-store.md, which also lists the ACL
+//! rules a deployment grants):
 //!
 //! | key | value |
 //! |---|---|
-//! | `{ns}:current` | name of the current generation (one key: switched by a single atomic `SET`) |
+//! | `{ns}:current` | `name@epoch` of the current generation (switched by one atomic `SET`) |
 //! | `{ns}:generations` | set of generation names |
-//! | `{ns}:gen:{name}:meta` | JSON `{"dim": d, "storage": "f32" \| "f16" \| "int8"}` |
-//! | `{ns}:gen:{name}:v:{id}` | the vector, encoded by [`crate::vector_store::encode_vector`] |
+//! | `{ns}:gen:{name}:meta` | JSON `{"dim": d, "storage": "f32" \| "f16" \| "int8", "epoch": e}` |
+//! | `{ns}:gen:{name}:{epoch}:v:{id}` | the vector, encoded by [`crate::vector_store::encode_vector`] |
 //!
+//! The epoch (16 hex digits, random at creation) tells a generation from one of the same
+//! name dropped and recreated elsewhere: a reader's cached metadata is checked against
+//! the epoch in `current` on every batch read, writers read the metadata on every call.
 //! Vector keys carry no hash tag, so they spread over every master's slots; reads and
 //! writes go out as cluster pipelines (the client splits them per node) in chunks.
-//! A generation is written completely before `set_current` points readers at it, and a
-//! batch read resolves the pointer once, so a reader never mixes generations.
+//!
+//! Connections: [`RedisConfig`] gives the seed nodes (`redis://` or `rediss://` for
+//! TLS), ACL username and password, extra root certificates, connect and response
+//! timeouts, and a pool of connections, so reads proceed while a bulk write runs. Every
+//! connection the backend opens, `drop_generation`'s per-master ones included, uses them.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hasher};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard, TryLockError};
+use std::time::Duration;
 
 use redis::Commands;
-use redis::cluster::{ClusterClient, ClusterConnection, cluster_pipe};
+use redis::cluster::{ClusterClientBuilder, ClusterConnection, cluster_pipe};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -33,27 +43,150 @@ const CHUNK: usize = 1024;
 struct Meta {
     dim: usize,
     storage: StorageType,
+    /// Random at creation: a recreated generation of the same name has another.
+    epoch: u64,
+}
+
+/// How to reach a Redis Cluster.
+#[derive(Clone)]
+pub struct RedisConfig {
+    /// Seed nodes: `redis://host:port` or, for TLS, `rediss://host:port` (all alike).
+    pub nodes: Vec<String>,
+    /// Key namespace (1-128 characters of `A-Z a-z 0-9 - _ .`).
+    pub namespace: String,
+    /// ACL user (Redis 6+); `None` is the `default` user.
+    pub username: Option<String>,
+    /// Password of the user.
+    pub password: Option<String>,
+    /// PEM root certificates to trust for `rediss://` (the system's roots otherwise).
+    pub ca_pem: Option<Vec<u8>>,
+    /// Longest wait for a connection to be established (default 2 s).
+    pub connect_timeout: Duration,
+    /// Longest wait for a reply (default 2 s).
+    pub response_timeout: Duration,
+    /// Connections in the pool (default 4): calls beyond it wait for a free one.
+    pub connections: usize,
+}
+
+impl std::fmt::Debug for RedisConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisConfig")
+            .field("nodes", &self.nodes)
+            .field("namespace", &self.namespace)
+            .field("username", &self.username)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .field("ca_pem", &self.ca_pem.as_ref().map(Vec::len))
+            .field("connect_timeout", &self.connect_timeout)
+            .field("response_timeout", &self.response_timeout)
+            .field("connections", &self.connections)
+            .finish()
+    }
+}
+
+impl RedisConfig {
+    /// Seed `nodes` and `namespace`, no credentials, default timeouts and pool.
+    pub fn new<S: Into<String>>(nodes: impl IntoIterator<Item = S>, namespace: &str) -> Self {
+        Self {
+            nodes: nodes.into_iter().map(Into::into).collect(),
+            namespace: namespace.to_string(),
+            username: None,
+            password: None,
+            ca_pem: None,
+            connect_timeout: Duration::from_secs(2),
+            response_timeout: Duration::from_secs(2),
+            connections: 4,
+        }
+    }
+
+    /// Authenticate as ACL `username` (or the default user with `None`) with `password`.
+    pub fn credentials(mut self, username: Option<&str>, password: &str) -> Self {
+        self.username = username.map(str::to_string);
+        self.password = Some(password.to_string());
+        self
+    }
+
+    /// Trust the PEM root certificates `pem` for TLS.
+    pub fn ca_pem(mut self, pem: Vec<u8>) -> Self {
+        self.ca_pem = Some(pem);
+        self
+    }
+
+    /// Connect and response timeouts.
+    pub fn timeouts(mut self, connect: Duration, response: Duration) -> Self {
+        self.connect_timeout = connect;
+        self.response_timeout = response;
+        self
+    }
+
+    /// Connections in the pool (at least 1).
+    pub fn connections(mut self, n: usize) -> Self {
+        self.connections = n.max(1);
+        self
+    }
+
+    fn tls(&self) -> bool {
+        self.nodes.iter().any(|n| n.starts_with("rediss://"))
+    }
+
+    fn certificates(&self) -> redis::TlsCertificates {
+        redis::TlsCertificates {
+            client_tls: None,
+            root_cert: self.ca_pem.clone(),
+        }
+    }
 }
 
 /// A [`VectorStore`] on a Redis Cluster.
 pub struct RedisClusterStore {
-    conn: Mutex<ClusterConnection>,
-    ns: String,
+    pool: Vec<Mutex<ClusterConnection>>,
+    next: AtomicUsize,
+    config: RedisConfig,
     metas: Mutex<HashMap<String, Meta>>,
 }
 
 impl std::fmt::Debug for RedisClusterStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisClusterStore")
-            .field("namespace", &self.ns)
+            .field("config", &self.config)
             .finish_non_exhaustive()
     }
 }
 
-fn redis_err(what: &str) -> impl Fn(redis::RedisError) -> Error + '_ {
-    move |e| Error::Backend {
-        backend: "redis",
-        message: format!("{what}: {e}"),
+/// The typed error of a failed Redis call: [`Error::Auth`] for rejected credentials,
+/// [`Error::Denied`] for an ACL refusal, [`Error::Backend`] for the rest (a timeout, a
+/// refused or reset connection: with a hint when TLS may be the cause).
+fn redis_err<'a>(
+    what: &'a str,
+    config: &'a RedisConfig,
+) -> impl Fn(redis::RedisError) -> Error + 'a {
+    move |e| {
+        let text = e.to_string();
+        // the cluster client folds per-node failures into one I/O error: its text names them
+        if e.kind() == redis::ErrorKind::AuthenticationFailed
+            || ["WRONGPASS", "NOAUTH", "AuthenticationFailed"]
+                .iter()
+                .any(|m| text.contains(m))
+        {
+            return Error::Auth {
+                backend: "redis",
+                message: format!("{what}: {text}"),
+            };
+        }
+        if text.contains("NOPERM") || text.contains("NoPerm") {
+            return Error::Denied {
+                backend: "redis",
+                message: format!("{what}: {text}"),
+            };
+        }
+        let hint = if !config.tls() && (e.is_io_error() || e.is_timeout()) {
+            " (is the server TLS-only? use rediss:// URLs)"
+        } else {
+            ""
+        };
+        Error::Backend {
+            backend: "redis",
+            message: format!("{what}: {text}{hint}"),
+        }
     }
 }
 
@@ -73,54 +206,110 @@ fn check_name(kind: &str, name: &str) -> Result<()> {
     }
 }
 
+/// A random epoch (the std hasher's per-process random keys over time and a counter).
+fn new_epoch() -> u64 {
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(COUNTER.fetch_add(1, Ordering::Relaxed));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// `name@epoch`, the value of the `current` key.
+fn pointer(name: &str, epoch: u64) -> String {
+    format!("{name}@{epoch:016x}")
+}
+
 impl RedisClusterStore {
-    /// Connect to the cluster through any of `nodes` (`redis://host:port/` URLs) and use
-    /// keys under `namespace`.
+    /// Connect through any of `nodes` (`redis://host:port/` URLs) with no credentials and
+    /// default timeouts, using keys under `namespace`.
     pub fn connect(nodes: &[&str], namespace: &str) -> Result<Self> {
-        check_name("namespace", namespace)?;
-        let client = ClusterClient::new(nodes.to_vec()).map_err(redis_err("cluster client"))?;
-        let conn = client
-            .get_connection()
-            .map_err(redis_err("connecting to the cluster"))?;
+        Self::open(RedisConfig::new(nodes.iter().copied(), namespace))
+    }
+
+    /// Connect as `config` says: every pooled connection is opened (and authenticated)
+    /// now, so a wrong password, an unreachable node or a TLS mismatch fails here.
+    pub fn open(config: RedisConfig) -> Result<Self> {
+        check_name("namespace", &config.namespace)?;
+        let err = redis_err("connecting to the cluster", &config);
+        let mut b = ClusterClientBuilder::new(config.nodes.clone())
+            .connection_timeout(config.connect_timeout)
+            .response_timeout(config.response_timeout)
+            .retries(2);
+        if let Some(u) = &config.username {
+            b = b.username(u);
+        }
+        if let Some(p) = &config.password {
+            b = b.password(p);
+        }
+        if config.tls() {
+            b = b.certs(config.certificates());
+        }
+        let client = b.build().map_err(&err)?;
+        let pool = (0..config.connections.max(1))
+            .map(|_| client.get_connection().map(Mutex::new).map_err(&err))
+            .collect::<Result<Vec<_>>>()?;
+        drop(err);
         Ok(Self {
-            conn: Mutex::new(conn),
-            ns: namespace.to_string(),
+            pool,
+            next: AtomicUsize::new(0),
+            config,
             metas: Mutex::new(HashMap::new()),
         })
     }
 
+    fn err<'a>(&'a self, what: &'a str) -> impl Fn(redis::RedisError) -> Error + 'a {
+        redis_err(what, &self.config)
+    }
+
+    fn ns(&self) -> &str {
+        &self.config.namespace
+    }
+
     fn current_key(&self) -> String {
-        format!("{}:current", self.ns)
+        format!("{}:current", self.ns())
     }
 
     fn generations_key(&self) -> String {
-        format!("{}:generations", self.ns)
+        format!("{}:generations", self.ns())
     }
 
     fn meta_key(&self, generation: &str) -> String {
-        format!("{}:gen:{generation}:meta", self.ns)
+        format!("{}:gen:{generation}:meta", self.ns())
     }
 
-    fn vector_key(&self, generation: &str, id: ItemId) -> String {
-        format!("{}:gen:{generation}:v:{}", self.ns, id.0)
+    fn vector_key(&self, generation: &str, epoch: u64, id: ItemId) -> String {
+        format!("{}:gen:{generation}:{epoch:016x}:v:{}", self.ns(), id.0)
     }
 
-    fn conn(&self) -> Result<std::sync::MutexGuard<'_, ClusterConnection>> {
-        self.conn.lock().map_err(|_| Error::Backend {
-            backend: "redis",
-            message: "the connection mutex is poisoned".into(),
-        })
-    }
-
-    fn meta(&self, conn: &mut ClusterConnection, generation: &str) -> Result<Meta> {
-        if let Ok(m) = self.metas.lock()
-            && let Some(meta) = m.get(generation)
-        {
-            return Ok(*meta);
+    /// A free pooled connection, or the next one in turn when all are busy.
+    fn conn(&self) -> Result<MutexGuard<'_, ClusterConnection>> {
+        let n = self.pool.len();
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for k in 0..n {
+            match self.pool[(start + k) % n].try_lock() {
+                Ok(g) => return Ok(g),
+                // a panic mid-call leaves no half-read reply: the sync client reads
+                // whole replies before returning
+                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(TryLockError::WouldBlock) => {}
+            }
         }
+        Ok(self.pool[start % n]
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The generation's metadata as stored now (writers and `set_current` read it on
+    /// every call, so a generation recreated elsewhere is seen at once).
+    fn fresh_meta(&self, conn: &mut ClusterConnection, generation: &str) -> Result<Meta> {
         let raw: Option<String> = conn
             .get(self.meta_key(generation))
-            .map_err(redis_err("reading generation metadata"))?;
+            .map_err(self.err("reading generation metadata"))?;
         let raw = raw.ok_or_else(|| Error::Generation {
             name: generation.to_string(),
             message: "no such generation".into(),
@@ -135,13 +324,35 @@ impl RedisClusterStore {
         Ok(meta)
     }
 
+    /// The metadata of `generation` at `epoch`: cached when the epochs agree.
+    fn meta_at(&self, conn: &mut ClusterConnection, generation: &str, epoch: u64) -> Result<Meta> {
+        if let Ok(m) = self.metas.lock()
+            && let Some(meta) = m.get(generation)
+            && meta.epoch == epoch
+        {
+            return Ok(*meta);
+        }
+        let meta = self.fresh_meta(conn, generation)?;
+        if meta.epoch != epoch {
+            return Err(Error::Generation {
+                name: generation.to_string(),
+                message: format!(
+                    "the current pointer names epoch {epoch:016x}, the generation is at {:016x} \
+                     (dropped and recreated meanwhile); retry",
+                    meta.epoch
+                ),
+            });
+        }
+        Ok(meta)
+    }
+
     /// Addresses (`host:port`) of the cluster's masters, from `CLUSTER NODES`.
     pub fn masters(&self) -> Result<Vec<String>> {
         let mut conn = self.conn()?;
         let text: String = redis::cmd("CLUSTER")
             .arg("NODES")
             .query(&mut *conn)
-            .map_err(redis_err("CLUSTER NODES"))?;
+            .map_err(self.err("CLUSTER NODES"))?;
         Ok(text
             .lines()
             .filter_map(|l| {
@@ -154,20 +365,119 @@ impl RedisClusterStore {
             })
             .collect())
     }
+
+    /// A connection to one node at `addr`, with the configuration's credentials, TLS
+    /// and timeouts.
+    fn node(&self, addr: &str) -> Result<redis::Connection> {
+        let c = &self.config;
+        let err = self.err("connecting to a master");
+        let scheme = if c.tls() { "rediss" } else { "redis" };
+        let mut info =
+            redis::IntoConnectionInfo::into_connection_info(format!("{scheme}://{addr}/"))
+                .map_err(&err)?;
+        let mut settings = info.redis_settings().clone();
+        if let Some(u) = &c.username {
+            settings = settings.set_username(u);
+        }
+        if let Some(p) = &c.password {
+            settings = settings.set_password(p);
+        }
+        info = info.set_redis_settings(settings);
+        let client = if c.tls() {
+            redis::Client::build_with_tls(info, c.certificates())
+        } else {
+            redis::Client::open(info)
+        }
+        .map_err(&err)?;
+        let conn = client
+            .get_connection_with_timeout(c.connect_timeout)
+            .map_err(&err)?;
+        conn.set_read_timeout(Some(c.response_timeout))
+            .and_then(|()| conn.set_write_timeout(Some(c.response_timeout)))
+            .map_err(&err)?;
+        Ok(conn)
+    }
+
+    /// Run `write` over `keys` chunk by chunk, after reading their values: when a chunk
+    /// fails, every key of the batch gets its old value back, so a failed batch is not
+    /// left half-visible. The error says whether that restore failed too.
+    fn write_batch(
+        &self,
+        conn: &mut ClusterConnection,
+        keys: &[String],
+        write: impl Fn(&mut redis::cluster::ClusterPipeline, usize),
+    ) -> Result<()> {
+        let mut old: Vec<Option<Vec<u8>>> = Vec::with_capacity(keys.len());
+        for chunk in keys.chunks(CHUNK) {
+            let mut p = cluster_pipe();
+            for k in chunk {
+                p.get(k);
+            }
+            let values: Vec<Option<Vec<u8>>> = p
+                .query(conn)
+                .map_err(self.err("reading the values a batch replaces"))?;
+            old.extend(values);
+        }
+        for (c, chunk) in keys.chunks(CHUNK).enumerate() {
+            let mut p = cluster_pipe();
+            for i in 0..chunk.len() {
+                write(&mut p, c * CHUNK + i);
+            }
+            if let Err(e) = p.query::<()>(conn) {
+                let mut failed = self.err("writing a batch")(e);
+                let done = ((c + 1) * CHUNK).min(keys.len());
+                if let Err(r) = self.restore(conn, &keys[..done], &old[..done])
+                    && let Error::Backend { message, .. }
+                    | Error::Auth { message, .. }
+                    | Error::Denied { message, .. } = &mut failed
+                {
+                    // every key was sent back; those the failure concerned (a node that
+                    // went down, a key the user may not write) may hold either value
+                    message.push_str(&format!(
+                        "; restoring the batch's previous values also reported: {r}"
+                    ));
+                }
+                return Err(failed);
+            }
+        }
+        Ok(())
+    }
+
+    fn restore(
+        &self,
+        conn: &mut ClusterConnection,
+        keys: &[String],
+        old: &[Option<Vec<u8>>],
+    ) -> Result<()> {
+        for (ks, vs) in keys.chunks(CHUNK).zip(old.chunks(CHUNK)) {
+            let mut p = cluster_pipe();
+            for (k, v) in ks.iter().zip(vs) {
+                match v {
+                    Some(v) => p.set(k, v.as_slice()).ignore(),
+                    None => p.del(k).ignore(),
+                };
+            }
+            p.query::<()>(conn)
+                .map_err(self.err("restoring a failed batch"))?;
+        }
+        Ok(())
+    }
 }
 
 impl VectorStore for RedisClusterStore {
     fn create_generation(&self, spec: &GenerationSpec) -> Result<()> {
         check_name("generation", &spec.name)?;
-        if spec.dim == 0 {
+        if let Err(message) = crate::manifest::check_generation(&spec.name, spec.dim, spec.n_attrs)
+        {
             return Err(Error::Generation {
                 name: spec.name.clone(),
-                message: "dim must be at least 1".into(),
+                message,
             });
         }
         let meta = serde_json::to_string(&Meta {
             dim: spec.dim,
             storage: spec.storage,
+            epoch: new_epoch(),
         })
         .map_err(|e| Error::Backend {
             backend: "redis",
@@ -180,7 +490,7 @@ impl VectorStore for RedisClusterStore {
             .arg(meta)
             .arg("NX")
             .query::<Option<String>>(&mut *conn)
-            .map_err(redis_err("creating a generation"))?
+            .map_err(self.err("creating a generation"))?
             .is_some();
         if !created {
             return Err(Error::Generation {
@@ -190,66 +500,65 @@ impl VectorStore for RedisClusterStore {
         }
         let _: i64 = conn
             .sadd(self.generations_key(), &spec.name)
-            .map_err(redis_err("registering a generation"))?;
+            .map_err(self.err("registering a generation"))?;
         Ok(())
     }
 
+    /// All of the batch or, when a chunk fails, none of it (see `write_batch`).
     fn put_many(&self, generation: &str, ids: &[ItemId], vectors: &[f32]) -> Result<()> {
         check_name("generation", generation)?;
         let mut conn = self.conn()?;
-        let meta = self.meta(&mut conn, generation)?;
+        let meta = self.fresh_meta(&mut conn, generation)?;
         validate_batch(meta.dim, meta.storage, ids, vectors)?;
-        for (chunk_ids, chunk) in ids.chunks(CHUNK).zip(vectors.chunks(CHUNK * meta.dim)) {
-            let mut p = cluster_pipe();
-            for (id, v) in chunk_ids.iter().zip(chunk.chunks_exact(meta.dim)) {
-                p.set(
-                    self.vector_key(generation, *id),
-                    encode_vector(meta.storage, v),
-                )
-                .ignore();
-            }
-            p.query::<()>(&mut conn)
-                .map_err(redis_err("writing vectors"))?;
-        }
-        Ok(())
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.vector_key(generation, meta.epoch, *id))
+            .collect();
+        let encoded: Vec<Vec<u8>> = vectors
+            .chunks_exact(meta.dim)
+            .map(|v| encode_vector(meta.storage, v))
+            .collect();
+        self.write_batch(&mut conn, &keys, |p, i| {
+            p.set(&keys[i], encoded[i].as_slice()).ignore();
+        })
     }
 
     fn delete(&self, generation: &str, ids: &[ItemId]) -> Result<()> {
         check_name("generation", generation)?;
         let mut conn = self.conn()?;
-        self.meta(&mut conn, generation)?;
-        for chunk in ids.chunks(CHUNK) {
-            let mut p = cluster_pipe();
-            for id in chunk {
-                p.del(self.vector_key(generation, *id)).ignore();
-            }
-            p.query::<()>(&mut conn)
-                .map_err(redis_err("deleting vectors"))?;
-        }
-        Ok(())
+        let meta = self.fresh_meta(&mut conn, generation)?;
+        let keys: Vec<String> = ids
+            .iter()
+            .map(|id| self.vector_key(generation, meta.epoch, *id))
+            .collect();
+        self.write_batch(&mut conn, &keys, |p, i| {
+            p.del(&keys[i]).ignore();
+        })
     }
 
     fn set_current(&self, generation: &str) -> Result<()> {
         check_name("generation", generation)?;
         let mut conn = self.conn()?;
-        self.meta(&mut conn, generation)?;
+        let meta = self.fresh_meta(&mut conn, generation)?;
         let _: () = conn
-            .set(self.current_key(), generation)
-            .map_err(redis_err("switching the generation"))?;
+            .set(self.current_key(), pointer(generation, meta.epoch))
+            .map_err(self.err("switching the generation"))?;
         Ok(())
     }
 
     fn current(&self) -> Result<Option<String>> {
         let mut conn = self.conn()?;
-        conn.get(self.current_key())
-            .map_err(redis_err("reading the current generation"))
+        let p: Option<String> = conn
+            .get(self.current_key())
+            .map_err(self.err("reading the current generation"))?;
+        Ok(p.map(|p| p.split_once('@').map_or(p.clone(), |(n, _)| n.to_string())))
     }
 
     fn generations(&self) -> Result<Vec<String>> {
         let mut conn = self.conn()?;
         let mut v: Vec<String> = conn
             .smembers(self.generations_key())
-            .map_err(redis_err("listing generations"))?;
+            .map_err(self.err("listing generations"))?;
         v.sort();
         Ok(v)
     }
@@ -262,28 +571,26 @@ impl VectorStore for RedisClusterStore {
                 message: "is current; switch to another generation first".into(),
             });
         }
-        {
+        let epoch = {
             let mut conn = self.conn()?;
-            self.meta(&mut conn, generation)?;
+            let meta = self.fresh_meta(&mut conn, generation)?;
             // unregister first: from here on the generation cannot be made current
             let _: () = conn
                 .del(self.meta_key(generation))
-                .map_err(redis_err("dropping a generation"))?;
+                .map_err(self.err("dropping a generation"))?;
             let _: i64 = conn
                 .srem(self.generations_key(), generation)
-                .map_err(redis_err("dropping a generation"))?;
-        }
+                .map_err(self.err("dropping a generation"))?;
+            meta.epoch
+        };
         if let Ok(mut m) = self.metas.lock() {
             m.remove(generation);
         }
-        // then remove its vectors from every master: SCAN each node's own keys
-        let pattern = format!("{}:gen:{generation}:v:*", self.ns);
+        // then remove its vectors (of this epoch only: a generation recreated meanwhile
+        // keeps its own) from every master: SCAN each node's own keys
+        let pattern = format!("{}:gen:{generation}:{epoch:016x}:v:*", self.ns());
         for addr in self.masters()? {
-            let client = redis::Client::open(format!("redis://{addr}/"))
-                .map_err(redis_err("connecting to a master"))?;
-            let mut node = client
-                .get_connection()
-                .map_err(redis_err("connecting to a master"))?;
+            let mut node = self.node(&addr)?;
             let mut cursor: u64 = 0;
             loop {
                 let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
@@ -293,14 +600,14 @@ impl VectorStore for RedisClusterStore {
                     .arg("COUNT")
                     .arg(1000)
                     .query(&mut node)
-                    .map_err(redis_err("scanning a master"))?;
+                    .map_err(self.err("scanning a master"))?;
                 if !keys.is_empty() {
                     let mut p = redis::pipe();
                     for k in &keys {
                         p.cmd("UNLINK").arg(k).ignore();
                     }
                     p.query::<()>(&mut node)
-                        .map_err(redis_err("unlinking vectors"))?;
+                        .map_err(self.err("unlinking vectors"))?;
                 }
                 if next == 0 {
                     break;
@@ -313,23 +620,30 @@ impl VectorStore for RedisClusterStore {
 
     fn get_many(&self, ids: &[ItemId]) -> Result<Fetched> {
         let mut conn = self.conn()?;
-        let generation: String = conn
+        let current: String = conn
             .get::<_, Option<String>>(self.current_key())
-            .map_err(redis_err("reading the current generation"))?
+            .map_err(self.err("reading the current generation"))?
             .ok_or_else(|| Error::Generation {
                 name: String::new(),
                 message: "no generation is current".into(),
             })?;
-        let meta = self.meta(&mut conn, &generation)?;
+        let (generation, epoch) = current
+            .split_once('@')
+            .and_then(|(n, e)| Some((n.to_string(), u64::from_str_radix(e, 16).ok()?)))
+            .ok_or_else(|| Error::Corrupt {
+                file: self.current_key(),
+                message: format!("{current:?} is not name@epoch"),
+            })?;
+        let meta = self.meta_at(&mut conn, &generation, epoch)?;
         let mut vectors = vec![0f32; ids.len() * meta.dim];
         let mut found = vec![false; ids.len()];
         for (c, chunk) in ids.chunks(CHUNK).enumerate() {
             let mut p = cluster_pipe();
             for id in chunk {
-                p.get(self.vector_key(&generation, *id));
+                p.get(self.vector_key(&generation, epoch, *id));
             }
             let values: Vec<Option<Vec<u8>>> =
-                p.query(&mut conn).map_err(redis_err("reading vectors"))?;
+                p.query(&mut conn).map_err(self.err("reading vectors"))?;
             for (j, v) in values.into_iter().enumerate() {
                 let i = c * CHUNK + j;
                 if let Some(bytes) = v {

@@ -1,137 +1,15 @@
 //! The `VectorStore` contract, run against the embedded backend and against a real
-//! 3-master Redis Cluster started on loopback ports (redis-server must be installed:
-//! `.ci/run` installs it; this test fails, never skips, without it).
+//! 3-master Redis Cluster started on loopback ports (`common`: redis-server must be
+//! installed, `scripts/test.sh` installs it; this test fails, never skips, without it).
 
-use std::net::TcpListener;
-use std::process::{Child, Command, Stdio};
+mod common;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
+use common::{Security, start_cluster};
 use embed_store::redis_cluster::RedisClusterStore;
 use embed_store::store::GenerationSpec;
 use embed_store::{EmbeddedStore, ItemId, RamDirectory, StorageType, Store, VectorStore};
-
-/// Three redis-server processes joined into a cluster; killed on drop.
-struct Cluster {
-    procs: Vec<Child>,
-    ports: Vec<u16>,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        for p in &mut self.procs {
-            let _ = p.kill();
-            let _ = p.wait();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    // a cluster node also listens on port + 10000: keep both below 65536
-    loop {
-        let l = TcpListener::bind("127.0.0.1:0").expect("binding a probe socket");
-        let p = l.local_addr().expect("probe address").port();
-        if p < 55000 && TcpListener::bind(("127.0.0.1", p + 10000)).is_ok() {
-            return p;
-        }
-    }
-}
-
-fn redis_cli(args: &[&str]) -> String {
-    let out = Command::new("redis-cli")
-        .args(args)
-        .output()
-        .expect("redis-cli is installed with redis-server");
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn start_cluster() -> Cluster {
-    assert!(
-        Command::new("redis-server")
-            .arg("--version")
-            .output()
-            .is_ok(),
-        "redis-server is not installed (apt-get install redis-server; .ci/run does it)"
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut ports = Vec::new();
-    let mut procs = Vec::new();
-    for i in 0..3 {
-        let port = free_port();
-        let node_dir = dir.path().join(format!("n{i}"));
-        std::fs::create_dir_all(&node_dir).expect("node dir");
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                "nodes.conf",
-                "--cluster-node-timeout",
-                "5000",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                node_dir.to_str().expect("utf-8"),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server");
-        ports.push(port);
-        procs.push(child);
-    }
-    let cluster = Cluster {
-        procs,
-        ports,
-        _dir: dir,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    for p in &cluster.ports {
-        while redis_cli(&["-p", &p.to_string(), "ping"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {p} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-    let addrs: Vec<String> = cluster
-        .ports
-        .iter()
-        .map(|p| format!("127.0.0.1:{p}"))
-        .collect();
-    let mut args = vec!["--cluster", "create"];
-    args.extend(addrs.iter().map(String::as_str));
-    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
-    redis_cli(&args);
-    // Every node must be ok *and* know all three masters with their slots: a node can
-    // report cluster_state:ok while gossip about a master is still in flight.
-    for p in &cluster.ports {
-        loop {
-            let info = redis_cli(&["-p", &p.to_string(), "cluster", "info"]);
-            if info.contains("cluster_state:ok") && info.contains("cluster_size:3") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the cluster did not become ok");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    cluster
-}
-
-fn urls(c: &Cluster) -> Vec<String> {
-    c.ports
-        .iter()
-        .map(|p| format!("redis://127.0.0.1:{p}/"))
-        .collect()
-}
 
 fn vectors(n: usize, dim: usize, salt: f32) -> Vec<f32> {
     (0..n * dim)
@@ -250,8 +128,8 @@ fn embedded_backend_honours_the_contract() {
 
 #[test]
 fn redis_cluster_backend_honours_the_contract_and_spreads_keys() {
-    let cluster = start_cluster();
-    let urls = urls(&cluster);
+    let cluster = start_cluster(&Security::default());
+    let urls = cluster.urls();
     let nodes: Vec<&str> = urls.iter().map(String::as_str).collect();
     let s = RedisClusterStore::connect(&nodes, "mosaic-test").unwrap();
     assert_eq!(s.masters().unwrap().len(), 3);
@@ -261,24 +139,12 @@ fn redis_cluster_backend_honours_the_contract_and_spreads_keys() {
         .unwrap();
     let ids: Vec<ItemId> = (0..600).map(ItemId).collect();
     s.put_many("spread", &ids, &vectors(600, 4, 0.5)).unwrap();
-    for p in &cluster.ports {
-        let n: usize = redis_cli(&["-p", &p.to_string(), "dbsize"])
-            .trim()
-            .parse()
-            .unwrap();
+    for &p in &cluster.ports {
+        let n = cluster.dbsize(p);
         assert!(n > 100, "node {p} holds only {n} keys");
     }
     s.drop_generation("spread").unwrap();
-    let left: usize = cluster
-        .ports
-        .iter()
-        .map(|p| {
-            redis_cli(&["-p", &p.to_string(), "dbsize"])
-                .trim()
-                .parse::<usize>()
-                .unwrap()
-        })
-        .sum();
+    let left: usize = cluster.ports.iter().map(|&p| cluster.dbsize(p)).sum();
     assert!(
         left <= 2,
         "{left} keys left after dropping (only bookkeeping may stay)"
