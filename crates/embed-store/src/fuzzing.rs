@@ -145,3 +145,51 @@ pub fn hnsw_index(bytes: &[u8]) -> Result<()> {
     }
     Ok(())
 }
+
+/// `bytes` as `.npy` import input: a little-endian u16 `n`, then `n` bytes of a vectors
+/// file, then (when any bytes remain) an ids file; imported into a fresh generation of
+/// dim 4 with [`crate::exchange::import_npy`].
+pub fn npy(bytes: &[u8]) -> Result<()> {
+    let n = bytes
+        .get(..2)
+        .map_or(0, |b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let rest = bytes.get(2..).unwrap_or(&[]);
+    let (vectors, ids) = rest.split_at(n.min(rest.len()));
+    let dir = std::env::temp_dir().join(format!("mosaic-fuzz-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let (vp, ip) = (dir.join("vectors.npy"), dir.join("ids.npy"));
+    std::fs::write(&vp, vectors).map_err(|e| Error::io(&vp, e))?;
+    std::fs::write(&ip, ids).map_err(|e| Error::io(&ip, e))?;
+    let store = Store::open(Arc::new(RamDirectory::new()))?;
+    let mut w = store.writer()?;
+    w.create_generation(GenerationSpec::new("fuzz", 4, StorageType::F16))?;
+    w.commit()?;
+    let ids = (!ids.is_empty()).then_some(ip.as_path());
+    crate::exchange::import_npy(&mut w, "fuzz", &vp, ids)?;
+    Ok(())
+}
+
+/// A valid [`npy`] input: three 4-wide f32 vectors and their u64 ids.
+pub fn npy_seed() -> Result<Vec<u8>> {
+    let file = |descr: &str, shape: &str, data: &[u8]| {
+        let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+        while !(10 + h.len() + 1).is_multiple_of(64) {
+            h.push(' ');
+        }
+        h.push('\n');
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+        b.extend_from_slice(h.as_bytes());
+        b.extend_from_slice(data);
+        b
+    };
+    let v: Vec<u8> = (0..12)
+        .flat_map(|i| (i as f32 * 0.25).to_le_bytes())
+        .collect();
+    let ids: Vec<u8> = [7u64, 3, 11].iter().flat_map(|i| i.to_le_bytes()).collect();
+    let vectors = file("<f4", "(3, 4)", &v);
+    let mut out = (vectors.len() as u16).to_le_bytes().to_vec();
+    out.extend_from_slice(&vectors);
+    out.extend_from_slice(&file("<u8", "(3,)", &ids));
+    Ok(out)
+}

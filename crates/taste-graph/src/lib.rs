@@ -35,6 +35,7 @@ pub mod device_train;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod fuzzing;
 pub mod graph;
 pub mod ids;
 pub mod inductive;

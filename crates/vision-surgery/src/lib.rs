@@ -20,6 +20,7 @@ pub mod config;
 pub mod decoder;
 pub mod error;
 pub mod full;
+pub mod fuzzing;
 pub mod image_processor;
 pub mod model;
 pub mod position;

@@ -1,0 +1,8 @@
+//! Arbitrary bytes as an embedding-adapter safetensors file: a typed error or a clean read-back, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = vision_surgery::fuzzing::adapter(data);
+});

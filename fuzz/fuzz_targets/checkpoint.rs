@@ -1,0 +1,8 @@
+//! Arbitrary bytes as a LightGCN trainer checkpoint: a typed error or a clean read-back, never a panic.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let _ = taste_graph::fuzzing::checkpoint(data);
+});
