@@ -169,20 +169,24 @@ pub fn npy(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A version-1 `.npy` file with header `{'descr': descr, 'fortran_order': False,
+/// 'shape': shape}` (padded as numpy pads it) and `data`: no check that they agree.
+pub fn npy_file(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
+    let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
+    while !(10 + h.len() + 1).is_multiple_of(64) {
+        h.push(' ');
+    }
+    h.push('\n');
+    let mut b = b"\x93NUMPY\x01\x00".to_vec();
+    b.extend_from_slice(&(h.len() as u16).to_le_bytes());
+    b.extend_from_slice(h.as_bytes());
+    b.extend_from_slice(data);
+    b
+}
+
 /// A valid [`npy`] input: three 4-wide f32 vectors and their u64 ids.
 pub fn npy_seed() -> Result<Vec<u8>> {
-    let file = |descr: &str, shape: &str, data: &[u8]| {
-        let mut h = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape}, }}");
-        while !(10 + h.len() + 1).is_multiple_of(64) {
-            h.push(' ');
-        }
-        h.push('\n');
-        let mut b = b"\x93NUMPY\x01\x00".to_vec();
-        b.extend_from_slice(&(h.len() as u16).to_le_bytes());
-        b.extend_from_slice(h.as_bytes());
-        b.extend_from_slice(data);
-        b
-    };
+    let file = npy_file;
     let v: Vec<u8> = (0..12)
         .flat_map(|i| (i as f32 * 0.25).to_le_bytes())
         .collect();

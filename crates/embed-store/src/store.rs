@@ -173,6 +173,18 @@ struct State {
     snapshots: BTreeMap<String, Snapshot>,
 }
 
+impl State {
+    fn generation(&self, name: &str) -> Result<Snapshot> {
+        self.snapshots
+            .get(name)
+            .cloned()
+            .ok_or_else(|| Error::Generation {
+                name: name.into(),
+                message: "no such generation".into(),
+            })
+    }
+}
+
 /// A store of embedding generations in a [`Directory`].
 pub struct Store {
     dir: Arc<dyn Directory>,
@@ -357,14 +369,7 @@ impl Store {
 
     /// A named generation.
     pub fn generation(&self, name: &str) -> Result<Snapshot> {
-        self.state()
-            .snapshots
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::Generation {
-                name: name.into(),
-                message: "no such generation".into(),
-            })
+        self.state().generation(name)
     }
 
     /// Names of all generations.
@@ -470,14 +475,7 @@ impl Writer {
     /// The generation `name` as of this writer's last commit (buffered changes are not
     /// in it).
     pub fn snapshot(&self, name: &str) -> Result<Snapshot> {
-        self.base
-            .snapshots
-            .get(name)
-            .cloned()
-            .ok_or_else(|| Error::Generation {
-                name: name.into(),
-                message: "no such generation".into(),
-            })
+        self.base.generation(name)
     }
 
     /// Declare a new generation (visible after commit).

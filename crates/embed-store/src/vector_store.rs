@@ -81,26 +81,23 @@ pub fn validate_batch(
             vectors.len()
         )));
     }
-    if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
-        return Err(Error::batch(format!(
-            "value {} at row {} (id {}), column {} is not finite",
+    let at = |i: usize, what: &str| {
+        Error::batch(format!(
+            "value {} at row {} (id {}), column {} {what}",
             vectors[i],
             i / dim,
             ids[i / dim].0,
             i % dim
-        )));
+        ))
+    };
+    if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
+        return Err(at(i, "is not finite"));
     }
     let f16_max = f16::MAX.to_f32();
     if storage == StorageType::F16
         && let Some(i) = vectors.iter().position(|v| v.abs() > f16_max)
     {
-        return Err(Error::batch(format!(
-            "value {} at row {} (id {}), column {} is past f16's range (|x| <= {f16_max})",
-            vectors[i],
-            i / dim,
-            ids[i / dim].0,
-            i % dim
-        )));
+        return Err(at(i, &format!("is past f16's range (|x| <= {f16_max})")));
     }
     let mut seen = HashSet::with_capacity(n);
     if let Some(dup) = ids.iter().find(|id| !seen.insert(id.0)) {

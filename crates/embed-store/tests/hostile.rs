@@ -13,18 +13,9 @@ use embed_store::{
     Directory, Error, GenerationSpec, ItemId, Metric, RamDirectory, StorageType, Store,
 };
 
-/// A version-1 `.npy` file with `header` (padded as numpy pads it) and `data`.
-fn npy(path: &Path, header: &str, data: &[u8]) {
-    let mut h = header.to_string();
-    while !(10 + h.len() + 1).is_multiple_of(64) {
-        h.push(' ');
-    }
-    h.push('\n');
-    let mut b = b"\x93NUMPY\x01\x00".to_vec();
-    b.extend_from_slice(&(h.len() as u16).to_le_bytes());
-    b.extend_from_slice(h.as_bytes());
-    b.extend_from_slice(data);
-    std::fs::write(path, b).unwrap();
+/// Writes a `.npy` file of `descr` and `shape` holding `data` (no check they agree).
+fn npy(path: &Path, descr: &str, shape: &str, data: &[u8]) {
+    std::fs::write(path, embed_store::fuzzing::npy_file(descr, shape, data)).unwrap();
 }
 
 #[test]
@@ -37,22 +28,14 @@ fn npy_headers_that_overflow_or_outrun_the_file_are_errors() {
     w.commit().unwrap();
     let p = tmp.path().join("v.npy");
     // 2^58 x 64 x 4 bytes wraps to 0 in 64-bit arithmetic: an empty file matched it
-    npy(
-        &p,
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (288230376151711744, 64), }",
-        &[],
-    );
+    npy(&p, "<f4", "(288230376151711744, 64)", &[]);
     let e = import_npy(&mut w, "g", &p, None).unwrap_err();
     assert!(
         matches!(&e, Error::Batch { message } if message.contains("overflow")),
         "{e}"
     );
     // a product that does not wrap but is far past the data
-    npy(
-        &p,
-        "{'descr': '<f4', 'fortran_order': False, 'shape': (1099511627776, 64), }",
-        &[0; 256],
-    );
+    npy(&p, "<f4", "(1099511627776, 64)", &[0; 256]);
     let e = import_npy(&mut w, "g", &p, None).unwrap_err();
     assert!(matches!(e, Error::Batch { .. }), "{e}");
     // a version-2 header length of 4 GB in a 12-byte file

@@ -1,7 +1,7 @@
-//! Entry points for fuzzing the crate's file parsers (the coverage-guided targets in
-//! `fuzz/` at the repository root call them; `tests/fuzz_corpus.rs` replays the committed
-//! corpora in CI). Whatever the bytes, each returns — a typed error for a bad file —
-//! and never panics or allocates by a size the bytes claim: a panic is a bug.
+//! Entry points for fuzzing the crate's file parsers: the coverage-guided targets in
+//! `fuzz/` at the repository root call them, and the root `tests/fuzz_corpus.rs` replays
+//! the committed corpora in CI. Whatever the bytes, each returns (a typed error for a bad
+//! file) and never panics or allocates by a size the bytes claim: a panic is a bug.
 //!
 //! The directory formats are fuzzed structure-aware: [`journal`] and [`refresh_state`]
 //! take a valid saved directory (made once per process), replace the file that the
@@ -74,13 +74,7 @@ fn aggregator() -> Result<ContentAggregator> {
 }
 
 fn event(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
-    Interaction {
-        user: UserId(u),
-        item: ItemId(i),
-        kind,
-        weight: 1.0,
-        timestamp: t,
-    }
+    Interaction::new(UserId(u), ItemId(i), kind, t)
 }
 
 /// Files of `dir`, sorted, with their bytes.

@@ -60,6 +60,17 @@ pub struct Interaction {
 }
 
 impl Interaction {
+    /// `user` did `kind` to `item` at `timestamp`, with weight 1.
+    pub fn new(user: UserId, item: ItemId, kind: InteractionKind, timestamp: u64) -> Self {
+        Self {
+            user,
+            item,
+            kind,
+            weight: 1.0,
+            timestamp,
+        }
+    }
+
     /// Whether this event, as the last of its (user, item) pair, puts the pair in the
     /// graph: a positive kind with weight > 0 (a hide or weight 0 removes it).
     pub(crate) fn adds_pair(&self) -> bool {
@@ -168,13 +179,7 @@ mod tests {
     use super::*;
 
     fn ev(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
-        Interaction {
-            user: UserId(u),
-            item: ItemId(i),
-            kind,
-            weight: 1.0,
-            timestamp: t,
-        }
+        Interaction::new(UserId(u), ItemId(i), kind, t)
     }
 
     #[test]

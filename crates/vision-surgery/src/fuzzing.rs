@@ -1,7 +1,7 @@
-//! Entry points for fuzzing the crate's file parsers (the coverage-guided targets in
-//! `fuzz/` at the repository root call them; `tests/fuzz_corpus.rs` replays the committed
-//! corpora in CI). Whatever the bytes, each returns — a typed error for a bad file — and
-//! never panics or allocates by a size the bytes claim: a panic is a bug.
+//! Entry points for fuzzing the crate's file parsers: the coverage-guided targets in
+//! `fuzz/` at the repository root call them, and the root `tests/fuzz_corpus.rs` replays
+//! the committed corpora in CI. Whatever the bytes, each returns (a typed error for a bad
+//! file) and never panics or allocates by a size the bytes claim: a panic is a bug.
 
 use std::path::PathBuf;
 

@@ -60,13 +60,7 @@ pub fn edges_of(graph: &BipartiteGraph) -> Vec<(UserId, ItemId)> {
 
 /// An event of weight 1 between dense ids.
 pub fn ev(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
-    Interaction {
-        user: UserId(u),
-        item: ItemId(i),
-        kind,
-        weight: 1.0,
-        timestamp: t,
-    }
+    Interaction::new(UserId(u), ItemId(i), kind, t)
 }
 
 /// The first item `u` has no edge to in `g`.
