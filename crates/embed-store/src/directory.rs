@@ -157,7 +157,7 @@ impl<F: FileSystem> Directory for FsDirectory<F> {
         let io = |e| Error::io(fs.describe().join(name), e);
         let written = fs.create_locked(&tmp).and_then(|mut f| {
             fs.write(&mut f, data)?;
-            fs.sync_file(&f)?; // sync 1
+            fs.sync_file(&f)?; // 1: the data is durable before any name points at it
             fs.rename(&tmp, name)?;
             Ok(f)
         });
@@ -169,7 +169,7 @@ impl<F: FileSystem> Directory for FsDirectory<F> {
                 return Err(io(e));
             }
         }
-        fs.sync_dir().map_err(io) // sync 3
+        fs.sync_dir().map_err(io) // 3: the rename is durable before the write returns
     }
 
     fn delete(&self, name: &str) -> Result<()> {
