@@ -90,6 +90,17 @@ pub enum Error {
     Device(#[from] candle_core::Error),
 }
 
+impl From<mosaic_durability::Error> for Error {
+    fn from(e: mosaic_durability::Error) -> Self {
+        use mosaic_durability::Error as D;
+        match e {
+            D::Io { path, source } => Error::Io { path, source },
+            D::Corrupt { file, message } => Error::Corrupt { file, message },
+            D::Locked { path } => Error::Locked { path },
+        }
+    }
+}
+
 impl Error {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         Error::Io {

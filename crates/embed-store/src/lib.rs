@@ -14,7 +14,6 @@
 
 #![warn(missing_docs)]
 
-pub mod directory;
 pub mod error;
 pub mod exchange;
 pub mod fuzzing;
@@ -26,16 +25,21 @@ pub mod matrix;
 pub mod redis_cluster;
 pub mod search;
 pub mod segment;
-pub mod sim;
 pub mod store;
 pub mod tombstones;
 pub mod types;
 pub mod vector_store;
 
-pub use directory::{Directory, FileSystem, FsDirectory, MmapDirectory, OsFs, RamDirectory};
 pub use error::{Error, Result};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
+/// Durable files (the shared `mosaic-durability` crate): where the store's files live.
+pub use mosaic_durability::directory;
+/// Simulated power loss for crash tests (from `mosaic-durability`).
+pub use mosaic_durability::sim;
+pub use mosaic_durability::{
+    Directory, FileSystem, FsDirectory, MmapDirectory, OsFs, RamDirectory,
+};
 pub use search::{Filter, Hit};
 pub use store::{GenerationSpec, Snapshot, Store, Writer};
 pub use types::{ItemId, Metric, StorageType};

@@ -1,4 +1,4 @@
-//! Where the store's files live: a `Directory` abstraction (as in tantivy) so that
+//! Where persistent files live: a `Directory` abstraction (as in tantivy) so that
 //! tests run in memory ([`RamDirectory`]) and production on memory-mapped files
 //! ([`MmapDirectory`]).
 //!
@@ -61,10 +61,10 @@ impl fmt::Debug for FileBytes {
     }
 }
 
-/// Held while a writer owns the store; released on drop.
+/// Held while a writer owns the directory; released on drop.
 pub trait LockGuard: Send + Sync {}
 
-/// Storage for the store's files.
+/// Storage for a set of whole, immutable files.
 pub trait Directory: Send + Sync + fmt::Debug {
     /// The whole content of `name`.
     fn open_read(&self, name: &str) -> Result<FileBytes>;
@@ -145,8 +145,8 @@ impl<F: FileSystem> Directory for FsDirectory<F> {
         self.fs.read(name)
     }
 
-    /// The durable write, in this order (each sync is needed; the power-loss suite in
-    /// `tests/power_loss.rs` fails without any one of them):
+    /// The durable write, in this order (each sync is needed; embed-store's power-loss
+    /// suite, `tests/power_loss.rs`, fails without any one of them):
     /// 1. write the data to a temp file of its own and sync it, so that the name never
     ///    points at data that is not on disk;
     /// 2. rename it over `name`;
@@ -311,7 +311,7 @@ impl FileSystem for OsFs {
         if len == 0 {
             return Ok(FileBytes::from_vec(Vec::new()));
         }
-        // SAFETY: store files are immutable once renamed into place; nothing truncates them.
+        // SAFETY: files are immutable once renamed into place; nothing truncates them.
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         Ok(FileBytes(Arc::new(MmapBytes(map))))
     }
@@ -368,7 +368,8 @@ impl FileSystem for OsFs {
     }
 }
 
-/// Files in memory, for tests and ephemeral stores.
+/// Files in memory, for tests and ephemeral stores (writes are atomic, nothing is
+/// durable).
 #[derive(Debug, Clone, Default)]
 pub struct RamDirectory {
     files: Arc<Mutex<HashMap<String, FileBytes>>>,

@@ -1,0 +1,19 @@
+//! Durable files, the one way every persistent part of Mosaic writes them.
+//!
+//! A [`Directory`] holds whole files written atomically and never modified afterwards:
+//! [`MmapDirectory`] on disk (read through mmap), [`RamDirectory`] in memory for tests.
+//! The durable write (a temp file of its own, synced, renamed, the directory synced) is
+//! written once, in [`FsDirectory`], over a small [`FileSystem`] trait: [`OsFs`] carries
+//! it out on disk, [`sim::SimFs`] in memory with simulated power loss, so crash tests run
+//! the very sequence of writes and syncs production runs.
+
+#![warn(missing_docs)]
+
+pub mod directory;
+pub mod error;
+pub mod sim;
+
+pub use directory::{
+    Directory, FileBytes, FileSystem, FsDirectory, LockGuard, MmapDirectory, OsFs, RamDirectory,
+};
+pub use error::{Error, Result};
