@@ -577,8 +577,7 @@ impl Hnsw {
     /// What every index file of `generation` at `version` starts with, whatever its
     /// metric.
     pub fn file_prefix(generation: &str, version: u64) -> String {
-        let h = crc32fast::hash(generation.as_bytes());
-        format!("hnsw-{version:016x}-{h:08x}-")
+        crate::manifest::index_file_prefix(generation, version)
     }
 
     /// Write the index into `dir` (beside the store's segments) atomically, as a JSON

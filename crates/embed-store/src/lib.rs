@@ -14,6 +14,7 @@
 
 #![warn(missing_docs)]
 
+mod batch;
 pub mod error;
 pub mod exchange;
 pub mod fuzzing;

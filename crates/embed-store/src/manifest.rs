@@ -155,6 +155,14 @@ impl Manifest {
     }
 }
 
+/// What every index file of `generation` at content `version` starts with (`hnsw-`,
+/// the version, a hash of the name; the metric follows): garbage collection keeps the
+/// files of each generation's current version.
+pub fn index_file_prefix(generation: &str, version: u64) -> String {
+    let h = crc32fast::hash(generation.as_bytes());
+    format!("hnsw-{version:016x}-{h:08x}-")
+}
+
 /// Most attributes per item a generation may declare.
 pub const MAX_ATTRS: usize = 1024;
 /// Widest vector a generation may declare.

@@ -532,7 +532,7 @@ impl Writer {
     ) -> Result<()> {
         let (dim, n_attrs) = self.spec_of(generation)?;
         let n = ids.len();
-        crate::vector_store::validate_batch(dim, self.storage_of(generation)?, ids, vectors)?;
+        crate::batch::validate_batch(dim, self.storage_of(generation)?, ids, vectors)?;
         match attrs {
             Some(a) if a.len() != n * n_attrs => {
                 return Err(Error::batch(format!(
@@ -917,7 +917,7 @@ impl Writer {
             .manifest
             .generations
             .iter()
-            .map(|(name, g)| crate::hnsw::Hnsw::file_prefix(name, g.version))
+            .map(|(name, g)| crate::manifest::index_file_prefix(name, g.version))
             .collect();
         let mut removed = Vec::new();
         for f in self.store.dir.list()? {

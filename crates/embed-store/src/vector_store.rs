@@ -3,11 +3,11 @@
 //! puts it on the local [`Store`]; [`crate::redis_cluster::RedisClusterStore`] on a Redis
 //! Cluster, for catalogues past one machine.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use half::f16;
 
+pub use crate::batch::validate_batch;
 use crate::error::{Error, Result};
 use crate::segment::quantize_int8;
 use crate::store::{GenerationSpec, Store, Writer};
@@ -62,51 +62,6 @@ pub trait VectorStore: Send + Sync {
         let f = self.get_many(&[id])?;
         Ok(f.row(0).map(<[f32]>::to_vec))
     }
-}
-
-/// Check a write batch: `vectors` holds `ids.len()` rows of `dim` finite values that
-/// `storage` represents (f16 holds magnitudes up to 65504; past that it would store
-/// infinity) and no id repeats. The error names the row, id and column at fault.
-pub fn validate_batch(
-    dim: usize,
-    storage: StorageType,
-    ids: &[ItemId],
-    vectors: &[f32],
-) -> Result<()> {
-    let n = ids.len();
-    if vectors.len() != n * dim {
-        return Err(Error::batch(format!(
-            "{n} ids with dim {dim} need {} values, got {}",
-            n * dim,
-            vectors.len()
-        )));
-    }
-    let at = |i: usize, what: &str| {
-        Error::batch(format!(
-            "value {} at row {} (id {}), column {} {what}",
-            vectors[i],
-            i / dim,
-            ids[i / dim].0,
-            i % dim
-        ))
-    };
-    if let Some(i) = vectors.iter().position(|v| !v.is_finite()) {
-        return Err(at(i, "is not finite"));
-    }
-    let f16_max = f16::MAX.to_f32();
-    if storage == StorageType::F16
-        && let Some(i) = vectors.iter().position(|v| v.abs() > f16_max)
-    {
-        return Err(at(i, &format!("is past f16's range (|x| <= {f16_max})")));
-    }
-    let mut seen = HashSet::with_capacity(n);
-    if let Some(dup) = ids.iter().find(|id| !seen.insert(id.0)) {
-        return Err(Error::batch(format!(
-            "id {} appears twice in the batch",
-            dup.0
-        )));
-    }
-    Ok(())
 }
 
 /// Bytes of one stored vector: f32 or f16 little-endian values, or for int8 the f32
