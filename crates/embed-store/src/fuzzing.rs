@@ -186,14 +186,13 @@ pub fn npy_file(descr: &str, shape: &str, data: &[u8]) -> Vec<u8> {
 
 /// A valid [`npy`] input: three 4-wide f32 vectors and their u64 ids.
 pub fn npy_seed() -> Result<Vec<u8>> {
-    let file = npy_file;
     let v: Vec<u8> = (0..12)
         .flat_map(|i| (i as f32 * 0.25).to_le_bytes())
         .collect();
     let ids: Vec<u8> = [7u64, 3, 11].iter().flat_map(|i| i.to_le_bytes()).collect();
-    let vectors = file("<f4", "(3, 4)", &v);
+    let vectors = npy_file("<f4", "(3, 4)", &v);
     let mut out = (vectors.len() as u16).to_le_bytes().to_vec();
     out.extend_from_slice(&vectors);
-    out.extend_from_slice(&file("<u8", "(3,)", &ids));
+    out.extend_from_slice(&npy_file("<u8", "(3,)", &ids));
     Ok(out)
 }

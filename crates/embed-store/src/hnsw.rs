@@ -754,11 +754,10 @@ impl Hnsw {
         let up_len = upper_start.last().copied().unwrap_or(0) as usize;
         let upper: Block<u32> = Block::mapped(&bytes, section("upper", up_len)?, up_len, "upper")?;
         // structure checks: searches index by these values without further checks
-        if upper_start.first().is_some_and(|&s| s != 0) {
-            return Err(bad(format!(
-                "upper_start[0] is {}, not 0",
-                upper_start.first().copied().unwrap_or(0)
-            )));
+        if let Some(&s) = upper_start.first()
+            && s != 0
+        {
+            return Err(bad(format!("upper_start[0] is {s}, not 0")));
         }
         if rows.iter().any(|&[s, _]| s as usize >= h.segments.len()) {
             return Err(bad("a node names a segment the header does not list".into()));
@@ -1425,11 +1424,7 @@ impl Hnsw {
         }
         crate::search::check_k("k", k)?;
         crate::search::check_k("ef", ef)?;
-        if let Some(i) = query.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Query {
-                message: format!("query value {} at column {i} is not finite", query[i]),
-            });
-        }
+        crate::search::check_finite(query)?;
         if self.is_empty() || k == 0 {
             return Ok(Vec::new());
         }

@@ -118,8 +118,8 @@ impl Manifest {
     }
 
     /// Every field within the bounds the writer enforces: generation names and shapes as
-    /// [`check_generation`] accepts them, plain file names, row counts that add up,
-    /// versions and file numbers not ahead of the manifest's counters.
+    /// [`check_generation`] accepts them, plain file names named once, row counts that
+    /// add up, versions not ahead of the manifest's opstamp.
     fn validate(&self) -> std::result::Result<(), String> {
         if let Some(c) = &self.current
             && !self.generations.contains_key(c)

@@ -182,6 +182,16 @@ pub(crate) fn check_k(what: &str, value: usize) -> Result<()> {
     Ok(())
 }
 
+/// [`Error::Query`] naming the first non-finite value of query `q`.
+pub(crate) fn check_finite(q: &[f32]) -> Result<()> {
+    match q.iter().position(|v| !v.is_finite()) {
+        Some(i) => Err(Error::Query {
+            message: format!("query value {} at column {i} is not finite", q[i]),
+        }),
+        None => Ok(()),
+    }
+}
+
 impl Snapshot {
     fn check_query(&self, q: &[f32]) -> Result<()> {
         if q.len() != self.dim() {
@@ -193,12 +203,7 @@ impl Snapshot {
                 ),
             });
         }
-        if let Some(i) = q.iter().position(|v| !v.is_finite()) {
-            return Err(Error::Query {
-                message: format!("query value {} at column {i} is not finite", q[i]),
-            });
-        }
-        Ok(())
+        check_finite(q)
     }
 
     /// The exact `k` best items for `query` under `metric`, best first.

@@ -446,24 +446,18 @@ pub struct Writer {
 }
 
 impl Writer {
-    fn spec_of(&self, name: &str) -> Result<(usize, usize)> {
+    /// (dim, attributes, storage) of `name`, created in this transaction or committed and
+    /// not dropped since.
+    fn spec_of(&self, name: &str) -> Result<(usize, usize, StorageType)> {
         if let Some(g) = self.new_generations.iter().find(|g| g.name == name) {
-            return Ok((g.dim, g.n_attrs));
+            return Ok((g.dim, g.n_attrs, g.storage));
         }
         match self.base.manifest.generations.get(name) {
-            Some(g) if !self.dropped.iter().any(|d| d == name) => Ok((g.dim, g.n_attrs)),
+            Some(g) if !self.dropped.iter().any(|d| d == name) => Ok((g.dim, g.n_attrs, g.storage)),
             _ => Err(Error::Generation {
                 name: name.into(),
                 message: "no such generation".into(),
             }),
-        }
-    }
-
-    fn storage_of(&self, name: &str) -> Result<StorageType> {
-        self.spec_of(name)?;
-        match self.new_generations.iter().find(|g| g.name == name) {
-            Some(g) => Ok(g.storage),
-            None => Ok(self.snapshot(name)?.storage()),
         }
     }
 
@@ -530,9 +524,9 @@ impl Writer {
         vectors: &[f32],
         attrs: Option<&[u32]>,
     ) -> Result<()> {
-        let (dim, n_attrs) = self.spec_of(generation)?;
+        let (dim, n_attrs, storage) = self.spec_of(generation)?;
         let n = ids.len();
-        crate::batch::validate_batch(dim, self.storage_of(generation)?, ids, vectors)?;
+        crate::batch::validate_batch(dim, storage, ids, vectors)?;
         match attrs {
             Some(a) if a.len() != n * n_attrs => {
                 return Err(Error::batch(format!(
@@ -627,7 +621,7 @@ impl Writer {
 
     /// Buffer deletions (ids absent at commit are ignored).
     pub fn delete(&mut self, generation: &str, ids: &[ItemId]) -> Result<()> {
-        let (dim, _) = self.spec_of(generation)?;
+        let (dim, _, _) = self.spec_of(generation)?;
         let p = self.pending.entry(generation.to_string()).or_default();
         if let Some(id) = ids.iter().find(|id| p.staged_ids.contains(&id.0)) {
             return Err(Error::batch(format!(
