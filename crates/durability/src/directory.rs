@@ -101,6 +101,10 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn write(&self, file: &mut Self::Writing, data: &[u8]) -> std::io::Result<()>;
     /// Make the file's content durable.
     fn sync_file(&self, file: &Self::Writing) -> std::io::Result<()>;
+    /// Open the existing file `name` to append to it (an append-only log's segment).
+    fn open_append(&self, name: &str) -> std::io::Result<Self::Writing>;
+    /// Cut the file being written to `len` bytes (a log's torn tail); appends go on there.
+    fn truncate(&self, file: &mut Self::Writing, len: u64) -> std::io::Result<()>;
     /// Rename `from` to `to`, replacing `to`.
     fn rename(&self, from: &str, to: &str) -> std::io::Result<()>;
     /// Remove `name`.
@@ -287,6 +291,14 @@ impl FileSystem for OsFs {
         file.sync_all()
     }
 
+    fn open_append(&self, name: &str) -> std::io::Result<File> {
+        OpenOptions::new().append(true).open(self.root.join(name))
+    }
+
+    fn truncate(&self, file: &mut File, len: u64) -> std::io::Result<()> {
+        file.set_len(len)
+    }
+
     fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
         std::fs::rename(self.root.join(from), self.root.join(to))
     }
@@ -311,7 +323,9 @@ impl FileSystem for OsFs {
         if len == 0 {
             return Ok(FileBytes::from_vec(Vec::new()));
         }
-        // SAFETY: files are immutable once renamed into place; nothing truncates them.
+        // SAFETY: files are immutable once renamed into place; the one file kind that is
+        // cut, a log segment, is cut only by the holder of the log's lock, after it
+        // dropped its own mapping (crate::wal::Wal::open).
         let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&path, e))?;
         Ok(FileBytes(Arc::new(MmapBytes(map))))
     }

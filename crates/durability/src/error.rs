@@ -25,6 +25,9 @@ pub enum Error {
         /// What was found wrong.
         message: String,
     },
+    /// A caller's argument is out of range (a log name, a record's size).
+    #[error("invalid argument: {0}")]
+    Invalid(String),
     /// Another holder has the lock.
     #[error("the directory {path} is locked by another writer")]
     Locked {

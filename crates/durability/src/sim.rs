@@ -239,6 +239,31 @@ impl FileSystem for SimFs {
         Ok(())
     }
 
+    fn open_append(&self, name: &str) -> std::io::Result<SimWriting> {
+        let mut st = lock(&self.state);
+        Self::step(&mut st)?;
+        let inode = *st.names.get(name).ok_or_else(|| not_found(name))?;
+        st.writing.insert(inode);
+        Ok(SimWriting {
+            inode,
+            state: self.state.clone(),
+        })
+    }
+
+    /// The cut is durable at once. (On disk it is not until the next sync, but what a
+    /// log cuts is a tail the next open would cut again, so both outcomes read the same.)
+    fn truncate(&self, file: &mut SimWriting, len: u64) -> std::io::Result<()> {
+        let mut st = lock(&self.state);
+        Self::step(&mut st)?;
+        let node = &mut st.inodes[file.inode];
+        let len = usize::try_from(len)
+            .unwrap_or(usize::MAX)
+            .min(node.data.len());
+        node.data.truncate(len);
+        node.synced = node.synced.min(len);
+        Ok(())
+    }
+
     fn rename(&self, from: &str, to: &str) -> std::io::Result<()> {
         let mut st = lock(&self.state);
         Self::step(&mut st)?;

@@ -97,6 +97,11 @@ impl From<mosaic_durability::Error> for Error {
             D::Io { path, source } => Error::Io { path, source },
             D::Corrupt { file, message } => Error::Corrupt { file, message },
             D::Locked { path } => Error::Locked { path },
+            // the store uses no log; a refused argument there is the store's file layer
+            D::Invalid(message) => Error::Backend {
+                backend: "durability",
+                message,
+            },
         }
     }
 }
