@@ -11,9 +11,11 @@
 //! a style they never touched. The model is trained on the first three quarters; the
 //! last quarter is then streamed through `Recommender::record`, and a background refit
 //! (`Recommender::plan_refit`, run on another thread, served by `pipeline::refreshed`
-//! from a new generation) folds it into the trained tables. Last, a restart: the
-//! recommender's state is saved (`Recommender::state`) and served again
-//! (`pipeline::restore`), and every user must get the same recommendations.
+//! from a new generation) folds it into the trained tables. Last, a restart: feedback
+//! is made durable (`Recommender::with_log`: the state saved, a feedback log opened),
+//! more events are logged, the recommender is dropped, and `pipeline::restore` serves
+//! the saved state with the logged events replayed: every user must get the same
+//! recommendations.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -242,14 +244,19 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
     let refit = std::thread::spawn(move || job.run(|_| {}))
         .join()
         .map_err(|_| anyhow::anyhow!("the refit thread panicked"))??;
-    let (rec, installed) = refreshed(
-        &rec,
-        refit,
-        "lightgcn-demo-refit-1",
-        Some(attrs),
-        &store,
-        &opts,
-    )?;
+    // the retired recommender goes at the end of this block (it shares the taste graph,
+    // and later its feedback log, with the one that replaces it)
+    let (rec, installed) = {
+        let retired = rec;
+        refreshed(
+            &retired,
+            refit,
+            "lightgcn-demo-refit-1",
+            Some(attrs),
+            &store,
+            &opts,
+        )?
+    };
     let mut share_refit = 0.0;
     for &u in &all {
         share_refit += share(&rec.recommend(UserId(u), &ropts)?, cat.drift[u as usize]);
@@ -262,26 +269,45 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
         t.elapsed().as_secs_f64(),
         100.0 * share_refit / n
     );
-    // A restart: the taste graph's state is captured (under the recommender's lock),
-    // written (outside it), and served again by a new recommender, as a restarted
-    // process would (here the store is the same in-memory one).
+    // A restart: feedback is made durable (the state saved into a directory, a
+    // feedback log opened there), more events are logged, the process "dies" (the
+    // recommender is dropped) and a new recommender serves the saved state with the
+    // logged events replayed, as a restarted process would (the store here is the same
+    // in-memory one).
     let dir = tempfile::tempdir()?;
     let t = Instant::now();
-    let state = rec.state(0)?;
-    let capture_ms = t.elapsed().as_secs_f64() * 1e3;
-    state.write(dir.path())?;
-    let (back, _) = restore(dir.path(), &store, &opts)?.context("the state just written")?;
+    let rec = rec.with_log(dir.path(), opts.sync)?;
+    let save_ms = t.elapsed().as_secs_f64() * 1e3;
+    let t0 = rec.with_live(|l| l.latest_time());
+    let t = Instant::now();
+    let logged = all.len().min(200);
+    for (k, &u) in all.iter().take(logged).enumerate() {
+        rec.record(
+            UserId(u),
+            (k * 7 % cat.n_items()) as u64,
+            InteractionKind::Click,
+            t0 + 1,
+        )?;
+    }
+    let log_us = t.elapsed().as_secs_f64() * 1e6 / logged as f64;
+    let ids = |r: Vec<Recommendation>| r.into_iter().map(|x| x.item).collect::<Vec<_>>();
+    let mut served = Vec::with_capacity(all.len());
+    for &u in &all {
+        served.push(ids(rec.recommend(UserId(u), &ropts)?));
+    }
+    drop(rec);
+    let t = Instant::now();
+    let back = restore(dir.path(), &store, &opts)?.context("the state just saved")?;
     let restart_s = t.elapsed().as_secs_f64();
     let mut same = 0;
-    for &u in &all {
-        let ids = |r: Vec<Recommendation>| r.into_iter().map(|x| x.item).collect::<Vec<_>>();
-        same += usize::from(
-            ids(rec.recommend(UserId(u), &ropts)?) == ids(back.recommend(UserId(u), &ropts)?),
-        );
+    for (&u, was) in all.iter().zip(&served) {
+        same += usize::from(*was == ids(back.recommender.recommend(UserId(u), &ropts)?));
     }
     println!(
-        "restart: state captured in {capture_ms:.2} ms, written and served again in {restart_s:.2} s over generation {:?}; {same} of {} users get the same recommendations",
-        back.snapshot().generation(),
+        "restart: state saved in {save_ms:.0} ms, {logged} events logged ({log_us:.0} us each, {:?}), served again in {restart_s:.2} s over generation {:?} with {} events replayed; {same} of {} users get the same recommendations",
+        opts.sync,
+        back.recommender.snapshot().generation(),
+        back.replayed.replayed,
         all.len()
     );
     anyhow::ensure!(

@@ -365,6 +365,11 @@ impl<F: FileSystem + Clone> Wal<F> {
         self.segments.first().copied().unwrap_or(self.next_seq)
     }
 
+    /// Whether a write or sync failed, so that the log refuses every call.
+    pub fn failed(&self) -> bool {
+        self.failed
+    }
+
     /// Segment files the log has.
     pub fn segments(&self) -> usize {
         self.segments.len()

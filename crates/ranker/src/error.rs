@@ -31,6 +31,17 @@ pub enum Error {
         /// The taste graph's refit generation now.
         current: u64,
     },
+    /// Feedback names an unknown item, and the items feedback added since the last refit
+    /// reached the configured cap ([`crate::Recommender::max_live_items`]).
+    #[error(
+        "feedback names unknown item {item}, but {cap} items were added live since the last refit (the cap): refit, or raise the cap"
+    )]
+    LiveItemCap {
+        /// The external id named.
+        item: u64,
+        /// The cap.
+        cap: usize,
+    },
     /// The embedding store failed (search, lookup).
     #[error("embedding store: {0}")]
     Store(#[from] embed_store::Error),

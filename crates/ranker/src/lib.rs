@@ -31,4 +31,5 @@ pub use error::{Error, Result};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use options::{AttrRule, Cap, RecommendOptions, Sources};
+pub use recommender::serving::Reopened;
 pub use recommender::{Recommendation, Recommender, ScoreParts, Source};

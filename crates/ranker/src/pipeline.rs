@@ -9,11 +9,12 @@ use embed_store::hnsw::{Hnsw, HnswParams};
 use embed_store::{GenerationSpec, ItemId as StoreId, Metric, Snapshot, StorageType, Store};
 use taste_graph::{
     BipartiteGraph, DeviceSpec, EpochStats, Installed, InterestConfig, LightGcn, LightGcnConfig,
-    LiveConfig, LiveModel, Refit, Refresher, Training,
+    LiveConfig, LiveModel, Refit, Refresher, SyncPolicy, Training,
 };
 
 use crate::error::{Error, Result};
-use crate::recommender::Recommender;
+use crate::recommender::serving::Reopened;
+use crate::recommender::{DEFAULT_MAX_LIVE_ITEMS, Recommender};
 use crate::saved::SavedIds;
 
 /// Settings of [`build`].
@@ -42,6 +43,10 @@ pub struct PipelineOptions {
     /// Where LightGCN trains (and the refits go on): the CPU kernels, or a CUDA device
     /// with the `cuda` feature. Serving runs on the CPU either way.
     pub device: DeviceSpec,
+    /// When a feedback log acknowledges an event ([`Recommender::with_log`], [`restore`]).
+    pub sync: SyncPolicy,
+    /// Items feedback may add between refits ([`Recommender::max_live_items`]).
+    pub max_live_items: usize,
 }
 
 impl Default for PipelineOptions {
@@ -57,6 +62,8 @@ impl Default for PipelineOptions {
             now: 0,
             refits: false,
             device: DeviceSpec::Cpu,
+            sync: SyncPolicy::EachEvent,
+            max_live_items: DEFAULT_MAX_LIVE_ITEMS,
         }
     }
 }
@@ -158,17 +165,14 @@ pub fn refreshed(
     rec.refreshed(refit, snap, index)
 }
 
-/// The recommender a restarted service serves: the state saved in `dir` through
-/// [`Recommender::state`] (taste graph, refresher and external item ids; refits train on
-/// `opts.device`, the live model is configured by `opts.live`), over the store
-/// generation it was saved serving (its HNSW index loaded or built when `opts.hnsw`
-/// asks). Returns it with the journal seq the state covers — observe the journal's later
-/// events through [`Recommender::record`] — or `None` when nothing was saved in `dir`.
-pub fn restore(
-    dir: &Path,
-    store: &Arc<Store>,
-    opts: &PipelineOptions,
-) -> Result<Option<(Recommender, u64)>> {
+/// The recommender a restarted service serves: the state saved in `dir`
+/// ([`Recommender::with_log`] / [`Recommender::checkpoint`], or [`Recommender::state`]),
+/// taste graph, refresher and external item ids (refits train on `opts.device`, the live
+/// model is configured by `opts.live`), over the store generation it was saved serving
+/// (its HNSW index loaded or built when `opts.hnsw` asks), with the events `dir`'s
+/// feedback log holds after the state replayed and the log attached (acknowledging as
+/// `opts.sync` says) — or `None` when nothing was saved in `dir`.
+pub fn restore(dir: &Path, store: &Arc<Store>, opts: &PipelineOptions) -> Result<Option<Reopened>> {
     let selection = opts.device.select()?;
     // The ranker adds no items with content, so the taste graph needs no aggregator.
     let Some(restored) = Refresher::load(dir, &selection, opts.live, None)? else {
@@ -177,7 +181,12 @@ pub fn restore(
     let saved = SavedIds::decode(&restored.app_data)?;
     let snap = store.generation(&saved.generation)?;
     let index = index_if_asked(store, &snap, opts)?;
-    Recommender::restore_with(restored, saved, snap, index, opts.interests).map(Some)
+    let mut reopened =
+        Recommender::reopen_with(restored, saved, dir, opts.sync, snap, index, opts.interests)?;
+    reopened.recommender = reopened
+        .recommender
+        .with_max_live_items(opts.max_live_items);
+    Ok(Some(reopened))
 }
 
 /// The HNSW index of `snap` ([`index_for`]) when `opts.hnsw` asks for one.
@@ -228,7 +237,10 @@ pub fn serve(
     let live = LiveModel::new(model, graph, opts.live, opts.now)?;
     let ids = item_ids.unwrap_or_else(|| (0..live.n_items() as u64).collect());
     let (snap, index) = publish(store, &opts.generation, &live, &ids, attrs, opts)?;
-    Recommender::new(snap, index, live, Some(ids), opts.interests)
+    Ok(
+        Recommender::new(snap, index, live, Some(ids), opts.interests)?
+            .with_max_live_items(opts.max_live_items),
+    )
 }
 
 /// The cosine HNSW index of `snap`: loaded if saved in the store's directory, else

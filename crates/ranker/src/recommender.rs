@@ -3,20 +3,22 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::sync::{Arc, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::{Filter, ItemId as StoreId, Metric, Snapshot};
 use taste_graph::{
-    Installed, Interaction, InteractionKind, InterestConfig, ItemId, LiveModel, Refit, RefitJob,
-    Refresher, RefresherState, Restored, UserId,
+    FeedbackLog, Installed, InterestConfig, ItemId, LiveModel, Refit, RefitJob, Refresher, UserId,
 };
 
 use crate::error::{Error, Result};
 use crate::mmr::{Quotas, mmr, normalize_rows};
 use crate::options::RecommendOptions;
 use crate::popular::Popular;
-use crate::saved::{self, Prefix, PrefixScan, SavedIds};
+use crate::saved::Prefix;
+
+pub mod serving;
 
 /// Where a recommendation came from.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -105,6 +107,26 @@ const PREFIX_CHUNK: usize = 65_536;
 /// Newest rows considered by the fresh source.
 const FRESH_POOL: usize = 2048;
 
+/// Items feedback may add to the taste graph between refits, unless set otherwise
+/// ([`Recommender::with_max_live_items`]).
+pub const DEFAULT_MAX_LIVE_ITEMS: usize = 100_000;
+
+/// The feedback log and the checkpoint lock, shared by a recommender and those its
+/// refits make. Lock order: the taste graph's lock, then `log`; `checkpoint` first of
+/// all.
+#[derive(Default)]
+struct Durable {
+    log: Mutex<Option<Attached>>,
+    /// One checkpoint at a time (states are written in the order they were captured).
+    checkpoint: Mutex<()>,
+}
+
+/// A feedback log and the directory it and the saved state live in.
+struct Attached {
+    log: FeedbackLog,
+    dir: PathBuf,
+}
+
 fn no_refresher() -> Error {
     Error::config("no refresher is attached (Recommender::with_refresher)")
 }
@@ -157,6 +179,10 @@ pub struct Recommender {
     serves: u64,
     /// The leading external ids `snap`'s rows hold (found by the first save).
     saved_prefix: OnceLock<Prefix>,
+    /// Shared with the recommenders that refits of this one make.
+    durable: Arc<Durable>,
+    /// Items feedback may add between refits.
+    max_live_items: usize,
 }
 
 impl std::fmt::Debug for Recommender {
@@ -231,6 +257,8 @@ impl Recommender {
             })),
             serves: 0,
             saved_prefix: OnceLock::new(),
+            durable: Arc::default(),
+            max_live_items: DEFAULT_MAX_LIVE_ITEMS,
         })
     }
 
@@ -339,6 +367,8 @@ impl Recommender {
                 state: Arc::clone(&self.state),
                 serves,
                 saved_prefix: OnceLock::new(),
+                durable: Arc::clone(&self.durable),
+                max_live_items: self.max_live_items,
             },
             installed,
         ))
@@ -348,78 +378,6 @@ impl Recommender {
         // A panic while holding the lock cannot leave `State` half-updated in a way
         // that breaks invariants (observe validates before mutating), so keep serving.
         self.state.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Captures what a restarted service needs to serve on (under the read lock; see
-    /// [`Refresher::state`] for its cost): the attached refresher's state
-    /// ([`Refresher::state_with`]) with the name of the store generation this recommender
-    /// serves and its external item ids — those past the ones the generation's rows hold
-    /// in the same order (for a pipeline-published model: the items added since; the
-    /// first save on a generation compares the ids once, 65,536 at a time, each under its
-    /// own short read lock). Write it with [`RefresherState::write`] outside
-    /// any lock; [`Recommender::restore`] (or [`crate::pipeline::restore`]) serves it
-    /// again. `through_seq`: the journal seq every recorded event up to is covered (see
-    /// [`Refresher::save`]). Refused on a retired recommender (save the one serving).
-    pub fn state(&self, through_seq: u64) -> Result<RefresherState> {
-        let prefix = self.saved_prefix();
-        let st = self.read_current()?;
-        let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
-        let ids = &st.items.external;
-        let app = saved::encode(self.snap.generation(), prefix, ids);
-        Ok(r.state_with(&st.live, through_seq, &app)?)
-    }
-
-    /// The leading external ids the generation's live rows hold, found once per
-    /// recommender: compared [`PREFIX_CHUNK`] ids at a time, each chunk under its own read
-    /// lock (the ids only grow, so what a chunk matched stays true), so that no lock is
-    /// held for O(items).
-    fn saved_prefix(&self) -> Prefix {
-        *self.saved_prefix.get_or_init(|| {
-            let mut rows = self.snap.iter_live().map(|(id, _, _)| id.0);
-            let mut scan = PrefixScan::new();
-            while !scan.done() {
-                let st = self.read();
-                let ids = st.items.external.get(scan.len()..).unwrap_or(&[]);
-                scan.feed(&mut rows, &ids[..ids.len().min(PREFIX_CHUNK)]);
-            }
-            scan.prefix()
-        })
-    }
-
-    /// A recommender serving a state saved through [`Recommender::state`] (loaded with
-    /// [`Refresher::load`]) over `snap` — which must be the store generation it was
-    /// saved serving — and `index` (built from `snap`, cosine); returns it with the
-    /// journal seq the state covers (observe the journal's later events through
-    /// [`Recommender::record`]). The refresher is attached again.
-    pub fn restore(
-        restored: Restored,
-        snap: Snapshot,
-        index: Option<Hnsw>,
-        interests: InterestConfig,
-    ) -> Result<(Recommender, u64)> {
-        let saved = SavedIds::decode(&restored.app_data)?;
-        Self::restore_with(restored, saved, snap, index, interests)
-    }
-
-    /// [`Recommender::restore`] with the ranker's saved data already decoded.
-    pub(crate) fn restore_with(
-        restored: Restored,
-        saved: SavedIds,
-        snap: Snapshot,
-        index: Option<Hnsw>,
-        interests: InterestConfig,
-    ) -> Result<(Recommender, u64)> {
-        if saved.generation != snap.generation() {
-            return Err(Error::config(format!(
-                "the saved taste graph was served over store generation {:?}, this snapshot is {:?}: restore over that generation, or publish the restored model's items to a new one",
-                saved.generation,
-                snap.generation()
-            )));
-        }
-        let ids = saved.ids(&snap)?;
-        let rec = Recommender::new(snap, index, restored.live, Some(ids), interests)?
-            .with_refresher(restored.refresher)?;
-        Ok((rec, restored.through_seq))
     }
 
     /// The state, if this recommender's vectors still belong to its model.
@@ -472,38 +430,6 @@ impl Recommender {
             .iter()
             .map(|i| (st.items.external[i.medoid.index()], i.importance))
             .collect())
-    }
-
-    /// Feeds an action back into the taste graph: the next `recommend` for `user`
-    /// reflects it. An unknown external item id becomes a new item (it can be
-    /// recommended once the store holds a vector for it); `user` is an existing dense
-    /// id or exactly the next new one.
-    pub fn record(&self, user: UserId, item: u64, kind: InteractionKind, time: u64) -> Result<()> {
-        let mut st = self.write();
-        let st = &mut *st;
-        let dense = match st.items.dense.get(&item) {
-            Some(&d) => d,
-            None => st.live.n_items() as u32,
-        };
-        match &mut st.refresher {
-            Some(r) => {
-                let event = Interaction {
-                    user,
-                    item: ItemId(dense),
-                    kind,
-                    weight: 1.0,
-                    timestamp: time,
-                };
-                r.observe(&mut st.live, event)?
-            }
-            None => st.live.observe(user, ItemId(dense), kind, time)?,
-        }
-        if dense as usize == st.items.external.len() {
-            st.items.external.push(item);
-            st.items.dense.insert(item, dense);
-        }
-        st.popular.bump(st.live.item_counts(), dense);
-        Ok(())
     }
 
     /// Nearest neighbours of `q` by cosine (HNSW when built, else exact). Cosine, not

@@ -349,10 +349,12 @@ fn a_restarted_service_serves_the_state_it_saved() {
     // The retired recommender's vectors are not the served ones: refused.
     assert!(matches!(rec.state(42), Err(Error::Retired { .. })));
 
-    let (back, seq) = restore(dir.path(), &store, &options(true))
+    let reopened = restore(dir.path(), &store, &options(true))
         .unwrap()
         .expect("a saved state");
-    assert_eq!(seq, 42);
+    assert_eq!(reopened.saved_seq, 42);
+    assert_eq!(reopened.replayed.replayed, 0);
+    let back = reopened.recommender;
     assert_eq!(back.snapshot().generation(), "refit-1");
     assert_eq!(back.dense_id(new_item), fresh.dense_id(new_item));
     assert_eq!(back.dense_id(newer_item), fresh.dense_id(newer_item));

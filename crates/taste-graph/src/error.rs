@@ -85,6 +85,22 @@ pub enum Error {
     Tensor(#[from] candle_core::Error),
 }
 
+impl From<mosaic_durability::Error> for Error {
+    fn from(e: mosaic_durability::Error) -> Self {
+        use mosaic_durability::Error as D;
+        match e {
+            D::Io { path, source } => Error::Io { path, source },
+            D::Corrupt { file, message } => Error::Corrupt {
+                path: file.into(),
+                offset: 0,
+                message,
+            },
+            D::Locked { path } => Error::Locked { path },
+            D::Invalid(message) => Error::Config { message },
+        }
+    }
+}
+
 impl Error {
     /// An [`Error::Io`] for `path`.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

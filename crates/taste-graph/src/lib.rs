@@ -18,6 +18,8 @@
 //!   users (a GraphSAGE-style [`ContentAggregator`], the PinSage idea), no retraining;
 //! - [`interests`](mod@interests): several interests per user (PinnerSage: Ward clustering, medoids);
 //! - [`export`]: embeddings to and from `embed-store` generations;
+//! - [`feedback`]: the durable log of acknowledged feedback ([`FeedbackLog`]), replayed
+//!   after a saved state on restart;
 //! - [`log`]: crash-safe persistence of events (append-only [`EventLog`], atomic
 //!   [`GraphSnapshot`]s, and a [`Journal`] directory combining them, with the
 //!   external-id maps).
@@ -35,6 +37,7 @@ pub mod device_train;
 pub mod error;
 pub mod eval;
 pub mod export;
+pub mod feedback;
 pub mod fuzzing;
 pub mod graph;
 pub mod ids;
@@ -54,6 +57,7 @@ pub use dataset::Dataset;
 pub use device_train::DeviceTrainer;
 pub use error::{Error, Result};
 pub use eval::{Metrics, evaluate, score_all};
+pub use feedback::{Feedback, FeedbackLog, SyncPolicy};
 pub use graph::BipartiteGraph;
 pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
 pub use inductive::{AggregatorConfig, ContentAggregator, FitReport, Neighbours};

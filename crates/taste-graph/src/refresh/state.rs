@@ -1021,6 +1021,11 @@ fn read_stream(dir: &Path, meta_path: &Path, meta: &Meta, from: u64) -> Result<V
 }
 
 impl Refresher {
+    /// Whether `dir` holds a saved state ([`RefresherState::write`]).
+    pub fn has_saved_state(dir: impl AsRef<Path>) -> bool {
+        dir.as_ref().join(META).exists()
+    }
+
     /// Saves the state behind `live` (the model this refresher serves) to `dir`, as
     /// covering the journal up to `through_seq`: every journal event up to that seq must
     /// have gone through this refresher, and none after it (pass what

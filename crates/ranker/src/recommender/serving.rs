@@ -1,0 +1,349 @@
+//! The recommender's serving state: feedback into the taste graph and its durable log,
+//! and the saved state a restarted service serves again.
+//!
+//! With a log attached ([`Recommender::with_log`], or [`crate::pipeline::restore`]),
+//! [`Recommender::record`] returns once its event is in the feedback log, acknowledged
+//! as the log's [`SyncPolicy`] says, and [`Recommender::checkpoint`] saves the state
+//! (the refresher's, with the external item ids) into the log's directory and lets the
+//! log drop what the state covers. Restart is that state plus the log's later events,
+//! replayed in the order they were applied: the recommender a process that never died
+//! would serve.
+
+use std::path::{Path, PathBuf};
+use std::sync::{MutexGuard, PoisonError};
+
+use embed_store::Snapshot;
+use embed_store::hnsw::Hnsw;
+use mosaic_durability::MmapDirectory;
+use taste_graph::{
+    Feedback, FeedbackLog, Interaction, InteractionKind, InterestConfig, ItemId, Refresher,
+    RefresherState, Restored, SyncPolicy, UserId, feedback::Replayed,
+};
+
+use super::{Attached, PREFIX_CHUNK, Recommender, State, no_refresher};
+use crate::error::{Error, Result};
+use crate::saved::{self, Prefix, PrefixScan, SavedIds};
+
+/// What [`Recommender::reopen`] rebuilt.
+#[derive(Debug)]
+pub struct Reopened {
+    /// The recommender, serving the saved state with the logged events replayed, its log
+    /// attached.
+    pub recommender: Recommender,
+    /// The log seq the saved state covered.
+    pub saved_seq: u64,
+    /// What the log replayed on top of it.
+    pub replayed: Replayed,
+}
+
+fn open_dir(dir: &Path) -> Result<MmapDirectory> {
+    Ok(MmapDirectory::open(dir).map_err(taste_graph::Error::from)?)
+}
+
+impl Recommender {
+    /// Feeds an action back into the taste graph: the next `recommend` for `user`
+    /// reflects it. An unknown external item id becomes a new item (it can be
+    /// recommended once the store holds a vector for it), up to
+    /// [`Recommender::max_live_items`] items added since the last refit
+    /// ([`Error::LiveItemCap`] past it); `user` is an existing dense id or exactly the
+    /// next new one. With a log attached, returns once the event is acknowledged by it
+    /// (see [`SyncPolicy`]); after a failed log write or sync (that call's event was
+    /// applied in memory, not acknowledged) every call fails, changing nothing, until
+    /// the service restarts from its directory ([`crate::pipeline::restore`]).
+    pub fn record(&self, user: UserId, item: u64, kind: InteractionKind, time: u64) -> Result<()> {
+        let logged = {
+            let mut st = self.write();
+            let mut log = self.log();
+            if let Some(a) = log.as_ref() {
+                a.log.check()?; // a failed log takes no event, not even in memory
+            }
+            apply(&mut st, user, item, kind, time, Some(self.max_live_items))?;
+            match log.as_mut() {
+                Some(a) => Some(a.log.append(&Feedback {
+                    user: u64::from(user.0),
+                    item,
+                    kind,
+                    weight: 1.0,
+                    timestamp: time,
+                })?),
+                None => None,
+            }
+        };
+        // the sync runs outside the taste graph's lock: readers go on meanwhile, and
+        // one sync acknowledges every event logged before it (group commit)
+        if let Some(seq) = logged
+            && let Some(a) = self.log().as_mut()
+        {
+            a.log.acknowledge(seq)?;
+        }
+        Ok(())
+    }
+
+    /// Items feedback may add to the taste graph between refits.
+    pub fn max_live_items(&self) -> usize {
+        self.max_live_items
+    }
+
+    /// Sets [`Recommender::max_live_items`] (default
+    /// [`super::DEFAULT_MAX_LIVE_ITEMS`]).
+    pub fn with_max_live_items(mut self, cap: usize) -> Self {
+        self.max_live_items = cap;
+        self
+    }
+
+    /// Makes feedback durable: saves this recommender's state into `dir` (which must
+    /// hold no saved state: restart from one with [`crate::pipeline::restore`]) and
+    /// attaches a new feedback log there (see the module documentation). Needs an
+    /// attached refresher (the state saved is the refresher's). The log is shared with
+    /// the recommenders this one was refreshed from and those its refits make, and is
+    /// closed (its directory free to [`crate::pipeline::restore`]) when the last of them
+    /// is dropped.
+    pub fn with_log(self, dir: &Path, policy: SyncPolicy) -> Result<Self> {
+        if Refresher::has_saved_state(dir) {
+            return Err(Error::config(format!(
+                "{} already holds a saved state: restart from it (pipeline::restore), or log to a new directory",
+                dir.display()
+            )));
+        }
+        let fs = open_dir(dir)?;
+        // the state first: a log never exists without a state under it
+        self.state(0)?.write(dir)?;
+        let (log, replayed) = FeedbackLog::open(&fs, policy, 0, |_, _| Ok(()))?;
+        if !replayed.seqs.is_empty() {
+            return Err(Error::config(format!(
+                "{} holds a feedback log ({} events) but held no saved state",
+                dir.display(),
+                replayed.seqs.end - replayed.seqs.start
+            )));
+        }
+        *self.log() = Some(Attached {
+            log,
+            dir: dir.to_path_buf(),
+        });
+        Ok(self)
+    }
+
+    /// `restored` (a state [`Refresher::load`]ed from `dir`) served over `snap` and
+    /// `index` (see [`Recommender::restore`]), with the events `dir`'s feedback log
+    /// holds after the state replayed in order and the log attached.
+    pub fn reopen(
+        restored: Restored,
+        dir: &Path,
+        policy: SyncPolicy,
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        interests: InterestConfig,
+    ) -> Result<Reopened> {
+        let saved = SavedIds::decode(&restored.app_data)?;
+        Self::reopen_with(restored, saved, dir, policy, snap, index, interests)
+    }
+
+    pub(crate) fn reopen_with(
+        restored: Restored,
+        saved: SavedIds,
+        dir: &Path,
+        policy: SyncPolicy,
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        interests: InterestConfig,
+    ) -> Result<Reopened> {
+        let (rec, saved_seq) = Self::restore_with(restored, saved, snap, index, interests)?;
+        let fs = open_dir(dir)?;
+        let (log, replayed) = {
+            let mut st = rec.write();
+            FeedbackLog::open(&fs, policy, saved_seq, |seq, f| {
+                replay(&mut st, f).map_err(|e| taste_graph::Error::Graph {
+                    message: format!("replaying feedback log record {seq}: {e}"),
+                })
+            })?
+        };
+        *rec.log() = Some(Attached {
+            log,
+            dir: dir.to_path_buf(),
+        });
+        Ok(Reopened {
+            recommender: rec,
+            saved_seq,
+            replayed,
+        })
+    }
+
+    /// Saves the state into the log's directory, covering every event recorded so far,
+    /// then lets the log drop the segments it covers; returns the log seq it covers.
+    /// Takes the taste graph's read lock for the capture (see [`Recommender::state`]);
+    /// one checkpoint runs at a time.
+    pub fn checkpoint(&self) -> Result<u64> {
+        let _one = self
+            .durable
+            .checkpoint
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let prefix = self.saved_prefix();
+        let (state, seq, dir) = {
+            let st = self.read_current()?;
+            let mut log = self.log();
+            let a = log.as_mut().ok_or_else(no_log)?;
+            let seq = a.log.last_seq();
+            // durable through `seq` before a state that covers it is
+            a.log.sync()?;
+            (self.state_of(&st, prefix, seq)?, seq, a.dir.clone())
+        };
+        state.write(&dir)?;
+        self.log()
+            .as_mut()
+            .ok_or_else(no_log)?
+            .log
+            .saved_through(seq)?;
+        Ok(seq)
+    }
+
+    /// Makes every logged event durable now (with [`SyncPolicy::Every`], call it from a
+    /// timer so that a quiet period leaves nothing unsynced); returns the highest durable
+    /// seq.
+    pub fn sync_feedback(&self) -> Result<u64> {
+        Ok(self.log().as_mut().ok_or_else(no_log)?.log.sync()?)
+    }
+
+    /// The directory of the attached feedback log.
+    pub fn log_dir(&self) -> Option<PathBuf> {
+        self.log().as_ref().map(|a| a.dir.clone())
+    }
+
+    fn log(&self) -> MutexGuard<'_, Option<Attached>> {
+        self.durable
+            .log
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Captures what a restarted service needs to serve on (under the read lock; see
+    /// [`Refresher::state`] for its cost): the attached refresher's state
+    /// ([`Refresher::state_with`]) with the name of the store generation this recommender
+    /// serves and its external item ids — those past the ones the generation's rows hold
+    /// in the same order (for a pipeline-published model: the items added since; the
+    /// first save on a generation compares the ids once, 65,536 at a time, each under its
+    /// own short read lock). Write it with [`RefresherState::write`] outside
+    /// any lock; [`Recommender::restore`] (or [`crate::pipeline::restore`]) serves it
+    /// again. `through_seq`: the seq of the caller's own event log the state covers. With
+    /// a feedback log attached use [`Recommender::checkpoint`], which knows it. Refused
+    /// on a retired recommender (save the one serving).
+    pub fn state(&self, through_seq: u64) -> Result<RefresherState> {
+        let prefix = self.saved_prefix();
+        let st = self.read_current()?;
+        self.state_of(&st, prefix, through_seq)
+    }
+
+    fn state_of(&self, st: &State, prefix: Prefix, through_seq: u64) -> Result<RefresherState> {
+        let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
+        let app = saved::encode(self.snap.generation(), prefix, &st.items.external);
+        Ok(r.state_with(&st.live, through_seq, &app)?)
+    }
+
+    /// The leading external ids the generation's live rows hold, found once per
+    /// recommender: compared [`PREFIX_CHUNK`] ids at a time, each chunk under its own read
+    /// lock (the ids only grow, so what a chunk matched stays true), so that no lock is
+    /// held for O(items).
+    fn saved_prefix(&self) -> Prefix {
+        *self.saved_prefix.get_or_init(|| {
+            let mut rows = self.snap.iter_live().map(|(id, _, _)| id.0);
+            let mut scan = PrefixScan::new();
+            while !scan.done() {
+                let st = self.read();
+                let ids = st.items.external.get(scan.len()..).unwrap_or(&[]);
+                scan.feed(&mut rows, &ids[..ids.len().min(PREFIX_CHUNK)]);
+            }
+            scan.prefix()
+        })
+    }
+
+    /// A recommender serving a state saved through [`Recommender::state`] (loaded with
+    /// [`Refresher::load`]) over `snap` — which must be the store generation it was
+    /// saved serving — and `index` (built from `snap`, cosine); returns it with the
+    /// seq the state covers (observe the later events through [`Recommender::record`];
+    /// [`Recommender::reopen`] replays a feedback log). The refresher is attached again.
+    pub fn restore(
+        restored: Restored,
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        interests: InterestConfig,
+    ) -> Result<(Recommender, u64)> {
+        let saved = SavedIds::decode(&restored.app_data)?;
+        Self::restore_with(restored, saved, snap, index, interests)
+    }
+
+    /// [`Recommender::restore`] with the ranker's saved data already decoded.
+    pub(crate) fn restore_with(
+        restored: Restored,
+        saved: SavedIds,
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        interests: InterestConfig,
+    ) -> Result<(Recommender, u64)> {
+        if saved.generation != snap.generation() {
+            return Err(Error::config(format!(
+                "the saved taste graph was served over store generation {:?}, this snapshot is {:?}: restore over that generation, or publish the restored model's items to a new one",
+                saved.generation,
+                snap.generation()
+            )));
+        }
+        let ids = saved.ids(&snap)?;
+        let rec = Recommender::new(snap, index, restored.live, Some(ids), interests)?
+            .with_refresher(restored.refresher)?;
+        Ok((rec, restored.through_seq))
+    }
+}
+
+fn no_log() -> Error {
+    Error::config("no feedback log is attached (Recommender::with_log, pipeline::restore)")
+}
+
+/// One logged event applied again, as [`Recommender::record`] applied it (no live-item
+/// cap: the event was acknowledged under the cap in force then).
+fn replay(st: &mut State, f: Feedback) -> Result<()> {
+    let user = u32::try_from(f.user)
+        .map_err(|_| Error::config(format!("user {} is not a dense user id", f.user)))?;
+    apply(st, UserId(user), f.item, f.kind, f.timestamp, None)
+}
+
+/// The event into the taste graph (and the refresher, when attached): validated before
+/// anything changes, so an error leaves the state as it was.
+fn apply(
+    st: &mut State,
+    user: UserId,
+    item: u64,
+    kind: InteractionKind,
+    time: u64,
+    cap: Option<usize>,
+) -> Result<()> {
+    let dense = match st.items.dense.get(&item) {
+        Some(&d) => d,
+        None => {
+            let added = st.live.n_items() - st.live.n_trained_items();
+            if let Some(cap) = cap
+                && added >= cap
+            {
+                return Err(Error::LiveItemCap { item, cap });
+            }
+            st.live.n_items() as u32
+        }
+    };
+    match &mut st.refresher {
+        Some(r) => {
+            let event = Interaction {
+                user,
+                item: ItemId(dense),
+                kind,
+                weight: 1.0,
+                timestamp: time,
+            };
+            r.observe(&mut st.live, event)?
+        }
+        None => st.live.observe(user, ItemId(dense), kind, time)?,
+    }
+    if dense as usize == st.items.external.len() {
+        st.items.external.push(item);
+        st.items.dense.insert(item, dense);
+    }
+    st.popular.bump(st.live.item_counts(), dense);
+    Ok(())
+}
