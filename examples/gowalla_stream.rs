@@ -128,11 +128,13 @@ fn save_and_restore(
     let t = Instant::now();
     state.write(dir)?;
     let write_s = t.elapsed().as_secs_f64();
-    // What this save wrote: the files it added and the meta file it replaced.
+    // What this save wrote: the files it added and the refresher file it replaced.
     let after = dir_files(dir)?;
     let written: u64 = after
         .iter()
-        .filter(|(name, _)| name == "REFRESHER" || !before.iter().any(|(b, _)| b == name))
+        .filter(|(name, _)| {
+            name == "refresher.safetensors" || !before.iter().any(|(b, _)| b == name)
+        })
         .map(|(_, len)| len)
         .sum();
     let dir_bytes: u64 = after.iter().map(|(_, len)| len).sum();
@@ -152,10 +154,9 @@ fn save_and_restore(
         "{label}: the restored live model differs from the served one"
     );
     println!(
-        "state={label} pending={} meta_bytes={} segment_events={} written_bytes={written} dir_bytes={dir_bytes} capture_ms={capture_ms:.1} write_s={write_s:.2} load_s={load_s:.2} restored_equal=true",
+        "state={label} pending={} recorded_events={} written_bytes={written} dir_bytes={dir_bytes} capture_ms={capture_ms:.1} write_s={write_s:.2} load_s={load_s:.2} restored_equal=true",
         refresher.pending_len(),
-        state.meta_bytes(),
-        state.segment_events()
+        state.recorded_events()
     );
     Ok(())
 }
@@ -425,8 +426,8 @@ fn main() -> anyhow::Result<()> {
                 stream.len() as u64,
                 &device,
             )?;
-            // A later save writes only what is new: 1000 more clicks (repeats of the
-            // stream's first pairs).
+            // A later save of the same model rewrites the refresher file only: 1000 more
+            // clicks (repeats of the stream's first pairs).
             let more = stream.len().min(1000);
             for p in &stream[..more] {
                 let again = Interaction {

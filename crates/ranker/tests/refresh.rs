@@ -338,12 +338,12 @@ fn a_restarted_service_serves_the_state_it_saved() {
     let dir = tempfile::tempdir().unwrap();
     let state = fresh.state(42).unwrap();
     // The generation holds the first items' ids in dense order: only the newer item's id
-    // is in the meta file, not 8 bytes per item.
+    // is in the saved ids, not 8 bytes per item.
     let n_items = fresh.with_live(|l| l.n_items());
     assert!(
-        state.meta_bytes() < 4 * n_items,
-        "{} meta bytes for {n_items} items",
-        state.meta_bytes()
+        state.app_data_len() < 4 * n_items,
+        "{} bytes of ids for {n_items} items",
+        state.app_data_len()
     );
     state.write(dir.path()).unwrap();
     // The retired recommender's vectors are not the served ones: refused.

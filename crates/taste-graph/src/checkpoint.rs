@@ -12,28 +12,16 @@
 //! onto a graph that gained edges, users or items ([`Trainer::regraph`],
 //! [`crate::DeviceTrainer::regraph`]): a background refit without a restart.
 //!
-//! The file is written to `PATH.tmp`, synced and renamed over `PATH`, so a crash leaves
-//! the previous checkpoint whole. Layout (little-endian):
-//!
-//! | bytes | field |
-//! |---|---|
-//! | 0..8 | magic `MOSLGCK1` |
-//! | 8..12 | format version (2; version 1 files, which lack the init scheme, are read as normal init) |
-//! | 12..36 | users, items, training edges (u64 each) |
-//! | 36..40 | crc32 of the graph's user → items lists |
-//! | 40..64 | dim, layers, batch size (u64 each) |
-//! | 64..72 | decay, init std (f32) |
-//! | 72..80 | seed (u64) |
-//! | 80..96 | Adam lr, beta1, beta2, eps (f32) |
-//! | 96..112 | epochs done, Adam steps (u64) |
-//! | 112..128 | sampler position (u128) |
-//! | 128..132 | init scheme (u32: 0 normal, 1 Xavier uniform) |
-//! | 132.. | ego table, Adam first moments, second moments (f32, public order: users then items, `(users + items) × dim` each) |
-//! | last 4 | crc32 of everything before |
+//! The file is a taste-graph snapshot ([`crate::snapshot`]: safetensors, written
+//! atomically, so a crash leaves the previous checkpoint whole) of kind `trainer`: the
+//! tensors `ego`, `adam_m1`, `adam_m2` (f32, public order: users then items,
+//! `(users + items) × dim` each) and a JSON meta with the graph's sizes and a crc32 of
+//! its adjacency (a checkpoint resumes only over the graph it was saved with), the
+//! configuration, epochs done, Adam steps and the sampler's position.
 
-use std::fs::File;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
@@ -42,26 +30,11 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 use crate::lightgcn::{Init, LightGcn, LightGcnConfig, Sampler, Trainer, init_rows};
-use crate::log::{parent_of, sync_dir};
 use crate::optim::{AdamConfig, AdamState};
+use crate::snapshot::{self, Data};
 
-const MAGIC: &[u8; 8] = b"MOSLGCK1";
-const VERSION: u32 = 2;
-/// Header length of a version-2 file (version 1's was 128: no init scheme).
-const HEADER: usize = 132;
-
-/// Header length of format `version`.
-fn header_len(version: u32) -> usize {
-    if version == 1 { 128 } else { HEADER }
-}
-
-fn init_tag(init: Init) -> u32 {
-    match init {
-        Init::Normal => 0,
-        Init::XavierUniform => 1,
-    }
-}
-
+const KIND: &str = "trainer";
+const VERSION: u32 = 1;
 /// crc32 of the graph's adjacency (each user's item count and items), which a
 /// checkpoint must be resumed over.
 fn graph_fingerprint(graph: &BipartiteGraph) -> u32 {
@@ -76,43 +49,36 @@ fn graph_fingerprint(graph: &BipartiteGraph) -> u32 {
     h.finalize()
 }
 
-fn f32s(out: &mut Vec<u8>, values: &[f32]) {
-    out.reserve(values.len() * 4);
-    for v in values {
-        out.extend_from_slice(&v.to_le_bytes());
-    }
+/// A checkpoint's scalars, as its snapshot meta holds them.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Meta {
+    pub(crate) users: u64,
+    pub(crate) items: u64,
+    edges: u64,
+    /// crc32 of the training graph's adjacency.
+    graph_crc: u32,
+    dim: usize,
+    layers: usize,
+    batch_size: usize,
+    decay: f32,
+    /// `normal` or `xavier_uniform`.
+    init: String,
+    init_std: f32,
+    seed: u64,
+    adam: AdamMeta,
+    epochs: usize,
+    steps: u64,
+    /// The sampler's position in its random stream (a u128, in decimal: JSON numbers
+    /// are not that wide everywhere).
+    sampler_position: String,
 }
 
-/// Reads fixed-size fields front to back, with the offset for errors.
-struct Reader<'a> {
-    bytes: &'a [u8],
-    at: usize,
-}
-
-impl Reader<'_> {
-    fn take<const N: usize>(&mut self) -> [u8; N] {
-        let mut b = [0u8; N];
-        b.copy_from_slice(&self.bytes[self.at..self.at + N]);
-        self.at += N;
-        b
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.take())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.take())
-    }
-    fn f32(&mut self) -> f32 {
-        f32::from_le_bytes(self.take())
-    }
-    fn table(&mut self, len: usize) -> Vec<f32> {
-        let out = self.bytes[self.at..self.at + len * 4]
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-            .collect();
-        self.at += len * 4;
-        out
-    }
+#[derive(Debug, Serialize, Deserialize)]
+struct AdamMeta {
+    lr: f32,
+    beta1: f32,
+    beta2: f32,
+    eps: f32,
 }
 
 /// What a checkpoint holds besides the tables: the configuration (rate and batch as a
@@ -189,209 +155,154 @@ pub(crate) fn check_sizes(graph: &BipartiteGraph, users: usize, items: usize) ->
     Ok(())
 }
 
-/// Writes a checkpoint atomically (`PATH.tmp`, synced, renamed, directory synced); the
-/// tables are in public order.
-pub(crate) fn write(
-    path: &Path,
-    graph: &BipartiteGraph,
-    p: &Progress,
-    ego: &[f32],
-    m1: &[f32],
-    m2: &[f32],
-) -> Result<()> {
+/// The scalars of a checkpoint of `p` over `graph`.
+pub(crate) fn meta(graph: &BipartiteGraph, p: &Progress) -> Meta {
     let c = &p.config;
-    let a = &c.adam;
-    let n = (graph.n_users() + graph.n_items()) * c.dim;
-    if [ego.len(), m1.len(), m2.len()] != [n; 3] {
+    Meta {
+        users: graph.n_users() as u64,
+        items: graph.n_items() as u64,
+        edges: graph.n_edges() as u64,
+        graph_crc: graph_fingerprint(graph),
+        dim: c.dim,
+        layers: c.layers,
+        batch_size: c.batch_size,
+        decay: c.decay,
+        init: match c.init {
+            Init::Normal => "normal",
+            Init::XavierUniform => "xavier_uniform",
+        }
+        .into(),
+        init_std: c.init_std,
+        seed: c.seed,
+        adam: AdamMeta {
+            lr: c.adam.lr,
+            beta1: c.adam.beta1,
+            beta2: c.adam.beta2,
+            eps: c.adam.eps,
+        },
+        epochs: p.epochs,
+        steps: p.steps,
+        sampler_position: p.position.to_string(),
+    }
+}
+
+/// The tensors of a checkpoint of `s` over `graph` (sizes checked), named as in a
+/// snapshot.
+pub(crate) fn tensors<'a>(
+    graph: &BipartiteGraph,
+    s: &'a Saved,
+) -> Result<[(&'static str, Data<'a>); 3]> {
+    let n = (graph.n_users() + graph.n_items()) * s.progress.config.dim;
+    if [s.ego.len(), s.m1.len(), s.m2.len()] != [n; 3] {
         return Err(Error::Graph {
             message: format!(
                 "checkpoint tables of {}, {} and {} values for {} nodes x {}",
-                ego.len(),
-                m1.len(),
-                m2.len(),
+                s.ego.len(),
+                s.m1.len(),
+                s.m2.len(),
                 graph.n_users() + graph.n_items(),
-                c.dim
+                s.progress.config.dim
             ),
         });
     }
-    let mut out = Vec::with_capacity(HEADER + 3 * n * 4 + 4);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&VERSION.to_le_bytes());
-    for v in [graph.n_users(), graph.n_items(), graph.n_edges()] {
-        out.extend_from_slice(&(v as u64).to_le_bytes());
-    }
-    out.extend_from_slice(&graph_fingerprint(graph).to_le_bytes());
-    for v in [c.dim, c.layers, c.batch_size] {
-        out.extend_from_slice(&(v as u64).to_le_bytes());
-    }
-    f32s(&mut out, &[c.decay, c.init_std]);
-    out.extend_from_slice(&c.seed.to_le_bytes());
-    f32s(&mut out, &[a.lr, a.beta1, a.beta2, a.eps]);
-    out.extend_from_slice(&(p.epochs as u64).to_le_bytes());
-    out.extend_from_slice(&p.steps.to_le_bytes());
-    out.extend_from_slice(&p.position.to_le_bytes());
-    out.extend_from_slice(&init_tag(c.init).to_le_bytes());
-    debug_assert_eq!(out.len(), HEADER);
-    f32s(&mut out, ego);
-    f32s(&mut out, m1);
-    f32s(&mut out, m2);
-    write_atomic(path, &with_crc(out))
+    Ok([
+        ("ego", Data::F32(&s.ego)),
+        ("adam_m1", Data::F32(&s.m1)),
+        ("adam_m2", Data::F32(&s.m2)),
+    ])
 }
 
-/// `out` followed by the crc32 of its bytes (what [`crc_trailer_holds`] checks).
-pub(crate) fn with_crc(mut out: Vec<u8>) -> Vec<u8> {
-    let crc = crc32fast::hash(&out);
-    out.extend_from_slice(&crc.to_le_bytes());
-    out
-}
-
-/// Whether `bytes` (at least 4 long) end with the crc32 of everything before.
-pub(crate) fn crc_trailer_holds(bytes: &[u8]) -> bool {
-    let body = bytes.len() - 4;
-    let stored = u32::from_le_bytes([
-        bytes[body],
-        bytes[body + 1],
-        bytes[body + 2],
-        bytes[body + 3],
-    ]);
-    crc32fast::hash(&bytes[..body]) == stored
-}
-
-/// Writes `bytes` to `path` atomically: `PATH.tmp`, synced, renamed over `PATH`, the
-/// directory synced.
-pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    write_atomic_parts(path, &[bytes])
-}
-
-/// [`write_atomic`] of the concatenation of `parts`.
-pub(crate) fn write_atomic_parts(path: &Path, parts: &[&[u8]]) -> Result<()> {
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let write = || -> std::io::Result<()> {
-        let mut f = std::io::BufWriter::new(File::create(&tmp)?);
-        for p in parts {
-            f.write_all(p)?;
-        }
-        f.into_inner().map_err(|e| e.into_error())?.sync_all()
-    };
-    write().map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    sync_dir(parent_of(path))
+/// Writes a checkpoint of `s` over `graph` to `path`, atomically.
+pub(crate) fn write(path: &Path, graph: &BipartiteGraph, s: &Saved) -> Result<()> {
+    let bytes = snapshot::encode(
+        KIND,
+        VERSION,
+        &meta(graph, &s.progress),
+        &tensors(graph, s)?,
+    )?;
+    snapshot::write_file(path, &bytes)
 }
 
 /// Reads the checkpoint at `path`, which must have been saved over `graph` (checked:
 /// sizes and a crc32 of the adjacency).
 pub(crate) fn read(graph: &BipartiteGraph, path: &Path) -> Result<Saved> {
-    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
-    let corrupt = |offset: usize, message: String| Error::Corrupt {
-        path: path.to_path_buf(),
-        offset: offset as u64,
-        message,
-    };
-    if bytes.len() < header_len(1) + 4 || &bytes[..8] != MAGIC {
-        return Err(corrupt(
-            0,
-            "not a Mosaic LightGCN checkpoint (bad magic or too short)".into(),
-        ));
-    }
-    let body = bytes.len() - 4;
-    if !crc_trailer_holds(&bytes) {
-        return Err(corrupt(body, "checksum mismatch".into()));
-    }
-    let mut r = Reader {
-        bytes: &bytes,
-        at: 8,
-    };
-    let version = r.u32();
-    if version != VERSION && version != 1 {
-        return Err(corrupt(
-            8,
-            format!("format version {version}, this build reads 1 and {VERSION}"),
-        ));
-    }
-    let (nu, ni, ne) = (r.u64(), r.u64(), r.u64());
-    let fp = r.u32();
+    let bytes = snapshot::read_file(path)?;
+    let snap = snapshot::decode::<Meta>(path, bytes.as_slice(), KIND, VERSION..=VERSION)?;
+    saved_from(path, graph, &snap.meta, &snap)
+}
+
+/// The trainer state whose scalars are `m` and whose tables are `snap`'s (from `path`),
+/// over `graph` (checked: sizes and a crc32 of the adjacency).
+pub(crate) fn saved_from<M>(
+    path: &Path,
+    graph: &BipartiteGraph,
+    m: &Meta,
+    snap: &snapshot::Snapshot<'_, M>,
+) -> Result<Saved> {
     let this_fp = graph_fingerprint(graph);
-    if (nu, ni, ne)
-        != (
-            graph.n_users() as u64,
-            graph.n_items() as u64,
-            graph.n_edges() as u64,
-        )
-        || fp != this_fp
+    let sizes = (graph.n_users(), graph.n_items(), graph.n_edges());
+    if (m.users, m.items, m.edges) != (sizes.0 as u64, sizes.1 as u64, sizes.2 as u64)
+        || m.graph_crc != this_fp
     {
         return Err(Error::Graph {
             message: format!(
-                "{} was saved over a graph of {nu} users, {ni} items, {ne} edges \
-                 (crc32 {fp:08x}); this one has {}, {}, {} (crc32 {:08x})",
+                "{} was saved over a graph of {} users, {} items, {} edges (crc32 {:08x}); \
+                 this one has {}, {}, {} (crc32 {this_fp:08x})",
                 path.display(),
-                graph.n_users(),
-                graph.n_items(),
-                graph.n_edges(),
-                this_fp
+                m.users,
+                m.items,
+                m.edges,
+                m.graph_crc,
+                sizes.0,
+                sizes.1,
+                sizes.2,
             ),
         });
     }
-    let (dim, layers, batch) = (r.u64() as usize, r.u64() as usize, r.u64() as usize);
-    let (decay, init_std) = (r.f32(), r.f32());
-    let seed = r.u64();
-    let adam = AdamConfig {
-        lr: r.f32(),
-        beta1: r.f32(),
-        beta2: r.f32(),
-        eps: r.f32(),
+    let corrupt = |message: String| Error::Corrupt {
+        path: path.to_path_buf(),
+        offset: 0,
+        message,
     };
-    let (epochs, steps) = (r.u64() as usize, r.u64());
-    let position = u128::from_le_bytes(r.take());
-    let header = header_len(version);
-    if body < header {
-        return Err(corrupt(
-            0,
-            format!("{body} bytes before the checksum, shorter than the {header}-byte header"),
-        ));
-    }
-    let init = match if version == 1 { 0 } else { r.u32() } {
-        0 => Init::Normal,
-        1 => Init::XavierUniform,
-        tag => return Err(corrupt(128, format!("unknown init scheme {tag}"))),
+    let init = match m.init.as_str() {
+        "normal" => Init::Normal,
+        "xavier_uniform" => Init::XavierUniform,
+        other => return Err(corrupt(format!("unknown init scheme {other:?}"))),
     };
+    let position = m
+        .sampler_position
+        .parse()
+        .map_err(|_| corrupt(format!("sampler position {:?}", m.sampler_position)))?;
     let config = LightGcnConfig {
-        dim,
-        layers,
-        batch_size: batch,
-        decay,
+        dim: m.dim,
+        layers: m.layers,
+        batch_size: m.batch_size,
+        decay: m.decay,
         init,
-        init_std,
-        seed,
-        adam,
+        init_std: m.init_std,
+        seed: m.seed,
+        adam: AdamConfig {
+            lr: m.adam.lr,
+            beta1: m.adam.beta1,
+            beta2: m.adam.beta2,
+            eps: m.adam.eps,
+        },
     }
     .validated()?;
-    let n = (graph.n_users() + graph.n_items())
-        .checked_mul(dim)
-        .filter(|n| n.checked_mul(12).is_some_and(|b| b == body - header))
-        .ok_or_else(|| {
-            corrupt(
-                header,
-                format!(
-                    "{} bytes of tables, expected 3 tables of {} nodes x {dim} f32",
-                    body - header,
-                    graph.n_users() + graph.n_items()
-                ),
-            )
-        })?;
-    let ego = r.table(n);
-    let (m1, m2) = (r.table(n), r.table(n));
+    // the tensors' sizes are checked against this before anything is copied
+    let n = (sizes.0 + sizes.1)
+        .checked_mul(config.dim)
+        .ok_or_else(|| corrupt(format!("dim {} overflows", config.dim)))?;
     Ok(Saved {
+        ego: snap.f32("ego", n)?,
+        m1: snap.f32("adam_m1", n)?,
+        m2: snap.f32("adam_m2", n)?,
         progress: Progress {
             config,
-            epochs,
-            steps,
+            epochs: m.epochs,
+            steps: m.steps,
             position,
         },
-        ego,
-        m1,
-        m2,
     })
 }
 
@@ -402,8 +313,7 @@ impl Trainer {
     pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
         let m = &self.model;
         check_sizes(graph, m.n_users(), m.n_items())?;
-        let s = self.saved();
-        write(path, graph, &s.progress, &s.ego, &s.m1, &s.m2)
+        write(path, graph, &self.saved())
     }
 
     /// A trainer resumed from the checkpoint at `path` over `graph`, which must be the
@@ -428,7 +338,7 @@ impl Trainer {
     }
 
     /// The whole state, tables in public order.
-    fn saved(&self) -> Saved {
+    pub(crate) fn saved(&self) -> Saved {
         let m = &self.model;
         let mut config = self.config.clone();
         config.adam = *self.adam.config();
@@ -448,7 +358,7 @@ impl Trainer {
 
     /// A trainer over `graph` from a saved state (tables in public order, sized for
     /// `graph`).
-    fn from_saved(graph: &BipartiteGraph, saved: Saved) -> Result<Trainer> {
+    pub(crate) fn from_saved(graph: &BipartiteGraph, saved: Saved) -> Result<Trainer> {
         let Saved {
             progress: p,
             ego,

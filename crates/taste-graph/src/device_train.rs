@@ -152,8 +152,7 @@ impl DeviceTrainer {
     pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
         let m = &self.model;
         checkpoint::check_sizes(graph, m.n_users(), m.n_items())?;
-        let s = self.saved()?;
-        checkpoint::write(path, graph, &s.progress, &s.ego, &s.m1, &s.m2)
+        checkpoint::write(path, graph, &self.saved()?)
     }
 
     /// A trainer on `device` resumed from the checkpoint at `path` over `graph` (the
@@ -177,7 +176,7 @@ impl DeviceTrainer {
     }
 
     /// The whole state copied to the host, tables in public order.
-    fn saved(&self) -> Result<Saved> {
+    pub(crate) fn saved(&self) -> Result<Saved> {
         let m = &self.model;
         let host = |t: &Tensor| -> Result<Vec<f32>> {
             let v: Vec<f32> = t.flatten_all()?.to_vec1()?;
@@ -198,7 +197,11 @@ impl DeviceTrainer {
 
     /// A trainer on `device` over `graph` from a saved state (tables in public order,
     /// sized for `graph`).
-    fn from_saved(graph: &BipartiteGraph, saved: Saved, device: &Device) -> Result<Self> {
+    pub(crate) fn from_saved(
+        graph: &BipartiteGraph,
+        saved: Saved,
+        device: &Device,
+    ) -> Result<Self> {
         let Saved {
             progress: p,
             ego,

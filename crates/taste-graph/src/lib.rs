@@ -50,6 +50,7 @@ pub mod log;
 pub mod optim;
 pub mod refresh;
 pub mod schedule;
+mod snapshot;
 pub mod sparse;
 pub mod training;
 

@@ -52,7 +52,7 @@ use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::ContentAggregator;
-use crate::interactions::{Interaction, InteractionKind};
+use crate::interactions::InteractionKind;
 use crate::lightgcn::LightGcn;
 
 /// Fold-in weight of each interaction kind (hide is negative: it pushes away).
@@ -300,8 +300,6 @@ pub struct LiveModel {
     /// For items added live: their content features, if given.
     new_item_content: Vec<Option<Arc<[f32]>>>,
     /// Live items whose content was given or replaced, in order (a saved state writes
-    /// the content of those since its previous capture).
-    content_changes: Vec<u32>,
     /// Embeds live items that have content.
     aggregator: Option<Arc<ContentAggregator>>,
     // Item-side fold-in ([`LiveConfig::item_updates`]; all empty when off).
@@ -395,7 +393,6 @@ impl LiveModel {
             new_item_sum: Vec::new(),
             new_item_mass: Vec::new(),
             new_item_content: Vec::new(),
-            content_changes: Vec::new(),
             aggregator: None,
             n_trained_users: nu,
             user_fold: Vec::new(),
@@ -896,7 +893,6 @@ impl LiveModel {
         }
         self.check_content(content)?;
         self.new_item_content[i - self.n_trained_items] = Some(content.into());
-        self.content_changes.push(i as u32);
         self.embed_content_item(i, self.item_count[i]);
         Ok(())
     }
@@ -910,11 +906,6 @@ impl LiveModel {
     /// re-embedding: for a model that has no live items yet.
     pub(crate) fn share_aggregator(&mut self, aggregator: Option<Arc<ContentAggregator>>) {
         self.aggregator = aggregator;
-    }
-
-    /// The live items whose content was given or replaced, in the order it happened.
-    pub(crate) fn content_changes(&self) -> &[u32] {
-        &self.content_changes
     }
 
     /// A live-added item's content as shared (clone the pointer, not the features).
@@ -933,7 +924,6 @@ impl LiveModel {
         self.add_item();
         if let Some(c) = content {
             self.new_item_content[i - self.n_trained_items] = Some(c);
-            self.content_changes.push(i as u32);
             self.embed_content_item(i, 0);
         }
         Ok(())
@@ -978,25 +968,6 @@ impl LiveModel {
         } else {
             insert_sorted(&mut self.hidden[u], i as u32);
         }
-    }
-
-    /// Applies only the hidden- and recent-item part of [`LiveModel::observe`] for an
-    /// event on an existing user and item (rebuilding users' memory from a saved copy and
-    /// the events after it).
-    pub(crate) fn remember_event(&mut self, e: &Interaction) -> Result<()> {
-        if e.user.index() >= self.n_users() || e.item.index() >= self.n_items() {
-            return Err(Error::Graph {
-                message: format!(
-                    "event on user {} and item {} of a model with {} users and {} items",
-                    e.user.0,
-                    e.item.0,
-                    self.n_users(),
-                    self.n_items()
-                ),
-            });
-        }
-        self.remember(e.user.index(), e.item, e.kind, e.timestamp);
-        Ok(())
     }
 
     /// Each user's hidden items (sorted) and recent positives, as

@@ -55,10 +55,10 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{BufReader, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::crc_trailer_holds;
 use crate::error::{Error, Result};
 use crate::ids::{DenseId, IdMap, ItemId, ItemMap, UserId, UserMap};
 use crate::interactions::{Interaction, InteractionKind, Interactions};
+use crate::snapshot::crc_trailer_holds;
 
 const LOG_MAGIC: [u8; 8] = *b"MOSAICLG";
 const SNAPSHOT_MAGIC: [u8; 8] = *b"MOSAICSN";

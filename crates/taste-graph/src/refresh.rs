@@ -36,7 +36,7 @@
 //! [`Interactions::positive_pairs`]: crate::Interactions::positive_pairs
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use crate::checkpoint;
@@ -52,9 +52,6 @@ use crate::training::Training;
 
 mod events;
 mod state;
-
-/// Users a save copies at most when it retakes the memory copy, by default.
-const DEFAULT_MEMORY_STEP: usize = 1 << 20;
 
 use events::SharedEvents;
 
@@ -76,12 +73,8 @@ pub struct Refresher {
     /// these: the model's `trained_at`).
     user_times: Arc<[u64]>,
     generation: u64,
-    /// Names the current model's files in a state directory ([`Refresher::save`]).
+    /// Names the current model's file in a state directory ([`Refresher::save`]).
     stamp: u64,
-    /// What the next saves need besides the model: event segments and users' memory.
-    saves: Mutex<state::SaveLog>,
-    /// Users a save copies at most when it retakes the memory copy.
-    memory_step: usize,
 }
 
 /// What [`Refresher::install`] did.
@@ -136,8 +129,6 @@ impl Refresher {
             user_times: Arc::from([]),
             generation: 0,
             stamp: state::fresh_stamp(),
-            saves: Mutex::new(state::SaveLog::new()),
-            memory_step: DEFAULT_MEMORY_STEP,
         })
     }
 
@@ -184,15 +175,6 @@ impl Refresher {
     /// The trainer whose model the live model was built from.
     pub fn training(&self) -> &Training {
         &self.training
-    }
-
-    /// Sets how many users' hidden and recent items a save copies at most when it
-    /// retakes the memory copy ([`Refresher::save`]; default 1,048,576, at least one):
-    /// a bound on what a capture under the service's lock costs, the copy being taken
-    /// over as many saves as it needs while the previous one serves. The first copy is
-    /// taken whole.
-    pub fn set_memory_step(&mut self, users: usize) {
-        self.memory_step = users.max(1);
     }
 
     /// Installs so far (a job planned before the latest install is refused).
@@ -344,11 +326,8 @@ impl Refresher {
             training: std::mem::replace(&mut self.training, Arc::new(refit.training)),
             graph: std::mem::replace(&mut self.graph, Arc::new(refit.graph)),
         };
-        // The events before the cut that were not kept leave the record (the saves keep
-        // those no capture has reached yet).
+        // The events before the cut that were not kept leave the record.
         let folded = refit.cut - self.kept.len();
-        let saves = self.saves.get_mut().unwrap_or_else(PoisonError::into_inner);
-        saves.carry(self.cut_at, &self.events, self.kept.len(), refit.cut);
         self.cut_at += folded as u64;
         self.events
             .replace_prefix(refit.cut, Arc::clone(&refit.kept));

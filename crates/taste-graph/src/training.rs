@@ -5,6 +5,7 @@ use std::path::Path;
 
 use candle_core::Device;
 
+use crate::checkpoint::Saved;
 use crate::device_train::DeviceTrainer;
 use crate::error::Result;
 use crate::graph::BipartiteGraph;
@@ -134,6 +135,27 @@ impl Training {
         Ok(match self {
             Training::Cpu(t) => Training::Cpu(t.regraph(graph)?),
             Training::Device(t) => Training::Device(t.regraph(graph)?),
+        })
+    }
+
+    /// The whole training state (copied from the device), tables in public order.
+    pub(crate) fn saved(&self) -> Result<Saved> {
+        match self {
+            Training::Cpu(t) => Ok(t.saved()),
+            Training::Device(t) => t.saved(),
+        }
+    }
+
+    /// A trainer over `graph` from a saved state, on the device for a CUDA selection.
+    pub(crate) fn from_saved(
+        graph: &BipartiteGraph,
+        saved: Saved,
+        selection: &Selection,
+    ) -> Result<Self> {
+        Ok(if selection.is_cuda() {
+            Training::Device(DeviceTrainer::from_saved(graph, saved, selection.device())?)
+        } else {
+            Training::Cpu(Trainer::from_saved(graph, saved)?)
         })
     }
 

@@ -1,12 +1,14 @@
 //! A refresher's state on disk ([`Refresher::save`] / [`Refresher::load`]) and the
-//! journal events after it ([`Recovery::events_after`]): a restart serves exactly the
-//! model that was served, and damage is refused.
+//! feedback log's events after it ([`FeedbackLog`]): a restart serves exactly the model
+//! that was served, and damage is refused.
 
 use std::path::Path;
 
+use mosaic_durability::MmapDirectory;
 use taste_graph::{
-    AggregatorConfig, BipartiteGraph, ContentAggregator, DeviceSpec, Error, InteractionKind,
-    ItemId, Journal, LightGcnConfig, LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
+    AggregatorConfig, BipartiteGraph, ContentAggregator, DeviceSpec, Error, Feedback, FeedbackLog,
+    Interaction, InteractionKind, ItemId, LightGcnConfig, LiveConfig, LiveModel, Refresher,
+    SyncPolicy, Trainer, Training, UserId,
 };
 
 mod common;
@@ -142,19 +144,18 @@ fn a_restart_serves_the_model_that_was_served_and_refits_alike() {
         .unwrap()
         .write(dir.path())
         .unwrap();
-    // One model's files, one memory copy, the event segments the state needs.
+    // The new model's file and the refresher file; the old model's file is gone.
     let after = files(dir.path());
-    for (prefix, n) in [
-        ("trainer-", 1),
-        ("graph-", 1),
-        ("memory-", 1),
-        ("REFRESHER", 1),
-    ] {
-        let found = after.iter().filter(|f| f.starts_with(prefix)).count();
-        assert_eq!(found, n, "{prefix} in {after:?}");
-    }
-    let old_model = |f: &&String| f.starts_with("trainer-") || f.starts_with("graph-");
-    assert!(before.iter().filter(old_model).all(|f| !after.contains(f)));
+    let models = |names: &[String]| -> Vec<String> {
+        names
+            .iter()
+            .filter(|f| f.starts_with("model-"))
+            .cloned()
+            .collect()
+    };
+    assert_eq!(models(&after).len(), 1, "{after:?}");
+    assert_eq!(after.len(), 2, "{after:?}");
+    assert_ne!(models(&before), models(&after));
     let back = load(dir.path());
     assert_eq!(back.through_seq, 10);
     assert_eq!(back.app_data, b"app");
@@ -187,53 +188,54 @@ fn a_damaged_or_mismatched_state_is_refused() {
     for name in files(dir.path()) {
         let path = dir.path().join(&name);
         let good = std::fs::read(&path).unwrap();
-        // A flipped byte anywhere (a checksum) and a torn file are corruption.
-        let mut bad = good.clone();
-        let at = bad.len() / 2;
-        bad[at] ^= 0x40;
-        std::fs::write(&path, &bad).unwrap();
-        let err = reload().unwrap_err();
-        assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err}");
+        // A flipped byte is corruption, or (JSON whitespace in the header) changes
+        // nothing: every 5th byte of each file.
+        for at in (0..good.len()).step_by(5) {
+            let mut bad = good.clone();
+            bad[at] ^= 0x40;
+            std::fs::write(&path, &bad).unwrap();
+            match reload() {
+                Err(Error::Corrupt { .. }) => {}
+                Err(e) => panic!("{name} byte {at}: {e}"),
+                Ok(back) => assert_same_live(&back.unwrap().live, &live),
+            }
+        }
+        // A torn file.
         std::fs::write(&path, &good[..good.len() - 9]).unwrap();
         let err = reload().unwrap_err();
         assert!(matches!(err, Error::Corrupt { .. }), "{name}: {err}");
         std::fs::write(&path, &good).unwrap();
         assert!(reload().is_ok());
     }
-    // Checksummed but inconsistent: an item count the live items do not account for
-    // (at bytes 52..60 of the meta file), a graph file asking for 2^40 items (bytes
-    // 20..28), a segment that says it starts elsewhere (bytes 20..28) are refused, not
-    // allocated.
-    let named = |prefix: &str| {
-        let name = files(dir.path())
-            .into_iter()
-            .find(|f| f.starts_with(prefix))
-            .unwrap();
-        dir.path().join(name)
-    };
-    for (path, at) in [
-        (dir.path().join("REFRESHER"), 52),
-        (named("graph-"), 20),
-        (named("events-"), 20),
-        (named("content-"), 28),
-    ] {
-        let good = std::fs::read(&path).unwrap();
-        let mut bad = good[..good.len() - 4].to_vec();
-        bad[at..at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
-        let crc = crc32fast::hash(&bad);
-        bad.extend_from_slice(&crc.to_le_bytes());
-        std::fs::write(&path, &bad).unwrap();
-        let err = reload().unwrap_err();
-        assert!(matches!(err, Error::Corrupt { .. }), "{path:?}: {err}");
-        std::fs::write(&path, &good).unwrap();
-    }
-    // A file the meta names is missing.
-    let memory = named("memory-");
-    let good = std::fs::read(&memory).unwrap();
-    std::fs::remove_file(&memory).unwrap();
+    // The model file the refresher file names is missing, or is another model's.
+    let model = files(dir.path())
+        .into_iter()
+        .find(|f| f.starts_with("model-"))
+        .unwrap();
+    let good = std::fs::read(dir.path().join(&model)).unwrap();
+    std::fs::remove_file(dir.path().join(&model)).unwrap();
     assert!(matches!(reload().unwrap_err(), Error::Io { .. }));
-    std::fs::write(&memory, &good).unwrap();
+    let other_dir = tempfile::tempdir().unwrap();
+    let g2 = random_graph(20, 15, 90, 23);
+    let (r2, live2) = serving(&g2);
+    r2.save(other_dir.path(), &live2, 1).unwrap();
+    let other = files(other_dir.path())
+        .into_iter()
+        .find(|f| f.starts_with("model-"))
+        .unwrap();
+    std::fs::copy(other_dir.path().join(&other), dir.path().join(&model)).unwrap();
+    let err = reload().unwrap_err();
+    assert!(
+        matches!(err, Error::Graph { .. } | Error::Corrupt { .. }),
+        "{err}"
+    );
+    std::fs::write(dir.path().join(&model), &good).unwrap();
     assert!(reload().is_ok());
+    // A state in the format before snapshots is refused, not taken for an empty one.
+    let old = tempfile::tempdir().unwrap();
+    std::fs::write(old.path().join("REFRESHER"), b"MOSRFSH2").unwrap();
+    let err = Refresher::load(old.path(), &cpu, LiveConfig::new(), None).unwrap_err();
+    assert!(err.to_string().contains("before snapshots"), "{err}");
     // A live model that is not the one served is refused at save.
     let small = random_graph(5, 5, 10, 1);
     let t = Trainer::new(&small, &config()).unwrap();
@@ -244,54 +246,31 @@ fn a_damaged_or_mismatched_state_is_refused() {
     ));
 }
 
-#[test]
-fn the_journal_gives_the_events_after_a_saved_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let kinds = [InteractionKind::Click, InteractionKind::Save];
-    let mut seqs = Vec::new();
-    {
-        let (mut j, _) = Journal::open(dir.path()).unwrap();
-        // External ids: new users and items log id records, which take seqs too.
-        for k in 0..6u64 {
-            let (seq, _) = j
-                .record_external(100 + k % 3, 200 + k, kinds[k as usize % 2], 1.0, k)
-                .unwrap();
-            seqs.push(seq);
-        }
-        j.sync().unwrap();
+fn feedback(e: &Interaction) -> Feedback {
+    Feedback {
+        user: u64::from(e.user.0),
+        item: u64::from(e.item.0),
+        kind: e.kind,
+        weight: e.weight,
+        timestamp: e.timestamp,
     }
-    let (mut j, rec) = Journal::open(dir.path()).unwrap();
-    assert_eq!(rec.events.len(), 6);
-    assert_eq!(rec.events_after(0).unwrap().len(), 6);
-    for (n, &seq) in seqs.iter().enumerate() {
-        let after = rec.events_after(seq).unwrap();
-        assert_eq!(after, &rec.events.events()[n + 1..], "after seq {seq}");
+}
+
+fn interaction(f: Feedback) -> Interaction {
+    Interaction {
+        user: UserId(f.user as u32),
+        item: ItemId(f.item as u32),
+        kind: f.kind,
+        weight: f.weight,
+        timestamp: f.timestamp,
     }
-    // Past the last event: the state saw events the journal does not have.
-    assert!(matches!(
-        rec.events_after(rec.last_seq + 1),
-        Err(Error::Graph { .. })
-    ));
-    // After a checkpoint the snapshot's events have no seqs: older saves are refused.
-    let snap = j.checkpoint(&rec.events).unwrap();
-    let (e, _) = j
-        .record_external(100, 300, InteractionKind::Click, 1.0, 9)
-        .unwrap();
-    j.sync().unwrap();
-    drop(j);
-    let (_, rec) = Journal::open(dir.path()).unwrap();
-    assert!(matches!(
-        rec.events_after(seqs[2]),
-        Err(Error::Graph { .. })
-    ));
-    assert_eq!(rec.events_after(snap).unwrap().len(), 1);
-    assert!(rec.events_after(e).unwrap().is_empty());
 }
 
 #[test]
-fn a_crash_after_a_save_recovers_every_acknowledged_event_from_the_journal() {
+fn a_crash_after_a_save_recovers_every_acknowledged_event_from_the_log() {
     let g = random_graph(25, 20, 120, 23);
-    let (journal_dir, state_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let (log_dir, state_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let fs = MmapDirectory::open(log_dir.path()).unwrap();
     let (nu, ni) = (g.n_users() as u32, g.n_items() as u32);
     let before = [
         ev(0, first_non_edge(&g, 0), InteractionKind::Click, 20),
@@ -303,250 +282,88 @@ fn a_crash_after_a_save_recovers_every_acknowledged_event_from_the_journal() {
         ev(nu, 4, InteractionKind::Click, 31),
         ev(nu + 1, 0, InteractionKind::Save, 32),
     ];
-    // The service: every event is journalled, then observed; the state is saved once,
-    // more events are acknowledged, and the process dies.
+    // The service: every event is observed, then logged and acknowledged; the state is
+    // saved once, more events are acknowledged, and the process dies.
     let served = {
         let (mut r, mut live) = serving(&g);
-        let (mut journal, _) = Journal::open(journal_dir.path()).unwrap();
+        let (mut log, _) = FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok(())).unwrap();
+        let mut record = |r: &mut Refresher, live: &mut LiveModel, e: Interaction| {
+            r.observe(live, e).unwrap();
+            let seq = log.append(&feedback(&e)).unwrap();
+            log.acknowledge(seq).unwrap();
+        };
         for e in before {
-            journal.record(&e).unwrap();
-            r.observe(&mut live, e).unwrap();
+            record(&mut r, &mut live, e);
         }
-        let seq = journal.sync().unwrap();
-        r.state(&live, seq)
-            .unwrap()
-            .write(state_dir.path())
-            .unwrap();
-        // The state holds everything up to `seq`: the journal drops it.
-        journal.drop_through(seq).unwrap();
+        r.state(&live, 3).unwrap().write(state_dir.path()).unwrap();
         for e in after {
-            journal.record(&e).unwrap();
-            r.observe(&mut live, e).unwrap();
+            record(&mut r, &mut live, e);
         }
-        journal.sync().unwrap();
         live
     };
-    // The restart: the saved state, then the journal's events after its seq.
-    let (_journal, recovery) = Journal::open(journal_dir.path()).unwrap();
+    // The restart: the saved state, then the log's events after its seq.
     let mut back = load(state_dir.path());
-    assert_eq!(recovery.dropped_through, back.through_seq);
-    assert_eq!(recovery.events.events(), &after);
-    let missed = recovery.events_after(back.through_seq).unwrap();
-    assert_eq!(missed, &after);
-    for &e in missed {
+    assert_eq!(back.through_seq, 3);
+    let mut missed = Vec::new();
+    let (_log, replayed) =
+        FeedbackLog::open(&fs, SyncPolicy::EachEvent, back.through_seq, |_, f| {
+            missed.push(interaction(f));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(replayed.replayed, 3);
+    assert_eq!(missed, after);
+    for e in missed {
         back.refresher.observe(&mut back.live, e).unwrap();
     }
     assert_same_live(&back.live, &served);
     assert_eq!(pending(&back.refresher).len(), before.len() + after.len());
 }
 
-/// Many saves with events, new users, hides and an install between them: each save
-/// writes the events since the previous one and a meta file that does not grow with
-/// them, the segments are merged and dropped, the memory copy is taken again now and
-/// then (not at every save), and every save restores the served model.
+/// Saves with events, new users, hides, live items' content and installs between them:
+/// every save restores the served model, and the directory holds the refresher file
+/// and the current model's file only.
 #[test]
-fn saves_write_what_is_new_and_the_directory_stays_bounded() {
-    let ranges = saves_restore_the_served_model(None);
-    assert!(ranges.iter().all(|&n| n == 1), "{ranges:?}");
-}
-
-/// The same with the memory copy retaken 4 users per save: the copies are made of
-/// several user ranges taken at different saves, and every save still restores the
-/// served model.
-#[test]
-fn a_memory_copy_taken_over_several_saves_restores_the_served_model() {
-    let ranges = saves_restore_the_served_model(Some(4));
-    assert!(ranges.iter().any(|&n| n > 2), "{ranges:?}");
-}
-
-/// The user ranges of the memory copy file in `dir` (its header: magic, version, id,
-/// index, users, then the range count).
-fn memory_ranges(dir: &Path) -> u64 {
-    let name = files(dir)
-        .into_iter()
-        .find(|f| f.starts_with("memory-"))
-        .unwrap();
-    let b = std::fs::read(dir.join(name)).unwrap();
-    u64::from_le_bytes(b[36..44].try_into().unwrap())
-}
-
-/// 40 saves of [`saves_write_what_is_new_and_the_directory_stays_bounded`], the memory
-/// copy retaken `step` users per save (`None`: the default); returns the range counts
-/// of the memory copies the saves wrote.
-fn saves_restore_the_served_model(step: Option<usize>) -> Vec<u64> {
+fn every_save_restores_the_served_model_and_the_directory_stays_two_files() {
     let g = random_graph(30, 25, 160, 24);
     let (mut r, mut live) = serving(&g);
-    if let Some(step) = step {
-        r.set_memory_step(step);
-    }
     let dir = tempfile::tempdir().unwrap();
-    let mut ranges = Vec::new();
-    let mut rng = common::Lcg(5);
-    let kinds = [
-        InteractionKind::Click,
-        InteractionKind::Save,
-        InteractionKind::Hide,
-    ];
-    let (mut memory_copies, mut meta_sizes, mut t) = (Vec::new(), Vec::new(), 100u64);
-    let (mut segment_events, mut planned) = (0, None);
-    for save in 0..40u64 {
-        for _ in 0..8 {
-            // Mostly existing users and items, now and then a new one.
-            let user = rng.below(live.n_users() as u64 + 1) as u32;
-            let item = rng.below(live.n_items() as u64 + 1) as u32;
-            let kind = kinds[rng.below(3) as usize];
-            t += 1;
-            r.observe(&mut live, ev(user, item, kind, t)).unwrap();
+    let (nu, ni) = (g.n_users() as u32, g.n_items() as u32);
+    for round in 0..6u32 {
+        let t = 100 + 10 * u64::from(round);
+        for (k, e) in [
+            ev(round % nu, (round * 7) % ni, InteractionKind::Click, t),
+            ev(nu + round, round % ni, InteractionKind::Save, t + 1),
+            ev(round % 5, (round * 3) % ni, InteractionKind::Hide, t + 2),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            r.observe(&mut live, e).unwrap();
+            if k == 1 && round % 2 == 0 {
+                let item = live
+                    .add_item_with_content(&[round as f32, 1.0, -0.5])
+                    .unwrap();
+                r.observe(
+                    &mut live,
+                    ev(round % nu, item.0, InteractionKind::Click, t + 1),
+                )
+                .unwrap();
+            }
         }
-        // An install with unsaved events before its plan (the next save starts over
-        // from the cut with a new memory copy), then one planned before two saves.
-        if save == 20 {
+        if round == 3 {
             let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
             r.install(refit, &mut live).unwrap();
         }
-        if save == 30 {
-            planned = Some(r.plan(&live, 1).unwrap().run(|_| {}).unwrap());
-        }
-        if save == 32 {
-            r.install(planned.take().unwrap(), &mut live).unwrap();
-        }
-        let state = r.state(&live, save).unwrap();
-        segment_events = state.segment_events();
-        meta_sizes.push(state.meta_bytes());
+        let state = r.state(&live, u64::from(round)).unwrap();
+        assert!(state.recorded_events() <= r.pending_len());
         state.write(dir.path()).unwrap();
-        let names = files(dir.path());
-        let segments = names.iter().filter(|f| f.starts_with("events-")).count();
-        assert!(segments <= 17, "{names:?}");
-        let memory: Vec<_> = names.iter().filter(|f| f.starts_with("memory-")).collect();
-        assert_eq!(memory.len(), 1, "{names:?}");
-        if memory_copies.last() != Some(memory[0]) {
-            memory_copies.push(memory[0].clone());
-            ranges.push(memory_ranges(dir.path()));
-        }
+        assert_eq!(files(dir.path()).len(), 2, "{:?}", files(dir.path()));
         let back = load(dir.path());
-        assert_eq!(back.through_seq, save);
-        assert_eq!(pending(&back.refresher), pending(&r), "save {save}");
+        assert_eq!(back.through_seq, u64::from(round));
+        assert_eq!(pending(&back.refresher), pending(&r));
         assert_same_live(&back.live, &live);
     }
-    // 320 events of 24 bytes against a copy of ~30 users' memory: a few copies, far
-    // fewer than the saves.
-    assert!(
-        (2..=20).contains(&memory_copies.len()),
-        "{} memory copies",
-        memory_copies.len()
-    );
-    // Segments before the install's cut and the memory copy are dropped.
-    assert!(
-        segment_events < 8 * 30,
-        "{segment_events} events in segments"
-    );
-    // The meta file holds the segment list and the live items' content, not the events.
-    let most = *meta_sizes.iter().max().unwrap();
-    assert!(most < 2000, "meta files of up to {most} bytes");
-
-    // A restored refresher goes on saving where it left off (its segments, its copy).
-    let mut back = load(dir.path());
-    back.refresher
-        .observe(&mut back.live, ev(1, 2, InteractionKind::Click, t + 1))
-        .unwrap();
-    back.refresher.save(dir.path(), &back.live, 99).unwrap();
-    let again = load(dir.path());
-    assert_eq!(pending(&again.refresher), pending(&back.refresher));
-    assert_same_live(&again.live, &back.live);
-
-    // Its memory copy is on disk in `dir` only: another directory is refused, not left
-    // naming a file it does not have.
-    let other = tempfile::tempdir().unwrap();
-    assert!(matches!(
-        back.refresher.save(other.path(), &back.live, 100),
-        Err(Error::Config { .. })
-    ));
-    ranges
-}
-
-/// The content files in `dir`, with their sizes.
-fn content_files(dir: &Path) -> Vec<(String, u64)> {
-    files(dir)
-        .into_iter()
-        .filter(|n| n.starts_with("content-"))
-        .map(|n| {
-            let len = std::fs::metadata(dir.join(&n)).unwrap().len();
-            (n, len)
-        })
-        .collect()
-}
-
-/// Live items' content is written once per change, not by every save: a save writes a
-/// file with the content given or replaced since the previous one (none when nothing
-/// changed), the files are rewritten into one past 16 and after an install, and every
-/// save restores the served model.
-#[test]
-fn live_items_content_is_written_once_per_change() {
-    let g = random_graph(20, 15, 90, 23);
-    let (mut r, mut live) = serving(&g);
-    let dir = tempfile::tempdir().unwrap();
-    let mut items = Vec::new();
-    let (mut written, mut every_save) = (0u64, 0u64);
-    let record = 8 + 4 * 3;
-    for save in 0..40u32 {
-        for k in 0..2 {
-            let x = [save as f32, k as f32, 1.0];
-            items.push(live.add_item_with_content(&x).unwrap());
-        }
-        if save % 5 == 4 {
-            let x = [-1.0, save as f32, 0.5];
-            live.set_item_content(items[save as usize / 2], &x).unwrap();
-        }
-        let before = content_files(dir.path());
-        r.save(dir.path(), &live, save as u64).unwrap();
-        let after = content_files(dir.path());
-        let new: Vec<_> = after.iter().filter(|f| !before.contains(f)).collect();
-        assert_eq!(new.len(), 1, "save {save}: one new content file");
-        assert!(
-            after.len() <= 16,
-            "save {save}: {} content files",
-            after.len()
-        );
-        written += new[0].1;
-        every_save += items.len() as u64 * record;
-        assert_same_live(&load(dir.path()).live, &live);
-    }
-    // Rewriting every live item's content at each save would have written three times
-    // as much and more.
-    assert!(
-        3 * written < every_save,
-        "{written} bytes against {every_save}"
-    );
-    let meta = std::fs::metadata(dir.path().join("REFRESHER"))
-        .unwrap()
-        .len();
-    assert!(meta < 600, "a meta file of {meta} bytes");
-
-    // Nothing changed: no new content file.
-    let before = content_files(dir.path());
-    r.save(dir.path(), &live, 41).unwrap();
-    assert_eq!(content_files(dir.path()), before);
-
-    // After an install, one file with all the live items' content (they stay live: no
-    // one engaged with them).
-    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
-    let (_, old) = r.install(refit, &mut live).unwrap();
-    drop(old);
-    r.save(dir.path(), &live, 42).unwrap();
-    let after = content_files(dir.path());
-    assert_eq!(after.len(), 1);
-    assert!(after[0].1 >= items.len() as u64 * record);
-    let back = load(dir.path());
-    assert_same_live(&back.live, &live);
-
-    // A restored refresher goes on from the files it found.
-    let mut back = back;
-    back.live
-        .set_item_content(items[0], &[2.0, 2.0, 2.0])
-        .unwrap();
-    back.refresher.save(dir.path(), &back.live, 43).unwrap();
-    assert_eq!(content_files(dir.path()).len(), 2);
-    assert_same_live(&load(dir.path()).live, &back.live);
 }
 
 /// A refresher that streamed [`stream`]'s events and saved them (seq 1) to a new
@@ -560,7 +377,7 @@ fn saved_once() -> (Refresher, LiveModel, tempfile::TempDir) {
     (r, live, dir)
 }
 
-/// A crash inside a write — after some or all of its new files, before its meta file —
+/// A crash inside a write — after its model file, before its refresher file —
 /// opens to the previous save exactly; the next write cleans up after it.
 #[test]
 fn a_crash_inside_a_write_opens_to_the_previous_save() {
@@ -583,8 +400,12 @@ fn a_crash_inside_a_write_opens_to_the_previous_save() {
         .unwrap();
     r.save(dir.path(), &live, 2).unwrap();
     let (meta, old_meta) = (
-        dir.path().join("REFRESHER"),
-        &saved.iter().find(|(n, _)| n == "REFRESHER").unwrap().1,
+        dir.path().join("refresher.safetensors"),
+        &saved
+            .iter()
+            .find(|(n, _)| n == "refresher.safetensors")
+            .unwrap()
+            .1,
     );
     let new_meta = std::fs::read(&meta).unwrap();
     // The previous save's files come back (the removal after the meta never ran).
@@ -604,34 +425,6 @@ fn a_crash_inside_a_write_opens_to_the_previous_save() {
     // The next write removes what no meta names.
     r.save(dir.path(), &live, 3).unwrap();
     let names = files(dir.path());
-    let models = names.iter().filter(|n| n.starts_with("trainer-")).count();
+    let models = names.iter().filter(|n| n.starts_with("model-")).count();
     assert_eq!(models, 1, "{names:?}");
-}
-
-/// Events observed after a save and folded by an install before the next save are kept
-/// for it: the memory copy stays usable (not taken again), and the restore is exact.
-#[test]
-fn an_install_between_saves_keeps_the_unsaved_events_it_folds() {
-    let (mut r, mut live, dir) = saved_once();
-    let memory = |dir: &Path| {
-        files(dir)
-            .into_iter()
-            .filter(|n| n.starts_with("memory-"))
-            .collect::<Vec<_>>()
-    };
-    let copy = memory(dir.path());
-    for (u, i) in [(3, 4), (5, 6), (7, 8)] {
-        r.observe(&mut live, ev(u, i, InteractionKind::Click, 40 + u as u64))
-            .unwrap();
-    }
-    let refit = r.plan(&live, 1).unwrap().run(|_| {}).unwrap();
-    r.install(refit, &mut live).unwrap();
-    let state = r.state(&live, 2).unwrap();
-    // The three folded clicks are in the new segment; the copy is the same file.
-    assert!(state.segment_events() >= 3);
-    state.write(dir.path()).unwrap();
-    assert_eq!(memory(dir.path()), copy);
-    let back = load(dir.path());
-    assert_eq!(pending(&back.refresher), pending(&r));
-    assert_same_live(&back.live, &live);
 }

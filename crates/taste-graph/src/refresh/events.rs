@@ -112,52 +112,6 @@ impl SharedEvents {
             .flatten()
     }
 
-    /// The events with indices in `start..end` (clamped to the events there are),
-    /// sharing the sealed blocks: O(blocks + tail).
-    pub(crate) fn slice(&self, start: usize, end: usize) -> SharedEvents {
-        let mut out = self.suffix(start);
-        out.truncate(end.saturating_sub(start));
-        out
-    }
-
-    /// Keeps the first `n` events.
-    fn truncate(&mut self, n: usize) {
-        let mut left = n;
-        let mut keep = 0;
-        for run in &mut self.runs {
-            if left == 0 {
-                break;
-            }
-            run.end = run.end.min(run.start + left);
-            left -= run.end - run.start;
-            keep += 1;
-        }
-        self.runs.truncate(keep);
-        self.tail.truncate(left);
-        self.len = self.len.min(n);
-    }
-
-    /// Appends `other`'s events, sharing its sealed blocks (this one's tail is sealed
-    /// first, `other`'s copied): O(blocks + tails).
-    pub(crate) fn append(&mut self, other: &SharedEvents) {
-        if !self.tail.is_empty() {
-            let block: Arc<[Interaction]> = Arc::from(std::mem::take(&mut self.tail));
-            self.runs.push(Run {
-                end: block.len(),
-                block,
-                start: 0,
-            });
-        }
-        self.runs.extend(other.runs.iter().cloned());
-        self.tail.extend_from_slice(&other.tail);
-        self.len += other.len;
-    }
-
-    /// Whether there are no events.
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// The events from index `from` on (none past the end), sharing the sealed blocks:
     /// O(blocks + tail).
     pub(crate) fn suffix(&self, from: usize) -> SharedEvents {
@@ -241,21 +195,9 @@ mod tests {
                 match next(10) {
                     0 => {
                         let from = next(v.len() + 3);
-                        let end = next(v.len() + 3);
-                        let want = v.get(from..end.min(v.len())).unwrap_or(&[]);
-                        let sliced = r.slice(from, end);
-                        assert_eq!(sliced.to_vec(), want, "block {block}");
-                        assert_eq!(sliced.len(), want.len());
                         let s = r.suffix(from);
                         assert_eq!(s.to_vec(), v[from.min(v.len())..], "block {block}");
                         assert_eq!(s.len(), v.len() - from.min(v.len()));
-                    }
-                    2 => {
-                        // Append a slice of itself (shared blocks, sealed tail).
-                        let (a, b) = (next(v.len() + 1), next(v.len() + 1));
-                        let part = r.slice(a.min(b), a.max(b));
-                        r.append(&part);
-                        v.extend_from_within(a.min(b)..a.max(b));
                     }
                     1 => {
                         let cut = next(v.len() + 2);
@@ -280,7 +222,6 @@ mod tests {
                         .copied()
                         .eq(v.iter().skip(k / 2).copied())
                 );
-                assert_eq!(r.is_empty(), v.is_empty());
             }
         }
     }
