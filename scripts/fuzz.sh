@@ -12,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS="${1:-20}"
 shift || true
-ALL=(segment manifest tombstones hnsw_index npy journal refresh_state checkpoint dataset adapter config preprocessor_config)
+ALL=(segment manifest tombstones hnsw_index npy feedback_log refresh_state checkpoint dataset adapter config preprocessor_config)
 TARGETS=("${@:-${ALL[@]}}")
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=("${ALL[@]}")
 

@@ -48,9 +48,9 @@ fn targets() -> Vec<(&'static str, Run, Vec<Vec<u8>>)> {
             vec![es::npy_seed().unwrap()],
         ),
         (
-            "journal",
-            |b| tg::journal(b).map_err(|e| e.to_string()),
-            tg_seeds("journal"),
+            "feedback_log",
+            |b| tg::feedback_log(b).map_err(|e| e.to_string()),
+            tg_seeds("feedback_log"),
         ),
         (
             "refresh_state",

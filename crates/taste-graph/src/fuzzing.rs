@@ -3,7 +3,7 @@
 //! the committed corpora in CI. Whatever the bytes, each returns (a typed error for a bad
 //! file) and never panics or allocates by a size the bytes claim: a panic is a bug.
 //!
-//! The directory formats are fuzzed structure-aware: [`journal`] and [`refresh_state`]
+//! The directory formats are fuzzed structure-aware: [`feedback_log`] and [`refresh_state`]
 //! take a valid saved directory (made once per process), replace the file that the
 //! input's first byte picks with the rest of the input, and open the directory.
 //! [`seeds`] gives each target's starting corpus.
@@ -13,15 +13,16 @@ use std::sync::OnceLock;
 
 use crate::dataset::{Dataset, parse_lightgcn};
 use crate::error::{Error, Result};
+use crate::feedback::{Feedback, FeedbackLog, SyncPolicy};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::{AggregatorConfig, ContentAggregator};
 use crate::interactions::{Interaction, InteractionKind};
 use crate::lightgcn::{LightGcnConfig, Trainer};
 use crate::live::{LiveConfig, LiveModel};
-use crate::log::Journal;
 use crate::refresh::Refresher;
 use crate::training::Training;
+use mosaic_durability::MmapDirectory;
 
 /// Files of a saved directory, sorted by name, with their bytes.
 type Fixture = Vec<(String, Vec<u8>)>;
@@ -115,49 +116,56 @@ fn damaged_copy(name: &str, fixture: &[(String, Vec<u8>)], bytes: &[u8]) -> Resu
     Ok(dir)
 }
 
-/// A journal directory: id-mapped events, a checkpoint, more events after it.
-fn journal_fixture() -> Result<&'static Fixture> {
-    static J: Once<Fixture> = OnceLock::new();
-    fixed(&J, || {
-        let dir = scratch("journal-fixture")?;
+/// A feedback log of two segments (events on new and existing ids, then a rotation and
+/// more events).
+fn feedback_fixture() -> Result<&'static Fixture> {
+    static F: Once<Fixture> = OnceLock::new();
+    fixed(&F, || {
+        let dir = scratch("feedback-fixture")?;
+        let fs = MmapDirectory::open(&dir)?;
         {
-            let (mut j, _) = Journal::open(&dir)?;
-            for k in 0..6u64 {
-                j.record_external(100 + k % 3, 7_000 + k, InteractionKind::Click, 1.0, k)?;
+            let (mut log, _) = FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok(()))?;
+            for k in 0..9u64 {
+                let f = Feedback {
+                    user: 100 + k % 3,
+                    item: 7_000 + k,
+                    kind: if k < 6 {
+                        InteractionKind::Click
+                    } else {
+                        InteractionKind::Save
+                    },
+                    weight: 1.0,
+                    timestamp: k,
+                };
+                let seq = log.append(&f)?;
+                log.acknowledge(seq)?;
+                if k == 5 {
+                    log.saved_through(0)?; // a second segment
+                }
             }
-            j.sync()?;
-        }
-        {
-            let (mut j, recovered) = Journal::open(&dir)?;
-            j.checkpoint(&recovered.events)?;
-            for k in 6..9u64 {
-                j.record_external(200 + k, 7_000 + k, InteractionKind::Save, 2.0, k)?;
-            }
-            j.sync()?;
         }
         let mut fs = files(&dir)?;
-        fs.retain(|(n, _)| n != "LOCK");
+        fs.retain(|(n, _)| !n.ends_with(".lock"));
         Ok(fs)
     })
 }
 
-/// `bytes` (first byte: which file) as a damaged journal directory, opened with
-/// [`Journal::open`]; on success every recovered event is read.
-pub fn journal(bytes: &[u8]) -> Result<()> {
-    let dir = damaged_copy("journal", journal_fixture()?, bytes)?;
-    let (_, recovery) = Journal::open(&dir)?;
-    // every recovered event names an id below the counts the recovery reports
-    let (users, items) = (recovery.events.n_users(), recovery.events.n_items());
-    if let Some(e) = recovery
-        .events
-        .events()
-        .iter()
-        .find(|e| e.user.index() >= users || e.item.index() >= items)
-    {
-        return Err(Error::Graph {
-            message: format!("recovered event {e:?} is outside {users} users x {items} items"),
-        });
-    }
+/// `bytes` (first byte: which segment) as a damaged feedback log, opened with
+/// [`FeedbackLog::open`] and every record replayed.
+pub fn feedback_log(bytes: &[u8]) -> Result<()> {
+    let dir = damaged_copy("feedback", feedback_fixture()?, bytes)?;
+    let fs = MmapDirectory::open(&dir)?;
+    let mut last = 0;
+    FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |seq, _| {
+        // records come back in order, each once
+        if seq != last + 1 {
+            return Err(Error::Graph {
+                message: format!("record {seq} after {last}"),
+            });
+        }
+        last = seq;
+        Ok(())
+    })?;
     Ok(())
 }
 
@@ -228,7 +236,7 @@ pub fn dataset(bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-/// The starting corpus of `target` (`journal`, `refresh_state`, `checkpoint`,
+/// The starting corpus of `target` (`feedback_log`, `refresh_state`, `checkpoint`,
 /// `dataset`): valid inputs, one per file for the directory targets.
 pub fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
     let per_file = |fixture: &[(String, Vec<u8>)]| {
@@ -243,7 +251,7 @@ pub fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
             .collect()
     };
     Ok(match target {
-        "journal" => per_file(journal_fixture()?),
+        "feedback_log" => per_file(feedback_fixture()?),
         "refresh_state" => per_file(refresh_fixture()?),
         "checkpoint" => {
             let dir = scratch("checkpoint-seed")?;

@@ -20,9 +20,6 @@
 //! - [`export`]: embeddings to and from `embed-store` generations;
 //! - [`feedback`]: the durable log of acknowledged feedback ([`FeedbackLog`]), replayed
 //!   after a saved state on restart;
-//! - [`log`]: crash-safe persistence of events (append-only [`EventLog`], atomic
-//!   [`GraphSnapshot`]s, and a [`Journal`] directory combining them, with the
-//!   external-id maps).
 //!
 //! Everything runs on the current rayon pool; wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
@@ -46,7 +43,6 @@ pub mod interactions;
 pub mod interests;
 pub mod lightgcn;
 pub mod live;
-pub mod log;
 pub mod optim;
 pub mod refresh;
 pub mod schedule;
@@ -68,7 +64,6 @@ pub use lightgcn::{
     BatchLoss, Embeddings, EpochStats, Init, LightGcn, LightGcnConfig, Trainer, Triple,
 };
 pub use live::{KindWeights, LiveConfig, LiveModel};
-pub use log::{EventLog, GraphSnapshot, Journal, Record, Recovery, Replay};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use optim::{AdamConfig, AdamState};

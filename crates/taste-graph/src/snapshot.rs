@@ -295,17 +295,3 @@ pub(crate) fn read_file(path: &Path) -> Result<mosaic_durability::FileBytes> {
     let (dir, name) = split(path)?;
     Ok(dir.open_read(&name)?)
 }
-
-/// Whether `bytes` end with the crc32 of everything before (the journal's files).
-pub(crate) fn crc_trailer_holds(bytes: &[u8]) -> bool {
-    let Some(body) = bytes.len().checked_sub(4) else {
-        return false;
-    };
-    let stored = u32::from_le_bytes([
-        bytes[body],
-        bytes[body + 1],
-        bytes[body + 2],
-        bytes[body + 3],
-    ]);
-    crc32fast::hash(&bytes[..body]) == stored
-}

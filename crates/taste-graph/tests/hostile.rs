@@ -1,14 +1,15 @@
 //! Hostile ids are typed errors, never allocations sized by them: a one-line dataset
-//! holding index 2^31 - 1, and a journal whose recovered event names user 2^31 - 1
-//! (valid checksums: the journal stores dense ids as given) reaching a live model.
+//! holding index 2^31 - 1, and a feedback log whose replayed event names user 2^31 - 1
+//! (valid checksums: the log stores ids as given) reaching a live model.
 
+use mosaic_durability::MmapDirectory;
 use taste_graph::{
-    BipartiteGraph, Dataset, Error, InteractionKind, ItemId, Journal, LightGcnConfig, LiveConfig,
-    LiveModel, Trainer, UserId,
+    BipartiteGraph, Dataset, Error, Feedback, FeedbackLog, InteractionKind, ItemId, LightGcnConfig,
+    LiveConfig, LiveModel, SyncPolicy, Trainer, UserId,
 };
 
 mod common;
-use common::{ev, random_graph};
+use common::random_graph;
 
 #[test]
 fn a_one_line_dataset_with_a_huge_index_is_a_parse_error() {
@@ -26,26 +27,39 @@ fn a_one_line_dataset_with_a_huge_index_is_a_parse_error() {
 }
 
 #[test]
-fn a_recovered_event_with_a_huge_user_is_refused_by_the_live_model() {
+fn a_logged_event_with_a_huge_user_is_refused_by_the_live_model() {
     let dir = tempfile::tempdir().unwrap();
+    let fs = MmapDirectory::open(dir.path()).unwrap();
     {
-        let (mut j, _) = Journal::open(dir.path()).unwrap();
-        j.record(&ev(i32::MAX as u32, 0, InteractionKind::Click, 5))
+        let (mut log, _) = FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok(())).unwrap();
+        let seq = log
+            .append(&Feedback {
+                user: i32::MAX as u64,
+                item: 0,
+                kind: InteractionKind::Click,
+                weight: 1.0,
+                timestamp: 5,
+            })
             .unwrap();
-        j.sync().unwrap();
+        log.acknowledge(seq).unwrap();
     }
-    let (_, recovery) = Journal::open(dir.path()).unwrap();
-    assert_eq!(
-        recovery.events.n_users(),
-        1 << 31,
-        "counts are kept, nothing sized by them"
-    );
+    let mut logged = Vec::new();
+    FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, f| {
+        logged.push(f);
+        Ok(())
+    })
+    .unwrap();
     let g: BipartiteGraph = random_graph(6, 5, 20, 3);
     let t = Trainer::new(&g, &LightGcnConfig::new().dim(4).layers(1).seed(1)).unwrap();
     let mut live = LiveModel::new(t.model(), &g, LiveConfig::new(), 10).unwrap();
-    let e = recovery.events.events()[0];
+    let f = logged[0];
     let err = live
-        .observe(e.user, e.item, e.kind, e.timestamp)
+        .observe(
+            UserId(f.user as u32),
+            ItemId(f.item as u32),
+            f.kind,
+            f.timestamp,
+        )
         .unwrap_err();
     assert!(
         err.to_string().contains("a new user must take id 6"),
