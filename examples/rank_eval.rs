@@ -18,9 +18,10 @@ use mosaic::embed_store::hnsw::HnswParams;
 use mosaic::embed_store::{RamDirectory, Store};
 use mosaic::ranker::RecommendOptions;
 use mosaic::ranker::catalogue::{Catalogue, CatalogueSpec};
+use mosaic::ranker::eval::scorer_examples;
 use mosaic::ranker::eval::{evaluate, learned_variant, markdown, split_every, standard_variants};
 use mosaic::ranker::pipeline::{PipelineOptions, build};
-use mosaic::ranker::scorer::{LearnedScorer, examples};
+use mosaic::ranker::scorer::LearnedScorer;
 use mosaic::taste_graph::{Dataset, LightGcnConfig};
 
 #[derive(Parser)]
@@ -119,7 +120,7 @@ fn main() -> anyhow::Result<()> {
     let mut variants = standard_variants();
     if let Some(valid) = &valid {
         let t = Instant::now();
-        let ex = examples(&rec, valid, &RecommendOptions::new(), 5000)?;
+        let ex = scorer_examples(&rec, valid, &RecommendOptions::new(), 5000)?;
         let scorer = LearnedScorer::fit(&ex, 1e-2)?;
         println!(
             "learned scorer: {} examples ({} positive), {:.1} s, weights {:?} bias {:.3}",

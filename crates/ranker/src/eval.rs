@@ -13,8 +13,9 @@ use taste_graph::{BipartiteGraph, UserId};
 
 use crate::error::{Error, Result};
 use crate::mmr::intra_list_diversity;
-use crate::options::{RecommendOptions, Sources};
+use crate::options::{RecommendOptions, Relevance, Sources};
 use crate::recommender::Recommender;
+use crate::scorer::{Example, features};
 
 /// A named set of options to evaluate.
 #[derive(Debug, Clone)]
@@ -25,14 +26,21 @@ pub struct Variant {
     pub options: RecommendOptions,
 }
 
-/// The four variants of the ranker issue's table: popularity, a single taste
-/// embedding, several interests, and several interests with MMR (relevance only for
-/// the first three).
+/// The variants of the ranker issue's table: pure popularity (the same list for
+/// everyone), the popular pool re-ranked by the user's taste, a single taste embedding,
+/// several interests, and several interests with MMR (relevance only for all but the
+/// last).
 pub fn standard_variants() -> Vec<Variant> {
     let plain = || RecommendOptions::new().lambda(1.0);
     vec![
         Variant {
             name: "popularity".into(),
+            options: plain()
+                .sources(Sources::popular_only())
+                .relevance(Relevance::Popularity),
+        },
+        Variant {
+            name: "popular pool, taste-ranked".into(),
             options: plain().sources(Sources::popular_only()),
         },
         Variant {
@@ -195,4 +203,34 @@ pub fn markdown(rows: &[Row], k: usize) -> String {
         );
     }
     s
+}
+
+/// Labelled candidates: for each user with items in `engaged` (at most `max_users`),
+/// the candidates `rec` retrieves under `opts` (without a scorer), positive when the
+/// user engaged with the item. `engaged` uses the taste graph's dense item ids.
+pub fn scorer_examples(
+    rec: &Recommender,
+    engaged: &BipartiteGraph,
+    opts: &RecommendOptions,
+    max_users: usize,
+) -> Result<Vec<Example>> {
+    let mut opts = opts.clone();
+    opts.scorer = None;
+    let mut out = Vec::new();
+    let users = (0..engaged.n_users().min(rec.n_users()) as u32)
+        .filter(|&u| !engaged.items_of(UserId(u)).is_empty())
+        .take(max_users);
+    for u in users {
+        let truth = engaged.items_of(UserId(u));
+        for c in rec.candidates(UserId(u), &opts)? {
+            let positive = rec
+                .dense_id(c.item)
+                .is_some_and(|d| truth.binary_search(&d.0).is_ok());
+            out.push(Example {
+                features: features(&c.parts, &c.source),
+                positive,
+            });
+        }
+    }
+    Ok(out)
 }

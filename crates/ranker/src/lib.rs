@@ -26,10 +26,14 @@ pub mod recommender;
 pub mod rescore;
 mod saved;
 pub mod scorer;
+mod scoring;
+mod sources;
+mod types;
 
 pub use error::{Error, Result};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
-pub use options::{AttrRule, Cap, RecommendOptions, Sources};
+pub use options::{AttrRule, Cap, RecommendOptions, Relevance, Sources};
+pub use recommender::Recommender;
 pub use recommender::serving::Reopened;
-pub use recommender::{Recommendation, Recommender, ScoreParts, Source};
+pub use types::{Recommendation, ScoreParts, Source};

@@ -66,6 +66,18 @@ impl Sources {
     }
 }
 
+/// What a candidate's relevance is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Relevance {
+    /// The user's taste and interests blended (`taste_weight`), or a learned scorer's
+    /// probability when one is set.
+    #[default]
+    Blend,
+    /// The item's popularity alone (`log(1 + engagements)`, scaled): the same ranking for
+    /// every user, the baseline a personalised ranking must beat.
+    Popularity,
+}
+
 /// A per-attribute cap: at most `max` results share the value of attribute `attr`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cap {
@@ -92,6 +104,7 @@ pub struct RecommendOptions {
     pub(crate) caps: Vec<Cap>,
     pub(crate) now: Option<u64>,
     pub(crate) scorer: Option<Arc<LearnedScorer>>,
+    pub(crate) relevance: Relevance,
 }
 
 impl std::fmt::Debug for RecommendOptions {
@@ -111,6 +124,7 @@ impl std::fmt::Debug for RecommendOptions {
             .field("caps", &self.caps)
             .field("now", &self.now)
             .field("scorer", &self.scorer)
+            .field("relevance", &self.relevance)
             .finish()
     }
 }
@@ -139,6 +153,7 @@ impl Default for RecommendOptions {
             caps: Vec::new(),
             now: None,
             scorer: None,
+            relevance: Relevance::Blend,
         }
     }
 }
@@ -151,6 +166,11 @@ impl RecommendOptions {
     /// Number of results.
     pub fn k(mut self, k: usize) -> Self {
         self.k = k;
+        self
+    }
+    /// What relevance is (default [`Relevance::Blend`]).
+    pub fn relevance(mut self, relevance: Relevance) -> Self {
+        self.relevance = relevance;
         self
     }
     /// Candidates retrieved over all sources before scoring (≥ k).

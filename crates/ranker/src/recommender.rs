@@ -1,13 +1,13 @@
 //! The request path: retrieval from every source, filtering, scoring, MMR, and the
 //! feedback loop into the taste graph.
 
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use embed_store::hnsw::{Hnsw, Scratch};
-use embed_store::{Filter, ItemId as StoreId, Metric, Snapshot};
+use embed_store::kernels::dot;
+use embed_store::{Filter, ItemId as StoreId, Snapshot};
 use taste_graph::{
     FeedbackLog, Installed, InterestConfig, ItemId, LiveModel, Refit, RefitJob, Refresher, UserId,
 };
@@ -17,57 +17,11 @@ use crate::mmr::{Quotas, mmr, normalize_rows};
 use crate::options::RecommendOptions;
 use crate::popular::Popular;
 use crate::saved::Prefix;
+use crate::scoring::{self, Scored, Taste};
+use crate::sources::{Catalog, Gathered, Interest, Wants};
+use crate::types::{Candidate, Recommendation, ScoreParts};
 
 pub mod serving;
-
-/// Where a recommendation came from.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub enum Source {
-    /// A neighbour of one of the user's interests.
-    Interest {
-        /// Rank of the interest (0 = most important).
-        rank: usize,
-        /// The interest's medoid item (external id).
-        medoid: u64,
-        /// The interest's importance (the user's interests sum to 1).
-        importance: f32,
-    },
-    /// A neighbour of the user's taste embedding.
-    Taste,
-    /// One of the most-engaged items.
-    Popular,
-    /// One of the newest items of the generation.
-    Fresh,
-}
-
-/// How a recommendation's score was made.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct ScoreParts {
-    /// The item's projection on the user's unit taste direction (LightGCN's score up to
-    /// the user's norm), divided by the largest among the candidates.
-    pub taste: f32,
-    /// The best importance-weighted cosine to an interest's medoid.
-    pub interest: f32,
-    /// `log(1 + engagements) / log(1 + max engagements)` of the item.
-    pub popularity: f32,
-    /// The blended relevance, normalised so the best candidate has 1.
-    pub relevance: f32,
-    /// Largest cosine to the results ranked above it (what MMR subtracted).
-    pub redundancy: f32,
-}
-
-/// One recommended item with its explanation.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Recommendation {
-    /// The item's external id.
-    pub item: u64,
-    /// The final (MMR) score it was picked with.
-    pub score: f32,
-    /// Which source retrieved it first.
-    pub source: Source,
-    /// Its score parts.
-    pub parts: ScoreParts,
-}
 
 /// Dense taste-graph item ids ↔ external ids (the store's ids).
 #[derive(Debug, Clone)]
@@ -157,10 +111,6 @@ fn fresh_rows(snap: &Snapshot) -> Vec<(u64, usize, usize)> {
     fresh
 }
 
-thread_local! {
-    static SCRATCH: RefCell<Option<Scratch>> = const { RefCell::new(None) };
-}
-
 /// Recommendations over one embed-store generation (the item embeddings of the taste
 /// graph's model) and the live taste graph. Cheap to share (`Arc`): `recommend` takes
 /// `&self` and runs concurrently; `record` takes a short write lock. To serve a new
@@ -195,12 +145,6 @@ impl std::fmt::Debug for Recommender {
     }
 }
 
-/// Candidate under construction.
-struct Candidate {
-    id: u64,
-    source: Source,
-}
-
 /// The scored candidates of one request.
 struct Pool {
     cands: Vec<Candidate>,
@@ -217,7 +161,7 @@ impl Recommender {
     /// A recommender over `snap` (vectors in the live model's space) and `live`.
     /// `item_ids[k]` is the external (store) id of the live model's item `k`
     /// (`None`: the dense ids themselves). `index`, when given, must be built from
-    /// `snap` with [`Metric::Cosine`]; without it retrieval is exact.
+    /// `snap` with [`embed_store::Metric::Cosine`]; without it retrieval is exact.
     pub fn new(
         snap: Snapshot,
         index: Option<Hnsw>,
@@ -432,25 +376,6 @@ impl Recommender {
             .collect())
     }
 
-    /// Nearest neighbours of `q` by cosine (HNSW when built, else exact). Cosine, not
-    /// the inner product: from an interest's medoid the inner product would return the
-    /// largest-norm (most popular) items of any style; norms count in the scoring.
-    fn retrieve(&self, q: &[f32], k: usize, ef: usize, filter: &Filter) -> Result<Vec<u64>> {
-        if k == 0 {
-            return Ok(Vec::new());
-        }
-        let hits = match &self.index {
-            Some(h) => SCRATCH.with(|cell| {
-                let mut cell = cell.borrow_mut();
-                // The scratch grows itself to the index it serves.
-                let s = cell.get_or_insert_with(|| Scratch::new(h.len()));
-                h.search(&self.snap, q, k, ef.max(k), filter, s)
-            })?,
-            None => self.snap.search(q, k, Metric::Cosine, filter)?,
-        };
-        Ok(hits.iter().map(|h| h.id.0).collect())
-    }
-
     /// The top `opts.k` items for `user`, best first, each with its explanation.
     pub fn recommend(&self, user: UserId, opts: &RecommendOptions) -> Result<Vec<Recommendation>> {
         opts.validate()?;
@@ -518,240 +443,38 @@ impl Recommender {
 
     /// Retrieval, filtering and scoring: the candidate pool of one request.
     fn pool(&self, user: UserId, opts: &RecommendOptions) -> Result<Option<Pool>> {
-        let d = self.snap.dim();
-        // Everything needed from the live state, under one short read lock.
-        let (user_vec, interests, mut exclude, popular, max_count) = {
-            let st = self.read_current()?;
-            let Some(u) = st.live.user(user) else {
-                return Err(Error::Unknown {
-                    what: "user",
-                    message: format!(
-                        "user {} (the taste graph has {})",
-                        user.0,
-                        st.live.n_users()
-                    ),
-                });
-            };
-            let user_vec = u.to_vec();
-            let interests = if opts.sources.interests > 0.0 {
-                let now = opts
-                    .now
-                    .unwrap_or_else(|| st.live.last_time(user).unwrap_or(0));
-                taste_graph::interests(&st.live, user, now, &self.interests)?
-                    .into_iter()
-                    .map(|i| {
-                        let m = i.medoid.index();
-                        let v = st.live.item(i.medoid).map(<[f32]>::to_vec);
-                        (st.items.external[m], i.importance, v)
-                    })
-                    .collect::<Vec<_>>()
-            } else {
-                Vec::new()
-            };
-            let ext = |i: &u32| st.items.external[*i as usize];
-            let mut exclude: Vec<u64> = st.live.hidden(user).iter().map(ext).collect();
-            if opts.exclude_seen {
-                exclude.extend(st.live.seen(user).iter().map(ext));
-            }
-            let counts = st.live.item_counts();
-            let max_count = st.popular.ids().next().map_or(0, |i| counts[i as usize]);
-            let popular: Vec<(u64, u32)> = if opts.sources.popular > 0.0 {
-                st.popular
-                    .ids()
-                    .map(|i| (ext(&i), counts[i as usize]))
-                    .collect()
-            } else {
-                Vec::new()
-            };
-            (user_vec, interests, exclude, popular, max_count)
-        };
+        let r = self.request(user, opts)?;
+        let mut exclude = r.exclude;
         exclude.extend_from_slice(&opts.blocked);
         exclude.sort_unstable();
         exclude.dedup();
-        let rule = opts.rule.as_deref();
         let mut filter = Filter::none().exclude(&exclude);
-        if let Some(r) = rule {
-            filter = filter.with_attrs(r);
+        if let Some(rule) = opts.rule.as_deref() {
+            filter = filter.with_attrs(rule);
         }
-
-        // Quotas: interests share by importance; a missing source's share moves on.
-        let user_norm = user_vec.iter().map(|x| x * x).sum::<f32>().sqrt();
-        let s = opts.sources;
-        let has_interests = !interests.is_empty() && s.interests > 0.0;
-        let has_taste = user_norm > 0.0 && s.taste > 0.0;
-        let shares = [
-            if has_interests { s.interests } else { 0.0 },
-            if has_taste { s.taste } else { 0.0 },
-            s.popular,
-            s.fresh,
-        ];
-        let total: f32 = shares.iter().sum();
-        let shares = if total > 0.0 {
-            shares.map(|x| x / total)
-        } else {
-            [0.0, 0.0, 1.0, 0.0]
+        let user_norm = dot(&r.user, &r.user).sqrt();
+        let wants = Wants {
+            user: &r.user,
+            user_norm,
+            interests: &r.interests,
+            popular: &r.popular,
         };
-        let budget = opts.candidates as f32;
-
-        let mut cands: Vec<Candidate> = Vec::with_capacity(opts.candidates + 16);
-        let mut index_of: HashMap<u64, usize> = HashMap::with_capacity(opts.candidates + 16);
-        let mut push = |id: u64, source: Source, cands: &mut Vec<Candidate>| {
-            if let std::collections::hash_map::Entry::Vacant(e) = index_of.entry(id) {
-                e.insert(cands.len());
-                cands.push(Candidate { id, source });
-            }
-        };
-        let mut interest_dirs: Vec<(Vec<f32>, f32, f32)> = Vec::new();
-        if shares[0] > 0.0 {
-            let max_imp = interests.iter().map(|i| i.1).fold(0f32, f32::max);
-            for (rank, (medoid, importance, live_vec)) in interests.iter().enumerate() {
-                let q = match self.snap.get(StoreId(*medoid)) {
-                    Some(v) => v,
-                    None => match live_vec {
-                        Some(v) => v.clone(),
-                        None => continue,
-                    },
-                };
-                let quota = (budget * shares[0] * importance).round().max(1.0) as usize;
-                let source = Source::Interest {
-                    rank,
-                    medoid: *medoid,
-                    importance: *importance,
-                };
-                for id in self.retrieve(&q, quota, opts.ef, &filter)? {
-                    push(id, source, &mut cands);
-                }
-                let n = q.iter().map(|x| x * x).sum::<f32>().sqrt();
-                if n > 0.0 {
-                    let w = if max_imp > 0.0 {
-                        (importance / max_imp).powf(opts.importance_exponent)
-                    } else {
-                        1.0
-                    };
-                    interest_dirs.push((q.iter().map(|x| x / n).collect(), w, *importance));
-                }
-            }
-        }
-        if shares[1] > 0.0 {
-            let quota = (budget * shares[1]).round().max(1.0) as usize;
-            for id in self.retrieve(&user_vec, quota, opts.ef, &filter)? {
-                push(id, Source::Taste, &mut cands);
-            }
-        }
-        if shares[2] > 0.0 {
-            let quota = (budget * shares[2]).round().max(1.0) as usize;
-            let mut taken = 0;
-            for &(id, _) in &popular {
-                if taken == quota {
-                    break;
-                }
-                let admitted = self.snap.locate(StoreId(id)).is_some()
-                    && filter.admits(id, || self.snap.attrs(StoreId(id)).unwrap_or(&[]));
-                if admitted {
-                    push(id, Source::Popular, &mut cands);
-                    taken += 1;
-                }
-            }
-        }
-        if shares[3] > 0.0 {
-            // The fresh pool ranked by taste (newest first for a user without one).
-            let quota = (budget * shares[3]).round().max(1.0) as usize;
-            let mut pool: Vec<(f32, usize, u64)> = Vec::with_capacity(self.fresh.len());
-            let mut row = vec![0f32; d];
-            for (age, &(id, seg, r)) in self.fresh.iter().enumerate() {
-                let ls = &self.snap.segments()[seg];
-                if filter.admits(id, || ls.segment.attrs(r)) {
-                    ls.segment.read_vector(r, &mut row)?;
-                    let t: f32 = row.iter().zip(&user_vec).map(|(a, b)| a * b).sum();
-                    pool.push((t, age, id));
-                }
-            }
-            pool.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            for &(_, _, id) in pool.iter().take(quota) {
-                push(id, Source::Fresh, &mut cands);
-            }
-        }
+        let Gathered { cands, directions } = self.catalog().gather(&wants, &filter, opts)?;
         if cands.is_empty() {
             return Ok(None);
         }
-
-        // Vectors and scores.
+        let d = self.snap.dim();
         let ids: Vec<StoreId> = cands.iter().map(|c| StoreId(c.id)).collect();
         let mut vecs = vec![0f32; ids.len() * d];
         self.snap.get_many(&ids, &mut vecs)?;
-        let counts: Vec<u32> = {
-            let st = self.read_current()?;
-            let c = st.live.item_counts();
-            cands
-                .iter()
-                .map(|x| st.items.dense.get(&x.id).map_or(0, |&k| c[k as usize]))
-                .collect()
+        let counts = self.engagements(&cands)?;
+        let taste = Taste {
+            user: &r.user,
+            user_norm,
+            directions: &directions,
+            max_count: r.max_count,
         };
-        let pop_den = (1.0 + max_count.max(1) as f32).ln();
-        let user_dir: Vec<f32> = if user_norm > 0.0 {
-            user_vec.iter().map(|x| x / user_norm).collect()
-        } else {
-            vec![0.0; d]
-        };
-        let w_taste = if interest_dirs.is_empty() {
-            1.0
-        } else if user_norm == 0.0 {
-            0.0
-        } else {
-            opts.taste_weight
-        };
-        let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
-        let mut parts: Vec<ScoreParts> = Vec::with_capacity(cands.len());
-        // Each candidate's nearest interest: the soft per-interest quotas of the list.
-        let mut group: Vec<Option<usize>> = Vec::with_capacity(cands.len());
-        let max_taste = vecs
-            .chunks_exact(d)
-            .map(|x| dot(&user_dir, x).abs())
-            .fold(0f32, f32::max);
-        let taste_scale = if max_taste > 0.0 {
-            1.0 / max_taste
-        } else {
-            0.0
-        };
-        for (k, x) in vecs.chunks_exact(d).enumerate() {
-            let taste = dot(&user_dir, x) * taste_scale;
-            let x_norm = dot(x, x).sqrt();
-            let inv = if x_norm > 0.0 { 1.0 / x_norm } else { 0.0 };
-            let mut interest = f32::NEG_INFINITY;
-            let mut nearest = (f32::NEG_INFINITY, None);
-            for (j, (m, w, _)) in interest_dirs.iter().enumerate() {
-                let c = dot(m, x) * inv;
-                interest = interest.max(w * c);
-                if c > nearest.0 {
-                    nearest = (c, Some(j));
-                }
-            }
-            group.push(nearest.1);
-            let interest = if interest.is_finite() { interest } else { 0.0 };
-            let popularity = (1.0 + counts[k] as f32).ln() / pop_den;
-            let relevance = if user_norm == 0.0 && interest_dirs.is_empty() {
-                popularity
-            } else {
-                w_taste * taste + (1.0 - w_taste) * interest
-            };
-            parts.push(ScoreParts {
-                taste,
-                interest,
-                popularity,
-                relevance,
-                redundancy: 0.0,
-            });
-        }
-        if let Some(scorer) = &opts.scorer {
-            for (p, c) in parts.iter_mut().zip(&cands) {
-                p.relevance = scorer.probability(p, &c.source);
-            }
-        }
-        // Normalise relevance to a best of 1 so λ trades it against cosines.
-        let top = parts.iter().map(|p| p.relevance.abs()).fold(0f32, f32::max);
-        if top > 0.0 {
-            parts.iter_mut().for_each(|p| p.relevance /= top);
-        }
+        let Scored { parts, group } = scoring::score(&cands, &vecs, d, &counts, &taste, opts);
         let mut unit = vecs;
         normalize_rows(&mut unit, d);
         Ok(Some(Pool {
@@ -759,7 +482,89 @@ impl Recommender {
             parts,
             unit,
             group,
-            importances: interest_dirs.iter().map(|(_, _, imp)| *imp).collect(),
+            importances: directions.iter().map(|dir| dir.importance).collect(),
         }))
     }
+
+    /// What the candidate sources are drawn from.
+    fn catalog(&self) -> Catalog<'_> {
+        Catalog {
+            snap: &self.snap,
+            index: self.index.as_ref(),
+            fresh: &self.fresh,
+        }
+    }
+
+    /// Everything a request needs from the live state, under one short read lock.
+    fn request(&self, user: UserId, opts: &RecommendOptions) -> Result<Request> {
+        let st = self.read_current()?;
+        let Some(u) = st.live.user(user) else {
+            return Err(Error::Unknown {
+                what: "user",
+                message: format!(
+                    "user {} (the taste graph has {})",
+                    user.0,
+                    st.live.n_users()
+                ),
+            });
+        };
+        let ext = |i: &u32| st.items.external[*i as usize];
+        let interests = if opts.sources.interests > 0.0 {
+            let now = opts
+                .now
+                .unwrap_or_else(|| st.live.last_time(user).unwrap_or(0));
+            taste_graph::interests(&st.live, user, now, &self.interests)?
+                .into_iter()
+                .map(|i| Interest {
+                    medoid: ext(&i.medoid.0),
+                    importance: i.importance,
+                    live: st.live.item(i.medoid).map(<[f32]>::to_vec),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let mut exclude: Vec<u64> = st.live.hidden(user).iter().map(ext).collect();
+        if opts.exclude_seen {
+            exclude.extend(st.live.seen(user).iter().map(ext));
+        }
+        let counts = st.live.item_counts();
+        let popular = if opts.sources.popular > 0.0 {
+            st.popular
+                .ids()
+                .map(|i| (ext(&i), counts[i as usize]))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Request {
+            user: u.to_vec(),
+            interests,
+            exclude,
+            popular,
+            max_count: st.popular.ids().next().map_or(0, |i| counts[i as usize]),
+        })
+    }
+
+    /// Each candidate's engagement count in the live taste graph (0 for an item it
+    /// does not know).
+    fn engagements(&self, cands: &[Candidate]) -> Result<Vec<u32>> {
+        let st = self.read_current()?;
+        let c = st.live.item_counts();
+        Ok(cands
+            .iter()
+            .map(|x| st.items.dense.get(&x.id).map_or(0, |&k| c[k as usize]))
+            .collect())
+    }
+}
+
+/// What a request reads from the live state.
+struct Request {
+    user: Vec<f32>,
+    interests: Vec<Interest>,
+    /// Hidden (and, when asked, seen) items, by external id.
+    exclude: Vec<u64>,
+    /// The popular pool: (external id, engagements), most engaged first.
+    popular: Vec<(u64, u32)>,
+    max_count: u32,
 }

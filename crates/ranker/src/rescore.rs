@@ -16,7 +16,8 @@ use vision_surgery::model::{LogitsScope, SequenceInput};
 use vision_surgery::{Prompt, SurgeredModel};
 
 use crate::error::{Error, Result};
-use crate::recommender::{Recommendation, Recommender};
+use crate::recommender::Recommender;
+use crate::types::Recommendation;
 
 /// Settings of a [`Rescorer`].
 #[derive(Debug, Clone, PartialEq)]

@@ -1,14 +1,12 @@
 //! An optional small learned scorer: logistic regression over a candidate's score parts
 //! and source, trained from interactions — for each user, the retrieved candidates
-//! ([`Recommender::candidates`]) labelled by whether the user later engaged with them.
+//! ([`crate::Recommender::candidates`]) labelled by whether the user later engaged with
+//! them ([`crate::eval::scorer_examples`]).
 //! Fitted by Newton's method (IRLS) with an L2 penalty: a handful of features, exact
 //! and deterministic.
 
-use taste_graph::{BipartiteGraph, UserId};
-
 use crate::error::{Error, Result};
-use crate::options::RecommendOptions;
-use crate::recommender::{Recommender, ScoreParts, Source};
+use crate::types::{ScoreParts, Source};
 
 /// Number of features (bias excluded).
 pub const N_FEATURES: usize = 6;
@@ -178,36 +176,6 @@ impl LearnedScorer {
     pub fn probability(&self, parts: &ScoreParts, source: &Source) -> f32 {
         sigmoid(self.logit(parts, source) as f64) as f32
     }
-}
-
-/// Labelled candidates: for each user with items in `engaged` (at most `max_users`),
-/// the candidates `rec` retrieves under `opts` (without a scorer), positive when the
-/// user engaged with the item. `engaged` uses the taste graph's dense item ids.
-pub fn examples(
-    rec: &Recommender,
-    engaged: &BipartiteGraph,
-    opts: &RecommendOptions,
-    max_users: usize,
-) -> Result<Vec<Example>> {
-    let mut opts = opts.clone();
-    opts.scorer = None;
-    let mut out = Vec::new();
-    let users = (0..engaged.n_users().min(rec.n_users()) as u32)
-        .filter(|&u| !engaged.items_of(UserId(u)).is_empty())
-        .take(max_users);
-    for u in users {
-        let truth = engaged.items_of(UserId(u));
-        for c in rec.candidates(UserId(u), &opts)? {
-            let positive = rec
-                .dense_id(c.item)
-                .is_some_and(|d| truth.binary_search(&d.0).is_ok());
-            out.push(Example {
-                features: features(&c.parts, &c.source),
-                positive,
-            });
-        }
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

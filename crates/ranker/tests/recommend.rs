@@ -266,7 +266,8 @@ fn offline_evaluation_ranks_personalised_variants_above_popularity() {
         ..PipelineOptions::default()
     };
     let (rec, _) = build(&train, None, None, &store, &opts, |_, _| {}).unwrap();
-    let examples = ranker::scorer::examples(&rec, &valid, &RecommendOptions::new(), 400).unwrap();
+    let examples =
+        ranker::eval::scorer_examples(&rec, &valid, &RecommendOptions::new(), 400).unwrap();
     let scorer = Arc::new(ranker::scorer::LearnedScorer::fit(&examples, 1e-2).unwrap());
     let mut variants = standard_variants();
     variants.push(ranker::eval::learned_variant(scorer));
@@ -291,6 +292,17 @@ fn offline_evaluation_ranks_personalised_variants_above_popularity() {
         );
     }
     assert!(by("multi-interest + MMR").diversity > by("multi-interest").diversity);
+    // pure popularity: each list in decreasing engagement, whoever the user
+    let popularity = &variants[0].options;
+    for u in [0u32, 7, 99] {
+        let items = rec.recommend(UserId(u), &popularity.clone().k(20)).unwrap();
+        let count = |id: u64| rec.with_live(|l| l.item_counts()[rec.dense_id(id).unwrap().index()]);
+        let counts: Vec<u32> = items.iter().map(|r| count(r.item)).collect();
+        assert!(
+            counts.windows(2).all(|w| w[0] >= w[1]),
+            "user {u}: {counts:?}"
+        );
+    }
     assert!(evaluate(&rec, &test, &standard_variants(), 0, None).is_err());
 }
 
