@@ -264,6 +264,37 @@ pub const TEMP_SUFFIX: &str = ".tmp";
 /// between creating and locking it.
 const TEMP_GRACE: Duration = Duration::from_secs(600);
 
+/// Creates or replaces the file at `path` whole, outside any [`Directory`] (a model
+/// checkpoint a caller names by path): `write` fills a temp file of its own beside it
+/// (`.{name}.{pid}-{seq}.tmp`), which is synced and renamed over `path`, then the parent
+/// directory is synced. A reader of `path` sees the old file or the new one, never a
+/// part; a crash leaves the old file (and perhaps a temp file, which
+/// [`Directory::remove_abandoned_temps`] recognises). On any error the temp file is
+/// removed and `path` left as it was.
+pub fn replace_file<E: From<Error>>(
+    path: &Path,
+    write: impl FnOnce(&Path) -> std::result::Result<(), E>,
+) -> std::result::Result<(), E> {
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| Error::Invalid(format!("{}: not a file path", path.display())))?;
+    let tmp = path.with_file_name(temp_name(name));
+    let result = write(&tmp).and_then(|()| {
+        let synced = File::open(&tmp).and_then(|f| f.sync_all());
+        synced.map_err(|e| Error::io(&tmp, e))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        let parent = parent.unwrap_or(Path::new("."));
+        let synced = File::open(parent).and_then(|d| d.sync_all());
+        synced.map_err(|e| E::from(Error::io(parent, e)))
+    });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 /// A temp name no other write of this or another live process uses at the same time.
 fn temp_name(name: &str) -> String {
     static SEQ: AtomicU64 = AtomicU64::new(0);

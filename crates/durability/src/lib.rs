@@ -22,5 +22,6 @@ pub mod wal;
 
 pub use directory::{
     Directory, FileBytes, FileSystem, FsDirectory, LockGuard, MmapDirectory, OsFs, RamDirectory,
+    replace_file,
 };
 pub use error::{Error, Result};

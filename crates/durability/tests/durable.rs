@@ -94,3 +94,37 @@ fn concurrent_saves_of_one_name_never_share_a_temp_file() {
         .collect();
     assert!(left.is_empty(), "temp files left: {left:?}");
 }
+
+#[test]
+fn replace_file_leaves_the_old_file_or_the_new_one_and_no_temp_file() {
+    use mosaic_durability::{Error, replace_file};
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("model.safetensors");
+    std::fs::write(&path, b"old").unwrap();
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    // a writer that fails half-way: the old file stays, the temp file goes
+    let failed: Result<(), Error> = replace_file(&path, |t| {
+        std::fs::write(t, b"half").unwrap();
+        Err(Error::Invalid("writer failed".into()))
+    });
+    assert!(failed.is_err());
+    assert_eq!(std::fs::read(&path).unwrap(), b"old");
+    assert_eq!(names(), ["model.safetensors"]);
+    // a writer that succeeds replaces it whole
+    replace_file::<Error>(&path, |t| {
+        std::fs::write(t, b"new contents").map_err(|e| Error::io(t, e))
+    })
+    .unwrap();
+    assert_eq!(std::fs::read(&path).unwrap(), b"new contents");
+    assert_eq!(names(), ["model.safetensors"]);
+    // a path that names no file is refused before anything is written
+    let err = replace_file::<Error>(tmp.path().join("..").as_path(), |_| Ok(())).unwrap_err();
+    assert!(matches!(err, Error::Invalid(_)), "{err}");
+}

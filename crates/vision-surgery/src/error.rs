@@ -169,6 +169,20 @@ pub enum Error {
     Candle(#[from] candle_core::Error),
 }
 
+impl From<mosaic_durability::Error> for Error {
+    /// The durable write's errors: an I/O error on a path, or a path that names no
+    /// file (its message names it).
+    fn from(e: mosaic_durability::Error) -> Self {
+        match e {
+            mosaic_durability::Error::Io { path, source } => Error::Io { path, source },
+            other => Error::Io {
+                path: PathBuf::new(),
+                source: std::io::Error::other(other.to_string()),
+            },
+        }
+    }
+}
+
 impl Error {
     /// Wrap an I/O error with the path it happened on.
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

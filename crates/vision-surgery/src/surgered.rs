@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use candle_core::{DType, Device, IndexOp, Tensor};
 
+use mosaic_durability::replace_file;
+
 use crate::adapter::{EmbeddingAdapter, RawView};
 use crate::checkpoint::{
     ADAPTER_FILE, CONFIG_FILE, CheckpointFiles, ModelSource, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
@@ -553,7 +555,7 @@ impl SurgeredModel {
             }
             let path = dir.join(&file);
             let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
-            write_replacing(&path, |tmp| {
+            replace_file(&path, |tmp| {
                 safetensors::serialize_to_file(views, Some(meta), tmp).map_err(|e| {
                     Error::Safetensors {
                         path: path.clone(),
@@ -582,7 +584,7 @@ impl SurgeredModel {
         for src in self.copied_files() {
             if let Some(name) = src.file_name() {
                 let dst = dir.join(name);
-                write_replacing(&dst, |tmp| {
+                replace_file(&dst, |tmp| {
                     std::fs::copy(&src, tmp)
                         .map(drop)
                         .map_err(|e| Error::io(&src, e))
@@ -590,11 +592,8 @@ impl SurgeredModel {
             }
         }
         if let Some(a) = &self.adapter {
-            write_replacing(&dir.join(ADAPTER_FILE), |tmp| a.save(tmp))?;
+            replace_file(&dir.join(ADAPTER_FILE), |tmp| a.save(tmp))?;
         }
-        std::fs::File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| Error::io(dir, e))?;
         Ok(SavedCheckpoint {
             dir: dir.to_path_buf(),
             shards: written,
@@ -609,30 +608,9 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
         path: path.to_path_buf(),
         message: e.to_string(),
     })?;
-    write_replacing(path, |tmp| {
+    replace_file(path, |tmp| {
         std::fs::write(tmp, text + "\n").map_err(|e| Error::io(tmp, e))
     })
-}
-
-/// Create or replace `path` whole: `write` fills a temp file beside it, which is synced
-/// and renamed over `path` (removed instead when anything fails). A reader of `path`
-/// sees the old file or the new one, never a part.
-fn write_replacing(path: &Path, write: impl FnOnce(&Path) -> Result<()>) -> Result<()> {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
-    let result = write(&tmp).and_then(|()| {
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))
-    });
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 fn build_report(weights: &Weights, unopened: &[(String, PathBuf)]) -> SurgeryReport {

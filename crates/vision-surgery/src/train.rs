@@ -489,13 +489,10 @@ impl<'m> AdapterTrainer<'m> {
         EmbeddingAdapter::from_tensors(self.spec.clone(), tensors)
     }
 
-    /// Write the adapter to `path` and the optimiser state beside it, each through a
-    /// temporary file renamed into place.
+    /// Write the adapter to `path` and the optimiser state beside it, each replaced
+    /// whole (durability's [`mosaic_durability::replace_file`]): the state first, so an
+    /// adapter file is never newer than the state beside it.
     pub fn save_checkpoint(&self, path: &Path) -> Result<()> {
-        let tmp = path.with_extension("safetensors.tmp");
-        write_adapter(&tmp, &self.spec, &self.adapter.tensors())?;
-        let sp = state_path(path);
-        let sp_tmp = sp.with_extension("safetensors.tmp");
         let mut tensors: Vec<(String, Tensor)> = Vec::new();
         for (i, name) in self.names.iter().enumerate() {
             tensors.push((format!("m.{name}"), self.opt.m[i].clone()));
@@ -510,10 +507,12 @@ impl<'m> AdapterTrainer<'m> {
         .into_iter()
         .map(|(k, v)| (k.to_string(), v))
         .collect();
-        crate::adapter::write_tensors(&sp_tmp, &tensors, meta)?;
-        std::fs::rename(&sp_tmp, &sp).map_err(|e| Error::io(&sp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        Ok(())
+        mosaic_durability::replace_file(&state_path(path), |tmp| {
+            crate::adapter::write_tensors(tmp, &tensors, meta)
+        })?;
+        mosaic_durability::replace_file(path, |tmp| {
+            write_adapter(tmp, &self.spec, &self.adapter.tensors())
+        })
     }
 
     fn prepare(&self, examples: &[TrainExample]) -> Result<Vec<Prepared>> {
