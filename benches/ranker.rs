@@ -10,10 +10,10 @@ use std::sync::Arc;
 use criterion::{Criterion, criterion_group, criterion_main};
 use mosaic::embed_store::hnsw::HnswParams;
 use mosaic::embed_store::{RamDirectory, StorageType, Store};
-use mosaic::ranker::catalogue::{Rng, serving_fixture};
 use mosaic::ranker::pipeline::{export_items, index_for};
 use mosaic::ranker::{RecommendOptions, Recommender};
 use mosaic::taste_graph::{InteractionKind, InterestConfig, ItemId, LiveConfig, LiveModel, UserId};
+use mosaic_testkit::catalogue::{Rng, serving_fixture};
 
 const ITEMS: usize = 40_000;
 const USERS: usize = 20_000;

@@ -7,11 +7,11 @@
 use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use mosaic::ranker::catalogue::{Rng, serving_fixture};
 use mosaic::taste_graph::{
     Interaction, InteractionKind, ItemId, LightGcnConfig, LiveConfig, LiveModel, Refresher,
     Trainer, Training, UserId,
 };
+use mosaic_testkit::catalogue::{Rng, serving_fixture};
 
 const ITEMS: usize = 50_000;
 const USERS: usize = 500_000;

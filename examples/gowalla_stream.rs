@@ -31,12 +31,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use mosaic::ranker::catalogue::Rng;
 use mosaic::taste_graph::dataset::read_lightgcn;
 use mosaic::taste_graph::{
     BipartiteGraph, Dataset, DeviceSpec, Interaction, InteractionKind, ItemId, LightGcnConfig,
     LiveConfig, LiveModel, RateSwitch, Refresher, Selection, Training, UserId, evaluate,
 };
+use mosaic_testkit::catalogue::Rng;
 
 #[derive(Parser)]
 #[command(about = "Stale vs streamed (observe) vs retrained LightGCN")]

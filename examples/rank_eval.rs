@@ -17,12 +17,12 @@ use clap::Parser;
 use mosaic::embed_store::hnsw::HnswParams;
 use mosaic::embed_store::{RamDirectory, Store};
 use mosaic::ranker::RecommendOptions;
-use mosaic::ranker::catalogue::{Catalogue, CatalogueSpec};
 use mosaic::ranker::eval::scorer_examples;
 use mosaic::ranker::eval::{evaluate, learned_variant, markdown, split_every, standard_variants};
 use mosaic::ranker::pipeline::{PipelineOptions, build};
 use mosaic::ranker::scorer::LearnedScorer;
 use mosaic::taste_graph::{Dataset, LightGcnConfig};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
 
 #[derive(Parser)]
 #[command(about = "Evaluate ranking variants on a held-out split")]

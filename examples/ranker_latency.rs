@@ -18,10 +18,10 @@ use std::time::Instant;
 use clap::Parser;
 use mosaic::embed_store::hnsw::HnswParams;
 use mosaic::embed_store::{Directory, MmapDirectory, RamDirectory, StorageType, Store};
-use mosaic::ranker::catalogue::{Rng, serving_fixture};
 use mosaic::ranker::pipeline::{export_items, index_for};
 use mosaic::ranker::{RecommendOptions, Recommender};
 use mosaic::taste_graph::{InteractionKind, InterestConfig, ItemId, LiveConfig, LiveModel, UserId};
+use mosaic_testkit::catalogue::{Rng, serving_fixture};
 
 #[derive(Parser)]
 #[command(about = "p50/p99 latency of recommend() and record()")]

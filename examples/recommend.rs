@@ -27,12 +27,12 @@ use mosaic::embed_store::hnsw::HnswParams;
 use mosaic::embed_store::{
     GenerationSpec, ItemId as StoreItemId, RamDirectory, StorageType, Store,
 };
-use mosaic::ranker::catalogue::{Catalogue, CatalogueSpec};
 use mosaic::ranker::pipeline::{Attrs, PipelineOptions, build, refreshed, restore};
 use mosaic::ranker::rescore::{RescoreOptions, Rescorer};
 use mosaic::ranker::{RecommendOptions, Recommendation, Recommender, Source};
 use mosaic::taste_graph::{Dataset, InteractionKind, LightGcnConfig, UserId};
 use mosaic::vision_surgery::{LoadOptions, SurgeredModel};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
 
 #[derive(Parser)]
 #[command(about = "Recommendations with explanations, before and after new interactions")]

@@ -11,11 +11,9 @@
 //! - [`rescore`]: the optional re-scoring of the top-N by the surgered Qwen3-VL;
 //! - [`eval`]: Recall / NDCG / intra-list diversity / coverage of ranking variants;
 //! - [`mmr`]: Maximal Marginal Relevance and intra-list diversity;
-//! - [`catalogue`]: a deterministic built-in catalogue (style clusters, drifting users).
 
 #![warn(missing_docs)]
 
-pub mod catalogue;
 pub mod error;
 pub mod eval;
 pub mod mmr;

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use embed_store::{MmapDirectory, Store};
-use ranker::catalogue::{Catalogue, CatalogueSpec};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
 use ranker::pipeline::{PipelineOptions, build, restore};
 use ranker::{Error, RecommendOptions, Recommender};
 use taste_graph::{DeviceSpec, InteractionKind, LightGcnConfig, Refresher, SyncPolicy, UserId};

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use embed_store::hnsw::HnswParams;
 use embed_store::{RamDirectory, Store};
-use ranker::catalogue::{Catalogue, CatalogueSpec};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
 use ranker::pipeline::{Attrs, PipelineOptions, build};
 use ranker::{RecommendOptions, Recommender, Source, Sources};
 use taste_graph::{InteractionKind, LightGcnConfig, UserId};

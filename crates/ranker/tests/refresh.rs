@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use embed_store::{ItemId as StoreId, RamDirectory, Store};
-use ranker::catalogue::{Catalogue, CatalogueSpec};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
 use ranker::pipeline::{Attrs, PipelineOptions, build, refreshed, restore};
 use ranker::{Error, RecommendOptions, Recommender};
 use taste_graph::{

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use common::{content, model};
 use embed_store::{GenerationSpec, ItemId as StoreId, RamDirectory, Snapshot, StorageType, Store};
-use ranker::catalogue::{Catalogue, CatalogueSpec};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
 use ranker::pipeline::{PipelineOptions, build};
 use ranker::rescore::{RescoreOptions, Rescorer};
 use ranker::{RecommendOptions, Sources};

@@ -9,11 +9,14 @@
 //! tokenizer), [`sampling`] (generation options), [`surgered`] (the user-facing model:
 //! load, generate, score, save), and for the full-encoder baseline [`vision`] (the vision
 //! tower), [`image_processor`] (image preprocessing) and [`full`] (the unmodified model
-//! that wires them to the decoder).
+//! that wires them to the decoder). With the `testkit` feature (for the workspace's
+//! benches and examples, not part of the API): `bench` (the surgery-vs-full-encoder
+//! measurement) and `synthetic` (random-weight checkpoints of any shape).
 
 #![warn(missing_docs)]
 
 pub mod adapter;
+#[cfg(feature = "testkit")]
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -28,6 +31,7 @@ pub mod prompt;
 pub mod rotary;
 pub mod sampling;
 pub mod surgered;
+#[cfg(feature = "testkit")]
 pub mod synthetic;
 pub mod train;
 pub mod vision;

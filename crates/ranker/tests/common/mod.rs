@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use candle_core::{DType, Device};
 use embed_store::{GenerationSpec, ItemId as StoreId, RamDirectory, Snapshot, StorageType, Store};
-use ranker::catalogue::Rng;
+use mosaic_testkit::catalogue::Rng;
 use ranker::rescore::{RescoreOptions, Rescorer};
 use vision_surgery::{LoadOptions, SurgeredModel, load_npy_items};
 

@@ -3,9 +3,12 @@
 //! users whose tastes drift — each user starts with a few favourite styles and, late
 //! in their history, picks up a new one.
 
-use taste_graph::{BipartiteGraph, ItemId, UserId};
+use taste_graph::{BipartiteGraph, Error, ItemId, Result, UserId};
 
-use crate::error::{Error, Result};
+/// A configuration error (a spec out of range).
+fn config(message: String) -> Error {
+    Error::Config { message }
+}
 
 /// Sizes and seed of a [`Catalogue`].
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -110,12 +113,12 @@ impl Catalogue {
     /// Generates the catalogue of `spec` (same spec, same catalogue).
     pub fn generate(spec: CatalogueSpec) -> Result<Self> {
         if spec.styles < 4 || spec.items_per_style == 0 || spec.users == 0 || spec.dim < 2 {
-            return Err(Error::config(format!(
+            return Err(config(format!(
                 "catalogue needs >= 4 styles, >= 1 item per style, >= 1 user and dim >= 2; got {spec:?}"
             )));
         }
         if spec.events_per_user < 4 {
-            return Err(Error::config(format!(
+            return Err(config(format!(
                 "events_per_user = {}, expected at least 4 (the last quarter drifts)",
                 spec.events_per_user
             )));
@@ -230,7 +233,7 @@ impl Catalogue {
     /// `every`-th, `2·every`-th, …): the training graph and the held-out graph.
     pub fn holdout(&self, every: usize) -> Result<(BipartiteGraph, BipartiteGraph)> {
         if every < 2 {
-            return Err(Error::config(format!(
+            return Err(config(format!(
                 "holdout every = {every}, expected at least 2"
             )));
         }
@@ -254,9 +257,7 @@ impl Catalogue {
     /// events, and the later events in order (to stream or to test on).
     pub fn split(&self, fraction: f32) -> Result<(BipartiteGraph, Vec<Event>)> {
         if !(0.0..=1.0).contains(&fraction) {
-            return Err(Error::config(format!(
-                "split fraction {fraction}, expected 0..=1"
-            )));
+            return Err(config(format!("split fraction {fraction}, expected 0..=1")));
         }
         let per = self.spec.events_per_user;
         let cut = ((per as f32) * fraction).round() as usize;
@@ -286,7 +287,7 @@ pub fn serving_fixture(
     seed: u64,
 ) -> Result<(BipartiteGraph, taste_graph::LightGcn)> {
     if n_items < 4 || users == 0 || per_user == 0 || dim < 2 {
-        return Err(Error::config(format!(
+        return Err(config(format!(
             "serving fixture needs >= 4 items, >= 1 user, >= 1 interaction per user and dim >= 2; got {n_items} items, {users} users, {per_user} per user, dim {dim}"
         )));
     }
