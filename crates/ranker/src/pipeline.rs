@@ -182,7 +182,7 @@ pub fn restore(dir: &Path, store: &Arc<Store>, opts: &PipelineOptions) -> Result
     let snap = store.generation(&saved.generation)?;
     let index = index_if_asked(store, &snap, opts)?;
     let mut reopened =
-        Recommender::reopen_with(restored, saved, dir, opts.sync, snap, index, opts.interests)?;
+        Recommender::reopen(restored, saved, dir, opts.sync, snap, index, opts.interests)?;
     reopened.recommender = reopened
         .recommender
         .with_max_live_items(opts.max_live_items);

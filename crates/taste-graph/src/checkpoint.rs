@@ -12,7 +12,7 @@
 //! onto a graph that gained edges, users or items ([`Trainer::regraph`],
 //! [`crate::DeviceTrainer::regraph`]): a background refit without a restart.
 //!
-//! The file is a taste-graph snapshot ([`crate::snapshot`]: safetensors, written
+//! The file is a taste-graph snapshot (`src/snapshot.rs`: safetensors, written
 //! atomically, so a crash leaves the previous checkpoint whole) of kind `trainer`: the
 //! tensors `ego`, `adam_m1`, `adam_m2` (f32, public order: users then items,
 //! `(users + items) × dim` each) and a JSON meta with the graph's sizes and a crc32 of

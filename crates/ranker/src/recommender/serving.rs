@@ -24,7 +24,7 @@ use super::{Attached, PREFIX_CHUNK, Recommender, State, no_refresher};
 use crate::error::{Error, Result};
 use crate::saved::{self, Prefix, PrefixScan, SavedIds};
 
-/// What [`Recommender::reopen`] rebuilt.
+/// What [`crate::pipeline::restore`] rebuilt.
 #[derive(Debug)]
 pub struct Reopened {
     /// The recommender, serving the saved state with the logged events replayed, its log
@@ -123,22 +123,11 @@ impl Recommender {
         Ok(self)
     }
 
-    /// `restored` (a state [`Refresher::load`]ed from `dir`) served over `snap` and
-    /// `index` (see [`Recommender::restore`]), with the events `dir`'s feedback log
-    /// holds after the state replayed in order and the log attached.
-    pub fn reopen(
-        restored: Restored,
-        dir: &Path,
-        policy: SyncPolicy,
-        snap: Snapshot,
-        index: Option<Hnsw>,
-        interests: InterestConfig,
-    ) -> Result<Reopened> {
-        let saved = SavedIds::decode(&restored.app_data)?;
-        Self::reopen_with(restored, saved, dir, policy, snap, index, interests)
-    }
-
-    pub(crate) fn reopen_with(
+    /// `restored` (a state [`Refresher::load`]ed from `dir`, with the ranker's `saved`
+    /// ids) served over `snap` and `index` (see [`Recommender::restore`]), with the events
+    /// `dir`'s feedback log holds after the state replayed in order and the log attached
+    /// ([`crate::pipeline::restore`] does it all).
+    pub(crate) fn reopen(
         restored: Restored,
         saved: SavedIds,
         dir: &Path,
@@ -260,7 +249,7 @@ impl Recommender {
     /// [`Refresher::load`]) over `snap` — which must be the store generation it was
     /// saved serving — and `index` (built from `snap`, cosine); returns it with the
     /// seq the state covers (observe the later events through [`Recommender::record`];
-    /// [`Recommender::reopen`] replays a feedback log). The refresher is attached again.
+    /// [`crate::pipeline::restore`] replays a feedback log). The refresher is attached again.
     pub fn restore(
         restored: Restored,
         snap: Snapshot,

@@ -363,6 +363,15 @@ fn stamp_of(name: &str) -> u64 {
     parse_model_name(name).unwrap_or(0)
 }
 
+/// Snapshot `bytes` (from `path`) of `kind`, in this build's format.
+fn decode<'a, M: serde::de::DeserializeOwned>(
+    path: &Path,
+    bytes: &'a mosaic_durability::FileBytes,
+    kind: &str,
+) -> Result<Snapshot<'a, M>> {
+    snapshot::decode(path, bytes.as_slice(), kind, VERSION..=VERSION)
+}
+
 /// The model file's graph (sizes bounded by the trainer's tables, which are there).
 fn read_graph(path: &Path, snap: &Snapshot<'_, ModelMeta>) -> Result<BipartiteGraph> {
     let t = &snap.meta.trainer;
@@ -557,12 +566,7 @@ impl Refresher {
             return Ok(None);
         }
         let bytes = snapshot::read_file(&state_path)?;
-        let st = snapshot::decode::<StateMeta>(
-            &state_path,
-            bytes.as_slice(),
-            STATE_KIND,
-            VERSION..=VERSION,
-        )?;
+        let st: Snapshot<'_, StateMeta> = decode(&state_path, &bytes, STATE_KIND)?;
         let m = st.meta.clone();
         if !is_model_file(&m.model) {
             return Err(corrupt(
@@ -572,12 +576,7 @@ impl Refresher {
         }
         let model_path = dir.join(&m.model);
         let model_bytes = snapshot::read_file(&model_path)?;
-        let ms = snapshot::decode::<ModelMeta>(
-            &model_path,
-            model_bytes.as_slice(),
-            MODEL_KIND,
-            VERSION..=VERSION,
-        )?;
+        let ms: Snapshot<'_, ModelMeta> = decode(&model_path, &model_bytes, MODEL_KIND)?;
         let stamp = stamp_of(&m.model);
         if ms.meta.stamp != stamp {
             return Err(corrupt(
