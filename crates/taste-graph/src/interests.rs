@@ -81,8 +81,8 @@ pub struct Interest {
     pub members: Vec<ItemId>,
 }
 
-/// Most points [`ward`] accepts.
-pub const MAX_WARD_POINTS: usize = 4096;
+/// Most points [`ward`] accepts: a user's recent positives at most.
+pub const MAX_WARD_POINTS: usize = crate::live::MAX_RECENT;
 
 /// Ward agglomerative clustering of `n = points.len() / dim` points: a cluster label
 /// (`0..clusters`) per point. Merging stops when the cheapest merge costs more than

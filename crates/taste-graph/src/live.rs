@@ -55,6 +55,10 @@ use crate::inductive::ContentAggregator;
 use crate::interactions::InteractionKind;
 use crate::lightgcn::LightGcn;
 
+/// Most recent positives kept per user ([`LiveConfig::recent`]): the interests are a
+/// Ward clustering of them, O(n²) in memory.
+pub const MAX_RECENT: usize = 4096;
+
 /// Fold-in weight of each interaction kind (hide is negative: it pushes away).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct KindWeights {
@@ -203,11 +207,10 @@ impl LiveConfig {
                 self.refit_negatives
             ));
         }
-        if self.recent == 0 || self.recent > crate::interests::MAX_WARD_POINTS {
+        if self.recent == 0 || self.recent > MAX_RECENT {
             return bad(format!(
-                "recent = {}, expected 1..={} items per user",
-                self.recent,
-                crate::interests::MAX_WARD_POINTS
+                "recent = {}, expected 1..={MAX_RECENT} items per user",
+                self.recent
             ));
         }
         Ok(())
