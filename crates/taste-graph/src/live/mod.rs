@@ -55,167 +55,11 @@ use crate::inductive::ContentAggregator;
 use crate::interactions::InteractionKind;
 use crate::lightgcn::LightGcn;
 
-/// Most recent positives kept per user ([`LiveConfig::recent`]): the interests are a
-/// Ward clustering of them, O(n²) in memory.
-pub const MAX_RECENT: usize = 4096;
+mod config;
+mod items;
+mod refit;
 
-/// Fold-in weight of each interaction kind (hide is negative: it pushes away).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct KindWeights {
-    /// Weight of a view.
-    pub view: f32,
-    /// Weight of a click.
-    pub click: f32,
-    /// Weight of a save.
-    pub save: f32,
-    /// Weight of a hide (≤ 0).
-    pub hide: f32,
-}
-
-impl Default for KindWeights {
-    fn default() -> Self {
-        Self {
-            view: 0.5,
-            click: 1.0,
-            save: 2.0,
-            hide: -1.0,
-        }
-    }
-}
-
-impl KindWeights {
-    /// The weight of `kind`.
-    pub fn of(&self, kind: InteractionKind) -> f32 {
-        match kind {
-            InteractionKind::View => self.view,
-            InteractionKind::Click => self.click,
-            InteractionKind::Save => self.save,
-            InteractionKind::Hide => self.hide,
-        }
-    }
-}
-
-/// Settings of a [`LiveModel`].
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LiveConfig {
-    half_life: f64,
-    weights: KindWeights,
-    recent: usize,
-    refit_steps: usize,
-    refit_lr: f32,
-    refit_negatives: usize,
-    item_updates: bool,
-}
-
-impl Default for LiveConfig {
-    fn default() -> Self {
-        Self {
-            half_life: f64::INFINITY,
-            weights: KindWeights::default(),
-            recent: 64,
-            refit_steps: 0,
-            refit_lr: 0.0,
-            refit_negatives: 1,
-            item_updates: false,
-        }
-    }
-}
-
-impl LiveConfig {
-    /// No time decay, default kind weights, 64 recent items per user.
-    pub fn new() -> Self {
-        Self::default()
-    }
-    /// Half-life of an interaction's weight, in the caller's time unit
-    /// (`f64::INFINITY`: no decay).
-    pub fn half_life(mut self, half_life: f64) -> Self {
-        self.half_life = half_life;
-        self
-    }
-    /// Fold-in weight of each kind.
-    pub fn weights(mut self, weights: KindWeights) -> Self {
-        self.weights = weights;
-        self
-    }
-    /// How many recent positive interactions each user keeps (for [`crate::interests`](mod@crate::interests)).
-    pub fn recent(mut self, recent: usize) -> Self {
-        self.recent = recent;
-        self
-    }
-    /// After each positive event, `steps` BPR gradient steps (learning rate `lr`) on the
-    /// user's ego embedding, each against one of the user's positives drawn uniformly and
-    /// one uniformly drawn unseen item, with the items' embeddings fixed: a local,
-    /// O(steps × dim) stand-in for retraining the user's row. 0 steps (the default): the
-    /// fold-in alone.
-    pub fn refit(mut self, steps: usize, lr: f32) -> Self {
-        self.refit_steps = steps;
-        self.refit_lr = lr;
-        self
-    }
-    /// Each refit step draws this many unseen candidates and goes against the one the
-    /// user scores highest (a hard negative, whose gradient is not vanishingly small);
-    /// 1 (the default): one uniform negative per step, as the trainer draws them.
-    pub fn refit_negatives(mut self, candidates: usize) -> Self {
-        self.refit_negatives = candidates;
-        self
-    }
-    /// Also fold each event into the trained item's embedding (the item side of the
-    /// update rule, see the module docs), so every user's scores of that item move, not
-    /// only the acting user's. Off by default; on, the model keeps one more row per user
-    /// and two more per item. An index built from an earlier export of the items (an
-    /// embed-store generation) sees the moved items at the next export.
-    pub fn item_updates(mut self, on: bool) -> Self {
-        self.item_updates = on;
-        self
-    }
-    /// The configured half-life.
-    pub fn half_life_value(&self) -> f64 {
-        self.half_life
-    }
-
-    fn validate(&self) -> Result<()> {
-        let bad = |m: String| Err(Error::Config { message: m });
-        if self.half_life.is_nan() || self.half_life <= 0.0 {
-            return bad(format!(
-                "half_life = {}, expected a positive number of time units (or infinity)",
-                self.half_life
-            ));
-        }
-        let w = self.weights;
-        for (name, v) in [("view", w.view), ("click", w.click), ("save", w.save)] {
-            if !v.is_finite() || v <= 0.0 {
-                return bad(format!(
-                    "weight of {name} = {v}, expected a finite value > 0"
-                ));
-            }
-        }
-        if !w.hide.is_finite() || w.hide > 0.0 {
-            return bad(format!(
-                "weight of hide = {}, expected a finite value <= 0",
-                w.hide
-            ));
-        }
-        if self.refit_steps > 0 && !(self.refit_lr.is_finite() && self.refit_lr > 0.0) {
-            return bad(format!(
-                "refit learning rate = {}, expected a finite value > 0 with {} steps",
-                self.refit_lr, self.refit_steps
-            ));
-        }
-        if self.refit_negatives == 0 || self.refit_negatives > 1024 {
-            return bad(format!(
-                "refit negatives = {}, expected 1..=1024 candidates per step",
-                self.refit_negatives
-            ));
-        }
-        if self.recent == 0 || self.recent > MAX_RECENT {
-            return bad(format!(
-                "recent = {}, expected 1..={MAX_RECENT} items per user",
-                self.recent
-            ));
-        }
-        Ok(())
-    }
-}
+pub use config::{KindWeights, LiveConfig, MAX_RECENT};
 
 /// One remembered positive interaction of a user.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -438,57 +282,70 @@ impl LiveModel {
     pub fn dim(&self) -> usize {
         self.dim
     }
+
     /// Propagation layers of the model folded into.
     pub fn layers(&self) -> usize {
         self.layers
     }
+
     /// Number of users (trained and added live).
     pub fn n_users(&self) -> usize {
         self.user_mass.len()
     }
+
     /// Number of items (trained and added live).
     pub fn n_items(&self) -> usize {
         self.item_count.len()
     }
+
     /// The configuration.
     pub fn config(&self) -> &LiveConfig {
         &self.config
     }
+
     /// A user's current embedding.
     pub fn user(&self, user: UserId) -> Option<&[f32]> {
         let u = user.index();
         self.user_final.get(u * self.dim..(u + 1) * self.dim)
     }
+
     /// An item's embedding (trained, or provisional for an item added live).
     pub fn item(&self, item: ItemId) -> Option<&[f32]> {
         let i = item.index();
         self.item_final.get(i * self.dim..(i + 1) * self.dim)
     }
+
     /// All item embeddings, `n_items × dim`, row `i` = item `i`.
     pub fn items(&self) -> &[f32] {
         &self.item_final
     }
+
     /// All user embeddings, `n_users × dim`, row `u` = user `u`.
     pub fn users(&self) -> &[f32] {
         &self.user_final
     }
+
     /// How many positive interactions each item has had (training edges + live events).
     pub fn item_counts(&self) -> &[u32] {
         &self.item_count
     }
+
     /// Items the user has interacted with positively, sorted (empty for an unknown user).
     pub fn seen(&self, user: UserId) -> &[u32] {
         self.seen.get(user.index()).map_or(&[], |v| v.as_slice())
     }
+
     /// Items the user has hidden, sorted (empty for an unknown user).
     pub fn hidden(&self, user: UserId) -> &[u32] {
         self.hidden.get(user.index()).map_or(&[], |v| v.as_slice())
     }
+
     /// The user's most recent positive interactions, oldest first.
     pub fn recent(&self, user: UserId) -> impl ExactSizeIterator<Item = &Recent> {
         static EMPTY: VecDeque<Recent> = VecDeque::new();
         self.recent.get(user.index()).unwrap_or(&EMPTY).iter()
     }
+
     /// The time of the user's latest event (or the model's creation time).
     pub fn last_time(&self, user: UserId) -> Option<u64> {
         self.user_last.get(user.index()).copied()
@@ -592,147 +449,6 @@ impl LiveModel {
         Ok(())
     }
 
-    /// Folds user `u` (event weight `w`) into trained item `i`: `S_i += w g_u`, and for
-    /// a positive event `D_i += w` (its count was already raised). A user added live has
-    /// no trained layers: `g_u ≈ K e_u / √C_u`, as for items added live.
-    fn update_trained_item(&mut self, i: usize, u: usize, w: f32, positive: bool) {
-        let d = self.dim;
-        if u < self.n_trained_users {
-            for c in 0..d {
-                self.item_sum[i * d + c] += w * self.user_fold[u * d + c];
-            }
-        } else {
-            let g = w * self.layers as f32 / (self.user_count[u].max(1) as f32).sqrt();
-            for c in 0..d {
-                self.item_sum[i * d + c] += g * self.user_final[u * d + c];
-            }
-        }
-        if positive {
-            self.item_mass[i] += w as f64;
-        }
-        self.refresh_item(i);
-    }
-
-    /// Trained item `i`'s final embedding from its ego and its users' fold vectors:
-    /// `e_i = (E0_i + √C_i · S_i / D_i) / (K + 1)`, LightGCN's propagation exactly for
-    /// an item with no new events.
-    fn refresh_item(&mut self, i: usize) {
-        let d = self.dim;
-        let scale = fold_scale(self.item_mass[i], self.item_count[i]);
-        let inv = 1.0 / (self.layers + 1) as f64;
-        let (ego, sum) = (
-            &self.item_ego[i * d..(i + 1) * d],
-            &self.item_sum[i * d..(i + 1) * d],
-        );
-        let out = &mut self.item_final[i * d..(i + 1) * d];
-        for c in 0..d {
-            out[c] = ((ego[c] as f64 + scale * sum[c] as f64) * inv) as f32;
-        }
-    }
-
-    fn next_random(&mut self) -> u64 {
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        self.rng
-    }
-
-    /// The configured BPR steps on `u`'s ego embedding (see [`LiveConfig::refit`]).
-    fn refit_user(&mut self, u: usize) {
-        let (steps, lr, d) = (self.config.refit_steps, self.config.refit_lr, self.dim);
-        let (n_pos, n_items) = (self.seen[u].len(), self.n_items());
-        if steps == 0 || n_pos == 0 || n_pos >= n_items {
-            return;
-        }
-        let mut candidates = std::mem::take(&mut self.candidates);
-        for _ in 0..steps {
-            let r = self.next_random();
-            let p = self.seen[u][(r % n_pos as u64) as usize] as usize;
-            // Fresh candidates each step; the one the user scores highest now. All are
-            // drawn (and their rows prefetched) before any is scored, so the draws'
-            // unpredictable branches do not hold up the rows' loads.
-            candidates.clear();
-            for _ in 0..self.config.refit_negatives {
-                let c = self.unseen_item(u);
-                self.prefetch_item(c);
-                candidates.push(c);
-            }
-            // At least one candidate: the configuration asks for 1..=1024.
-            let Some((&first, rest)) = candidates.split_first() else {
-                break;
-            };
-            let mut j = first;
-            if !rest.is_empty() {
-                let mut best = self.score(u, first);
-                for &c in rest {
-                    let sc = self.score(u, c);
-                    if sc > best {
-                        (j, best) = (c, sc);
-                    }
-                }
-            }
-            let (ep, ej) = (
-                &self.item_final[p * d..(p + 1) * d],
-                &self.item_final[j * d..(j + 1) * d],
-            );
-            let eu = &self.user_final[u * d..(u + 1) * d];
-            let x: f32 = (0..d).map(|c| eu[c] * (ep[c] - ej[c])).sum();
-            // d/dE0 of ln σ(x) = σ(−x) · (ego coefficient in e_u) · (e_p − e_j).
-            let g = lr * (1.0 / (1.0 + x.exp())) * self.ego_coefficient(u) as f32;
-            let ego = &mut self.user_ego[u * d..(u + 1) * d];
-            for c in 0..d {
-                ego[c] += g * (ep[c] - ej[c]);
-            }
-            self.refresh_user(u);
-        }
-        self.candidates = candidates;
-    }
-
-    /// Hints the CPU to fetch item `i`'s embedding row.
-    #[inline(always)]
-    fn prefetch_item(&self, i: usize) {
-        #[cfg(target_arch = "x86_64")]
-        {
-            let row = &self.item_final[i * self.dim..(i + 1) * self.dim];
-            for k in (0..row.len()).step_by(16) {
-                // SAFETY: a prefetch never faults, and `row[k]` is inside the
-                // bounds-checked row.
-                unsafe {
-                    std::arch::x86_64::_mm_prefetch(
-                        row[k..].as_ptr() as *const i8,
-                        std::arch::x86_64::_MM_HINT_T0,
-                    )
-                };
-            }
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = i;
-    }
-
-    /// User `u`'s current score of item `i`.
-    fn score(&self, u: usize, i: usize) -> f32 {
-        let d = self.dim;
-        let (eu, ei) = (
-            &self.user_final[u * d..(u + 1) * d],
-            &self.item_final[i * d..(i + 1) * d],
-        );
-        eu.iter().zip(ei).map(|(a, b)| a * b).sum()
-    }
-
-    /// An item `u` has not seen, drawn uniformly as the trainer's sampler draws
-    /// negatives (up to 8 tries; the last draw is kept if all were seen).
-    fn unseen_item(&mut self, u: usize) -> usize {
-        let n_items = self.n_items() as u64;
-        let mut c = (self.next_random() % n_items) as usize;
-        for _ in 0..8 {
-            if self.seen[u].binary_search(&(c as u32)).is_err() {
-                break;
-            }
-            c = (self.next_random() % n_items) as usize;
-        }
-        c
-    }
-
     /// The weight of `u`'s ego embedding in its final embedding: its share of the
     /// (decayed) mass over the K + 1 layers.
     fn ego_coefficient(&self, u: usize) -> f64 {
@@ -767,169 +483,6 @@ impl LiveModel {
         self.new_item_sum.extend(std::iter::repeat_n(0.0, d));
         self.new_item_mass.push(0.0);
         self.new_item_content.push(None);
-    }
-
-    /// Adds user `u`'s current embedding (weight `w`) to a live-added item.
-    fn update_new_item(&mut self, i: usize, u: usize, w: f64) {
-        let d = self.dim;
-        let j = i - self.n_trained_items;
-        let eu = &self.user_final[u * d..(u + 1) * d];
-        let sum = &mut self.new_item_sum[j * d..(j + 1) * d];
-        sum.iter_mut()
-            .zip(eu)
-            .for_each(|(s, e)| *s += (w * *e as f64) as f32);
-        self.new_item_mass[j] += w;
-        // The event is counted in `item_count` after this call.
-        if self.embed_content_item(i, self.item_count[i] + 1) {
-            return;
-        }
-        let sum = &self.new_item_sum[j * d..(j + 1) * d];
-        let mass = self.new_item_mass[j];
-        let count = self.item_count[i] as f64 + 1.0;
-        let fold_scale = self.layers as f64 / count.sqrt();
-        let finals = self.item_final[i * d..(i + 1) * d].iter_mut();
-        let folds = self.item_fold[i * d..(i + 1) * d].iter_mut();
-        for ((s, e), f) in sum.iter().zip(finals).zip(folds) {
-            *e = (*s as f64 / mass) as f32;
-            *f = (*e as f64 * fold_scale) as f32;
-        }
-    }
-
-    /// Embeds live item `i` from its content and its users so far (`count` positive
-    /// events), if it has content and an aggregator is set; false otherwise.
-    fn embed_content_item(&mut self, i: usize, count: u32) -> bool {
-        let d = self.dim;
-        let j = i - self.n_trained_items;
-        let (Some(agg), Some(content)) = (&self.aggregator, &self.new_item_content[j]) else {
-            return false;
-        };
-        let mass = self.new_item_mass[j];
-        let mean: Option<Vec<f32>> = (mass > 0.0 && count > 0).then(|| {
-            self.new_item_sum[j * d..(j + 1) * d]
-                .iter()
-                .map(|s| (*s as f64 / mass) as f32)
-                .collect()
-        });
-        let e = &mut self.item_final[i * d..(i + 1) * d];
-        agg.embed_into(content, mean.as_deref().map(|m| (m, count as usize)), e);
-        let rho = agg.fold_ratio().unwrap_or(self.layers as f32);
-        let scale = rho / (count.max(1) as f32).sqrt();
-        for (f, e) in self.item_fold[i * d..(i + 1) * d].iter_mut().zip(e.iter()) {
-            *f = scale * e;
-        }
-        true
-    }
-
-    /// Sets the content aggregator used for items added live with content, and
-    /// re-embeds those already added. Its embedding width must be this model's, and its
-    /// content width that of any content already given.
-    pub fn set_aggregator(&mut self, aggregator: ContentAggregator) -> Result<()> {
-        if aggregator.dim() != self.dim {
-            return Err(Error::Shape {
-                message: format!(
-                    "the aggregator embeds into width {}, the model's width is {}",
-                    aggregator.dim(),
-                    self.dim
-                ),
-            });
-        }
-        if let Some(c) = self.new_item_content.iter().flatten().next()
-            && c.len() != aggregator.content_dim()
-        {
-            return Err(Error::Shape {
-                message: format!(
-                    "live items have content of width {}, the aggregator reads {}",
-                    c.len(),
-                    aggregator.content_dim()
-                ),
-            });
-        }
-        self.aggregator = Some(Arc::new(aggregator));
-        for i in self.n_trained_items..self.n_items() {
-            self.embed_content_item(i, self.item_count[i]);
-        }
-        Ok(())
-    }
-
-    /// The content aggregator, if one is set.
-    pub fn aggregator(&self) -> Option<&ContentAggregator> {
-        self.aggregator.as_deref()
-    }
-
-    /// Number of items the model was trained on (ids below it keep their trained
-    /// embeddings; ids from it up were added live).
-    pub fn n_trained_items(&self) -> usize {
-        self.n_trained_items
-    }
-
-    /// The content of a live-added item, if it was given.
-    pub fn item_content(&self, item: ItemId) -> Option<&[f32]> {
-        self.shared_item_content(item).map(|c| &**c)
-    }
-
-    /// Adds the next item (id [`LiveModel::n_items`]) with its content features and
-    /// gives it the aggregator's content-only embedding at once, so it can be retrieved
-    /// before anyone has seen it. Needs [`LiveModel::set_aggregator`] first.
-    pub fn add_item_with_content(&mut self, content: &[f32]) -> Result<ItemId> {
-        let i = self.n_items();
-        let id = u32::try_from(i).map_err(|_| Error::Graph {
-            message: format!("item id {i} does not fit in 32 bits"),
-        })?;
-        self.push_item(Some(content.into()))?;
-        Ok(ItemId(id))
-    }
-
-    /// Gives (or replaces) the content of an item added live — e.g. one that arrived
-    /// through [`LiveModel::observe`] before its features — and re-embeds it from the
-    /// content and its users so far. Trained items keep their trained embedding: an
-    /// error. Needs [`LiveModel::set_aggregator`] first.
-    pub fn set_item_content(&mut self, item: ItemId, content: &[f32]) -> Result<()> {
-        let i = item.index();
-        if i < self.n_trained_items || i >= self.n_items() {
-            return Err(Error::Graph {
-                message: format!(
-                    "item {i} is not an item added live (ids {}..{})",
-                    self.n_trained_items,
-                    self.n_items()
-                ),
-            });
-        }
-        self.check_content(content)?;
-        self.new_item_content[i - self.n_trained_items] = Some(content.into());
-        self.embed_content_item(i, self.item_count[i]);
-        Ok(())
-    }
-
-    /// The content aggregator as shared, for a model rebuilt by a refit.
-    pub(crate) fn shared_aggregator(&self) -> Option<Arc<ContentAggregator>> {
-        self.aggregator.clone()
-    }
-
-    /// Shares `aggregator` (one taken from a model of the same width) without
-    /// re-embedding: for a model that has no live items yet.
-    pub(crate) fn share_aggregator(&mut self, aggregator: Option<Arc<ContentAggregator>>) {
-        self.aggregator = aggregator;
-    }
-
-    /// A live-added item's content as shared (clone the pointer, not the features).
-    pub(crate) fn shared_item_content(&self, item: ItemId) -> Option<&Arc<[f32]>> {
-        let j = item.index().checked_sub(self.n_trained_items)?;
-        self.new_item_content.get(j)?.as_ref()
-    }
-
-    /// Appends the next item as a live item, with `content` if it has some (which
-    /// needs the aggregator), sharing it.
-    pub(crate) fn push_item(&mut self, content: Option<Arc<[f32]>>) -> Result<()> {
-        if let Some(c) = &content {
-            self.check_content(c)?;
-        }
-        let i = self.n_items();
-        self.add_item();
-        if let Some(c) = content {
-            self.new_item_content[i - self.n_trained_items] = Some(c);
-            self.embed_content_item(i, 0);
-        }
-        Ok(())
     }
 
     /// Takes over from `old` (the model this one replaces, with the same users) what a
@@ -1021,15 +574,6 @@ impl LiveModel {
         self.hidden = hidden;
         self.recent = recent;
         Ok(())
-    }
-
-    fn check_content(&self, content: &[f32]) -> Result<()> {
-        match &self.aggregator {
-            Some(agg) => agg.check_content(content),
-            None => Err(Error::Config {
-                message: "no content aggregator is set (LiveModel::set_aggregator)".into(),
-            }),
-        }
     }
 
     fn refresh_user(&mut self, u: usize) {
