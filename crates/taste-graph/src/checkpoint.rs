@@ -29,9 +29,10 @@ use crate::ids::UserId;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-use crate::lightgcn::{Init, LightGcn, LightGcnConfig, Sampler, Trainer, init_rows};
+use crate::lightgcn::{Init, LightGcn, LightGcnConfig, init_rows};
 use crate::optim::{AdamConfig, AdamState};
 use crate::snapshot::{self, Data};
+use crate::trainer::{Sampler, Trainer};
 
 const KIND: &str = "trainer";
 const VERSION: u32 = 1;

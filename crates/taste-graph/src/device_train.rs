@@ -27,7 +27,8 @@ use crate::checkpoint::{self, Progress, Saved};
 use crate::device::{DeviceCsr, scatter_add_rows};
 use crate::error::Result;
 use crate::graph::BipartiteGraph;
-use crate::lightgcn::{BatchLoss, EpochStats, LightGcn, LightGcnConfig, Sampler, Triple};
+use crate::lightgcn::{BatchLoss, LightGcn, LightGcnConfig, Triple};
+use crate::trainer::{EpochStats, Sampler};
 
 /// Trains a [`LightGcn`] with BPR and Adam on a candle device.
 #[derive(Debug)]

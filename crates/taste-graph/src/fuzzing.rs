@@ -18,9 +18,10 @@ use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::{AggregatorConfig, ContentAggregator};
 use crate::interactions::{Interaction, InteractionKind};
-use crate::lightgcn::{LightGcnConfig, Trainer};
+use crate::lightgcn::LightGcnConfig;
 use crate::live::{LiveConfig, LiveModel};
 use crate::refresh::Refresher;
+use crate::trainer::Trainer;
 use crate::training::Training;
 use mosaic_durability::MmapDirectory;
 

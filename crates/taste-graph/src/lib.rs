@@ -36,6 +36,7 @@ pub mod eval;
 pub mod export;
 pub mod feedback;
 pub mod fuzzing;
+mod gradient;
 pub mod graph;
 pub mod ids;
 pub mod inductive;
@@ -48,6 +49,7 @@ pub mod refresh;
 pub mod schedule;
 mod snapshot;
 pub mod sparse;
+pub mod trainer;
 pub mod training;
 
 pub use dataset::Dataset;
@@ -60,9 +62,7 @@ pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
 pub use inductive::{AggregatorConfig, ContentAggregator, FitReport, Neighbours};
 pub use interactions::{Interaction, InteractionKind, Interactions};
 pub use interests::{Interest, InterestConfig, interests};
-pub use lightgcn::{
-    BatchLoss, Embeddings, EpochStats, Init, LightGcn, LightGcnConfig, Trainer, Triple,
-};
+pub use lightgcn::{BatchLoss, Embeddings, Init, LightGcn, LightGcnConfig, Triple};
 pub use live::{KindWeights, LiveConfig, LiveModel};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
@@ -72,4 +72,5 @@ pub use refresh::{
 };
 pub use schedule::RateSwitch;
 pub use sparse::Csr;
+pub use trainer::{EpochStats, Trainer};
 pub use training::Training;

@@ -45,9 +45,9 @@ use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::ContentAggregator;
 use crate::interactions::{Interaction, deciding_indices};
-use crate::lightgcn::EpochStats;
 use crate::live::{LiveConfig, LiveModel};
 use crate::schedule::RateSwitch;
+use crate::trainer::EpochStats;
 use crate::training::Training;
 
 mod events;

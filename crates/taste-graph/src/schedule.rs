@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 use crate::device_train::DeviceTrainer;
 use crate::error::{Error, Result};
-use crate::lightgcn::Trainer;
+use crate::trainer::Trainer;
 
 /// One schedule step: from epoch `epoch` (1-based) on, Adam rate `lr` and, if given,
 /// batch size `batch`.

@@ -9,8 +9,9 @@ use crate::checkpoint::Saved;
 use crate::device_train::DeviceTrainer;
 use crate::error::Result;
 use crate::graph::BipartiteGraph;
-use crate::lightgcn::{EpochStats, LightGcn, LightGcnConfig, Trainer};
+use crate::lightgcn::{LightGcn, LightGcnConfig};
 use crate::schedule::RateSwitch;
+use crate::trainer::{EpochStats, Trainer};
 use mosaic_device::Selection;
 
 /// A LightGCN trainer on the CPU kernels or on a device, with the same steps either way

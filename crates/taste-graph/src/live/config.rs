@@ -43,7 +43,7 @@ impl KindWeights {
     }
 }
 
-/// Settings of a [`LiveModel`].
+/// Settings of a [`super::LiveModel`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LiveConfig {
     pub(super) half_life: f64,
