@@ -16,8 +16,9 @@ use memmap2::Mmap;
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::{Error, Result};
-use crate::store::{Snapshot, Writer};
+use crate::store::Snapshot;
 use crate::types::ItemId;
+use crate::writer::Writer;
 
 /// Rows handed to the writer per call while importing.
 pub const CHUNK_ROWS: usize = 8192;

@@ -30,6 +30,7 @@ pub mod store;
 pub mod tombstones;
 pub mod types;
 pub mod vector_store;
+pub mod writer;
 
 pub use error::{Error, Result};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
@@ -42,6 +43,7 @@ pub use mosaic_durability::{
     Directory, FileSystem, FsDirectory, MmapDirectory, OsFs, RamDirectory,
 };
 pub use search::{Filter, Hit};
-pub use store::{GenerationSpec, Snapshot, Store, Writer};
+pub use store::{GenerationSpec, Snapshot, Store};
 pub use types::{ItemId, Metric, StorageType};
 pub use vector_store::{EmbeddedStore, Fetched, VectorStore};
+pub use writer::Writer;

@@ -10,8 +10,9 @@ use half::f16;
 pub use crate::batch::validate_batch;
 use crate::error::{Error, Result};
 use crate::segment::quantize_int8;
-use crate::store::{GenerationSpec, Store, Writer};
+use crate::store::{GenerationSpec, Store};
 use crate::types::{ItemId, StorageType};
+use crate::writer::Writer;
 
 /// Vectors read from one generation.
 #[derive(Debug, Clone, PartialEq)]
