@@ -67,9 +67,8 @@ pub use live::{KindWeights, LiveConfig, LiveModel};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use optim::{AdamConfig, AdamState};
-pub use refresh::{
-    CatchUp, Installed, Refit, RefitJob, Refresher, RefresherState, Replaced, Restored,
-};
+pub use refresh::state::{RefresherState, Restored};
+pub use refresh::{CatchUp, Installed, Refit, RefitJob, Refresher, Replaced};
 pub use schedule::RateSwitch;
 pub use sparse::Csr;
 pub use trainer::{EpochStats, Trainer};

@@ -37,6 +37,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use crate::checkpoint;
@@ -51,11 +52,9 @@ use crate::trainer::EpochStats;
 use crate::training::Training;
 
 mod events;
-mod state;
+pub mod state;
 
 use events::SharedEvents;
-
-pub use state::{RefresherState, Restored};
 
 /// Keeps the trainer and graph behind a [`LiveModel`] and the events observed since, and
 /// turns them into background refits.
@@ -128,7 +127,7 @@ impl Refresher {
             cut_at: 0,
             user_times: Arc::from([]),
             generation: 0,
-            stamp: state::fresh_stamp(),
+            stamp: fresh_stamp(),
         })
     }
 
@@ -334,7 +333,7 @@ impl Refresher {
         self.kept = refit.kept;
         self.user_times = refit.user_times;
         self.generation += 1;
-        self.stamp = state::fresh_stamp();
+        self.stamp = fresh_stamp();
         Ok((installed, replaced))
     }
 }
@@ -383,6 +382,17 @@ fn add_items_up_to(
         live.push_item(content_of(id))?;
     }
     Ok(())
+}
+
+/// A stamp no other model of this process has, and unlikely any other process's.
+fn fresh_stamp() -> u64 {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    (nanos ^ u64::from(std::process::id()).rotate_left(32))
+        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 /// A background refit, owning all it needs (it is `Send`): built by

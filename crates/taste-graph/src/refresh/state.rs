@@ -1,5 +1,5 @@
 //! A [`Refresher`]'s state on disk, so that a service restarted after a crash serves the
-//! model it served. Two snapshots ([`crate::snapshot`]: safetensors with a JSON meta,
+//! model it served. Two snapshots (`src/snapshot.rs`: safetensors with a JSON meta,
 //! each written atomically) in a state directory:
 //!
 //! - `model-<stamp>.safetensors` (kind `refresher-model`), written once per installed
@@ -22,7 +22,6 @@
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use mosaic_durability::{Directory, MmapDirectory};
 use serde::{Deserialize, Serialize};
@@ -328,17 +327,6 @@ impl RefresherState {
         tensors.push(("app_data", Data::U8(&self.app_data)));
         snapshot::encode(STATE_KIND, VERSION, &self.meta, &tensors)
     }
-}
-
-/// A stamp no other model of this process has, and unlikely any other process's.
-pub(super) fn fresh_stamp() -> u64 {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    (nanos ^ u64::from(std::process::id()).rotate_left(32))
-        .wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))
 }
 
 fn model_name(stamp: u64) -> String {
