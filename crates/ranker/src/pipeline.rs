@@ -1,12 +1,15 @@
 //! The offline half of the data flow in one call: interactions → LightGCN training →
 //! item embeddings into an `embed-store` generation (with attributes) → optional HNSW
-//! index → a [`Recommender`] over that generation and the live taste graph.
+//! index → a [`Recommender`] over that generation and the live taste graph; and the
+//! exchange of embedding tables with the store ([`export_table`], [`import_table`]).
 
 use std::path::Path;
 use std::sync::Arc;
 
 use embed_store::hnsw::{Hnsw, HnswParams};
-use embed_store::{GenerationSpec, ItemId as StoreId, Metric, Snapshot, StorageType, Store};
+use embed_store::{
+    GenerationSpec, ItemId as StoreId, Metric, Snapshot, StorageType, Store, Writer,
+};
 use taste_graph::{
     BipartiteGraph, DeviceSpec, EpochStats, Installed, InterestConfig, LightGcn, LightGcnConfig,
     LiveConfig, LiveModel, Refit, Refresher, SyncPolicy, Training,
@@ -77,24 +80,28 @@ pub struct Attrs<'a> {
     pub n_attrs: usize,
 }
 
-/// Writes `model`'s propagated item embeddings into generation `name` of `store`
-/// (under `item_ids`, with `attrs`), commits and makes it current.
-pub fn export_items(
-    store: &Arc<Store>,
+/// Writes `table` (`ids.len() × dim`, row `k` under `ids[k]`, with `attrs` when given)
+/// into generation `name` inside the caller's transaction `w`, creating the generation
+/// (with `storage` and the attribute count) if it does not exist. Nothing is visible
+/// until the caller commits: export users and items, then commit once, and both appear
+/// atomically.
+pub fn export_table(
+    w: &mut Writer,
     name: &str,
     storage: StorageType,
-    items: &[f32],
+    table: &[f32],
     dim: usize,
-    item_ids: &[u64],
+    ids: &[u64],
     attrs: Option<Attrs<'_>>,
-) -> Result<u64> {
-    let n = item_ids.len();
-    if items.len() != n * dim {
+) -> Result<()> {
+    let n = ids.len();
+    if dim == 0 || table.len() != n * dim {
         return Err(Error::config(format!(
-            "{} item values for {n} ids x dim {dim}",
-            items.len()
+            "exporting {} values as {n} ids x dim {dim} into generation {name:?}",
+            table.len()
         )));
     }
+    let n_attrs = attrs.map_or(0, |a| a.n_attrs);
     if let Some(a) = attrs
         && a.values.len() != n * a.n_attrs
     {
@@ -104,16 +111,63 @@ pub fn export_items(
             a.n_attrs
         )));
     }
-    let n_attrs = attrs.map_or(0, |a| a.n_attrs);
-    let mut w = store.writer()?;
-    w.create_generation(GenerationSpec::new(name, dim, storage).attrs(n_attrs))?;
+    match w.dim_of(name) {
+        Ok(d) if d != dim => {
+            return Err(Error::config(format!(
+                "generation {name:?} holds {d}-wide vectors, the table is {dim} wide"
+            )));
+        }
+        Ok(_) => {}
+        Err(_) => w.create_generation(GenerationSpec::new(name, dim, storage).attrs(n_attrs))?,
+    }
     const CHUNK: usize = 16_384;
-    let ids: Vec<StoreId> = item_ids.iter().map(|&i| StoreId(i)).collect();
+    let ids: Vec<StoreId> = ids.iter().map(|&i| StoreId(i)).collect();
     for start in (0..n).step_by(CHUNK) {
         let end = (start + CHUNK).min(n);
         let a = attrs.map(|a| &a.values[start * a.n_attrs..end * a.n_attrs]);
-        w.put_many(name, &ids[start..end], &items[start * dim..end * dim], a)?;
+        w.put_many(name, &ids[start..end], &table[start * dim..end * dim], a)?;
     }
+    Ok(())
+}
+
+/// Reads the vectors of `ids` from `snap` into a dense table (row `k` = `ids[k]`), e.g.
+/// embeddings trained elsewhere (loaded with `embed_store::exchange::import_npy`) to
+/// seed `LightGcn::from_embeddings`. An id the generation lacks is an error naming it.
+pub fn import_table(snap: &Snapshot, ids: &[u64]) -> Result<Vec<f32>> {
+    let store_ids: Vec<StoreId> = ids.iter().map(|&i| StoreId(i)).collect();
+    let mut out = vec![0f32; ids.len() * snap.dim()];
+    let found = snap.get_many(&store_ids, &mut out)?;
+    if let Some(k) = found.iter().position(|f| !f) {
+        let missing = found.iter().filter(|f| !**f).count();
+        return Err(Error::Unknown {
+            what: "item",
+            message: format!(
+                "generation {:?} has no vector for id {} (row {k}); {missing} of {} ids are missing",
+                snap.generation(),
+                ids[k],
+                ids.len()
+            ),
+        });
+    }
+    Ok(out)
+}
+
+/// Writes `items` (`item_ids.len() × dim`, under `item_ids`, with `attrs`) into the new
+/// generation `name` of `store` ([`export_table`]), makes it current and commits.
+pub fn export_items(
+    store: &Arc<Store>,
+    name: &str,
+    storage: StorageType,
+    items: &[f32],
+    dim: usize,
+    item_ids: &[u64],
+    attrs: Option<Attrs<'_>>,
+) -> Result<u64> {
+    let mut w = store.writer()?;
+    w.create_generation(
+        GenerationSpec::new(name, dim, storage).attrs(attrs.map_or(0, |a| a.n_attrs)),
+    )?;
+    export_table(&mut w, name, storage, items, dim, item_ids, attrs)?;
     w.set_current(name)?;
     Ok(w.commit()?)
 }

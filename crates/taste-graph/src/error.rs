@@ -52,9 +52,6 @@ pub enum Error {
         /// Which value and where.
         message: String,
     },
-    /// The embedding store refused an export or an import.
-    #[error("embedding store: {0}")]
-    Store(#[from] embed_store::Error),
     /// A persisted file (event log, snapshot) is damaged in a way that is not a torn
     /// tail, or is not a file of the expected kind; nothing was discarded.
     #[error("{path}: corrupt at byte {offset}: {message}")]

@@ -17,7 +17,6 @@
 //! - [`inductive`]: embeddings of new items from content features and their first
 //!   users (a GraphSAGE-style [`ContentAggregator`], the PinSage idea), no retraining;
 //! - [`interests`](mod@interests): several interests per user (PinnerSage: Ward clustering, medoids);
-//! - [`export`]: embeddings to and from `embed-store` generations;
 //! - [`feedback`]: the durable log of acknowledged feedback ([`FeedbackLog`]), replayed
 //!   after a saved state on restart;
 //!
@@ -33,7 +32,6 @@ pub mod device;
 pub mod device_train;
 pub mod error;
 pub mod eval;
-pub mod export;
 pub mod feedback;
 pub mod fuzzing;
 mod gradient;

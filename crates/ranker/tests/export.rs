@@ -3,7 +3,11 @@
 use std::sync::Arc;
 
 use embed_store::{RamDirectory, StorageType, Store};
-use taste_graph::export::{dense_ids, export_table, import_table};
+use ranker::pipeline::{export_table, import_table};
+
+fn dense_ids(n: u64) -> Vec<u64> {
+    (0..n).collect()
+}
 
 #[test]
 fn users_and_items_export_in_one_commit_and_import_back() {
@@ -12,7 +16,16 @@ fn users_and_items_export_in_one_commit_and_import_back() {
     let users: Vec<f32> = (0..30 * 4).map(|v| v as f32).collect();
     let item_ids: Vec<u64> = (0..40_000u64).map(|i| 1_000_000 + 7 * i).collect();
     let mut w = store.writer().unwrap();
-    export_table(&mut w, "items-v1", StorageType::F32, &items, 4, &item_ids).unwrap();
+    export_table(
+        &mut w,
+        "items-v1",
+        StorageType::F32,
+        &items,
+        4,
+        &item_ids,
+        None,
+    )
+    .unwrap();
     export_table(
         &mut w,
         "users-v1",
@@ -20,6 +33,7 @@ fn users_and_items_export_in_one_commit_and_import_back() {
         &users,
         4,
         &dense_ids(30),
+        None,
     )
     .unwrap();
     assert!(
@@ -47,18 +61,26 @@ fn users_and_items_export_in_one_commit_and_import_back() {
         "{err}"
     );
     let mut w = store.writer().unwrap();
-    let err = export_table(&mut w, "users-v1", StorageType::F32, &[0.0; 6], 3, &[1, 2]);
+    let err = export_table(
+        &mut w,
+        "users-v1",
+        StorageType::F32,
+        &[0.0; 6],
+        3,
+        &[1, 2],
+        None,
+    );
     assert!(
         err.unwrap_err()
             .to_string()
             .contains("holds 4-wide vectors")
     );
-    let err = export_table(&mut w, "x", StorageType::F32, &[0.0; 5], 3, &[1, 2]);
+    let err = export_table(&mut w, "x", StorageType::F32, &[0.0; 5], 3, &[1, 2], None);
     assert!(
         err.unwrap_err()
             .to_string()
             .contains("5 values as 2 ids x dim 3")
     );
-    let err = export_table(&mut w, "x", StorageType::F32, &[f32::NAN; 3], 3, &[1]);
+    let err = export_table(&mut w, "x", StorageType::F32, &[f32::NAN; 3], 3, &[1], None);
     assert!(err.is_err(), "NaN is refused by the store");
 }
