@@ -25,9 +25,8 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use indicatif::{ProgressBar, ProgressStyle};
-use mosaic::taste_graph::{
-    Dataset, DeviceSpec, Init, LightGcn, LightGcnConfig, RateSwitch, Training, evaluate,
-};
+use mosaic::taste_graph::model::{Init, RateSwitch};
+use mosaic::taste_graph::{Dataset, DeviceSpec, LightGcn, LightGcnConfig, Training, evaluate};
 
 #[derive(Parser)]
 #[command(about = "LightGCN on a LightGCN-format dataset (train.txt / test.txt)")]

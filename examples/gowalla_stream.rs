@@ -31,10 +31,12 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
+use mosaic::device::Selection;
 use mosaic::taste_graph::dataset::read_lightgcn;
+use mosaic::taste_graph::model::RateSwitch;
 use mosaic::taste_graph::{
     BipartiteGraph, Dataset, DeviceSpec, Interaction, InteractionKind, ItemId, LightGcnConfig,
-    LiveConfig, LiveModel, RateSwitch, Refresher, Selection, Training, UserId, evaluate,
+    LiveConfig, LiveModel, Refresher, Training, UserId, evaluate,
 };
 use mosaic_testkit::catalogue::Rng;
 

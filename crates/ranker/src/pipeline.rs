@@ -10,9 +10,11 @@ use embed_store::hnsw::{Hnsw, HnswParams};
 use embed_store::{
     GenerationSpec, ItemId as StoreId, Metric, Snapshot, StorageType, Store, Writer,
 };
+use taste_graph::model::EpochStats;
+use taste_graph::refresh::{Installed, Refit};
 use taste_graph::{
-    BipartiteGraph, DeviceSpec, EpochStats, Installed, InterestConfig, LightGcn, LightGcnConfig,
-    LiveConfig, LiveModel, Refit, Refresher, SyncPolicy, Training,
+    BipartiteGraph, DeviceSpec, InterestConfig, LightGcn, LightGcnConfig, LiveConfig, LiveModel,
+    Refresher, SyncPolicy, Training,
 };
 
 use crate::error::{Error, Result};

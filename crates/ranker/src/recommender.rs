@@ -8,9 +8,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLo
 use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::kernels::dot;
 use embed_store::{Filter, ItemId as StoreId, Snapshot};
-use taste_graph::{
-    FeedbackLog, Installed, InterestConfig, ItemId, LiveModel, Refit, RefitJob, Refresher, UserId,
-};
+use taste_graph::refresh::{Installed, Refit, RefitJob};
+use taste_graph::{FeedbackLog, InterestConfig, ItemId, LiveModel, Refresher, UserId};
 
 use crate::error::{Error, Result};
 use crate::mmr::{Quotas, mmr, normalize_rows};

@@ -310,7 +310,7 @@ pub(crate) fn saved_from<M>(
 impl Trainer {
     /// Writes the trainer's whole state to `path` (atomically: a crash leaves the previous
     /// file whole); [`Trainer::resume`] continues from it, and so does
-    /// [`crate::DeviceTrainer::resume`] on a device. See [`crate::checkpoint`].
+    /// [`crate::model::DeviceTrainer::resume`] on a device (the format: `checkpoint.rs`).
     pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
         let m = &self.model;
         check_sizes(graph, m.n_users(), m.n_items())?;
@@ -320,7 +320,7 @@ impl Trainer {
     /// A trainer resumed from the checkpoint at `path` over `graph`, which must be the
     /// graph it was saved with (checked: sizes and a crc32 of the adjacency). It
     /// continues exactly as the saved trainer would have, with the rate and batch size
-    /// it had. A checkpoint saved by a [`crate::DeviceTrainer`] resumes here too.
+    /// it had. A checkpoint saved by a [`crate::model::DeviceTrainer`] resumes here too.
     pub fn resume(graph: &BipartiteGraph, path: &Path) -> Result<Trainer> {
         Self::from_saved(graph, read(graph, path)?)
     }

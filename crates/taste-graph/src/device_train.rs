@@ -147,7 +147,7 @@ impl DeviceTrainer {
         self.sampler.sample_epoch()
     }
 
-    /// Writes the trainer's whole state to `path` in [`crate::checkpoint`]'s format (the
+    /// Writes the trainer's whole state to `path` in the trainer checkpoint format (the
     /// tables are copied from the device), atomically. [`DeviceTrainer::resume`] continues
     /// from it on any device, and so does [`crate::Trainer::resume`] on the CPU kernels.
     pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {

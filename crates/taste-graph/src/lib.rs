@@ -1,73 +1,90 @@
-//! The taste graph: users and items as a bipartite interaction graph, and LightGCN
-//! (He et al., SIGIR 2020) trained on it.
+//! The taste graph: users and items as a bipartite interaction graph, LightGCN (He et
+//! al., SIGIR 2020) trained on it, every user's embedding kept current as interactions
+//! arrive, background refits, and the persistence that lets a restarted service serve
+//! what it served.
 //!
-//! - [`ids`]: dense [`UserId`] / [`ItemId`] indices and maps from external `u64` ids;
-//! - [`interactions`]: events with a kind, a weight and a timestamp;
-//! - [`graph`]: the CSR [`BipartiteGraph`] and its normalisation `D^-1/2 A D^-1/2`;
-//! - [`dataset`]: the LightGCN `train.txt` / `test.txt` format;
-//! - [`sparse`]: parallel CSR × dense products (candle has no sparse type);
-//!   [`device`]: sparse kernels on a candle device (custom CUDA kernels with the
-//!   `cuda` feature); [`device_train`]: LightGCN training on a device ([`DeviceTrainer`]);
-//!   [`buffer`]: huge-page tables for the embeddings;
-//! - [`lightgcn`]: the model, hand-written gradients, BPR sampling and training;
-//! - [`optim`]: Adam; [`eval`]: Recall / Precision / NDCG@K as the reference code;
-//! - [`live`]: real-time fold-in of each interaction into the user's embedding;
-//!   [`refresh`]: background refits swapped in for the live model ([`Refresher`]);
-//!   [`training`]: one trainer type over the CPU kernels and a device ([`Training`]);
-//! - [`inductive`]: embeddings of new items from content features and their first
-//!   users (a GraphSAGE-style [`ContentAggregator`], the PinSage idea), no retraining;
-//! - [`interests`](mod@interests): several interests per user (PinnerSage: Ward clustering, medoids);
-//! - [`feedback`]: the durable log of acknowledged feedback ([`FeedbackLog`]), replayed
-//!   after a saved state on restart;
+//! The crate root holds what most callers need:
+//!
+//! - the graph: [`UserId`], [`ItemId`], [`IdMap`], [`Interaction`], [`InteractionKind`],
+//!   [`BipartiteGraph`], [`Dataset`];
+//! - LightGCN: [`LightGcnConfig`], [`LightGcn`], [`Trainer`] (the CPU kernels) and
+//!   [`Training`] (the CPU kernels or a candle device), [`evaluate`] and its [`Metrics`];
+//! - the live model: [`LiveModel`], [`LiveConfig`], [`interests()`] with [`InterestConfig`],
+//!   and [`ContentAggregator`] for new items;
+//! - refits and persistence: [`Refresher`] (refits, its state saved and loaded),
+//!   [`FeedbackLog`] with [`Feedback`] and [`SyncPolicy`].
+//!
+//! The details live in a few public modules: [`model`] (training's parts: the init
+//! scheme, epochs, triples, Adam, schedules, the device trainer), [`live`], [`refresh`],
+//! [`feedback`], [`inductive`], [`interests`](mod@interests), [`dataset`], [`kernels`]
+//! (the sparse products, for benchmarks) and [`fuzzing`].
 //!
 //! Everything runs on the current rayon pool; wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
 
 #![warn(missing_docs)]
 
-pub mod buffer;
-pub mod checkpoint;
+mod buffer;
+mod checkpoint;
 pub mod dataset;
-pub mod device;
-pub mod device_train;
-pub mod error;
-pub mod eval;
+mod device;
+mod device_train;
+mod error;
+mod eval;
 pub mod feedback;
 pub mod fuzzing;
 mod gradient;
-pub mod graph;
-pub mod ids;
+mod graph;
+mod ids;
 pub mod inductive;
-pub mod interactions;
+mod interactions;
 pub mod interests;
-pub mod lightgcn;
+mod lightgcn;
 pub mod live;
-pub mod optim;
+mod optim;
 pub mod refresh;
-pub mod schedule;
+mod schedule;
 mod snapshot;
-pub mod sparse;
-pub mod trainer;
-pub mod training;
+mod sparse;
+mod trainer;
+mod training;
+
+/// Training's parts beside the root's [`LightGcnConfig`], [`Trainer`] and [`Training`]:
+/// the init scheme, a batch's triples and loss, an epoch's statistics, the propagated
+/// embeddings, Adam, learning-rate schedules, the device trainer, and the id maps and
+/// event lists a training graph is built from.
+pub mod model {
+    pub use crate::device_train::DeviceTrainer;
+    pub use crate::eval::score_all;
+    pub use crate::ids::{ItemMap, UserMap};
+    pub use crate::interactions::Interactions;
+    pub use crate::lightgcn::{BatchLoss, Embeddings, Init, Triple};
+    pub use crate::optim::{AdamConfig, AdamState};
+    pub use crate::schedule::RateSwitch;
+    pub use crate::trainer::EpochStats;
+}
+
+/// The sparse products LightGCN is made of, for benchmarks and for callers who
+/// propagate embeddings themselves: CSR × dense on the CPU ([`kernels::Csr`]) and on a
+/// candle device ([`kernels::DeviceCsr`], [`kernels::scatter_add_rows`]).
+pub mod kernels {
+    pub use crate::device::{DeviceCsr, scatter_add_rows};
+    pub use crate::sparse::Csr;
+}
 
 pub use dataset::Dataset;
-pub use device_train::DeviceTrainer;
 pub use error::{Error, Result};
-pub use eval::{Metrics, evaluate, score_all};
+pub use eval::{Metrics, evaluate};
 pub use feedback::{Feedback, FeedbackLog, SyncPolicy};
 pub use graph::BipartiteGraph;
-pub use ids::{IdMap, ItemId, ItemMap, UserId, UserMap};
-pub use inductive::{AggregatorConfig, ContentAggregator, FitReport, Neighbours};
-pub use interactions::{Interaction, InteractionKind, Interactions};
-pub use interests::{Interest, InterestConfig, interests};
-pub use lightgcn::{BatchLoss, Embeddings, Init, LightGcn, LightGcnConfig, Triple};
-pub use live::{KindWeights, LiveConfig, LiveModel};
+pub use ids::{IdMap, ItemId, UserId};
+pub use inductive::ContentAggregator;
+pub use interactions::{Interaction, InteractionKind};
+pub use interests::{InterestConfig, interests};
+pub use lightgcn::{LightGcn, LightGcnConfig};
+pub use live::{LiveConfig, LiveModel};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
-pub use mosaic_device::{DeviceSpec, Selection};
-pub use optim::{AdamConfig, AdamState};
-pub use refresh::state::{RefresherState, Restored};
-pub use refresh::{CatchUp, Installed, Refit, RefitJob, Refresher, Replaced};
-pub use schedule::RateSwitch;
-pub use sparse::Csr;
-pub use trainer::{EpochStats, Trainer};
+pub use mosaic_device::DeviceSpec;
+pub use refresh::Refresher;
+pub use trainer::Trainer;
 pub use training::Training;

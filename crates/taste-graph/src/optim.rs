@@ -141,7 +141,7 @@ impl AdamState {
     }
 
     /// Advances the step count and returns this step's constants together with the
-    /// moment buffers, for a fused update ([`AdamStep::apply`] on matching slices).
+    /// moment buffers, for a fused update (`AdamStep::apply` on matching slices).
     pub fn begin_step(&mut self) -> (AdamStep, &mut [f32], &mut [f32]) {
         self.t += 1;
         let c = &self.config;

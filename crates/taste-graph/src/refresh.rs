@@ -33,7 +33,7 @@
 //! one (users' hidden and recent items are copied only now and then);
 //! [`Refresher::load`] rebuilds the refresher and the live model after a restart.
 //!
-//! [`Interactions::positive_pairs`]: crate::Interactions::positive_pairs
+//! [`Interactions::positive_pairs`]: crate::model::Interactions::positive_pairs
 
 use std::collections::HashSet;
 use std::sync::Arc;

@@ -18,7 +18,7 @@ use mosaic_device::Selection;
 /// (the kernels' rounding aside).
 #[derive(Debug)]
 pub enum Training {
-    /// The parallel CSR kernels of [`crate::sparse`] on the current rayon pool.
+    /// The parallel CSR kernels ([`crate::kernels::Csr`]) on the current rayon pool.
     Cpu(Trainer),
     /// Candle tensors on a device (custom CUDA kernels with the `cuda` feature).
     Device(DeviceTrainer),

@@ -2,7 +2,8 @@
 //! graphs and missing files are typed errors. A trainer carried onto a grown graph
 //! (`regraph`) keeps its state.
 
-use taste_graph::{BipartiteGraph, Error, Init, ItemId, LightGcnConfig, Trainer, UserId};
+use taste_graph::model::Init;
+use taste_graph::{BipartiteGraph, Error, ItemId, LightGcnConfig, Trainer, UserId};
 
 mod common;
 
@@ -209,7 +210,7 @@ fn training_on_a_cpu_selection_is_the_cpu_trainer_and_resumes_the_same() {
     let mut t = taste_graph::Training::new(&g, &config(), &cpu).unwrap();
     assert!(matches!(t, taste_graph::Training::Cpu(_)) && t.device().is_none());
     let mut plain = Trainer::new(&g, &config()).unwrap();
-    let schedule: Vec<taste_graph::RateSwitch> = vec!["2:1e-3:32".parse().unwrap()];
+    let schedule: Vec<taste_graph::model::RateSwitch> = vec!["2:1e-3:32".parse().unwrap()];
     for _ in 0..2 {
         t.apply_due(&schedule).unwrap();
         let a = t.train_epoch(|_, _| {}).unwrap().loss;

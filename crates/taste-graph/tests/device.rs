@@ -3,10 +3,9 @@
 //! otherwise).
 
 use candle_core::{Device, Tensor};
-use taste_graph::device::{DeviceCsr, scatter_add_rows};
-use taste_graph::{
-    BipartiteGraph, DeviceTrainer, Error, ItemId, LightGcn, LightGcnConfig, Trainer, UserId,
-};
+use taste_graph::kernels::{DeviceCsr, scatter_add_rows};
+use taste_graph::model::DeviceTrainer;
+use taste_graph::{BipartiteGraph, Error, ItemId, LightGcn, LightGcnConfig, Trainer, UserId};
 
 mod common;
 
@@ -149,7 +148,7 @@ fn check_training(device: &Device) {
     dev.train_epoch(|_, total| batches = total).unwrap();
     assert_eq!(batches, g.n_edges().div_ceil(64));
     assert!(dev.step(&[]).is_err());
-    let out_of_range = taste_graph::Triple {
+    let out_of_range = taste_graph::model::Triple {
         user: 300,
         pos: 0,
         neg: 1,

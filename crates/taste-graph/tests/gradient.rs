@@ -1,7 +1,8 @@
 //! The hand-written LightGCN gradient against central finite differences of an
 //! independent dense f64 implementation of the loss.
 
-use taste_graph::{BipartiteGraph, ItemId, LightGcn, Triple, UserId};
+use taste_graph::model::Triple;
+use taste_graph::{BipartiteGraph, ItemId, LightGcn, UserId};
 
 mod common;
 use common::Lcg;

@@ -4,9 +4,10 @@
 //! typed errors, and the live model must use the aggregator consistently.
 
 use taste_graph::inductive::Example;
+use taste_graph::inductive::{AggregatorConfig, Neighbours};
 use taste_graph::{
-    AggregatorConfig, BipartiteGraph, ContentAggregator, Error, InteractionKind, ItemId, LightGcn,
-    LightGcnConfig, LiveConfig, LiveModel, Neighbours, Trainer, UserId, evaluate,
+    BipartiteGraph, ContentAggregator, Error, InteractionKind, ItemId, LightGcn, LightGcnConfig,
+    LiveConfig, LiveModel, Trainer, UserId, evaluate,
 };
 
 mod common;

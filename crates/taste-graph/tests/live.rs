@@ -1,9 +1,10 @@
 //! Real-time fold-in ([`LiveModel`]) and PinnerSage interests.
 
 use taste_graph::interests::{cluster_items, ward};
+use taste_graph::live::KindWeights;
 use taste_graph::{
-    BipartiteGraph, InteractionKind, InterestConfig, ItemId, KindWeights, LightGcn, LightGcnConfig,
-    LiveConfig, LiveModel, Trainer, UserId, evaluate, interests,
+    BipartiteGraph, InteractionKind, InterestConfig, ItemId, LightGcn, LightGcnConfig, LiveConfig,
+    LiveModel, Trainer, UserId, evaluate, interests,
 };
 
 mod common;

@@ -1,9 +1,10 @@
 //! Background refits ([`Refresher`]): the refit graph, the trained rows, the replay of
 //! events that arrived meanwhile, and the refusals.
 
+use taste_graph::inductive::AggregatorConfig;
 use taste_graph::{
-    AggregatorConfig, BipartiteGraph, ContentAggregator, Error, InteractionKind, ItemId,
-    LightGcnConfig, LiveConfig, LiveModel, Refresher, Trainer, Training, UserId,
+    BipartiteGraph, ContentAggregator, Error, InteractionKind, ItemId, LightGcnConfig, LiveConfig,
+    LiveModel, Refresher, Trainer, Training, UserId,
 };
 
 mod common;
@@ -371,7 +372,7 @@ fn stale_refits_unrecorded_events_and_bad_input_are_refused() {
 fn a_device_trainer_refits_the_same_way() {
     let g = random_graph(40, 30, 220, 8);
     let dev = candle_core::Device::Cpu;
-    let mut t = taste_graph::DeviceTrainer::new(&g, &config(), &dev).unwrap();
+    let mut t = taste_graph::model::DeviceTrainer::new(&g, &config(), &dev).unwrap();
     t.train_epoch(|_, _| {}).unwrap();
     let mut live = LiveModel::new(t.model().unwrap(), &g, LiveConfig::new(), 10).unwrap();
     let mut r = Refresher::new(Training::Device(t), g.clone()).unwrap();
@@ -416,7 +417,7 @@ fn a_schedule_switches_the_rate_by_the_refits_own_epochs() {
     let g = random_graph(40, 30, 220, 9);
     let (mut r, mut live) = serving(&g, LiveConfig::new());
     let hidden = stream_before(&g, &mut r, &mut live);
-    let switch: taste_graph::RateSwitch = "2:1e-3:32".parse().unwrap();
+    let switch: taste_graph::model::RateSwitch = "2:1e-3:32".parse().unwrap();
     let refit = r
         .plan(&live, 3)
         .unwrap()

@@ -5,10 +5,11 @@
 use std::path::Path;
 
 use mosaic_durability::MmapDirectory;
+use taste_graph::inductive::AggregatorConfig;
 use taste_graph::{
-    AggregatorConfig, BipartiteGraph, ContentAggregator, DeviceSpec, Error, Feedback, FeedbackLog,
-    Interaction, InteractionKind, ItemId, LightGcnConfig, LiveConfig, LiveModel, Refresher,
-    SyncPolicy, Trainer, Training, UserId,
+    BipartiteGraph, ContentAggregator, DeviceSpec, Error, Feedback, FeedbackLog, Interaction,
+    InteractionKind, ItemId, LightGcnConfig, LiveConfig, LiveModel, Refresher, SyncPolicy, Trainer,
+    Training, UserId,
 };
 
 mod common;
@@ -57,7 +58,7 @@ fn stream(g: &BipartiteGraph, r: &mut Refresher, live: &mut LiveModel, t0: u64) 
         .unwrap();
 }
 
-fn load(dir: &Path) -> taste_graph::Restored {
+fn load(dir: &Path) -> taste_graph::refresh::state::Restored {
     let cpu = DeviceSpec::Cpu.select().unwrap();
     Refresher::load(dir, &cpu, LiveConfig::new().recent(4), Some(aggregator()))
         .unwrap()

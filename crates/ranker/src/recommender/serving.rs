@@ -15,9 +15,10 @@ use std::sync::{MutexGuard, PoisonError};
 use embed_store::Snapshot;
 use embed_store::hnsw::Hnsw;
 use mosaic_durability::MmapDirectory;
+use taste_graph::refresh::state::{RefresherState, Restored};
 use taste_graph::{
     Feedback, FeedbackLog, Interaction, InteractionKind, InterestConfig, ItemId, Refresher,
-    RefresherState, Restored, SyncPolicy, UserId, feedback::Replayed,
+    SyncPolicy, UserId, feedback::Replayed,
 };
 
 use super::{Attached, PREFIX_CHUNK, Recommender, State, no_refresher};

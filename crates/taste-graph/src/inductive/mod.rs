@@ -25,7 +25,7 @@
 //! [`ContentAggregator::fit`] regresses the trained model's final item embeddings
 //! `t_i = (E0_i + … + EK_i) / (K+1)`, on every trained item with at least one
 //! interaction, with the mean squared error `Σ_i ‖h_i − t_i‖² / (B d)` and Adam
-//! ([`crate::optim`]). MSE rather than cosine: scores are dot products `e_u · h_i`,
+//! (`optim.rs`). MSE rather than cosine: scores are dot products `e_u · h_i`,
 //! linear in `h_i`, so the MSE minimiser — the conditional mean `E[t_i | x_i, m_i]` — also
 //! gives the expected score of every user; the norm matters (LightGCN puts popularity in
 //! it) and a cosine loss would leave it unconstrained. When the inputs cannot tell items
