@@ -22,7 +22,7 @@ fn bench(c: &mut Criterion) {
     let (graph, _) = serving_fixture(ITEMS, USERS, 4, DIM, 1).unwrap();
     let trainer = Trainer::new(&graph, &LightGcnConfig::new().dim(DIM).layers(2)).unwrap();
     let live = LiveModel::new(trainer.model(), &graph, LiveConfig::new(), 0).unwrap();
-    let mut refresher = Refresher::new(Training::Cpu(trainer), graph).unwrap();
+    let mut refresher = Refresher::new(Training::from(trainer), graph).unwrap();
     let mut rng = Rng::new(7);
     let events: Vec<Interaction> = (0..EVENTS)
         .map(|t| Interaction {

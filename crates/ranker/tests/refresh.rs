@@ -269,7 +269,7 @@ fn refits_need_an_attached_refresher_of_the_served_graph() {
     )
     .unwrap();
     let t = Trainer::new(&small, &options(false).lightgcn).unwrap();
-    let r = Refresher::new(Training::Cpu(t), small).unwrap();
+    let r = Refresher::new(Training::from(t), small).unwrap();
     assert!(matches!(rec.with_refresher(r), Err(Error::Config { .. })));
 }
 

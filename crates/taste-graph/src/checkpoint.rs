@@ -93,7 +93,7 @@ pub(crate) struct Progress {
 
 /// A checkpoint read back: its progress and the ego table and Adam moments, in public
 /// order (users then items).
-pub(crate) struct Saved {
+pub struct Saved {
     pub(crate) progress: Progress,
     pub(crate) ego: Vec<f32>,
     pub(crate) m1: Vec<f32>,

@@ -180,7 +180,7 @@ fn refresh_fixture() -> Result<&'static Fixture> {
         t.train_epoch(|_, _| {})?;
         let mut live = LiveModel::new(t.model(), g, LiveConfig::new().recent(4), 10)?;
         live.set_aggregator(aggregator()?)?;
-        let mut r = Refresher::new(Training::Cpu(t), g.clone())?;
+        let mut r = Refresher::new(Training::from(t), g.clone())?;
         let (nu, ni) = (g.n_users() as u32, g.n_items() as u32);
         for e in [
             event(0, 9, InteractionKind::Click, 100),

@@ -62,6 +62,7 @@ pub mod model {
     pub use crate::optim::{AdamConfig, AdamState};
     pub use crate::schedule::RateSwitch;
     pub use crate::trainer::EpochStats;
+    pub use crate::training::Backend;
 }
 
 /// The sparse products LightGCN is made of, for benchmarks and for callers who

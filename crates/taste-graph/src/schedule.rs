@@ -4,7 +4,6 @@
 
 use std::str::FromStr;
 
-use crate::device_train::DeviceTrainer;
 use crate::error::{Error, Result};
 use crate::trainer::Trainer;
 
@@ -61,17 +60,6 @@ impl FromStr for RateSwitch {
 impl Trainer {
     /// Applies a schedule step: the rate from the next step on, the batch size (if
     /// given) from the next epoch on.
-    pub fn apply_switch(&mut self, switch: &RateSwitch) -> Result<()> {
-        self.set_lr(switch.lr)?;
-        if let Some(b) = switch.batch {
-            self.set_batch_size(b)?;
-        }
-        Ok(())
-    }
-}
-
-impl DeviceTrainer {
-    /// Applies a schedule step, as [`Trainer::apply_switch`] does.
     pub fn apply_switch(&mut self, switch: &RateSwitch) -> Result<()> {
         self.set_lr(switch.lr)?;
         if let Some(b) = switch.batch {

@@ -28,7 +28,7 @@ fn serving(g: &BipartiteGraph, live_config: LiveConfig) -> (Refresher, LiveModel
         t.train_epoch(|_, _| {}).unwrap();
     }
     let live = LiveModel::new(t.model(), g, live_config, 10).unwrap();
-    (Refresher::new(Training::Cpu(t), g.clone()).unwrap(), live)
+    (Refresher::new(Training::from(t), g.clone()).unwrap(), live)
 }
 
 /// `live` with the hide of `pair` at time 33 folded in: what a refit's new model gets
@@ -82,7 +82,7 @@ fn a_refit_is_the_regraphed_trainer_on_the_grown_graph() {
     ]);
     let want = BipartiteGraph::from_edges(g.n_users() + 1, g.n_items() + 1, want_edges).unwrap();
     // The serving trainer regraphed onto it and trained three epochs, by hand.
-    let Training::Cpu(base) = r.training() else {
+    let Some(base) = r.training().as_cpu() else {
         unreachable!()
     };
     let mut by_hand = base.regraph(&want).unwrap();
@@ -363,7 +363,7 @@ fn stale_refits_unrecorded_events_and_bad_input_are_refused() {
     assert!(matches!(r.plan(&other, 1), Err(Error::Graph { .. })));
     // A trainer and graph of different sizes.
     assert!(matches!(
-        Refresher::new(Training::Cpu(t), g.clone()),
+        Refresher::new(Training::from(t), g.clone()),
         Err(Error::Graph { .. })
     ));
 }
@@ -375,7 +375,7 @@ fn a_device_trainer_refits_the_same_way() {
     let mut t = taste_graph::model::DeviceTrainer::new(&g, &config(), &dev).unwrap();
     t.train_epoch(|_, _| {}).unwrap();
     let mut live = LiveModel::new(t.model().unwrap(), &g, LiveConfig::new(), 10).unwrap();
-    let mut r = Refresher::new(Training::Device(t), g.clone()).unwrap();
+    let mut r = Refresher::new(Training::from(t), g.clone()).unwrap();
     assert!(r.training().device().is_some());
     let hidden = stream_before(&g, &mut r, &mut live);
     let job = r.plan(&live, 2).unwrap().lr(5e-3);
@@ -385,7 +385,7 @@ fn a_device_trainer_refits_the_same_way() {
         .unwrap()
         .unwrap();
     // By hand: the device trainer regraphed onto the refit graph, at the new rate.
-    let Training::Device(base) = r.training() else {
+    let Some(base) = r.training().as_device() else {
         unreachable!()
     };
     let mut by_hand = base.regraph(refit.graph()).unwrap();
@@ -429,7 +429,7 @@ fn a_schedule_switches_the_rate_by_the_refits_own_epochs() {
     assert_eq!((cfg.adam.lr, cfg.batch_size), (1e-3, 32));
     assert_eq!(refit.training().epochs(), 5);
     // And it trained as a hand-run schedule does.
-    let Training::Cpu(base) = r.training() else {
+    let Some(base) = r.training().as_cpu() else {
         unreachable!()
     };
     let mut by_hand = base.regraph(refit.graph()).unwrap();

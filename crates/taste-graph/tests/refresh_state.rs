@@ -34,7 +34,7 @@ fn serving(g: &BipartiteGraph) -> (Refresher, LiveModel) {
     t.train_epoch(|_, _| {}).unwrap();
     let mut live = LiveModel::new(t.model(), g, LiveConfig::new().recent(4), 10).unwrap();
     live.set_aggregator(aggregator()).unwrap();
-    (Refresher::new(Training::Cpu(t), g.clone()).unwrap(), live)
+    (Refresher::new(Training::from(t), g.clone()).unwrap(), live)
 }
 
 /// Observes events on trained and new users and items, a hide, a new item nobody
