@@ -26,13 +26,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::UserId;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
 
-use crate::lightgcn::{Init, LightGcn, LightGcnConfig, init_rows};
-use crate::optim::{AdamConfig, AdamState};
+use crate::lightgcn::{Init, LightGcnConfig, check_sizes};
+use crate::optim::AdamConfig;
 use crate::snapshot::{self, Data};
-use crate::trainer::{Sampler, Trainer};
+use crate::trainer::{Progress, Saved, Trainer};
 
 const KIND: &str = "trainer";
 const VERSION: u32 = 1;
@@ -80,80 +78,6 @@ struct AdamMeta {
     beta1: f32,
     beta2: f32,
     eps: f32,
-}
-
-/// What a checkpoint holds besides the tables: the configuration (rate and batch as a
-/// schedule left them), epochs done, Adam steps and the sampler's stream position.
-pub(crate) struct Progress {
-    pub(crate) config: LightGcnConfig,
-    pub(crate) epochs: usize,
-    pub(crate) steps: u64,
-    pub(crate) position: u128,
-}
-
-/// A checkpoint read back: its progress and the ego table and Adam moments, in public
-/// order (users then items).
-pub struct Saved {
-    pub(crate) progress: Progress,
-    pub(crate) ego: Vec<f32>,
-    pub(crate) m1: Vec<f32>,
-    pub(crate) m2: Vec<f32>,
-}
-
-impl Saved {
-    /// The state of a model of `users` × `items` carried onto `graph`, which has as many
-    /// users and items or more (an interaction graph that grew): the rows of new users
-    /// and items are drawn as the configuration's init says (seeded by the seed and the
-    /// epochs done) with zero Adam moments; everything else is kept.
-    pub(crate) fn grown(self, users: usize, items: usize, graph: &BipartiteGraph) -> Result<Saved> {
-        let (nu, ni) = (graph.n_users(), graph.n_items());
-        if nu < users || ni < items {
-            return Err(Error::Graph {
-                message: format!(
-                    "the model has {users} users and {items} items, the new graph only \
-                     {nu} and {ni}: a graph can gain users and items, not lose them"
-                ),
-            });
-        }
-        if (nu, ni) == (users, items) {
-            return Ok(self);
-        }
-        let c = &self.progress.config;
-        let d = c.dim;
-        let mut rng = StdRng::seed_from_u64(
-            c.seed ^ (self.progress.epochs as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        let mut fresh_users = vec![0f32; (nu - users) * d];
-        let mut fresh_items = vec![0f32; (ni - items) * d];
-        init_rows(c, nu, &mut rng, &mut fresh_users);
-        init_rows(c, ni, &mut rng, &mut fresh_items);
-        let zeros_u = vec![0f32; fresh_users.len()];
-        let zeros_i = vec![0f32; fresh_items.len()];
-        let grow = |t: &[f32], new_u: &[f32], new_i: &[f32]| {
-            let (old_u, old_i) = t.split_at(users * d);
-            [old_u, new_u, old_i, new_i].concat()
-        };
-        Ok(Saved {
-            ego: grow(&self.ego, &fresh_users, &fresh_items),
-            m1: grow(&self.m1, &zeros_u, &zeros_i),
-            m2: grow(&self.m2, &zeros_u, &zeros_i),
-            progress: self.progress,
-        })
-    }
-}
-
-/// Checks that a model of `users` × `items` was trained over `graph`.
-pub(crate) fn check_sizes(graph: &BipartiteGraph, users: usize, items: usize) -> Result<()> {
-    if graph.n_users() != users || graph.n_items() != items {
-        return Err(Error::Graph {
-            message: format!(
-                "the graph has {} users and {} items, the model {users} and {items}",
-                graph.n_users(),
-                graph.n_items(),
-            ),
-        });
-    }
-    Ok(())
 }
 
 /// The scalars of a checkpoint of `p` over `graph`.
@@ -323,64 +247,5 @@ impl Trainer {
     /// it had. A checkpoint saved by a [`crate::model::DeviceTrainer`] resumes here too.
     pub fn resume(graph: &BipartiteGraph, path: &Path) -> Result<Trainer> {
         Self::from_saved(graph, read(graph, path)?)
-    }
-
-    /// A trainer that carries this one's training onto `graph`, the training graph after
-    /// new interactions (the same users and items, or more): the embeddings, Adam's
-    /// moments and step count, the rate, batch size and epoch count are kept, new users'
-    /// and items' rows are initialised as the config says, and its sampler draws from
-    /// `graph`. A few epochs of it (a background refit) re-optimise every embedding for
-    /// the new edges at a fraction of a retrain's cost. `self` is left as it was (drop
-    /// it, or keep serving from it while the refit runs); on `graph` itself the result is
-    /// an exact copy. A graph with fewer users or items is [`Error::Graph`].
-    pub fn regraph(&self, graph: &BipartiteGraph) -> Result<Trainer> {
-        let (users, items) = (self.model.n_users(), self.model.n_items());
-        Self::from_saved(graph, self.saved().grown(users, items, graph)?)
-    }
-
-    /// The whole state, tables in public order.
-    pub(crate) fn saved(&self) -> Saved {
-        let m = &self.model;
-        let mut config = self.config.clone();
-        config.adam = *self.adam.config();
-        let (mom1, mom2) = self.adam.moments();
-        Saved {
-            progress: Progress {
-                config,
-                epochs: self.epochs,
-                steps: self.adam.steps(),
-                position: self.sampler.position(),
-            },
-            ego: m.ego_table(),
-            m1: m.to_public_order(mom1),
-            m2: m.to_public_order(mom2),
-        }
-    }
-
-    /// A trainer over `graph` from a saved state (tables in public order, sized for
-    /// `graph`).
-    pub(crate) fn from_saved(graph: &BipartiteGraph, saved: Saved) -> Result<Trainer> {
-        let Saved {
-            progress: p,
-            ego,
-            m1,
-            m2,
-        } = saved;
-        let model = LightGcn::from_embeddings(graph, p.config.layers, p.config.dim, ego)?;
-        let adam_state = AdamState::restore(
-            p.config.adam,
-            &model.to_internal_order(&m1),
-            &model.to_internal_order(&m2),
-            p.steps,
-        )?;
-        let mut sampler = Sampler::new(graph, p.config.seed)?;
-        sampler.set_position(p.position);
-        Ok(Trainer {
-            model,
-            config: p.config,
-            sampler,
-            adam: adam_state,
-            epochs: p.epochs,
-        })
     }
 }

@@ -23,12 +23,13 @@ use std::time::Instant;
 
 use candle_core::{D, Device, Tensor};
 
-use crate::checkpoint::{self, Progress, Saved};
+use crate::checkpoint;
 use crate::device::{DeviceCsr, scatter_add_rows};
 use crate::error::Result;
 use crate::graph::BipartiteGraph;
 use crate::lightgcn::{BatchLoss, LightGcn, LightGcnConfig, Triple};
 use crate::trainer::{EpochStats, Sampler};
+use crate::trainer::{Progress, Saved};
 
 /// Trains a [`LightGcn`] with BPR and Adam on a candle device.
 #[derive(Debug)]
@@ -152,7 +153,7 @@ impl DeviceTrainer {
     /// from it on any device, and so does [`crate::Trainer::resume`] on the CPU kernels.
     pub fn save_checkpoint(&self, path: &Path, graph: &BipartiteGraph) -> Result<()> {
         let m = &self.model;
-        checkpoint::check_sizes(graph, m.n_users(), m.n_items())?;
+        crate::lightgcn::check_sizes(graph, m.n_users(), m.n_items())?;
         checkpoint::write(path, graph, &self.saved()?)
     }
 

@@ -490,6 +490,20 @@ impl LightGcn {
     }
 }
 
+/// Checks that a model of `users` × `items` was trained over `graph`.
+pub(crate) fn check_sizes(graph: &BipartiteGraph, users: usize, items: usize) -> Result<()> {
+    if graph.n_users() != users || graph.n_items() != items {
+        return Err(Error::Graph {
+            message: format!(
+                "the graph has {} users and {} items, the model {users} and {items}",
+                graph.n_users(),
+                graph.n_items(),
+            ),
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

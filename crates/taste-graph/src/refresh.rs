@@ -40,7 +40,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
@@ -118,7 +117,7 @@ impl Refresher {
     /// it trained on; sizes checked).
     pub fn new(mut training: Training, graph: BipartiteGraph) -> Result<Self> {
         let model = training.model()?;
-        checkpoint::check_sizes(&graph, model.n_users(), model.n_items())?;
+        crate::lightgcn::check_sizes(&graph, model.n_users(), model.n_items())?;
         Ok(Refresher {
             training: Arc::new(training),
             graph: Arc::new(graph),

@@ -7,18 +7,18 @@ use std::path::Path;
 
 use candle_core::Device;
 
-use crate::checkpoint::Saved;
 use crate::device_train::DeviceTrainer;
 use crate::error::Result;
 use crate::graph::BipartiteGraph;
 use crate::lightgcn::{LightGcn, LightGcnConfig};
 use crate::schedule::RateSwitch;
+use crate::trainer::Saved;
 use crate::trainer::{EpochStats, Trainer};
 use mosaic_device::Selection;
 
 mod sealed {
-    use crate::checkpoint::Saved;
     use crate::error::Result;
+    use crate::trainer::Saved;
 
     /// What only this crate's trainers can give: their whole state, for snapshots.
     pub trait State {

@@ -47,7 +47,6 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
@@ -174,7 +173,7 @@ impl LiveModel {
         now: u64,
     ) -> Result<Self> {
         config.validate()?;
-        checkpoint::check_sizes(graph, model.n_users(), model.n_items())?;
+        crate::lightgcn::check_sizes(graph, model.n_users(), model.n_items())?;
         let (d, nu, ni, k) = (
             model.dim(),
             model.n_users(),
