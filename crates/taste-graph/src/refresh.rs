@@ -45,7 +45,7 @@ use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::ContentAggregator;
 use crate::interactions::{Interaction, deciding_indices};
-use crate::live::{LiveConfig, LiveModel};
+use crate::live::{ItemContent, LiveConfig, LiveModel};
 use crate::schedule::RateSwitch;
 use crate::trainer::EpochStats;
 use crate::training::Training;
@@ -280,12 +280,10 @@ impl Refresher {
         let after = self.events.len() - refit.replayed;
         for e in self.events.iter_from(refit.replayed) {
             let up_to = (e.item.index() + 1).min(live.n_items());
-            add_items_up_to(&mut new, up_to, |i| live.shared_item_content(i).cloned())?;
+            new.add_items_up_to(up_to, |i| live.shared_item_content(i).cloned())?;
             new.observe(e.user, e.item, e.kind, e.timestamp)?;
         }
-        add_items_up_to(&mut new, live.n_items(), |i| {
-            live.shared_item_content(i).cloned()
-        })?;
+        new.add_items_up_to(live.n_items(), |i| live.shared_item_content(i).cloned())?;
         if new.n_users() != live.n_users() || new.n_items() != live.n_items() {
             return Err(Error::Graph {
                 message: format!(
@@ -335,52 +333,6 @@ impl Refresher {
         self.stamp = fresh_stamp();
         Ok((installed, replaced))
     }
-}
-
-/// The content of a live model's items from `first` on, shared so that they can be added
-/// to another model ([`add_items_up_to`]).
-#[derive(Debug, Clone)]
-struct ItemContent {
-    first: usize,
-    /// Item `first + k`'s content, if it has some.
-    content: Vec<Option<Arc<[f32]>>>,
-}
-
-impl ItemContent {
-    /// `live`'s items from `first` on (pointers copied, not features).
-    fn of(live: &LiveModel, first: usize) -> Self {
-        let content = (first..live.n_items())
-            .map(|i| live.shared_item_content(ItemId(i as u32)).cloned())
-            .collect();
-        ItemContent { first, content }
-    }
-
-    /// One past the last item covered.
-    fn end(&self) -> usize {
-        self.first + self.content.len()
-    }
-
-    /// Item `i`'s content (none outside the covered items).
-    fn get(&self, i: ItemId) -> Option<Arc<[f32]>> {
-        i.index()
-            .checked_sub(self.first)
-            .and_then(|k| self.content.get(k))
-            .and_then(Option::clone)
-    }
-}
-
-/// Appends live items to `live` until it has `n`, each with the content `content_of`
-/// gives it.
-fn add_items_up_to(
-    live: &mut LiveModel,
-    n: usize,
-    content_of: impl Fn(ItemId) -> Option<Arc<[f32]>>,
-) -> Result<()> {
-    while live.n_items() < n {
-        let id = ItemId(live.n_items() as u32);
-        live.push_item(content_of(id))?;
-    }
-    Ok(())
 }
 
 /// A stamp no other model of this process has, and unlikely any other process's.
@@ -532,12 +484,11 @@ impl Refit {
         let content = &catch_up.content;
         let known = content.end();
         for e in catch_up.events.iter() {
-            add_items_up_to(&mut self.live, (e.item.index() + 1).min(known), |i| {
-                content.get(i)
-            })?;
+            self.live
+                .add_items_up_to((e.item.index() + 1).min(known), |i| content.get(i))?;
             self.live.observe(e.user, e.item, e.kind, e.timestamp)?;
         }
-        add_items_up_to(&mut self.live, known, |i| content.get(i))?;
+        self.live.add_items_up_to(known, |i| content.get(i))?;
         self.replayed += catch_up.events.len();
         Ok(self)
     }
@@ -681,10 +632,10 @@ impl RefitJob {
         live.share_aggregator(self.aggregator.clone());
         let content_of = |i: ItemId| self.content.get(i);
         for e in &replay {
-            add_items_up_to(&mut live, e.item.index() + 1, content_of)?;
+            live.add_items_up_to(e.item.index() + 1, content_of)?;
             live.observe(e.user, e.item, e.kind, e.timestamp)?;
         }
-        add_items_up_to(&mut live, self.n_items, content_of)?;
+        live.add_items_up_to(self.n_items, content_of)?;
         Ok(Refit {
             training,
             graph,

@@ -214,4 +214,18 @@ impl LiveModel {
             }),
         }
     }
+
+    /// Appends live items until the model has `n`, each with the content `content_of`
+    /// gives it.
+    pub(crate) fn add_items_up_to(
+        &mut self,
+        n: usize,
+        content_of: impl Fn(ItemId) -> Option<Arc<[f32]>>,
+    ) -> Result<()> {
+        while self.n_items() < n {
+            let id = ItemId(self.n_items() as u32);
+            self.push_item(content_of(id))?;
+        }
+        Ok(())
+    }
 }

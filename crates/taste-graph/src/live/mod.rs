@@ -113,6 +113,38 @@ fn insert_sorted(set: &mut Vec<u32>, v: u32) -> bool {
     }
 }
 
+/// The content of a live model's items from `first` on, shared so that they can be added
+/// to another model ([`LiveModel::add_items_up_to`]).
+#[derive(Debug, Clone)]
+pub(crate) struct ItemContent {
+    pub(crate) first: usize,
+    /// Item `first + k`'s content, if it has some.
+    pub(crate) content: Vec<Option<Arc<[f32]>>>,
+}
+
+impl ItemContent {
+    /// `live`'s items from `first` on (pointers copied, not features).
+    pub(crate) fn of(live: &LiveModel, first: usize) -> Self {
+        let content = (first..live.n_items())
+            .map(|i| live.shared_item_content(ItemId(i as u32)).cloned())
+            .collect();
+        ItemContent { first, content }
+    }
+
+    /// One past the last item covered.
+    pub(crate) fn end(&self) -> usize {
+        self.first + self.content.len()
+    }
+
+    /// Item `i`'s content (none outside the covered items).
+    pub(crate) fn get(&self, i: ItemId) -> Option<Arc<[f32]>> {
+        i.index()
+            .checked_sub(self.first)
+            .and_then(|k| self.content.get(k))
+            .and_then(Option::clone)
+    }
+}
+
 /// A trained LightGCN turned into per-user state that every interaction updates.
 #[derive(Debug, Clone)]
 pub struct LiveModel {

@@ -26,14 +26,14 @@ use std::sync::Arc;
 use mosaic_durability::{Directory, MmapDirectory};
 use serde::{Deserialize, Serialize};
 
-use super::{ItemContent, Refresher, SharedEvents, add_items_up_to};
+use super::{Refresher, SharedEvents};
 use crate::checkpoint;
 use crate::error::{Error, Result};
 use crate::graph::BipartiteGraph;
 use crate::ids::{ItemId, UserId};
 use crate::inductive::ContentAggregator;
 use crate::interactions::{Interaction, InteractionKind};
-use crate::live::{LiveConfig, LiveModel, Recent};
+use crate::live::{ItemContent, LiveConfig, LiveModel, Recent};
 use crate::snapshot::{self, Data, Snapshot};
 use crate::training::Training;
 use mosaic_device::Selection;
@@ -692,11 +692,11 @@ fn rebuild(
                 ),
             ));
         }
-        add_items_up_to(&mut live, e.item.index() + 1, content_of)?;
+        live.add_items_up_to(e.item.index() + 1, content_of)?;
         live.observe(e.user, e.item, e.kind, e.timestamp)
             .map_err(|err| corrupt(path, format!("recorded event does not replay: {err}")))?;
     }
-    add_items_up_to(&mut live, m.items, content_of)?;
+    live.add_items_up_to(m.items, content_of)?;
     if live.n_users() != m.users || live.n_items() != m.items {
         return Err(corrupt(
             path,
