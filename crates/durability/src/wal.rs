@@ -162,18 +162,16 @@ impl<F: FileSystem + Clone> Wal<F> {
     /// Opens log `name` in `dir` (creating it, first seq `start_seq` ≥ 1, if it has no
     /// segment) and passes every record it holds to `visit`, in seq order; an error from
     /// `visit` ends the open with that error. A torn tail is cut off (see the module).
-    pub fn open(
+    pub fn open<E: From<Error>>(
         dir: &FsDirectory<F>,
         name: &str,
         start_seq: u64,
         options: WalOptions,
-        mut visit: impl FnMut(u64, &[u8]) -> Result<()>,
-    ) -> Result<(Self, Recovered)> {
+        mut visit: impl FnMut(u64, &[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(Self, Recovered), E> {
         check_name(name)?;
         if start_seq == 0 {
-            return Err(Error::Invalid(
-                "a log's first seq must be at least 1".into(),
-            ));
+            return Err(Error::Invalid("a log's first seq must be at least 1".into()).into());
         }
         let lock = dir.fs().try_lock(&format!("{name}.lock"))?;
         let mut segments: Vec<u64> = list(dir, name)?;
@@ -186,7 +184,8 @@ impl<F: FileSystem + Clone> Wal<F> {
                 return Err(Error::corrupt(
                     file,
                     format!("starts at seq {seg}, but the segment before ends at {next_seq}"),
-                ));
+                )
+                .into());
             }
             let bytes = dir.fs().read(&file)?;
             let last = i + 1 == segments.len();
@@ -365,17 +364,14 @@ impl<F: FileSystem + Clone> Wal<F> {
         self.segments.first().copied().unwrap_or(self.next_seq)
     }
 
-    /// Whether a write or sync failed, so that the log refuses every call.
-    pub fn failed(&self) -> bool {
-        self.failed
-    }
-
     /// Segment files the log has.
     pub fn segments(&self) -> usize {
         self.segments.len()
     }
 
-    fn check_usable(&self) -> Result<()> {
+    /// An error if a write or sync failed: the log then refuses every call (the kernel
+    /// may have dropped the dirty pages) until it is reopened.
+    pub fn check_usable(&self) -> Result<()> {
         if self.failed {
             return Err(Error::io(
                 self.dir.fs().describe().join(&self.name),
@@ -453,13 +449,13 @@ fn create_segment<F: FileSystem>(fs: &F, name: &str, first_seq: u64) -> Result<F
 }
 
 /// Reads segment `file` (first seq `first`), passing each record to `visit`.
-fn scan(
+fn scan<E: From<Error>>(
     file: &str,
     bytes: &[u8],
     first: u64,
     last: bool,
-    visit: &mut impl FnMut(u64, &[u8]) -> Result<()>,
-) -> Result<Scanned> {
+    visit: &mut impl FnMut(u64, &[u8]) -> std::result::Result<(), E>,
+) -> std::result::Result<Scanned, E> {
     let header = bytes.get(..HEADER_LEN.min(bytes.len())).unwrap_or(&[]);
     let body = match frame::decode(file, header, MAGIC, VERSION..=VERSION) {
         Ok((_, body)) if bytes.len() >= HEADER_LEN => body,
@@ -472,15 +468,16 @@ fn scan(
                 torn_header: true,
             });
         }
-        Ok(_) => return Err(Error::corrupt(file, "segment header cut short")),
-        Err(e) => return Err(e),
+        Ok(_) => return Err(Error::corrupt(file, "segment header cut short").into()),
+        Err(e) => return Err(e.into()),
     };
     let in_header = u64::from_le_bytes(body.try_into().unwrap_or([0; 8]));
     if in_header != first {
         return Err(Error::corrupt(
             file,
             format!("header says first seq {in_header}, the name {first}"),
-        ));
+        )
+        .into());
     }
     let mut at = HEADER_LEN;
     let mut seq = first;
@@ -488,16 +485,16 @@ fn scan(
         let Some((found, payload)) = record_at(bytes, at) else {
             let damaged = format!("at byte {at}: record cut short or damaged");
             if !last {
-                return Err(Error::corrupt(
-                    file,
-                    format!("{damaged}, not in the newest segment"),
-                ));
+                return Err(
+                    Error::corrupt(file, format!("{damaged}, not in the newest segment")).into(),
+                );
             }
             if let Some(next) = valid_record_after(bytes, at + 1, seq) {
                 return Err(Error::corrupt(
                     file,
                     format!("{damaged}, but a valid record follows at byte {next}"),
-                ));
+                )
+                .into());
             }
             break; // the torn tail of the last write
         };
@@ -505,7 +502,8 @@ fn scan(
             return Err(Error::corrupt(
                 file,
                 format!("at byte {at}: record seq {found}, expected {seq}"),
-            ));
+            )
+            .into());
         }
         visit(seq, payload)?;
         seq += 1;

@@ -129,37 +129,24 @@ impl<F: FileSystem + Clone> FeedbackLog<F> {
         after_seq: u64,
         mut visit: impl FnMut(u64, Feedback) -> Result<()>,
     ) -> Result<(Self, Replayed)> {
-        let mut failure = None;
         let mut replayed = 0;
         let start = after_seq.checked_add(1).ok_or_else(|| Error::Config {
             message: "saved seq u64::MAX leaves no room for a log".into(),
         })?;
-        let opened = Wal::open(dir, LOG_NAME, start, WalOptions::default(), |seq, p| {
-            if seq <= after_seq {
-                return Ok(());
-            }
-            let name = format!("{LOG_NAME} log");
-            match Feedback::decode(&name, seq, p).and_then(|f| visit(seq, f)) {
-                Ok(()) => {
-                    replayed += 1;
-                    Ok(())
-                }
-                Err(e) => {
-                    failure = Some(e);
-                    Err(mosaic_durability::Error::Invalid("replay stopped".into()))
-                }
-            }
-        });
+        let name = format!("{LOG_NAME} log");
         let (
             wal,
             Recovered {
                 seqs,
                 discarded_bytes,
             },
-        ) = match (opened, failure) {
-            (_, Some(e)) => return Err(e),
-            (r, None) => r?,
-        };
+        ) = Wal::open(dir, LOG_NAME, start, WalOptions::default(), |seq, p| {
+            if seq > after_seq {
+                visit(seq, Feedback::decode(&name, seq, p)?)?;
+                replayed += 1;
+            }
+            Ok::<(), Error>(())
+        })?;
         if wal.next_seq() < start {
             // a saved state is written only after the log is durable through its seq
             return Err(Error::Corrupt {
@@ -248,15 +235,7 @@ impl<F: FileSystem + Clone> FeedbackLog<F> {
     /// An error if a write or sync failed (the log refuses every call until reopened):
     /// check before applying an event that is then to be logged.
     pub fn check(&self) -> Result<()> {
-        if self.wal.failed() {
-            return Err(Error::Io {
-                path: LOG_NAME.into(),
-                source: std::io::Error::other(
-                    "an earlier write or sync of the feedback log failed; restart from its directory",
-                ),
-            });
-        }
-        Ok(())
+        Ok(self.wal.check_usable()?)
     }
 
     /// The seq of the newest record logged (0 before the first).

@@ -346,11 +346,6 @@ fn is_model_file(name: &str) -> bool {
     parse_model_name(name).is_some()
 }
 
-/// The stamp of a name [`is_model_file`] accepted.
-fn stamp_of(name: &str) -> u64 {
-    parse_model_name(name).unwrap_or(0)
-}
-
 /// Snapshot `bytes` (from `path`) of `kind`, in this build's format.
 fn decode<'a, M: serde::de::DeserializeOwned>(
     path: &Path,
@@ -556,16 +551,15 @@ impl Refresher {
         let bytes = snapshot::read_file(&state_path)?;
         let st: Snapshot<'_, StateMeta> = decode(&state_path, &bytes, STATE_KIND)?;
         let m = st.meta.clone();
-        if !is_model_file(&m.model) {
+        let Some(stamp) = parse_model_name(&m.model) else {
             return Err(corrupt(
                 &state_path,
                 format!("model file {:?} is not a model file name", m.model),
             ));
-        }
+        };
         let model_path = dir.join(&m.model);
         let model_bytes = snapshot::read_file(&model_path)?;
         let ms: Snapshot<'_, ModelMeta> = decode(&model_path, &model_bytes, MODEL_KIND)?;
-        let stamp = stamp_of(&m.model);
         if ms.meta.stamp != stamp {
             return Err(corrupt(
                 &model_path,
