@@ -6,14 +6,14 @@
 
 use std::path::{Path, PathBuf};
 
-use mosaic::{embed_store, taste_graph, vision_surgery};
+use mosaic::{embed_store, vision_surgery};
 
 type Run = fn(&[u8]) -> Result<(), String>;
 
 /// Every target, its entry point, and its seeds.
 fn targets() -> Vec<(&'static str, Run, Vec<Vec<u8>>)> {
     use embed_store::fuzzing as es;
-    use taste_graph::fuzzing as tg;
+    use mosaic_testkit::taste_graph_fuzz as tg;
     use vision_surgery::fuzzing as vs;
     let tg_seeds = |t| tg::seeds(t).unwrap();
     let vs_seeds = |t| vs::seeds(t).unwrap();

@@ -4,5 +4,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = taste_graph::fuzzing::feedback_log(data);
+    let _ = mosaic_testkit::taste_graph_fuzz::feedback_log(data);
 });

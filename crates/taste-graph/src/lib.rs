@@ -17,7 +17,7 @@
 //! The details live in a few public modules: [`model`] (training's parts: the init
 //! scheme, epochs, triples, Adam, schedules, the device trainer), [`live`], [`refresh`],
 //! [`feedback`], [`inductive`], [`interests`](mod@interests), [`dataset`], [`kernels`]
-//! (the sparse products, for benchmarks) and [`fuzzing`].
+//! (the sparse products, for benchmarks).
 //!
 //! Everything runs on the current rayon pool; wrap calls in
 //! `rayon::ThreadPool::install` to choose the thread count.
@@ -32,7 +32,6 @@ mod device_train;
 mod error;
 mod eval;
 pub mod feedback;
-pub mod fuzzing;
 mod gradient;
 mod graph;
 mod ids;

@@ -1,7 +1,8 @@
-//! Entry points for fuzzing the crate's file parsers: the coverage-guided targets in
-//! `fuzz/` at the repository root call them, and the root `tests/fuzz_corpus.rs` replays
-//! the committed corpora in CI. Whatever the bytes, each returns (a typed error for a bad
-//! file) and never panics or allocates by a size the bytes claim: a panic is a bug.
+//! Entry points for fuzzing taste-graph's file parsers through its public API: the
+//! coverage-guided targets in `fuzz/` at the repository root call them, and the root
+//! `tests/fuzz_corpus.rs` replays the committed corpora in CI. Whatever the bytes, each
+//! returns (a typed error for a bad file) and never panics or allocates by a size the
+//! bytes claim: a panic is a bug.
 //!
 //! The directory formats are fuzzed structure-aware: [`feedback_log`] and [`refresh_state`]
 //! take a valid saved directory (made once per process), replace the file that the
@@ -11,19 +12,22 @@
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::dataset::{Dataset, parse_lightgcn};
-use crate::error::{Error, Result};
-use crate::feedback::{Feedback, FeedbackLog, SyncPolicy};
-use crate::graph::BipartiteGraph;
-use crate::ids::{ItemId, UserId};
-use crate::inductive::{AggregatorConfig, ContentAggregator};
-use crate::interactions::{Interaction, InteractionKind};
-use crate::lightgcn::LightGcnConfig;
-use crate::live::{LiveConfig, LiveModel};
-use crate::refresh::Refresher;
-use crate::trainer::Trainer;
-use crate::training::Training;
 use mosaic_durability::MmapDirectory;
+use taste_graph::dataset::parse_lightgcn;
+use taste_graph::feedback::{Feedback, FeedbackLog, SyncPolicy};
+use taste_graph::inductive::AggregatorConfig;
+use taste_graph::{
+    BipartiteGraph, ContentAggregator, Dataset, DeviceSpec, Error, Interaction, InteractionKind,
+    ItemId, LightGcnConfig, LiveConfig, LiveModel, Refresher, Result, Trainer, Training, UserId,
+};
+
+/// An i/o error on `path`.
+fn io(path: &Path, source: std::io::Error) -> Error {
+    Error::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
 
 /// Files of a saved directory, sorted by name, with their bytes.
 type Fixture = Vec<(String, Vec<u8>)>;
@@ -36,9 +40,9 @@ fn scratch(name: &str) -> Result<PathBuf> {
         .join(format!("mosaic-fuzz-{}", std::process::id()))
         .join(name);
     if dir.exists() {
-        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        std::fs::remove_dir_all(&dir).map_err(|e| io(&dir, e))?;
     }
-    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
     Ok(dir)
 }
 
@@ -82,10 +86,10 @@ fn event(u: u32, i: u32, kind: InteractionKind, t: u64) -> Interaction {
 /// Files of `dir`, sorted, with their bytes.
 fn files(dir: &Path) -> Result<Fixture> {
     let mut v = Vec::new();
-    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
-        let p = e.map_err(|e| Error::io(dir, e))?.path();
+    for e in std::fs::read_dir(dir).map_err(|e| io(dir, e))? {
+        let p = e.map_err(|e| io(dir, e))?.path();
         if p.is_file() {
-            let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+            let bytes = std::fs::read(&p).map_err(|e| io(&p, e))?;
             v.push((
                 p.file_name()
                     .map(|n| n.to_string_lossy().into_owned())
@@ -112,7 +116,7 @@ fn damaged_copy(name: &str, fixture: &[(String, Vec<u8>)], bytes: &[u8]) -> Resu
             content
         };
         let p = dir.join(f);
-        std::fs::write(&p, data).map_err(|e| Error::io(&p, e))?;
+        std::fs::write(&p, data).map_err(|e| io(&p, e))?;
     }
     Ok(dir)
 }
@@ -202,7 +206,7 @@ fn refresh_fixture() -> Result<&'static Fixture> {
 /// [`Refresher::load`].
 pub fn refresh_state(bytes: &[u8]) -> Result<()> {
     let dir = damaged_copy("refresh", refresh_fixture()?, bytes)?;
-    let cpu = crate::DeviceSpec::Cpu.select().map_err(|e| Error::Graph {
+    let cpu = DeviceSpec::Cpu.select().map_err(|e| Error::Graph {
         message: e.to_string(),
     })?;
     Refresher::load(&dir, &cpu, LiveConfig::new().recent(4), Some(aggregator()?))?;
@@ -213,7 +217,7 @@ pub fn refresh_state(bytes: &[u8]) -> Result<()> {
 pub fn checkpoint(bytes: &[u8]) -> Result<()> {
     let dir = scratch("checkpoint")?;
     let p = dir.join("trainer.ckpt");
-    std::fs::write(&p, bytes).map_err(|e| Error::io(&p, e))?;
+    std::fs::write(&p, bytes).map_err(|e| io(&p, e))?;
     Trainer::resume(graph()?, &p)?;
     Ok(())
 }
@@ -260,7 +264,7 @@ pub fn seeds(target: &str) -> Result<Vec<Vec<u8>>> {
             let mut t = Trainer::new(graph()?, &config())?;
             t.train_epoch(|_, _| {})?;
             t.save_checkpoint(&p, graph()?)?;
-            vec![std::fs::read(&p).map_err(|e| Error::io(&p, e))?]
+            vec![std::fs::read(&p).map_err(|e| io(&p, e))?]
         }
         "dataset" => vec![b"0 1 2 3\n1 4 5\n2 0\n\x003 1\n0 5\n".to_vec()],
         other => {
