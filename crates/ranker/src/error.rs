@@ -42,6 +42,14 @@ pub enum Error {
         /// The cap.
         cap: usize,
     },
+    /// A record of the feedback log does not replay on the restored state.
+    #[error("replaying feedback log record {seq}: {source}")]
+    Replay {
+        /// The record's seq.
+        seq: u64,
+        /// Why it does not apply.
+        source: Box<Error>,
+    },
     /// The embedding store failed (search, lookup).
     #[error("embedding store: {0}")]
     Store(#[from] embed_store::Error),

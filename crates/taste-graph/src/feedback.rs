@@ -111,6 +111,18 @@ pub struct Replayed {
     pub discarded_bytes: u64,
 }
 
+/// A replay's failure: the log's (a damaged record) or the caller's visitor's.
+enum Visit<E> {
+    Log(Error),
+    Caller(E),
+}
+
+impl<E> From<mosaic_durability::Error> for Visit<E> {
+    fn from(e: mosaic_durability::Error) -> Self {
+        Visit::Log(e.into())
+    }
+}
+
 /// The append side of the feedback log (see the module documentation).
 #[derive(Debug)]
 pub struct FeedbackLog<F: FileSystem + Clone = OsFs> {
@@ -123,43 +135,51 @@ impl<F: FileSystem + Clone> FeedbackLog<F> {
     /// Opens the log in `dir` (created empty if absent) and passes `visit` each record
     /// after `after_seq`, the seq a saved state covers, in order. Refused when the log
     /// no longer holds the records right after `after_seq` (a state older than the log).
-    pub fn open(
+    ///
+    /// `visit`'s error is the caller's own (the ranker's, say) and comes back as it was;
+    /// the log's own errors come back converted into it.
+    pub fn open<E: From<Error>>(
         dir: &FsDirectory<F>,
         policy: SyncPolicy,
         after_seq: u64,
-        mut visit: impl FnMut(u64, Feedback) -> Result<()>,
-    ) -> Result<(Self, Replayed)> {
+        mut visit: impl FnMut(u64, Feedback) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(Self, Replayed), E> {
         let mut replayed = 0;
         let start = after_seq.checked_add(1).ok_or_else(|| Error::Config {
             message: "saved seq u64::MAX leaves no room for a log".into(),
         })?;
         let name = format!("{LOG_NAME} log");
+        let opened = Wal::open(dir, LOG_NAME, start, WalOptions::default(), |seq, p| {
+            if seq > after_seq {
+                let f = Feedback::decode(&name, seq, p).map_err(Visit::Log)?;
+                visit(seq, f).map_err(Visit::Caller)?;
+                replayed += 1;
+            }
+            Ok(())
+        });
         let (
             wal,
             Recovered {
                 seqs,
                 discarded_bytes,
             },
-        ) = Wal::open(dir, LOG_NAME, start, WalOptions::default(), |seq, p| {
-            if seq > after_seq {
-                visit(seq, Feedback::decode(&name, seq, p)?)?;
-                replayed += 1;
-            }
-            Ok::<(), Error>(())
+        ) = opened.map_err(|e| match e {
+            Visit::Log(e) => E::from(e),
+            Visit::Caller(e) => e,
         })?;
         if wal.next_seq() < start {
             // a saved state is written only after the log is durable through its seq
-            return Err(Error::Corrupt {
+            return Err(E::from(Error::Corrupt {
                 path: dir.fs().describe(),
                 offset: 0,
                 message: format!(
                     "the saved state covers events up to seq {after_seq}, the feedback log ends at {}: acknowledged records are missing from the log",
                     wal.next_seq() - 1
                 ),
-            });
+            }));
         }
         if wal.first_seq() > start {
-            return Err(Error::Corrupt {
+            return Err(E::from(Error::Corrupt {
                 path: dir.fs().describe(),
                 offset: 0,
                 message: format!(
@@ -167,7 +187,7 @@ impl<F: FileSystem + Clone> FeedbackLog<F> {
                     wal.first_seq(),
                     wal.first_seq()
                 ),
-            });
+            }));
         }
         let log = FeedbackLog {
             wal,

@@ -31,7 +31,8 @@ fn a_logged_event_with_a_huge_user_is_refused_by_the_live_model() {
     let dir = tempfile::tempdir().unwrap();
     let fs = MmapDirectory::open(dir.path()).unwrap();
     {
-        let (mut log, _) = FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok(())).unwrap();
+        let (mut log, _) =
+            FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok::<(), Error>(())).unwrap();
         let seq = log
             .append(&Feedback {
                 user: i32::MAX as u64,
@@ -46,7 +47,7 @@ fn a_logged_event_with_a_huge_user_is_refused_by_the_live_model() {
     let mut logged = Vec::new();
     FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, f| {
         logged.push(f);
-        Ok(())
+        Ok::<(), Error>(())
     })
     .unwrap();
     let g: BipartiteGraph = random_graph(6, 5, 20, 3);
@@ -69,4 +70,52 @@ fn a_logged_event_with_a_huge_user_is_refused_by_the_live_model() {
     // the next id is accepted
     live.observe(UserId(6), ItemId(0), InteractionKind::Click, 6)
         .unwrap();
+}
+
+/// The caller's own error type through a replay: its visitor's error comes back as it
+/// was, the log's own (a damaged record) converted into it.
+#[test]
+fn a_replay_gives_back_the_callers_error() {
+    #[derive(Debug)]
+    enum Mine {
+        Log(Error),
+        Stop(u64),
+    }
+    impl From<Error> for Mine {
+        fn from(e: Error) -> Self {
+            Mine::Log(e)
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let fs = MmapDirectory::open(dir.path()).unwrap();
+    {
+        let (mut log, _) =
+            FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok::<(), Error>(())).unwrap();
+        for k in 0..3 {
+            let f = Feedback {
+                user: k,
+                item: 9,
+                kind: InteractionKind::Click,
+                weight: 1.0,
+                timestamp: k,
+            };
+            let seq = log.append(&f).unwrap();
+            log.acknowledge(seq).unwrap();
+        }
+    }
+    let stopped = FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |seq, f| {
+        if f.user == 1 {
+            return Err(Mine::Stop(seq));
+        }
+        Ok(())
+    });
+    assert!(matches!(stopped, Err(Mine::Stop(2))), "{stopped:?}");
+    // a saved state past the log's end: the log's error, in the caller's type
+    let ahead = FeedbackLog::open(&fs, SyncPolicy::EachEvent, 10, |_, _| Ok::<(), Mine>(()));
+    match ahead {
+        Err(Mine::Log(Error::Corrupt { message, .. })) => {
+            assert!(message.contains("ends at 3"), "{message}")
+        }
+        other => panic!("expected the log's error, got {other:?}"),
+    }
 }

@@ -287,7 +287,8 @@ fn a_crash_after_a_save_recovers_every_acknowledged_event_from_the_log() {
     // saved once, more events are acknowledged, and the process dies.
     let served = {
         let (mut r, mut live) = serving(&g);
-        let (mut log, _) = FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok(())).unwrap();
+        let (mut log, _) =
+            FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok::<(), Error>(())).unwrap();
         let mut record = |r: &mut Refresher, live: &mut LiveModel, e: Interaction| {
             r.observe(live, e).unwrap();
             let seq = log.append(&feedback(&e)).unwrap();
@@ -309,7 +310,7 @@ fn a_crash_after_a_save_recovers_every_acknowledged_event_from_the_log() {
     let (_log, replayed) =
         FeedbackLog::open(&fs, SyncPolicy::EachEvent, back.through_seq, |_, f| {
             missed.push(interaction(f));
-            Ok(())
+            Ok::<(), Error>(())
         })
         .unwrap();
     assert_eq!(replayed.replayed, 3);

@@ -129,7 +129,8 @@ fn feedback_fixture() -> Result<&'static Fixture> {
         let dir = scratch("feedback-fixture")?;
         let fs = MmapDirectory::open(&dir)?;
         {
-            let (mut log, _) = FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok(()))?;
+            let (mut log, _) =
+                FeedbackLog::open(&fs, SyncPolicy::EachEvent, 0, |_, _| Ok::<(), Error>(()))?;
             for k in 0..9u64 {
                 let f = Feedback {
                     user: 100 + k % 3,

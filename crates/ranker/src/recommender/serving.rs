@@ -109,7 +109,7 @@ impl Recommender {
         let fs = open_dir(dir)?;
         // the state first: a log never exists without a state under it
         self.state(0)?.write(dir)?;
-        let (log, replayed) = FeedbackLog::open(&fs, policy, 0, |_, _| Ok(()))?;
+        let (log, replayed) = FeedbackLog::open(&fs, policy, 0, |_, _| Ok::<(), Error>(()))?;
         if !replayed.seqs.is_empty() {
             return Err(Error::config(format!(
                 "{} holds a feedback log ({} events) but held no saved state",
@@ -142,8 +142,9 @@ impl Recommender {
         let (log, replayed) = {
             let mut st = rec.write();
             FeedbackLog::open(&fs, policy, saved_seq, |seq, f| {
-                replay(&mut st, f).map_err(|e| taste_graph::Error::Graph {
-                    message: format!("replaying feedback log record {seq}: {e}"),
+                replay(&mut st, f).map_err(|e| Error::Replay {
+                    seq,
+                    source: Box::new(e),
                 })
             })?
         };
