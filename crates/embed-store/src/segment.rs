@@ -17,6 +17,7 @@
 //! | 128 | | ids (u64, ascending, unique), vectors, scales (int8 only, f32), attributes (u32) |
 
 use half::f16;
+use mosaic_durability::le;
 
 use crate::directory::FileBytes;
 use crate::error::{Error, Result};
@@ -131,16 +132,6 @@ pub struct Segment {
     offs: [usize; 5],
 }
 
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
-
 impl Segment {
     /// Parse and fully verify (both checksums, layout, id order) the segment `name`.
     pub fn open(name: &str, bytes: FileBytes) -> Result<Self> {
@@ -152,16 +143,25 @@ impl Segment {
                 b.len()
             )));
         }
-        if &b[..8] != MAGIC {
+        let mut r = le::Reader::new(name, &b[..HEADER_LEN]);
+        if r.bytes(8, "magic")? != MAGIC {
             return Err(bad("bad magic (not a segment file)".into()));
         }
-        if crc32fast::hash(&b[..76]) != u32_at(b, 76) {
+        let version = r.u32("version")?;
+        let [code, ..] = r.array::<4>("storage type")?;
+        let (dim, n_attrs) = (r.u32("dim")? as usize, r.u32("attributes")? as usize);
+        let count = usize::try_from(r.u64("count")?).map_err(|_| bad("count overflows".into()))?;
+        let mut offs = [0usize; 5];
+        for o in offs.iter_mut() {
+            *o = usize::try_from(r.u64("offset")?).map_err(|_| bad("offset overflows".into()))?;
+        }
+        let (data_crc, header_crc) = (r.u32("data checksum")?, r.u32("header checksum")?);
+        if crc32fast::hash(&b[..76]) != header_crc {
             return Err(bad("header checksum mismatch".into()));
         }
         if b[80..HEADER_LEN].iter().any(|&x| x != 0) {
             return Err(bad("reserved header bytes are not zero".into()));
         }
-        let version = u32_at(b, 8);
         if version > VERSION || version == 0 {
             return Err(Error::Version {
                 file: name.into(),
@@ -169,16 +169,8 @@ impl Segment {
                 supported: VERSION,
             });
         }
-        let storage = StorageType::from_code(b[12])
-            .ok_or_else(|| bad(format!("unknown storage type code {}", b[12])))?;
-        let dim = u32_at(b, 16) as usize;
-        let n_attrs = u32_at(b, 20) as usize;
-        let count = usize::try_from(u64_at(b, 24)).map_err(|_| bad("count overflows".into()))?;
-        let mut offs = [0usize; 5];
-        for (k, o) in offs.iter_mut().enumerate() {
-            *o = usize::try_from(u64_at(b, 32 + 8 * k))
-                .map_err(|_| bad("offset overflows".into()))?;
-        }
+        let storage = StorageType::from_code(code)
+            .ok_or_else(|| bad(format!("unknown storage type code {code}")))?;
         // the layout must be exactly what encode() writes for these parameters
         // every step checked: a crafted header must not overflow the arithmetic
         let checked = |a: usize, m: usize| a.checked_mul(m);
@@ -216,7 +208,7 @@ impl Segment {
                 offs[4]
             )));
         }
-        if crc32fast::hash(&b[HEADER_LEN..offs[4]]) != u32_at(b, 72) {
+        if crc32fast::hash(&b[HEADER_LEN..offs[4]]) != data_crc {
             return Err(bad("data checksum mismatch".into()));
         }
         let seg = Self {

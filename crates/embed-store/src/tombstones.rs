@@ -4,6 +4,8 @@
 //! Layout: magic `MOSAICDL`, version u32, CRC-32 of the bitset u32, rows u64, then the
 //! bitset (bit r of byte r/8 = row r deleted).
 
+use mosaic_durability::le;
+
 use crate::directory::FileBytes;
 use crate::error::{Error, Result};
 
@@ -66,7 +68,8 @@ impl Tombstones {
         if b.len() < HEADER || &b[..8] != MAGIC {
             return Err(bad("not a tombstone file".into()));
         }
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        let mut r = le::Reader::new(name, &b[8..HEADER]);
+        let version = r.u32("version")?;
         if version != VERSION {
             return Err(Error::Version {
                 file: name.into(),
@@ -74,10 +77,7 @@ impl Tombstones {
                 supported: VERSION,
             });
         }
-        let crc = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
-        let mut n = [0u8; 8];
-        n.copy_from_slice(&b[16..24]);
-        let file_rows = u64::from_le_bytes(n);
+        let (crc, file_rows) = (r.u32("checksum")?, r.u64("rows")?);
         if file_rows != rows as u64 || b.len() != HEADER + rows.div_ceil(8) {
             return Err(bad(format!(
                 "covers {file_rows} rows in {} bytes, the segment has {rows}",

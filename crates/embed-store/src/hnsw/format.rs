@@ -3,6 +3,7 @@
 //! blocks in place and checks every section against the header and the snapshot.
 
 use super::*;
+use mosaic_durability::le;
 
 const INDEX_MAGIC: &[u8; 8] = b"MOSAICHN";
 /// 3: a checksum over the header (2: level-0 records hold the node's vector; 1: vectors
@@ -155,7 +156,8 @@ impl Hnsw {
         if b.len() < 16 || &b[..8] != INDEX_MAGIC {
             return Err(bad("not an HNSW index file".into()));
         }
-        let version = u32::from_le_bytes([b[8], b[9], b[10], b[11]]);
+        let mut r = le::Reader::new(name, &b[8..16]);
+        let version = r.u32("version")?;
         if version != INDEX_VERSION {
             return Err(Error::Version {
                 file: name.to_string(),
@@ -163,7 +165,7 @@ impl Hnsw {
                 supported: INDEX_VERSION,
             });
         }
-        let hlen = u32::from_le_bytes([b[12], b[13], b[14], b[15]]) as usize;
+        let hlen = r.u32("header length")? as usize;
         let (json_end, data_start) = (16 + hlen, (20 + hlen).next_multiple_of(8));
         let (Some(json), Some(hcrc), Some(pad), Some(data)) = (
             b.get(16..json_end),
