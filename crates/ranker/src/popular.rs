@@ -94,14 +94,10 @@ impl Popular {
 mod tests {
     use super::*;
 
-    /// A seeded xorshift64 draw below `n`.
-    fn draws(mut state: u64) -> impl FnMut(u64) -> u64 {
-        move |n| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state % n.max(1)
-        }
+    /// Seeded draws below `n` (the testkit's ChaCha8 stream).
+    fn draws(seed: u64) -> impl FnMut(u64) -> u64 {
+        let mut rng = mosaic_testkit::Rng::new(seed);
+        move |n| rng.below(n as usize) as u64
     }
 
     /// Events on random items (a few hot ones, new items now and then) keep the pool

@@ -3,6 +3,8 @@
 //! users whose tastes drift — each user starts with a few favourite styles and, late
 //! in their history, picks up a new one.
 
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::{RngCore, SeedableRng};
 use taste_graph::{BipartiteGraph, Error, ItemId, Result, UserId};
 
 /// A configuration error (a spec out of range).
@@ -67,22 +69,19 @@ pub struct Catalogue {
     pub events: Vec<Event>,
 }
 
-/// SplitMix64: small, seedable, good enough for simulation.
+/// The seeded generator of every simulation in the workspace's tests, benches and
+/// examples: ChaCha8 (`rand_chacha`), the same stream for a seed on every platform.
 #[derive(Debug, Clone)]
-pub struct Rng(u64);
+pub struct Rng(ChaCha8Rng);
 
 impl Rng {
     /// A generator from `seed`.
     pub fn new(seed: u64) -> Self {
-        Rng(seed)
+        Rng(ChaCha8Rng::seed_from_u64(seed))
     }
     /// The next 64 random bits.
     pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.0.next_u64()
     }
     /// Uniform in `[0, 1)`.
     pub fn unit(&mut self) -> f32 {
