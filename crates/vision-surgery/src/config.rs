@@ -237,99 +237,13 @@ impl Qwen3VlConfig {
             .ok_or_else(|| Error::config("text_config", "missing"))?;
         let t: RawText = serde_json::from_value(text_raw.clone())
             .map_err(|e| Error::config("text_config", e.to_string()))?;
-        if t.hidden_act != "silu" {
-            return Err(Error::config(
-                "text_config.hidden_act",
-                format!("only \"silu\" is supported, found {:?}", t.hidden_act),
-            ));
-        }
-        let rope = parse_rope(&t)?;
-        let head_dim = match t.head_dim {
-            Some(h) => h,
-            None => {
-                if t.num_attention_heads == 0
-                    || !t.hidden_size.is_multiple_of(t.num_attention_heads)
-                {
-                    return Err(Error::config(
-                        "text_config.head_dim",
-                        "absent and hidden_size is not a multiple of num_attention_heads",
-                    ));
-                }
-                t.hidden_size / t.num_attention_heads
-            }
-        };
-        let text = TextConfig {
-            vocab_size: t.vocab_size,
-            hidden_size: t.hidden_size,
-            intermediate_size: t.intermediate_size,
-            num_hidden_layers: t.num_hidden_layers,
-            num_attention_heads: t.num_attention_heads,
-            num_key_value_heads: t.num_key_value_heads.unwrap_or(t.num_attention_heads),
-            head_dim,
-            rms_norm_eps: t.rms_norm_eps,
-            attention_bias: t.attention_bias,
-            max_position_embeddings: t.max_position_embeddings,
-            rope,
-        };
-        validate_text(&text)?;
-
-        let tok = |name: &str| -> Result<u32> {
-            field::<u32>(&raw, name)?.ok_or_else(|| Error::config(name, "missing"))
-        };
-        let tokens = SpecialTokens {
-            image_token_id: tok("image_token_id")?,
-            video_token_id: tok("video_token_id")?,
-            vision_start_token_id: tok("vision_start_token_id")?,
-            vision_end_token_id: tok("vision_end_token_id")?,
-        };
-        for (name, id) in [
-            ("image_token_id", tokens.image_token_id),
-            ("video_token_id", tokens.video_token_id),
-            ("vision_start_token_id", tokens.vision_start_token_id),
-            ("vision_end_token_id", tokens.vision_end_token_id),
-        ] {
-            if id as usize >= text.vocab_size {
-                return Err(Error::config(
-                    name,
-                    format!(
-                        "id {id} is outside the vocabulary (size {})",
-                        text.vocab_size
-                    ),
-                ));
-            }
-        }
+        let text = TextConfig::from_raw(&t)?;
+        let tokens = SpecialTokens::from_config(&raw, text.vocab_size)?;
         let tie_word_embeddings = field::<bool>(&raw, "tie_word_embeddings")?
             .or(t.tie_word_embeddings)
             .unwrap_or(false);
-
         let vision = raw.get("vision_config").filter(|v| !v.is_null());
-        let deepstack_levels = match vision {
-            Some(v) => match v.get("deepstack_visual_indexes") {
-                Some(Value::Array(a)) => a.len(),
-                None | Some(Value::Null) => 0,
-                Some(other) => {
-                    return Err(Error::config(
-                        "vision_config.deepstack_visual_indexes",
-                        format!("expected a list, found {other}"),
-                    ));
-                }
-            },
-            None => raw
-                .get(SURGERY_KEY)
-                .and_then(|s| s.get("deepstack_levels"))
-                .and_then(Value::as_u64)
-                .map(|n| n as usize)
-                .unwrap_or(0),
-        };
-        if deepstack_levels > text.num_hidden_layers {
-            return Err(Error::config(
-                "vision_config.deepstack_visual_indexes",
-                format!(
-                    "{deepstack_levels} DeepStack levels but only {} decoder layers",
-                    text.num_hidden_layers
-                ),
-            ));
-        }
+        let deepstack_levels = deepstack_levels(&raw, text.num_hidden_layers)?;
         Ok(Self {
             text,
             tokens,
@@ -425,6 +339,99 @@ impl Qwen3VlConfig {
         }
         v
     }
+}
+
+impl TextConfig {
+    /// The decoder's settings from `text_config` as read: defaults filled in (key/value
+    /// heads, head width), the rotary settings of either spelling, every value checked.
+    fn from_raw(t: &RawText) -> Result<Self> {
+        if t.hidden_act != "silu" {
+            return Err(Error::config(
+                "text_config.hidden_act",
+                format!("only \"silu\" is supported, found {:?}", t.hidden_act),
+            ));
+        }
+        let head_dim = match t.head_dim {
+            Some(h) => h,
+            None if t.num_attention_heads > 0
+                && t.hidden_size.is_multiple_of(t.num_attention_heads) =>
+            {
+                t.hidden_size / t.num_attention_heads
+            }
+            None => {
+                return Err(Error::config(
+                    "text_config.head_dim",
+                    "absent and hidden_size is not a multiple of num_attention_heads",
+                ));
+            }
+        };
+        let text = TextConfig {
+            vocab_size: t.vocab_size,
+            hidden_size: t.hidden_size,
+            intermediate_size: t.intermediate_size,
+            num_hidden_layers: t.num_hidden_layers,
+            num_attention_heads: t.num_attention_heads,
+            num_key_value_heads: t.num_key_value_heads.unwrap_or(t.num_attention_heads),
+            head_dim,
+            rms_norm_eps: t.rms_norm_eps,
+            attention_bias: t.attention_bias,
+            max_position_embeddings: t.max_position_embeddings,
+            rope: parse_rope(t)?,
+        };
+        validate_text(&text)?;
+        Ok(text)
+    }
+}
+
+impl SpecialTokens {
+    /// The four ids at the top level of `raw`, each required and inside the vocabulary.
+    fn from_config(raw: &Value, vocab_size: usize) -> Result<Self> {
+        let tok = |name: &str| -> Result<u32> {
+            let id = field::<u32>(raw, name)?.ok_or_else(|| Error::config(name, "missing"))?;
+            if id as usize >= vocab_size {
+                return Err(Error::config(
+                    name,
+                    format!("id {id} is outside the vocabulary (size {vocab_size})"),
+                ));
+            }
+            Ok(id)
+        };
+        Ok(SpecialTokens {
+            image_token_id: tok("image_token_id")?,
+            video_token_id: tok("video_token_id")?,
+            vision_start_token_id: tok("vision_start_token_id")?,
+            vision_end_token_id: tok("vision_end_token_id")?,
+        })
+    }
+}
+
+/// DeepStack levels: the vision config's `deepstack_visual_indexes`, or after surgery the
+/// surgery record's count; at most one per decoder layer.
+fn deepstack_levels(raw: &Value, layers: usize) -> Result<usize> {
+    let levels = match raw.get("vision_config").filter(|v| !v.is_null()) {
+        Some(v) => match v.get("deepstack_visual_indexes") {
+            Some(Value::Array(a)) => a.len(),
+            None | Some(Value::Null) => 0,
+            Some(other) => {
+                return Err(Error::config(
+                    "vision_config.deepstack_visual_indexes",
+                    format!("expected a list, found {other}"),
+                ));
+            }
+        },
+        None => raw
+            .get(SURGERY_KEY)
+            .and_then(|s| s.get("deepstack_levels"))
+            .and_then(Value::as_u64)
+            .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+    };
+    if levels > layers {
+        return Err(Error::config(
+            "vision_config.deepstack_visual_indexes",
+            format!("{levels} DeepStack levels but only {layers} decoder layers"),
+        ));
+    }
+    Ok(levels)
 }
 
 fn parse_rope(t: &RawText) -> Result<RopeParameters> {
