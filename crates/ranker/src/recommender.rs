@@ -1,7 +1,6 @@
 //! The request path: retrieval from every source, filtering, scoring, MMR, and the
 //! feedback loop into the taste graph.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -9,6 +8,7 @@ use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::kernels::dot;
 use embed_store::{Filter, ItemId as StoreId, Snapshot};
 use taste_graph::refresh::{Installed, Refit, RefitJob};
+use taste_graph::model::ItemMap;
 use taste_graph::{FeedbackLog, InterestConfig, ItemId, LiveModel, Refresher, UserId};
 
 use crate::error::{Error, Result};
@@ -22,30 +22,10 @@ use crate::types::{Candidate, Recommendation, ScoreParts};
 
 pub mod serving;
 
-/// Dense taste-graph item ids ↔ external ids (the store's ids).
-#[derive(Debug, Clone)]
-struct ItemIds {
-    external: Vec<u64>,
-    dense: HashMap<u64, u32>,
-}
-
-impl ItemIds {
-    fn new(external: Vec<u64>) -> Result<Self> {
-        let mut dense = HashMap::with_capacity(external.len());
-        for (k, &e) in external.iter().enumerate() {
-            if dense.insert(e, k as u32).is_some() {
-                return Err(Error::config(format!(
-                    "external item id {e} appears twice in the id list (second at row {k})"
-                )));
-            }
-        }
-        Ok(Self { external, dense })
-    }
-}
-
 struct State {
     live: LiveModel,
-    items: ItemIds,
+    /// External (store) item ids of the taste graph's dense items.
+    items: ItemMap,
     /// The most engaged items, in order (kept so by every event).
     popular: Popular,
     /// Records every event for background refits, when attached.
@@ -78,6 +58,15 @@ struct Durable {
 struct Attached {
     log: FeedbackLog,
     dir: PathBuf,
+}
+
+/// The external id map of `external` (dense item `k` is `external[k]`).
+fn item_map(external: Vec<u64>) -> Result<ItemMap> {
+    ItemMap::from_externals(external).map_err(|(k, e)| {
+        Error::config(format!(
+            "external item id {e} at row {k} appears earlier in the id list (or the list is past 2^32 ids)"
+        ))
+    })
 }
 
 fn no_refresher() -> Error {
@@ -193,7 +182,7 @@ impl Recommender {
             interests,
             state: Arc::new(RwLock::new(State {
                 live,
-                items: ItemIds::new(external)?,
+                items: item_map(external)?,
                 popular,
                 refresher: None,
                 generation: 0,
@@ -239,13 +228,13 @@ impl Recommender {
     pub fn external_ids(&self, n: usize) -> Result<Vec<u64>> {
         let st = self.read();
         st.items
-            .external
+            .externals()
             .get(..n)
             .map(<[u64]>::to_vec)
             .ok_or_else(|| {
                 Error::config(format!(
                     "{n} item ids asked for, the taste graph has {}",
-                    st.items.external.len()
+                    st.items.len()
                 ))
             })
     }
@@ -356,12 +345,12 @@ impl Recommender {
 
     /// The external id of the live model's dense item `item`.
     pub fn external_id(&self, item: ItemId) -> Option<u64> {
-        self.read().items.external.get(item.index()).copied()
+        self.read().items.external(item)
     }
 
     /// The live model's dense id of external item `item`.
     pub fn dense_id(&self, item: u64) -> Option<ItemId> {
-        self.read().items.dense.get(&item).map(|&d| ItemId(d))
+        self.read().items.get(item)
     }
 
     /// The user's interests now (most important first), with external medoid ids.
@@ -371,7 +360,7 @@ impl Recommender {
         let found = taste_graph::interests(&st.live, user, now, &self.interests)?;
         Ok(found
             .iter()
-            .map(|i| (st.items.external[i.medoid.index()], i.importance))
+            .map(|i| (st.items.externals()[i.medoid.index()], i.importance))
             .collect())
     }
 
@@ -507,7 +496,7 @@ impl Recommender {
                 ),
             });
         };
-        let ext = |i: &u32| st.items.external[*i as usize];
+        let ext = |i: &u32| st.items.externals()[*i as usize];
         let interests = if opts.sources.interests > 0.0 {
             let now = opts
                 .now
@@ -552,7 +541,7 @@ impl Recommender {
         let c = st.live.item_counts();
         Ok(cands
             .iter()
-            .map(|x| st.items.dense.get(&x.id).map_or(0, |&k| c[k as usize]))
+            .map(|x| st.items.get(x.id).map_or(0, |k| c[k.index()]))
             .collect())
     }
 }

@@ -226,7 +226,7 @@ impl Recommender {
 
     fn state_of(&self, st: &State, prefix: Prefix, through_seq: u64) -> Result<RefresherState> {
         let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
-        let app = saved::encode(self.snap.generation(), prefix, &st.items.external);
+        let app = saved::encode(self.snap.generation(), prefix, st.items.externals());
         Ok(r.state_with(&st.live, through_seq, &app)?)
     }
 
@@ -240,7 +240,7 @@ impl Recommender {
             let mut scan = PrefixScan::new();
             while !scan.done() {
                 let st = self.read();
-                let ids = st.items.external.get(scan.len()..).unwrap_or(&[]);
+                let ids = st.items.externals().get(scan.len()..).unwrap_or(&[]);
                 scan.feed(&mut rows, &ids[..ids.len().min(PREFIX_CHUNK)]);
             }
             scan.prefix()
@@ -306,8 +306,8 @@ fn apply(
     time: u64,
     cap: Option<usize>,
 ) -> Result<()> {
-    let dense = match st.items.dense.get(&item) {
-        Some(&d) => d,
+    let dense = match st.items.get(item) {
+        Some(d) => d.0,
         None => {
             let added = st.live.n_items() - st.live.n_trained_items();
             if let Some(cap) = cap
@@ -331,9 +331,9 @@ fn apply(
         }
         None => st.live.observe(user, ItemId(dense), kind, time)?,
     }
-    if dense as usize == st.items.external.len() {
-        st.items.external.push(item);
-        st.items.dense.insert(item, dense);
+    if dense as usize == st.items.len() {
+        // `dense` is a u32, so the map has room for it
+        st.items.get_or_insert(item);
     }
     st.popular.bump(st.live.item_counts(), dense);
     Ok(())
