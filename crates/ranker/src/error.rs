@@ -42,6 +42,14 @@ pub enum Error {
         /// The cap.
         cap: usize,
     },
+    /// An event of a batch was refused; the events before it were recorded.
+    #[error("event {recorded} of the batch: {source} (the {recorded} before it were recorded)")]
+    Batch {
+        /// Events recorded before the refused one (its index in the batch).
+        recorded: usize,
+        /// Why it was refused.
+        source: Box<Error>,
+    },
     /// A record of the feedback log does not replay on the restored state.
     #[error("replaying feedback log record {seq}: {source}")]
     Replay {

@@ -31,7 +31,7 @@ mod types;
 pub use error::{Error, Result};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
-pub use options::{AttrRule, Cap, RecommendOptions, Relevance, Sources};
+pub use options::{AllowRule, AttrRule, Cap, RecommendOptions, Relevance, RequestOptions, Sources};
 pub use recommender::Recommender;
-pub use recommender::serving::Reopened;
+pub use recommender::serving::{Event, Reopened};
 pub use types::{Recommendation, ScoreParts, Source};

@@ -4,6 +4,8 @@
 
 use std::sync::Arc;
 
+use serde::{Deserialize, Serialize};
+
 use crate::error::{Error, Result};
 use crate::scorer::LearnedScorer;
 
@@ -12,7 +14,8 @@ use crate::scorer::LearnedScorer;
 pub type AttrRule = Arc<dyn Fn(&[u32]) -> bool + Send + Sync>;
 
 /// Shares of the candidate budget per source (normalised; zero turns a source off).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct Sources {
     /// Nearest neighbours of each interest's medoid, split by interest importance.
     pub interests: f32,
@@ -66,8 +69,9 @@ impl Sources {
     }
 }
 
-/// What a candidate's relevance is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// What a candidate's relevance is (on the wire: `"blend"`, `"popularity"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Relevance {
     /// The user's taste and interests blended (`taste_weight`), or a learned scorer's
     /// probability when one is set.
@@ -79,7 +83,8 @@ pub enum Relevance {
 }
 
 /// A per-attribute cap: at most `max` results share the value of attribute `attr`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Cap {
     /// Index of the attribute in the generation's attributes.
     pub attr: usize,
@@ -321,5 +326,117 @@ impl RecommendOptions {
             ));
         }
         Ok(())
+    }
+}
+
+/// The options of one request as they come over the wire (JSON): every field optional,
+/// unknown fields refused; [`RequestOptions::apply`] turns them into
+/// [`RecommendOptions`] over a service's defaults. A learned scorer or an arbitrary
+/// attribute rule cannot come over the wire; `allow` keeps the items whose attribute
+/// `attr` is one of `values`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RequestOptions {
+    /// Results (see [`RecommendOptions::k`]).
+    pub k: Option<usize>,
+    /// Candidates retrieved before scoring.
+    pub candidates: Option<usize>,
+    /// Shares of the candidate budget per source.
+    pub sources: Option<Sources>,
+    /// Weight of the taste part in the relevance blend.
+    pub taste_weight: Option<f32>,
+    /// MMR trade-off (1 = relevance only).
+    pub lambda: Option<f32>,
+    /// HNSW search list length.
+    pub ef: Option<usize>,
+    /// Leave out the items the user interacted with.
+    pub exclude_seen: Option<bool>,
+    /// External ids never to return.
+    pub blocked: Vec<u64>,
+    /// Per-attribute caps.
+    pub caps: Vec<Cap>,
+    /// Keep only items whose attribute `attr` is one of `values`.
+    pub allow: Option<AllowRule>,
+    /// The request's time (defaults to the user's latest event).
+    pub now: Option<u64>,
+    /// What relevance is.
+    pub relevance: Option<Relevance>,
+}
+
+/// An attribute filter that can cross the wire ([`RequestOptions::allow`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowRule {
+    /// Index of the attribute.
+    pub attr: usize,
+    /// The values kept.
+    pub values: Vec<u32>,
+}
+
+/// Most blocked ids or allowed values one request may carry.
+pub const MAX_REQUEST_LIST: usize = 10_000;
+
+impl RequestOptions {
+    /// `base` with every field this request sets, validated
+    /// ([`RecommendOptions::validate`]; errors name the field).
+    pub fn apply(&self, base: RecommendOptions) -> Result<RecommendOptions> {
+        let mut o = base;
+        let long = [
+            ("blocked", self.blocked.len()),
+            ("caps", self.caps.len()),
+            (
+                "allow.values",
+                self.allow.as_ref().map_or(0, |a| a.values.len()),
+            ),
+        ];
+        if let Some((name, n)) = long.iter().find(|(_, n)| *n > MAX_REQUEST_LIST) {
+            return Err(Error::config(format!(
+                "{name} has {n} entries, past the limit of {MAX_REQUEST_LIST}"
+            )));
+        }
+        if let Some(k) = self.k {
+            o = o.k(k);
+            if self.candidates.is_none() && o.candidates < k {
+                o = o.candidates(k.saturating_mul(10).min(MAX_CANDIDATES));
+            }
+        }
+        if let Some(v) = self.candidates {
+            o = o.candidates(v);
+        }
+        if let Some(v) = self.sources {
+            o = o.sources(v);
+        }
+        if let Some(v) = self.taste_weight {
+            o = o.taste_weight(v);
+        }
+        if let Some(v) = self.lambda {
+            o = o.lambda(v);
+        }
+        if let Some(v) = self.ef {
+            o = o.ef(v);
+        }
+        if let Some(v) = self.exclude_seen {
+            o = o.exclude_seen(v);
+        }
+        if !self.blocked.is_empty() {
+            o = o.blocked(self.blocked.iter().copied());
+        }
+        for c in &self.caps {
+            o = o.cap(c.attr, c.max);
+        }
+        if let Some(a) = &self.allow {
+            let (attr, values) = (a.attr, a.values.clone());
+            o = o.rule(Arc::new(move |attrs: &[u32]| {
+                attrs.get(attr).is_some_and(|v| values.contains(v))
+            }));
+        }
+        if let Some(v) = self.now {
+            o = o.now(v);
+        }
+        if let Some(v) = self.relevance {
+            o = o.relevance(v);
+        }
+        o.validate()?;
+        Ok(o)
     }
 }

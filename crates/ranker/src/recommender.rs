@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLo
 use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::kernels::dot;
 use embed_store::{Filter, ItemId as StoreId, Snapshot};
-use taste_graph::refresh::{Installed, Refit, RefitJob};
 use taste_graph::model::ItemMap;
+use taste_graph::refresh::{Installed, Refit, RefitJob};
 use taste_graph::{FeedbackLog, InterestConfig, ItemId, LiveModel, Refresher, UserId};
 
 use crate::error::{Error, Result};
@@ -18,7 +18,7 @@ use crate::popular::Popular;
 use crate::saved::Prefix;
 use crate::scoring::{self, Scored, Taste};
 use crate::sources::{Catalog, Gathered, Interest, Wants};
-use crate::types::{Candidate, Recommendation, ScoreParts};
+use crate::types::{Candidate, Recommendation, ScoreParts, Source};
 
 pub mod serving;
 
@@ -404,6 +404,68 @@ impl Recommender {
                 }
             })
             .collect())
+    }
+
+    /// The answer for a user the taste graph does not know yet (cold start): the most
+    /// engaged items by decreasing engagement, every fourth slot given to the newest
+    /// item of the generation not listed yet (new items get exposure), `opts.blocked`
+    /// and `opts.rule` applied; `opts.k` results at most. Scores are the popularity
+    /// part (`log(1 + engagements) / log(1 + max)`); the same list for every such user.
+    pub fn cold_start(&self, opts: &RecommendOptions) -> Result<Vec<Recommendation>> {
+        opts.validate()?;
+        let st = self.read_current()?;
+        let counts = st.live.item_counts();
+        let max = st.popular.ids().next().map_or(0, |i| counts[i as usize]);
+        let popularity = |c: u32| {
+            if max == 0 {
+                0.0
+            } else {
+                (c as f32).ln_1p() / (max as f32).ln_1p()
+            }
+        };
+        let allowed = |id: u64| {
+            !opts.blocked.contains(&id)
+                && self.snap.locate(StoreId(id)).is_some()
+                && opts
+                    .rule
+                    .as_ref()
+                    .is_none_or(|r| self.snap.attrs(StoreId(id)).is_some_and(|a| r(a)))
+        };
+        let mut popular = st.popular.ids().filter_map(|i| {
+            let id = st.items.externals()[i as usize];
+            allowed(id).then_some((id, popularity(counts[i as usize]), Source::Popular))
+        });
+        let mut fresh = self.fresh.iter().filter_map(|&(id, _, _)| {
+            let c = st.items.get(id).map_or(0, |i| counts[i.index()]);
+            allowed(id).then_some((id, popularity(c), Source::Fresh))
+        });
+        let mut out: Vec<Recommendation> = Vec::with_capacity(opts.k);
+        while out.len() < opts.k {
+            let next = if out.len() % 4 == 3 {
+                fresh
+                    .find(|f| !out.iter().any(|r| r.item == f.0))
+                    .or_else(|| popular.next())
+            } else {
+                popular.next().or_else(|| fresh.next())
+            };
+            let Some((item, score, source)) = next else {
+                break;
+            };
+            if out.iter().any(|r| r.item == item) {
+                continue;
+            }
+            out.push(Recommendation {
+                item,
+                score,
+                source,
+                parts: ScoreParts {
+                    popularity: score,
+                    relevance: score,
+                    ..ScoreParts::default()
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// Every retrieved candidate for `user` with its score parts, by decreasing

@@ -1,8 +1,13 @@
 //! The ranker's vocabulary: where a recommendation came from, how it was scored, what
-//! a request returns. A leaf: it imports nothing of the crate.
+//! a request returns. A leaf: it imports nothing of the crate. Each crosses the wire of a
+//! service as JSON (serde).
 
-/// Where a recommendation came from.
-#[derive(Debug, Clone, Copy, PartialEq)]
+use serde::{Deserialize, Serialize};
+
+/// Where a recommendation came from (on the wire: `{"kind": "interest", "rank": 0, ...}`,
+/// `{"kind": "taste"}`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Source {
     /// A neighbour of one of the user's interests.
     Interest {
@@ -22,7 +27,7 @@ pub enum Source {
 }
 
 /// How a recommendation's score was made.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct ScoreParts {
     /// The item's projection on the user's unit taste direction (LightGCN's score up to
     /// the user's norm), divided by the largest among the candidates.
@@ -38,7 +43,7 @@ pub struct ScoreParts {
 }
 
 /// One recommended item with its explanation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Recommendation {
     /// The item's external id.
     pub item: u64,

@@ -25,6 +25,19 @@ use super::{Attached, PREFIX_CHUNK, Recommender, State, no_refresher};
 use crate::error::{Error, Result};
 use crate::saved::{self, Prefix, PrefixScan, SavedIds};
 
+/// One interaction for [`Recommender::record_batch`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Event {
+    /// The user (an existing dense id, or the next new one).
+    pub user: UserId,
+    /// The item's external id.
+    pub item: u64,
+    /// What the user did.
+    pub kind: InteractionKind,
+    /// When (the taste graph's time unit).
+    pub time: u64,
+}
+
 /// What [`crate::pipeline::restore`] rebuilt.
 #[derive(Debug)]
 pub struct Reopened {
@@ -52,27 +65,63 @@ impl Recommender {
     /// applied in memory, not acknowledged) every call fails, changing nothing, until
     /// the service restarts from its directory ([`crate::pipeline::restore`]).
     pub fn record(&self, user: UserId, item: u64, kind: InteractionKind, time: u64) -> Result<()> {
-        let logged = {
-            let mut st = self.write();
-            let mut log = self.log();
-            if let Some(a) = log.as_ref() {
-                a.log.check()?; // a failed log takes no event, not even in memory
+        let logged = self.apply_and_log(user, item, kind, time)?;
+        self.acknowledge(logged)
+    }
+
+    /// [`Recommender::record`] for each of `events` in order, acknowledged together: one
+    /// sync of the log covers the batch. On an event that is refused, the events before
+    /// it are recorded (and acknowledged) and [`Error::Batch`] says how many; the batch
+    /// is not rolled back.
+    pub fn record_batch(&self, events: &[Event]) -> Result<()> {
+        let mut last = None;
+        for (k, e) in events.iter().enumerate() {
+            match self.apply_and_log(e.user, e.item, e.kind, e.time) {
+                Ok(seq) => last = seq.or(last),
+                Err(error) => {
+                    self.acknowledge(last)?;
+                    return Err(Error::Batch {
+                        recorded: k,
+                        source: Box::new(error),
+                    });
+                }
             }
-            apply(&mut st, user, item, kind, time, Some(self.max_live_items))?;
-            match log.as_mut() {
-                Some(a) => Some(a.log.append(&Feedback {
-                    user: u64::from(user.0),
-                    item,
-                    kind,
-                    weight: 1.0,
-                    timestamp: time,
-                })?),
-                None => None,
-            }
-        };
-        // the sync runs outside the taste graph's lock: readers go on meanwhile, and
-        // one sync acknowledges every event logged before it (group commit)
-        if let Some(seq) = logged
+        }
+        self.acknowledge(last)
+    }
+
+    /// The event applied to the taste graph and appended to the log (when attached),
+    /// under the same lock; returns its log seq.
+    fn apply_and_log(
+        &self,
+        user: UserId,
+        item: u64,
+        kind: InteractionKind,
+        time: u64,
+    ) -> Result<Option<u64>> {
+        let mut st = self.write();
+        let mut log = self.log();
+        if let Some(a) = log.as_ref() {
+            a.log.check()?; // a failed log takes no event, not even in memory
+        }
+        apply(&mut st, user, item, kind, time, Some(self.max_live_items))?;
+        match log.as_mut() {
+            Some(a) => Ok(Some(a.log.append(&Feedback {
+                user: u64::from(user.0),
+                item,
+                kind,
+                weight: 1.0,
+                timestamp: time,
+            })?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns once the log acknowledges `seq` (nothing to do without one). The sync runs
+    /// outside the taste graph's lock: readers go on meanwhile, and one sync
+    /// acknowledges every event logged before it (group commit).
+    fn acknowledge(&self, seq: Option<u64>) -> Result<()> {
+        if let Some(seq) = seq
             && let Some(a) = self.log().as_mut()
         {
             a.log.acknowledge(seq)?;
