@@ -11,6 +11,8 @@
 //! - [`rescore`]: the optional re-scoring of the top-N by the surgered Qwen3-VL;
 //! - [`eval`]: Recall / NDCG / intra-list diversity / coverage of ranking variants;
 //! - [`mmr`]: Maximal Marginal Relevance and intra-list diversity;
+//! - [`service`]: [`service::Service`], what a long-running server holds: the recommender,
+//!   its durable feedback, checkpoints and background refits, request metrics;
 
 #![warn(missing_docs)]
 
@@ -25,6 +27,7 @@ pub mod rescore;
 mod saved;
 pub mod scorer;
 mod scoring;
+pub mod service;
 mod sources;
 mod types;
 

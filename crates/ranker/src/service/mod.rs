@@ -1,0 +1,506 @@
+//! A serving type for a long-running process: [`Service`] owns the store, the
+//! recommender it serves (the taste graph and its feedback log), periodic checkpoints
+//! and background refits swapped in without a pause. An HTTP server (such as the
+//! `serve` example) only routes: requests go to [`Service::recommend`] and
+//! [`Service::record`], CPU work through a [`WorkPool`], and `/metrics` renders
+//! [`Service::render_metrics`].
+//!
+//! Durability: [`Service::record`] returns once its events are in the feedback log and
+//! synced as the pipeline's [`taste_graph::SyncPolicy`] says (one sync per batch).
+//! Restart with the same directory is the last checkpoint plus the log's later events
+//! ([`crate::pipeline::restore`]): every acknowledged event is served again.
+//!
+//! Maintenance runs on one background thread: a checkpoint every
+//! [`ServiceOptions::checkpoint_after_events`] events (it bounds the replay at
+//! restart), and a refit of [`ServiceOptions::refit_epochs`] epochs after
+//! [`ServiceOptions::refit_after_events`] events or [`ServiceOptions::refit_interval`]:
+//! the refit's item embeddings are published to a new store generation (attributes
+//! carried over from the one served), its index built, the new recommender swapped in,
+//! a checkpoint taken on it, and the previous generation dropped.
+
+pub mod metrics;
+pub mod pool;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use embed_store::{ItemId as StoreId, Snapshot, Store};
+use serde::Serialize;
+use taste_graph::UserId;
+
+use crate::error::{Error, Result};
+use crate::options::RecommendOptions;
+use crate::pipeline::{self, Attrs, PipelineOptions};
+use crate::recommender::Recommender;
+use crate::recommender::serving::Event;
+use crate::types::Recommendation;
+pub use metrics::RequestMetrics;
+pub use pool::{Overloaded, WorkPool};
+
+/// Settings of a [`Service`].
+#[derive(Debug, Clone)]
+pub struct ServiceOptions {
+    /// Training, export, index, live-model and feedback-log settings (refits and
+    /// restores use them too; `refits` is forced on).
+    pub pipeline: PipelineOptions,
+    /// Refit after this many recorded events (0: never on a count).
+    pub refit_after_events: u64,
+    /// Refit this long after the previous one when events came meanwhile (`None`: never
+    /// on time).
+    pub refit_interval: Option<Duration>,
+    /// Epochs of each refit.
+    pub refit_epochs: usize,
+    /// Checkpoint after this many recorded events (0: only at refits and shutdown).
+    pub checkpoint_after_events: u64,
+    /// Most events one [`Service::record`] call may carry.
+    pub max_batch: usize,
+}
+
+impl Default for ServiceOptions {
+    fn default() -> Self {
+        Self {
+            pipeline: PipelineOptions::default(),
+            refit_after_events: 20_000,
+            refit_interval: None,
+            refit_epochs: 5,
+            checkpoint_after_events: 10_000,
+            max_batch: 10_000,
+        }
+    }
+}
+
+/// How [`Service::open`] came up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Opened {
+    /// Nothing was saved in the directory: the model was built and its first state saved.
+    Built,
+    /// A saved state was served again.
+    Restored {
+        /// The log seq the state covered.
+        saved_seq: u64,
+        /// Events the log replayed on top of it.
+        replayed: u64,
+    },
+}
+
+/// One answer of [`Service::recommend`].
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Answer {
+    /// The results, best first.
+    pub items: Vec<Recommendation>,
+    /// The store generation they come from.
+    pub generation: String,
+    /// Whether the user was unknown and got the cold-start list
+    /// ([`Recommender::cold_start`]).
+    pub cold_start: bool,
+}
+
+/// Counters of a [`Service`] (also in [`Service::render_metrics`]).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stats {
+    /// Events recorded since the process started.
+    pub events: u64,
+    /// Refits installed since the process started.
+    pub refits: u64,
+    /// Refits that failed (the last error: [`Stats::last_error`]).
+    pub refit_failures: u64,
+    /// Checkpoints written since the process started.
+    pub checkpoints: u64,
+    /// Whether a refit is running now.
+    pub refit_running: bool,
+    /// Seconds the last installed refit took, from plan to swap.
+    pub last_refit_seconds: f64,
+    /// The store generation served.
+    pub generation: String,
+    /// Users and items of the taste graph.
+    pub users: usize,
+    /// Items of the taste graph (trained and added live).
+    pub items: usize,
+    /// The last maintenance failure, if any.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    events: AtomicU64,
+    since_checkpoint: AtomicU64,
+    since_refit: AtomicU64,
+    refits: AtomicU64,
+    refit_failures: AtomicU64,
+    checkpoints: AtomicU64,
+    refit_running: AtomicBool,
+    last_refit_ms: AtomicU64,
+}
+
+enum Wake {
+    Events,
+    Stop,
+}
+
+/// The serving state of one process (see the module documentation). Share it as an
+/// `Arc`; every method takes `&self`.
+pub struct Service {
+    dir: PathBuf,
+    store: Arc<Store>,
+    options: ServiceOptions,
+    current: RwLock<Arc<Recommender>>,
+    counters: Counters,
+    last_error: Mutex<Option<String>>,
+    wake: Mutex<Option<Sender<Wake>>>,
+    maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// Request metrics the HTTP layer records into.
+    pub requests: RequestMetrics,
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("dir", &self.dir)
+            .field("recommender", &*self.recommender())
+            .finish()
+    }
+}
+
+impl Service {
+    /// Serves the state saved in `dir` over `store` (see [`crate::pipeline::restore`]),
+    /// or, when `dir` holds none, the recommender `build` makes (trained and published
+    /// to `store`, with a refresher attached) with its first state saved in `dir`; then
+    /// starts the maintenance thread.
+    pub fn open(
+        dir: &Path,
+        store: Arc<Store>,
+        mut options: ServiceOptions,
+        build: impl FnOnce(&Arc<Store>, &PipelineOptions) -> Result<Recommender>,
+    ) -> Result<(Arc<Self>, Opened)> {
+        options.pipeline.refits = true;
+        if options.max_batch == 0 {
+            return Err(Error::config("max_batch = 0: no event could be recorded"));
+        }
+        let (rec, opened) = match pipeline::restore(dir, &store, &options.pipeline)? {
+            Some(r) => {
+                let opened = Opened::Restored {
+                    saved_seq: r.saved_seq,
+                    replayed: r.replayed.replayed,
+                };
+                (r.recommender, opened)
+            }
+            None => {
+                let rec = build(&store, &options.pipeline)?;
+                (rec.with_log(dir, options.pipeline.sync)?, Opened::Built)
+            }
+        };
+        let (tx, rx) = mpsc::channel();
+        let service = Arc::new(Self {
+            dir: dir.to_path_buf(),
+            store,
+            options,
+            current: RwLock::new(Arc::new(rec)),
+            counters: Counters::default(),
+            last_error: Mutex::new(None),
+            wake: Mutex::new(Some(tx)),
+            maintenance: Mutex::new(None),
+            requests: RequestMetrics::default(),
+        });
+        let weak = Arc::downgrade(&service);
+        let handle = std::thread::Builder::new()
+            .name("mosaic-maintenance".into())
+            .spawn(move || maintain(&weak, &rx))
+            .map_err(|e| Error::config(format!("cannot start the maintenance thread: {e}")))?;
+        *lock(&service.maintenance) = Some(handle);
+        Ok((service, opened))
+    }
+
+    /// The recommender served now (a refit swaps it; hold it for one request).
+    pub fn recommender(&self) -> Arc<Recommender> {
+        Arc::clone(&self.current.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The directory the state and the feedback log live in.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The top results for `user` with `opts`; a user the taste graph does not know yet
+    /// gets the cold-start list, flagged.
+    pub fn recommend(&self, user: UserId, opts: &RecommendOptions) -> Result<Answer> {
+        // A refit installs into the shared taste graph a moment before its recommender
+        // is swapped in: one caught in between is retired, and the request goes again.
+        for _ in 0..10_000 {
+            let rec = self.recommender();
+            let answer = if (user.0 as usize) < rec.n_users() {
+                rec.recommend(user, opts).map(|r| (r, false))
+            } else {
+                rec.cold_start(opts).map(|r| (r, true))
+            };
+            match answer {
+                Ok((items, cold_start)) => {
+                    return Ok(Answer {
+                        items,
+                        generation: rec.snapshot().generation().to_string(),
+                        cold_start,
+                    });
+                }
+                Err(Error::Retired { .. }) => std::thread::yield_now(),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(Error::config(
+            "the served recommender stayed retired: a refit was installed but not swapped in",
+        ))
+    }
+
+    /// Records `events` in order ([`Recommender::record_batch`]): returns once they are
+    /// acknowledged by the feedback log. A batch larger than
+    /// [`ServiceOptions::max_batch`] is refused whole.
+    pub fn record(&self, events: &[Event]) -> Result<()> {
+        if events.len() > self.options.max_batch {
+            return Err(Error::config(format!(
+                "{} events in one batch, past the limit of {}",
+                events.len(),
+                self.options.max_batch
+            )));
+        }
+        let rec = self.recommender();
+        let result = rec.record_batch(events);
+        let recorded = match &result {
+            Ok(()) => events.len(),
+            Err(Error::Batch { recorded, .. }) => *recorded,
+            Err(_) => 0,
+        } as u64;
+        let c = &self.counters;
+        c.events.fetch_add(recorded, Ordering::Relaxed);
+        c.since_checkpoint.fetch_add(recorded, Ordering::Relaxed);
+        c.since_refit.fetch_add(recorded, Ordering::Relaxed);
+        if recorded > 0
+            && let Some(tx) = lock(&self.wake).as_ref()
+        {
+            let _ = tx.send(Wake::Events);
+        }
+        result
+    }
+
+    /// The service's counters now.
+    pub fn stats(&self) -> Stats {
+        let rec = self.recommender();
+        let c = &self.counters;
+        Stats {
+            events: c.events.load(Ordering::Relaxed),
+            refits: c.refits.load(Ordering::Relaxed),
+            refit_failures: c.refit_failures.load(Ordering::Relaxed),
+            checkpoints: c.checkpoints.load(Ordering::Relaxed),
+            refit_running: c.refit_running.load(Ordering::Relaxed),
+            last_refit_seconds: c.last_refit_ms.load(Ordering::Relaxed) as f64 / 1e3,
+            generation: rec.snapshot().generation().to_string(),
+            users: rec.n_users(),
+            items: rec.with_live(|l| l.n_items()),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+
+    /// The counters and the request metrics in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let s = self.stats();
+        let mut out = String::new();
+        for (name, kind, help, v) in [
+            (
+                "mosaic_events_total",
+                "counter",
+                "Events recorded.",
+                s.events as f64,
+            ),
+            (
+                "mosaic_refits_total",
+                "counter",
+                "Refits installed.",
+                s.refits as f64,
+            ),
+            (
+                "mosaic_refit_failures_total",
+                "counter",
+                "Refits failed.",
+                s.refit_failures as f64,
+            ),
+            (
+                "mosaic_checkpoints_total",
+                "counter",
+                "Checkpoints written.",
+                s.checkpoints as f64,
+            ),
+            (
+                "mosaic_refit_running",
+                "gauge",
+                "Whether a refit runs now.",
+                f64::from(u8::from(s.refit_running)),
+            ),
+            (
+                "mosaic_last_refit_seconds",
+                "gauge",
+                "Duration of the last refit.",
+                s.last_refit_seconds,
+            ),
+            (
+                "mosaic_users",
+                "gauge",
+                "Users of the taste graph.",
+                s.users as f64,
+            ),
+            (
+                "mosaic_items",
+                "gauge",
+                "Items of the taste graph.",
+                s.items as f64,
+            ),
+        ] {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+            ));
+        }
+        out.push_str(&format!(
+            "# HELP mosaic_generation_info The store generation served.\n# TYPE mosaic_generation_info gauge\nmosaic_generation_info{{generation=\"{}\"}} 1\n",
+            s.generation.replace(['"', '\\', '\n'], "_")
+        ));
+        self.requests.render(&mut out);
+        out
+    }
+
+    /// Stops maintenance (a running refit finishes first), syncs the feedback log and
+    /// writes a checkpoint, so that a restart replays nothing. Later calls to
+    /// [`Service::record`] still work and are logged; call it once, at shutdown.
+    pub fn shutdown(&self) -> Result<()> {
+        if let Some(tx) = lock(&self.wake).take() {
+            let _ = tx.send(Wake::Stop);
+        }
+        if let Some(h) = lock(&self.maintenance).take() {
+            let _ = h.join();
+        }
+        let rec = self.recommender();
+        rec.sync_feedback()?;
+        rec.checkpoint()?;
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Whether a refit is due now.
+    fn refit_due(&self, last: Instant) -> bool {
+        let n = self.counters.since_refit.load(Ordering::Relaxed);
+        let o = &self.options;
+        n > 0
+            && ((o.refit_after_events > 0 && n >= o.refit_after_events)
+                || o.refit_interval.is_some_and(|d| last.elapsed() >= d))
+    }
+
+    /// One checkpoint if enough events came since the last.
+    fn checkpoint_if_due(&self) -> Result<()> {
+        let every = self.options.checkpoint_after_events;
+        if every > 0 && self.counters.since_checkpoint.load(Ordering::Relaxed) >= every {
+            self.checkpoint()?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&self) -> Result<()> {
+        self.counters.since_checkpoint.store(0, Ordering::Relaxed);
+        self.recommender().checkpoint()?;
+        self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Plans, runs and installs a refit (see the module documentation).
+    fn refit(&self) -> Result<()> {
+        let started = Instant::now();
+        let rec = self.recommender();
+        self.counters.since_refit.store(0, Ordering::Relaxed);
+        let refit = rec.plan_refit(self.options.refit_epochs)?.run(|_| {})?;
+        let old = rec.snapshot().generation().to_string();
+        let name = self.next_generation_name();
+        let ids = rec.external_ids(refit.live().n_items())?;
+        let values = carried_attrs(rec.snapshot(), &ids);
+        let attrs = (rec.snapshot().n_attrs() > 0).then_some(Attrs {
+            values: &values,
+            n_attrs: rec.snapshot().n_attrs(),
+        });
+        let (next, _installed) = pipeline::refreshed(
+            &rec,
+            refit,
+            &name,
+            attrs,
+            &self.store,
+            &self.options.pipeline,
+        )?;
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(next);
+        drop(rec);
+        // the saved state names the new generation before the old one goes
+        self.checkpoint()?;
+        if old != name {
+            let mut w = self.store.writer()?;
+            w.drop_generation(&old)?;
+            w.commit()?;
+        }
+        self.counters.refits.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .last_refit_ms
+            .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// `<base>.r<k>` for the smallest `k` no generation of the store has.
+    fn next_generation_name(&self) -> String {
+        let base = &self.options.pipeline.generation;
+        let taken = self.store.generations();
+        (1u64..)
+            .map(|k| format!("{base}.r{k}"))
+            .find(|n| !taken.contains(n))
+            .unwrap_or_else(|| format!("{base}.r0"))
+    }
+
+    fn failed(&self, what: &str, e: &Error) {
+        *lock(&self.last_error) = Some(format!("{what}: {e}"));
+    }
+}
+
+/// The attributes `snap` holds for each of `ids` (zeros for an item it lacks), row-major.
+fn carried_attrs(snap: &Snapshot, ids: &[u64]) -> Vec<u32> {
+    let n = snap.n_attrs();
+    let mut out = vec![0u32; ids.len() * n];
+    if n > 0 {
+        for (row, &id) in out.chunks_exact_mut(n).zip(ids) {
+            if let Some(a) = snap.attrs(StoreId(id)) {
+                row.copy_from_slice(&a[..n.min(a.len())]);
+            }
+        }
+    }
+    out
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The maintenance loop: checkpoints and refits when due, until told to stop (or the
+/// service is gone). Failures are kept for [`Stats::last_error`] and retried later.
+fn maintain(service: &std::sync::Weak<Service>, rx: &mpsc::Receiver<Wake>) {
+    let mut last_refit = Instant::now();
+    loop {
+        match rx.recv_timeout(Duration::from_secs(1)) {
+            Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Wake::Events) | Err(RecvTimeoutError::Timeout) => {}
+        }
+        let Some(s) = service.upgrade() else { return };
+        if let Err(e) = s.checkpoint_if_due() {
+            s.failed("checkpoint", &e);
+        }
+        if s.refit_due(last_refit) {
+            s.counters.refit_running.store(true, Ordering::Relaxed);
+            if let Err(e) = s.refit() {
+                s.counters.refit_failures.fetch_add(1, Ordering::Relaxed);
+                s.failed("refit", &e);
+            }
+            s.counters.refit_running.store(false, Ordering::Relaxed);
+            last_refit = Instant::now();
+        }
+    }
+}

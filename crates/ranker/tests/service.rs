@@ -1,0 +1,267 @@
+//! The serving type: batches acknowledged by the log survive a restart, refits run in
+//! the background and are swapped in (the old generation dropped, attributes carried),
+//! unknown users get the cold-start list, oversized batches are refused whole, and
+//! request options from JSON name the field they got wrong.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use embed_store::{MmapDirectory, Store};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
+use ranker::pipeline::{Attrs, PipelineOptions, build};
+use ranker::service::{Opened, Service, ServiceOptions};
+use ranker::{Error, Event, RecommendOptions, RequestOptions, Source};
+use taste_graph::{InteractionKind, LightGcnConfig, UserId};
+
+fn spec() -> CatalogueSpec {
+    CatalogueSpec {
+        styles: 4,
+        items_per_style: 30,
+        users: 60,
+        events_per_user: 10,
+        dim: 8,
+        seed: 9,
+    }
+}
+
+fn options(refit_after_events: u64) -> ServiceOptions {
+    ServiceOptions {
+        pipeline: PipelineOptions {
+            lightgcn: LightGcnConfig::new()
+                .dim(8)
+                .layers(2)
+                .batch_size(256)
+                .lr(0.05)
+                .seed(3),
+            epochs: 3,
+            generation: "demo".into(),
+            ..PipelineOptions::default()
+        },
+        refit_after_events,
+        refit_epochs: 1,
+        checkpoint_after_events: 25,
+        max_batch: 50,
+        ..ServiceOptions::default()
+    }
+}
+
+/// A service over `dir` (its store in `dir/store`), built from the catalogue (style as
+/// attribute 0) when nothing is saved there.
+fn open(dir: &Path, refit_after_events: u64) -> (Arc<Service>, Opened) {
+    // A dropped service may still be finishing a maintenance step on its own thread,
+    // holding the directory's lock for a moment: wait for it, as a restarted process
+    // waits for the old one to exit.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match try_open(dir, refit_after_events) {
+            Err(ranker::Error::Taste(taste_graph::Error::Locked { .. }))
+                if Instant::now() < deadline =>
+            {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            other => return other.unwrap(),
+        }
+    }
+}
+
+fn try_open(dir: &Path, refit_after_events: u64) -> ranker::Result<(Arc<Service>, Opened)> {
+    let store = Store::open(Arc::new(MmapDirectory::open(dir.join("store")).unwrap())).unwrap();
+    Service::open(
+        &dir.join("state"),
+        store,
+        options(refit_after_events),
+        |store, opts| {
+            let cat = Catalogue::generate(spec()).unwrap();
+            let (graph, _) = cat.split(0.75).unwrap();
+            let attrs = Attrs {
+                values: &cat.style,
+                n_attrs: 1,
+            };
+            Ok(build(&graph, None, Some(attrs), store, opts, |_, _| {})?.0)
+        },
+    )
+}
+
+fn events(from: u64, n: u64) -> Vec<Event> {
+    (from..from + n)
+        .map(|i| Event {
+            user: UserId((i % 60) as u32),
+            item: (i * 31) % 120,
+            kind: InteractionKind::Click,
+            time: 1_000 + i,
+        })
+        .collect()
+}
+
+fn lists(s: &Service) -> Vec<Vec<u64>> {
+    let opts = RecommendOptions::new().k(6);
+    (0..60)
+        .map(|u| {
+            let a = s.recommend(UserId(u), &opts).unwrap();
+            assert!(!a.cold_start);
+            a.items.iter().map(|r| r.item).collect()
+        })
+        .collect()
+}
+
+#[test]
+fn acknowledged_batches_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let served = {
+        let (s, opened) = open(dir.path(), 0);
+        assert_eq!(opened, Opened::Built);
+        for b in 0..4 {
+            s.record(&events(b * 20, 20)).unwrap();
+        }
+        assert_eq!(s.stats().events, 80);
+        lists(&s)
+        // dropped without shutdown: the process "dies" here
+    };
+    let (s, opened) = open(dir.path(), 0);
+    match opened {
+        Opened::Restored {
+            saved_seq,
+            replayed,
+        } => assert_eq!(saved_seq + replayed, 80, "{opened:?}"),
+        other => panic!("expected a restore, got {other:?}"),
+    }
+    assert_eq!(lists(&s), served);
+    s.shutdown().unwrap();
+    drop(s);
+    let (_s, opened) = open(dir.path(), 0);
+    assert_eq!(
+        opened,
+        Opened::Restored {
+            saved_seq: 80,
+            replayed: 0
+        },
+        "a shutdown checkpoint leaves nothing to replay"
+    );
+}
+
+#[test]
+fn a_refit_is_swapped_in_and_the_old_generation_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path(), 30);
+    let before = s.recommender().snapshot().generation().to_string();
+    assert_eq!(before, "demo");
+    s.record(&events(0, 40)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while s.stats().refits == 0 {
+        assert!(Instant::now() < deadline, "no refit: {:?}", s.stats());
+        // requests keep being answered while the refit runs
+        s.recommend(UserId(3), &RecommendOptions::new().k(5))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let st = s.stats();
+    assert_eq!(st.generation, "demo.r1");
+    assert_eq!(st.refit_failures, 0, "{st:?}");
+    let rec = s.recommender();
+    let store_gens = {
+        let store = Store::open(Arc::new(
+            MmapDirectory::open(dir.path().join("store")).unwrap(),
+        ))
+        .unwrap();
+        store.generations()
+    };
+    assert_eq!(store_gens, ["demo.r1"], "the old generation is dropped");
+    // attributes carried over: every item keeps its style
+    let cat = Catalogue::generate(spec()).unwrap();
+    for i in 0..cat.n_items() as u64 {
+        assert_eq!(
+            rec.snapshot().attrs(embed_store::ItemId(i)),
+            Some(&[cat.style[i as usize]][..]),
+            "item {i}"
+        );
+    }
+    // a restart serves the refit's generation
+    let served = lists(&s);
+    drop(rec);
+    s.shutdown().unwrap();
+    drop(s);
+    let (s, _) = open(dir.path(), 0);
+    assert_eq!(s.stats().generation, "demo.r1");
+    assert_eq!(lists(&s), served);
+}
+
+#[test]
+fn unknown_users_get_the_cold_start_list() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path(), 0);
+    let a = s
+        .recommend(UserId(1_000_000), &RecommendOptions::new().k(8))
+        .unwrap();
+    assert!(a.cold_start);
+    assert_eq!(a.items.len(), 8);
+    let mut ids: Vec<u64> = a.items.iter().map(|r| r.item).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 8, "no item twice");
+    assert_eq!(
+        a.items[3].source,
+        Source::Fresh,
+        "every fourth slot is fresh"
+    );
+    assert!(
+        a.items
+            .iter()
+            .filter(|r| r.source == Source::Popular)
+            .map(|r| r.score)
+            .is_sorted_by(|x, y| x >= y),
+        "popular items by decreasing popularity"
+    );
+    // blocked items are never returned
+    let blocked = a.items[0].item;
+    let b = s
+        .recommend(
+            UserId(1_000_000),
+            &RecommendOptions::new().k(8).blocked([blocked]),
+        )
+        .unwrap();
+    assert!(b.items.iter().all(|r| r.item != blocked));
+}
+
+#[test]
+fn an_oversized_batch_is_refused_whole_and_a_bad_event_stops_the_batch_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path(), 0);
+    let err = s.record(&events(0, 51)).unwrap_err();
+    assert!(err.to_string().contains("past the limit of 50"), "{err}");
+    assert_eq!(s.stats().events, 0);
+    // the third event names a user past the next new one
+    let mut batch = events(0, 5);
+    batch[2].user = UserId(10_000);
+    match s.record(&batch) {
+        Err(Error::Batch { recorded: 2, .. }) => {}
+        other => panic!("expected the batch to stop at event 2, got {other:?}"),
+    }
+    assert_eq!(s.stats().events, 2);
+}
+
+#[test]
+fn request_options_from_json_name_the_field() {
+    let ok: RequestOptions =
+        serde_json::from_str(r#"{"k": 5, "lambda": 0.7, "allow": {"attr": 0, "values": [1]}}"#)
+            .unwrap();
+    let opts = ok.apply(RecommendOptions::new()).unwrap();
+    assert!(format!("{opts:?}").contains("k: 5"));
+    let unknown = serde_json::from_str::<RequestOptions>(r#"{"kk": 5}"#).unwrap_err();
+    assert!(unknown.to_string().contains("kk"), "{unknown}");
+    for (json, field) in [
+        (r#"{"k": 0}"#, "k"),
+        (r#"{"k": 20000}"#, "k"),
+        (r#"{"lambda": 2.0}"#, "lambda"),
+    ] {
+        let o: RequestOptions = serde_json::from_str(json).unwrap();
+        let e = o.apply(RecommendOptions::new()).unwrap_err();
+        assert!(e.to_string().contains(field), "{json}: {e}");
+    }
+    let long = RequestOptions {
+        blocked: vec![1; 10_001],
+        ..RequestOptions::default()
+    };
+    let e = long.apply(RecommendOptions::new()).unwrap_err();
+    assert!(e.to_string().contains("blocked"), "{e}");
+}
