@@ -1,0 +1,251 @@
+//! The reference HTTP service (examples/serve.rs) as a client sees it, on loopback: each
+//! endpoint answers, bad input gets a 4xx naming what is wrong, and a server killed
+//! with SIGKILL while events arrive comes back with every event it acknowledged.
+//!
+//! The server is the example binary `cargo test` builds beside this test
+//! (`target/<profile>/examples/serve`).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+/// The example binary built with this test.
+fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join("examples").join("serve");
+    assert!(
+        bin.exists(),
+        "{} is missing: `cargo test` builds it (or `cargo build --example serve`)",
+        bin.display()
+    );
+    bin
+}
+
+/// A running server and the first lines it printed.
+struct Server {
+    child: Child,
+    url: String,
+    opened: String,
+}
+
+impl Server {
+    /// Starts the server on a free loopback port over `data`, and waits until it is
+    /// ready (at most a minute).
+    fn start(data: &Path) -> Server {
+        let mut child = Command::new(server_binary())
+            .args(["--addr", "127.0.0.1:0", "--epochs", "5", "--data-dir"])
+            .arg(data)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let addr = first
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
+            .to_string();
+        let opened = lines.next().unwrap().unwrap();
+        // keep draining its output so that it never blocks on a full pipe
+        std::thread::spawn(move || for _ in lines {});
+        let url = format!("http://{addr}");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while get(&format!("{url}/readyz")).0 != 200 {
+            assert!(Instant::now() < deadline, "not ready within a minute");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server { child, url, opened }
+    }
+
+    fn kill(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn answer(r: Result<ureq::Response, ureq::Error>) -> (u16, String) {
+    match r {
+        Ok(r) => (r.status(), r.into_string().unwrap()),
+        Err(ureq::Error::Status(code, r)) => (code, r.into_string().unwrap()),
+        Err(e) => (0, e.to_string()),
+    }
+}
+
+fn get(url: &str) -> (u16, String) {
+    answer(ureq::get(url).timeout(Duration::from_secs(5)).call())
+}
+
+fn post(url: &str, body: &str) -> (u16, String) {
+    answer(
+        ureq::post(url)
+            .timeout(Duration::from_secs(10))
+            .set("content-type", "application/json")
+            .send_string(body),
+    )
+}
+
+fn json_of(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// `(saved_seq, replayed)` from the server's "serving ... (Restored { ... })" line.
+fn restored(opened: &str) -> (u64, u64) {
+    let num = |key: &str| -> u64 {
+        let at = opened
+            .find(key)
+            .unwrap_or_else(|| panic!("no {key} in {opened:?}"));
+        opened[at + key.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    (num("saved_seq: "), num("replayed: "))
+}
+
+#[test]
+fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start(dir.path());
+    assert!(s.opened.contains("Built"), "{}", s.opened);
+    let u = &s.url;
+    assert_eq!(get(&format!("{u}/healthz")).0, 200);
+
+    let (code, body) = post(&format!("{u}/v1/recommend"), r#"{"user": 3, "k": 4}"#);
+    assert_eq!(code, 200, "{body}");
+    let a = json_of(&body);
+    assert_eq!(a["items"].as_array().unwrap().len(), 4);
+    assert_eq!(a["cold_start"], false);
+    assert_eq!(a["generation"], "catalogue");
+    assert!(a["items"][0]["parts"]["taste"].is_number());
+    assert!(a["items"][0]["source"]["kind"].is_string());
+
+    let events = json!({"events": [
+        {"user": 3, "item": 17, "kind": "click", "time": 9000},
+        {"user": 3, "item": 18, "kind": "save", "time": 9001},
+        {"user": 4, "item": 17, "kind": "hide", "time": 9002},
+    ]});
+    let (code, body) = post(&format!("{u}/v1/events"), &events.to_string());
+    assert_eq!(
+        (code, json_of(&body)["recorded"].as_u64()),
+        (200, Some(3)),
+        "{body}"
+    );
+
+    let (code, body) = post(&format!("{u}/v1/recommend"), r#"{"user": 123456, "k": 5}"#);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json_of(&body)["cold_start"], true);
+
+    for (path, body, names) in [
+        ("recommend", r#"{"user": 3, "k": 0}"#, "k = 0"),
+        ("recommend", r#"{"user": 3, "k": 50000}"#, "k = 50000"),
+        ("recommend", r#"{"user": 3, "lamda": 0.5}"#, "lamda"),
+        ("recommend", r#"{"user": "alice"}"#, "string user ids"),
+        ("recommend", r#"{"user": -1}"#, "user"),
+        ("recommend", r#"{"k": 3}"#, "user: missing"),
+        ("recommend", r#"{"user": 3, "#, "EOF"),
+        (
+            "events",
+            r#"{"events": [{"user": 3, "item": 1, "kind": "like", "time": 1}]}"#,
+            "events[0].kind",
+        ),
+        (
+            "events",
+            r#"{"events": [{"user": 3, "item": 1, "kind": "click"}]}"#,
+            "events[0]: missing field `time`",
+        ),
+        (
+            "events",
+            r#"{"events": [{"user": 3, "item": -4, "kind": "click", "time": 1}]}"#,
+            "events[0]",
+        ),
+        ("events", r#"{"evnts": []}"#, "evnts"),
+    ] {
+        let (code, answer) = post(&format!("{u}/v1/{path}"), body);
+        assert_eq!(code, 400, "{body}: {answer}");
+        let e = json_of(&answer);
+        let msg = e["error"].as_str().unwrap();
+        assert!(msg.contains(names), "{body}: {msg}");
+    }
+    // a rejected batch recorded nothing
+    let (_, metrics) = get(&format!("{u}/metrics"));
+    assert!(
+        metrics.lines().any(|l| l == "mosaic_events_total 3"),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mosaic_request_seconds_count{endpoint=\"recommend\"}")),
+        "{metrics}"
+    );
+}
+
+/// Three SIGKILLs while a client posts batches: each restart's log holds every batch
+/// the client saw acknowledged (and at most the one in flight).
+#[test]
+fn a_killed_server_keeps_every_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked_total = 0u64;
+    let mut server = Server::start(dir.path());
+    for round in 0..3u64 {
+        let url = server.url.clone();
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let client = {
+            let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+            std::thread::spawn(move || {
+                let mut k = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let batch: Vec<Value> = (0..5)
+                        .map(|j| {
+                            json!({"user": (k * 5 + j) % 1000, "item": (k * 37 + j) % 4000,
+                                   "kind": "click", "time": 20_000 + round * 100_000 + k})
+                        })
+                        .collect();
+                    let (code, _) = post(
+                        &format!("{url}/v1/events"),
+                        &json!({"events": batch}).to_string(),
+                    );
+                    if code == 200 {
+                        acked.fetch_add(5, Ordering::Relaxed);
+                    } else {
+                        return; // the server is gone
+                    }
+                    k += 1;
+                }
+            })
+        };
+        std::thread::sleep(Duration::from_millis(300 + 200 * round));
+        server.kill();
+        stop.store(true, Ordering::Relaxed);
+        client.join().unwrap();
+        acked_total += acked.load(Ordering::Relaxed);
+        server = Server::start(dir.path());
+        let (saved, replayed) = restored(&server.opened);
+        let logged = saved + replayed;
+        assert!(
+            logged >= acked_total && logged <= acked_total + 5,
+            "round {round}: {logged} events logged, {acked_total} acknowledged"
+        );
+        acked_total = logged;
+        assert!(
+            acked.load(Ordering::Relaxed) > 0,
+            "round {round}: nothing was posted"
+        );
+    }
+}
