@@ -47,6 +47,10 @@ struct Args {
     /// Directory of the store, the saved state and the feedback log.
     #[arg(long, default_value = "target/mosaic-serve")]
     data_dir: PathBuf,
+    /// Items of the built-in catalogue when nothing is saved yet (16 styles of equal
+    /// size; the recommend example's is 4,000).
+    #[arg(long, default_value_t = 4000)]
+    catalogue_items: usize,
     /// Training epochs when nothing is saved yet.
     #[arg(long, default_value_t = 40)]
     epochs: usize,
@@ -309,7 +313,11 @@ async fn metrics(State(app): State<Arc<App>>) -> Response {
 fn open_service(args: &Args) -> anyhow::Result<Arc<Service>> {
     let store_dir = args.data_dir.join("store");
     let store = Store::open(Arc::new(MmapDirectory::open(&store_dir)?))?;
-    let spec = CatalogueSpec::default();
+    let base = CatalogueSpec::default();
+    let spec = CatalogueSpec {
+        items_per_style: (args.catalogue_items / base.styles).max(1),
+        ..base
+    };
     let options = ServiceOptions {
         pipeline: PipelineOptions {
             lightgcn: LightGcnConfig::new()

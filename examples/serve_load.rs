@@ -1,0 +1,275 @@
+//! Load on the reference service (examples/serve.rs): recommendations with events mixed
+//! in (90/10 by default), at several connection counts, one line per level:
+//!
+//! ```text
+//! cargo build --release --example serve --example serve_load
+//! target/release/examples/serve_load                       # starts its own server on loopback
+//! target/release/examples/serve_load --url http://127.0.0.1:7878 --conns 1,16,256 --seconds 10
+//! ```
+//! Output: `conns=256 load=closed rps=... p50_ms=... p99_ms=... events_p99_ms=... errors=0`
+//! (exit status 1 when any request failed, a 503 included). Each
+//! connection is one thread with a keep-alive connection sending requests back to back.
+//! Bounded: every level stops after `--seconds` or `--requests`, whichever comes first;
+//! loopback only (a `--url` off this machine is refused).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::Parser;
+use mosaic_testkit::catalogue::Rng;
+use serde_json::json;
+
+#[derive(Parser)]
+#[command(about = "Throughput and latency of the reference service under concurrent load")]
+struct Args {
+    /// The server (loopback only); without it a server is started on a free port over a
+    /// fresh directory.
+    #[arg(long)]
+    url: Option<String>,
+    /// Items of the catalogue of a server started here (`serve --catalogue-items`).
+    #[arg(long, default_value_t = 4000)]
+    catalogue_items: usize,
+    /// Offered load in requests/s over all connections (open loop: each connection sends
+    /// on a fixed schedule and latency counts from the scheduled time, so a slow answer
+    /// is not hidden by the requests it delayed); without it each connection sends back
+    /// to back (closed loop: the service's throughput).
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Concurrent connections per level, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
+    conns: Vec<usize>,
+    /// Seconds per level (at most).
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Requests per level (at most).
+    #[arg(long, default_value_t = 200_000)]
+    requests: u64,
+    /// Share of requests that post an event instead of asking for recommendations.
+    #[arg(long, default_value_t = 0.1)]
+    events: f64,
+    /// Results per recommendation.
+    #[arg(long, default_value_t = 10)]
+    k: usize,
+    /// Users to draw from (the catalogue has 1,000).
+    #[arg(long, default_value_t = 1000)]
+    users: u64,
+    /// Items to draw events from (the catalogue has 4,000).
+    #[arg(long, default_value_t = 4000)]
+    items: u64,
+}
+
+/// A server this process started over a scratch directory: killed when dropped, then
+/// the directory removed.
+struct Started {
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the `serve` example built beside this binary; returns its URL.
+fn start_server(catalogue_items: usize) -> anyhow::Result<(String, Started)> {
+    let me = std::env::current_exe()?;
+    let bin: PathBuf = me.with_file_name("serve");
+    ensure!(
+        bin.exists(),
+        "{} is missing: cargo build --release --example serve",
+        bin.display()
+    );
+    let dir = tempfile::tempdir()?;
+    let mut child = Command::new(&bin)
+        .args([
+            "--addr",
+            "127.0.0.1:0",
+            "--refit-after-events",
+            "0",
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .arg("--catalogue-items")
+        .arg(catalogue_items.to_string())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = std::io::BufRead::lines(std::io::BufReader::new(
+        child.stdout.take().context("server stdout")?,
+    ));
+    let first = out.next().context("server exited")??;
+    let addr = first
+        .strip_prefix("listening on ")
+        .with_context(|| format!("unexpected server output {first:?}"))?
+        .to_string();
+    std::thread::spawn(move || {
+        for line in out.map_while(Result::ok) {
+            eprintln!("server: {line}");
+        }
+    });
+    Ok((format!("http://{addr}"), Started { child, _dir: dir }))
+}
+
+fn wait_ready(url: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while ureq::get(&format!("{url}/readyz")).call().is_err() {
+        ensure!(
+            Instant::now() < deadline,
+            "{url} not ready within 2 minutes"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+/// What one connection saw.
+#[derive(Default)]
+struct Tally {
+    recommend_ms: Vec<f64>,
+    events_ms: Vec<f64>,
+    errors: u64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// One level: `conns` connections sending requests back to back until the time or the
+/// request budget is spent.
+fn level(args: &Args, url: &str, conns: usize, time0: u64) -> anyhow::Result<u64> {
+    let budget = Arc::new(AtomicU64::new(args.requests));
+    let stop_at = Instant::now() + Duration::from_secs_f64(args.seconds);
+    let started = Instant::now();
+    let workers: Vec<_> = (0..conns)
+        .map(|c| {
+            let (url, budget) = (url.to_string(), Arc::clone(&budget));
+            let (k, users, items, share) = (args.k, args.users, args.items, args.events);
+            // open loop: this connection's k-th request is due at `k * period`
+            let period = args
+                .rate
+                .map(|r| Duration::from_secs_f64(conns as f64 / r.max(1e-3)));
+            std::thread::spawn(move || {
+                let agent = ureq::AgentBuilder::new()
+                    .timeout(Duration::from_secs(30))
+                    .build();
+                let mut rng = Rng::new(c as u64 * 7919 + time0);
+                let mut t = Tally::default();
+                let mut n = 0u64;
+                while Instant::now() < stop_at
+                    && budget
+                        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
+                        .is_ok()
+                {
+                    let user = rng.below(users as usize);
+                    let is_event = (rng.unit() as f64) < share;
+                    let (path, body) = if is_event {
+                        let e = json!({"user": user, "item": rng.below(items as usize),
+                                       "kind": "click", "time": time0 + n});
+                        ("events", json!({ "events": [e] }))
+                    } else {
+                        ("recommend", json!({"user": user, "k": k}))
+                    };
+                    let t0 = match period {
+                        Some(p) => {
+                            let due =
+                                started + p.mul_f64(n as f64) + p.mul_f64(c as f64 / conns as f64);
+                            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                                std::thread::sleep(wait);
+                            }
+                            due
+                        }
+                        None => Instant::now(),
+                    };
+                    let r = agent
+                        .post(&format!("{url}/v1/{path}"))
+                        .set("content-type", "application/json")
+                        .send_string(&body.to_string());
+                    let ms = t0.elapsed().as_secs_f64() * 1e3;
+                    match r {
+                        Ok(resp) if resp.status() == 200 => {
+                            let _ = resp.into_string();
+                            if is_event {
+                                t.events_ms.push(ms);
+                            } else {
+                                t.recommend_ms.push(ms);
+                            }
+                        }
+                        _ => t.errors += 1,
+                    }
+                    n += 1;
+                }
+                t
+            })
+        })
+        .collect();
+    let mut all = Tally::default();
+    for w in workers {
+        let t = w
+            .join()
+            .map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
+        all.recommend_ms.extend(t.recommend_ms);
+        all.events_ms.extend(t.events_ms);
+        all.errors += t.errors;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    all.recommend_ms.sort_by(f64::total_cmp);
+    all.events_ms.sort_by(f64::total_cmp);
+    let total = all.recommend_ms.len() + all.events_ms.len() + all.errors as usize;
+    let mode = args
+        .rate
+        .map_or("closed".to_string(), |r| format!("open:{r:.0}"));
+    println!(
+        "conns={conns} load={mode} rps={:.0} p50_ms={:.2} p99_ms={:.2} events_p50_ms={:.2} events_p99_ms={:.2} requests={total} errors={} seconds={secs:.1}",
+        total as f64 / secs,
+        percentile(&all.recommend_ms, 0.5),
+        percentile(&all.recommend_ms, 0.99),
+        percentile(&all.events_ms, 0.5),
+        percentile(&all.events_ms, 0.99),
+        all.errors,
+    );
+    Ok(all.errors)
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let (url, _server) = match &args.url {
+        Some(u) => {
+            let host = u
+                .strip_prefix("http://")
+                .and_then(|r| r.split([':', '/']).next())
+                .unwrap_or("");
+            if !(host == "localhost" || host.starts_with("127.") || host == "[::1]") {
+                bail!("{u}: the load generator targets loopback addresses only");
+            }
+            (u.clone(), None)
+        }
+        None => {
+            let (u, s) = start_server(args.catalogue_items)?;
+            (u, Some(s))
+        }
+    };
+    wait_ready(&url)?;
+    println!(
+        "load on {url}: {:.0}% events, k = {}, at most {} s or {} requests per level",
+        100.0 * args.events,
+        args.k,
+        args.seconds,
+        args.requests
+    );
+    let mut errors = 0;
+    for (i, &c) in args.conns.iter().enumerate() {
+        ensure!(c > 0 && c <= 4096, "--conns {c}: expected 1..=4096");
+        errors += level(&args, &url, c, 1_000_000 * (i as u64 + 1))?;
+    }
+    // every answer but a 200 counts, a declared overload (503) too
+    ensure!(errors == 0, "{errors} requests failed");
+    Ok(())
+}
