@@ -32,7 +32,7 @@ use mosaic::ranker::rescore::{RescoreOptions, Rescorer};
 use mosaic::ranker::{RecommendOptions, Recommendation, Recommender, Source};
 use mosaic::taste_graph::{Dataset, InteractionKind, LightGcnConfig, UserId};
 use mosaic::vision_surgery::{LoadOptions, SurgeredModel};
-use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, demo_lightgcn};
 
 #[derive(Parser)]
 #[command(about = "Recommendations with explanations, before and after new interactions")]
@@ -115,12 +115,7 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
     );
     let store = Store::open(Arc::new(RamDirectory::new()))?;
     let opts = PipelineOptions {
-        lightgcn: LightGcnConfig::new()
-            .dim(spec.dim)
-            .layers(3)
-            .batch_size(2048)
-            .lr(0.05)
-            .seed(1),
+        lightgcn: demo_lightgcn(spec.dim),
         epochs: args.epochs.unwrap_or(40),
         generation: "lightgcn-demo".into(),
         hnsw: Some(HnswParams::default()),

@@ -33,8 +33,8 @@ use mosaic::embed_store::{MmapDirectory, Store};
 use mosaic::ranker::pipeline::{Attrs, PipelineOptions, build};
 use mosaic::ranker::service::{Service, ServiceOptions, WorkPool};
 use mosaic::ranker::{Error, Event, RecommendOptions, RequestOptions};
-use mosaic::taste_graph::{InteractionKind, LightGcnConfig, UserId};
-use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
+use mosaic::taste_graph::{InteractionKind, UserId};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, demo_lightgcn};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -320,12 +320,7 @@ fn open_service(args: &Args) -> anyhow::Result<Arc<Service>> {
     };
     let options = ServiceOptions {
         pipeline: PipelineOptions {
-            lightgcn: LightGcnConfig::new()
-                .dim(spec.dim)
-                .layers(3)
-                .batch_size(2048)
-                .lr(0.05)
-                .seed(1),
+            lightgcn: demo_lightgcn(spec.dim),
             epochs: args.epochs,
             generation: "catalogue".into(),
             hnsw: Some(HnswParams::default()),

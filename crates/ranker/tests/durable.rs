@@ -10,10 +10,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use embed_store::{MmapDirectory, Store};
-use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, small_lightgcn};
 use ranker::pipeline::{PipelineOptions, build, restore};
 use ranker::{Error, RecommendOptions, Recommender};
-use taste_graph::{DeviceSpec, InteractionKind, LightGcnConfig, Refresher, SyncPolicy, UserId};
+use taste_graph::{DeviceSpec, InteractionKind, Refresher, SyncPolicy, UserId};
 
 const BASE: u64 = 10_000;
 /// The child process's entry point is this test, run by name.
@@ -22,12 +22,7 @@ const CHILD_ENV: &str = "MOSAIC_DURABLE_CHILD_DIR";
 
 fn options() -> PipelineOptions {
     PipelineOptions {
-        lightgcn: LightGcnConfig::new()
-            .dim(8)
-            .layers(2)
-            .batch_size(256)
-            .lr(0.05)
-            .seed(3),
+        lightgcn: small_lightgcn(),
         epochs: 3,
         refits: true,
         ..PipelineOptions::default()
@@ -35,14 +30,7 @@ fn options() -> PipelineOptions {
 }
 
 fn spec() -> CatalogueSpec {
-    CatalogueSpec {
-        styles: 4,
-        items_per_style: 30,
-        users: 60,
-        events_per_user: 10,
-        dim: 8,
-        seed: 9,
-    }
+    CatalogueSpec::small()
 }
 
 fn store_at(dir: &Path) -> Arc<Store> {

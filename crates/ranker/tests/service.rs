@@ -8,32 +8,20 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use embed_store::{MmapDirectory, Store};
-use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec};
+use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, small_lightgcn};
 use ranker::pipeline::{Attrs, PipelineOptions, build};
 use ranker::service::{Opened, Service, ServiceOptions};
 use ranker::{Error, Event, RecommendOptions, RequestOptions, Source};
-use taste_graph::{InteractionKind, LightGcnConfig, UserId};
+use taste_graph::{InteractionKind, UserId};
 
 fn spec() -> CatalogueSpec {
-    CatalogueSpec {
-        styles: 4,
-        items_per_style: 30,
-        users: 60,
-        events_per_user: 10,
-        dim: 8,
-        seed: 9,
-    }
+    CatalogueSpec::small()
 }
 
 fn options(refit_after_events: u64) -> ServiceOptions {
     ServiceOptions {
         pipeline: PipelineOptions {
-            lightgcn: LightGcnConfig::new()
-                .dim(8)
-                .layers(2)
-                .batch_size(256)
-                .lr(0.05)
-                .seed(3),
+            lightgcn: small_lightgcn(),
             epochs: 3,
             generation: "demo".into(),
             ..PipelineOptions::default()

@@ -5,7 +5,7 @@
 
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{RngCore, SeedableRng};
-use taste_graph::{BipartiteGraph, Error, ItemId, Result, UserId};
+use taste_graph::{BipartiteGraph, Error, ItemId, LightGcnConfig, Result, UserId};
 
 /// A configuration error (a spec out of range).
 fn config(message: String) -> Error {
@@ -40,6 +40,43 @@ impl Default for CatalogueSpec {
             seed: 7,
         }
     }
+}
+
+impl CatalogueSpec {
+    /// A catalogue a test trains in milliseconds: 4 styles of 30 items, 60 users with 10
+    /// interactions each, 8-wide content (train it with [`small_lightgcn`]).
+    pub fn small() -> Self {
+        Self {
+            styles: 4,
+            items_per_style: 30,
+            users: 60,
+            events_per_user: 10,
+            dim: 8,
+            seed: 9,
+        }
+    }
+}
+
+/// The LightGCN settings the examples train the catalogue with, at width `dim`: 3
+/// layers, batch 2048, learning rate 0.05, seed 1.
+pub fn demo_lightgcn(dim: usize) -> LightGcnConfig {
+    LightGcnConfig::new()
+        .dim(dim)
+        .layers(3)
+        .batch_size(2048)
+        .lr(0.05)
+        .seed(1)
+}
+
+/// Fast LightGCN settings for [`CatalogueSpec::small`]: width 8, 2 layers, batch 256,
+/// learning rate 0.05, seed 3.
+pub fn small_lightgcn() -> LightGcnConfig {
+    LightGcnConfig::new()
+        .dim(8)
+        .layers(2)
+        .batch_size(256)
+        .lr(0.05)
+        .seed(3)
 }
 
 /// One simulated interaction.
