@@ -6,16 +6,20 @@
 //! target/release/examples/serve_load                       # starts its own server on loopback
 //! target/release/examples/serve_load --url http://127.0.0.1:7878 --conns 1,16,256 --seconds 10
 //! ```
+//! `--kills 20 --conns 16` instead kills the server 20 times under load and checks every
+//! acknowledged event after each restart (`kill=... acked_total=... logged=... ready_s=...`).
+//!
 //! Output: `conns=256 load=closed rps=... p50_ms=... p99_ms=... events_p99_ms=... errors=0`
 //! (exit status 1 when any request failed, a 503 included). Each
 //! connection is one thread with a keep-alive connection sending requests back to back.
 //! Bounded: every level stops after `--seconds` or `--requests`, whichever comes first;
 //! loopback only (a `--url` off this machine is refused).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
@@ -39,6 +43,11 @@ struct Args {
     /// to back (closed loop: the service's throughput).
     #[arg(long)]
     rate: Option<f64>,
+    /// Instead of the levels: kill the server (SIGKILL) this many times while the first
+    /// `--conns` connections send the mix, restart it each time and check that every
+    /// acknowledged event is in its log.
+    #[arg(long)]
+    kills: Option<usize>,
     /// Concurrent connections per level, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "1,16,256")]
     conns: Vec<usize>,
@@ -62,57 +71,74 @@ struct Args {
     items: u64,
 }
 
-/// A server this process started over a scratch directory: killed when dropped, then
-/// the directory removed.
-struct Started {
+/// A server this process started (the `serve` example built beside this binary): killed
+/// when dropped.
+struct Server {
     child: Child,
-    _dir: tempfile::TempDir,
+    url: String,
+    /// The lines it prints after "listening on".
+    lines: mpsc::Receiver<String>,
 }
 
-impl Drop for Started {
+impl Server {
+    /// Starts a server on a free loopback port over `dir`.
+    fn start(dir: &Path, catalogue_items: usize) -> anyhow::Result<Server> {
+        let bin: PathBuf = std::env::current_exe()?.with_file_name("serve");
+        ensure!(
+            bin.exists(),
+            "{} is missing: cargo build --release --example serve",
+            bin.display()
+        );
+        let mut child = Command::new(&bin)
+            .args(["--addr", "127.0.0.1:0", "--refit-after-events", "0"])
+            .arg("--data-dir")
+            .arg(dir)
+            .arg("--catalogue-items")
+            .arg(catalogue_items.to_string())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut out = std::io::BufRead::lines(std::io::BufReader::new(
+            child.stdout.take().context("server stdout")?,
+        ));
+        let first = out.next().context("server exited")??;
+        let addr = first
+            .strip_prefix("listening on ")
+            .with_context(|| format!("unexpected server output {first:?}"))?
+            .to_string();
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in out.map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Server {
+            child,
+            url: format!("http://{addr}"),
+            lines,
+        })
+    }
+
+    /// The "serving ... (how it opened) in ... s" line (waits for the state to load).
+    fn opened(&self) -> anyhow::Result<String> {
+        loop {
+            let line = self
+                .lines
+                .recv_timeout(Duration::from_secs(300))
+                .context("the server printed no 'serving' line")?;
+            if line.starts_with("serving") {
+                return Ok(line);
+            }
+        }
+    }
+}
+
+impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Starts the `serve` example built beside this binary; returns its URL.
-fn start_server(catalogue_items: usize) -> anyhow::Result<(String, Started)> {
-    let me = std::env::current_exe()?;
-    let bin: PathBuf = me.with_file_name("serve");
-    ensure!(
-        bin.exists(),
-        "{} is missing: cargo build --release --example serve",
-        bin.display()
-    );
-    let dir = tempfile::tempdir()?;
-    let mut child = Command::new(&bin)
-        .args([
-            "--addr",
-            "127.0.0.1:0",
-            "--refit-after-events",
-            "0",
-            "--data-dir",
-        ])
-        .arg(dir.path())
-        .arg("--catalogue-items")
-        .arg(catalogue_items.to_string())
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut out = std::io::BufRead::lines(std::io::BufReader::new(
-        child.stdout.take().context("server stdout")?,
-    ));
-    let first = out.next().context("server exited")??;
-    let addr = first
-        .strip_prefix("listening on ")
-        .with_context(|| format!("unexpected server output {first:?}"))?
-        .to_string();
-    std::thread::spawn(move || {
-        for line in out.map_while(Result::ok) {
-            eprintln!("server: {line}");
-        }
-    });
-    Ok((format!("http://{addr}"), Started { child, _dir: dir }))
 }
 
 fn wait_ready(url: &str) -> anyhow::Result<()> {
@@ -238,8 +264,123 @@ fn level(args: &Args, url: &str, conns: usize, time0: u64) -> anyhow::Result<u64
     Ok(all.errors)
 }
 
+/// `(saved_seq, replayed)` of a "serving ... (Restored { saved_seq: .., replayed: .. })"
+/// line; `(0, 0)` for a fresh build.
+fn logged_of(opened: &str) -> anyhow::Result<u64> {
+    if opened.contains("(Built)") {
+        return Ok(0);
+    }
+    let num = |key: &str| -> anyhow::Result<u64> {
+        let at = opened
+            .find(key)
+            .with_context(|| format!("no {key} in {opened:?}"))?;
+        Ok(opened[at + key.len()..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect::<String>()
+            .parse()?)
+    };
+    Ok(num("saved_seq: ")? + num("replayed: ")?)
+}
+
+/// Kills the server `kills` times while `conns` connections send the request mix, and
+/// restarts it: after each restart its log must hold every event a client saw
+/// acknowledged, plus at most one in flight per connection.
+fn kill_rounds(args: &Args, kills: usize, conns: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let mut server = Server::start(dir.path(), args.catalogue_items)?;
+    server.opened()?;
+    wait_ready(&server.url)?;
+    let mut acked_total = 0u64;
+    let mut rng = Rng::new(17);
+    let mut ready = Vec::new();
+    for round in 0..kills {
+        let stop = Arc::new(AtomicBool::new(false));
+        let acked = Arc::new(AtomicU64::new(0));
+        let workers: Vec<_> = (0..conns)
+            .map(|c| {
+                let (url, stop, acked) = (server.url.clone(), Arc::clone(&stop), Arc::clone(&acked));
+                let (users, items, share) = (args.users, args.items, args.events);
+                std::thread::spawn(move || {
+                    let agent = ureq::AgentBuilder::new()
+                        .timeout(Duration::from_secs(30))
+                        .build();
+                    let mut rng = Rng::new((round * 1000 + c) as u64);
+                    let mut n = 0u64;
+                    while !stop.load(Ordering::Relaxed) {
+                        let user = rng.below(users as usize);
+                        let is_event = (rng.unit() as f64) < share;
+                        let (path, body) = if is_event {
+                            let e = json!({"user": user, "item": rng.below(items as usize),
+                                           "kind": "click", "time": 1_000_000 * (round as u64 + 1) + n});
+                            ("events", json!({ "events": [e] }))
+                        } else {
+                            ("recommend", json!({"user": user, "k": 10}))
+                        };
+                        let r = agent
+                            .post(&format!("{url}/v1/{path}"))
+                            .set("content-type", "application/json")
+                            .send_string(&body.to_string());
+                        match r {
+                            Ok(resp) if resp.status() == 200 => {
+                                let _ = resp.into_string();
+                                if is_event {
+                                    acked.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                            _ => return, // the server is gone
+                        }
+                        n += 1;
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(300 + rng.below(1200) as u64));
+        drop(server); // SIGKILL
+        stop.store(true, Ordering::Relaxed);
+        for w in workers {
+            w.join()
+                .map_err(|_| anyhow::anyhow!("a load thread panicked"))?;
+        }
+        let acked_round = acked.load(Ordering::Relaxed);
+        acked_total += acked_round;
+        let t = Instant::now();
+        server = Server::start(dir.path(), args.catalogue_items)?;
+        let opened = server.opened()?;
+        wait_ready(&server.url)?;
+        let ready_s = t.elapsed().as_secs_f64();
+        ready.push(ready_s);
+        let logged = logged_of(&opened)?;
+        println!(
+            "kill={} acked_this_round={acked_round} acked_total={acked_total} logged={logged} ready_s={ready_s:.2}",
+            round + 1
+        );
+        ensure!(
+            logged >= acked_total && logged <= acked_total + conns as u64,
+            "kill {}: the restarted log holds {logged} events, {acked_total} were acknowledged",
+            round + 1
+        );
+        acked_total = logged;
+    }
+    ready.sort_by(f64::total_cmp);
+    println!(
+        "kills={kills} conns={conns} events_acknowledged={acked_total} lost=0 ready_s_max={:.2}",
+        ready.last().copied().unwrap_or(0.0)
+    );
+    Ok(())
+}
+
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(kills) = args.kills {
+        ensure!(
+            args.url.is_none(),
+            "--kills starts its own server: drop --url"
+        );
+        let conns = args.conns.first().copied().unwrap_or(16);
+        return kill_rounds(&args, kills, conns);
+    }
+    let dir = tempfile::tempdir()?;
     let (url, _server) = match &args.url {
         Some(u) => {
             let host = u
@@ -252,8 +393,9 @@ fn main() -> anyhow::Result<()> {
             (u.clone(), None)
         }
         None => {
-            let (u, s) = start_server(args.catalogue_items)?;
-            (u, Some(s))
+            let s = Server::start(dir.path(), args.catalogue_items)?;
+            s.opened()?;
+            (s.url.clone(), Some(s))
         }
     };
     wait_ready(&url)?;
