@@ -1,4 +1,4 @@
-//! Load on the reference service (examples/serve.rs): recommendations with events mixed
+//! Load on the reference service (examples/serve/): recommendations with events mixed
 //! in (90/10 by default), at several connection counts, one line per level:
 //!
 //! ```text

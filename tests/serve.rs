@@ -1,4 +1,4 @@
-//! The reference HTTP service (examples/serve.rs) as a client sees it, on loopback: each
+//! The reference HTTP service (examples/serve/) as a client sees it, on loopback: each
 //! endpoint answers, bad input gets a 4xx naming what is wrong, and a server killed
 //! with SIGKILL while events arrive comes back with every event it acknowledged.
 //!
@@ -125,7 +125,16 @@ fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
     let u = &s.url;
     assert_eq!(get(&format!("{u}/healthz")).0, 200);
 
-    let (code, body) = post(&format!("{u}/v1/recommend"), r#"{"user": 3, "k": 4}"#);
+    let r = ureq::post(&format!("{u}/v1/recommend"))
+        .set("x-request-id", "trace-me-7")
+        .send_string(r#"{"user": 3, "k": 4}"#)
+        .unwrap();
+    assert_eq!(
+        r.header("x-request-id"),
+        Some("trace-me-7"),
+        "the request id is echoed"
+    );
+    let (code, body) = (r.status(), r.into_string().unwrap());
     assert_eq!(code, 200, "{body}");
     let a = json_of(&body);
     assert_eq!(a["items"].as_array().unwrap().len(), 4);
@@ -248,4 +257,54 @@ fn a_killed_server_keeps_every_acknowledged_event() {
             "round {round}: nothing was posted"
         );
     }
+}
+
+/// Settings from a TOML file, flags over it; an unknown key is an error naming it.
+#[test]
+fn a_config_file_sets_what_flags_do_and_refuses_unknown_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "epochs = 3\nrefit_every = 10\n").unwrap();
+    let out = Command::new(server_binary())
+        .arg("--config")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("unknown field `refit_every`"), "{err}");
+
+    let good = dir.path().join("serve.toml");
+    let data = dir.path().join("data");
+    std::fs::write(
+        &good,
+        format!(
+            "addr = \"127.0.0.1:9\"\nepochs = 2\nlog_format = \"json\"\ndata_dir = {:?}\n",
+            data.to_str().unwrap()
+        ),
+    )
+    .unwrap();
+    // the flag overrides the file's address (port 9 would not be ours to bind)
+    let mut child = Command::new(server_binary())
+        .args(["--addr", "127.0.0.1:0", "--config"])
+        .arg(&good)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("listening on 127.0.0.1:"), "{first}");
+    let opened = lines.next().unwrap().unwrap();
+    assert!(opened.contains("Built"), "{opened}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let mut log = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut log).unwrap();
+    let first_log = log.lines().next().unwrap_or_default();
+    assert!(
+        serde_json::from_str::<Value>(first_log).is_ok(),
+        "log lines are JSON: {first_log:?}"
+    );
+    assert!(data.join("state").exists(), "the file's data_dir is used");
 }

@@ -176,6 +176,7 @@ impl Service {
         mut options: ServiceOptions,
         build: impl FnOnce(&Arc<Store>, &PipelineOptions) -> Result<Recommender>,
     ) -> Result<(Arc<Self>, Opened)> {
+        let _span = tracing::info_span!("open", dir = %dir.display()).entered();
         options.pipeline.refits = true;
         if options.max_batch == 0 {
             return Err(Error::config("max_batch = 0: no event could be recorded"));
@@ -193,6 +194,7 @@ impl Service {
                 (rec.with_log(dir, options.pipeline.sync)?, Opened::Built)
             }
         };
+        tracing::info!(?opened, "serving");
         let (tx, rx) = mpsc::channel();
         let service = Arc::new(Self {
             dir: dir.to_path_buf(),
@@ -227,6 +229,7 @@ impl Service {
     /// The top results for `user` with `opts`; a user the taste graph does not know yet
     /// gets the cold-start list, flagged.
     pub fn recommend(&self, user: UserId, opts: &RecommendOptions) -> Result<Answer> {
+        let _span = tracing::debug_span!("recommend", user = user.0).entered();
         // A refit installs into the shared taste graph a moment before its recommender
         // is swapped in: one caught in between is retired, and the request goes again.
         for _ in 0..10_000 {
@@ -257,6 +260,7 @@ impl Service {
     /// acknowledged by the feedback log. A batch larger than
     /// [`ServiceOptions::max_batch`] is refused whole.
     pub fn record(&self, events: &[Event]) -> Result<()> {
+        let _span = tracing::debug_span!("record", events = events.len()).entered();
         if events.len() > self.options.max_batch {
             return Err(Error::config(format!(
                 "{} events in one batch, past the limit of {}",
@@ -403,14 +407,17 @@ impl Service {
     }
 
     fn checkpoint(&self) -> Result<()> {
+        let _span = tracing::info_span!("checkpoint").entered();
         self.counters.since_checkpoint.store(0, Ordering::Relaxed);
-        self.recommender().checkpoint()?;
+        let seq = self.recommender().checkpoint()?;
+        tracing::info!(seq, "checkpoint written");
         self.counters.checkpoints.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 
     /// Plans, runs and installs a refit (see the module documentation).
     fn refit(&self) -> Result<()> {
+        let _span = tracing::info_span!("refit", epochs = self.options.refit_epochs).entered();
         let started = Instant::now();
         let rec = self.recommender();
         self.counters.since_refit.store(0, Ordering::Relaxed);
@@ -444,6 +451,7 @@ impl Service {
         self.counters
             .last_refit_ms
             .store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        tracing::info!(generation = %name, dropped = %old, seconds = started.elapsed().as_secs_f64(), "refit installed");
         Ok(())
     }
 
@@ -458,6 +466,7 @@ impl Service {
     }
 
     fn failed(&self, what: &str, e: &Error) {
+        tracing::error!(error = %e, "{what} failed");
         *lock(&self.last_error) = Some(format!("{what}: {e}"));
     }
 }
