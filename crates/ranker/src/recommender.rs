@@ -440,10 +440,11 @@ impl Recommender {
             allowed(id).then_some((id, popularity(c), Source::Fresh))
         });
         let mut out: Vec<Recommendation> = Vec::with_capacity(opts.k);
+        let mut listed = std::collections::HashSet::with_capacity(opts.k);
         while out.len() < opts.k {
             let next = if out.len() % 4 == 3 {
                 fresh
-                    .find(|f| !out.iter().any(|r| r.item == f.0))
+                    .find(|f| !listed.contains(&f.0))
                     .or_else(|| popular.next())
             } else {
                 popular.next().or_else(|| fresh.next())
@@ -451,7 +452,7 @@ impl Recommender {
             let Some((item, score, source)) = next else {
                 break;
             };
-            if out.iter().any(|r| r.item == item) {
+            if !listed.insert(item) {
                 continue;
             }
             out.push(Recommendation {
