@@ -164,13 +164,29 @@ fn a_refit_is_swapped_in_and_the_old_generation_dropped() {
             "item {i}"
         );
     }
-    // a restart serves the refit's generation
-    let served = lists(&s);
+    // a second refit takes the next name and drops the first refit's generation
     drop(rec);
+    s.record(&events(40, 40)).unwrap();
+    while s.stats().refits < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no second refit: {:?}",
+            s.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(s.stats().generation, "demo.r2");
+    // a restart serves the latest refit's generation
+    let served = lists(&s);
     s.shutdown().unwrap();
     drop(s);
     let (s, _) = open(dir.path(), 0);
-    assert_eq!(s.stats().generation, "demo.r1");
+    assert_eq!(s.stats().generation, "demo.r2");
+    let store = Store::open(Arc::new(
+        MmapDirectory::open(dir.path().join("store")).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(store.generations(), ["demo.r2"]);
     assert_eq!(lists(&s), served);
 }
 

@@ -455,14 +455,19 @@ impl Service {
         Ok(())
     }
 
-    /// `<base>.r<k>` for the smallest `k` no generation of the store has.
+    /// `<base>.r<k>`, `k` one past the highest of the store's generations so named (the
+    /// served one among them): names only grow, even after old generations are dropped.
     fn next_generation_name(&self) -> String {
         let base = &self.options.pipeline.generation;
-        let taken = self.store.generations();
-        (1u64..)
-            .map(|k| format!("{base}.r{k}"))
-            .find(|n| !taken.contains(n))
-            .unwrap_or_else(|| format!("{base}.r0"))
+        let prefix = format!("{base}.r");
+        let highest = self
+            .store
+            .generations()
+            .iter()
+            .filter_map(|g| g.strip_prefix(&prefix)?.parse::<u64>().ok())
+            .max()
+            .unwrap_or(0);
+        format!("{prefix}{}", highest.saturating_add(1))
     }
 
     fn failed(&self, what: &str, e: &Error) {
