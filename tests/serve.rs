@@ -38,9 +38,15 @@ impl Server {
     /// Starts the server on a free loopback port over `data`, and waits until it is
     /// ready (at most a minute).
     fn start(data: &Path) -> Server {
+        Self::start_with(data, &[])
+    }
+
+    /// [`Server::start`] with more flags.
+    fn start_with(data: &Path, flags: &[&str]) -> Server {
         let mut child = Command::new(server_binary())
             .args(["--addr", "127.0.0.1:0", "--epochs", "5", "--data-dir"])
             .arg(data)
+            .args(flags)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -307,4 +313,54 @@ fn a_config_file_sets_what_flags_do_and_refuses_unknown_keys() {
         "log lines are JSON: {first_log:?}"
     );
     assert!(data.join("state").exists(), "the file's data_dir is used");
+}
+
+/// Back-pressure: one worker behind a queue of one, 64 requests at once: the ones that
+/// find the queue full get a 503 at once, the rest a 200; nothing else, nothing hangs.
+#[test]
+fn an_overloaded_server_answers_503_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Server::start_with(dir.path(), &["--workers", "1", "--queue", "1"]);
+    let url = format!("{}/v1/recommend", s.url);
+    let gate = Arc::new(std::sync::Barrier::new(64));
+    let clients: Vec<_> = (0..64)
+        .map(|u| {
+            let (url, gate) = (url.clone(), Arc::clone(&gate));
+            std::thread::spawn(move || {
+                gate.wait();
+                let t = Instant::now();
+                let (code, body) = post(&url, &format!(r#"{{"user": {u}, "k": 500}}"#));
+                (code, body, t.elapsed())
+            })
+        })
+        .collect();
+    let answers: Vec<_> = clients.into_iter().map(|c| c.join().unwrap()).collect();
+    let ok = answers.iter().filter(|a| a.0 == 200).count();
+    let busy: Vec<_> = answers.iter().filter(|a| a.0 == 503).collect();
+    assert_eq!(ok + busy.len(), 64, "only 200 and 503: {answers:?}");
+    assert!(ok >= 1, "some requests are served");
+    assert!(
+        !busy.is_empty(),
+        "64 requests at once overflow a queue of one"
+    );
+    for (_, body, took) in &busy {
+        assert!(
+            json_of(body)["error"]
+                .as_str()
+                .unwrap()
+                .contains("queue is full"),
+            "{body}"
+        );
+        assert!(
+            *took < Duration::from_secs(2),
+            "a 503 answers at once, took {took:?}"
+        );
+    }
+    let (_, metrics) = get(&format!("{}/metrics", s.url));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mosaic_requests_total{endpoint=\"recommend\",status=\"503\"}")),
+        "{metrics}"
+    );
 }
