@@ -45,8 +45,8 @@ const FRESH_POOL: usize = 2048;
 pub const DEFAULT_MAX_LIVE_ITEMS: usize = 100_000;
 
 /// The feedback log and the checkpoint lock, shared by a recommender and those its
-/// refits make. Lock order: the taste graph's lock, then `log`; `checkpoint` first of
-/// all.
+/// refits make. Lock order: `checkpoint`, then `log`, then the taste graph's lock (so a
+/// recorder waiting for the log, behind another's sync, blocks no reader).
 #[derive(Default)]
 struct Durable {
     log: Mutex<Option<Attached>>,

@@ -99,11 +99,13 @@ impl Recommender {
         kind: InteractionKind,
         time: u64,
     ) -> Result<Option<u64>> {
-        let mut st = self.write();
+        // the log first: a recorder waiting for it (another's sync) holds no lock that
+        // readers need
         let mut log = self.log();
         if let Some(a) = log.as_ref() {
             a.log.check()?; // a failed log takes no event, not even in memory
         }
+        let mut st = self.write();
         apply(&mut st, user, item, kind, time, Some(self.max_live_items))?;
         match log.as_mut() {
             Some(a) => Ok(Some(a.log.append(&Feedback {
@@ -220,8 +222,8 @@ impl Recommender {
             .unwrap_or_else(PoisonError::into_inner);
         let prefix = self.saved_prefix();
         let (state, seq, dir) = {
-            let st = self.read_current()?;
             let mut log = self.log();
+            let st = self.read_current()?;
             let a = log.as_mut().ok_or_else(no_log)?;
             let seq = a.log.last_seq();
             // durable through `seq` before a state that covers it is
