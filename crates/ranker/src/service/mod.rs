@@ -23,7 +23,7 @@ pub mod pool;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -150,7 +150,9 @@ pub struct Service {
     current: RwLock<Arc<Recommender>>,
     counters: Counters,
     last_error: Mutex<Option<String>>,
-    wake: Mutex<Option<Sender<Wake>>>,
+    /// Wakes the maintenance thread: a queue of one (a pending wake-up is enough, so
+    /// events arriving during a long refit queue nothing).
+    wake: Mutex<Option<SyncSender<Wake>>>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
     /// Request metrics the HTTP layer records into.
     pub requests: RequestMetrics,
@@ -195,7 +197,7 @@ impl Service {
             }
         };
         tracing::info!(?opened, "serving");
-        let (tx, rx) = mpsc::channel();
+        let (tx, rx) = mpsc::sync_channel(1);
         let service = Arc::new(Self {
             dir: dir.to_path_buf(),
             store,
@@ -282,7 +284,7 @@ impl Service {
         if recorded > 0
             && let Some(tx) = lock(&self.wake).as_ref()
         {
-            let _ = tx.send(Wake::Events);
+            let _ = tx.try_send(Wake::Events);
         }
         result
     }
