@@ -69,6 +69,24 @@ fn item_map(external: Vec<u64>) -> Result<ItemMap> {
     })
 }
 
+/// `user_excluded` and the request's blocked ids, sorted and deduplicated (as
+/// [`Filter::exclude`] takes them).
+fn excluded(mut user_excluded: Vec<u64>, opts: &RecommendOptions) -> Vec<u64> {
+    user_excluded.extend_from_slice(&opts.blocked);
+    user_excluded.sort_unstable();
+    user_excluded.dedup();
+    user_excluded
+}
+
+/// The filter of a request: `exclude` (from [`excluded`]) and the attribute rule.
+fn request_filter<'a>(exclude: &'a [u64], opts: &'a RecommendOptions) -> Filter<'a> {
+    let filter = Filter::none().exclude(exclude);
+    match opts.rule.as_deref() {
+        Some(rule) => filter.with_attrs(rule),
+        None => filter,
+    }
+}
+
 fn no_refresher() -> Error {
     Error::config("no refresher is attached (Recommender::with_refresher)")
 }
@@ -423,13 +441,13 @@ impl Recommender {
                 (c as f32).ln_1p() / (max as f32).ln_1p()
             }
         };
+        let exclude = excluded(Vec::new(), opts);
+        let filter = request_filter(&exclude, opts);
+        // in the generation (retrievable) and admitted by the request's filter
         let allowed = |id: u64| {
-            !opts.blocked.contains(&id)
-                && self.snap.locate(StoreId(id)).is_some()
-                && opts
-                    .rule
-                    .as_ref()
-                    .is_none_or(|r| self.snap.attrs(StoreId(id)).is_some_and(|a| r(a)))
+            self.snap
+                .attrs(StoreId(id))
+                .is_some_and(|a| filter.admits(id, || a))
         };
         let mut popular = st.popular.ids().filter_map(|i| {
             let id = st.items.externals()[i as usize];
@@ -495,14 +513,8 @@ impl Recommender {
     /// Retrieval, filtering and scoring: the candidate pool of one request.
     fn pool(&self, user: UserId, opts: &RecommendOptions) -> Result<Option<Pool>> {
         let r = self.request(user, opts)?;
-        let mut exclude = r.exclude;
-        exclude.extend_from_slice(&opts.blocked);
-        exclude.sort_unstable();
-        exclude.dedup();
-        let mut filter = Filter::none().exclude(&exclude);
-        if let Some(rule) = opts.rule.as_deref() {
-            filter = filter.with_attrs(rule);
-        }
+        let exclude = excluded(r.exclude, opts);
+        let filter = request_filter(&exclude, opts);
         let user_norm = dot(&r.user, &r.user).sqrt();
         let wants = Wants {
             user: &r.user,

@@ -91,7 +91,7 @@ impl Recommender {
     }
 
     /// The event applied to the taste graph and appended to the log (when attached),
-    /// under the same lock; returns its log seq.
+    /// both locks held, so the log's order is the order of application; returns its seq.
     fn apply_and_log(
         &self,
         user: UserId,
