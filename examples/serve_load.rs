@@ -153,6 +153,61 @@ fn wait_ready(url: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One simulated client: a keep-alive connection sending the request mix.
+struct Client {
+    agent: ureq::Agent,
+    url: String,
+    rng: Rng,
+    /// Users and items drawn from, the share of events, results per recommendation.
+    users: usize,
+    items: usize,
+    share: f64,
+    k: usize,
+}
+
+impl Client {
+    fn new(args: &Args, url: &str, seed: u64) -> Client {
+        Client {
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+            url: url.to_string(),
+            rng: Rng::new(seed),
+            users: args.users as usize,
+            items: args.items as usize,
+            share: args.events,
+            k: args.k,
+        }
+    }
+
+    /// Draws the next request of the mix (an event at `time`, or a recommendation) and
+    /// sends it; returns whether it was an event and whether it was answered 200.
+    fn send_next(&mut self, time: u64) -> (bool, bool) {
+        let user = self.rng.below(self.users);
+        let is_event = (self.rng.unit() as f64) < self.share;
+        let (path, body) = if is_event {
+            let e = json!({"user": user, "item": self.rng.below(self.items),
+                           "kind": "click", "time": time});
+            ("events", json!({ "events": [e] }))
+        } else {
+            ("recommend", json!({"user": user, "k": self.k}))
+        };
+        let r = self
+            .agent
+            .post(&format!("{}/v1/{path}", self.url))
+            .set("content-type", "application/json")
+            .send_string(&body.to_string());
+        let ok = match r {
+            Ok(resp) if resp.status() == 200 => {
+                let _ = resp.into_string();
+                true
+            }
+            _ => false,
+        };
+        (is_event, ok)
+    }
+}
+
 /// What one connection saw.
 #[derive(Default)]
 struct Tally {
@@ -176,17 +231,13 @@ fn level(args: &Args, url: &str, conns: usize, time0: u64) -> anyhow::Result<u64
     let started = Instant::now();
     let workers: Vec<_> = (0..conns)
         .map(|c| {
-            let (url, budget) = (url.to_string(), Arc::clone(&budget));
-            let (k, users, items, share) = (args.k, args.users, args.items, args.events);
+            let budget = Arc::clone(&budget);
+            let mut client = Client::new(args, url, c as u64 * 7919 + time0);
             // open loop: this connection's k-th request is due at `k * period`
             let period = args
                 .rate
                 .map(|r| Duration::from_secs_f64(conns as f64 / r.max(1e-3)));
             std::thread::spawn(move || {
-                let agent = ureq::AgentBuilder::new()
-                    .timeout(Duration::from_secs(30))
-                    .build();
-                let mut rng = Rng::new(c as u64 * 7919 + time0);
                 let mut t = Tally::default();
                 let mut n = 0u64;
                 while Instant::now() < stop_at
@@ -194,15 +245,6 @@ fn level(args: &Args, url: &str, conns: usize, time0: u64) -> anyhow::Result<u64
                         .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| b.checked_sub(1))
                         .is_ok()
                 {
-                    let user = rng.below(users as usize);
-                    let is_event = (rng.unit() as f64) < share;
-                    let (path, body) = if is_event {
-                        let e = json!({"user": user, "item": rng.below(items as usize),
-                                       "kind": "click", "time": time0 + n});
-                        ("events", json!({ "events": [e] }))
-                    } else {
-                        ("recommend", json!({"user": user, "k": k}))
-                    };
                     let t0 = match period {
                         Some(p) => {
                             let due =
@@ -214,21 +256,12 @@ fn level(args: &Args, url: &str, conns: usize, time0: u64) -> anyhow::Result<u64
                         }
                         None => Instant::now(),
                     };
-                    let r = agent
-                        .post(&format!("{url}/v1/{path}"))
-                        .set("content-type", "application/json")
-                        .send_string(&body.to_string());
+                    let (is_event, ok) = client.send_next(time0 + n);
                     let ms = t0.elapsed().as_secs_f64() * 1e3;
-                    match r {
-                        Ok(resp) if resp.status() == 200 => {
-                            let _ = resp.into_string();
-                            if is_event {
-                                t.events_ms.push(ms);
-                            } else {
-                                t.recommend_ms.push(ms);
-                            }
-                        }
-                        _ => t.errors += 1,
+                    match (ok, is_event) {
+                        (true, true) => t.events_ms.push(ms),
+                        (true, false) => t.recommend_ms.push(ms),
+                        (false, _) => t.errors += 1,
                     }
                     n += 1;
                 }
@@ -299,36 +332,17 @@ fn kill_rounds(args: &Args, kills: usize, conns: usize) -> anyhow::Result<()> {
         let acked = Arc::new(AtomicU64::new(0));
         let workers: Vec<_> = (0..conns)
             .map(|c| {
-                let (url, stop, acked) = (server.url.clone(), Arc::clone(&stop), Arc::clone(&acked));
-                let (users, items, share) = (args.users, args.items, args.events);
+                let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+                let mut client = Client::new(args, &server.url, (round * 1000 + c) as u64);
                 std::thread::spawn(move || {
-                    let agent = ureq::AgentBuilder::new()
-                        .timeout(Duration::from_secs(30))
-                        .build();
-                    let mut rng = Rng::new((round * 1000 + c) as u64);
                     let mut n = 0u64;
                     while !stop.load(Ordering::Relaxed) {
-                        let user = rng.below(users as usize);
-                        let is_event = (rng.unit() as f64) < share;
-                        let (path, body) = if is_event {
-                            let e = json!({"user": user, "item": rng.below(items as usize),
-                                           "kind": "click", "time": 1_000_000 * (round as u64 + 1) + n});
-                            ("events", json!({ "events": [e] }))
-                        } else {
-                            ("recommend", json!({"user": user, "k": 10}))
-                        };
-                        let r = agent
-                            .post(&format!("{url}/v1/{path}"))
-                            .set("content-type", "application/json")
-                            .send_string(&body.to_string());
-                        match r {
-                            Ok(resp) if resp.status() == 200 => {
-                                let _ = resp.into_string();
-                                if is_event {
-                                    acked.fetch_add(1, Ordering::Relaxed);
-                                }
+                        match client.send_next(1_000_000 * (round as u64 + 1) + n) {
+                            (true, true) => {
+                                acked.fetch_add(1, Ordering::Relaxed);
                             }
-                            _ => return, // the server is gone
+                            (false, true) => {}
+                            (_, false) => return, // the server is gone
                         }
                         n += 1;
                     }
