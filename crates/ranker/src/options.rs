@@ -425,9 +425,14 @@ impl RequestOptions {
             o = o.cap(c.attr, c.max);
         }
         if let Some(a) = &self.allow {
-            let (attr, values) = (a.attr, a.values.clone());
+            // the rule runs for every candidate a search visits: sorted, then searched
+            let (attr, mut values) = (a.attr, a.values.clone());
+            values.sort_unstable();
+            values.dedup();
             o = o.rule(Arc::new(move |attrs: &[u32]| {
-                attrs.get(attr).is_some_and(|v| values.contains(v))
+                attrs
+                    .get(attr)
+                    .is_some_and(|v| values.binary_search(v).is_ok())
             }));
         }
         if let Some(v) = self.now {

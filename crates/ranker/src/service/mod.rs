@@ -116,7 +116,7 @@ pub struct Stats {
     pub last_refit_seconds: f64,
     /// The store generation served.
     pub generation: String,
-    /// Users and items of the taste graph.
+    /// Users of the taste graph.
     pub users: usize,
     /// Items of the taste graph (trained and added live).
     pub items: usize,
