@@ -248,6 +248,7 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
             refit,
             "lightgcn-demo-refit-1",
             Some(attrs),
+            None,
             &store,
             &opts,
         )?

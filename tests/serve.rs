@@ -103,6 +103,15 @@ fn post(url: &str, body: &str) -> (u16, String) {
     )
 }
 
+fn put(url: &str, body: &str) -> (u16, String) {
+    answer(
+        ureq::put(url)
+            .timeout(Duration::from_secs(10))
+            .set("content-type", "application/json")
+            .send_string(body),
+    )
+}
+
 fn json_of(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
@@ -161,9 +170,28 @@ fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
         "{body}"
     );
 
+    // a new item: the newest row once the index is refreshed, so in the cold-start
+    // list's fresh slot (every fourth)
+    let dim = mosaic_testkit::catalogue::CatalogueSpec::default().dim;
+    let item = json!({"items": [{"item": 777_777, "vector": vec![0.25; dim], "attrs": [2]}]});
+    let (code, body) = put(&format!("{u}/v1/items"), &item.to_string());
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json_of(&body)["items"], 1);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !get(&format!("{u}/metrics"))
+        .1
+        .lines()
+        .any(|l| l == "mosaic_index_refreshes_total 1")
+    {
+        assert!(Instant::now() < deadline, "no index refresh");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
     let (code, body) = post(&format!("{u}/v1/recommend"), r#"{"user": 123456, "k": 5}"#);
     assert_eq!(code, 200, "{body}");
-    assert_eq!(json_of(&body)["cold_start"], true);
+    let cold = json_of(&body);
+    assert_eq!(cold["cold_start"], true);
+    assert_eq!(cold["items"][3]["item"], 777_777, "{cold}");
 
     for (path, body, names) in [
         ("recommend", r#"{"user": 3, "k": 0}"#, "k = 0"),
@@ -189,8 +217,27 @@ fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
             "events[0]",
         ),
         ("events", r#"{"evnts": []}"#, "evnts"),
+        (
+            "items",
+            r#"{"items": [{"item": 5, "vector": [1.0], "attrs": [0]}]}"#,
+            "items[0].vector: 1 values",
+        ),
+        (
+            "items",
+            r#"{"items": [{"item": 5, "vectr": []}]}"#,
+            "items[0]: unknown field `vectr`",
+        ),
+        (
+            "items",
+            r#"{"items": [{"item": 5, "vector": [1e39]}]}"#,
+            "items[0]",
+        ),
     ] {
-        let (code, answer) = post(&format!("{u}/v1/{path}"), body);
+        let (code, answer) = if path == "items" {
+            put(&format!("{u}/v1/{path}"), body)
+        } else {
+            post(&format!("{u}/v1/{path}"), body)
+        };
         assert_eq!(code, 400, "{body}: {answer}");
         let e = json_of(&answer);
         let msg = e["error"].as_str().unwrap();
@@ -198,6 +245,12 @@ fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
     }
     // a rejected batch recorded nothing
     let (_, metrics) = get(&format!("{u}/metrics"));
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "mosaic_items_upserted_total 1"),
+        "{metrics}"
+    );
     assert!(
         metrics.lines().any(|l| l == "mosaic_events_total 3"),
         "{metrics}"

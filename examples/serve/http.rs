@@ -10,8 +10,8 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use mosaic::ranker::service::{Service, WorkPool};
+use axum::routing::{get, post, put};
+use mosaic::ranker::service::{ItemUpsert, Service, WorkPool};
 use mosaic::ranker::{Error, Event, RecommendOptions, RequestOptions};
 use mosaic::taste_graph::{InteractionKind, UserId};
 use serde::Deserialize;
@@ -28,6 +28,9 @@ pub struct App {
     pub recommend_pool: WorkPool,
     /// Workers recording events.
     pub events_pool: WorkPool,
+    /// The worker upserting items (one: upserts commit one at a time, and may wait
+    /// for a refit's swap).
+    pub items_pool: WorkPool,
     /// Every request's deadline.
     pub deadline: Duration,
     /// The options a request's own override.
@@ -269,6 +272,43 @@ async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
     .await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ItemsBody {
+    items: Vec<Value>,
+}
+
+/// The whole batch parsed before any of it is written (the service checks the values).
+fn items_of(body: &[u8]) -> Result<Vec<ItemUpsert>, Reject> {
+    let b: ItemsBody = parse(body)?;
+    b.items
+        .into_iter()
+        .enumerate()
+        .map(|(k, v)| {
+            serde_json::from_value(v)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, format!("items[{k}]: {e}")))
+        })
+        .collect()
+}
+
+async fn items(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let work = async {
+        let service = app.service()?;
+        let items = items_of(&body)?;
+        match app
+            .run(&app.items_pool, move || service.upsert(&items))
+            .await?
+        {
+            Ok(done) => Ok(axum::Json(done).into_response()),
+            Err(e) => Err(error(status_of(&e), e)),
+        }
+    };
+    timed(&app, "items", &headers, async {
+        work.await.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
+}
+
 async fn ready(State(app): State<Arc<App>>) -> Response {
     match app.service() {
         Ok(_) => (StatusCode::OK, "ready\n").into_response(),
@@ -292,6 +332,7 @@ pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/v1/recommend", post(recommend))
         .route("/v1/events", post(events))
+        .route("/v1/items", put(items))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))

@@ -4,6 +4,7 @@
 //! cargo run --release --example serve                    # the built-in catalogue, 127.0.0.1:7878
 //! curl -s localhost:7878/v1/recommend -d '{"user": 7, "k": 5}'
 //! curl -s localhost:7878/v1/events -d '{"events": [{"user": 7, "item": 42, "kind": "click", "time": 5000}]}'
+//! curl -s -X PUT localhost:7878/v1/items -d '{"items": [{"item": 90001, "vector": [0.1, ...], "attrs": [3]}]}'
 //! curl -s localhost:7878/metrics
 //! ```
 //! With no saved state in `--data-dir` it trains on the recommend example's catalogue
@@ -14,8 +15,8 @@
 //! listed by `--help` and in docs/serving.md; logs: `tracing` to stderr (`RUST_LOG`,
 //! `--log-format json`), a span per request with its id (`x-request-id`).
 //!
-//! The server only routes: CPU work runs on two bounded worker pools (recommendations;
-//! events) through `WorkPool::try_run`, never on the async runtime's threads; a full
+//! The server only routes: CPU work runs on bounded worker pools (recommendations;
+//! events; item upserts) through `WorkPool::try_run`, never on the async runtime's threads; a full
 //! queue or a passed deadline answers 503 at once. SIGTERM or Ctrl-C stops accepting,
 //! drains the requests in flight, then syncs the log and checkpoints.
 
@@ -122,6 +123,7 @@ fn main() -> anyhow::Result<()> {
         failed: OnceLock::new(),
         recommend_pool: WorkPool::new("recommend", args.workers, args.queue)?,
         events_pool: WorkPool::new("events", 2, args.queue)?,
+        items_pool: WorkPool::new("items", 1, args.queue)?,
         deadline: Duration::from_millis(args.deadline_ms),
         defaults: RecommendOptions::new().k(10),
     });

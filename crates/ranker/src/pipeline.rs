@@ -205,20 +205,70 @@ pub fn build(
 
 /// Serves a finished background refit of `rec` ([`Recommender::plan_refit`]): the
 /// refit's item embeddings exported to the new generation `name` of `store` (made
-/// current; `attrs` for the refit's items in dense order), an HNSW index when
-/// `opts.hnsw` asks, then [`Recommender::refreshed`]. Swap the returned recommender in
-/// for `rec`.
+/// current; `attrs` for the refit's items in dense order) with the `carry` rows after
+/// them, in one commit; an HNSW index when `opts.hnsw` asks; then
+/// [`Recommender::refreshed`]. Swap the returned recommender in for `rec`.
 pub fn refreshed(
     rec: &Recommender,
     refit: Refit,
     name: &str,
     attrs: Option<Attrs<'_>>,
+    carry: Option<&Carried>,
     store: &Arc<Store>,
     opts: &PipelineOptions,
 ) -> Result<(Recommender, Installed)> {
     let ids = rec.external_ids(refit.live().n_items())?;
-    let (snap, index) = publish(store, name, refit.live(), &ids, attrs, opts)?;
+    let (snap, index) = publish(store, name, refit.live(), &ids, attrs, carry, opts)?;
     rec.refreshed(refit, snap, index)
+}
+
+/// Rows a refit's generation carries after the refit's items: the items of the served
+/// generation the refit has no embedding for (upserted into the store, never in an
+/// event before the refit's plan), with their vectors and attributes as served. Their
+/// vectors stay in the space of the model they were upserted for: a refit warm-starts
+/// from it, so they stay comparable, not retrained.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Carried {
+    /// The external ids, in the served generation's row order.
+    pub ids: Vec<u64>,
+    /// Their vectors, `ids.len() × dim`.
+    pub vectors: Vec<f32>,
+    /// Their attributes, `ids.len() × n_attrs` of the served generation.
+    pub attrs: Vec<u32>,
+}
+
+impl Carried {
+    /// The live rows of `served` whose ids are not in `trained` (the refit's items).
+    pub fn from_served(served: &Snapshot, trained: &[u64]) -> Result<Carried> {
+        let trained: std::collections::HashSet<u64> = trained.iter().copied().collect();
+        let ids: Vec<u64> = served
+            .iter_live()
+            .map(|(id, _, _)| id.0)
+            .filter(|id| !trained.contains(id))
+            .collect();
+        let store_ids: Vec<StoreId> = ids.iter().map(|&i| StoreId(i)).collect();
+        let mut vectors = vec![0f32; ids.len() * served.dim()];
+        served.get_many(&store_ids, &mut vectors)?;
+        let n = served.n_attrs();
+        let mut attrs = vec![0u32; ids.len() * n];
+        if n > 0 {
+            for (row, id) in attrs.chunks_exact_mut(n).zip(&store_ids) {
+                if let Some(a) = served.attrs(*id) {
+                    row.copy_from_slice(&a[..n.min(a.len())]);
+                }
+            }
+        }
+        Ok(Carried {
+            ids,
+            vectors,
+            attrs,
+        })
+    }
+
+    /// Whether there is nothing to carry.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
 }
 
 /// The recommender a restarted service serves: the state saved in `dir`
@@ -254,18 +304,23 @@ fn index_if_asked(
     opts.hnsw.map(|p| index_for(store, snap, p)).transpose()
 }
 
-/// `live`'s item embeddings written to generation `name` of `store` under `ids` (made
-/// current), and its HNSW index when `opts.hnsw` asks.
+/// `live`'s item embeddings written to generation `name` of `store` under `ids` (with
+/// `carry`'s rows after them, in the same commit; made current), and its HNSW index
+/// when `opts.hnsw` asks.
 fn publish(
     store: &Arc<Store>,
     name: &str,
     live: &LiveModel,
     ids: &[u64],
     attrs: Option<Attrs<'_>>,
+    carry: Option<&Carried>,
     opts: &PipelineOptions,
 ) -> Result<(Snapshot, Option<Hnsw>)> {
-    export_items(
-        store,
+    let n_attrs = attrs.map_or(0, |a| a.n_attrs);
+    let mut w = store.writer()?;
+    w.create_generation(GenerationSpec::new(name, live.dim(), opts.storage).attrs(n_attrs))?;
+    export_table(
+        &mut w,
         name,
         opts.storage,
         live.items(),
@@ -273,6 +328,23 @@ fn publish(
         ids,
         attrs,
     )?;
+    if let Some(c) = carry.filter(|c| !c.is_empty()) {
+        let carried = attrs.map(|_| Attrs {
+            values: &c.attrs,
+            n_attrs,
+        });
+        export_table(
+            &mut w,
+            name,
+            opts.storage,
+            &c.vectors,
+            live.dim(),
+            &c.ids,
+            carried,
+        )?;
+    }
+    w.set_current(name)?;
+    w.commit()?;
     let snap = store.generation(name)?;
     let index = index_if_asked(store, &snap, opts)?;
     Ok((snap, index))
@@ -292,7 +364,7 @@ pub fn serve(
 ) -> Result<Recommender> {
     let live = LiveModel::new(model, graph, opts.live, opts.now)?;
     let ids = item_ids.unwrap_or_else(|| (0..live.n_items() as u64).collect());
-    let (snap, index) = publish(store, &opts.generation, &live, &ids, attrs, opts)?;
+    let (snap, index) = publish(store, &opts.generation, &live, &ids, attrs, None, opts)?;
     Ok(
         Recommender::new(snap, index, live, Some(ids), opts.interests)?
             .with_max_live_items(opts.max_live_items),

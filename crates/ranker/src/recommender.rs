@@ -2,7 +2,8 @@
 //! feedback loop into the taste graph.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::atomic::AtomicUsize;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::kernels::dot;
@@ -20,6 +21,7 @@ use crate::scoring::{self, Scored, Taste};
 use crate::sources::{Catalog, Gathered, Interest, Wants};
 use crate::types::{Candidate, Recommendation, ScoreParts, Source};
 
+mod rows;
 pub mod serving;
 
 struct State {
@@ -134,7 +136,11 @@ pub struct Recommender {
     /// The refit generation whose item embeddings `snap` holds.
     serves: u64,
     /// The leading external ids `snap`'s rows hold (found by the first save).
-    saved_prefix: OnceLock<Prefix>,
+    saved_prefix: Mutex<Option<Prefix>>,
+    /// The most ids a save may take from the generation's rows: lowered before a
+    /// commit moves one of them ([`Recommender::replacing_rows`]). Shared by the
+    /// recommenders over commits of the same generation ([`Recommender::over`]).
+    prefix_cap: Arc<AtomicUsize>,
     /// Shared with the recommenders that refits of this one make.
     durable: Arc<Durable>,
     /// Items feedback may add between refits.
@@ -206,7 +212,8 @@ impl Recommender {
                 generation: 0,
             })),
             serves: 0,
-            saved_prefix: OnceLock::new(),
+            saved_prefix: Mutex::default(),
+            prefix_cap: Arc::new(AtomicUsize::new(usize::MAX)),
             durable: Arc::default(),
             max_live_items: DEFAULT_MAX_LIVE_ITEMS,
         })
@@ -316,7 +323,8 @@ impl Recommender {
                 interests: self.interests,
                 state: Arc::clone(&self.state),
                 serves,
-                saved_prefix: OnceLock::new(),
+                saved_prefix: Mutex::default(),
+                prefix_cap: Arc::new(AtomicUsize::new(usize::MAX)),
                 durable: Arc::clone(&self.durable),
                 max_live_items: self.max_live_items,
             },

@@ -108,8 +108,16 @@ fn a_refit_is_served_by_the_refreshed_recommender_and_the_old_one_retires() {
         values: &cat.style,
         n_attrs: 1,
     };
-    let (fresh, installed) =
-        refreshed(&rec, refit, "refit-1", Some(attrs), &store, &options(true)).unwrap();
+    let (fresh, installed) = refreshed(
+        &rec,
+        refit,
+        "refit-1",
+        Some(attrs),
+        None,
+        &store,
+        &options(true),
+    )
+    .unwrap();
     // The two events recorded during the refit were caught up outside the write lock.
     assert_eq!(
         (installed.folded, installed.caught_up, installed.replayed),
@@ -148,7 +156,7 @@ fn a_refit_is_served_by_the_refreshed_recommender_and_the_old_one_retires() {
     fresh.with_live(|l| assert!(l.seen(UserId(7)).contains(&dense.0)));
     // A refit planned before that install would undo it.
     let stale = stale_job.run(|_| {}).unwrap();
-    let err = refreshed(&fresh, stale, "refit-2", None, &store, &options(true)).unwrap_err();
+    let err = refreshed(&fresh, stale, "refit-2", None, None, &store, &options(true)).unwrap_err();
     assert!(
         matches!(err, Error::Taste(taste_graph::Error::Stale { .. })),
         "{err}"
@@ -162,7 +170,8 @@ fn a_refit_is_served_by_the_refreshed_recommender_and_the_old_one_retires() {
             .graph()
             .has_edge(UserId(5), ItemId(fresh.dense_id(hidden).unwrap().0))
     );
-    let (third, _) = refreshed(&fresh, refit, "refit-3", None, &store, &options(true)).unwrap();
+    let (third, _) =
+        refreshed(&fresh, refit, "refit-3", None, None, &store, &options(true)).unwrap();
     assert!(third.recommend(UserId(5), &opts).is_ok());
     assert!(matches!(
         fresh.recommend(UserId(5), &opts),
@@ -217,7 +226,7 @@ fn events_recorded_while_refits_install_are_all_served() {
         let refit = from.plan_refit(1).unwrap().run(|_| {}).unwrap();
         let name = format!("race-{n}");
         let (fresh, installed) =
-            refreshed(from, refit, &name, None, &store, &options(true)).unwrap();
+            refreshed(from, refit, &name, None, None, &store, &options(true)).unwrap();
         replayed += installed.replayed;
         current = Some(fresh);
     }
@@ -296,7 +305,8 @@ fn the_pipeline_trains_and_refits_on_a_cuda_device() {
         .unwrap();
     let refit = rec.plan_refit(2).unwrap().run(|_| {}).unwrap();
     assert!(refit.training().device().is_some_and(|d| d.is_cuda()));
-    let (fresh, installed) = refreshed(&rec, refit, "refit-cuda", None, &store, &opts).unwrap();
+    let (fresh, installed) =
+        refreshed(&rec, refit, "refit-cuda", None, None, &store, &opts).unwrap();
     assert_eq!(installed.folded, 1);
     let recs = fresh
         .recommend(UserId(3), &RecommendOptions::new().k(10))
@@ -319,7 +329,7 @@ fn a_restarted_service_serves_the_state_it_saved() {
             .unwrap();
     }
     let refit = rec.plan_refit(1).unwrap().run(|_| {}).unwrap();
-    let (fresh, _) = refreshed(&rec, refit, "refit-1", None, &store, &options(true)).unwrap();
+    let (fresh, _) = refreshed(&rec, refit, "refit-1", None, None, &store, &options(true)).unwrap();
     // Served after the refit: a hide (kept only in the users' memory after the next
     // refit) and a click; then the state is captured and written.
     let hidden = fresh.recommend(UserId(4), &opts).unwrap()[0].item;
@@ -385,7 +395,7 @@ fn a_restarted_service_serves_the_state_it_saved() {
     );
     // It refits like the original: the refresher came back attached.
     let refit = back.plan_refit(1).unwrap().run(|_| {}).unwrap();
-    assert!(refreshed(&back, refit, "refit-2", None, &store, &options(true)).is_ok());
+    assert!(refreshed(&back, refit, "refit-2", None, None, &store, &options(true)).is_ok());
 
     // Over another generation than the one it was saved serving: refused.
     let cpu = DeviceSpec::Cpu.select().unwrap();

@@ -1,16 +1,19 @@
 //! The serving type: batches acknowledged by the log survive a restart, refits run in
 //! the background and are swapped in (the old generation dropped, attributes carried),
 //! unknown users get the cold-start list, oversized batches are refused whole, and
-//! request options from JSON name the field they got wrong.
+//! request options from JSON name the field they got wrong; upserted items are retrieved
+//! after the index refresh, survive a crash and are carried into a refit's generation,
+//! and a bad upsert changes nothing.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use embed_store::{MmapDirectory, Store};
+use embed_store::hnsw::{HnswParams, Scratch};
+use embed_store::{Filter, ItemId as StoreId, MmapDirectory, Store};
 use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, small_lightgcn};
 use ranker::pipeline::{Attrs, PipelineOptions, build};
-use ranker::service::{Opened, Service, ServiceOptions};
+use ranker::service::{ItemUpsert, Opened, Service, ServiceOptions};
 use ranker::{Error, Event, RecommendOptions, RequestOptions, Source};
 use taste_graph::{InteractionKind, UserId};
 
@@ -24,12 +27,14 @@ fn options(refit_after_events: u64) -> ServiceOptions {
             lightgcn: small_lightgcn(),
             epochs: 3,
             generation: "demo".into(),
+            hnsw: Some(HnswParams::default()),
             ..PipelineOptions::default()
         },
         refit_after_events,
         refit_epochs: 1,
         checkpoint_after_events: 25,
         max_batch: 50,
+        max_items: 50,
         ..ServiceOptions::default()
     }
 }
@@ -268,4 +273,157 @@ fn request_options_from_json_name_the_field() {
     };
     let e = long.apply(RecommendOptions::new()).unwrap_err();
     assert!(e.to_string().contains("blocked"), "{e}");
+}
+
+/// Waits until `done` holds of the service's stats (the maintenance thread runs it).
+fn wait_for(s: &Service, what: &str, done: impl Fn(&ranker::service::Stats) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done(&s.stats()) {
+        assert!(Instant::now() < deadline, "no {what}: {:?}", s.stats());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A vector along user 3's taste, long enough to be their nearest item.
+fn along_user_3(s: &Service) -> Vec<f32> {
+    let u = s
+        .recommender()
+        .with_live(|l| l.user(UserId(3)).unwrap().to_vec());
+    u.iter().map(|x| x * 10.0).collect()
+}
+
+const NEW_ITEM: u64 = 9_000_001;
+
+#[test]
+fn upserted_items_are_retrieved_after_the_refresh_and_survive_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let (v, moved, served) = {
+        let (s, _) = open(dir.path(), 0);
+        let v = along_user_3(&s);
+        let version = s.stats().rows_version;
+        let up = s
+            .upsert(&[ItemUpsert {
+                item: NEW_ITEM,
+                vector: v.clone(),
+                attrs: vec![2],
+            }])
+            .unwrap();
+        assert_eq!((up.items, up.generation.as_str()), (1, "demo"));
+        wait_for(&s, "index refresh", |st| st.rows_version > version);
+        let rec = s.recommender();
+        // the index itself was updated: the new row is its nearest neighbour
+        let index = rec.index().expect("an HNSW index");
+        let hits = index
+            .search(
+                rec.snapshot(),
+                &v,
+                1,
+                32,
+                &Filter::none(),
+                &mut Scratch::new(index.len()),
+            )
+            .unwrap();
+        assert_eq!(hits[0].id, StoreId(NEW_ITEM));
+        let a = s
+            .recommend(UserId(3), &RecommendOptions::new().k(5))
+            .unwrap();
+        assert!(a.items.iter().any(|r| r.item == NEW_ITEM), "{a:?}");
+        // item 0 is the taste graph's first item, among the rows every save names
+        let moved: Vec<f32> = (0..v.len()).map(|i| i as f32 * 0.1).collect();
+        let version = s.stats().rows_version;
+        s.upsert(&[ItemUpsert {
+            item: 0,
+            vector: moved.clone(),
+            attrs: vec![1],
+        }])
+        .unwrap();
+        s.record(&events(0, 10)).unwrap();
+        wait_for(&s, "index refresh", |st| st.rows_version > version);
+        (v, moved, lists(&s))
+        // dropped without shutdown
+    };
+    let (s, opened) = open(dir.path(), 0);
+    assert!(matches!(opened, Opened::Restored { .. }), "{opened:?}");
+    let snap = s.recommender().snapshot().clone();
+    assert_eq!(snap.get(StoreId(NEW_ITEM)), Some(v));
+    assert_eq!(snap.get(StoreId(0)), Some(moved));
+    assert_eq!(snap.attrs(StoreId(0)), Some(&[1u32][..]));
+    assert_eq!(lists(&s), served);
+    // and again after a checkpoint taken over the new rows
+    s.shutdown().unwrap();
+    drop(s);
+    let (s, _) = open(dir.path(), 0);
+    assert_eq!(lists(&s), served);
+}
+
+#[test]
+fn a_refit_carries_the_items_only_the_store_knows() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path(), 30);
+    let v = along_user_3(&s);
+    s.upsert(&[ItemUpsert {
+        item: NEW_ITEM,
+        vector: v.clone(),
+        attrs: vec![3],
+    }])
+    .unwrap();
+    s.record(&events(0, 40)).unwrap();
+    wait_for(&s, "refit", |st| st.refits >= 1);
+    let rec = s.recommender();
+    assert_eq!(rec.snapshot().generation(), "demo.r1");
+    assert_eq!(rec.snapshot().get(StoreId(NEW_ITEM)), Some(v));
+    assert_eq!(rec.snapshot().attrs(StoreId(NEW_ITEM)), Some(&[3u32][..]));
+    assert_eq!(
+        rec.snapshot().len(),
+        rec.with_live(|l| l.n_items()) + 1,
+        "every item of the taste graph and the one only the store knows"
+    );
+}
+
+#[test]
+fn a_bad_upsert_names_the_field_and_changes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path(), 0);
+    let good = || ItemUpsert {
+        item: NEW_ITEM,
+        vector: vec![0.5; 8],
+        attrs: vec![0],
+    };
+    let opstamp = s.recommender().snapshot().opstamp();
+    let mut nan = good();
+    nan.item += 1;
+    nan.vector[5] = f32::NAN;
+    let cases: Vec<(Vec<ItemUpsert>, &str)> = vec![
+        (
+            vec![ItemUpsert {
+                vector: vec![0.5; 7],
+                ..good()
+            }],
+            "items[0].vector: 7 values",
+        ),
+        (vec![good(), nan], "items[1].vector[5]"),
+        (vec![good(), good()], "items[1].item"),
+        (
+            vec![ItemUpsert {
+                attrs: vec![],
+                ..good()
+            }],
+            "items[0].attrs",
+        ),
+        (
+            (0..51).map(|i| ItemUpsert { item: i, ..good() }).collect(),
+            "past the limit of 50",
+        ),
+    ];
+    for (batch, want) in cases {
+        let err = s.upsert(&batch).unwrap_err();
+        assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        assert!(err.to_string().contains(want), "{err} lacks {want:?}");
+    }
+    let store = Store::open(Arc::new(
+        MmapDirectory::open(dir.path().join("store")).unwrap(),
+    ))
+    .unwrap();
+    assert_eq!(store.generation("demo").unwrap().opstamp(), opstamp);
+    assert_eq!(s.stats().upserted, 0);
 }

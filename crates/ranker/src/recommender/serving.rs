@@ -10,6 +10,7 @@
 //! would serve.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{MutexGuard, PoisonError};
 
 use embed_store::Snapshot;
@@ -220,6 +221,11 @@ impl Recommender {
             .checkpoint
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
+        self.checkpoint_locked()
+    }
+
+    /// [`Recommender::checkpoint`], the caller holding the checkpoint lock.
+    pub(super) fn checkpoint_locked(&self) -> Result<u64> {
         let prefix = self.saved_prefix();
         let (state, seq, dir) = {
             let mut log = self.log();
@@ -237,6 +243,11 @@ impl Recommender {
             .log
             .saved_through(seq)?;
         Ok(seq)
+    }
+
+    /// Whether a feedback log is attached.
+    pub(super) fn has_log(&self) -> bool {
+        self.log().is_some()
     }
 
     /// Makes every logged event durable now (with [`SyncPolicy::Every`], call it from a
@@ -281,21 +292,33 @@ impl Recommender {
         Ok(r.state_with(&st.live, through_seq, &app)?)
     }
 
-    /// The leading external ids the generation's live rows hold, found once per
-    /// recommender: compared [`PREFIX_CHUNK`] ids at a time, each chunk under its own read
-    /// lock (the ids only grow, so what a chunk matched stays true), so that no lock is
-    /// held for O(items).
-    fn saved_prefix(&self) -> Prefix {
-        *self.saved_prefix.get_or_init(|| {
-            let mut rows = self.snap.iter_live().map(|(id, _, _)| id.0);
-            let mut scan = PrefixScan::new();
-            while !scan.done() {
-                let st = self.read();
-                let ids = st.items.externals().get(scan.len()..).unwrap_or(&[]);
-                scan.feed(&mut rows, &ids[..ids.len().min(PREFIX_CHUNK)]);
-            }
-            scan.prefix()
-        })
+    /// The leading external ids the generation's live rows hold, at most the shared cap
+    /// ([`Recommender::replacing_rows`]), found once per recommender (again when the cap
+    /// falls below it): compared [`PREFIX_CHUNK`] ids at a time, each chunk under its own
+    /// read lock (the ids only grow, so what a chunk matched stays true), so that no lock
+    /// is held for O(items).
+    pub(super) fn saved_prefix(&self) -> Prefix {
+        let cap = self.prefix_cap.load(Ordering::Acquire);
+        let mut found = self
+            .saved_prefix
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = *found
+            && p.len <= cap
+        {
+            return p;
+        }
+        let mut rows = self.snap.iter_live().map(|(id, _, _)| id.0);
+        let mut scan = PrefixScan::new();
+        while !scan.done() {
+            let st = self.read();
+            let ids = st.items.externals().get(scan.len()..).unwrap_or(&[]);
+            let take = ids.len().min(PREFIX_CHUNK).min(cap - scan.len());
+            scan.feed(&mut rows, &ids[..take]);
+        }
+        let p = scan.prefix();
+        *found = Some(p);
+        p
     }
 
     /// A recommender serving a state saved through [`Recommender::state`] (loaded with

@@ -18,6 +18,7 @@
 //! carried over from the one served), its index built, the new recommender swapped in,
 //! a checkpoint taken on it, and the previous generation dropped.
 
+mod items;
 pub mod metrics;
 pub mod pool;
 
@@ -38,6 +39,7 @@ use crate::pipeline::{self, Attrs, PipelineOptions};
 use crate::recommender::Recommender;
 use crate::recommender::serving::Event;
 use crate::types::Recommendation;
+pub use items::{ItemUpsert, Upserted};
 pub use metrics::RequestMetrics;
 pub use pool::{Overloaded, WorkPool};
 
@@ -58,6 +60,8 @@ pub struct ServiceOptions {
     pub checkpoint_after_events: u64,
     /// Most events one [`Service::record`] call may carry.
     pub max_batch: usize,
+    /// Most items one [`Service::upsert`] call may carry.
+    pub max_items: usize,
 }
 
 impl Default for ServiceOptions {
@@ -69,6 +73,7 @@ impl Default for ServiceOptions {
             refit_epochs: 5,
             checkpoint_after_events: 10_000,
             max_batch: 10_000,
+            max_items: 10_000,
         }
     }
 }
@@ -120,6 +125,14 @@ pub struct Stats {
     pub users: usize,
     /// Items of the taste graph (trained and added live).
     pub items: usize,
+    /// Items upserted since the process started.
+    pub upserted: u64,
+    /// Index refreshes installed since the process started.
+    pub index_refreshes: u64,
+    /// Whether upserted rows wait for the next index refresh.
+    pub rows_pending: bool,
+    /// The content version of the served generation ([`embed_store::Snapshot::version`]).
+    pub rows_version: u64,
     /// The last maintenance failure, if any.
     pub last_error: Option<String>,
 }
@@ -134,10 +147,14 @@ struct Counters {
     checkpoints: AtomicU64,
     refit_running: AtomicBool,
     last_refit_ms: AtomicU64,
+    upserted: AtomicU64,
+    index_refreshes: AtomicU64,
+    rows_pending: AtomicBool,
 }
 
 enum Wake {
     Events,
+    Rows,
     Stop,
 }
 
@@ -150,6 +167,10 @@ pub struct Service {
     current: RwLock<Arc<Recommender>>,
     counters: Counters,
     last_error: Mutex<Option<String>>,
+    /// Held by every store commit of the service (upserts, refits, dropping a
+    /// generation) and by index refreshes: one writer at a time, and a refit carries
+    /// every upsert committed before its swap.
+    rows: Mutex<()>,
     /// Wakes the maintenance thread: a queue of one (a pending wake-up is enough, so
     /// events arriving during a long refit queue nothing).
     wake: Mutex<Option<SyncSender<Wake>>>,
@@ -205,6 +226,7 @@ impl Service {
             current: RwLock::new(Arc::new(rec)),
             counters: Counters::default(),
             last_error: Mutex::new(None),
+            rows: Mutex::new(()),
             wake: Mutex::new(Some(tx)),
             maintenance: Mutex::new(None),
             requests: RequestMetrics::default(),
@@ -303,6 +325,10 @@ impl Service {
             generation: rec.snapshot().generation().to_string(),
             users: rec.n_users(),
             items: rec.with_live(|l| l.n_items()),
+            upserted: c.upserted.load(Ordering::Relaxed),
+            index_refreshes: c.index_refreshes.load(Ordering::Relaxed),
+            rows_pending: c.rows_pending.load(Ordering::Relaxed),
+            rows_version: rec.snapshot().version(),
             last_error: lock(&self.last_error).clone(),
         }
     }
@@ -347,6 +373,24 @@ impl Service {
                 "gauge",
                 "Duration of the last refit.",
                 s.last_refit_seconds,
+            ),
+            (
+                "mosaic_items_upserted_total",
+                "counter",
+                "Items upserted.",
+                s.upserted as f64,
+            ),
+            (
+                "mosaic_index_refreshes_total",
+                "counter",
+                "Index refreshes installed.",
+                s.index_refreshes as f64,
+            ),
+            (
+                "mosaic_rows_pending",
+                "gauge",
+                "Whether upserted rows wait for an index refresh.",
+                f64::from(u8::from(s.rows_pending)),
             ),
             (
                 "mosaic_users",
@@ -424,19 +468,27 @@ impl Service {
         let rec = self.recommender();
         self.counters.since_refit.store(0, Ordering::Relaxed);
         let refit = rec.plan_refit(self.options.refit_epochs)?.run(|_| {})?;
+        drop(rec);
+        // from here to the old generation's drop, no upsert commits: the new generation
+        // carries every one committed before
+        let _rows = lock(&self.rows);
+        let rec = self.recommender();
         let old = rec.snapshot().generation().to_string();
+        let served = self.store.generation(&old)?;
         let name = self.next_generation_name();
         let ids = rec.external_ids(refit.live().n_items())?;
-        let values = carried_attrs(rec.snapshot(), &ids);
-        let attrs = (rec.snapshot().n_attrs() > 0).then_some(Attrs {
+        let carry = pipeline::Carried::from_served(&served, &ids)?;
+        let values = carried_attrs(&served, &ids);
+        let attrs = (served.n_attrs() > 0).then_some(Attrs {
             values: &values,
-            n_attrs: rec.snapshot().n_attrs(),
+            n_attrs: served.n_attrs(),
         });
         let (next, _installed) = pipeline::refreshed(
             &rec,
             refit,
             &name,
             attrs,
+            Some(&carry),
             &self.store,
             &self.options.pipeline,
         )?;
@@ -449,6 +501,7 @@ impl Service {
             w.drop_generation(&old)?;
             w.commit()?;
         }
+        self.counters.rows_pending.store(false, Ordering::Release);
         self.counters.refits.fetch_add(1, Ordering::Relaxed);
         self.counters
             .last_refit_ms
@@ -503,9 +556,14 @@ fn maintain(service: &std::sync::Weak<Service>, rx: &mpsc::Receiver<Wake>) {
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
-            Ok(Wake::Events) | Err(RecvTimeoutError::Timeout) => {}
+            Ok(Wake::Events | Wake::Rows) | Err(RecvTimeoutError::Timeout) => {}
         }
         let Some(s) = service.upgrade() else { return };
+        if s.counters.rows_pending.load(Ordering::Acquire)
+            && let Err(e) = s.refresh_index()
+        {
+            s.failed("index refresh", &e);
+        }
         if let Err(e) = s.checkpoint_if_due() {
             s.failed("checkpoint", &e);
         }

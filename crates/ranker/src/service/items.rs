@@ -1,0 +1,179 @@
+//! Item upserts into the served generation ([`Service::upsert`]) and the index refresh
+//! that makes them retrievable ([`Service::refresh_index`]).
+//!
+//! An upsert is committed to the store (durable) before it returns; the maintenance
+//! thread then refreshes the index — [`Hnsw::update`] inserts the new rows into a copy
+//! of the graph, no rebuild — and swaps in the recommender over the new commit. Every
+//! store commit of the service (upserts, refits, dropping the previous generation)
+//! holds the service's rows lock, so a refit's new generation carries every item
+//! upserted before its swap ([`crate::pipeline::Carried`]).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use embed_store::hnsw::{Hnsw, HnswParams};
+use embed_store::{ItemId as StoreId, Metric};
+use serde::{Deserialize, Serialize};
+
+use super::{Service, Wake, lock};
+use crate::error::{Error, Result};
+
+/// One item of [`Service::upsert`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemUpsert {
+    /// The external item id (new, or one the generation holds: its row is replaced).
+    pub item: u64,
+    /// The embedding, in the space of the served model, as wide as the generation's.
+    pub vector: Vec<f32>,
+    /// Its attributes, as many as the generation keeps per item (none: empty).
+    #[serde(default)]
+    pub attrs: Vec<u32>,
+}
+
+/// What [`Service::upsert`] committed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Upserted {
+    /// Items written.
+    pub items: usize,
+    /// The generation they went to (the one served).
+    pub generation: String,
+    /// The store commit that holds them.
+    pub opstamp: u64,
+}
+
+/// `what` of the batch is wrong.
+fn invalid(what: String) -> Error {
+    Error::Config { message: what }
+}
+
+impl Service {
+    /// Upserts `items` into the served generation in one store commit, durable when this
+    /// returns; they become retrievable after the next index refresh, which the
+    /// maintenance thread runs at once ([`Service::refresh_index`]). The whole batch is
+    /// checked first (at most [`super::ServiceOptions::max_items`] items, distinct ids,
+    /// vectors as wide as the generation's and finite, the generation's number of
+    /// attributes): a refused batch changes nothing. A new id is an item only the store
+    /// knows until an event names it; an upserted vector of an item the taste graph
+    /// trains holds until the next refit replaces it.
+    pub fn upsert(&self, items: &[ItemUpsert]) -> Result<Upserted> {
+        let _span = tracing::debug_span!("upsert", items = items.len()).entered();
+        let limit = self.options.max_items;
+        if items.len() > limit {
+            return Err(invalid(format!(
+                "{} items in one upsert, past the limit of {limit}",
+                items.len()
+            )));
+        }
+        let _rows = lock(&self.rows);
+        let rec = self.recommender();
+        let snap = rec.snapshot();
+        let (dim, n_attrs) = (snap.dim(), snap.n_attrs());
+        let mut seen = std::collections::HashSet::with_capacity(items.len());
+        let mut vectors = Vec::with_capacity(items.len() * dim);
+        let mut attrs = Vec::with_capacity(items.len() * n_attrs);
+        for (k, it) in items.iter().enumerate() {
+            if !seen.insert(it.item) {
+                return Err(invalid(format!(
+                    "items[{k}].item: {} appears earlier in the batch",
+                    it.item
+                )));
+            }
+            if it.vector.len() != dim {
+                return Err(invalid(format!(
+                    "items[{k}].vector: {} values, the generation's vectors are {dim} wide",
+                    it.vector.len()
+                )));
+            }
+            if let Some(j) = it.vector.iter().position(|v| !v.is_finite()) {
+                return Err(invalid(format!(
+                    "items[{k}].vector[{j}]: {} is not a finite number",
+                    it.vector[j]
+                )));
+            }
+            if it.attrs.len() != n_attrs {
+                return Err(invalid(format!(
+                    "items[{k}].attrs: {} values, the generation keeps {n_attrs} per item",
+                    it.attrs.len()
+                )));
+            }
+            vectors.extend_from_slice(&it.vector);
+            attrs.extend_from_slice(&it.attrs);
+        }
+        let generation = snap.generation().to_string();
+        let ids: Vec<u64> = items.iter().map(|it| it.item).collect();
+        let store_ids: Vec<StoreId> = ids.iter().map(|&i| StoreId(i)).collect();
+        let opstamp = rec.replacing_rows(&ids, || {
+            let mut w = self.store.writer()?;
+            w.put_many(
+                &generation,
+                &store_ids,
+                &vectors,
+                (n_attrs > 0).then_some(&attrs[..]),
+            )?;
+            Ok(w.commit()?)
+        })?;
+        drop(_rows);
+        self.counters
+            .upserted
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        self.counters.rows_pending.store(true, Ordering::Release);
+        if let Some(tx) = lock(&self.wake).as_ref() {
+            let _ = tx.try_send(Wake::Rows);
+        }
+        tracing::debug!(opstamp, "items upserted");
+        Ok(Upserted {
+            items: items.len(),
+            generation,
+            opstamp,
+        })
+    }
+
+    /// Serves the newest commit of the served generation: its index updated with the
+    /// rows added since ([`Hnsw::update`]; rebuilt only when the update is refused, e.g.
+    /// after a compaction merged its segments) and saved beside the store, the
+    /// recommender over it swapped in ([`crate::Recommender::over`]). Returns whether
+    /// there was anything new. The maintenance thread calls it after every upsert.
+    pub fn refresh_index(&self) -> Result<bool> {
+        let _span = tracing::info_span!("refresh_index").entered();
+        let _rows = lock(&self.rows);
+        self.counters.rows_pending.store(false, Ordering::Release);
+        let rec = self.recommender();
+        let newest = self.store.generation(rec.snapshot().generation())?;
+        if newest.version() == rec.snapshot().version() {
+            return Ok(false);
+        }
+        let index = match rec.index() {
+            Some(h) => {
+                let params = self.options.pipeline.hnsw.unwrap_or_default();
+                let h = updated(h, &newest, params)?;
+                // derived data: a restart without it rebuilds it
+                if let Err(e) = h.save(self.store.directory()) {
+                    tracing::warn!(error = %e, "the updated index was not saved");
+                }
+                Some(h)
+            }
+            None => None,
+        };
+        let next = rec.over(newest, index)?;
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(next);
+        self.counters
+            .index_refreshes
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(true)
+    }
+}
+
+/// `h` updated to `newer`, or rebuilt from it when the update is refused.
+fn updated(h: &Hnsw, newer: &embed_store::Snapshot, params: HnswParams) -> Result<Hnsw> {
+    match h.update(newer, params.ef_construction, params.seed ^ newer.version()) {
+        Ok(u) => Ok(u),
+        Err(e) => {
+            tracing::warn!(error = %e, "the index update was refused; rebuilding it");
+            Ok(Hnsw::build(newer, Metric::Cosine, params)?)
+        }
+    }
+}
