@@ -187,6 +187,18 @@ fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // the surgered model's log-odds, in the candidates' order (the context: the
+    // user's interests)
+    let (code, body) = post(
+        &format!("{u}/v1/rescore"),
+        r#"{"user": 3, "candidates": [17, 250, 3001]}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    let scores = json_of(&body)["scores"].as_array().unwrap().clone();
+    let items: Vec<u64> = scores.iter().map(|s| s["item"].as_u64().unwrap()).collect();
+    assert_eq!(items, [17, 250, 3001]);
+    assert!(scores.iter().all(|s| s["log_odds"].is_number()), "{body}");
+
     let (code, body) = post(&format!("{u}/v1/recommend"), r#"{"user": 123456, "k": 5}"#);
     assert_eq!(code, 200, "{body}");
     let cold = json_of(&body);

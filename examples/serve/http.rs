@@ -11,7 +11,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use mosaic::ranker::service::{ItemUpsert, Service, WorkPool};
+use mosaic::ranker::service::{ItemUpsert, RescoreRequest, Service, WorkPool};
 use mosaic::ranker::{Error, Event, RecommendOptions, RequestOptions};
 use mosaic::taste_graph::{InteractionKind, UserId};
 use serde::Deserialize;
@@ -70,6 +70,7 @@ fn status_of(e: &Error) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         Error::LiveItemCap { .. } => StatusCode::TOO_MANY_REQUESTS,
+        Error::Overloaded { .. } | Error::Deadline { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
@@ -190,6 +191,39 @@ async fn recommend(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
         }
     };
     timed(&app, "recommend", &headers, async {
+        work.await.unwrap_or_else(IntoResponse::into_response)
+    })
+    .await
+}
+
+async fn rescore(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
+    let work = async {
+        let service = app.service()?;
+        let mut fields: serde_json::Map<String, Value> = parse(&body)?;
+        let user = user_of(fields.remove("user").as_ref(), "user")?;
+        let req: RescoreRequest = serde_json::from_value(Value::Object(fields))
+            .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+        let deadline = Instant::now() + app.deadline;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        // the context (the user's interests) is read on a worker; the prompts are built
+        // and scored on the batcher's thread with those of concurrent requests
+        app.run(&app.recommend_pool, move || {
+            service.rescore(user, req, deadline, move |scores| {
+                let _ = tx.send(scores);
+            })
+        })
+        .await?
+        .map_err(|e| error(status_of(&e), e))?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
+            Ok(Ok(Ok(scores))) => Ok(axum::Json(json!({ "scores": scores })).into_response()),
+            Ok(Ok(Err(e))) => Err(error(status_of(&e), e)),
+            Ok(Err(_)) | Err(_) => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("deadline of {} ms passed", app.deadline.as_millis()),
+            )),
+        }
+    };
+    timed(&app, "rescore", &headers, async {
         work.await.unwrap_or_else(IntoResponse::into_response)
     })
     .await
@@ -318,11 +352,20 @@ async fn ready(State(app): State<Arc<App>>) -> Response {
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     match app.service() {
-        Ok(s) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            s.render_metrics(),
-        )
-            .into_response(),
+        Ok(s) => {
+            let mut text = s.render_metrics();
+            text.push_str(
+                "# HELP mosaic_queue_depth Jobs waiting for a worker.\n# TYPE mosaic_queue_depth gauge\n",
+            );
+            for pool in [&app.recommend_pool, &app.events_pool, &app.items_pool] {
+                text.push_str(&format!(
+                    "mosaic_queue_depth{{pool=\"{}\"}} {}\n",
+                    pool.name(),
+                    pool.depth()
+                ));
+            }
+            ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+        }
         Err(r) => r.into_response(),
     }
 }
@@ -333,6 +376,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/v1/recommend", post(recommend))
         .route("/v1/events", post(events))
         .route("/v1/items", put(items))
+        .route("/v1/rescore", post(rescore))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready))
         .route("/metrics", get(metrics))

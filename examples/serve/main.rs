@@ -4,6 +4,7 @@
 //! cargo run --release --example serve                    # the built-in catalogue, 127.0.0.1:7878
 //! curl -s localhost:7878/v1/recommend -d '{"user": 7, "k": 5}'
 //! curl -s localhost:7878/v1/events -d '{"events": [{"user": 7, "item": 42, "kind": "click", "time": 5000}]}'
+//! curl -s localhost:7878/v1/rescore -d '{"user": 7, "candidates": [12, 900, 3051]}'
 //! curl -s -X PUT localhost:7878/v1/items -d '{"items": [{"item": 90001, "vector": [0.1, ...], "attrs": [3]}]}'
 //! curl -s localhost:7878/metrics
 //! ```
@@ -29,16 +30,20 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use mosaic::embed_store::hnsw::HnswParams;
-use mosaic::embed_store::{MmapDirectory, Store};
+use mosaic::embed_store::{GenerationSpec, ItemId, MmapDirectory, StorageType, Store};
 use mosaic::ranker::RecommendOptions;
 use mosaic::ranker::pipeline::{Attrs, PipelineOptions, build};
+use mosaic::ranker::rescore::batch::BatchOptions;
+use mosaic::ranker::rescore::{RescoreOptions, Rescorer};
 use mosaic::ranker::service::{Service, ServiceOptions, WorkPool};
+use mosaic::vision_surgery::{LoadOptions, SurgeredModel};
 use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, demo_lightgcn};
 
 use http::App;
 use settings::{Cli, LogFormat, Settings};
 
-/// The service over `args.data_dir`: its saved state, or the catalogue trained now.
+/// The service over `args.data_dir`: its saved state, or the catalogue trained now;
+/// the surgered model attached for /v1/rescore.
 fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
     let store_dir = args.data_dir.join("store");
     let store = Store::open(Arc::new(MmapDirectory::open(&store_dir)?))?;
@@ -47,6 +52,13 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
         items_per_style: (args.catalogue_items / base.styles).max(1),
         ..base
     };
+    // the content embeddings the adapter reads, written once beside the model's
+    let mut catalogue = None;
+    if !store.generations().iter().any(|g| g == CONTENT) {
+        let cat = Catalogue::generate(spec)?;
+        write_content(&store, &cat)?;
+        catalogue = Some(cat);
+    }
     let options = ServiceOptions {
         pipeline: PipelineOptions {
             lightgcn: demo_lightgcn(spec.dim),
@@ -62,10 +74,13 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
     let t = Instant::now();
     let (service, opened) = Service::open(
         &args.data_dir.join("state"),
-        store,
+        Arc::clone(&store),
         options,
         |store, opts| {
-            let cat = Catalogue::generate(spec).map_err(mosaic::ranker::Error::from)?;
+            let cat = match catalogue {
+                Some(c) => c,
+                None => Catalogue::generate(spec).map_err(mosaic::ranker::Error::from)?,
+            };
             let (graph, _) = cat.split(0.75).map_err(mosaic::ranker::Error::from)?;
             let attrs = Attrs {
                 values: &cat.style,
@@ -75,12 +90,37 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
         },
     )
     .context("opening the service")?;
+    let load = LoadOptions::default().adapter(&args.rescore_adapter);
+    let model = SurgeredModel::load(&args.rescore_model.to_string_lossy(), &load)
+        .with_context(|| format!("loading {}", args.rescore_model.display()))?;
+    let rescorer = Rescorer::new(model, store.generation(CONTENT)?, RescoreOptions::new())?;
+    service.attach_rescorer(
+        rescorer,
+        BatchOptions {
+            queue: args.queue,
+            max_wait: Duration::from_millis(args.rescore_wait_ms),
+            ..BatchOptions::default()
+        },
+    )?;
     println!(
         "serving {:?} ({opened:?}) in {:.2} s",
         service.recommender().snapshot().generation(),
         t.elapsed().as_secs_f64()
     );
     Ok(service)
+}
+
+/// The store generation of the content embeddings /v1/rescore reads.
+const CONTENT: &str = "content";
+
+fn write_content(store: &Arc<Store>, cat: &Catalogue) -> anyhow::Result<()> {
+    let mut w = store.writer()?;
+    let d = cat.spec().dim;
+    w.create_generation(GenerationSpec::new(CONTENT, d, StorageType::F32))?;
+    let ids: Vec<ItemId> = (0..cat.n_items() as u64).map(ItemId).collect();
+    w.put_many(CONTENT, &ids, &cat.content, None)?;
+    w.commit()?;
+    Ok(())
 }
 
 async fn shutdown_signal() {

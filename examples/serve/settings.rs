@@ -52,6 +52,17 @@ pub struct Overrides {
     /// Log lines as text or JSON (filter: RUST_LOG, default info) [default: text].
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,
+    /// The surgered checkpoint /v1/rescore runs (a directory with config.json,
+    /// model.safetensors, tokenizer.json) [default: the committed tiny random-weight one].
+    #[arg(long)]
+    pub rescore_model: Option<PathBuf>,
+    /// Its embedding-to-token adapter (safetensors) [default: the tiny checkpoint's].
+    #[arg(long)]
+    pub rescore_adapter: Option<PathBuf>,
+    /// How long a rescoring request waits for others to share its prefill, in
+    /// milliseconds [default: 2].
+    #[arg(long)]
+    pub rescore_wait_ms: Option<u64>,
 }
 
 /// The command line.
@@ -89,6 +100,17 @@ pub struct Settings {
     pub checkpoint_after_events: u64,
     /// See [`Overrides::log_format`].
     pub log_format: LogFormat,
+    /// See [`Overrides::rescore_model`].
+    pub rescore_model: PathBuf,
+    /// See [`Overrides::rescore_adapter`].
+    pub rescore_adapter: PathBuf,
+    /// See [`Overrides::rescore_wait_ms`].
+    pub rescore_wait_ms: u64,
+}
+
+/// The vision-surgery crate's committed fixtures (the tiny checkpoint and its adapter).
+fn fixtures() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/vision-surgery/tests/fixtures")
 }
 
 /// The settings of `path` (TOML), unknown keys refused.
@@ -130,6 +152,15 @@ impl Settings {
                 .or(file.checkpoint_after_events)
                 .unwrap_or(10_000),
             log_format: f.log_format.or(file.log_format).unwrap_or(LogFormat::Text),
+            rescore_model: f
+                .rescore_model
+                .or(file.rescore_model)
+                .unwrap_or_else(|| fixtures().join("tiny-s0/model")),
+            rescore_adapter: f
+                .rescore_adapter
+                .or(file.rescore_adapter)
+                .unwrap_or_else(|| fixtures().join("adapter-torch/adapter.safetensors")),
+            rescore_wait_ms: f.rescore_wait_ms.or(file.rescore_wait_ms).unwrap_or(2),
         };
         for (name, v) in [
             ("catalogue_items", s.catalogue_items),

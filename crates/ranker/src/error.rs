@@ -58,6 +58,26 @@ pub enum Error {
         /// Why it does not apply.
         source: Box<Error>,
     },
+    /// A bounded queue is full: try again later.
+    #[error("the {what} queue is full ({queue} waiting): try again later")]
+    Overloaded {
+        /// Which queue.
+        what: &'static str,
+        /// Its capacity.
+        queue: usize,
+    },
+    /// A request's deadline passed before it was served.
+    #[error("the {what} deadline passed before the request was served")]
+    Deadline {
+        /// What was waited for.
+        what: &'static str,
+    },
+    /// A batched re-scoring round failed (every request of the round gets this).
+    #[error("batched re-scoring failed: {message}")]
+    Rescore {
+        /// The model's error.
+        message: String,
+    },
     /// The embedding store failed (search, lookup).
     #[error("embedding store: {0}")]
     Store(#[from] embed_store::Error),

@@ -21,11 +21,12 @@
 mod items;
 pub mod metrics;
 pub mod pool;
+mod rescore;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, SyncSender};
-use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -42,6 +43,7 @@ use crate::types::Recommendation;
 pub use items::{ItemUpsert, Upserted};
 pub use metrics::RequestMetrics;
 pub use pool::{Overloaded, WorkPool};
+pub use rescore::{ItemScore, MAX_QUESTION_BYTES, MAX_RESCORE_CANDIDATES, RescoreRequest};
 
 /// Settings of a [`Service`].
 #[derive(Debug, Clone)]
@@ -175,6 +177,8 @@ pub struct Service {
     /// events arriving during a long refit queue nothing).
     wake: Mutex<Option<SyncSender<Wake>>>,
     maintenance: Mutex<Option<JoinHandle<()>>>,
+    /// The surgered model's batching queue, once attached ([`Service::attach_rescorer`]).
+    rescorer: OnceLock<crate::rescore::batch::Batcher>,
     /// Request metrics the HTTP layer records into.
     pub requests: RequestMetrics,
 }
@@ -229,6 +233,7 @@ impl Service {
             rows: Mutex::new(()),
             wake: Mutex::new(Some(tx)),
             maintenance: Mutex::new(None),
+            rescorer: OnceLock::new(),
             requests: RequestMetrics::default(),
         });
         let weak = Arc::downgrade(&service);
@@ -409,6 +414,39 @@ impl Service {
                 "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
             ));
         }
+        if let Some(b) = self.rescorer.get() {
+            let b = b.stats();
+            for (name, kind, help, v) in [
+                (
+                    "mosaic_rescore_queue_depth",
+                    "gauge",
+                    "Rescoring jobs waiting.",
+                    b.waiting as f64,
+                ),
+                (
+                    "mosaic_rescore_rounds_total",
+                    "counter",
+                    "Shared prefill rounds run.",
+                    b.rounds as f64,
+                ),
+                (
+                    "mosaic_rescore_prompts_total",
+                    "counter",
+                    "Prompts scored.",
+                    b.prompts as f64,
+                ),
+                (
+                    "mosaic_rescore_expired_total",
+                    "counter",
+                    "Jobs dropped past their deadline.",
+                    b.expired as f64,
+                ),
+            ] {
+                out.push_str(&format!(
+                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+                ));
+            }
+        }
         out.push_str(&format!(
             "# HELP mosaic_generation_info The store generation served.\n# TYPE mosaic_generation_info gauge\nmosaic_generation_info{{generation=\"{}\"}} 1\n",
             s.generation.replace(['"', '\\', '\n'], "_")
@@ -426,6 +464,9 @@ impl Service {
         }
         if let Some(h) = lock(&self.maintenance).take() {
             let _ = h.join();
+        }
+        if let Some(b) = self.rescorer.get() {
+            b.stop();
         }
         let rec = self.recommender();
         rec.sync_feedback()?;

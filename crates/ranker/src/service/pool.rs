@@ -4,6 +4,7 @@
 //! microseconds and never builds an unbounded backlog. Runtime-agnostic: an async
 //! server hands each job a channel (e.g. a oneshot) to send its answer on.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
@@ -20,9 +21,12 @@ type Job = Box<dyn FnOnce() + Send + 'static>;
 
 /// Worker threads taking jobs from one bounded queue (see the module documentation).
 pub struct WorkPool {
+    name: String,
     sender: Option<SyncSender<Job>>,
     workers: Vec<JoinHandle<()>>,
     queue: usize,
+    /// Jobs queued and not started.
+    waiting: Arc<AtomicUsize>,
 }
 
 impl std::fmt::Debug for WorkPool {
@@ -40,18 +44,22 @@ impl WorkPool {
         let queue = queue.max(1);
         let (sender, receiver) = mpsc::sync_channel::<Job>(queue);
         let receiver = Arc::new(Mutex::new(receiver));
+        let waiting = Arc::new(AtomicUsize::new(0));
         let workers = (0..threads.max(1))
             .map(|k| {
                 let rx = Arc::clone(&receiver);
+                let waiting = Arc::clone(&waiting);
                 std::thread::Builder::new()
                     .name(format!("{name}-{k}"))
-                    .spawn(move || work(&rx))
+                    .spawn(move || work(&rx, &waiting))
             })
             .collect::<std::io::Result<_>>()?;
         Ok(Self {
+            name: name.to_string(),
             sender: Some(sender),
             workers,
             queue,
+            waiting,
         })
     }
 
@@ -59,9 +67,23 @@ impl WorkPool {
     pub fn try_run(&self, job: impl FnOnce() + Send + 'static) -> Result<(), Overloaded> {
         let overloaded = Overloaded { queue: self.queue };
         let sender = self.sender.as_ref().ok_or(overloaded)?;
-        sender.try_send(Box::new(job)).map_err(|e| match e {
-            TrySendError::Full(_) | TrySendError::Disconnected(_) => overloaded,
+        self.waiting.fetch_add(1, Ordering::AcqRel);
+        sender.try_send(Box::new(job)).map_err(|e| {
+            self.waiting.fetch_sub(1, Ordering::AcqRel);
+            match e {
+                TrySendError::Full(_) | TrySendError::Disconnected(_) => overloaded,
+            }
         })
+    }
+
+    /// Jobs queued now, not started yet.
+    pub fn depth(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// The pool's name (its threads are `<name>-<k>`).
+    pub fn name(&self) -> &str {
+        &self.name
     }
 
     /// The queue's capacity.
@@ -72,11 +94,12 @@ impl WorkPool {
 
 /// A worker: runs jobs until the pool is dropped. A panicking job is contained (its
 /// caller sees its answer channel closed) and the worker goes on.
-fn work(rx: &Mutex<Receiver<Job>>) {
+fn work(rx: &Mutex<Receiver<Job>>, waiting: &AtomicUsize) {
     loop {
         let job = rx.lock().unwrap_or_else(PoisonError::into_inner).recv();
         match job {
             Ok(job) => {
+                waiting.fetch_sub(1, Ordering::AcqRel);
                 let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job));
             }
             Err(_) => return,
@@ -117,6 +140,7 @@ mod tests {
             pool.try_run(move || tx.send(k).unwrap()).unwrap();
         }
         assert_eq!(pool.try_run(|| {}), Err(Overloaded { queue: 2 }));
+        assert_eq!(pool.depth(), 2, "the refused job is not counted");
         gate.wait();
         let mut got: Vec<i32> = (0..2).map(|_| rx.recv().unwrap()).collect();
         got.sort();

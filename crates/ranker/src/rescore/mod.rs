@@ -4,9 +4,12 @@
 //! through the embedding-to-token adapter — no image is decoded or encoded. The score
 //! is the answer's log-odds, `log P(yes) − log P(no)`, exact for multi-token answers.
 //!
-//! Candidates run as batches of one prefill each (all prompts of a batch have the same
-//! length): one pass when both answers are single tokens, two (one per answer, the
-//! answer's tokens but its last appended) otherwise.
+//! Candidates run as batches of one prefill each (prompts left-padded to the longest):
+//! one pass when both answers are single tokens, two (one per answer, the answer's
+//! tokens but its last appended) otherwise. [`batch::Batcher`] gathers the prompts of
+//! concurrent requests into shared prefills.
+
+pub mod batch;
 
 use candle_core::{IndexOp, Tensor};
 use embed_store::{ItemId as StoreId, Snapshot};
@@ -117,19 +120,7 @@ impl Rescorer {
                 content.dim()
             )));
         }
-        if !options.question.contains("{context}")
-            || options
-                .question
-                .matches(vision_surgery::ITEM_MARKER)
-                .count()
-                != 1
-        {
-            return Err(Error::config(format!(
-                "question {:?} needs one {{context}} and exactly one {} for the candidate",
-                options.question,
-                vision_surgery::ITEM_MARKER
-            )));
-        }
+        Self::check_question(&options.question)?;
         if options.batch == 0 {
             return Err(Error::config("rescoring batch = 0, expected at least 1"));
         }
@@ -171,9 +162,35 @@ impl Rescorer {
     /// Log-odds of each candidate given the context items (external ids), in the
     /// candidates' order.
     pub fn log_odds(&self, context: &[u64], candidates: &[u64]) -> Result<Vec<f32>> {
-        if candidates.is_empty() {
-            return Ok(Vec::new());
+        let seqs = self.sequences(None, context, candidates)?;
+        self.score_sequences(&seqs)
+    }
+
+    /// Refuses a question without one `{context}` and exactly one item marker.
+    pub fn check_question(question: &str) -> Result<()> {
+        if !question.contains("{context}")
+            || question.matches(vision_surgery::ITEM_MARKER).count() != 1
+        {
+            return Err(Error::config(format!(
+                "question {question:?} needs one {{context}} and exactly one {} for the candidate",
+                vision_surgery::ITEM_MARKER
+            )));
         }
+        Ok(())
+    }
+
+    /// The prompt of each candidate — `question` (checked as
+    /// [`Rescorer::check_question`]; `None`: the options') with the first
+    /// [`RescoreOptions::context_items`] of `context` and the candidate as soft tokens —
+    /// ready for [`Rescorer::score_sequences`].
+    pub fn sequences(
+        &self,
+        question: Option<&str>,
+        context: &[u64],
+        candidates: &[u64],
+    ) -> Result<Vec<SequenceInput>> {
+        let question = question.unwrap_or(&self.options.question);
+        Self::check_question(question)?;
         let context = &context[..context.len().min(self.options.context_items)];
         let markers = vec![vision_surgery::ITEM_MARKER; context.len()].join(", ");
         let markers = if markers.is_empty() {
@@ -181,30 +198,36 @@ impl Rescorer {
         } else {
             markers
         };
-        let prompt = Prompt::user(self.options.question.replace("{context}", &markers));
+        let prompt = Prompt::user(question.replace("{context}", &markers));
         let d = self.content.dim();
         let mut ctx = Vec::with_capacity(context.len() * d);
         for &c in context {
             ctx.extend(self.vector(c, "context")?);
         }
         let device = self.model.text_model().decoder().device().clone();
-        let mut out = Vec::with_capacity(candidates.len());
-        for chunk in candidates.chunks(self.options.batch) {
-            let mut seqs = Vec::with_capacity(chunk.len());
-            for &c in chunk {
-                let mut rows = ctx.clone();
-                rows.extend(self.vector(c, "candidate")?);
-                let items = Tensor::from_vec(rows, (context.len() + 1, d), &device)?;
-                seqs.push(self.model.prepare(&prompt, Some(&items))?);
-            }
+        let mut seqs = Vec::with_capacity(candidates.len());
+        for &c in candidates {
+            let mut rows = ctx.clone();
+            rows.extend(self.vector(c, "candidate")?);
+            let items = Tensor::from_vec(rows, (context.len() + 1, d), &device)?;
+            seqs.push(self.model.prepare(&prompt, Some(&items))?);
+        }
+        Ok(seqs)
+    }
+
+    /// The log-odds of each prompt (from [`Rescorer::sequences`], of any lengths: a
+    /// prefill left-pads them), [`RescoreOptions::batch`] prompts per prefill.
+    pub fn score_sequences(&self, seqs: &[SequenceInput]) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(self.options.batch) {
             if self.yes.len() == 1 && self.no.len() == 1 {
-                let lp = self.answer_logprobs(&seqs, &[])?;
+                let lp = self.answer_logprobs(chunk, &[])?;
                 for row in lp {
                     out.push(row[0][self.yes[0] as usize] - row[0][self.no[0] as usize]);
                 }
             } else {
-                let y = self.continuation_logprob(&seqs, &self.yes)?;
-                let n = self.continuation_logprob(&seqs, &self.no)?;
+                let y = self.continuation_logprob(chunk, &self.yes)?;
+                let n = self.continuation_logprob(chunk, &self.no)?;
                 out.extend(y.iter().zip(&n).map(|(y, n)| y - n));
             }
         }
