@@ -68,7 +68,7 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             t += 1;
             hnsw.record(
-                UserId(rng.below(USERS) as u32),
+                rng.below(USERS) as u64,
                 rng.below(ITEMS) as u64,
                 InteractionKind::Click,
                 t,

@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
         for k in 0..args.requests {
             let (u, i) = (rng.below(args.users) as u32, rng.below(n) as u64);
             let t = Instant::now();
-            rec.record(UserId(u), i, InteractionKind::Click, 1 + k as u64)?;
+            rec.record(u64::from(u), i, InteractionKind::Click, 1 + k as u64)?;
             rec_us.push(t.elapsed().as_secs_f64() * 1e6);
         }
         let max = rec_us.iter().copied().fold(0.0, f64::max);

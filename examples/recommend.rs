@@ -201,7 +201,12 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
     }
     let t = Instant::now();
     for e in &later {
-        rec.record(e.user, e.item.0 as u64, InteractionKind::Click, e.time)?;
+        rec.record(
+            u64::from(e.user.0),
+            e.item.0 as u64,
+            InteractionKind::Click,
+            e.time,
+        )?;
     }
     let per_event = t.elapsed().as_secs_f64() * 1e6 / later.len().max(1) as f64;
     println!(
@@ -279,7 +284,7 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
     let logged = all.len().min(200);
     for (k, &u) in all.iter().take(logged).enumerate() {
         rec.record(
-            UserId(u),
+            u64::from(u),
             (k * 7 % cat.n_items()) as u64,
             InteractionKind::Click,
             t0 + 1,
@@ -388,7 +393,7 @@ fn dataset(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
         let before = rec.recommend(UserId(u), &ropts)?;
         print_recs(&before, |_| String::new());
         for (k, &i) in stream.iter().enumerate() {
-            rec.record(UserId(u), i as u64, InteractionKind::Click, 1 + k as u64)?;
+            rec.record(u64::from(u), i as u64, InteractionKind::Click, 1 + k as u64)?;
         }
         let after = rec.recommend(UserId(u), &ropts)?;
         println!(

@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use mosaic::ranker::service::{ItemUpsert, RescoreRequest, Service, WorkPool};
 use mosaic::ranker::{Error, Event, RecommendOptions, RequestOptions};
-use mosaic::taste_graph::{InteractionKind, UserId};
+use mosaic::taste_graph::InteractionKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tracing::Instrument;
@@ -155,16 +155,14 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Reject> {
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
-/// A user id from JSON: a non-negative integer below 2^32 (string ids: not yet).
-fn user_of(v: Option<&Value>, at: &str) -> Result<UserId, Reject> {
+/// A user id from JSON: a non-negative integer (string ids: not yet).
+fn user_of(v: Option<&Value>, at: &str) -> Result<u64, Reject> {
     let bad = |m: String| error(StatusCode::BAD_REQUEST, format!("{at}: {m}"));
     match v {
         None => Err(bad("missing".into())),
         Some(Value::Number(n)) => n
             .as_u64()
-            .and_then(|u| u32::try_from(u).ok())
-            .map(UserId)
-            .ok_or_else(|| bad(format!("{n} is not a user id (an integer in 0..2^32)"))),
+            .ok_or_else(|| bad(format!("{n} is not a user id (an integer in 0..2^64)"))),
         Some(Value::String(_)) => Err(bad(
             "string user ids are not supported yet: use the integer id".into(),
         )),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGua
 use embed_store::hnsw::{Hnsw, Scratch};
 use embed_store::kernels::dot;
 use embed_store::{Filter, ItemId as StoreId, Snapshot};
-use taste_graph::model::ItemMap;
+use taste_graph::model::{ItemMap, UserMap};
 use taste_graph::refresh::{Installed, Refit, RefitJob};
 use taste_graph::{FeedbackLog, InterestConfig, ItemId, LiveModel, Refresher, UserId};
 
@@ -28,6 +28,8 @@ struct State {
     live: LiveModel,
     /// External (store) item ids of the taste graph's dense items.
     items: ItemMap,
+    /// The application's user ids of the taste graph's dense users (as many).
+    users: UserMap,
     /// The most engaged items, in order (kept so by every event).
     popular: Popular,
     /// Records every event for background refits, when attached.
@@ -67,6 +69,20 @@ fn item_map(external: Vec<u64>) -> Result<ItemMap> {
     ItemMap::from_externals(external).map_err(|(k, e)| {
         Error::config(format!(
             "external item id {e} at row {k} appears earlier in the id list (or the list is past 2^32 ids)"
+        ))
+    })
+}
+
+/// The user map of `n` users whose application ids are their dense indices.
+fn identity_users(n: usize) -> Result<UserMap> {
+    user_map((0..n as u64).collect())
+}
+
+/// The user map of `external` (dense user `k` is `external[k]`).
+fn user_map(external: Vec<u64>) -> Result<UserMap> {
+    UserMap::from_externals(external).map_err(|(k, e)| {
+        Error::config(format!(
+            "user id {e} at row {k} appears earlier in the id list (or the list is past 2^32 ids)"
         ))
     })
 }
@@ -205,6 +221,7 @@ impl Recommender {
             index,
             interests,
             state: Arc::new(RwLock::new(State {
+                users: identity_users(live.n_users())?,
                 live,
                 items: item_map(external)?,
                 popular,
@@ -377,6 +394,33 @@ impl Recommender {
     /// The live model's dense id of external item `item`.
     pub fn dense_id(&self, item: u64) -> Option<ItemId> {
         self.read().items.get(item)
+    }
+
+    /// The dense id of the application's user id `user`, if the taste graph knows it.
+    pub fn user(&self, user: u64) -> Option<UserId> {
+        self.read().users.get(user)
+    }
+
+    /// The application's id of dense user `user`.
+    pub fn external_user(&self, user: UserId) -> Option<u64> {
+        self.read().users.external(user)
+    }
+
+    /// Names the taste graph's users with the application's ids: `ids[k]` is dense user
+    /// `k`'s (by default a user's id is its dense index). Distinct, one per user.
+    pub fn with_user_ids(self, ids: Vec<u64>) -> Result<Self> {
+        {
+            let mut st = self.write();
+            if ids.len() != st.live.n_users() {
+                return Err(Error::config(format!(
+                    "{} user ids for {} users in the taste graph",
+                    ids.len(),
+                    st.live.n_users()
+                )));
+            }
+            st.users = user_map(ids)?;
+        }
+        Ok(self)
     }
 
     /// The user's interests now (most important first), with external medoid ids.

@@ -1,5 +1,6 @@
 //! The ranker's part of a saved state (the application bytes of taste-graph's
-//! `Refresher::state_with`): the served generation's name and the external item ids.
+//! `Refresher::state_with`): the served generation's name, the external item ids and
+//! the application's user ids.
 //!
 //! The ids are append-only (a new external id becomes the next dense item) and, for a
 //! model the pipeline published, the served generation's live rows are the first items
@@ -7,15 +8,22 @@
 //! and a digest of it, then only the ids after it — a few bytes per save instead of 8
 //! per item. A restore rebuilds the prefix from the generation and checks the digest.
 //!
-//! Layout (little-endian): magic `MOSRKID2`, name length (u32) and UTF-8 bytes, prefix
-//! length (u64), prefix digest (u64), count of the ids after it (u64), the ids (u64
-//! each).
+//! User ids are most often the dense indices themselves: what is saved is how many
+//! leading users are so named, then the ids of the rest.
+//!
+//! Layout (little-endian): magic `MOSRKID3`, name length (u32) and UTF-8 bytes, prefix
+//! length (u64), prefix digest (u64), count of the item ids after it (u64), the ids (u64
+//! each); then the count of leading users named by their index (u64), the count of the
+//! user ids after them (u64), the ids (u64 each). `MOSRKID2` (no user part: every user
+//! named by its index) is still read.
 
 use embed_store::Snapshot;
 
 use crate::error::{Error, Result};
 
-const MAGIC: &[u8; 8] = b"MOSRKID2";
+const MAGIC: &[u8; 8] = b"MOSRKID3";
+/// The previous layout: no user part.
+const MAGIC_V2: &[u8; 8] = b"MOSRKID2";
 
 /// The leading external ids that `snap`'s live rows hold in the same order, and their
 /// digest.
@@ -99,10 +107,17 @@ fn digest(ids: impl Iterator<Item = u64>) -> u64 {
 }
 
 /// Encodes the ranker's part of a state: `generation` served, `ids` with the first
-/// `prefix.len` held by the generation.
-pub(crate) fn encode(generation: &str, prefix: Prefix, ids: &[u64]) -> Vec<u8> {
+/// `prefix.len` held by the generation, and `users`.
+pub(crate) fn encode(generation: &str, prefix: Prefix, ids: &[u64], users: &[u64]) -> Vec<u8> {
     let rest = &ids[prefix.len.min(ids.len())..];
-    let mut out = Vec::with_capacity(8 + 4 + generation.len() + 24 + 8 * rest.len());
+    let named = users
+        .iter()
+        .enumerate()
+        .take_while(|&(k, &u)| k as u64 == u)
+        .count();
+    let users_rest = &users[named..];
+    let mut out =
+        Vec::with_capacity(8 + 4 + generation.len() + 40 + 8 * (rest.len() + users_rest.len()));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&(generation.len() as u32).to_le_bytes());
     out.extend_from_slice(generation.as_bytes());
@@ -110,6 +125,12 @@ pub(crate) fn encode(generation: &str, prefix: Prefix, ids: &[u64]) -> Vec<u8> {
         out.extend_from_slice(&v.to_le_bytes());
     }
     for id in rest {
+        out.extend_from_slice(&id.to_le_bytes());
+    }
+    for v in [named as u64, users_rest.len() as u64] {
+        out.extend_from_slice(&v.to_le_bytes());
+    }
+    for id in users_rest {
         out.extend_from_slice(&id.to_le_bytes());
     }
     out
@@ -122,6 +143,24 @@ pub(crate) struct SavedIds {
     pub generation: String,
     prefix: Prefix,
     rest: Vec<u64>,
+    /// Leading users named by their index, and the ids of the rest (`None`: a
+    /// `MOSRKID2` state, every user named by its index).
+    users: Option<(u64, Vec<u64>)>,
+}
+
+/// `n` little-endian u64s from the front of `b`, and what follows.
+fn words(b: &[u8], n: u64) -> Option<(Vec<u64>, &[u8])> {
+    let bytes = usize::try_from(n.checked_mul(8)?).ok()?;
+    let (w, rest) = b.split_at_checked(bytes)?;
+    let w = w
+        .chunks_exact(8)
+        .map(|c| {
+            let mut x = [0u8; 8];
+            x.copy_from_slice(c);
+            u64::from_le_bytes(x)
+        })
+        .collect();
+    Some((w, rest))
 }
 
 impl SavedIds {
@@ -132,47 +171,68 @@ impl SavedIds {
                 "the saved state holds no ranker data written by Recommender::state ({what})"
             ))
         };
-        let rest = b
-            .strip_prefix(MAGIC.as_slice())
-            .ok_or_else(|| bad("no ranker tag of this version"))?;
-        let (len, rest) = rest.split_at_checked(4).ok_or_else(|| bad("short"))?;
-        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        let (v3, rest) = match (
+            b.strip_prefix(MAGIC.as_slice()),
+            b.strip_prefix(MAGIC_V2.as_slice()),
+        ) {
+            (Some(r), _) => (true, r),
+            (None, Some(r)) => (false, r),
+            (None, None) => return Err(bad("no ranker tag of a known version")),
+        };
+        let (len, rest) = words_u32(rest).ok_or_else(|| bad("short"))?;
         let (name, rest) = rest
-            .split_at_checked(len)
+            .split_at_checked(len as usize)
             .ok_or_else(|| bad("short name"))?;
         let name = std::str::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
-        let (header, rest) = rest.split_at_checked(24).ok_or_else(|| bad("short"))?;
-        let word = |k: usize| {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(&header[8 * k..8 * k + 8]);
-            u64::from_le_bytes(w)
-        };
-        let (prefix_len, digest, n) = (word(0), word(1), word(2));
-        if n.checked_mul(8) != Some(rest.len() as u64) {
+        let (header, rest) = words(rest, 3).ok_or_else(|| bad("short"))?;
+        let (prefix_len, digest, n) = (header[0], header[1], header[2]);
+        // each id is 8 bytes of what is left: a count past that is damage, not a size
+        if n > (rest.len() / 8) as u64 {
             return Err(bad("item id count does not match its bytes"));
         }
+        let (ids, rest) = words(rest, n).ok_or_else(|| bad("short item ids"))?;
+        let (users, rest) = if v3 {
+            let (h, rest) = words(rest, 2).ok_or_else(|| bad("short user part"))?;
+            if h[1] > (rest.len() / 8) as u64 {
+                return Err(bad("user id count does not match its bytes"));
+            }
+            let (u, rest) = words(rest, h[1]).ok_or_else(|| bad("short user ids"))?;
+            (Some((h[0], u)), rest)
+        } else {
+            (None, rest)
+        };
+        if !rest.is_empty() {
+            return Err(bad("bytes after the ids"));
+        }
         let prefix_len = usize::try_from(prefix_len).map_err(|_| bad("prefix length overflows"))?;
-        let rest = rest
-            .chunks_exact(8)
-            .map(|c| {
-                let mut w = [0u8; 8];
-                w.copy_from_slice(c);
-                u64::from_le_bytes(w)
-            })
-            .collect();
         Ok(SavedIds {
             generation: name.to_string(),
             prefix: Prefix {
                 len: prefix_len,
                 digest,
             },
-            rest,
+            rest: ids,
+            users,
         })
+    }
+
+    /// The application's ids of the `n` users of the saved taste graph.
+    pub(crate) fn user_ids(&self, n: usize) -> Result<Vec<u64>> {
+        let Some((named, rest)) = &self.users else {
+            return Ok((0..n as u64).collect());
+        };
+        if named.checked_add(rest.len() as u64) != Some(n as u64) {
+            return Err(Error::config(format!(
+                "the saved state names {} users, its taste graph has {n}",
+                named.saturating_add(rest.len() as u64)
+            )));
+        }
+        Ok((0..*named).chain(rest.iter().copied()).collect())
     }
 
     /// Every external item id, the prefix read from `snap` (the generation saved; a
     /// generation changed since, so that its first live rows differ, is refused).
-    pub(crate) fn ids(self, snap: &Snapshot) -> Result<Vec<u64>> {
+    pub(crate) fn ids(&self, snap: &Snapshot) -> Result<Vec<u64>> {
         let mut ids: Vec<u64> = snap
             .iter_live()
             .take(self.prefix.len)
@@ -185,9 +245,15 @@ impl SavedIds {
                 self.prefix.len
             )));
         }
-        ids.extend(self.rest);
+        ids.extend_from_slice(&self.rest);
         Ok(ids)
     }
+}
+
+/// A little-endian u32 from the front of `b`, and what follows.
+fn words_u32(b: &[u8]) -> Option<(u32, &[u8])> {
+    let (w, rest) = b.split_at_checked(4)?;
+    Some((u32::from_le_bytes([w[0], w[1], w[2], w[3]]), rest))
 }
 
 #[cfg(test)]
@@ -228,12 +294,35 @@ mod tests {
     #[test]
     fn bytes_round_trip_and_damage_is_an_error() {
         let prefix = Prefix { len: 2, digest: 7 };
-        let b = encode("gen", prefix, &[10, 11, 12, 13]);
+        let users = [0u64, 1, 2, 900, 5];
+        let b = encode("gen", prefix, &[10, 11, 12, 13], &users);
         let back = SavedIds::decode(&b).unwrap();
         assert_eq!(back.generation, "gen");
         assert_eq!(back.prefix, prefix);
         assert_eq!(back.rest, vec![12, 13]);
-        assert!(SavedIds::decode(&b[..b.len() - 1]).is_err());
+        assert_eq!(back.users, Some((3, vec![900, 5])));
+        assert_eq!(back.user_ids(5).unwrap(), users);
+        assert!(back.user_ids(4).is_err());
+        for cut in 0..b.len() {
+            assert!(SavedIds::decode(&b[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut longer = b.clone();
+        longer.push(0);
+        assert!(SavedIds::decode(&longer).is_err());
         assert!(SavedIds::decode(b"MOSRKID1").is_err());
+    }
+
+    /// A state saved before user ids were kept names every user by its index.
+    #[test]
+    fn a_v2_state_names_users_by_index() {
+        let mut b = MAGIC_V2.to_vec();
+        b.extend_from_slice(&3u32.to_le_bytes());
+        b.extend_from_slice(b"gen");
+        for v in [0u64, 0, 1, 42] {
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+        let back = SavedIds::decode(&b).unwrap();
+        assert_eq!(back.rest, vec![42]);
+        assert_eq!(back.user_ids(3).unwrap(), [0, 1, 2]);
     }
 }

@@ -16,6 +16,8 @@ use ranker::{Error, RecommendOptions, Recommender};
 use taste_graph::{DeviceSpec, InteractionKind, Refresher, SyncPolicy, UserId};
 
 const BASE: u64 = 10_000;
+/// Where the application ids of the users added by the test stream start.
+const NEW_USERS: u64 = 7_000_000_000;
 /// The child process's entry point is this test, run by name.
 const CHILD: &str = "child_records_until_killed";
 const CHILD_ENV: &str = "MOSAIC_DURABLE_CHILD_DIR";
@@ -49,24 +51,33 @@ fn trained(dir: &Path) -> (Recommender, Arc<Store>) {
 
 /// The `i`-th event of the test stream: every user, known and new items (some past the
 /// trained ones), every kind.
-fn event(i: u64, t0: u64) -> (UserId, u64, InteractionKind, u64) {
+fn event(i: u64, t0: u64) -> (u64, u64, InteractionKind, u64) {
     let kinds = [
         InteractionKind::Click,
         InteractionKind::Save,
         InteractionKind::View,
         InteractionKind::Hide,
     ];
-    let user = UserId((i % 60) as u32);
+    // every 13th from one of three users the taste graph learns here, by large ids
+    let user = if i % 13 == 5 {
+        NEW_USERS + i % 3
+    } else {
+        i % 60
+    };
     let item = BASE + (i * 7919) % 150;
     (user, item, kinds[(i % 4) as usize], t0 + i)
 }
 
+/// Each dense user's application id, then their recommendations.
 fn recs(rec: &Recommender) -> Vec<Vec<u64>> {
     let opts = RecommendOptions::new().k(8);
     (0..rec.n_users() as u32)
         .map(|u| {
             let r = rec.recommend(UserId(u), &opts).unwrap();
-            r.iter().map(|x| x.item).collect()
+            let id = rec.external_user(UserId(u)).unwrap();
+            std::iter::once(id)
+                .chain(r.iter().map(|x| x.item))
+                .collect()
         })
         .collect()
 }
@@ -143,11 +154,11 @@ fn feedback_adds_live_items_only_up_to_the_cap() {
     let t0 = rec.with_live(|l| l.latest_time());
     let items = rec.with_live(|l| l.n_items());
     for k in 0..3 {
-        rec.record(UserId(1), 900_000 + k, InteractionKind::Click, t0 + 1)
+        rec.record(1, 900_000 + k, InteractionKind::Click, t0 + 1)
             .unwrap();
     }
     let err = rec
-        .record(UserId(1), 900_003, InteractionKind::Click, t0 + 2)
+        .record(1, 900_003, InteractionKind::Click, t0 + 2)
         .unwrap_err();
     assert!(
         matches!(
@@ -162,7 +173,7 @@ fn feedback_adds_live_items_only_up_to_the_cap() {
     // nothing changed, and known items are still taken
     assert_eq!(rec.with_live(|l| l.n_items()), items + 3);
     assert_eq!(rec.dense_id(900_003), None);
-    rec.record(UserId(1), 900_001, InteractionKind::Save, t0 + 3)
+    rec.record(1, 900_001, InteractionKind::Save, t0 + 3)
         .unwrap();
 }
 

@@ -74,7 +74,7 @@ fn engaging_with_a_new_style_shifts_the_next_recommendations() {
         rec.with_live(|l| pool.sort_by_key(|i| std::cmp::Reverse(l.item_counts()[i.index()])));
         for (k, item) in pool.iter().take(6).enumerate() {
             rec.record(
-                user,
+                u64::from(user.0),
                 10_000 + item.0 as u64,
                 InteractionKind::Save,
                 t0 + 60 * k as u64,
@@ -207,20 +207,29 @@ fn new_users_new_items_and_bad_requests() {
         .unwrap_err();
     assert!(err.to_string().contains("unknown user"), "{err}");
     // A brand-new user gets popular items until they act.
-    rec.record(UserId(n), 10_005, InteractionKind::Click, 5)
+    rec.record(u64::from(n), 10_005, InteractionKind::Click, 5)
         .unwrap();
     let recs = rec.recommend(UserId(n), &RecommendOptions::new()).unwrap();
     assert_eq!(recs.len(), 20);
     // An unknown external item joins the taste graph.
     let before = rec.with_live(|l| l.n_items());
-    rec.record(UserId(0), 99_999_999, InteractionKind::Click, 10)
+    rec.record(0, 99_999_999, InteractionKind::Click, 10)
         .unwrap();
     assert_eq!(rec.with_live(|l| l.n_items()), before + 1);
-    // A user id that skips ahead is refused, typed.
-    assert!(
-        rec.record(UserId(n + 5), 10_000, InteractionKind::Click, 1)
-            .is_err()
+    // Any id the taste graph does not know is a new user: the next dense one.
+    rec.record(
+        u64::from(n) + 5_000_000_000,
+        10_000,
+        InteractionKind::Click,
+        1,
+    )
+    .unwrap();
+    assert_eq!(rec.user(u64::from(n) + 5_000_000_000), Some(UserId(n + 1)));
+    assert_eq!(
+        rec.external_user(UserId(n + 1)),
+        Some(u64::from(n) + 5_000_000_000)
     );
+    assert_eq!(rec.user(u64::from(n)), Some(UserId(n)));
     for bad in [
         RecommendOptions::new().k(0),
         RecommendOptions::new().k(50).candidates(10),

@@ -86,7 +86,7 @@ fn a_refit_is_served_by_the_refreshed_recommender_and_the_old_one_retires() {
     let t0 = rec.with_live(|l| l.latest_time());
     for (k, u) in [0u32, 1, 2, 3].into_iter().enumerate() {
         let item = unseen(&rec, u);
-        rec.record(UserId(u), item, InteractionKind::Save, t0 + k as u64)
+        rec.record(u64::from(u), item, InteractionKind::Save, t0 + k as u64)
             .unwrap();
     }
     let job = rec.plan_refit(2).unwrap();
@@ -94,10 +94,10 @@ fn a_refit_is_served_by_the_refreshed_recommender_and_the_old_one_retires() {
     assert_eq!(job.events(), 4);
     // Serving goes on while the job runs: a hide and a click arrive meanwhile.
     let hidden = rec.recommend(UserId(5), &opts).unwrap()[0].item;
-    rec.record(UserId(5), hidden, InteractionKind::Hide, t0 + 10)
+    rec.record(5, hidden, InteractionKind::Hide, t0 + 10)
         .unwrap();
     let clicked = unseen(&rec, 6);
-    rec.record(UserId(6), clicked, InteractionKind::Click, t0 + 11)
+    rec.record(6, clicked, InteractionKind::Click, t0 + 11)
         .unwrap();
     let refit = std::thread::spawn(move || job.run(|_| {}))
         .join()
@@ -150,8 +150,7 @@ fn a_refit_is_served_by_the_refreshed_recommender_and_the_old_one_retires() {
     fresh.with_live(|l| assert!(l.seen(UserId(6)).contains(&dense.0)));
     // An event recorded through the old recommender reaches the shared taste graph.
     let late = unseen(&fresh, 7);
-    rec.record(UserId(7), late, InteractionKind::Save, t0 + 20)
-        .unwrap();
+    rec.record(7, late, InteractionKind::Save, t0 + 20).unwrap();
     let dense = fresh.dense_id(late).unwrap();
     fresh.with_live(|l| assert!(l.seen(UserId(7)).contains(&dense.0)));
     // A refit planned before that install would undo it.
@@ -203,7 +202,7 @@ fn events_recorded_while_refits_install_are_all_served() {
             let mut k = 0u64;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let (user, item) = ((k % 120) as u32, BASE + (k * 7_919) % n_items);
-                rec.record(UserId(user), item, InteractionKind::Click, t0 + 1 + k)
+                rec.record(u64::from(user), item, InteractionKind::Click, t0 + 1 + k)
                     .unwrap();
                 recorded.push((user, item));
                 k += 1;
@@ -301,8 +300,7 @@ fn the_pipeline_trains_and_refits_on_a_cuda_device() {
         Err(e) => panic!("unexpected error: {e}"),
     };
     let item = unseen(&rec, 3);
-    rec.record(UserId(3), item, InteractionKind::Save, 1_000)
-        .unwrap();
+    rec.record(3, item, InteractionKind::Save, 1_000).unwrap();
     let refit = rec.plan_refit(2).unwrap().run(|_| {}).unwrap();
     assert!(refit.training().device().is_some_and(|d| d.is_cuda()));
     let (fresh, installed) =
@@ -321,11 +319,11 @@ fn a_restarted_service_serves_the_state_it_saved() {
     let t0 = rec.with_live(|l| l.latest_time());
     // A new external item, then a refit served over a new generation.
     let new_item = BASE + 999_999;
-    rec.record(UserId(2), new_item, InteractionKind::Save, t0 + 1)
+    rec.record(2, new_item, InteractionKind::Save, t0 + 1)
         .unwrap();
     for u in [0u32, 1, 3] {
         let item = unseen(&rec, u);
-        rec.record(UserId(u), item, InteractionKind::Click, t0 + 2)
+        rec.record(u64::from(u), item, InteractionKind::Click, t0 + 2)
             .unwrap();
     }
     let refit = rec.plan_refit(1).unwrap().run(|_| {}).unwrap();
@@ -334,16 +332,16 @@ fn a_restarted_service_serves_the_state_it_saved() {
     // refit) and a click; then the state is captured and written.
     let hidden = fresh.recommend(UserId(4), &opts).unwrap()[0].item;
     fresh
-        .record(UserId(4), hidden, InteractionKind::Hide, t0 + 3)
+        .record(4, hidden, InteractionKind::Hide, t0 + 3)
         .unwrap();
     let item = unseen(&fresh, 5);
     fresh
-        .record(UserId(5), item, InteractionKind::Click, t0 + 4)
+        .record(5, item, InteractionKind::Click, t0 + 4)
         .unwrap();
     // An item added after the refit: not in the served generation.
     let newer_item = BASE + 888_888;
     fresh
-        .record(UserId(6), newer_item, InteractionKind::Click, t0 + 5)
+        .record(6, newer_item, InteractionKind::Click, t0 + 5)
         .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let state = fresh.state(42).unwrap();

@@ -28,6 +28,7 @@ fn options(refit_after_events: u64) -> ServiceOptions {
             epochs: 3,
             generation: "demo".into(),
             hnsw: Some(HnswParams::default()),
+            max_live_items: 2,
             ..PipelineOptions::default()
         },
         refit_after_events,
@@ -79,7 +80,7 @@ fn try_open(dir: &Path, refit_after_events: u64) -> ranker::Result<(Arc<Service>
 fn events(from: u64, n: u64) -> Vec<Event> {
     (from..from + n)
         .map(|i| Event {
-            user: UserId((i % 60) as u32),
+            user: i % 60,
             item: (i * 31) % 120,
             kind: InteractionKind::Click,
             time: 1_000 + i,
@@ -91,7 +92,7 @@ fn lists(s: &Service) -> Vec<Vec<u64>> {
     let opts = RecommendOptions::new().k(6);
     (0..60)
         .map(|u| {
-            let a = s.recommend(UserId(u), &opts).unwrap();
+            let a = s.recommend(u, &opts).unwrap();
             assert!(!a.cold_start);
             a.items.iter().map(|r| r.item).collect()
         })
@@ -144,8 +145,7 @@ fn a_refit_is_swapped_in_and_the_old_generation_dropped() {
     while s.stats().refits == 0 {
         assert!(Instant::now() < deadline, "no refit: {:?}", s.stats());
         // requests keep being answered while the refit runs
-        s.recommend(UserId(3), &RecommendOptions::new().k(5))
-            .unwrap();
+        s.recommend(3, &RecommendOptions::new().k(5)).unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
     let st = s.stats();
@@ -200,7 +200,7 @@ fn unknown_users_get_the_cold_start_list() {
     let dir = tempfile::tempdir().unwrap();
     let (s, _) = open(dir.path(), 0);
     let a = s
-        .recommend(UserId(1_000_000), &RecommendOptions::new().k(8))
+        .recommend(1_000_000, &RecommendOptions::new().k(8))
         .unwrap();
     assert!(a.cold_start);
     assert_eq!(a.items.len(), 8);
@@ -224,10 +224,7 @@ fn unknown_users_get_the_cold_start_list() {
     // blocked items are never returned
     let blocked = a.items[0].item;
     let b = s
-        .recommend(
-            UserId(1_000_000),
-            &RecommendOptions::new().k(8).blocked([blocked]),
-        )
+        .recommend(1_000_000, &RecommendOptions::new().k(8).blocked([blocked]))
         .unwrap();
     assert!(b.items.iter().all(|r| r.item != blocked));
 }
@@ -239,9 +236,12 @@ fn an_oversized_batch_is_refused_whole_and_a_bad_event_stops_the_batch_there() {
     let err = s.record(&events(0, 51)).unwrap_err();
     assert!(err.to_string().contains("past the limit of 50"), "{err}");
     assert_eq!(s.stats().events, 0);
-    // the third event names a user past the next new one
+    // the third event names a third item the taste graph does not know: past the
+    // live-item cap of 2
     let mut batch = events(0, 5);
-    batch[2].user = UserId(10_000);
+    for (k, e) in batch.iter_mut().take(3).enumerate() {
+        e.item = 1_000_001 + k as u64;
+    }
     match s.record(&batch) {
         Err(Error::Batch { recorded: 2, .. }) => {}
         other => panic!("expected the batch to stop at event 2, got {other:?}"),
@@ -324,9 +324,7 @@ fn upserted_items_are_retrieved_after_the_refresh_and_survive_a_crash() {
             )
             .unwrap();
         assert_eq!(hits[0].id, StoreId(NEW_ITEM));
-        let a = s
-            .recommend(UserId(3), &RecommendOptions::new().k(5))
-            .unwrap();
+        let a = s.recommend(3, &RecommendOptions::new().k(5)).unwrap();
         assert!(a.items.iter().any(|r| r.item == NEW_ITEM), "{a:?}");
         // item 0 is the taste graph's first item, among the rows every save names
         let moved: Vec<f32> = (0..v.len()).map(|i| i as f32 * 0.1).collect();

@@ -29,8 +29,8 @@ use crate::saved::{self, Prefix, PrefixScan, SavedIds};
 /// One interaction for [`Recommender::record_batch`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Event {
-    /// The user (an existing dense id, or the next new one).
-    pub user: UserId,
+    /// The application's user id (a new one becomes the taste graph's next user).
+    pub user: u64,
     /// The item's external id.
     pub item: u64,
     /// What the user did.
@@ -60,12 +60,14 @@ impl Recommender {
     /// reflects it. An unknown external item id becomes a new item (it can be
     /// recommended once the store holds a vector for it), up to
     /// [`Recommender::max_live_items`] items added since the last refit
-    /// ([`Error::LiveItemCap`] past it); `user` is an existing dense id or exactly the
-    /// next new one. With a log attached, returns once the event is acknowledged by it
+    /// ([`Error::LiveItemCap`] past it). `user` is the application's user id (a user's
+    /// dense index unless [`Recommender::with_user_ids`] named them otherwise): an
+    /// unknown one becomes the taste graph's next user ([`Recommender::user`] finds its
+    /// dense id). With a log attached (it logs `user` as given), returns once the event is acknowledged by it
     /// (see [`SyncPolicy`]); after a failed log write or sync (that call's event was
     /// applied in memory, not acknowledged) every call fails, changing nothing, until
     /// the service restarts from its directory ([`crate::pipeline::restore`]).
-    pub fn record(&self, user: UserId, item: u64, kind: InteractionKind, time: u64) -> Result<()> {
+    pub fn record(&self, user: u64, item: u64, kind: InteractionKind, time: u64) -> Result<()> {
         let logged = self.apply_and_log(user, item, kind, time)?;
         self.acknowledge(logged)
     }
@@ -95,7 +97,7 @@ impl Recommender {
     /// both locks held, so the log's order is the order of application; returns its seq.
     fn apply_and_log(
         &self,
-        user: UserId,
+        user: u64,
         item: u64,
         kind: InteractionKind,
         time: u64,
@@ -110,7 +112,7 @@ impl Recommender {
         apply(&mut st, user, item, kind, time, Some(self.max_live_items))?;
         match log.as_mut() {
             Some(a) => Ok(Some(a.log.append(&Feedback {
-                user: u64::from(user.0),
+                user,
                 item,
                 kind,
                 weight: 1.0,
@@ -288,7 +290,12 @@ impl Recommender {
 
     fn state_of(&self, st: &State, prefix: Prefix, through_seq: u64) -> Result<RefresherState> {
         let r = st.refresher.as_ref().ok_or_else(no_refresher)?;
-        let app = saved::encode(self.snap.generation(), prefix, st.items.externals());
+        let app = saved::encode(
+            self.snap.generation(),
+            prefix,
+            st.items.externals(),
+            st.users.externals(),
+        );
         Ok(r.state_with(&st.live, through_seq, &app)?)
     }
 
@@ -352,7 +359,9 @@ impl Recommender {
             )));
         }
         let ids = saved.ids(&snap)?;
+        let users = saved.user_ids(restored.live.n_users())?;
         let rec = Recommender::new(snap, index, restored.live, Some(ids), interests)?
+            .with_user_ids(users)?
             .with_refresher(restored.refresher)?;
         Ok((rec, restored.through_seq))
     }
@@ -365,16 +374,14 @@ fn no_log() -> Error {
 /// One logged event applied again, as [`Recommender::record`] applied it (no live-item
 /// cap: the event was acknowledged under the cap in force then).
 fn replay(st: &mut State, f: Feedback) -> Result<()> {
-    let user = u32::try_from(f.user)
-        .map_err(|_| Error::config(format!("user {} is not a dense user id", f.user)))?;
-    apply(st, UserId(user), f.item, f.kind, f.timestamp, None)
+    apply(st, f.user, f.item, f.kind, f.timestamp, None)
 }
 
 /// The event into the taste graph (and the refresher, when attached): validated before
 /// anything changes, so an error leaves the state as it was.
 fn apply(
     st: &mut State,
-    user: UserId,
+    external_user: u64,
     item: u64,
     kind: InteractionKind,
     time: u64,
@@ -392,6 +399,16 @@ fn apply(
             st.live.n_items() as u32
         }
     };
+    // a new user is the next dense one (the map and the taste graph grow together)
+    debug_assert_eq!(st.users.len(), st.live.n_users());
+    let user = match st.users.get(external_user) {
+        Some(u) => u,
+        None => UserId(u32::try_from(st.users.len()).map_err(|_| {
+            Error::config(format!(
+                "user {external_user} would be past the taste graph's 2^32 users"
+            ))
+        })?),
+    };
     match &mut st.refresher {
         Some(r) => {
             let event = Interaction {
@@ -408,6 +425,9 @@ fn apply(
     if dense as usize == st.items.len() {
         // `dense` is a u32, so the map has room for it
         st.items.get_or_insert(item);
+    }
+    if user.index() == st.users.len() {
+        st.users.get_or_insert(external_user);
     }
     st.popular.bump(st.live.item_counts(), dense);
     Ok(())

@@ -32,7 +32,6 @@ use std::time::{Duration, Instant};
 
 use embed_store::{ItemId as StoreId, Snapshot, Store};
 use serde::Serialize;
-use taste_graph::UserId;
 
 use crate::error::{Error, Result};
 use crate::options::RecommendOptions;
@@ -255,18 +254,17 @@ impl Service {
         &self.dir
     }
 
-    /// The top results for `user` with `opts`; a user the taste graph does not know yet
-    /// gets the cold-start list, flagged.
-    pub fn recommend(&self, user: UserId, opts: &RecommendOptions) -> Result<Answer> {
-        let _span = tracing::debug_span!("recommend", user = user.0).entered();
+    /// The top results for `user` (the application's id) with `opts`; a user the taste
+    /// graph does not know yet gets the cold-start list, flagged.
+    pub fn recommend(&self, user: u64, opts: &RecommendOptions) -> Result<Answer> {
+        let _span = tracing::debug_span!("recommend", user).entered();
         // A refit installs into the shared taste graph a moment before its recommender
         // is swapped in: one caught in between is retired, and the request goes again.
         for _ in 0..10_000 {
             let rec = self.recommender();
-            let answer = if (user.0 as usize) < rec.n_users() {
-                rec.recommend(user, opts).map(|r| (r, false))
-            } else {
-                rec.cold_start(opts).map(|r| (r, true))
+            let answer = match rec.user(user) {
+                Some(dense) => rec.recommend(dense, opts).map(|r| (r, false)),
+                None => rec.cold_start(opts).map(|r| (r, true)),
             };
             match answer {
                 Ok((items, cold_start)) => {

@@ -6,7 +6,6 @@
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
-use taste_graph::UserId;
 
 use super::Service;
 use crate::error::{Error, Result};
@@ -66,14 +65,13 @@ impl Service {
     /// queue is [`Error::Overloaded`] at once, `done` not called.
     pub fn rescore(
         &self,
-        user: UserId,
+        user: u64,
         req: RescoreRequest,
         deadline: Instant,
         done: impl FnOnce(Result<Vec<ItemScore>>) + Send + 'static,
     ) -> Result<()> {
         let _span =
-            tracing::debug_span!("rescore", user = user.0, candidates = req.candidates.len())
-                .entered();
+            tracing::debug_span!("rescore", user, candidates = req.candidates.len()).entered();
         let batcher = self.rescorer.get().ok_or_else(|| {
             Error::config("no surgered model is attached to this service (attach_rescorer)")
         })?;
@@ -116,13 +114,13 @@ impl Service {
 
     /// The medoids of `user`'s interests, most important first (none for a user the
     /// taste graph does not know).
-    fn context_of(&self, user: UserId) -> Result<Vec<u64>> {
+    fn context_of(&self, user: u64) -> Result<Vec<u64>> {
         for _ in 0..10_000 {
             let rec = self.recommender();
-            if user.0 as usize >= rec.n_users() {
+            let Some(dense) = rec.user(user) else {
                 return Ok(Vec::new());
-            }
-            match rec.interests(user, None) {
+            };
+            match rec.interests(dense, None) {
                 Ok(found) => return Ok(found.iter().map(|(m, _)| *m).collect()),
                 // a refit was installed a moment before its swap: read the new one
                 Err(Error::Retired { .. }) => std::thread::yield_now(),
