@@ -169,6 +169,16 @@ fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
         (200, Some(3)),
         "{body}"
     );
+    // users and items named by strings
+    let named = json!({"events": [
+        {"user": "alice", "item": 17, "kind": "save", "time": 9003},
+        {"user": "alice", "item": "sku-9", "kind": "click", "time": 9004},
+    ]});
+    let (code, body) = post(&format!("{u}/v1/events"), &named.to_string());
+    assert_eq!(code, 200, "{body}");
+    let (code, body) = post(&format!("{u}/v1/recommend"), r#"{"user": "alice", "k": 3}"#);
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(json_of(&body)["cold_start"], false, "{body}");
 
     // a new item: the newest row once the index is refreshed, so in the cold-start
     // list's fresh slot (every fourth)
@@ -209,7 +219,12 @@ fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
         ("recommend", r#"{"user": 3, "k": 0}"#, "k = 0"),
         ("recommend", r#"{"user": 3, "k": 50000}"#, "k = 50000"),
         ("recommend", r#"{"user": 3, "lamda": 0.5}"#, "lamda"),
-        ("recommend", r#"{"user": "alice"}"#, "string user ids"),
+        ("recommend", r#"{"user": 1.5}"#, "1.5 is not a user id"),
+        (
+            "recommend",
+            r#"{"user": 9223372036854775808}"#,
+            "past the integer ids",
+        ),
         ("recommend", r#"{"user": -1}"#, "user"),
         ("recommend", r#"{"k": 3}"#, "user: missing"),
         ("recommend", r#"{"user": 3, "#, "EOF"),
@@ -264,7 +279,7 @@ fn every_endpoint_answers_and_bad_input_is_a_4xx_naming_the_field() {
         "{metrics}"
     );
     assert!(
-        metrics.lines().any(|l| l == "mosaic_events_total 3"),
+        metrics.lines().any(|l| l == "mosaic_events_total 5"),
         "{metrics}"
     );
     assert!(

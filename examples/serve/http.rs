@@ -11,8 +11,8 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
-use mosaic::ranker::service::{ItemUpsert, RescoreRequest, Service, WorkPool};
-use mosaic::ranker::{Error, Event, RecommendOptions, RequestOptions};
+use mosaic::ranker::service::{ItemUpsert, KeyedEvent, RescoreRequest, Service, WorkPool};
+use mosaic::ranker::{Error, Key, RecommendOptions, RequestOptions};
 use mosaic::taste_graph::InteractionKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -155,33 +155,29 @@ fn parse<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T, Reject> {
     serde_json::from_slice(body).map_err(|e| error(StatusCode::BAD_REQUEST, e))
 }
 
-/// A user id from JSON: a non-negative integer (string ids: not yet).
-fn user_of(v: Option<&Value>, at: &str) -> Result<u64, Reject> {
-    let bad = |m: String| error(StatusCode::BAD_REQUEST, format!("{at}: {m}"));
-    match v {
-        None => Err(bad("missing".into())),
-        Some(Value::Number(n)) => n
-            .as_u64()
-            .ok_or_else(|| bad(format!("{n} is not a user id (an integer in 0..2^64)"))),
-        Some(Value::String(_)) => Err(bad(
-            "string user ids are not supported yet: use the integer id".into(),
-        )),
-        Some(other) => Err(bad(format!("{other} is not a user id"))),
-    }
+/// A user from JSON: an integer or a name (a string).
+fn user_of(v: Option<Value>, at: &str) -> Result<Key, Reject> {
+    let v = v.ok_or_else(|| error(StatusCode::BAD_REQUEST, format!("{at}: missing")))?;
+    serde_json::from_value(v.clone()).map_err(|_| {
+        error(
+            StatusCode::BAD_REQUEST,
+            format!("{at}: {v} is not a user id (an integer below 2^63, or a string)"),
+        )
+    })
 }
 
 async fn recommend(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
     let work = async {
         let service = app.service()?;
         let mut fields: serde_json::Map<String, Value> = parse(&body)?;
-        let user = user_of(fields.remove("user").as_ref(), "user")?;
+        let user = user_of(fields.remove("user"), "user")?;
         let req: RequestOptions = serde_json::from_value(Value::Object(fields))
             .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
-        let opts = req
-            .apply(app.defaults.clone())
+        let opts = service
+            .options(&req, app.defaults.clone())
             .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
         let answer = app
-            .run(&app.recommend_pool, move || service.recommend(user, &opts))
+            .run(&app.recommend_pool, move || service.recommend(&user, &opts))
             .await?;
         match answer {
             Ok(a) => Ok(axum::Json(a).into_response()),
@@ -198,7 +194,7 @@ async fn rescore(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
     let work = async {
         let service = app.service()?;
         let mut fields: serde_json::Map<String, Value> = parse(&body)?;
-        let user = user_of(fields.remove("user").as_ref(), "user")?;
+        let user = user_of(fields.remove("user"), "user")?;
         let req: RescoreRequest = serde_json::from_value(Value::Object(fields))
             .map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
         let deadline = Instant::now() + app.deadline;
@@ -206,7 +202,7 @@ async fn rescore(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
         // the context (the user's interests) is read on a worker; the prompts are built
         // and scored on the batcher's thread with those of concurrent requests
         app.run(&app.recommend_pool, move || {
-            service.rescore(user, req, deadline, move |scores| {
+            service.rescore(&user, req, deadline, move |scores| {
                 let _ = tx.send(scores);
             })
         })
@@ -237,7 +233,7 @@ struct EventsBody {
 #[serde(deny_unknown_fields)]
 struct WireEvent {
     user: Value,
-    item: u64,
+    item: Key,
     kind: String,
     time: u64,
 }
@@ -253,7 +249,7 @@ fn kind_of(s: &str) -> Option<InteractionKind> {
 }
 
 /// The whole batch checked before any of it is recorded.
-fn events_of(body: &[u8]) -> Result<Vec<Event>, Reject> {
+fn events_of(body: &[u8]) -> Result<Vec<KeyedEvent>, Reject> {
     let b: EventsBody = parse(body)?;
     b.events
         .into_iter()
@@ -270,8 +266,8 @@ fn events_of(body: &[u8]) -> Result<Vec<Event>, Reject> {
                     ),
                 )
             })?;
-            Ok(Event {
-                user: user_of(Some(&e.user), &format!("events[{k}].user"))?,
+            Ok(KeyedEvent {
+                user: user_of(Some(e.user), &format!("events[{k}].user"))?,
                 item: e.item,
                 kind,
                 time: e.time,

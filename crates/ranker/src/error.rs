@@ -78,6 +78,9 @@ pub enum Error {
         /// The model's error.
         message: String,
     },
+    /// A log of the service (its names) failed.
+    #[error("durability: {0}")]
+    Durability(#[from] mosaic_durability::Error),
     /// The embedding store failed (search, lookup).
     #[error("embedding store: {0}")]
     Store(#[from] embed_store::Error),

@@ -37,4 +37,4 @@ pub use mosaic_device::{DeviceSpec, Selection};
 pub use options::{AllowRule, AttrRule, Cap, RecommendOptions, Relevance, RequestOptions, Sources};
 pub use recommender::Recommender;
 pub use recommender::serving::{Event, Reopened};
-pub use types::{Recommendation, ScoreParts, Source};
+pub use types::{Key, Recommendation, ScoreParts, Source};

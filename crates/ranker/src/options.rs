@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 use crate::scorer::LearnedScorer;
+use crate::types::Key;
 
 /// A rule over an item's u32 attributes (e.g. "not category 7", "in stock"); items
 /// failing it are never retrieved.
@@ -351,8 +352,9 @@ pub struct RequestOptions {
     pub ef: Option<usize>,
     /// Leave out the items the user interacted with.
     pub exclude_seen: Option<bool>,
-    /// External ids never to return.
-    pub blocked: Vec<u64>,
+    /// Items never to return (integers, or names a service resolves:
+    /// [`RequestOptions::apply_with`]).
+    pub blocked: Vec<Key>,
     /// Per-attribute caps.
     pub caps: Vec<Cap>,
     /// Keep only items whose attribute `attr` is one of `values`.
@@ -378,8 +380,24 @@ pub const MAX_REQUEST_LIST: usize = 10_000;
 
 impl RequestOptions {
     /// `base` with every field this request sets, validated
-    /// ([`RecommendOptions::validate`]; errors name the field).
+    /// ([`RecommendOptions::validate`]; errors name the field). A named blocked item is
+    /// an error here: resolve names with [`RequestOptions::apply_with`].
     pub fn apply(&self, base: RecommendOptions) -> Result<RecommendOptions> {
+        self.apply_with(base, |key, k| match key {
+            Key::Id(id) => Ok(Some(*id)),
+            Key::Name(n) => Err(Error::config(format!(
+                "blocked[{k}]: {n:?} is a name, and no names are resolved here"
+            ))),
+        })
+    }
+
+    /// [`RequestOptions::apply`], `resolve(key, index)` giving the integer of each
+    /// blocked item (`None`: no such item, nothing to block).
+    pub fn apply_with(
+        &self,
+        base: RecommendOptions,
+        resolve: impl Fn(&Key, usize) -> Result<Option<u64>>,
+    ) -> Result<RecommendOptions> {
         let mut o = base;
         let long = [
             ("blocked", self.blocked.len()),
@@ -419,7 +437,11 @@ impl RequestOptions {
             o = o.exclude_seen(v);
         }
         if !self.blocked.is_empty() {
-            o = o.blocked(self.blocked.iter().copied());
+            let mut ids = Vec::with_capacity(self.blocked.len());
+            for (k, key) in self.blocked.iter().enumerate() {
+                ids.extend(resolve(key, k)?);
+            }
+            o = o.blocked(ids);
         }
         for c in &self.caps {
             o = o.cap(c.attr, c.max);

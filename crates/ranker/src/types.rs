@@ -4,6 +4,38 @@
 
 use serde::{Deserialize, Serialize};
 
+/// An id as a client gives it: an integer, or a name (a string) that a service maps to
+/// an integer of its own ([`crate::service::names`]). On the wire: `7` or `"sku-7"`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Key {
+    /// An integer id.
+    Id(u64),
+    /// A name.
+    Name(String),
+}
+
+impl From<u64> for Key {
+    fn from(id: u64) -> Self {
+        Key::Id(id)
+    }
+}
+
+impl From<&str> for Key {
+    fn from(name: &str) -> Self {
+        Key::Name(name.to_string())
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Key::Id(id) => write!(f, "{id}"),
+            Key::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
 /// Where a recommendation came from (on the wire: `{"kind": "interest", "rank": 0, ...}`,
 /// `{"kind": "taste"}`, ...).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]

@@ -13,8 +13,9 @@ use embed_store::hnsw::{HnswParams, Scratch};
 use embed_store::{Filter, ItemId as StoreId, MmapDirectory, Store};
 use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, small_lightgcn};
 use ranker::pipeline::{Attrs, PipelineOptions, build};
-use ranker::service::{ItemUpsert, Opened, Service, ServiceOptions};
-use ranker::{Error, Event, RecommendOptions, RequestOptions, Source};
+use ranker::service::RankedSource;
+use ranker::service::{ItemUpsert, KeyedEvent, Opened, Service, ServiceOptions};
+use ranker::{Error, Key, RecommendOptions, RequestOptions};
 use taste_graph::{InteractionKind, UserId};
 
 fn spec() -> CatalogueSpec {
@@ -77,24 +78,32 @@ fn try_open(dir: &Path, refit_after_events: u64) -> ranker::Result<(Arc<Service>
     )
 }
 
-fn events(from: u64, n: u64) -> Vec<Event> {
+fn events(from: u64, n: u64) -> Vec<KeyedEvent> {
     (from..from + n)
-        .map(|i| Event {
-            user: i % 60,
-            item: (i * 31) % 120,
+        .map(|i| KeyedEvent {
+            user: Key::Id(i % 60),
+            item: Key::Id((i * 31) % 120),
             kind: InteractionKind::Click,
             time: 1_000 + i,
         })
         .collect()
 }
 
+/// The integer of an item the tests name by integers.
+fn id(k: &Key) -> u64 {
+    match k {
+        Key::Id(i) => *i,
+        Key::Name(n) => panic!("an integer item was expected, got {n:?}"),
+    }
+}
+
 fn lists(s: &Service) -> Vec<Vec<u64>> {
     let opts = RecommendOptions::new().k(6);
     (0..60)
         .map(|u| {
-            let a = s.recommend(u, &opts).unwrap();
+            let a = s.recommend(&u.into(), &opts).unwrap();
             assert!(!a.cold_start);
-            a.items.iter().map(|r| r.item).collect()
+            a.items.iter().map(|r| id(&r.item)).collect()
         })
         .collect()
 }
@@ -145,7 +154,8 @@ fn a_refit_is_swapped_in_and_the_old_generation_dropped() {
     while s.stats().refits == 0 {
         assert!(Instant::now() < deadline, "no refit: {:?}", s.stats());
         // requests keep being answered while the refit runs
-        s.recommend(3, &RecommendOptions::new().k(5)).unwrap();
+        s.recommend(&3.into(), &RecommendOptions::new().k(5))
+            .unwrap();
         std::thread::sleep(Duration::from_millis(20));
     }
     let st = s.stats();
@@ -200,33 +210,36 @@ fn unknown_users_get_the_cold_start_list() {
     let dir = tempfile::tempdir().unwrap();
     let (s, _) = open(dir.path(), 0);
     let a = s
-        .recommend(1_000_000, &RecommendOptions::new().k(8))
+        .recommend(&1_000_000.into(), &RecommendOptions::new().k(8))
         .unwrap();
     assert!(a.cold_start);
     assert_eq!(a.items.len(), 8);
-    let mut ids: Vec<u64> = a.items.iter().map(|r| r.item).collect();
+    let mut ids: Vec<u64> = a.items.iter().map(|r| id(&r.item)).collect();
     ids.sort_unstable();
     ids.dedup();
     assert_eq!(ids.len(), 8, "no item twice");
     assert_eq!(
         a.items[3].source,
-        Source::Fresh,
+        RankedSource::Fresh,
         "every fourth slot is fresh"
     );
     assert!(
         a.items
             .iter()
-            .filter(|r| r.source == Source::Popular)
+            .filter(|r| r.source == RankedSource::Popular)
             .map(|r| r.score)
             .is_sorted_by(|x, y| x >= y),
         "popular items by decreasing popularity"
     );
     // blocked items are never returned
-    let blocked = a.items[0].item;
+    let blocked = id(&a.items[0].item);
     let b = s
-        .recommend(1_000_000, &RecommendOptions::new().k(8).blocked([blocked]))
+        .recommend(
+            &1_000_000.into(),
+            &RecommendOptions::new().k(8).blocked([blocked]),
+        )
         .unwrap();
-    assert!(b.items.iter().all(|r| r.item != blocked));
+    assert!(b.items.iter().all(|r| id(&r.item) != blocked));
 }
 
 #[test]
@@ -240,7 +253,7 @@ fn an_oversized_batch_is_refused_whole_and_a_bad_event_stops_the_batch_there() {
     // live-item cap of 2
     let mut batch = events(0, 5);
     for (k, e) in batch.iter_mut().take(3).enumerate() {
-        e.item = 1_000_001 + k as u64;
+        e.item = Key::Id(1_000_001 + k as u64);
     }
     match s.record(&batch) {
         Err(Error::Batch { recorded: 2, .. }) => {}
@@ -268,7 +281,7 @@ fn request_options_from_json_name_the_field() {
         assert!(e.to_string().contains(field), "{json}: {e}");
     }
     let long = RequestOptions {
-        blocked: vec![1; 10_001],
+        blocked: vec![Key::Id(1); 10_001],
         ..RequestOptions::default()
     };
     let e = long.apply(RecommendOptions::new()).unwrap_err();
@@ -303,7 +316,7 @@ fn upserted_items_are_retrieved_after_the_refresh_and_survive_a_crash() {
         let version = s.stats().rows_version;
         let up = s
             .upsert(&[ItemUpsert {
-                item: NEW_ITEM,
+                item: Key::Id(NEW_ITEM),
                 vector: v.clone(),
                 attrs: vec![2],
             }])
@@ -324,13 +337,15 @@ fn upserted_items_are_retrieved_after_the_refresh_and_survive_a_crash() {
             )
             .unwrap();
         assert_eq!(hits[0].id, StoreId(NEW_ITEM));
-        let a = s.recommend(3, &RecommendOptions::new().k(5)).unwrap();
-        assert!(a.items.iter().any(|r| r.item == NEW_ITEM), "{a:?}");
+        let a = s
+            .recommend(&3.into(), &RecommendOptions::new().k(5))
+            .unwrap();
+        assert!(a.items.iter().any(|r| id(&r.item) == NEW_ITEM), "{a:?}");
         // item 0 is the taste graph's first item, among the rows every save names
         let moved: Vec<f32> = (0..v.len()).map(|i| i as f32 * 0.1).collect();
         let version = s.stats().rows_version;
         s.upsert(&[ItemUpsert {
-            item: 0,
+            item: Key::Id(0),
             vector: moved.clone(),
             attrs: vec![1],
         }])
@@ -360,7 +375,7 @@ fn a_refit_carries_the_items_only_the_store_knows() {
     let (s, _) = open(dir.path(), 30);
     let v = along_user_3(&s);
     s.upsert(&[ItemUpsert {
-        item: NEW_ITEM,
+        item: Key::Id(NEW_ITEM),
         vector: v.clone(),
         attrs: vec![3],
     }])
@@ -383,13 +398,13 @@ fn a_bad_upsert_names_the_field_and_changes_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (s, _) = open(dir.path(), 0);
     let good = || ItemUpsert {
-        item: NEW_ITEM,
+        item: Key::Id(NEW_ITEM),
         vector: vec![0.5; 8],
         attrs: vec![0],
     };
     let opstamp = s.recommender().snapshot().opstamp();
     let mut nan = good();
-    nan.item += 1;
+    nan.item = Key::Id(NEW_ITEM + 1);
     nan.vector[5] = f32::NAN;
     let cases: Vec<(Vec<ItemUpsert>, &str)> = vec![
         (
@@ -409,7 +424,12 @@ fn a_bad_upsert_names_the_field_and_changes_nothing() {
             "items[0].attrs",
         ),
         (
-            (0..51).map(|i| ItemUpsert { item: i, ..good() }).collect(),
+            (0..51)
+                .map(|i| ItemUpsert {
+                    item: Key::Id(i),
+                    ..good()
+                })
+                .collect(),
             "past the limit of 50",
         ),
     ];
@@ -424,4 +444,109 @@ fn a_bad_upsert_names_the_field_and_changes_nothing() {
     .unwrap();
     assert_eq!(store.generation("demo").unwrap().opstamp(), opstamp);
     assert_eq!(s.stats().upserted, 0);
+}
+
+#[test]
+fn names_are_users_and_items_and_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let ev = |user: &str, item: Key, t: u64| KeyedEvent {
+        user: user.into(),
+        item,
+        kind: InteractionKind::Save,
+        time: 5_000 + t,
+    };
+    let (users, alice) = {
+        let (s, _) = open(dir.path(), 0);
+        let users = s.stats().users;
+        s.record(&[
+            ev("alice", Key::Id(3), 0),
+            ev("alice", "sku-1".into(), 1),
+            ev("bob", Key::Id(4), 2),
+        ])
+        .unwrap();
+        assert_eq!(s.stats().users, users + 2);
+        let alice = s
+            .recommend(&"alice".into(), &RecommendOptions::new().k(5))
+            .unwrap();
+        assert!(!alice.cold_start);
+        // an item named by a client, upserted: the newest row, so a fresh slot
+        let version = s.stats().rows_version;
+        s.upsert(&[ItemUpsert {
+            item: "sku-2".into(),
+            vector: vec![0.5; 8],
+            attrs: vec![1],
+        }])
+        .unwrap();
+        wait_for(&s, "index refresh", |st| st.rows_version > version);
+        let cold = s
+            .recommend(&"carol".into(), &RecommendOptions::new().k(4))
+            .unwrap();
+        assert!(cold.cold_start);
+        assert_eq!(cold.items[3].item, Key::from("sku-2"), "{cold:?}");
+        // a named item is blocked by its name
+        let blocked = RequestOptions {
+            blocked: vec!["sku-2".into()],
+            ..RequestOptions::default()
+        };
+        let opts = s.options(&blocked, RecommendOptions::new().k(4)).unwrap();
+        let cold = s.recommend(&"carol".into(), &opts).unwrap();
+        assert!(cold.items.iter().all(|r| r.item != Key::from("sku-2")));
+        (users, alice)
+        // dropped without shutdown
+    };
+    let (s, _) = open(dir.path(), 0);
+    let again = s
+        .recommend(&"alice".into(), &RecommendOptions::new().k(5))
+        .unwrap();
+    assert_eq!(again, alice, "alice is the same user after the restart");
+    s.record(&[ev("alice", "sku-1".into(), 3), ev("bob", "sku-2".into(), 4)])
+        .unwrap();
+    assert_eq!(
+        s.stats().users,
+        users + 2,
+        "no new user: the names were kept"
+    );
+    assert_eq!(s.names().len(ranker::service::names::Space::Item), 2);
+}
+
+#[test]
+fn bad_keys_are_refused_before_anything_is_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path(), 0);
+    let long = "x".repeat(300);
+    for (event, at) in [
+        (
+            KeyedEvent {
+                user: long.as_str().into(),
+                item: Key::Id(1),
+                kind: InteractionKind::Click,
+                time: 1,
+            },
+            "events[1].user",
+        ),
+        (
+            KeyedEvent {
+                user: Key::Id(1),
+                item: Key::Id(1 << 63),
+                kind: InteractionKind::Click,
+                time: 1,
+            },
+            "events[1].item",
+        ),
+        (
+            KeyedEvent {
+                user: "".into(),
+                item: Key::Id(1),
+                kind: InteractionKind::Click,
+                time: 1,
+            },
+            "events[1].user",
+        ),
+    ] {
+        let batch = [events(0, 1).remove(0), event];
+        let err = s.record(&batch).unwrap_err();
+        assert!(err.to_string().contains(at), "{err} lacks {at}");
+    }
+    assert_eq!(s.stats().events, 0);
+    assert_eq!(s.names().len(ranker::service::names::Space::User), 0);
 }

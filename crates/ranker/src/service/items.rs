@@ -15,15 +15,18 @@ use embed_store::hnsw::{Hnsw, HnswParams};
 use embed_store::{ItemId as StoreId, Metric};
 use serde::{Deserialize, Serialize};
 
+use super::names::Space;
 use super::{Service, Wake, lock};
 use crate::error::{Error, Result};
+use crate::types::Key;
 
 /// One item of [`Service::upsert`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ItemUpsert {
-    /// The external item id (new, or one the generation holds: its row is replaced).
-    pub item: u64,
+    /// The item (new, or one the generation holds: its row is replaced); a new name
+    /// gets an integer of the service's ([`super::names`]).
+    pub item: Key,
     /// The embedding, in the space of the served model, as wide as the generation's.
     pub vector: Vec<f32>,
     /// Its attributes, as many as the generation keeps per item (none: empty).
@@ -69,16 +72,19 @@ impl Service {
         let rec = self.recommender();
         let snap = rec.snapshot();
         let (dim, n_attrs) = (snap.dim(), snap.n_attrs());
-        let mut seen = std::collections::HashSet::with_capacity(items.len());
+        let mut seen: std::collections::HashSet<&Key> =
+            std::collections::HashSet::with_capacity(items.len());
         let mut vectors = Vec::with_capacity(items.len() * dim);
         let mut attrs = Vec::with_capacity(items.len() * n_attrs);
         for (k, it) in items.iter().enumerate() {
-            if !seen.insert(it.item) {
+            if !seen.insert(&it.item) {
                 return Err(invalid(format!(
                     "items[{k}].item: {} appears earlier in the batch",
                     it.item
                 )));
             }
+            self.names
+                .get(Space::Item, &it.item, &format!("items[{k}].item"))?;
             if it.vector.len() != dim {
                 return Err(invalid(format!(
                     "items[{k}].vector: {} values, the generation's vectors are {dim} wide",
@@ -101,7 +107,10 @@ impl Service {
             attrs.extend_from_slice(&it.attrs);
         }
         let generation = snap.generation().to_string();
-        let ids: Vec<u64> = items.iter().map(|it| it.item).collect();
+        let keys: Vec<&Key> = items.iter().map(|it| &it.item).collect();
+        let ids = self
+            .names
+            .get_or_insert(Space::Item, &keys, |k| format!("items[{k}].item"))?;
         let store_ids: Vec<StoreId> = ids.iter().map(|&i| StoreId(i)).collect();
         let opstamp = rec.replacing_rows(&ids, || {
             let mut w = self.store.writer()?;

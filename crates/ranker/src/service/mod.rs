@@ -19,7 +19,9 @@
 //! a checkpoint taken on it, and the previous generation dropped.
 
 mod items;
+mod keys;
 pub mod metrics;
+pub mod names;
 pub mod pool;
 mod rescore;
 
@@ -34,13 +36,15 @@ use embed_store::{ItemId as StoreId, Snapshot, Store};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::options::RecommendOptions;
+use crate::options::{RecommendOptions, RequestOptions};
 use crate::pipeline::{self, Attrs, PipelineOptions};
 use crate::recommender::Recommender;
 use crate::recommender::serving::Event;
-use crate::types::Recommendation;
+use crate::types::Key;
 pub use items::{ItemUpsert, Upserted};
+pub use keys::{KeyedEvent, Ranked, RankedSource};
 pub use metrics::RequestMetrics;
+use names::{Names, Space};
 pub use pool::{Overloaded, WorkPool};
 pub use rescore::{ItemScore, MAX_QUESTION_BYTES, MAX_RESCORE_CANDIDATES, RescoreRequest};
 
@@ -97,7 +101,7 @@ pub enum Opened {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Answer {
     /// The results, best first.
-    pub items: Vec<Recommendation>,
+    pub items: Vec<Ranked>,
     /// The store generation they come from.
     pub generation: String,
     /// Whether the user was unknown and got the cold-start list
@@ -178,6 +182,8 @@ pub struct Service {
     maintenance: Mutex<Option<JoinHandle<()>>>,
     /// The surgered model's batching queue, once attached ([`Service::attach_rescorer`]).
     rescorer: OnceLock<crate::rescore::batch::Batcher>,
+    /// The names clients gave users and items, durable ([`names`]).
+    names: Names,
     /// Request metrics the HTTP layer records into.
     pub requests: RequestMetrics,
 }
@@ -220,6 +226,7 @@ impl Service {
                 (rec.with_log(dir, options.pipeline.sync)?, Opened::Built)
             }
         };
+        let names = Names::open(&mosaic_durability::MmapDirectory::open(dir)?)?;
         tracing::info!(?opened, "serving");
         let (tx, rx) = mpsc::sync_channel(1);
         let service = Arc::new(Self {
@@ -233,6 +240,7 @@ impl Service {
             wake: Mutex::new(Some(tx)),
             maintenance: Mutex::new(None),
             rescorer: OnceLock::new(),
+            names,
             requests: RequestMetrics::default(),
         });
         let weak = Arc::downgrade(&service);
@@ -254,22 +262,42 @@ impl Service {
         &self.dir
     }
 
-    /// The top results for `user` (the application's id) with `opts`; a user the taste
-    /// graph does not know yet gets the cold-start list, flagged.
-    pub fn recommend(&self, user: u64, opts: &RecommendOptions) -> Result<Answer> {
-        let _span = tracing::debug_span!("recommend", user).entered();
+    /// The names clients gave users and items.
+    pub fn names(&self) -> &Names {
+        &self.names
+    }
+
+    /// `req` over `base` ([`RequestOptions::apply_with`]), its blocked items resolved
+    /// through the service's names (a name never seen blocks nothing: no such item
+    /// exists).
+    pub fn options(
+        &self,
+        req: &RequestOptions,
+        base: RecommendOptions,
+    ) -> Result<RecommendOptions> {
+        req.apply_with(base, |key, k| {
+            self.names.get(Space::Item, key, &format!("blocked[{k}]"))
+        })
+    }
+
+    /// The top results for `user` with `opts`, items named as the client names them; a
+    /// user the taste graph does not know yet (or a name never seen) gets the
+    /// cold-start list, flagged.
+    pub fn recommend(&self, user: &Key, opts: &RecommendOptions) -> Result<Answer> {
+        let _span = tracing::debug_span!("recommend", %user).entered();
+        let id = self.names.get(Space::User, user, "user")?;
         // A refit installs into the shared taste graph a moment before its recommender
         // is swapped in: one caught in between is retired, and the request goes again.
         for _ in 0..10_000 {
             let rec = self.recommender();
-            let answer = match rec.user(user) {
+            let answer = match id.and_then(|u| rec.user(u)) {
                 Some(dense) => rec.recommend(dense, opts).map(|r| (r, false)),
                 None => rec.cold_start(opts).map(|r| (r, true)),
             };
             match answer {
                 Ok((items, cold_start)) => {
                     return Ok(Answer {
-                        items,
+                        items: items.iter().map(|r| self.names.ranked(r)).collect(),
                         generation: rec.snapshot().generation().to_string(),
                         cold_start,
                     });
@@ -284,9 +312,10 @@ impl Service {
     }
 
     /// Records `events` in order ([`Recommender::record_batch`]): returns once they are
-    /// acknowledged by the feedback log. A batch larger than
-    /// [`ServiceOptions::max_batch`] is refused whole.
-    pub fn record(&self, events: &[Event]) -> Result<()> {
+    /// acknowledged by the feedback log. Every key is checked first, and the new names
+    /// logged (one sync), so a batch refused for a bad key records nothing; a batch
+    /// larger than [`ServiceOptions::max_batch`] is refused whole.
+    pub fn record(&self, events: &[KeyedEvent]) -> Result<()> {
         let _span = tracing::debug_span!("record", events = events.len()).entered();
         if events.len() > self.options.max_batch {
             return Err(Error::config(format!(
@@ -295,8 +324,26 @@ impl Service {
                 self.options.max_batch
             )));
         }
+        let users: Vec<&Key> = events.iter().map(|e| &e.user).collect();
+        let items: Vec<&Key> = events.iter().map(|e| &e.item).collect();
+        let users = self
+            .names
+            .get_or_insert(Space::User, &users, |k| format!("events[{k}].user"))?;
+        let items = self
+            .names
+            .get_or_insert(Space::Item, &items, |k| format!("events[{k}].item"))?;
+        let events: Vec<Event> = events
+            .iter()
+            .zip(users.iter().zip(&items))
+            .map(|(e, (&user, &item))| Event {
+                user,
+                item,
+                kind: e.kind,
+                time: e.time,
+            })
+            .collect();
         let rec = self.recommender();
-        let result = rec.record_batch(events);
+        let result = rec.record_batch(&events);
         let recorded = match &result {
             Ok(()) => events.len(),
             Err(Error::Batch { recorded, .. }) => *recorded,

@@ -8,9 +8,11 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::Service;
+use super::names::Space;
 use crate::error::{Error, Result};
 use crate::rescore::Rescorer;
 use crate::rescore::batch::{BatchOptions, Batcher, Job};
+use crate::types::Key;
 
 /// Candidates one [`Service::rescore`] call may carry at most.
 pub const MAX_RESCORE_CANDIDATES: usize = 1_000;
@@ -21,22 +23,22 @@ pub const MAX_QUESTION_BYTES: usize = 4_096;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RescoreRequest {
-    /// The items to score (external ids; each needs a content embedding).
-    pub candidates: Vec<u64>,
+    /// The items to score (each needs a content embedding).
+    pub candidates: Vec<Key>,
     /// The question: `{context}` and one `<item>` marker (`None`: the rescorer's).
     #[serde(default)]
     pub question: Option<String>,
     /// The context items (`None`: the medoids of the user's top interests; none for a
     /// user the taste graph does not know).
     #[serde(default)]
-    pub context: Option<Vec<u64>>,
+    pub context: Option<Vec<Key>>,
 }
 
 /// One candidate's score.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ItemScore {
     /// The candidate.
-    pub item: u64,
+    pub item: Key,
     /// `log P(yes) − log P(no)` under the surgered model.
     pub log_odds: f32,
 }
@@ -65,13 +67,13 @@ impl Service {
     /// queue is [`Error::Overloaded`] at once, `done` not called.
     pub fn rescore(
         &self,
-        user: u64,
+        user: &Key,
         req: RescoreRequest,
         deadline: Instant,
         done: impl FnOnce(Result<Vec<ItemScore>>) + Send + 'static,
     ) -> Result<()> {
         let _span =
-            tracing::debug_span!("rescore", user, candidates = req.candidates.len()).entered();
+            tracing::debug_span!("rescore", %user, candidates = req.candidates.len()).entered();
         let batcher = self.rescorer.get().ok_or_else(|| {
             Error::config("no surgered model is attached to this service (attach_rescorer)")
         })?;
@@ -90,12 +92,15 @@ impl Service {
             }
             Rescorer::check_question(q)?;
         }
-        let context = match req.context {
-            Some(c) => c,
-            None => self.context_of(user)?,
+        let context = match &req.context {
+            Some(c) => self.known_items(c, "context")?,
+            None => match self.names.get(Space::User, user, "user")? {
+                Some(u) => self.context_of(u)?,
+                None => Vec::new(),
+            },
         };
-        let candidates = req.candidates;
-        let ids = candidates.clone();
+        let candidates = self.known_items(&req.candidates, "candidates")?;
+        let ids = req.candidates;
         batcher.submit(Job {
             question: req.question,
             context,
@@ -103,13 +108,29 @@ impl Service {
             deadline,
             done: Box::new(move |scores| {
                 done(scores.map(|s| {
-                    ids.iter()
+                    ids.into_iter()
                         .zip(s)
-                        .map(|(&item, log_odds)| ItemScore { item, log_odds })
+                        .map(|(item, log_odds)| ItemScore { item, log_odds })
                         .collect()
                 }))
             }),
         })
+    }
+
+    /// The integers of `keys`, each an item the service knows (`at` names the list).
+    fn known_items(&self, keys: &[Key], at: &str) -> Result<Vec<u64>> {
+        keys.iter()
+            .enumerate()
+            .map(|(k, key)| {
+                let at = format!("{at}[{k}]");
+                self.names
+                    .get(Space::Item, key, &at)?
+                    .ok_or_else(|| Error::Unknown {
+                        what: "item",
+                        message: format!("{at}: no item is named {key}"),
+                    })
+            })
+            .collect()
     }
 
     /// The medoids of `user`'s interests, most important first (none for a user the
