@@ -1,12 +1,11 @@
 //! The `VectorStore` contract, run against the embedded backend and against a real
-//! 3-master Redis Cluster started on loopback ports (`common`: redis-server must be
+//! 3-master Redis Cluster started on loopback ports (`mosaic_testkit::redis`: redis-server must be
 //! installed, `scripts/test.sh` installs it; this test fails, never skips, without it).
 
-mod common;
 
 use std::sync::Arc;
 
-use common::{Security, start_cluster};
+use mosaic_testkit::redis::{Security, start_cluster};
 use embed_store::redis_cluster::RedisClusterStore;
 use embed_store::store::GenerationSpec;
 use embed_store::{EmbeddedStore, ItemId, RamDirectory, StorageType, Store, VectorStore};

@@ -5,11 +5,10 @@
 //! another (`Error::Denied`); `drop_generation` works with auth and TLS; reads proceed
 //! while a bulk write runs; a batch that fails part-way leaves nothing of it visible.
 
-mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Security, start_cluster};
+use mosaic_testkit::redis::{Security, start_cluster};
 use embed_store::redis_cluster::{RedisClusterStore, RedisConfig};
 use embed_store::{Error, GenerationSpec, ItemId, StorageType, VectorStore};
 

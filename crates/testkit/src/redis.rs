@@ -1,18 +1,21 @@
-//! A real 3-master Redis Cluster on loopback ports for the backend tests, plain or with
-//! ACL users and TLS-only ports (certificates made here with rcgen). redis-server must be
-//! installed (`scripts/test.sh` installs it); the tests fail, never skip, without it.
-
-#![allow(dead_code)] // each test file uses its own part
+//! A real Redis Cluster on loopback ports for the tests of the Redis backend and of the
+//! service over it: three masters, each with 0 or more replicas, plain or with ACL users
+//! and TLS-only ports (certificates made here with rcgen); a node can be killed and
+//! started again (failover tests). redis-server must be installed (`scripts/test.sh`
+//! installs it); the tests fail, never skip, without it.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// Three redis-server processes joined into a cluster; killed on drop.
+/// redis-server processes joined into a cluster; killed on drop.
 pub struct Cluster {
-    procs: Vec<Child>,
-    /// Client ports (TLS ports for a TLS cluster).
+    /// The running process of each node (`None` while killed).
+    procs: Vec<Option<Child>>,
+    /// Each node's command line (to start it again).
+    args: Vec<Vec<String>>,
+    /// Client ports (TLS ports for a TLS cluster), the masters' first.
     pub ports: Vec<u16>,
     /// PEM of the CA that signed the servers' certificate (TLS clusters).
     pub ca_pem: Option<Vec<u8>>,
@@ -22,7 +25,7 @@ pub struct Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        for p in &mut self.procs {
+        for p in self.procs.iter_mut().flatten() {
             let _ = p.kill();
             let _ = p.wait();
         }
@@ -109,10 +112,89 @@ impl Cluster {
     pub fn dir(&self) -> PathBuf {
         self.dir.path().to_path_buf()
     }
+
+    /// Kills the node at `port` (SIGKILL).
+    pub fn kill(&mut self, port: u16) {
+        let k = self.index(port);
+        if let Some(mut p) = self.procs[k].take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+    }
+
+    /// Starts the node at `port` again, with its files (it rejoins the cluster: a master
+    /// replaced meanwhile comes back as a replica).
+    pub fn restart(&mut self, port: u16) {
+        let k = self.index(port);
+        assert!(self.procs[k].is_none(), "node {port} is running");
+        self.procs[k] = Some(spawn(&self.args[k]));
+        self.wait_ping(port, Instant::now() + Duration::from_secs(20));
+    }
+
+    /// Ports of the masters that are up now, as the node at `via` sees them.
+    pub fn masters(&self, via: u16) -> Vec<u16> {
+        self.cli(via, &["cluster", "nodes"])
+            .lines()
+            .filter(|l| l.contains("master") && !l.contains("fail") && l.contains("connected"))
+            .filter_map(|l| {
+                let addr = l.split_whitespace().nth(1)?;
+                addr.split(['@', ':']).nth(1)?.parse().ok()
+            })
+            .collect()
+    }
+
+    /// Waits until the node at `via` reports the cluster ok with `masters` masters.
+    pub fn wait_ok(&self, via: u16, masters: usize, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let info = self.cli(via, &["cluster", "info"]);
+            let size = format!("cluster_size:{masters}");
+            if info.contains("cluster_state:ok") && info.lines().any(|l| l.trim() == size) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster did not become ok: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn index(&self, port: u16) -> usize {
+        self.ports
+            .iter()
+            .position(|&p| p == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"))
+    }
+
+    fn wait_ping(&self, port: u16, deadline: Instant) {
+        while self.cli(port, &["ping"]).trim() != "PONG" {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server on {port} did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn spawn(args: &[String]) -> Child {
+    Command::new("redis-server")
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting redis-server")
 }
 
 /// Start three nodes secured as `sec` and join them into a cluster of three masters.
 pub fn start_cluster(sec: &Security) -> Cluster {
+    start_cluster_with(sec, 0, 5000)
+}
+
+/// Three masters with `replicas` replicas each, secured as `sec`; a node unreachable
+/// for `node_timeout_ms` is failed over.
+pub fn start_cluster_with(sec: &Security, replicas: usize, node_timeout_ms: u64) -> Cluster {
     assert!(
         Command::new("redis-server")
             .arg("--version")
@@ -136,7 +218,8 @@ pub fn start_cluster(sec: &Security) -> Cluster {
     }
     let mut ports = Vec::new();
     let mut procs = Vec::new();
-    for i in 0..3 {
+    let mut all_args = Vec::new();
+    for i in 0..3 * (1 + replicas) {
         let port = free_port();
         let node_dir = dir.path().join(format!("n{i}"));
         std::fs::create_dir_all(&node_dir).expect("node dir");
@@ -148,7 +231,7 @@ pub fn start_cluster(sec: &Security) -> Cluster {
             "--cluster-config-file",
             "nodes.conf",
             "--cluster-node-timeout",
-            "5000",
+            &node_timeout_ms.to_string(),
             "--save",
             "",
             "--appendonly",
@@ -185,17 +268,13 @@ pub fn start_cluster(sec: &Security) -> Cluster {
                 dir.path().join("users.acl").display().to_string(),
             ]);
         }
-        let child = Command::new("redis-server")
-            .args(&args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting redis-server");
+        procs.push(Some(spawn(&args)));
+        all_args.push(args);
         ports.push(port);
-        procs.push(child);
     }
     let cluster = Cluster {
         procs,
+        args: all_args,
         ports,
         ca_pem,
         cli,
@@ -203,13 +282,7 @@ pub fn start_cluster(sec: &Security) -> Cluster {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     for &p in &cluster.ports {
-        while cluster.cli(p, &["ping"]).trim() != "PONG" {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server on {p} did not start"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        cluster.wait_ping(p, deadline);
     }
     let addrs: Vec<String> = cluster
         .ports
@@ -218,19 +291,13 @@ pub fn start_cluster(sec: &Security) -> Cluster {
         .collect();
     let mut args = vec!["--cluster", "create"];
     args.extend(addrs.iter().map(String::as_str));
-    args.extend(["--cluster-replicas", "0", "--cluster-yes"]);
+    let replicas = replicas.to_string();
+    args.extend(["--cluster-replicas", &replicas, "--cluster-yes"]);
     cluster.cli(cluster.ports[0], &args);
     // Every node must be ok *and* know all three masters with their slots: a node can
     // report cluster_state:ok while gossip about a master is still in flight.
     for &p in &cluster.ports {
-        loop {
-            let info = cluster.cli(p, &["cluster", "info"]);
-            if info.contains("cluster_state:ok") && info.contains("cluster_size:3") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the cluster did not become ok");
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        cluster.wait_ok(p, 3, deadline.saturating_duration_since(Instant::now()));
     }
     cluster
 }
