@@ -368,6 +368,39 @@ impl RedisClusterStore {
 
     /// A connection to one node at `addr`, with the configuration's credentials, TLS
     /// and timeouts.
+    /// Passes each batch of the vector keys of `generation` at `epoch` to `each`, master
+    /// by master (SCAN of each node's own keys).
+    fn scan_vectors(
+        &self,
+        generation: &str,
+        epoch: u64,
+        mut each: impl FnMut(&mut redis::Connection, &[String]) -> Result<()>,
+    ) -> Result<()> {
+        let pattern = format!("{}:gen:{generation}:{epoch:016x}:v:*", self.ns());
+        for addr in self.masters()? {
+            let mut node = self.node(&addr)?;
+            let mut cursor: u64 = 0;
+            loop {
+                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query(&mut node)
+                    .map_err(self.err("scanning a master"))?;
+                if !keys.is_empty() {
+                    each(&mut node, &keys)?;
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        Ok(())
+    }
+
     fn node(&self, addr: &str) -> Result<redis::Connection> {
         let c = &self.config;
         let err = self.err("connecting to a master");
@@ -587,35 +620,39 @@ impl VectorStore for RedisClusterStore {
             m.remove(generation);
         }
         // then remove its vectors (of this epoch only: a generation recreated meanwhile
-        // keeps its own) from every master: SCAN each node's own keys
-        let pattern = format!("{}:gen:{generation}:{epoch:016x}:v:*", self.ns());
-        for addr in self.masters()? {
-            let mut node = self.node(&addr)?;
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(&pattern)
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query(&mut node)
-                    .map_err(self.err("scanning a master"))?;
-                if !keys.is_empty() {
-                    let mut p = redis::pipe();
-                    for k in &keys {
-                        p.cmd("UNLINK").arg(k).ignore();
-                    }
-                    p.query::<()>(&mut node)
-                        .map_err(self.err("unlinking vectors"))?;
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
+        // keeps its own) from every master
+        self.scan_vectors(generation, epoch, |node, keys| {
+            let mut p = redis::pipe();
+            for k in keys {
+                p.cmd("UNLINK").arg(k).ignore();
             }
-        }
-        Ok(())
+            p.query::<()>(node).map_err(self.err("unlinking vectors"))
+        })
+    }
+
+    fn ids(&self, generation: &str) -> Result<Vec<ItemId>> {
+        check_name("generation", generation)?;
+        let epoch = {
+            let mut conn = self.conn()?;
+            self.fresh_meta(&mut conn, generation)?.epoch
+        };
+        let prefix = format!("{}:gen:{generation}:{epoch:016x}:v:", self.ns());
+        let mut out = Vec::new();
+        self.scan_vectors(generation, epoch, |_, keys| {
+            for k in keys {
+                let id = k
+                    .strip_prefix(&prefix)
+                    .and_then(|tail| tail.parse::<u64>().ok())
+                    .ok_or_else(|| Error::Corrupt {
+                        file: k.clone(),
+                        message: "a vector key without a numeric id".into(),
+                    })?;
+                out.push(ItemId(id));
+            }
+            Ok(())
+        })?;
+        out.sort_unstable();
+        Ok(out)
     }
 
     fn get_many(&self, ids: &[ItemId]) -> Result<Fetched> {

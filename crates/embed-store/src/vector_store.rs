@@ -56,6 +56,9 @@ pub trait VectorStore: Send + Sync {
     fn generations(&self) -> Result<Vec<String>>;
     /// Delete a generation that is not current, with all its vectors.
     fn drop_generation(&self, generation: &str) -> Result<()>;
+    /// Every id `generation` holds, ascending (a full scan: for mirroring, not for the
+    /// request path).
+    fn ids(&self, generation: &str) -> Result<Vec<ItemId>>;
     /// Read `ids` from the current generation (resolved once for the whole batch).
     fn get_many(&self, ids: &[ItemId]) -> Result<Fetched>;
     /// Read one id from the current generation.
@@ -226,6 +229,17 @@ impl VectorStore for EmbeddedStore {
             w.drop_generation(generation)?;
             w.commit().map(|_| ())
         })
+    }
+
+    fn ids(&self, generation: &str) -> Result<Vec<ItemId>> {
+        let mut ids: Vec<ItemId> = self
+            .store
+            .generation(generation)?
+            .iter_live()
+            .map(|(id, _, _)| id)
+            .collect();
+        ids.sort_unstable();
+        Ok(ids)
     }
 
     fn get_many(&self, ids: &[ItemId]) -> Result<Fetched> {

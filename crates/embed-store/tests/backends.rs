@@ -2,13 +2,12 @@
 //! 3-master Redis Cluster started on loopback ports (`mosaic_testkit::redis`: redis-server must be
 //! installed, `scripts/test.sh` installs it; this test fails, never skips, without it).
 
-
 use std::sync::Arc;
 
-use mosaic_testkit::redis::{Security, start_cluster};
 use embed_store::redis_cluster::RedisClusterStore;
 use embed_store::store::GenerationSpec;
 use embed_store::{EmbeddedStore, ItemId, RamDirectory, StorageType, Store, VectorStore};
+use mosaic_testkit::redis::{Security, start_cluster};
 
 fn vectors(n: usize, dim: usize, salt: f32) -> Vec<f32> {
     (0..n * dim)
@@ -91,6 +90,15 @@ fn contract(s: &dyn VectorStore) {
     let f = s.get_many(&ids[..4]).unwrap();
     assert_eq!(f.row(0).unwrap(), &new_v[..]);
     assert_eq!(f.found, vec![true, false, false, true]);
+    // every id, once, ascending: the upsert kept one, the deletes are gone
+    let mut want: Vec<ItemId> = ids
+        .iter()
+        .copied()
+        .filter(|i| !ids[1..3].contains(i))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(s.ids(a).unwrap(), want);
+    assert!(s.ids("no-such-gen").is_err());
 
     // generation B of another width: readers switch at once and see only B
     let b = "b-pinclip-2026-11-22";

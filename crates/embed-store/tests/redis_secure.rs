@@ -5,12 +5,11 @@
 //! another (`Error::Denied`); `drop_generation` works with auth and TLS; reads proceed
 //! while a bulk write runs; a batch that fails part-way leaves nothing of it visible.
 
-
 use std::time::{Duration, Instant};
 
-use mosaic_testkit::redis::{Security, start_cluster};
 use embed_store::redis_cluster::{RedisClusterStore, RedisConfig};
 use embed_store::{Error, GenerationSpec, ItemId, StorageType, VectorStore};
+use mosaic_testkit::redis::{Security, start_cluster};
 
 const NS: &str = "mosaic-test";
 /// The service's user, as docs/embed-store.md ("ACL rules") grants it.
