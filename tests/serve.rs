@@ -31,7 +31,10 @@ fn server_binary() -> PathBuf {
 struct Server {
     child: Child,
     url: String,
+    /// The "serving ..." line.
     opened: String,
+    /// The lines between "listening on" and it (e.g. "redis: ...").
+    before: Vec<String>,
 }
 
 impl Server {
@@ -57,7 +60,17 @@ impl Server {
             .strip_prefix("listening on ")
             .unwrap_or_else(|| panic!("unexpected first line {first:?}"))
             .to_string();
-        let opened = lines.next().unwrap().unwrap();
+        let mut before = Vec::new();
+        let opened = loop {
+            let line = lines
+                .next()
+                .expect("the server exited before serving")
+                .unwrap();
+            if line.starts_with("serving ") {
+                break line;
+            }
+            before.push(line);
+        };
         // keep draining its output so that it never blocks on a full pipe
         std::thread::spawn(move || for _ in lines {});
         let url = format!("http://{addr}");
@@ -66,7 +79,12 @@ impl Server {
             assert!(Instant::now() < deadline, "not ready within a minute");
             std::thread::sleep(Duration::from_millis(50));
         }
-        Server { child, url, opened }
+        Server {
+            child,
+            url,
+            opened,
+            before,
+        }
     }
 
     fn kill(mut self) {
@@ -443,4 +461,167 @@ fn an_overloaded_server_answers_503_at_once() {
             .any(|l| l.starts_with("mosaic_requests_total{endpoint=\"recommend\",status=\"503\"}")),
         "{metrics}"
     );
+}
+
+/// Two servers over one Redis Cluster (three masters with a replica each) serve the
+/// same items; then a master is killed while a client upserts items and asks for
+/// recommendations: every answer comes within the deadline, recommendations never fail,
+/// an upsert the cluster cannot take is a 503, upserts succeed again once the replica
+/// took over (and after the old master is back), and every upsert answered 200 is in
+/// the cluster.
+#[test]
+fn servers_share_items_through_redis_and_a_killed_master_fails_fast() {
+    use mosaic::embed_store::redis_cluster::RedisClusterStore;
+    use mosaic::embed_store::{ItemId, VectorStore};
+    use mosaic_testkit::redis::{Security, start_cluster_with};
+
+    let mut cluster = start_cluster_with(&Security::default(), 1, 1000);
+    let urls = cluster.urls().join(",");
+    let flags = [
+        "--redis",
+        &urls,
+        "--redis-timeout-ms",
+        "300",
+        "--deadline-ms",
+        "3000",
+    ];
+    let dim = mosaic_testkit::catalogue::CatalogueSpec::default().dim;
+    let item =
+        move |id: u64| json!({"items": [{"item": id, "vector": vec![0.1; dim], "attrs": [1]}]});
+
+    let dir_a = tempfile::tempdir().unwrap();
+    let a = Server::start_with(dir_a.path(), &flags);
+    assert!(
+        a.before.iter().any(|l| l.contains("Published")),
+        "{:?}",
+        a.before
+    );
+    let (code, body) = put(&format!("{}/v1/items", a.url), &item(800_001).to_string());
+    assert_eq!(code, 200, "{body}");
+    // a second server on the cluster takes the item A upserted
+    let dir_b = tempfile::tempdir().unwrap();
+    let b = Server::start_with(dir_b.path(), &flags);
+    assert!(
+        b.before
+            .iter()
+            .any(|l| l.contains("Followed { pulled: 1, pushed: 0 }")),
+        "{:?}",
+        b.before
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, body) = post(
+            &format!("{}/v1/recommend", b.url),
+            r#"{"user": "nobody", "k": 4}"#,
+        );
+        if json_of(&body)["items"][3]["item"] == 800_001 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never served A's item: {body}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(b);
+
+    // load on A; a master killed a second in, back four seconds later
+    let stop = Arc::new(AtomicBool::new(false));
+    let url = a.url.clone();
+    let s = Arc::clone(&stop);
+    let reader = std::thread::spawn(move || {
+        let mut worst = Duration::ZERO;
+        let mut answered = 0;
+        while !s.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let (code, body) = post(&format!("{url}/v1/recommend"), r#"{"user": 3, "k": 5}"#);
+            assert_eq!(code, 200, "a recommendation failed: {body}");
+            worst = worst.max(t.elapsed());
+            answered += 1;
+        }
+        (answered, worst)
+    });
+    let url = a.url.clone();
+    let s = Arc::clone(&stop);
+    let writer = std::thread::spawn(move || {
+        let mut log: Vec<(u64, u16, Duration, Instant)> = Vec::new();
+        let mut id = 900_000;
+        while !s.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let (code, body) = put(&format!("{url}/v1/items"), &item(id).to_string());
+            assert!(code == 200 || code == 503, "upsert {id}: {code} {body}");
+            log.push((id, code, t.elapsed(), t));
+            id += 1;
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        log
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let victim = cluster.masters(cluster.ports[0])[0];
+    let witness = cluster
+        .ports
+        .iter()
+        .copied()
+        .find(|&p| p != victim)
+        .unwrap();
+    let killed_at = Instant::now();
+    cluster.kill(victim);
+    // the replica takes over (node timeout 1 s, then an election)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let masters = cluster.masters(witness);
+        if masters.len() == 3 && !masters.contains(&victim) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover within 30 s: {}",
+            cluster.cli(witness, &["cluster", "nodes"])
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let failed_over = killed_at.elapsed();
+    std::thread::sleep(Duration::from_secs(1));
+    // the old master comes back: it rejoins as a replica of the new one
+    cluster.restart(victim);
+    cluster.wait_ok(victim, 3, Duration::from_secs(30));
+    let back = Instant::now();
+    std::thread::sleep(Duration::from_secs(2));
+    stop.store(true, Ordering::Relaxed);
+    let (answered, worst_read) = reader.join().unwrap();
+    let log = writer.join().unwrap();
+
+    assert!(answered > 0);
+    assert!(
+        worst_read < Duration::from_secs(3),
+        "a recommendation took {worst_read:?}"
+    );
+    let worst_write = log.iter().map(|l| l.2).max().unwrap();
+    assert!(
+        worst_write < Duration::from_secs(4),
+        "an upsert took {worst_write:?}"
+    );
+    let failed = log.iter().filter(|l| l.1 == 503).count();
+    let acked: Vec<u64> = log.iter().filter(|l| l.1 == 200).map(|l| l.0).collect();
+    // recovered: every upsert after the old master is back went through
+    let tail: Vec<_> = log.iter().filter(|l| l.3 > back).collect();
+    assert!(
+        !tail.is_empty() && tail.iter().all(|l| l.1 == 200),
+        "{tail:?}"
+    );
+    eprintln!(
+        "failover after {failed_over:?}; {} upserts: {} acknowledged, {failed} refused with 503 \
+         while the slots were down; {answered} recommendations, slowest {worst_read:?}; \
+         slowest upsert {worst_write:?}",
+        log.len(),
+        acked.len()
+    );
+    let seeds = cluster.urls();
+    let seeds: Vec<&str> = seeds.iter().map(String::as_str).collect();
+    let redis = RedisClusterStore::connect(&seeds, "mosaic").unwrap();
+    let held: std::collections::HashSet<ItemId> =
+        redis.ids("catalogue").unwrap().into_iter().collect();
+    for id in &acked {
+        assert!(
+            held.contains(&ItemId(*id)),
+            "acknowledged upsert {id} is not in the cluster"
+        );
+    }
 }

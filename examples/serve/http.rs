@@ -70,7 +70,9 @@ fn status_of(e: &Error) -> StatusCode {
             StatusCode::BAD_REQUEST
         }
         Error::LiveItemCap { .. } => StatusCode::TOO_MANY_REQUESTS,
-        Error::Overloaded { .. } | Error::Deadline { .. } => StatusCode::SERVICE_UNAVAILABLE,
+        Error::Overloaded { .. } | Error::Deadline { .. } | Error::Shared { .. } => {
+            StatusCode::SERVICE_UNAVAILABLE
+        }
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }

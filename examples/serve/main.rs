@@ -30,6 +30,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::Parser;
 use mosaic::embed_store::hnsw::HnswParams;
+use mosaic::embed_store::redis_cluster::{RedisClusterStore, RedisConfig};
 use mosaic::embed_store::{GenerationSpec, ItemId, MmapDirectory, StorageType, Store};
 use mosaic::ranker::RecommendOptions;
 use mosaic::ranker::pipeline::{Attrs, PipelineOptions, build};
@@ -102,6 +103,15 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
             ..BatchOptions::default()
         },
     )?;
+    if !args.redis.is_empty() {
+        let t = Duration::from_millis(args.redis_timeout_ms);
+        let config = RedisConfig::new(args.redis.clone(), &args.redis_namespace).timeouts(t, t);
+        let redis = RedisClusterStore::open(config).context("connecting to the Redis Cluster")?;
+        let joined = service
+            .attach_shared(Arc::new(redis))
+            .context("sharing the served generation through Redis")?;
+        println!("redis: {joined:?}");
+    }
     println!(
         "serving {:?} ({opened:?}) in {:.2} s",
         service.recommender().snapshot().generation(),

@@ -63,6 +63,16 @@ pub struct Overrides {
     /// milliseconds [default: 2].
     #[arg(long)]
     pub rescore_wait_ms: Option<u64>,
+    /// Keep the served generation in this Redis Cluster too (seed nodes,
+    /// comma-separated `redis://host:port`) [default: none].
+    #[arg(long)]
+    pub redis: Option<String>,
+    /// Key namespace in the Redis Cluster [default: mosaic].
+    #[arg(long)]
+    pub redis_namespace: Option<String>,
+    /// Redis connect and response timeout, in milliseconds [default: 500].
+    #[arg(long)]
+    pub redis_timeout_ms: Option<u64>,
 }
 
 /// The command line.
@@ -106,6 +116,12 @@ pub struct Settings {
     pub rescore_adapter: PathBuf,
     /// See [`Overrides::rescore_wait_ms`].
     pub rescore_wait_ms: u64,
+    /// See [`Overrides::redis`] (split at commas).
+    pub redis: Vec<String>,
+    /// See [`Overrides::redis_namespace`].
+    pub redis_namespace: String,
+    /// See [`Overrides::redis_timeout_ms`].
+    pub redis_timeout_ms: u64,
 }
 
 /// The vision-surgery crate's committed fixtures (the tiny checkpoint and its adapter).
@@ -161,6 +177,22 @@ impl Settings {
                 .or(file.rescore_adapter)
                 .unwrap_or_else(|| fixtures().join("adapter-torch/adapter.safetensors")),
             rescore_wait_ms: f.rescore_wait_ms.or(file.rescore_wait_ms).unwrap_or(2),
+            redis: f
+                .redis
+                .or(file.redis)
+                .map(|r| {
+                    r.split(',')
+                        .map(str::trim)
+                        .filter(|u| !u.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            redis_namespace: f
+                .redis_namespace
+                .or(file.redis_namespace)
+                .unwrap_or_else(|| "mosaic".into()),
+            redis_timeout_ms: f.redis_timeout_ms.or(file.redis_timeout_ms).unwrap_or(500),
         };
         for (name, v) in [
             ("catalogue_items", s.catalogue_items),
@@ -177,6 +209,10 @@ impl Settings {
         anyhow::ensure!(
             s.deadline_ms > 0,
             "deadline_ms = 0: every request would fail"
+        );
+        anyhow::ensure!(
+            s.redis_timeout_ms > 0,
+            "redis_timeout_ms = 0: every Redis call would fail"
         );
         Ok(s)
     }

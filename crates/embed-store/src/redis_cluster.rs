@@ -23,12 +23,12 @@
 
 use std::collections::HashMap;
 use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, TryLockError};
 use std::time::Duration;
 
 use redis::Commands;
-use redis::cluster::{ClusterClientBuilder, ClusterConnection, cluster_pipe};
+use redis::cluster::{ClusterClient, ClusterClientBuilder, ClusterConnection, cluster_pipe};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -138,10 +138,56 @@ impl RedisConfig {
 
 /// A [`VectorStore`] on a Redis Cluster.
 pub struct RedisClusterStore {
-    pool: Vec<Mutex<ClusterConnection>>,
+    client: ClusterClient,
+    pool: Vec<Mutex<Slot>>,
     next: AtomicUsize,
+    /// Bumped by every failure that calls for a new connection ([`connection_failed`]):
+    /// a pooled connection made before the last one is replaced when next taken.
+    trouble: AtomicU64,
     config: RedisConfig,
     metas: Mutex<HashMap<String, Meta>>,
+}
+
+/// A pooled connection and the [`RedisClusterStore::trouble`] count it was made at.
+struct Slot {
+    conn: ClusterConnection,
+    made: u64,
+}
+
+/// A pooled connection taken for one call.
+struct Pooled<'a>(MutexGuard<'a, Slot>);
+
+impl std::ops::Deref for Pooled<'_> {
+    type Target = ClusterConnection;
+    fn deref(&self) -> &ClusterConnection {
+        &self.0.conn
+    }
+}
+
+impl std::ops::DerefMut for Pooled<'_> {
+    fn deref_mut(&mut self) -> &mut ClusterConnection {
+        &mut self.0.conn
+    }
+}
+
+/// Whether a connection that returned `e` should be replaced: after anything but a
+/// refused credential or permission. A connection to a node that died keeps failing,
+/// and one whose slot map predates a failover keeps asking a node that answers
+/// CLUSTERDOWN (inside a pipeline's error, where the client does not refresh it);
+/// a fresh connection reads the cluster's topology again. Replacing one costs a
+/// reconnect, so doing it after a server error that did not need it is harmless.
+fn connection_failed(e: &redis::RedisError) -> bool {
+    let text = e.to_string();
+    e.kind() != redis::ErrorKind::AuthenticationFailed
+        && ![
+            "WRONGPASS",
+            "NOAUTH",
+            "NOPERM",
+            "NoPerm",
+            "AuthenticationFailed",
+        ]
+        .iter()
+        .any(|m| text.contains(m))
 }
 
 impl std::fmt::Debug for RedisClusterStore {
@@ -178,7 +224,8 @@ fn redis_err<'a>(
                 message: format!("{what}: {text}"),
             };
         }
-        let hint = if !config.tls() && (e.is_io_error() || e.is_timeout()) {
+        let connecting = what.starts_with("connecting") || what.starts_with("reconnecting");
+        let hint = if connecting && !config.tls() && (e.is_io_error() || e.is_timeout()) {
             " (is the server TLS-only? use rediss:// URLs)"
         } else {
             ""
@@ -251,19 +298,32 @@ impl RedisClusterStore {
         }
         let client = b.build().map_err(&err)?;
         let pool = (0..config.connections.max(1))
-            .map(|_| client.get_connection().map(Mutex::new).map_err(&err))
+            .map(|_| {
+                let conn = client.get_connection().map_err(&err)?;
+                Ok(Mutex::new(Slot { conn, made: 0 }))
+            })
             .collect::<Result<Vec<_>>>()?;
         drop(err);
         Ok(Self {
+            client,
             pool,
             next: AtomicUsize::new(0),
+            trouble: AtomicU64::new(0),
             config,
             metas: Mutex::new(HashMap::new()),
         })
     }
 
+    /// The typed error of a failed call ([`redis_err`]); a connection-level failure
+    /// also marks every pooled connection for replacement.
     fn err<'a>(&'a self, what: &'a str) -> impl Fn(redis::RedisError) -> Error + 'a {
-        redis_err(what, &self.config)
+        let typed = redis_err(what, &self.config);
+        move |e| {
+            if connection_failed(&e) {
+                self.trouble.fetch_add(1, Ordering::AcqRel);
+            }
+            typed(e)
+        }
     }
 
     fn ns(&self) -> &str {
@@ -286,22 +346,36 @@ impl RedisClusterStore {
         format!("{}:gen:{generation}:{epoch:016x}:v:{}", self.ns(), id.0)
     }
 
-    /// A free pooled connection, or the next one in turn when all are busy.
-    fn conn(&self) -> Result<MutexGuard<'_, ClusterConnection>> {
+    /// A free pooled connection, or the next one in turn when all are busy; replaced
+    /// first when a connection failure happened since it was made.
+    fn conn(&self) -> Result<Pooled<'_>> {
+        let mut slot = self.take_slot();
+        let trouble = self.trouble.load(Ordering::Acquire);
+        if slot.made < trouble {
+            slot.conn = self
+                .client
+                .get_connection()
+                .map_err(redis_err("reconnecting to the cluster", &self.config))?;
+            slot.made = trouble;
+        }
+        Ok(Pooled(slot))
+    }
+
+    fn take_slot(&self) -> MutexGuard<'_, Slot> {
         let n = self.pool.len();
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for k in 0..n {
             match self.pool[(start + k) % n].try_lock() {
-                Ok(g) => return Ok(g),
+                Ok(g) => return g,
                 // a panic mid-call leaves no half-read reply: the sync client reads
                 // whole replies before returning
-                Err(TryLockError::Poisoned(p)) => return Ok(p.into_inner()),
+                Err(TryLockError::Poisoned(p)) => return p.into_inner(),
                 Err(TryLockError::WouldBlock) => {}
             }
         }
-        Ok(self.pool[start % n]
+        self.pool[start % n]
             .lock()
-            .unwrap_or_else(|p| p.into_inner()))
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The generation's metadata as stored now (writers and `set_current` read it on

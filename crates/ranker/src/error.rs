@@ -78,6 +78,12 @@ pub enum Error {
         /// The model's error.
         message: String,
     },
+    /// The shared store (a Redis Cluster) could not be read or written.
+    #[error("shared store: {message}")]
+    Shared {
+        /// What failed, and why.
+        message: String,
+    },
     /// A log of the service (its names) failed.
     #[error("durability: {0}")]
     Durability(#[from] mosaic_durability::Error),

@@ -550,3 +550,127 @@ fn bad_keys_are_refused_before_anything_is_recorded() {
     assert_eq!(s.stats().events, 0);
     assert_eq!(s.names().len(ranker::service::names::Space::User), 0);
 }
+
+/// A shared store that refuses writes while `down` is set (a cluster that lost a
+/// master's slots), else the embedded backend.
+struct Flaky {
+    inner: embed_store::EmbeddedStore,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl embed_store::VectorStore for Flaky {
+    fn create_generation(&self, spec: &embed_store::GenerationSpec) -> embed_store::Result<()> {
+        self.inner.create_generation(spec)
+    }
+    fn put_many(&self, g: &str, ids: &[StoreId], v: &[f32]) -> embed_store::Result<()> {
+        if self.down.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(embed_store::Error::Backend {
+                backend: "test",
+                message: "the slots are down".into(),
+            });
+        }
+        self.inner.put_many(g, ids, v)
+    }
+    fn delete(&self, g: &str, ids: &[StoreId]) -> embed_store::Result<()> {
+        self.inner.delete(g, ids)
+    }
+    fn set_current(&self, g: &str) -> embed_store::Result<()> {
+        self.inner.set_current(g)
+    }
+    fn current(&self) -> embed_store::Result<Option<String>> {
+        self.inner.current()
+    }
+    fn generations(&self) -> embed_store::Result<Vec<String>> {
+        self.inner.generations()
+    }
+    fn drop_generation(&self, g: &str) -> embed_store::Result<()> {
+        self.inner.drop_generation(g)
+    }
+    fn ids(&self, g: &str) -> embed_store::Result<Vec<StoreId>> {
+        self.inner.ids(g)
+    }
+    fn get_many(&self, ids: &[StoreId]) -> embed_store::Result<embed_store::Fetched> {
+        self.inner.get_many(ids)
+    }
+}
+
+#[test]
+fn services_share_the_served_generation_and_an_upsert_the_shared_store_refuses_changes_nothing() {
+    use embed_store::VectorStore;
+    use ranker::service::Joined;
+    let shared = Arc::new(Flaky {
+        inner: embed_store::EmbeddedStore::new(
+            Store::open(Arc::new(embed_store::RamDirectory::new())).unwrap(),
+        )
+        .unwrap(),
+        down: false.into(),
+    });
+    let dir_a = tempfile::tempdir().unwrap();
+    let (a, _) = open(dir_a.path(), 0);
+    let joined = a.attach_shared(shared.clone()).unwrap();
+    assert_eq!(joined, Joined::Published { rows: 120 });
+    assert_eq!(shared.current().unwrap().as_deref(), Some("demo"));
+    let item = |id: u64| ItemUpsert {
+        item: Key::Id(id),
+        vector: vec![0.5; 8],
+        attrs: vec![1],
+    };
+    a.upsert(&[item(NEW_ITEM)]).unwrap();
+    assert!(shared.get(StoreId(NEW_ITEM)).unwrap().is_some());
+    // the shared store refuses: the upsert fails, and nothing changed here
+    shared
+        .down
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let local = Store::open(Arc::new(
+        MmapDirectory::open(dir_a.path().join("store")).unwrap(),
+    ))
+    .unwrap();
+    let before = local.generation("demo").unwrap().opstamp();
+    let err = a.upsert(&[item(NEW_ITEM + 1)]).unwrap_err();
+    assert!(matches!(err, Error::Shared { .. }), "{err:?}");
+    local.reload().unwrap();
+    assert_eq!(local.generation("demo").unwrap().opstamp(), before);
+    assert!(
+        local
+            .generation("demo")
+            .unwrap()
+            .get(StoreId(NEW_ITEM + 1))
+            .is_none()
+    );
+    shared
+        .down
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    // a second service on the same shared store takes the item A upserted
+    let dir_b = tempfile::tempdir().unwrap();
+    let (b, _) = open(dir_b.path(), 0);
+    let version = b.stats().rows_version;
+    let joined = b.attach_shared(shared.clone()).unwrap();
+    assert_eq!(
+        joined,
+        Joined::Followed {
+            pulled: 1,
+            pushed: 0
+        }
+    );
+    wait_for(&b, "index refresh", |st| st.rows_version > version);
+    assert_eq!(
+        b.recommender().snapshot().get(StoreId(NEW_ITEM)),
+        Some(vec![0.5; 8])
+    );
+    // a shared store serving another generation is refused, not overwritten
+    shared
+        .create_generation(&embed_store::GenerationSpec::new(
+            "other",
+            8,
+            embed_store::StorageType::F32,
+        ))
+        .unwrap();
+    shared.set_current("other").unwrap();
+    let dir_c = tempfile::tempdir().unwrap();
+    let (c, _) = open(dir_c.path(), 0);
+    let err = c.attach_shared(shared.clone()).unwrap_err();
+    assert!(
+        err.to_string().contains("serves generation \"other\""),
+        "{err}"
+    );
+}

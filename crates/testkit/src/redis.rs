@@ -236,6 +236,10 @@ pub fn start_cluster_with(sec: &Security, replicas: usize, node_timeout_ms: u64)
             "",
             "--appendonly",
             "no",
+            // a replica's first sync starts at once (not after the default 5 s wait for
+            // more replicas), so that it can take over from the start
+            "--repl-diskless-sync-delay",
+            "0",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -298,6 +302,20 @@ pub fn start_cluster_with(sec: &Security, replicas: usize, node_timeout_ms: u64)
     // report cluster_state:ok while gossip about a master is still in flight.
     for &p in &cluster.ports {
         cluster.wait_ok(p, 3, deadline.saturating_duration_since(Instant::now()));
+    }
+    // a replica that never synced cannot be failed over to: wait for every link
+    for &p in &cluster.ports {
+        loop {
+            let info = cluster.cli(p, &["info", "replication"]);
+            if info.contains("role:master") || info.contains("master_link_status:up") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "replica {p} did not sync: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
     cluster
 }

@@ -58,7 +58,8 @@ impl Service {
     /// vectors as wide as the generation's and finite, the generation's number of
     /// attributes): a refused batch changes nothing. A new id is an item only the store
     /// knows until an event names it; an upserted vector of an item the taste graph
-    /// trains holds until the next refit replaces it.
+    /// trains holds until the next refit replaces it. With a shared store attached the
+    /// items are written there first ([`Error::Shared`] when it cannot take them).
     pub fn upsert(&self, items: &[ItemUpsert]) -> Result<Upserted> {
         let _span = tracing::debug_span!("upsert", items = items.len()).entered();
         let limit = self.options.max_items;
@@ -112,6 +113,8 @@ impl Service {
             .names
             .get_or_insert(Space::Item, &keys, |k| format!("items[{k}].item"))?;
         let store_ids: Vec<StoreId> = ids.iter().map(|&i| StoreId(i)).collect();
+        // the shared store first: when it cannot take them, nothing changes here
+        self.write_through(&generation, &store_ids, &vectors)?;
         let opstamp = rec.replacing_rows(&ids, || {
             let mut w = self.store.writer()?;
             w.put_many(

@@ -24,6 +24,7 @@ pub mod metrics;
 pub mod names;
 pub mod pool;
 mod rescore;
+mod shared;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -47,6 +48,7 @@ pub use metrics::RequestMetrics;
 use names::{Names, Space};
 pub use pool::{Overloaded, WorkPool};
 pub use rescore::{ItemScore, MAX_QUESTION_BYTES, MAX_RESCORE_CANDIDATES, RescoreRequest};
+pub use shared::Joined;
 
 /// Settings of a [`Service`].
 #[derive(Debug, Clone)]
@@ -138,6 +140,8 @@ pub struct Stats {
     pub rows_pending: bool,
     /// The content version of the served generation ([`embed_store::Snapshot::version`]).
     pub rows_version: u64,
+    /// Whether the served generation waits to be published to the shared store.
+    pub shared_pending: bool,
     /// The last maintenance failure, if any.
     pub last_error: Option<String>,
 }
@@ -184,6 +188,12 @@ pub struct Service {
     rescorer: OnceLock<crate::rescore::batch::Batcher>,
     /// The names clients gave users and items, durable ([`names`]).
     names: Names,
+    /// The shared store the served generation is kept in too, once attached
+    /// ([`Service::attach_shared`]).
+    shared: OnceLock<Arc<dyn embed_store::VectorStore>>,
+    /// A generation to drop from the shared store once the served one is published
+    /// there (`Some` while a publish is pending: retried by the maintenance thread).
+    shared_pending: Mutex<Option<String>>,
     /// Request metrics the HTTP layer records into.
     pub requests: RequestMetrics,
 }
@@ -241,6 +251,8 @@ impl Service {
             maintenance: Mutex::new(None),
             rescorer: OnceLock::new(),
             names,
+            shared: OnceLock::new(),
+            shared_pending: Mutex::new(None),
             requests: RequestMetrics::default(),
         });
         let weak = Arc::downgrade(&service);
@@ -379,6 +391,7 @@ impl Service {
             index_refreshes: c.index_refreshes.load(Ordering::Relaxed),
             rows_pending: c.rows_pending.load(Ordering::Relaxed),
             rows_version: rec.snapshot().version(),
+            shared_pending: lock(&self.shared_pending).is_some(),
             last_error: lock(&self.last_error).clone(),
         }
     }
@@ -441,6 +454,12 @@ impl Service {
                 "gauge",
                 "Whether upserted rows wait for an index refresh.",
                 f64::from(u8::from(s.rows_pending)),
+            ),
+            (
+                "mosaic_shared_pending",
+                "gauge",
+                "Whether the served generation waits to be published to the shared store.",
+                f64::from(u8::from(s.shared_pending)),
             ),
             (
                 "mosaic_users",
@@ -588,6 +607,11 @@ impl Service {
             w.commit()?;
         }
         self.counters.rows_pending.store(false, Ordering::Release);
+        drop(_rows);
+        if self.shared.get().is_some() {
+            *lock(&self.shared_pending) = Some(old.clone());
+            self.sync_shared();
+        }
         self.counters.refits.fetch_add(1, Ordering::Relaxed);
         self.counters
             .last_refit_ms
@@ -609,6 +633,18 @@ impl Service {
             .max()
             .unwrap_or(0);
         format!("{prefix}{}", highest.saturating_add(1))
+    }
+
+    /// Publishes the served generation to the shared store if that is pending; a
+    /// failure is kept for [`Stats::last_error`] and retried at the next maintenance step.
+    fn sync_shared(&self) {
+        let Some(previous) = lock(&self.shared_pending).clone() else {
+            return;
+        };
+        match self.publish_shared(Some(&previous)) {
+            Ok(_) => *lock(&self.shared_pending) = None,
+            Err(e) => self.failed("publishing to the shared store", &e),
+        }
     }
 
     fn failed(&self, what: &str, e: &Error) {
@@ -650,6 +686,7 @@ fn maintain(service: &std::sync::Weak<Service>, rx: &mpsc::Receiver<Wake>) {
         {
             s.failed("index refresh", &e);
         }
+        s.sync_shared();
         if let Err(e) = s.checkpoint_if_due() {
             s.failed("checkpoint", &e);
         }
