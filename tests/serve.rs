@@ -464,7 +464,7 @@ fn an_overloaded_server_answers_503_at_once() {
 }
 
 /// Two servers over one Redis Cluster (three masters with a replica each) serve the
-/// same items; then a master is killed while a client upserts items and asks for
+/// same items (B takes A's upserts at start and by following the cluster); then a master is killed while a client upserts items and asks for
 /// recommendations: every answer comes within the deadline, recommendations never fail,
 /// an upsert the cluster cannot take is a 503, upserts succeed again once the replica
 /// took over (and after the old master is back), and every upsert answered 200 is in
@@ -484,6 +484,8 @@ fn servers_share_items_through_redis_and_a_killed_master_fails_fast() {
         "300",
         "--deadline-ms",
         "3000",
+        "--redis-follow-ms",
+        "200",
     ];
     let dim = mosaic_testkit::catalogue::CatalogueSpec::default().dim;
     let item =
@@ -508,18 +510,26 @@ fn servers_share_items_through_redis_and_a_killed_master_fails_fast() {
         "{:?}",
         b.before
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = post(
-            &format!("{}/v1/recommend", b.url),
-            r#"{"user": "nobody", "k": 4}"#,
-        );
-        if json_of(&body)["items"][3]["item"] == 800_001 {
-            break;
+    // B serves it (the newest row: a cold-start fresh slot), and, following the
+    // cluster, the one A upserts next
+    let fresh_on_b = |want: u64| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = post(
+                &format!("{}/v1/recommend", b.url),
+                r#"{"user": "nobody", "k": 4}"#,
+            );
+            if json_of(&body)["items"][3]["item"] == want {
+                break;
+            }
+            assert!(Instant::now() < deadline, "B never served {want}: {body}");
+            std::thread::sleep(Duration::from_millis(50));
         }
-        assert!(Instant::now() < deadline, "B never served A's item: {body}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    };
+    fresh_on_b(800_001);
+    let (code, body) = put(&format!("{}/v1/items", a.url), &item(800_002).to_string());
+    assert_eq!(code, 200, "{body}");
+    fresh_on_b(800_002);
     drop(b);
 
     // load on A; a master killed a second in, back four seconds later

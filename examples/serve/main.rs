@@ -70,6 +70,8 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
         },
         refit_after_events: args.refit_after_events,
         checkpoint_after_events: args.checkpoint_after_events,
+        follow_interval: (args.redis_follow_ms > 0)
+            .then(|| Duration::from_millis(args.redis_follow_ms)),
         ..ServiceOptions::default()
     };
     let t = Instant::now();

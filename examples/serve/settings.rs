@@ -73,6 +73,10 @@ pub struct Overrides {
     /// Redis connect and response timeout, in milliseconds [default: 500].
     #[arg(long)]
     pub redis_timeout_ms: Option<u64>,
+    /// How often to take the items other processes added to the Redis Cluster, in
+    /// milliseconds (0: only at start; each is a scan of the generation's ids) [default: 10000].
+    #[arg(long)]
+    pub redis_follow_ms: Option<u64>,
 }
 
 /// The command line.
@@ -122,6 +126,8 @@ pub struct Settings {
     pub redis_namespace: String,
     /// See [`Overrides::redis_timeout_ms`].
     pub redis_timeout_ms: u64,
+    /// See [`Overrides::redis_follow_ms`].
+    pub redis_follow_ms: u64,
 }
 
 /// The vision-surgery crate's committed fixtures (the tiny checkpoint and its adapter).
@@ -193,6 +199,7 @@ impl Settings {
                 .or(file.redis_namespace)
                 .unwrap_or_else(|| "mosaic".into()),
             redis_timeout_ms: f.redis_timeout_ms.or(file.redis_timeout_ms).unwrap_or(500),
+            redis_follow_ms: f.redis_follow_ms.or(file.redis_follow_ms).unwrap_or(10_000),
         };
         for (name, v) in [
             ("catalogue_items", s.catalogue_items),

@@ -37,6 +37,7 @@ fn options(refit_after_events: u64) -> ServiceOptions {
         checkpoint_after_events: 25,
         max_batch: 50,
         max_items: 50,
+        follow_interval: Some(Duration::ZERO),
         ..ServiceOptions::default()
     }
 }
@@ -657,6 +658,22 @@ fn services_share_the_served_generation_and_an_upsert_the_shared_store_refuses_c
         b.recommender().snapshot().get(StoreId(NEW_ITEM)),
         Some(vec![0.5; 8])
     );
+    // and, following the shared store, what A upserts later
+    a.upsert(&[item(NEW_ITEM + 7)]).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while b
+        .recommender()
+        .snapshot()
+        .get(StoreId(NEW_ITEM + 7))
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "B never took A's later item: {:?}",
+            b.stats()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     // a shared store serving another generation is refused, not overwritten
     shared
         .create_generation(&embed_store::GenerationSpec::new(

@@ -69,6 +69,9 @@ pub struct ServiceOptions {
     pub max_batch: usize,
     /// Most items one [`Service::upsert`] call may carry.
     pub max_items: usize,
+    /// With a shared store attached, how often to take the items other processes added
+    /// to it ([`Service::follow_shared`]; `None`: only at start).
+    pub follow_interval: Option<Duration>,
 }
 
 impl Default for ServiceOptions {
@@ -81,6 +84,7 @@ impl Default for ServiceOptions {
             checkpoint_after_events: 10_000,
             max_batch: 10_000,
             max_items: 10_000,
+            follow_interval: Some(Duration::from_secs(10)),
         }
     }
 }
@@ -675,6 +679,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 /// service is gone). Failures are kept for [`Stats::last_error`] and retried later.
 fn maintain(service: &std::sync::Weak<Service>, rx: &mpsc::Receiver<Wake>) {
     let mut last_refit = Instant::now();
+    let mut last_follow = Instant::now();
     loop {
         match rx.recv_timeout(Duration::from_secs(1)) {
             Ok(Wake::Stop) | Err(RecvTimeoutError::Disconnected) => return,
@@ -687,6 +692,15 @@ fn maintain(service: &std::sync::Weak<Service>, rx: &mpsc::Receiver<Wake>) {
             s.failed("index refresh", &e);
         }
         s.sync_shared();
+        if s.options
+            .follow_interval
+            .is_some_and(|d| last_follow.elapsed() >= d)
+        {
+            last_follow = Instant::now();
+            if let Err(e) = s.follow_shared() {
+                s.failed("following the shared store", &e);
+            }
+        }
         if let Err(e) = s.checkpoint_if_due() {
             s.failed("checkpoint", &e);
         }

@@ -9,7 +9,10 @@
 //! decides which model is served). From then on every upsert is written to the shared
 //! store first (its failure fails the upsert, [`Error::Shared`], before anything local
 //! changes), and a refit's generation is published there, made current and the
-//! previous one dropped (retried by the maintenance thread until it succeeds).
+//! previous one dropped (retried by the maintenance thread until it succeeds); and the
+//! maintenance thread takes the items other processes added, every
+//! [`super::ServiceOptions::follow_interval`] ([`Service::follow_shared`]: new ids only;
+//! a vector another process replaced is taken at the next start).
 //! Recommendations never wait for it: vectors are read from the local mirror, where the
 //! index is.
 
@@ -99,25 +102,8 @@ impl Service {
                 Joined::Published { rows: local.len() }
             }
             Some(current) if current == generation => {
-                let theirs = to.ids(&generation).map_err(|e| shared("listing ids", e))?;
-                let ours: HashSet<StoreId> = local.iter().copied().collect();
-                let pulled: Vec<StoreId> = theirs
-                    .iter()
-                    .copied()
-                    .filter(|i| !ours.contains(i))
-                    .collect();
-                let theirs: HashSet<StoreId> = theirs.into_iter().collect();
-                let pushed: Vec<StoreId> = local
-                    .iter()
-                    .copied()
-                    .filter(|i| !theirs.contains(i))
-                    .collect();
-                push_rows(&*to, &generation, &snap, &pushed)?;
-                self.pull_rows(&*to, &generation, &pulled)?;
-                Joined::Followed {
-                    pulled: pulled.len(),
-                    pushed: pushed.len(),
-                }
+                let (pulled, pushed) = self.reconcile(&*to, &generation, &snap, &local)?;
+                Joined::Followed { pulled, pushed }
             }
             Some(current) => {
                 return Err(Error::Shared {
@@ -134,6 +120,63 @@ impl Service {
             .map_err(|_| Error::config("a shared store is already attached"))?;
         tracing::info!(?joined, "shared store attached");
         Ok(joined)
+    }
+
+    /// Gives each side the ids of `generation` only the other holds (`snap`, `local`:
+    /// this side's newest commit and its ids); returns (pulled, pushed).
+    fn reconcile(
+        &self,
+        to: &dyn VectorStore,
+        generation: &str,
+        snap: &Snapshot,
+        local: &[StoreId],
+    ) -> Result<(usize, usize)> {
+        let theirs = to.ids(generation).map_err(|e| shared("listing ids", e))?;
+        let ours: HashSet<StoreId> = local.iter().copied().collect();
+        let pulled: Vec<StoreId> = theirs
+            .iter()
+            .copied()
+            .filter(|i| !ours.contains(i))
+            .collect();
+        let theirs: HashSet<StoreId> = theirs.into_iter().collect();
+        let pushed: Vec<StoreId> = local
+            .iter()
+            .copied()
+            .filter(|i| !theirs.contains(i))
+            .collect();
+        push_rows(to, generation, snap, &pushed)?;
+        self.pull_rows(to, generation, &pulled)?;
+        Ok((pulled.len(), pushed.len()))
+    }
+
+    /// Takes the items other processes added to the shared store since (new ids of the
+    /// served generation, while the shared store serves it): what the maintenance
+    /// thread runs every [`super::ServiceOptions::follow_interval`]. A scan of every id
+    /// of the generation in the shared store. Returns the rows pulled.
+    pub fn follow_shared(&self) -> Result<usize> {
+        let Some(to) = self.shared.get() else {
+            return Ok(0);
+        };
+        let _span = tracing::debug_span!("follow_shared").entered();
+        let _rows = lock(&self.rows);
+        let generation = self.recommender().snapshot().generation().to_string();
+        let current = to
+            .current()
+            .map_err(|e| shared("reading the current generation", e))?;
+        if current.as_deref() != Some(generation.as_str()) {
+            // a refit here not published yet, or another process's: nothing to follow
+            return Ok(0);
+        }
+        let snap = self.store.generation(&generation)?;
+        let local: Vec<StoreId> = snap.iter_live().map(|(id, _, _)| id).collect();
+        let theirs = to.ids(&generation).map_err(|e| shared("listing ids", e))?;
+        let ours: HashSet<StoreId> = local.into_iter().collect();
+        let pulled: Vec<StoreId> = theirs.into_iter().filter(|i| !ours.contains(i)).collect();
+        self.pull_rows(&**to, &generation, &pulled)?;
+        if !pulled.is_empty() {
+            tracing::info!(pulled = pulled.len(), "followed the shared store");
+        }
+        Ok(pulled.len())
     }
 
     /// Mirrors `ids` of the shared store's current generation (`generation`) into the
