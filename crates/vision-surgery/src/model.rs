@@ -52,8 +52,8 @@ pub struct Prefill {
     pub padding: Vec<usize>,
 }
 
-/// Log-probabilities of one continuation.
-#[derive(Debug, Clone, PartialEq)]
+/// Log-probabilities of one continuation (crosses a service's wire as JSON).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ContinuationScore {
     /// Its token ids.
     pub tokens: Vec<u32>,
