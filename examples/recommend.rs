@@ -17,6 +17,9 @@
 //! the saved state with the logged events replayed: every user must get the same
 //! recommendations.
 
+#[path = "common/tiny.rs"]
+mod tiny;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,14 +27,11 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 use mosaic::embed_store::hnsw::HnswParams;
-use mosaic::embed_store::{
-    GenerationSpec, ItemId as StoreItemId, RamDirectory, StorageType, Store,
-};
+use mosaic::embed_store::{RamDirectory, Store};
 use mosaic::ranker::pipeline::{Attrs, PipelineOptions, build, refreshed, restore};
 use mosaic::ranker::rescore::{RescoreOptions, Rescorer};
 use mosaic::ranker::{RecommendOptions, Recommendation, Recommender, Source};
 use mosaic::taste_graph::{Dataset, InteractionKind, LightGcnConfig, UserId};
-use mosaic::vision_surgery::{LoadOptions, SurgeredModel};
 use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, demo_lightgcn};
 
 #[derive(Parser)]
@@ -318,26 +318,12 @@ fn catalogue(args: &Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The committed tiny surgered checkpoint with its adapter (32-wide inputs, as the
-/// catalogue's content embeddings) over a generation of the content embeddings.
+/// The committed tiny surgered checkpoint over a generation of the catalogue's content
+/// embeddings.
 fn tiny_rescorer(cat: &Catalogue) -> anyhow::Result<Rescorer> {
-    let fixtures =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/vision-surgery/tests/fixtures");
-    let opts = LoadOptions::default().adapter(fixtures.join("adapter-torch/adapter.safetensors"));
-    let model = SurgeredModel::load(&fixtures.join("tiny-s0/model").to_string_lossy(), &opts)?;
     let store = Store::open(Arc::new(RamDirectory::new()))?;
-    let mut w = store.writer()?;
-    let d = cat.spec().dim;
-    w.create_generation(GenerationSpec::new("content", d, StorageType::F32))?;
-    let ids: Vec<StoreItemId> = (0..cat.n_items() as u64).map(StoreItemId).collect();
-    w.put_many("content", &ids, &cat.content, None)?;
-    w.commit()?;
-    drop(w);
-    Ok(Rescorer::new(
-        model,
-        store.generation("content")?,
-        RescoreOptions::new(),
-    )?)
+    let content = tiny::write_content(&store, cat, "content")?;
+    tiny::tiny_rescorer(content, RescoreOptions::new())
 }
 
 fn dataset(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {

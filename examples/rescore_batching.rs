@@ -12,16 +12,17 @@
 //! The model is the committed tiny random-weight Qwen3-VL checkpoint with its adapter,
 //! reading the built-in catalogue's 32-wide content embeddings.
 
-use std::path::PathBuf;
+#[path = "common/tiny.rs"]
+mod tiny;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use mosaic::embed_store::{GenerationSpec, ItemId, RamDirectory, StorageType, Store};
+use mosaic::embed_store::{RamDirectory, Store};
 use mosaic::ranker::rescore::batch::{BatchOptions, Batcher, Job};
 use mosaic::ranker::rescore::{RescoreOptions, Rescorer};
-use mosaic::vision_surgery::{LoadOptions, SurgeredModel};
 use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, Rng};
 
 #[derive(Parser)]
@@ -50,24 +51,10 @@ struct Args {
 /// The tiny checkpoint over the catalogue's content embeddings, `batch` prompts per
 /// prefill.
 fn rescorer(batch: usize) -> anyhow::Result<Rescorer> {
-    let fixtures =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/vision-surgery/tests/fixtures");
-    let opts = LoadOptions::default().adapter(fixtures.join("adapter-torch/adapter.safetensors"));
-    let model = SurgeredModel::load(&fixtures.join("tiny-s0/model").to_string_lossy(), &opts)?;
     let cat = Catalogue::generate(CatalogueSpec::default())?;
     let store = Store::open(Arc::new(RamDirectory::new()))?;
-    let mut w = store.writer()?;
-    let d = cat.spec().dim;
-    w.create_generation(GenerationSpec::new("content", d, StorageType::F32))?;
-    let ids: Vec<ItemId> = (0..cat.n_items() as u64).map(ItemId).collect();
-    w.put_many("content", &ids, &cat.content, None)?;
-    w.commit()?;
-    drop(w);
-    Ok(Rescorer::new(
-        model,
-        store.generation("content")?,
-        RescoreOptions::new().batch(batch),
-    )?)
+    let content = tiny::write_content(&store, &cat, "content")?;
+    tiny::tiny_rescorer(content, RescoreOptions::new().batch(batch))
 }
 
 /// One measured round: (jobs per second, p50 ms, p99 ms).

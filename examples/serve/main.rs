@@ -23,6 +23,8 @@
 
 mod http;
 mod settings;
+#[path = "../common/tiny.rs"]
+mod tiny;
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -31,13 +33,12 @@ use anyhow::Context;
 use clap::Parser;
 use mosaic::embed_store::hnsw::HnswParams;
 use mosaic::embed_store::redis_cluster::{RedisClusterStore, RedisConfig};
-use mosaic::embed_store::{GenerationSpec, ItemId, MmapDirectory, StorageType, Store};
+use mosaic::embed_store::{MmapDirectory, Store};
 use mosaic::ranker::RecommendOptions;
 use mosaic::ranker::pipeline::{Attrs, PipelineOptions, build};
 use mosaic::ranker::rescore::batch::BatchOptions;
 use mosaic::ranker::rescore::{RescoreOptions, Rescorer};
 use mosaic::ranker::service::{Service, ServiceOptions, WorkPool};
-use mosaic::vision_surgery::{LoadOptions, SurgeredModel};
 use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, demo_lightgcn};
 
 use http::App;
@@ -57,7 +58,7 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
     let mut catalogue = None;
     if !store.generations().iter().any(|g| g == CONTENT) {
         let cat = Catalogue::generate(spec)?;
-        write_content(&store, &cat)?;
+        tiny::write_content(&store, &cat, CONTENT)?;
         catalogue = Some(cat);
     }
     let options = ServiceOptions {
@@ -93,8 +94,7 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
         },
     )
     .context("opening the service")?;
-    let load = LoadOptions::default().adapter(&args.rescore_adapter);
-    let model = SurgeredModel::load(&args.rescore_model.to_string_lossy(), &load)
+    let model = tiny::load_model(&args.rescore_model, &args.rescore_adapter)
         .with_context(|| format!("loading {}", args.rescore_model.display()))?;
     let rescorer = Rescorer::new(model, store.generation(CONTENT)?, RescoreOptions::new())?;
     service.attach_rescorer(
@@ -124,16 +124,6 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
 
 /// The store generation of the content embeddings /v1/rescore reads.
 const CONTENT: &str = "content";
-
-fn write_content(store: &Arc<Store>, cat: &Catalogue) -> anyhow::Result<()> {
-    let mut w = store.writer()?;
-    let d = cat.spec().dim;
-    w.create_generation(GenerationSpec::new(CONTENT, d, StorageType::F32))?;
-    let ids: Vec<ItemId> = (0..cat.n_items() as u64).map(ItemId).collect();
-    w.put_many(CONTENT, &ids, &cat.content, None)?;
-    w.commit()?;
-    Ok(())
-}
 
 async fn shutdown_signal() {
     let ctrl_c = async {

@@ -130,11 +130,6 @@ pub struct Settings {
     pub redis_follow_ms: u64,
 }
 
-/// The vision-surgery crate's committed fixtures (the tiny checkpoint and its adapter).
-fn fixtures() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("crates/vision-surgery/tests/fixtures")
-}
-
 /// The settings of `path` (TOML), unknown keys refused.
 fn read_file(path: &Path) -> anyhow::Result<Overrides> {
     let text =
@@ -177,11 +172,13 @@ impl Settings {
             rescore_model: f
                 .rescore_model
                 .or(file.rescore_model)
-                .unwrap_or_else(|| fixtures().join("tiny-s0/model")),
+                .unwrap_or_else(|| crate::tiny::fixtures().join("tiny-s0/model")),
             rescore_adapter: f
                 .rescore_adapter
                 .or(file.rescore_adapter)
-                .unwrap_or_else(|| fixtures().join("adapter-torch/adapter.safetensors")),
+                .unwrap_or_else(|| {
+                    crate::tiny::fixtures().join("adapter-torch/adapter.safetensors")
+                }),
             rescore_wait_ms: f.rescore_wait_ms.or(file.rescore_wait_ms).unwrap_or(2),
             redis: f
                 .redis
