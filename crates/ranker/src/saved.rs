@@ -18,6 +18,7 @@
 //! named by its index) is still read.
 
 use embed_store::Snapshot;
+use mosaic_durability::le::Reader;
 
 use crate::error::{Error, Result};
 
@@ -148,70 +149,51 @@ pub(crate) struct SavedIds {
     users: Option<(u64, Vec<u64>)>,
 }
 
-/// `n` little-endian u64s from the front of `b`, and what follows.
-fn words(b: &[u8], n: u64) -> Option<(Vec<u64>, &[u8])> {
-    let bytes = usize::try_from(n.checked_mul(8)?).ok()?;
-    let (w, rest) = b.split_at_checked(bytes)?;
-    let w = w
-        .chunks_exact(8)
-        .map(|c| {
-            let mut x = [0u8; 8];
-            x.copy_from_slice(c);
-            u64::from_le_bytes(x)
-        })
-        .collect();
-    Some((w, rest))
+/// A count of ids, then the ids (a count past what the bytes left can hold is damage,
+/// not a size to allocate).
+fn read_ids(r: &mut Reader<'_>, what: &str) -> mosaic_durability::Result<Vec<u64>> {
+    let max = r.remaining().saturating_sub(8) / 8;
+    let n = r.count(what, max as u64)?;
+    (0..n).map(|_| r.u64(what)).collect()
 }
 
 impl SavedIds {
     /// Reads [`encode`]'s bytes back (the meta file's checksum already held).
     pub(crate) fn decode(b: &[u8]) -> Result<SavedIds> {
-        let bad = |what: &str| {
+        let bad = |what: &dyn std::fmt::Display| {
             Error::config(format!(
                 "the saved state holds no ranker data written by Recommender::state ({what})"
             ))
         };
-        let (v3, rest) = match (
-            b.strip_prefix(MAGIC.as_slice()),
-            b.strip_prefix(MAGIC_V2.as_slice()),
-        ) {
-            (Some(r), _) => (true, r),
-            (None, Some(r)) => (false, r),
-            (None, None) => return Err(bad("no ranker tag of a known version")),
+        let mut r = Reader::new("the ranker's saved data", b);
+        let v3 = match &r.array::<8>("the ranker tag").map_err(|e| bad(&e))? {
+            m if m == MAGIC => true,
+            m if m == MAGIC_V2 => false,
+            _ => return Err(bad(&"no ranker tag of a known version")),
         };
-        let (len, rest) = words_u32(rest).ok_or_else(|| bad("short"))?;
-        let (name, rest) = rest
-            .split_at_checked(len as usize)
-            .ok_or_else(|| bad("short name"))?;
-        let name = std::str::from_utf8(name).map_err(|_| bad("name is not UTF-8"))?;
-        let (header, rest) = words(rest, 3).ok_or_else(|| bad("short"))?;
-        let (prefix_len, digest, n) = (header[0], header[1], header[2]);
-        // each id is 8 bytes of what is left: a count past that is damage, not a size
-        if n > (rest.len() / 8) as u64 {
-            return Err(bad("item id count does not match its bytes"));
-        }
-        let (ids, rest) = words(rest, n).ok_or_else(|| bad("short item ids"))?;
-        let (users, rest) = if v3 {
-            let (h, rest) = words(rest, 2).ok_or_else(|| bad("short user part"))?;
-            if h[1] > (rest.len() / 8) as u64 {
-                return Err(bad("user id count does not match its bytes"));
-            }
-            let (u, rest) = words(rest, h[1]).ok_or_else(|| bad("short user ids"))?;
-            (Some((h[0], u)), rest)
+        let len = r.u32("the name's length").map_err(|e| bad(&e))?;
+        let name = r.bytes(len as usize, "the name").map_err(|e| bad(&e))?;
+        let name = std::str::from_utf8(name).map_err(|_| bad(&"name is not UTF-8"))?;
+        let prefix_len = r.u64("the prefix length").map_err(|e| bad(&e))?;
+        let digest = r.u64("the prefix digest").map_err(|e| bad(&e))?;
+        let rest = read_ids(&mut r, "item ids").map_err(|e| bad(&e))?;
+        let users = if v3 {
+            let named = r.u64("users named by index").map_err(|e| bad(&e))?;
+            let ids = read_ids(&mut r, "user ids").map_err(|e| bad(&e))?;
+            Some((named, ids))
         } else {
-            (None, rest)
+            None
         };
-        if !rest.is_empty() {
-            return Err(bad("bytes after the ids"));
-        }
-        let prefix_len = usize::try_from(prefix_len).map_err(|_| bad("prefix length overflows"))?;
+        r.finish().map_err(|e| bad(&e))?;
+        let prefix_len =
+            usize::try_from(prefix_len).map_err(|_| bad(&"prefix length overflows"))?;
         Ok(SavedIds {
             generation: name.to_string(),
             prefix: Prefix {
                 len: prefix_len,
                 digest,
             },
-            rest: ids,
+            rest,
             users,
         })
     }
@@ -248,12 +230,6 @@ impl SavedIds {
         ids.extend_from_slice(&self.rest);
         Ok(ids)
     }
-}
-
-/// A little-endian u32 from the front of `b`, and what follows.
-fn words_u32(b: &[u8]) -> Option<(u32, &[u8])> {
-    let (w, rest) = b.split_at_checked(4)?;
-    Some((u32::from_le_bytes([w[0], w[1], w[2], w[3]]), rest))
 }
 
 #[cfg(test)]
