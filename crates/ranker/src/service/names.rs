@@ -43,10 +43,11 @@ impl Space {
         }
     }
 
-    fn word(self) -> &'static str {
-        match self {
-            Space::User => "user",
-            Space::Item => "item",
+    fn from_tag(tag: u8) -> Option<Space> {
+        match tag {
+            1 => Some(Space::User),
+            2 => Some(Space::Item),
+            _ => None,
         }
     }
 }
@@ -115,10 +116,10 @@ impl Names {
             let (&tag, name) = p.split_first().ok_or_else(|| bad("empty"))?;
             let name = std::str::from_utf8(name).map_err(|_| bad("the name is not UTF-8"))?;
             check(name, "a logged name").map_err(|_| bad("the name's length is out of range"))?;
-            let table = match tag {
-                1 => &mut users,
-                2 => &mut items,
-                t => return Err(bad(&format!("unknown space tag {t}"))),
+            let table = match Space::from_tag(tag) {
+                Some(Space::User) => &mut users,
+                Some(Space::Item) => &mut items,
+                None => return Err(bad(&format!("unknown space tag {tag}"))),
             };
             if table.ids.contains_key(name) {
                 return Err(bad(&format!("{name:?} is logged twice")));
@@ -133,13 +134,17 @@ impl Names {
         })
     }
 
-    fn table(&self, space: Space) -> std::sync::RwLockReadGuard<'_, Table> {
+    fn table_lock(&self, space: Space) -> &RwLock<Table> {
         match space {
             Space::User => &self.users,
             Space::Item => &self.items,
         }
-        .read()
-        .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn table(&self, space: Space) -> std::sync::RwLockReadGuard<'_, Table> {
+        self.table_lock(space)
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The integer of `key` in `space`, if it has one (`at` names the field in errors):
@@ -164,55 +169,53 @@ impl Names {
         at: impl Fn(usize) -> String,
     ) -> Result<Vec<u64>> {
         let mut out = Vec::with_capacity(keys.len());
-        let mut new = false;
+        let mut unknown = Vec::new();
         for (k, key) in keys.iter().enumerate() {
             let found = self.get(space, key, &at(k))?;
-            new |= found.is_none();
+            if found.is_none() {
+                unknown.push(k);
+            }
             out.push(found.unwrap_or(0));
         }
-        if !new {
+        if unknown.is_empty() {
             return Ok(out);
         }
-        // one writer at a time: the log's order is the order integers are given
+        // one writer at a time: the log's order is the order integers are given, and
+        // the table cannot grow until this call inserts
         let mut wal = self.wal.lock().unwrap_or_else(PoisonError::into_inner);
-        let lock = match space {
-            Space::User => &self.users,
-            Space::Item => &self.items,
-        };
-        let mut added = Vec::new();
-        for (k, key) in keys.iter().enumerate() {
-            let Key::Name(name) = key else { continue };
-            let known = lock
-                .read()
-                .unwrap_or_else(PoisonError::into_inner)
-                .ids
-                .get(name)
-                .copied();
-            if let Some(id) =
-                known.or_else(|| added.iter().find(|(n, _)| n == name).map(|(_, id)| *id))
-            {
-                out[k] = id;
-                continue;
+        let mut added: HashMap<&str, u64> = HashMap::with_capacity(unknown.len());
+        let mut order: Vec<&str> = Vec::with_capacity(unknown.len());
+        {
+            let table = self.table(space);
+            let base = NAMED + table.names.len() as u64;
+            for k in unknown {
+                // only a name can be unknown
+                let Key::Name(name) = keys[k] else { continue };
+                let known = table.ids.get(name).or_else(|| added.get(name.as_str()));
+                out[k] = match known {
+                    Some(&id) => id,
+                    None => {
+                        let id = base + order.len() as u64;
+                        let mut record = Vec::with_capacity(1 + name.len());
+                        record.push(space.tag());
+                        record.extend_from_slice(name.as_bytes());
+                        wal.append(&record)?;
+                        added.insert(name, id);
+                        order.push(name);
+                        id
+                    }
+                };
             }
-            let next = NAMED
-                + lock
-                    .read()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .names
-                    .len() as u64
-                + added.len() as u64;
-            let mut record = Vec::with_capacity(1 + name.len());
-            record.push(space.tag());
-            record.extend_from_slice(name.as_bytes());
-            wal.append(&record)?;
-            added.push((name.clone(), next));
-            out[k] = next;
         }
+        // durable before anyone is given the integers
         wal.sync()?;
-        let mut table = lock.write().unwrap_or_else(PoisonError::into_inner);
-        for (name, id) in added {
-            let got = table.insert(name);
-            debug_assert_eq!(got, id);
+        let mut table = self
+            .table_lock(space)
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        for name in order {
+            let id = table.insert(name.to_string());
+            debug_assert_eq!(Some(&id), added.get(name));
         }
         Ok(out)
     }
@@ -232,10 +235,5 @@ impl Names {
     /// Names known in `space`.
     pub fn len(&self, space: Space) -> usize {
         self.table(space).names.len()
-    }
-
-    /// What `space` is called in messages.
-    pub fn word(space: Space) -> &'static str {
-        space.word()
     }
 }
