@@ -249,15 +249,7 @@ impl Carried {
         let store_ids: Vec<StoreId> = ids.iter().map(|&i| StoreId(i)).collect();
         let mut vectors = vec![0f32; ids.len() * served.dim()];
         served.get_many(&store_ids, &mut vectors)?;
-        let n = served.n_attrs();
-        let mut attrs = vec![0u32; ids.len() * n];
-        if n > 0 {
-            for (row, id) in attrs.chunks_exact_mut(n).zip(&store_ids) {
-                if let Some(a) = served.attrs(*id) {
-                    row.copy_from_slice(&a[..n.min(a.len())]);
-                }
-            }
-        }
+        let attrs = attrs_of(served, &ids);
         Ok(Carried {
             ids,
             vectors,
@@ -269,6 +261,20 @@ impl Carried {
     pub fn is_empty(&self) -> bool {
         self.ids.is_empty()
     }
+}
+
+/// The attributes `snap` holds for each of `ids` (zeros for an item it lacks), row-major.
+pub(crate) fn attrs_of(snap: &Snapshot, ids: &[u64]) -> Vec<u32> {
+    let n = snap.n_attrs();
+    let mut out = vec![0u32; ids.len() * n];
+    if n > 0 {
+        for (row, &id) in out.chunks_exact_mut(n).zip(ids) {
+            if let Some(a) = snap.attrs(StoreId(id)) {
+                row.copy_from_slice(&a[..n.min(a.len())]);
+            }
+        }
+    }
+    out
 }
 
 /// The recommender a restarted service serves: the state saved in `dir`

@@ -73,14 +73,17 @@ fn item_map(external: Vec<u64>) -> Result<ItemMap> {
     })
 }
 
-/// The user map of `n` users whose application ids are their dense indices.
-fn identity_users(n: usize) -> Result<UserMap> {
-    user_map((0..n as u64).collect())
-}
-
-/// The user map of `external` (dense user `k` is `external[k]`).
-fn user_map(external: Vec<u64>) -> Result<UserMap> {
-    UserMap::from_externals(external).map_err(|(k, e)| {
+/// The user map of `n` users: dense user `k` is `ids[k]` (`None`: each user's
+/// application id is its dense index).
+fn user_map(ids: Option<Vec<u64>>, n: usize) -> Result<UserMap> {
+    let ids = ids.unwrap_or_else(|| (0..n as u64).collect());
+    if ids.len() != n {
+        return Err(Error::config(format!(
+            "{} user ids for {n} users in the taste graph",
+            ids.len()
+        )));
+    }
+    UserMap::from_externals(ids).map_err(|(k, e)| {
         Error::config(format!(
             "user id {e} at row {k} appears earlier in the id list (or the list is past 2^32 ids)"
         ))
@@ -197,6 +200,19 @@ impl Recommender {
         item_ids: Option<Vec<u64>>,
         interests: InterestConfig,
     ) -> Result<Self> {
+        Self::with_ids(snap, index, live, item_ids, None, interests)
+    }
+
+    /// [`Recommender::new`] with the users' application ids too
+    /// ([`Recommender::with_user_ids`]; `None`: their dense indices).
+    pub(crate) fn with_ids(
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        live: LiveModel,
+        item_ids: Option<Vec<u64>>,
+        user_ids: Option<Vec<u64>>,
+        interests: InterestConfig,
+    ) -> Result<Self> {
         if snap.dim() != live.dim() {
             return Err(Error::config(format!(
                 "generation {:?} holds {}-wide vectors, the taste graph's embeddings are {} wide",
@@ -221,7 +237,7 @@ impl Recommender {
             index,
             interests,
             state: Arc::new(RwLock::new(State {
-                users: identity_users(live.n_users())?,
+                users: user_map(user_ids, live.n_users())?,
                 live,
                 items: item_map(external)?,
                 popular,
@@ -304,7 +320,6 @@ impl Recommender {
             )));
         }
         check_index(&snap, index.as_ref())?;
-        let fresh = fresh_rows(&snap);
         // Events recorded during the refit are copied under the read lock and replayed
         // outside any lock; the install replays only those that arrive meanwhile.
         let copy = {
@@ -332,21 +347,32 @@ impl Recommender {
         };
         // The previous model's tables are freed outside the lock.
         drop(replaced);
-        Ok((
-            Recommender {
-                snap,
-                fresh,
-                index,
-                interests: self.interests,
-                state: Arc::clone(&self.state),
-                serves,
-                saved_prefix: Mutex::default(),
-                prefix_cap: Arc::new(AtomicUsize::new(usize::MAX)),
-                durable: Arc::clone(&self.durable),
-                max_live_items: self.max_live_items,
-            },
-            installed,
-        ))
+        let uncapped = Arc::new(AtomicUsize::new(usize::MAX));
+        Ok((self.sibling(snap, index, serves, uncapped), installed))
+    }
+
+    /// Another recommender over the same taste graph, feedback log and settings: over
+    /// `snap` and `index` (checked by the caller), serving refit generation `serves`,
+    /// its saves' prefix capped by `prefix_cap`.
+    fn sibling(
+        &self,
+        snap: Snapshot,
+        index: Option<Hnsw>,
+        serves: u64,
+        prefix_cap: Arc<AtomicUsize>,
+    ) -> Recommender {
+        Recommender {
+            fresh: fresh_rows(&snap),
+            snap,
+            index,
+            interests: self.interests,
+            state: Arc::clone(&self.state),
+            serves,
+            saved_prefix: Mutex::default(),
+            prefix_cap,
+            durable: Arc::clone(&self.durable),
+            max_live_items: self.max_live_items,
+        }
     }
 
     fn read(&self) -> RwLockReadGuard<'_, State> {
@@ -411,14 +437,7 @@ impl Recommender {
     pub fn with_user_ids(self, ids: Vec<u64>) -> Result<Self> {
         {
             let mut st = self.write();
-            if ids.len() != st.live.n_users() {
-                return Err(Error::config(format!(
-                    "{} user ids for {} users in the taste graph",
-                    ids.len(),
-                    st.live.n_users()
-                )));
-            }
-            st.users = user_map(ids)?;
+            st.users = user_map(Some(ids), st.live.n_users())?;
         }
         Ok(self)
     }

@@ -11,12 +11,12 @@
 //! the generation whether the commit happened or not.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, PoisonError};
 
 use embed_store::Snapshot;
 use embed_store::hnsw::Hnsw;
 
-use super::{Recommender, check_index, fresh_rows};
+use super::{Recommender, check_index};
 use crate::error::{Error, Result};
 
 impl Recommender {
@@ -51,18 +51,7 @@ impl Recommender {
             )));
         }
         check_index(&newer, index.as_ref())?;
-        Ok(Recommender {
-            fresh: fresh_rows(&newer),
-            snap: newer,
-            index,
-            interests: self.interests,
-            state: Arc::clone(&self.state),
-            serves: self.serves,
-            saved_prefix: Mutex::default(),
-            prefix_cap: Arc::clone(&self.prefix_cap),
-            durable: Arc::clone(&self.durable),
-            max_live_items: self.max_live_items,
-        })
+        Ok(self.sibling(newer, index, self.serves, Arc::clone(&self.prefix_cap)))
     }
 
     /// Runs `commit` — a store commit that upserts or deletes the rows of `ids` in the

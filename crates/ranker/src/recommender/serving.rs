@@ -360,9 +360,15 @@ impl Recommender {
         }
         let ids = saved.ids(&snap)?;
         let users = saved.user_ids(restored.live.n_users())?;
-        let rec = Recommender::new(snap, index, restored.live, Some(ids), interests)?
-            .with_user_ids(users)?
-            .with_refresher(restored.refresher)?;
+        let rec = Recommender::with_ids(
+            snap,
+            index,
+            restored.live,
+            Some(ids),
+            Some(users),
+            interests,
+        )?
+        .with_refresher(restored.refresher)?;
         Ok((rec, restored.through_seq))
     }
 }

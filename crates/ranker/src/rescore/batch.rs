@@ -128,21 +128,17 @@ impl Batcher {
     /// Queues `job`; refuses it at once ([`Error::Overloaded`], its callback not called)
     /// when the queue is full or the batcher stopped.
     pub fn submit(&self, job: Job) -> Result<()> {
-        let overloaded = Error::Overloaded {
+        let overloaded = || Error::Overloaded {
             what: "rescoring",
             queue: self.options.queue,
         };
         let sender = self.sender.lock().unwrap_or_else(PoisonError::into_inner);
-        let tx = sender.as_ref().ok_or(overloaded)?;
+        let tx = sender.as_ref().ok_or_else(overloaded)?;
         self.counts.waiting.fetch_add(1, Ordering::AcqRel);
-        tx.try_send(job).map_err(|e| {
+        // full, or the thread is gone (stopped): refused either way
+        tx.try_send(job).map_err(|_: TrySendError<Job>| {
             self.counts.waiting.fetch_sub(1, Ordering::AcqRel);
-            match e {
-                TrySendError::Full(_) | TrySendError::Disconnected(_) => Error::Overloaded {
-                    what: "rescoring",
-                    queue: self.options.queue,
-                },
-            }
+            overloaded()
         })
     }
 

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use super::names::Space;
 use super::{Service, Wake, lock};
 use crate::error::{Error, Result};
+use crate::recommender::Recommender;
 use crate::types::Key;
 
 /// One item of [`Service::upsert`].
@@ -45,11 +46,6 @@ pub struct Upserted {
     pub opstamp: u64,
 }
 
-/// `what` of the batch is wrong.
-fn invalid(what: String) -> Error {
-    Error::Config { message: what }
-}
-
 impl Service {
     /// Upserts `items` into the served generation in one store commit, durable when this
     /// returns; they become retrievable after the next index refresh, which the
@@ -64,7 +60,7 @@ impl Service {
         let _span = tracing::debug_span!("upsert", items = items.len()).entered();
         let limit = self.options.max_items;
         if items.len() > limit {
-            return Err(invalid(format!(
+            return Err(Error::config(format!(
                 "{} items in one upsert, past the limit of {limit}",
                 items.len()
             )));
@@ -79,7 +75,7 @@ impl Service {
         let mut attrs = Vec::with_capacity(items.len() * n_attrs);
         for (k, it) in items.iter().enumerate() {
             if !seen.insert(&it.item) {
-                return Err(invalid(format!(
+                return Err(Error::config(format!(
                     "items[{k}].item: {} appears earlier in the batch",
                     it.item
                 )));
@@ -87,19 +83,19 @@ impl Service {
             self.names
                 .get(Space::Item, &it.item, &format!("items[{k}].item"))?;
             if it.vector.len() != dim {
-                return Err(invalid(format!(
+                return Err(Error::config(format!(
                     "items[{k}].vector: {} values, the generation's vectors are {dim} wide",
                     it.vector.len()
                 )));
             }
             if let Some(j) = it.vector.iter().position(|v| !v.is_finite()) {
-                return Err(invalid(format!(
+                return Err(Error::config(format!(
                     "items[{k}].vector[{j}]: {} is not a finite number",
                     it.vector[j]
                 )));
             }
             if it.attrs.len() != n_attrs {
-                return Err(invalid(format!(
+                return Err(Error::config(format!(
                     "items[{k}].attrs: {} values, the generation keeps {n_attrs} per item",
                     it.attrs.len()
                 )));
@@ -115,30 +111,41 @@ impl Service {
         let store_ids: Vec<StoreId> = ids.iter().map(|&i| StoreId(i)).collect();
         // the shared store first: when it cannot take them, nothing changes here
         self.write_through(&generation, &store_ids, &vectors)?;
-        let opstamp = rec.replacing_rows(&ids, || {
-            let mut w = self.store.writer()?;
-            w.put_many(
-                &generation,
-                &store_ids,
-                &vectors,
-                (n_attrs > 0).then_some(&attrs[..]),
-            )?;
-            Ok(w.commit()?)
-        })?;
+        let opstamp = self.commit_rows(&rec, &generation, &store_ids, &vectors, &attrs)?;
         drop(_rows);
         self.counters
             .upserted
             .fetch_add(items.len() as u64, Ordering::Relaxed);
-        self.counters.rows_pending.store(true, Ordering::Release);
-        if let Some(tx) = lock(&self.wake).as_ref() {
-            let _ = tx.try_send(Wake::Rows);
-        }
         tracing::debug!(opstamp, "items upserted");
         Ok(Upserted {
             items: items.len(),
             generation,
             opstamp,
         })
+    }
+
+    /// Commits `ids`' rows (`vectors`, and `attrs` as many per item as the generation
+    /// keeps) to the served generation `rec` serves, through
+    /// [`crate::Recommender::replacing_rows`], then wakes the maintenance thread to
+    /// refresh the index; returns the commit's opstamp. The caller holds the rows lock.
+    pub(super) fn commit_rows(
+        &self,
+        rec: &Recommender,
+        generation: &str,
+        ids: &[StoreId],
+        vectors: &[f32],
+        attrs: &[u32],
+    ) -> Result<u64> {
+        let n_attrs = rec.snapshot().n_attrs();
+        let raw: Vec<u64> = ids.iter().map(|i| i.0).collect();
+        let opstamp = rec.replacing_rows(&raw, || {
+            let mut w = self.store.writer()?;
+            w.put_many(generation, ids, vectors, (n_attrs > 0).then_some(attrs))?;
+            Ok(w.commit()?)
+        })?;
+        self.counters.rows_pending.store(true, Ordering::Release);
+        self.wake(Wake::Rows);
+        Ok(opstamp)
     }
 
     /// Serves the newest commit of the served generation: its index updated with the

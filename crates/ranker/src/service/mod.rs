@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use embed_store::{ItemId as StoreId, Snapshot, Store};
+use embed_store::Store;
 use serde::Serialize;
 
 use crate::error::{Error, Result};
@@ -302,24 +302,27 @@ impl Service {
     pub fn recommend(&self, user: &Key, opts: &RecommendOptions) -> Result<Answer> {
         let _span = tracing::debug_span!("recommend", %user).entered();
         let id = self.names.get(Space::User, user, "user")?;
-        // A refit installs into the shared taste graph a moment before its recommender
-        // is swapped in: one caught in between is retired, and the request goes again.
-        for _ in 0..10_000 {
-            let rec = self.recommender();
-            let answer = match id.and_then(|u| rec.user(u)) {
-                Some(dense) => rec.recommend(dense, opts).map(|r| (r, false)),
-                None => rec.cold_start(opts).map(|r| (r, true)),
+        self.on_current(|rec| {
+            let (items, cold_start) = match id.and_then(|u| rec.user(u)) {
+                Some(dense) => (rec.recommend(dense, opts)?, false),
+                None => (rec.cold_start(opts)?, true),
             };
-            match answer {
-                Ok((items, cold_start)) => {
-                    return Ok(Answer {
-                        items: items.iter().map(|r| self.names.ranked(r)).collect(),
-                        generation: rec.snapshot().generation().to_string(),
-                        cold_start,
-                    });
-                }
+            Ok(Answer {
+                items: items.iter().map(|r| self.names.ranked(r)).collect(),
+                generation: rec.snapshot().generation().to_string(),
+                cold_start,
+            })
+        })
+    }
+
+    /// `read` on the recommender served now, again on the next one while it answers
+    /// [`Error::Retired`]: a refit installs into the shared taste graph a moment before
+    /// its recommender is swapped in, and a request caught in between goes again.
+    fn on_current<T>(&self, read: impl Fn(&Recommender) -> Result<T>) -> Result<T> {
+        for _ in 0..10_000 {
+            match read(&self.recommender()) {
                 Err(Error::Retired { .. }) => std::thread::yield_now(),
-                Err(e) => return Err(e),
+                other => return other,
             }
         }
         Err(Error::config(
@@ -369,10 +372,8 @@ impl Service {
         c.events.fetch_add(recorded, Ordering::Relaxed);
         c.since_checkpoint.fetch_add(recorded, Ordering::Relaxed);
         c.since_refit.fetch_add(recorded, Ordering::Relaxed);
-        if recorded > 0
-            && let Some(tx) = lock(&self.wake).as_ref()
-        {
-            let _ = tx.try_send(Wake::Events);
+        if recorded > 0 {
+            self.wake(Wake::Events);
         }
         result
     }
@@ -404,116 +405,114 @@ impl Service {
     pub fn render_metrics(&self) -> String {
         let s = self.stats();
         let mut out = String::new();
-        for (name, kind, help, v) in [
-            (
-                "mosaic_events_total",
-                "counter",
-                "Events recorded.",
-                s.events as f64,
-            ),
-            (
-                "mosaic_refits_total",
-                "counter",
-                "Refits installed.",
-                s.refits as f64,
-            ),
-            (
-                "mosaic_refit_failures_total",
-                "counter",
-                "Refits failed.",
-                s.refit_failures as f64,
-            ),
-            (
-                "mosaic_checkpoints_total",
-                "counter",
-                "Checkpoints written.",
-                s.checkpoints as f64,
-            ),
-            (
-                "mosaic_refit_running",
-                "gauge",
-                "Whether a refit runs now.",
-                f64::from(u8::from(s.refit_running)),
-            ),
-            (
-                "mosaic_last_refit_seconds",
-                "gauge",
-                "Duration of the last refit.",
-                s.last_refit_seconds,
-            ),
-            (
-                "mosaic_items_upserted_total",
-                "counter",
-                "Items upserted.",
-                s.upserted as f64,
-            ),
-            (
-                "mosaic_index_refreshes_total",
-                "counter",
-                "Index refreshes installed.",
-                s.index_refreshes as f64,
-            ),
-            (
-                "mosaic_rows_pending",
-                "gauge",
-                "Whether upserted rows wait for an index refresh.",
-                f64::from(u8::from(s.rows_pending)),
-            ),
-            (
-                "mosaic_shared_pending",
-                "gauge",
-                "Whether the served generation waits to be published to the shared store.",
-                f64::from(u8::from(s.shared_pending)),
-            ),
-            (
-                "mosaic_users",
-                "gauge",
-                "Users of the taste graph.",
-                s.users as f64,
-            ),
-            (
-                "mosaic_items",
-                "gauge",
-                "Items of the taste graph.",
-                s.items as f64,
-            ),
-        ] {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-            ));
-        }
+        push_metrics(
+            &mut out,
+            &[
+                (
+                    "mosaic_events_total",
+                    "counter",
+                    "Events recorded.",
+                    s.events as f64,
+                ),
+                (
+                    "mosaic_refits_total",
+                    "counter",
+                    "Refits installed.",
+                    s.refits as f64,
+                ),
+                (
+                    "mosaic_refit_failures_total",
+                    "counter",
+                    "Refits failed.",
+                    s.refit_failures as f64,
+                ),
+                (
+                    "mosaic_checkpoints_total",
+                    "counter",
+                    "Checkpoints written.",
+                    s.checkpoints as f64,
+                ),
+                (
+                    "mosaic_refit_running",
+                    "gauge",
+                    "Whether a refit runs now.",
+                    f64::from(u8::from(s.refit_running)),
+                ),
+                (
+                    "mosaic_last_refit_seconds",
+                    "gauge",
+                    "Duration of the last refit.",
+                    s.last_refit_seconds,
+                ),
+                (
+                    "mosaic_items_upserted_total",
+                    "counter",
+                    "Items upserted.",
+                    s.upserted as f64,
+                ),
+                (
+                    "mosaic_index_refreshes_total",
+                    "counter",
+                    "Index refreshes installed.",
+                    s.index_refreshes as f64,
+                ),
+                (
+                    "mosaic_rows_pending",
+                    "gauge",
+                    "Whether upserted rows wait for an index refresh.",
+                    f64::from(u8::from(s.rows_pending)),
+                ),
+                (
+                    "mosaic_shared_pending",
+                    "gauge",
+                    "Whether the served generation waits to be published to the shared store.",
+                    f64::from(u8::from(s.shared_pending)),
+                ),
+                (
+                    "mosaic_users",
+                    "gauge",
+                    "Users of the taste graph.",
+                    s.users as f64,
+                ),
+                (
+                    "mosaic_items",
+                    "gauge",
+                    "Items of the taste graph.",
+                    s.items as f64,
+                ),
+            ],
+        );
         if let Some(b) = self.rescorer.get() {
             let b = b.stats();
-            for (name, kind, help, v) in [
-                (
-                    "mosaic_rescore_queue_depth",
-                    "gauge",
-                    "Rescoring jobs waiting.",
-                    b.waiting as f64,
-                ),
-                (
-                    "mosaic_rescore_rounds_total",
-                    "counter",
-                    "Shared prefill rounds run.",
-                    b.rounds as f64,
-                ),
-                (
-                    "mosaic_rescore_prompts_total",
-                    "counter",
-                    "Prompts scored.",
-                    b.prompts as f64,
-                ),
-                (
-                    "mosaic_rescore_expired_total",
-                    "counter",
-                    "Jobs dropped past their deadline.",
-                    b.expired as f64,
-                ),
-            ] {
-                out.push_str(&format!(
-                    "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
-                ));
-            }
+            push_metrics(
+                &mut out,
+                &[
+                    (
+                        "mosaic_rescore_queue_depth",
+                        "gauge",
+                        "Rescoring jobs waiting.",
+                        b.waiting as f64,
+                    ),
+                    (
+                        "mosaic_rescore_rounds_total",
+                        "counter",
+                        "Shared prefill rounds run.",
+                        b.rounds as f64,
+                    ),
+                    (
+                        "mosaic_rescore_prompts_total",
+                        "counter",
+                        "Prompts scored.",
+                        b.prompts as f64,
+                    ),
+                    (
+                        "mosaic_rescore_expired_total",
+                        "counter",
+                        "Jobs dropped past their deadline.",
+                        b.expired as f64,
+                    ),
+                ],
+            );
         }
         out.push_str(&format!(
             "# HELP mosaic_generation_info The store generation served.\n# TYPE mosaic_generation_info gauge\nmosaic_generation_info{{generation=\"{}\"}} 1\n",
@@ -587,7 +586,7 @@ impl Service {
         let name = self.next_generation_name();
         let ids = rec.external_ids(refit.live().n_items())?;
         let carry = pipeline::Carried::from_served(&served, &ids)?;
-        let values = carried_attrs(&served, &ids);
+        let values = pipeline::attrs_of(&served, &ids);
         let attrs = (served.n_attrs() > 0).then_some(Attrs {
             values: &values,
             n_attrs: served.n_attrs(),
@@ -639,14 +638,21 @@ impl Service {
         format!("{prefix}{}", highest.saturating_add(1))
     }
 
+    /// Wakes the maintenance thread (a wake-up already pending is enough).
+    fn wake(&self, why: Wake) {
+        if let Some(tx) = lock(&self.wake).as_ref() {
+            let _ = tx.try_send(why);
+        }
+    }
+
     /// Publishes the served generation to the shared store if that is pending; a
     /// failure is kept for [`Stats::last_error`] and retried at the next maintenance step.
     fn sync_shared(&self) {
         let Some(previous) = lock(&self.shared_pending).clone() else {
             return;
         };
-        match self.publish_shared(Some(&previous)) {
-            Ok(_) => *lock(&self.shared_pending) = None,
+        match self.publish_shared(&previous) {
+            Ok(()) => *lock(&self.shared_pending) = None,
             Err(e) => self.failed("publishing to the shared store", &e),
         }
     }
@@ -657,18 +663,13 @@ impl Service {
     }
 }
 
-/// The attributes `snap` holds for each of `ids` (zeros for an item it lacks), row-major.
-fn carried_attrs(snap: &Snapshot, ids: &[u64]) -> Vec<u32> {
-    let n = snap.n_attrs();
-    let mut out = vec![0u32; ids.len() * n];
-    if n > 0 {
-        for (row, &id) in out.chunks_exact_mut(n).zip(ids) {
-            if let Some(a) = snap.attrs(StoreId(id)) {
-                row.copy_from_slice(&a[..n.min(a.len())]);
-            }
-        }
+/// `metrics` (name, type, help, value) in the Prometheus text format.
+fn push_metrics(out: &mut String, metrics: &[(&str, &str, &str, f64)]) {
+    for (name, kind, help, v) in metrics {
+        out.push_str(&format!(
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}\n"
+        ));
     }
-    out
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -136,20 +136,13 @@ impl Service {
     /// The medoids of `user`'s interests, most important first (none for a user the
     /// taste graph does not know).
     fn context_of(&self, user: u64) -> Result<Vec<u64>> {
-        for _ in 0..10_000 {
-            let rec = self.recommender();
-            let Some(dense) = rec.user(user) else {
-                return Ok(Vec::new());
-            };
-            match rec.interests(dense, None) {
-                Ok(found) => return Ok(found.iter().map(|(m, _)| *m).collect()),
-                // a refit was installed a moment before its swap: read the new one
-                Err(Error::Retired { .. }) => std::thread::yield_now(),
-                Err(e) => return Err(e),
-            }
-        }
-        Err(Error::config(
-            "the served recommender stayed retired: a refit was installed but not swapped in",
-        ))
+        self.on_current(|rec| match rec.user(user) {
+            Some(dense) => Ok(rec
+                .interests(dense, None)?
+                .iter()
+                .map(|(m, _)| *m)
+                .collect()),
+            None => Ok(Vec::new()),
+        })
     }
 }

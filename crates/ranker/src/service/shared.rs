@@ -18,11 +18,10 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use embed_store::{GenerationSpec, ItemId as StoreId, Snapshot, VectorStore};
 
-use super::{Service, Wake, lock};
+use super::{Service, lock};
 use crate::error::{Error, Result};
 
 /// Rows per shared-store write or read.
@@ -69,6 +68,48 @@ fn push_rows(
     Ok(())
 }
 
+/// `snap` (a commit of `generation`) made the current generation of `to`: created there
+/// if it lacks it, every row written (again, when an earlier attempt stopped part way);
+/// returns the rows written.
+fn publish_to(to: &dyn VectorStore, generation: &str, snap: &Snapshot) -> Result<usize> {
+    let have = to
+        .generations()
+        .map_err(|e| shared("listing generations", e))?
+        .iter()
+        .any(|g| g == generation);
+    if !have {
+        to.create_generation(&GenerationSpec::new(generation, snap.dim(), snap.storage()))
+            .map_err(|e| shared("creating the generation", e))?;
+    }
+    let ids: Vec<StoreId> = snap.iter_live().map(|(id, _, _)| id).collect();
+    push_rows(to, generation, snap, &ids)?;
+    to.set_current(generation)
+        .map_err(|e| shared("switching the generation", e))?;
+    Ok(ids.len())
+}
+
+/// The ids of `generation` only `to` holds, and those only `local` holds.
+fn ids_apart(
+    to: &dyn VectorStore,
+    generation: &str,
+    local: &[StoreId],
+) -> Result<(Vec<StoreId>, Vec<StoreId>)> {
+    let theirs = to.ids(generation).map_err(|e| shared("listing ids", e))?;
+    let ours: HashSet<StoreId> = local.iter().copied().collect();
+    let only_theirs: Vec<StoreId> = theirs
+        .iter()
+        .copied()
+        .filter(|i| !ours.contains(i))
+        .collect();
+    let theirs: HashSet<StoreId> = theirs.into_iter().collect();
+    let only_ours = local
+        .iter()
+        .copied()
+        .filter(|i| !theirs.contains(i))
+        .collect();
+    Ok((only_theirs, only_ours))
+}
+
 impl Service {
     /// Keeps the served generation in `to` as well (see the module documentation); once
     /// per service, right after [`Service::open`].
@@ -78,32 +119,22 @@ impl Service {
         let rec = self.recommender();
         let generation = rec.snapshot().generation().to_string();
         let snap = self.store.generation(&generation)?;
-        let local: Vec<StoreId> = snap.iter_live().map(|(id, _, _)| id).collect();
         let joined = match to
             .current()
             .map_err(|e| shared("reading the current generation", e))?
         {
-            None => {
-                if !to
-                    .generations()
-                    .map_err(|e| shared("listing generations", e))?
-                    .contains(&generation)
-                {
-                    to.create_generation(&GenerationSpec::new(
-                        &generation,
-                        snap.dim(),
-                        snap.storage(),
-                    ))
-                    .map_err(|e| shared("creating the generation", e))?;
-                }
-                push_rows(&*to, &generation, &snap, &local)?;
-                to.set_current(&generation)
-                    .map_err(|e| shared("switching the generation", e))?;
-                Joined::Published { rows: local.len() }
-            }
+            None => Joined::Published {
+                rows: publish_to(&*to, &generation, &snap)?,
+            },
             Some(current) if current == generation => {
-                let (pulled, pushed) = self.reconcile(&*to, &generation, &snap, &local)?;
-                Joined::Followed { pulled, pushed }
+                let local: Vec<StoreId> = snap.iter_live().map(|(id, _, _)| id).collect();
+                let (pulled, pushed) = ids_apart(&*to, &generation, &local)?;
+                push_rows(&*to, &generation, &snap, &pushed)?;
+                self.pull_rows(&*to, &generation, &pulled)?;
+                Joined::Followed {
+                    pulled: pulled.len(),
+                    pushed: pushed.len(),
+                }
             }
             Some(current) => {
                 return Err(Error::Shared {
@@ -120,33 +151,6 @@ impl Service {
             .map_err(|_| Error::config("a shared store is already attached"))?;
         tracing::info!(?joined, "shared store attached");
         Ok(joined)
-    }
-
-    /// Gives each side the ids of `generation` only the other holds (`snap`, `local`:
-    /// this side's newest commit and its ids); returns (pulled, pushed).
-    fn reconcile(
-        &self,
-        to: &dyn VectorStore,
-        generation: &str,
-        snap: &Snapshot,
-        local: &[StoreId],
-    ) -> Result<(usize, usize)> {
-        let theirs = to.ids(generation).map_err(|e| shared("listing ids", e))?;
-        let ours: HashSet<StoreId> = local.iter().copied().collect();
-        let pulled: Vec<StoreId> = theirs
-            .iter()
-            .copied()
-            .filter(|i| !ours.contains(i))
-            .collect();
-        let theirs: HashSet<StoreId> = theirs.into_iter().collect();
-        let pushed: Vec<StoreId> = local
-            .iter()
-            .copied()
-            .filter(|i| !theirs.contains(i))
-            .collect();
-        push_rows(to, generation, snap, &pushed)?;
-        self.pull_rows(to, generation, &pulled)?;
-        Ok((pulled.len(), pushed.len()))
     }
 
     /// Takes the items other processes added to the shared store since (new ids of the
@@ -169,9 +173,7 @@ impl Service {
         }
         let snap = self.store.generation(&generation)?;
         let local: Vec<StoreId> = snap.iter_live().map(|(id, _, _)| id).collect();
-        let theirs = to.ids(&generation).map_err(|e| shared("listing ids", e))?;
-        let ours: HashSet<StoreId> = local.into_iter().collect();
-        let pulled: Vec<StoreId> = theirs.into_iter().filter(|i| !ours.contains(i)).collect();
+        let (pulled, _) = ids_apart(&**to, &generation, &local)?;
         self.pull_rows(&**to, &generation, &pulled)?;
         if !pulled.is_empty() {
             tracing::info!(pulled = pulled.len(), "followed the shared store");
@@ -199,33 +201,16 @@ impl Service {
                     ),
                 });
             }
-            let (found, vectors): (Vec<StoreId>, Vec<f32>) = {
-                let mut keep = Vec::with_capacity(chunk.len());
-                let mut v = Vec::with_capacity(chunk.len() * f.dim);
-                for (k, id) in chunk.iter().enumerate() {
-                    if let Some(row) = f.row(k) {
-                        keep.push(*id);
-                        v.extend_from_slice(row);
-                    }
+            let mut found = Vec::with_capacity(chunk.len());
+            let mut vectors = Vec::with_capacity(chunk.len() * f.dim);
+            for (k, id) in chunk.iter().enumerate() {
+                if let Some(row) = f.row(k) {
+                    found.push(*id);
+                    vectors.extend_from_slice(row);
                 }
-                (keep, v)
-            };
-            let raw: Vec<u64> = found.iter().map(|i| i.0).collect();
+            }
             let attrs = vec![0u32; found.len() * n_attrs];
-            rec.replacing_rows(&raw, || {
-                let mut w = self.store.writer()?;
-                w.put_many(
-                    generation,
-                    &found,
-                    &vectors,
-                    (n_attrs > 0).then_some(&attrs[..]),
-                )?;
-                Ok(w.commit()?)
-            })?;
-        }
-        self.counters.rows_pending.store(true, Ordering::Release);
-        if let Some(tx) = lock(&self.wake).as_ref() {
-            let _ = tx.try_send(Wake::Rows);
+            self.commit_rows(&rec, generation, &found, &vectors, &attrs)?;
         }
         Ok(())
     }
@@ -246,43 +231,25 @@ impl Service {
         }
     }
 
-    /// Makes the shared store serve the generation served here: created if it lacks it,
-    /// every row written (again: an earlier attempt may have stopped part way), made
-    /// current, `previous` dropped. Holds the rows lock, so no upsert interleaves.
-    /// Returns whether there was a shared store to sync.
-    pub(super) fn publish_shared(&self, previous: Option<&str>) -> Result<bool> {
+    /// Makes the shared store serve the generation served here ([`publish_to`]), then
+    /// drops `previous` from it. Holds the rows lock, so no upsert interleaves.
+    pub(super) fn publish_shared(&self, previous: &str) -> Result<()> {
         let Some(to) = self.shared.get() else {
-            return Ok(false);
+            return Ok(());
         };
         let _rows = lock(&self.rows);
-        let rec = self.recommender();
-        let generation = rec.snapshot().generation().to_string();
-        let have = to
-            .generations()
-            .map_err(|e| shared("listing generations", e))?
-            .contains(&generation);
+        let generation = self.recommender().snapshot().generation().to_string();
         let snap = self.store.generation(&generation)?;
-        if !have {
-            to.create_generation(&GenerationSpec::new(
-                &generation,
-                snap.dim(),
-                snap.storage(),
-            ))
-            .map_err(|e| shared("creating the generation", e))?;
-        }
-        let ids: Vec<StoreId> = snap.iter_live().map(|(id, _, _)| id).collect();
-        push_rows(&**to, &generation, &snap, &ids)?;
-        to.set_current(&generation)
-            .map_err(|e| shared("switching the generation", e))?;
-        if let Some(old) = previous.filter(|o| *o != generation) {
+        publish_to(&**to, &generation, &snap)?;
+        if previous != generation {
             let gens = to
                 .generations()
                 .map_err(|e| shared("listing generations", e))?;
-            if gens.iter().any(|g| g == old) {
-                to.drop_generation(old)
+            if gens.iter().any(|g| g == previous) {
+                to.drop_generation(previous)
                     .map_err(|e| shared("dropping the previous generation", e))?;
             }
         }
-        Ok(true)
+        Ok(())
     }
 }
