@@ -118,12 +118,13 @@ impl App {
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// Runs a handler inside a `request` span (the client's `x-request-id`, or one made
-/// here, echoed in the answer), times it and records it under `endpoint`.
+/// here, echoed in the answer), answers its refusal as JSON, times it and records it
+/// under `endpoint`.
 async fn timed(
     app: &App,
     endpoint: &'static str,
     headers: &HeaderMap,
-    answer: impl Future<Output = Response>,
+    answer: impl Future<Output = Result<Response, Reject>>,
 ) -> Response {
     let id = headers
         .get("x-request-id")
@@ -141,7 +142,10 @@ async fn timed(
         );
     let span = tracing::info_span!("request", id = %id, endpoint);
     let t = Instant::now();
-    let mut r = answer.instrument(span.clone()).await;
+    let mut r = answer
+        .instrument(span.clone())
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
     let seconds = t.elapsed().as_secs_f64();
     span.in_scope(|| tracing::debug!(status = r.status().as_u16(), ms = seconds * 1e3, "answered"));
     if let Some(s) = app.service.get() {
@@ -186,10 +190,7 @@ async fn recommend(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes)
             Err(e) => Err(error(status_of(&e), e)),
         }
     };
-    timed(&app, "recommend", &headers, async {
-        work.await.unwrap_or_else(IntoResponse::into_response)
-    })
-    .await
+    timed(&app, "recommend", &headers, work).await
 }
 
 async fn rescore(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Response {
@@ -219,10 +220,7 @@ async fn rescore(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -
             )),
         }
     };
-    timed(&app, "rescore", &headers, async {
-        work.await.unwrap_or_else(IntoResponse::into_response)
-    })
-    .await
+    timed(&app, "rescore", &headers, work).await
 }
 
 #[derive(Deserialize)]
@@ -296,10 +294,7 @@ async fn events(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) ->
             Err(e) => Err(error(status_of(&e), e)),
         }
     };
-    timed(&app, "events", &headers, async {
-        work.await.unwrap_or_else(IntoResponse::into_response)
-    })
-    .await
+    timed(&app, "events", &headers, work).await
 }
 
 #[derive(Deserialize)]
@@ -333,10 +328,7 @@ async fn items(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
             Err(e) => Err(error(status_of(&e), e)),
         }
     };
-    timed(&app, "items", &headers, async {
-        work.await.unwrap_or_else(IntoResponse::into_response)
-    })
-    .await
+    timed(&app, "items", &headers, work).await
 }
 
 async fn ready(State(app): State<Arc<App>>) -> Response {

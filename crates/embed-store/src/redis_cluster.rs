@@ -141,7 +141,7 @@ pub struct RedisClusterStore {
     client: ClusterClient,
     pool: Vec<Mutex<Slot>>,
     next: AtomicUsize,
-    /// Bumped by every failure that calls for a new connection ([`connection_failed`]):
+    /// Bumped by every failure that calls for a new connection ([`needs_new_connection`]):
     /// a pooled connection made before the last one is replaced when next taken.
     trouble: AtomicU64,
     config: RedisConfig,
@@ -176,7 +176,7 @@ impl std::ops::DerefMut for Pooled<'_> {
 /// CLUSTERDOWN (inside a pipeline's error, where the client does not refresh it);
 /// a fresh connection reads the cluster's topology again. Replacing one costs a
 /// reconnect, so doing it after a server error that did not need it is harmless.
-fn connection_failed(e: &redis::RedisError) -> bool {
+fn needs_new_connection(e: &redis::RedisError) -> bool {
     let text = e.to_string();
     e.kind() != redis::ErrorKind::AuthenticationFailed
         && ![
@@ -319,7 +319,7 @@ impl RedisClusterStore {
     fn err<'a>(&'a self, what: &'a str) -> impl Fn(redis::RedisError) -> Error + 'a {
         let typed = redis_err(what, &self.config);
         move |e| {
-            if connection_failed(&e) {
+            if needs_new_connection(&e) {
                 self.trouble.fetch_add(1, Ordering::AcqRel);
             }
             typed(e)
