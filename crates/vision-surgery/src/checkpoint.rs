@@ -1,17 +1,18 @@
 //! Locating a Qwen3-VL checkpoint: a local directory or a Hugging Face hub model id.
 //!
 //! A checkpoint is `config.json`, `tokenizer.json` and either `model.safetensors` or
-//! `model.safetensors.index.json` with its shards. Through the hub, files are taken
-//! from the local cache (`$HF_HOME/hub`, or `~/.cache/huggingface/hub`) first; with
-//! `HF_HUB_OFFLINE=1` the cache is the only place looked at.
+//! `model.safetensors.index.json` with its shards. A [`Checkpoint`] lists its files
+//! first and fetches each only when asked (see [`crate::hub`] for the hub side), so a
+//! loader judges `config.json` before any weight moves and fetches only the shards that
+//! hold tensors it reads.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-use hf_hub::{Cache, Repo, RepoType};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
+use crate::hub::{HubRepo, ProgressFn};
 
 /// Name of the single-file weights.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -84,35 +85,9 @@ pub enum WeightLayout {
     Sharded {
         /// The index file.
         index: PathBuf,
-        /// Tensor name -> shard path.
+        /// Tensor name -> shard path (where the shard sits or would sit locally).
         weight_map: BTreeMap<String, PathBuf>,
     },
-}
-
-impl WeightLayout {
-    /// Shards holding at least one tensor accepted by `keep`, and every tensor name
-    /// whose shard holds none (known from the index only).
-    pub fn shards_for(
-        &self,
-        keep: impl Fn(&str) -> bool,
-    ) -> (Vec<PathBuf>, Vec<(String, PathBuf)>) {
-        match self {
-            WeightLayout::Single(p) => (vec![p.clone()], vec![]),
-            WeightLayout::Sharded { weight_map, .. } => {
-                let needed: BTreeSet<&PathBuf> = weight_map
-                    .iter()
-                    .filter(|(n, _)| keep(n))
-                    .map(|(_, p)| p)
-                    .collect();
-                let unopened = weight_map
-                    .iter()
-                    .filter(|(_, p)| !needed.contains(p))
-                    .map(|(n, p)| (n.clone(), p.clone()))
-                    .collect();
-                (needed.into_iter().cloned().collect(), unopened)
-            }
-        }
-    }
 }
 
 impl WeightLayout {
@@ -130,17 +105,25 @@ impl WeightLayout {
     }
 }
 
-/// The files of one checkpoint, located but not yet read.
+/// The files of one checkpoint that a load fetched, and what it left alone.
 #[derive(Debug, Clone)]
 pub struct CheckpointFiles {
     /// What was asked for.
     pub source: ModelSource,
+    /// The hub commit the files come from (`None` for a local directory).
+    pub commit: Option<String>,
     /// `config.json`.
     pub config: PathBuf,
-    /// `tokenizer.json`, when present.
+    /// `tokenizer.json`, when the checkpoint has one.
     pub tokenizer: Option<PathBuf>,
-    /// The weights.
+    /// The weights' layout.
     pub weights: WeightLayout,
+    /// Weight files fetched: those holding at least one tensor the load wanted.
+    pub shards: Vec<PathBuf>,
+    /// Tensors in shards never fetched nor opened, with the shard's local path.
+    pub unopened: Vec<(String, PathBuf)>,
+    /// Bytes of the shards never fetched nor opened, where their size is known.
+    pub skipped_shard_bytes: u64,
     /// An `adapter.safetensors` shipped with the checkpoint (surgered checkpoints).
     pub adapter: Option<PathBuf>,
     /// Side files present (see [`SIDE_FILES`]).
@@ -148,7 +131,7 @@ pub struct CheckpointFiles {
 }
 
 impl CheckpointFiles {
-    /// Every file the checkpoint was (or will be) read from.
+    /// Every local file the checkpoint was (or will be) read from.
     pub fn all(&self) -> Vec<PathBuf> {
         let mut v = vec![self.config.clone()];
         v.extend(self.tokenizer.clone());
@@ -159,83 +142,192 @@ impl CheckpointFiles {
     }
 }
 
-impl CheckpointFiles {
-    /// Locate the files of `source`.
-    pub fn locate(source: &ModelSource) -> Result<Self> {
-        match source {
-            ModelSource::Dir(dir) => Self::from_dir(dir, source.clone()),
-            ModelSource::Hub { repo, revision } => Self::from_hub(repo, revision),
-        }
-    }
+/// Where a checkpoint's files come from.
+#[derive(Debug)]
+enum Origin {
+    Dir(PathBuf),
+    Hub(Box<HubRepo>),
+}
 
-    fn from_dir(dir: &Path, source: ModelSource) -> Result<Self> {
-        let find = |name: &str| -> Option<PathBuf> {
-            let p = dir.join(name);
-            p.is_file().then_some(p)
-        };
-        let config = find(CONFIG_FILE).ok_or_else(|| {
-            Error::io(
-                dir.join(CONFIG_FILE),
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "checkpoint has no config.json",
-                ),
-            )
-        })?;
-        let weights = if let Some(index) = find(WEIGHTS_INDEX_FILE) {
-            let weight_map = read_index(&index, |shard| Ok(dir.join(shard)))?;
-            WeightLayout::Sharded { index, weight_map }
-        } else if let Some(single) = find(WEIGHTS_FILE) {
-            WeightLayout::Single(single)
-        } else {
-            return Err(Error::io(
-                dir.join(WEIGHTS_FILE),
-                std::io::Error::new(
-                    std::io::ErrorKind::NotFound,
-                    "checkpoint has neither model.safetensors nor model.safetensors.index.json",
-                ),
-            ));
+/// A checkpoint opened for reading: its files are listed, and each is fetched only when
+/// asked for, so `config.json` can be read and judged before any weight is downloaded.
+#[derive(Debug)]
+pub struct Checkpoint {
+    source: ModelSource,
+    origin: Origin,
+}
+
+impl Checkpoint {
+    /// Open `source`: a directory, or a hub repository resolved to a commit and listed
+    /// (downloads report to `progress`). Nothing else is fetched yet.
+    pub fn open(source: &ModelSource, progress: Option<ProgressFn>) -> Result<Self> {
+        let origin = match source {
+            ModelSource::Dir(dir) => {
+                if !dir.join(CONFIG_FILE).is_file() {
+                    return Err(not_found(
+                        dir.join(CONFIG_FILE),
+                        "checkpoint has no config.json",
+                    ));
+                }
+                Origin::Dir(dir.clone())
+            }
+            ModelSource::Hub { repo, revision } => {
+                Origin::Hub(Box::new(HubRepo::open(repo, revision, progress)?))
+            }
         };
         Ok(Self {
-            source,
-            config,
-            tokenizer: find(TOKENIZER_FILE),
-            weights,
-            adapter: find(ADAPTER_FILE),
-            side_files: SIDE_FILES.iter().filter_map(|n| find(n)).collect(),
+            source: source.clone(),
+            origin,
         })
     }
 
-    fn from_hub(repo: &str, revision: &str) -> Result<Self> {
-        let hub = HubRepo::new(repo, revision)?;
-        let config = hub.get(CONFIG_FILE)?;
-        let weights = match hub.get(WEIGHTS_INDEX_FILE) {
-            Ok(index) => {
-                let weight_map = read_index(&index, |shard| hub.get(shard))?;
-                WeightLayout::Sharded { index, weight_map }
+    /// What was opened.
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    /// The hub commit the files come from (`None` for a local directory).
+    pub fn commit(&self) -> Option<&str> {
+        match &self.origin {
+            Origin::Dir(_) => None,
+            Origin::Hub(h) => Some(h.commit()),
+        }
+    }
+
+    /// Whether the checkpoint has `file`.
+    pub fn lists(&self, file: &str) -> bool {
+        match &self.origin {
+            Origin::Dir(d) => d.join(file).is_file(),
+            Origin::Hub(h) => h.lists(file),
+        }
+    }
+
+    /// `file`'s local path, fetching it first from the hub when needed. A file the
+    /// checkpoint does not have is an error.
+    pub fn fetch(&self, file: &str) -> Result<PathBuf> {
+        match &self.origin {
+            Origin::Dir(d) => {
+                let p = d.join(file);
+                if p.is_file() {
+                    Ok(p)
+                } else {
+                    Err(not_found(p, "no such file in the checkpoint"))
+                }
             }
-            Err(_) => WeightLayout::Single(hub.get(WEIGHTS_FILE)?),
+            Origin::Hub(h) => h.fetch(file),
+        }
+    }
+
+    /// `file` when the checkpoint has it; failing to fetch a file it has is an error.
+    pub fn fetch_if_present(&self, file: &str) -> Result<Option<PathBuf>> {
+        if self.lists(file) {
+            self.fetch(file).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Where `file` sits, or would sit once fetched.
+    fn local_path(&self, file: &str) -> PathBuf {
+        match &self.origin {
+            Origin::Dir(d) => d.join(file),
+            Origin::Hub(h) => h.cache_path(file),
+        }
+    }
+
+    /// `file`'s size, where known without fetching it.
+    fn size(&self, file: &str) -> Option<u64> {
+        match &self.origin {
+            Origin::Dir(d) => std::fs::metadata(d.join(file)).ok().map(|m| m.len()),
+            Origin::Hub(h) => h.size(file),
+        }
+    }
+
+    /// `config.json`.
+    pub fn config_file(&self) -> Result<PathBuf> {
+        self.fetch(CONFIG_FILE)
+    }
+
+    /// Fetch what a load needs: the config, the shard index, every weight file holding
+    /// a tensor accepted by `keep` (and no other), the tokenizer, a shipped adapter and
+    /// the side files. Shards holding only rejected tensors are never fetched nor opened.
+    pub fn fetch_files(&self, keep: impl Fn(&str) -> bool) -> Result<CheckpointFiles> {
+        let config = self.config_file()?;
+        let (weights, shard_of) = if self.lists(WEIGHTS_INDEX_FILE) {
+            let index = self.fetch(WEIGHTS_INDEX_FILE)?;
+            let shard_of = read_index(&index)?;
+            let weight_map = shard_of
+                .iter()
+                .map(|(n, s)| (n.clone(), self.local_path(s)))
+                .collect();
+            (WeightLayout::Sharded { index, weight_map }, shard_of)
+        } else if self.lists(WEIGHTS_FILE) {
+            (
+                WeightLayout::Single(self.fetch(WEIGHTS_FILE)?),
+                BTreeMap::new(),
+            )
+        } else {
+            return Err(not_found(
+                self.local_path(WEIGHTS_FILE),
+                "checkpoint has neither model.safetensors nor model.safetensors.index.json",
+            ));
         };
-        Ok(Self {
-            source: ModelSource::Hub {
-                repo: repo.into(),
-                revision: revision.into(),
-            },
+        // the small files first: a failure there costs no shard download
+        let tokenizer = self.fetch_if_present(TOKENIZER_FILE)?;
+        let adapter = self.fetch_if_present(ADAPTER_FILE)?;
+        let mut side_files = Vec::new();
+        for f in SIDE_FILES {
+            side_files.extend(self.fetch_if_present(f)?);
+        }
+        let mut shards = Vec::new();
+        let mut unopened = Vec::new();
+        let mut skipped_shard_bytes = 0;
+        match &weights {
+            WeightLayout::Single(p) => shards.push(p.clone()),
+            WeightLayout::Sharded { .. } => {
+                let needed: BTreeSet<&String> = shard_of
+                    .iter()
+                    .filter(|(n, _)| keep(n))
+                    .map(|(_, s)| s)
+                    .collect();
+                for s in &needed {
+                    shards.push(self.fetch(s)?);
+                }
+                let skipped: BTreeSet<&String> =
+                    shard_of.values().filter(|s| !needed.contains(s)).collect();
+                skipped_shard_bytes = skipped.iter().filter_map(|s| self.size(s)).sum();
+                unopened = shard_of
+                    .iter()
+                    .filter(|(_, s)| !needed.contains(s))
+                    .map(|(n, s)| (n.clone(), self.local_path(s)))
+                    .collect();
+            }
+        }
+        Ok(CheckpointFiles {
+            source: self.source.clone(),
+            commit: self.commit().map(str::to_string),
             config,
-            tokenizer: hub.get(TOKENIZER_FILE).ok(),
+            tokenizer,
             weights,
-            adapter: hub.get(ADAPTER_FILE).ok(),
-            side_files: SIDE_FILES.iter().filter_map(|n| hub.get(n).ok()).collect(),
+            shards,
+            unopened,
+            skipped_shard_bytes,
+            adapter,
+            side_files,
         })
     }
 }
 
-/// Read a shard index; `resolve` turns a shard file name into a local path.
-/// Shards are resolved once each, not once per tensor.
-fn read_index(
-    index: &Path,
-    mut resolve: impl FnMut(&str) -> Result<PathBuf>,
-) -> Result<BTreeMap<String, PathBuf>> {
+fn not_found(path: PathBuf, message: &str) -> Error {
+    Error::io(
+        path,
+        std::io::Error::new(std::io::ErrorKind::NotFound, message.to_string()),
+    )
+}
+
+/// Read a shard index: tensor name -> shard file name, every name checked to stay
+/// inside the checkpoint.
+fn read_index(index: &Path) -> Result<BTreeMap<String, String>> {
     let text = std::fs::read_to_string(index).map_err(|e| Error::io(index, e))?;
     let v: Value = serde_json::from_str(&text).map_err(|e| Error::Json {
         path: index.to_path_buf(),
@@ -248,147 +340,32 @@ fn read_index(
             path: index.to_path_buf(),
             message: "no \"weight_map\" object".into(),
         })?;
-    let mut resolved: BTreeMap<String, PathBuf> = BTreeMap::new();
     let mut out = BTreeMap::new();
     for (name, shard) in map {
         let shard = shard.as_str().ok_or_else(|| Error::Json {
             path: index.to_path_buf(),
             message: format!("weight_map[{name:?}] is not a string"),
         })?;
-        if shard.contains("..") || Path::new(shard).is_absolute() {
+        let inside = !shard.is_empty()
+            && !shard.contains("..")
+            && !shard.contains('\\')
+            && !Path::new(shard).is_absolute();
+        if !inside {
             return Err(Error::Json {
                 path: index.to_path_buf(),
-                message: format!("weight_map[{name:?}] = {shard:?} points outside the checkpoint"),
+                message: format!(
+                    "weight_map[{name:?}] = {shard:?} is not a file of the checkpoint"
+                ),
             });
         }
-        let path = match resolved.get(shard) {
-            Some(p) => p.clone(),
-            None => {
-                // Shards that only hold skipped tensors may be absent: resolve lazily,
-                // keeping the would-be path so the loader can report it.
-                let p = resolve(shard).unwrap_or_else(|_| index.with_file_name(shard));
-                resolved.insert(shard.to_string(), p.clone());
-                p
-            }
-        };
-        out.insert(name.clone(), path);
+        out.insert(name.clone(), shard.to_string());
     }
     Ok(out)
-}
-
-/// One hub repository at one revision, cache first.
-struct HubRepo {
-    repo: String,
-    revision: String,
-    cache: Cache,
-    api: Option<hf_hub::api::sync::ApiRepo>,
-}
-
-impl HubRepo {
-    fn new(repo: &str, revision: &str) -> Result<Self> {
-        let offline = std::env::var("HF_HUB_OFFLINE")
-            .map(|v| matches!(v.as_str(), "1" | "true" | "TRUE" | "yes" | "ON" | "on"))
-            .unwrap_or(false);
-        let api = if offline {
-            None
-        } else {
-            let api = hf_hub::api::sync::ApiBuilder::from_env()
-                .with_progress(false)
-                .build()
-                .map_err(|e| Error::Hub {
-                    repo: repo.into(),
-                    revision: revision.into(),
-                    file: String::new(),
-                    message: e.to_string(),
-                })?;
-            Some(api.repo(Repo::with_revision(
-                repo.into(),
-                RepoType::Model,
-                revision.into(),
-            )))
-        };
-        Ok(Self {
-            repo: repo.into(),
-            revision: revision.into(),
-            cache: Cache::from_env(),
-            api,
-        })
-    }
-
-    fn cached(&self, file: &str) -> Option<PathBuf> {
-        let repo = Repo::with_revision(self.repo.clone(), RepoType::Model, self.revision.clone());
-        if let Some(p) = self.cache.repo(repo.clone()).get(file) {
-            return Some(p);
-        }
-        // A commit hash has no refs/ entry: look in its snapshot directly.
-        let is_commit =
-            self.revision.len() == 40 && self.revision.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_commit {
-            let p = self
-                .cache
-                .path()
-                .join(repo.folder_name())
-                .join("snapshots")
-                .join(&self.revision)
-                .join(file);
-            if p.is_file() {
-                return Some(p);
-            }
-        }
-        None
-    }
-
-    fn get(&self, file: &str) -> Result<PathBuf> {
-        if let Some(p) = self.cached(file) {
-            return Ok(p);
-        }
-        let err = |message: String| Error::Hub {
-            repo: self.repo.clone(),
-            revision: self.revision.clone(),
-            file: file.into(),
-            message,
-        };
-        match &self.api {
-            None => Err(err(format!(
-                "not in the local cache {} and HF_HUB_OFFLINE is set",
-                self.cache.path().display()
-            ))),
-            Some(api) => api.get(file).map_err(|e| err(e.to_string())),
-        }
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn offline_hub_lookup_reads_the_hf_home_cache_layout() {
-        let home = tempfile::tempdir().unwrap();
-        let repo_dir = home.path().join("hub").join("models--acme--tiny");
-        let snap = repo_dir
-            .join("snapshots")
-            .join("0123456789abcdef0123456789abcdef01234567");
-        std::fs::create_dir_all(&snap).unwrap();
-        std::fs::create_dir_all(repo_dir.join("refs")).unwrap();
-        std::fs::write(
-            repo_dir.join("refs").join("main"),
-            "0123456789abcdef0123456789abcdef01234567",
-        )
-        .unwrap();
-        std::fs::write(snap.join("config.json"), "{}").unwrap();
-        std::fs::write(snap.join("model.safetensors"), b"x").unwrap();
-        let cache = Cache::new(home.path().join("hub"));
-        let hub = HubRepo {
-            repo: "acme/tiny".into(),
-            revision: "main".into(),
-            cache,
-            api: None,
-        };
-        assert_eq!(hub.get("config.json").unwrap(), snap.join("config.json"));
-        let e = hub.get("tokenizer.json").unwrap_err();
-        assert!(e.to_string().contains("HF_HUB_OFFLINE"), "{e}");
-    }
 
     #[test]
     fn source_parsing() {
@@ -407,7 +384,7 @@ mod tests {
         // a mistyped local path is reported as a missing directory, not looked up on the hub
         let typo = ModelSource::parse("./models/qwen3-vl-2b");
         assert_eq!(typo, ModelSource::Dir("./models/qwen3-vl-2b".into()));
-        let e = CheckpointFiles::locate(&typo).unwrap_err().to_string();
+        let e = Checkpoint::open(&typo, None).unwrap_err().to_string();
         assert!(e.contains("config.json"), "{e}");
     }
 }

@@ -222,7 +222,9 @@ impl Qwen3VlConfig {
         Self::from_value(raw)
     }
 
-    /// Parse and validate an already-decoded config.
+    /// Parse and validate an already-decoded config. A pre-quantized checkpoint
+    /// (`quantization_config`: FP8, AWQ, GPTQ, ...) is refused with
+    /// [`Error::QuantizedCheckpoint`] naming its scheme.
     pub fn from_value(raw: Value) -> Result<Self> {
         if let Some(mt) = raw.get("model_type").and_then(Value::as_str)
             && mt != "qwen3_vl"
@@ -232,6 +234,7 @@ impl Qwen3VlConfig {
                 format!("expected \"qwen3_vl\", found {mt:?} (only dense Qwen3-VL is supported)"),
             ));
         }
+        refuse_quantized(&raw)?;
         let text_raw = raw
             .get("text_config")
             .ok_or_else(|| Error::config("text_config", "missing"))?;
@@ -310,8 +313,15 @@ impl Qwen3VlConfig {
     }
 
     /// The config of the surgered, text-only checkpoint: `vision_config` removed and a
-    /// `mosaic_surgery` record of what was removed (DeepStack levels, parameters, bytes).
-    pub fn surgered_json(&self, removed_parameters: u64, removed_bytes: u64) -> Value {
+    /// `mosaic_surgery` record of what was removed (DeepStack levels, parameters, bytes)
+    /// and where it came from (`source`: hub repository, revision and resolved commit; a
+    /// re-saved checkpoint keeps its first source).
+    pub fn surgered_json(
+        &self,
+        removed_parameters: u64,
+        removed_bytes: u64,
+        source: Option<Value>,
+    ) -> Value {
         let mut v = self.raw.clone();
         if let Value::Object(map) = &mut v {
             let previous = map.remove(SURGERY_KEY);
@@ -327,15 +337,22 @@ impl Qwen3VlConfig {
                     )
                 })
                 .unwrap_or((0, 0));
-            map.insert(
-                SURGERY_KEY.into(),
-                serde_json::json!({
-                    "deepstack_levels": self.deepstack_levels,
-                    "removed_parameters": params + removed_parameters,
-                    "removed_bytes": bytes + removed_bytes,
-                    "note": "vision tower removed by mosaic vision-surgery; visual inputs come from an EmbeddingAdapter",
-                }),
-            );
+            let source = previous
+                .as_ref()
+                .and_then(|p| p.get("source"))
+                .filter(|s| !s.is_null())
+                .cloned()
+                .or(source);
+            let mut record = serde_json::json!({
+                "deepstack_levels": self.deepstack_levels,
+                "removed_parameters": params + removed_parameters,
+                "removed_bytes": bytes + removed_bytes,
+                "note": "vision tower removed by mosaic vision-surgery; visual inputs come from an EmbeddingAdapter",
+            });
+            if let (Some(src), Value::Object(r)) = (source, &mut record) {
+                r.insert("source".into(), src);
+            }
+            map.insert(SURGERY_KEY.into(), record);
         }
         v
     }
@@ -407,6 +424,32 @@ impl SpecialTokens {
 
 /// DeepStack levels: the vision config's `deepstack_visual_indexes`, or after surgery the
 /// surgery record's count; at most one per decoder layer.
+/// [`Error::QuantizedCheckpoint`] when the config (or its `text_config`) carries a
+/// `quantization_config`.
+fn refuse_quantized(raw: &Value) -> Result<()> {
+    let q = [Some(raw), raw.get("text_config")]
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v.get("quantization_config"))
+        .find(|q| !q.is_null());
+    let Some(q) = q else { return Ok(()) };
+    let method = q
+        .get("quant_method")
+        .and_then(Value::as_str)
+        .unwrap_or("unnamed");
+    let detail = [("bits", q.get("bits")), ("fmt", q.get("fmt"))]
+        .into_iter()
+        .filter_map(|(k, v)| v.filter(|v| !v.is_null()).map(|v| format!("{k} {v}")))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let scheme = if detail.is_empty() {
+        method.to_string()
+    } else {
+        format!("{method} ({detail})")
+    };
+    Err(Error::QuantizedCheckpoint { scheme })
+}
+
 fn deepstack_levels(raw: &Value, layers: usize) -> Result<usize> {
     let levels = match raw.get("vision_config").filter(|v| !v.is_null()) {
         Some(v) => match v.get("deepstack_visual_indexes") {
@@ -579,6 +622,47 @@ mod tests {
     }
 
     #[test]
+    fn pre_quantized_checkpoints_are_refused_naming_the_scheme() {
+        let rope = json!({"rope_type": "default", "rope_theta": 5e6, "mrope_section": [4, 2, 2]});
+        // as the FP8, AWQ and GPTQ releases write them
+        for (q, in_text, expect) in [
+            (
+                json!({"quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic",
+                       "weight_block_size": [128, 128]}),
+                false,
+                "fp8 (fmt \"e4m3\")",
+            ),
+            (
+                json!({"quant_method": "awq", "bits": 4, "group_size": 128, "zero_point": true}),
+                false,
+                "awq (bits 4)",
+            ),
+            (
+                json!({"quant_method": "gptq", "bits": 8}),
+                true,
+                "gptq (bits 8)",
+            ),
+            (json!({"load_in_4bit": true}), false, "unnamed"),
+        ] {
+            let mut cfg = base(json!({ "rope_parameters": rope.clone() }));
+            let at = if in_text {
+                &mut cfg["text_config"]
+            } else {
+                &mut cfg
+            };
+            at["quantization_config"] = q;
+            match Qwen3VlConfig::from_value(cfg) {
+                Err(Error::QuantizedCheckpoint { scheme }) => assert_eq!(scheme, expect),
+                other => panic!("{expect}: {other:?}"),
+            }
+        }
+        // null is no quantization
+        let mut cfg = base(json!({ "rope_parameters": rope }));
+        cfg["quantization_config"] = Value::Null;
+        assert!(Qwen3VlConfig::from_value(cfg).is_ok());
+    }
+
+    #[test]
     fn oversized_shapes_are_config_errors_naming_the_field() {
         for (field, v) in [
             ("vocab_size", json!(1u64 << 40)),
@@ -632,7 +716,7 @@ mod tests {
         let c = Qwen3VlConfig::from_value(base(json!({"rope_parameters": {
             "rope_theta": 5e6, "mrope_section": [4, 2, 2]}})))
         .unwrap();
-        let s = Qwen3VlConfig::from_value(c.surgered_json(10, 40)).unwrap();
+        let s = Qwen3VlConfig::from_value(c.surgered_json(10, 40, None)).unwrap();
         assert!(!s.has_vision_config);
         assert_eq!(s.deepstack_levels, 2);
         assert_eq!(s.raw[SURGERY_KEY]["removed_bytes"], 40);

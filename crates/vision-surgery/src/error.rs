@@ -33,6 +33,15 @@ pub enum Error {
         /// What is wrong with it.
         message: String,
     },
+    /// The checkpoint was quantized by its publisher (FP8, AWQ, GPTQ, ...): its weights
+    /// are not plain tensors this crate can run. Load the unquantized release.
+    #[error(
+        "the checkpoint is pre-quantized ({scheme}); quantized releases are not supported: load the unquantized (bf16) release"
+    )]
+    QuantizedCheckpoint {
+        /// The `quant_method` and its settings, as config.json names them.
+        scheme: String,
+    },
     /// A safetensors file is malformed.
     #[error("invalid safetensors file {path}: {message}")]
     Safetensors {

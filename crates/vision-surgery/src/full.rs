@@ -7,7 +7,7 @@ use std::path::Path;
 use candle_core::{DType, Device, Tensor};
 use image::DynamicImage;
 
-use crate::checkpoint::{CheckpointFiles, ModelSource};
+use crate::checkpoint::{Checkpoint, ModelSource};
 use crate::config::Qwen3VlConfig;
 use crate::error::{Error, Result};
 use crate::image_processor::{ImageProcessor, PreprocessorConfig};
@@ -51,16 +51,13 @@ impl FullModel {
     /// The image processor reads `preprocessor_config.json` when the checkpoint has one
     /// and uses Qwen3-VL's published settings otherwise.
     pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<Self> {
-        let files = CheckpointFiles::locate(&ModelSource::parse(spec))?;
-        let config = Qwen3VlConfig::from_file(&files.config)?;
-        let weights = Weights::open(&files.weights.shards_for(|_| true).0)?;
+        let checkpoint = Checkpoint::open(&ModelSource::parse(spec), None)?;
+        let config = Qwen3VlConfig::from_file(&checkpoint.config_file()?)?;
+        let files = checkpoint.fetch_files(|_| true)?;
+        let weights = Weights::open(&files.shards)?;
         let model = TextModel::new(&config, &weights, dtype, device)?;
         let vision = VisionTower::new(&config, &weights, dtype, device)?;
-        let pre = files
-            .config
-            .parent()
-            .map(|d| d.join(PREPROCESSOR_CONFIG))
-            .filter(|p| p.is_file());
+        let pre = checkpoint.fetch_if_present(PREPROCESSOR_CONFIG)?;
         let pre = match pre {
             Some(p) => PreprocessorConfig::from_file(&p)?,
             None => PreprocessorConfig::default(),

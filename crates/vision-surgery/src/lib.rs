@@ -2,7 +2,8 @@
 //! embeddings through an embedding-to-token adapter, with the vision tower removed.
 //!
 //! Modules hold what they are named after: [`config`] (config.json), [`checkpoint`]
-//! (locating local or hub checkpoints), [`weights`] (memory-mapped safetensors),
+//! (local or hub checkpoints, fetched file by file), [`hub`] (hub
+//! repositories resolved to a commit), [`weights`] (memory-mapped safetensors),
 //! [`position`] (3-D position ids), [`rotary`] (interleaved MRoPE), [`decoder`] (the
 //! text model), [`model`] (multimodal inputs around the decoder), [`adapter`] (the
 //! embedding-to-token adapter and its file format), [`prompt`] (chat template and
@@ -24,6 +25,7 @@ pub mod decoder;
 pub mod error;
 pub mod full;
 pub mod fuzzing;
+pub mod hub;
 pub mod image_processor;
 pub mod model;
 pub mod position;
@@ -38,9 +40,10 @@ pub mod vision;
 pub mod weights;
 
 pub use adapter::{Activation, AdapterSpec, EmbeddingAdapter, SoftTokens};
-pub use checkpoint::ModelSource;
+pub use checkpoint::{Checkpoint, ModelSource};
 pub use error::{Error, Result};
 pub use full::FullModel;
+pub use hub::{DownloadProgress, ProgressFn};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use prompt::{ITEM_MARKER, Prompt};

@@ -11,18 +11,20 @@ use mosaic_durability::replace_file;
 
 use crate::adapter::{EmbeddingAdapter, RawView};
 use crate::checkpoint::{
-    ADAPTER_FILE, CONFIG_FILE, CheckpointFiles, ModelSource, WEIGHTS_FILE, WEIGHTS_INDEX_FILE,
+    ADAPTER_FILE, CONFIG_FILE, Checkpoint, CheckpointFiles, ModelSource, WEIGHTS_FILE,
+    WEIGHTS_INDEX_FILE,
 };
 use crate::config::Qwen3VlConfig;
 use crate::decoder::is_visual_tensor;
 use crate::error::{Error, Result};
+use crate::hub::ProgressFn;
 use crate::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
 use crate::prompt::{Prompt, PromptTokenizer};
 use crate::sampling::{GenerateOptions, Sampler};
 use crate::weights::{Weights, read_header};
 
 /// How to load a checkpoint.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct LoadOptions {
     /// Compute dtype of the decoder (f32, bf16 or f16).
     pub dtype: DType,
@@ -30,6 +32,19 @@ pub struct LoadOptions {
     pub device: Device,
     /// An adapter file to attach (overrides one shipped in the checkpoint).
     pub adapter: Option<PathBuf>,
+    /// Called as hub downloads progress.
+    pub progress: Option<ProgressFn>,
+}
+
+impl fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("dtype", &self.dtype)
+            .field("device", &self.device)
+            .field("adapter", &self.adapter)
+            .field("progress", &self.progress.is_some())
+            .finish()
+    }
 }
 
 impl Default for LoadOptions {
@@ -38,6 +53,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             device: Device::Cpu,
             adapter: None,
+            progress: None,
         }
     }
 }
@@ -56,6 +72,11 @@ impl LoadOptions {
     /// Attach the adapter at `path`.
     pub fn adapter(mut self, path: impl Into<PathBuf>) -> Self {
         self.adapter = Some(path.into());
+        self
+    }
+    /// Report hub download progress to `f`.
+    pub fn progress(mut self, f: ProgressFn) -> Self {
+        self.progress = Some(f);
         self
     }
 }
@@ -78,8 +99,12 @@ pub struct SurgeryReport {
     /// Skipped tensors listed by the shard index whose shard is absent or unreadable,
     /// so their size is unknown.
     pub skipped_unsized: Vec<String>,
-    /// Shards never opened because they hold only vision-tower tensors.
+    /// Shards never downloaded nor opened because they hold only vision-tower tensors.
     pub skipped_shards: Vec<PathBuf>,
+    /// Their bytes, where known (the hub's listing, or the files on disk).
+    pub skipped_shard_bytes: u64,
+    /// The hub commit the checkpoint was loaded from (`None` for a local directory).
+    pub commit: Option<String>,
     /// Non-vision tensors present but not used by the decoder.
     pub unused_tensors: Vec<String>,
     /// Vision-tower tensors whose bytes were read: always empty (checked by the tests).
@@ -119,7 +144,18 @@ impl fmt::Display for SurgeryReport {
             )?;
         }
         for s in &self.skipped_shards {
-            writeln!(f, "  shard never opened: {}", s.display())?;
+            writeln!(f, "  shard never downloaded nor opened: {}", s.display())?;
+        }
+        if self.skipped_shard_bytes > 0 {
+            writeln!(
+                f,
+                "  bytes never downloaded nor read: {} ({} bytes)",
+                human_bytes(self.skipped_shard_bytes),
+                self.skipped_shard_bytes
+            )?;
+        }
+        if let Some(c) = &self.commit {
+            writeln!(f, "hub commit: {c}")?;
         }
         writeln!(
             f,
@@ -233,12 +269,13 @@ impl SurgeredModel {
                 message: format!("{:?} is not supported (use f32, bf16 or f16)", opts.dtype),
             });
         }
-        let files = CheckpointFiles::locate(source)?;
-        let config = Qwen3VlConfig::from_file(&files.config)?;
-        let (shards, unopened) = files.weights.shards_for(|n| !is_visual_tensor(n));
-        let weights = Weights::open(&shards)?;
+        let checkpoint = Checkpoint::open(source, opts.progress.clone())?;
+        // judged before any weight is fetched: unsupported models cost one small file
+        let config = Qwen3VlConfig::from_file(&checkpoint.config_file()?)?;
+        let files = checkpoint.fetch_files(|n| !is_visual_tensor(n))?;
+        let weights = Weights::open(&files.shards)?;
         let model = TextModel::new(&config, &weights, opts.dtype, &opts.device)?;
-        let report = build_report(&weights, &unopened);
+        let report = build_report(&weights, &files);
         weights.release_pages();
         let tokenizer = match &files.tokenizer {
             Some(p) => Some(PromptTokenizer::from_file(p, &config.tokens)?),
@@ -577,9 +614,17 @@ impl SurgeredModel {
                 std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
             }
         }
-        let cfg = self
-            .config
-            .surgered_json(self.report.skipped_parameters, self.report.skipped_bytes);
+        let source = match (&self.files.source, &self.files.commit) {
+            (ModelSource::Hub { repo, revision }, Some(commit)) => Some(serde_json::json!({
+                "repo": repo, "revision": revision, "commit": commit,
+            })),
+            _ => None,
+        };
+        let cfg = self.config.surgered_json(
+            self.report.skipped_parameters,
+            self.report.skipped_bytes,
+            source,
+        );
         write_json(&dir.join(CONFIG_FILE), &cfg)?;
         for src in self.copied_files() {
             if let Some(name) = src.file_name() {
@@ -613,9 +658,13 @@ fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     })
 }
 
-fn build_report(weights: &Weights, unopened: &[(String, PathBuf)]) -> SurgeryReport {
+fn build_report(weights: &Weights, files: &CheckpointFiles) -> SurgeryReport {
     let read: BTreeSet<String> = weights.read_log().into_iter().collect();
-    let mut r = SurgeryReport::default();
+    let mut r = SurgeryReport {
+        skipped_shard_bytes: files.skipped_shard_bytes,
+        commit: files.commit.clone(),
+        ..SurgeryReport::default()
+    };
     for (name, e) in weights.entries() {
         if is_visual_tensor(name) {
             r.skipped_tensors += 1;
@@ -634,7 +683,7 @@ fn build_report(weights: &Weights, unopened: &[(String, PathBuf)]) -> SurgeryRep
     }
     // tensors in shards never opened: size them from the shard header when it is readable
     let mut by_shard: BTreeMap<&PathBuf, Vec<&String>> = BTreeMap::new();
-    for (n, p) in unopened {
+    for (n, p) in &files.unopened {
         by_shard.entry(p).or_default().push(n);
     }
     for (shard, names) in by_shard {

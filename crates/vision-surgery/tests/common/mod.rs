@@ -70,3 +70,4 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     let scale = max_abs_diff(&b, &b.zeros_like().unwrap()).max(1e-6);
     max_abs_diff(&a, &b) / scale
 }
+pub mod fake_hub;
