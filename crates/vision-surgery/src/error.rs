@@ -122,6 +122,14 @@ pub enum Error {
         /// What is wrong with the prompt.
         message: String,
     },
+    /// A chat template failed to compile or to render.
+    #[error("chat template {template}: {message}")]
+    ChatTemplate {
+        /// Where the template came from (a file, or the built-in one).
+        template: String,
+        /// What went wrong, with the template line where known.
+        message: String,
+    },
     /// The tokenizer failed or lacks a token the chat template needs.
     #[error("tokenizer: {message}")]
     Tokenizer {

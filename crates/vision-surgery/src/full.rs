@@ -63,10 +63,7 @@ impl FullModel {
             None => PreprocessorConfig::default(),
         };
         let processor = Self::checked_processor(&config, pre)?;
-        let tokenizer = match &files.tokenizer {
-            Some(p) => Some(PromptTokenizer::from_file(p, &config.tokens)?),
-            None => None,
-        };
+        let tokenizer = crate::surgered::load_tokenizer(&files, &config)?;
         let mut weight_bytes = WeightBytes::default();
         for (name, e) in weights.entries() {
             if crate::decoder::is_visual_tensor(name) {

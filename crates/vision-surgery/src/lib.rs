@@ -6,8 +6,8 @@
 //! repositories resolved to a commit), [`weights`] (memory-mapped safetensors),
 //! [`position`] (3-D position ids), [`rotary`] (interleaved MRoPE), [`decoder`] (the
 //! text model), [`model`] (multimodal inputs around the decoder), [`adapter`] (the
-//! embedding-to-token adapter and its file format), [`prompt`] (chat template and
-//! tokenizer), [`sampling`] (generation options), [`surgered`] (the user-facing model:
+//! embedding-to-token adapter and its file format), [`prompt`] (conversations and
+//! the tokenizer), [`chat_template`] (the checkpoint's Jinja chat template), [`sampling`] (generation options), [`surgered`] (the user-facing model:
 //! load, generate, score, save), and for the full-encoder baseline [`vision`] (the vision
 //! tower), [`image_processor`] (image preprocessing) and [`full`] (the unmodified model
 //! that wires them to the decoder). With the `testkit` feature (for the workspace's
@@ -19,6 +19,7 @@
 pub mod adapter;
 #[cfg(feature = "testkit")]
 pub mod bench;
+pub mod chat_template;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
@@ -40,13 +41,14 @@ pub mod vision;
 pub mod weights;
 
 pub use adapter::{Activation, AdapterSpec, EmbeddingAdapter, SoftTokens};
+pub use chat_template::ChatTemplate;
 pub use checkpoint::{Checkpoint, ModelSource};
 pub use error::{Error, Result};
 pub use full::FullModel;
 pub use hub::{DownloadProgress, ProgressFn};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
-pub use prompt::{ITEM_MARKER, Prompt};
+pub use prompt::{ITEM_MARKER, Prompt, Role, Turn};
 pub use sampling::{GenerateOptions, Sampling};
 pub use surgered::{
     ContinuationScore, FinishReason, Generation, LoadOptions, SaveOptions, SavedCheckpoint,

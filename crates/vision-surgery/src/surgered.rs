@@ -10,6 +10,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use mosaic_durability::replace_file;
 
 use crate::adapter::{EmbeddingAdapter, RawView};
+use crate::chat_template::ChatTemplate;
 use crate::checkpoint::{
     ADAPTER_FILE, CONFIG_FILE, Checkpoint, CheckpointFiles, ModelSource, WEIGHTS_FILE,
     WEIGHTS_INDEX_FILE,
@@ -277,10 +278,7 @@ impl SurgeredModel {
         let model = TextModel::new(&config, &weights, opts.dtype, &opts.device)?;
         let report = build_report(&weights, &files);
         weights.release_pages();
-        let tokenizer = match &files.tokenizer {
-            Some(p) => Some(PromptTokenizer::from_file(p, &config.tokens)?),
-            None => None,
-        };
+        let tokenizer = load_tokenizer(&files, &config)?;
         let adapter_path = opts.adapter.clone().or_else(|| files.adapter.clone());
         let mut me = Self {
             files,
@@ -706,6 +704,22 @@ fn build_report(weights: &Weights, files: &CheckpointFiles) -> SurgeryReport {
         }
     }
     r
+}
+
+/// The checkpoint's tokenizer with its own chat template (the built-in one when it ships
+/// none); `None` without a tokenizer.json.
+pub(crate) fn load_tokenizer(
+    files: &CheckpointFiles,
+    config: &Qwen3VlConfig,
+) -> Result<Option<PromptTokenizer>> {
+    let Some(p) = &files.tokenizer else {
+        return Ok(None);
+    };
+    let tok = PromptTokenizer::from_file(p, &config.tokens)?;
+    Ok(Some(match ChatTemplate::from_files(&files.side_files)? {
+        Some(t) => tok.with_template(t),
+        None => tok,
+    }))
 }
 
 /// Load (N, in_dim) item embeddings from a `.npy` file (f32 or f64, 1-D = one item).

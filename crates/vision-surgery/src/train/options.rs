@@ -200,7 +200,7 @@ impl TrainOptions {
         if self.checkpoint_every == 0 {
             return bad("checkpoint_every", "must be at least 1".into());
         }
-        let markers = self.prompt.user.matches(ITEM_MARKER).count();
+        let markers = self.prompt.markers();
         if markers > 1 {
             return bad(
                 "prompt",
