@@ -1,4 +1,5 @@
-//! Generation options and next-token sampling (greedy, temperature, top-k, top-p).
+//! Generation options and next-token sampling (greedy, temperature, top-k, top-p), with
+//! repetition and presence penalties.
 
 use rand::{Rng, SeedableRng};
 
@@ -33,6 +34,12 @@ pub struct GenerateOptions {
     pub stop_tokens: Vec<u32>,
     /// Whether `<|im_end|>` and `<|endoftext|>` also end generation.
     pub default_stops: bool,
+    /// Divides a positive logit (multiplies a negative one) of every token already in the
+    /// prompt or the output, as the reference's `repetition_penalty`; 1 is off.
+    pub repetition_penalty: f32,
+    /// Subtracted once from the logit of every token already generated (the OpenAI and
+    /// vLLM `presence_penalty`); 0 is off.
+    pub presence_penalty: f32,
 }
 
 impl Default for GenerateOptions {
@@ -42,6 +49,8 @@ impl Default for GenerateOptions {
             sampling: Sampling::Greedy,
             stop_tokens: Vec::new(),
             default_stops: true,
+            repetition_penalty: 1.0,
+            presence_penalty: 0.0,
         }
     }
 }
@@ -129,6 +138,38 @@ impl GenerateOptions {
         self
     }
 
+    /// Set the repetition penalty (1 is off).
+    pub fn repetition_penalty(mut self, p: f32) -> Self {
+        self.repetition_penalty = p;
+        self
+    }
+
+    /// Set the presence penalty (0 is off).
+    pub fn presence_penalty(mut self, p: f32) -> Self {
+        self.presence_penalty = p;
+        self
+    }
+
+    /// Apply the penalties to one row of logits: `context` is every token so far (prompt
+    /// and output), `generated` the output alone. Each distinct token is penalised once.
+    pub fn penalize(&self, logits: &mut [f32], context: &[u32], generated: &[u32]) {
+        if self.repetition_penalty != 1.0 {
+            let p = self.repetition_penalty;
+            for id in distinct(context) {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l = if *l < 0.0 { *l * p } else { *l / p };
+                }
+            }
+        }
+        if self.presence_penalty != 0.0 {
+            for id in distinct(generated) {
+                if let Some(l) = logits.get_mut(id as usize) {
+                    *l -= self.presence_penalty;
+                }
+            }
+        }
+    }
+
     /// Check every option, naming the first invalid one.
     pub fn validate(&self, vocab: usize) -> Result<()> {
         if self.max_tokens == 0 {
@@ -141,6 +182,18 @@ impl GenerateOptions {
             return Err(Error::Options {
                 option: "stop_tokens",
                 message: format!("id {t} is outside the vocabulary (size {vocab})"),
+            });
+        }
+        if !(self.repetition_penalty.is_finite() && self.repetition_penalty > 0.0) {
+            return Err(Error::Options {
+                option: "repetition_penalty",
+                message: format!("must be finite and > 0, found {}", self.repetition_penalty),
+            });
+        }
+        if !self.presence_penalty.is_finite() {
+            return Err(Error::Options {
+                option: "presence_penalty",
+                message: format!("must be finite, found {}", self.presence_penalty),
             });
         }
         if let Sampling::Sample {
@@ -261,6 +314,14 @@ impl Sampler {
     }
 }
 
+/// The distinct ids of `ids`.
+fn distinct(ids: &[u32]) -> Vec<u32> {
+    let mut v = ids.to_vec();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
 /// Index of the largest value (lowest index on ties; NaN never wins).
 pub fn argmax(v: &[f32]) -> u32 {
     let mut best = 0usize;
@@ -302,6 +363,34 @@ mod tests {
         };
         assert_eq!(run(9), run(9));
         assert_ne!(run(9), run(10));
+    }
+
+    #[test]
+    fn penalties_follow_the_reference_definitions() {
+        let o = GenerateOptions::new().repetition_penalty(2.0);
+        let mut row = [4.0f32, -4.0, 4.0, 1.0];
+        // token 0 twice and token 1 in the context: each penalised once, by sign
+        o.penalize(&mut row, &[0, 1, 0], &[]);
+        assert_eq!(row, [2.0, -8.0, 4.0, 1.0]);
+        let o = GenerateOptions::new().presence_penalty(1.5);
+        let mut row = [4.0f32, -4.0, 4.0, 1.0];
+        // presence counts only generated tokens, once each
+        o.penalize(&mut row, &[0, 1, 2, 2], &[2, 2]);
+        assert_eq!(row, [4.0, -4.0, 2.5, 1.0]);
+        // ids beyond the row are ignored, defaults change nothing
+        let mut row = [1.0f32, 2.0];
+        GenerateOptions::new().penalize(&mut row, &[0, 1, 7], &[1, 9]);
+        assert_eq!(row, [1.0, 2.0]);
+        let e = GenerateOptions::new()
+            .repetition_penalty(0.0)
+            .validate(10)
+            .unwrap_err();
+        assert!(e.to_string().contains("repetition_penalty"), "{e}");
+        let e = GenerateOptions::new()
+            .presence_penalty(f32::NAN)
+            .validate(10)
+            .unwrap_err();
+        assert!(e.to_string().contains("presence_penalty"), "{e}");
     }
 
     #[test]

@@ -18,6 +18,7 @@ use crate::checkpoint::{
 use crate::config::Qwen3VlConfig;
 use crate::decoder::is_visual_tensor;
 use crate::error::{Error, Result};
+use crate::generation_config::{GENERATION_CONFIG_FILE, GenerationConfig};
 use crate::hub::ProgressFn;
 use crate::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
 use crate::prompt::{Prompt, PromptTokenizer};
@@ -240,6 +241,7 @@ pub struct SurgeredModel {
     weights: Weights,
     model: TextModel,
     tokenizer: Option<PromptTokenizer>,
+    generation: GenerationConfig,
     adapter: Option<EmbeddingAdapter>,
     /// An adapter file given in [`LoadOptions::adapter`] (an input beside `files`).
     adapter_file: Option<PathBuf>,
@@ -279,6 +281,14 @@ impl SurgeredModel {
         let report = build_report(&weights, &files);
         weights.release_pages();
         let tokenizer = load_tokenizer(&files, &config)?;
+        let generation = match files
+            .side_files
+            .iter()
+            .find(|p| p.file_name().is_some_and(|n| n == GENERATION_CONFIG_FILE))
+        {
+            Some(p) => GenerationConfig::from_file(p, config.text.vocab_size)?,
+            None => GenerationConfig::default(),
+        };
         let adapter_path = opts.adapter.clone().or_else(|| files.adapter.clone());
         let mut me = Self {
             files,
@@ -286,6 +296,7 @@ impl SurgeredModel {
             weights,
             model,
             tokenizer,
+            generation,
             adapter: None,
             adapter_file: opts.adapter.clone(),
             report,
@@ -314,6 +325,17 @@ impl SurgeredModel {
     /// The tokenizer, when the checkpoint has one.
     pub fn tokenizer(&self) -> Option<&PromptTokenizer> {
         self.tokenizer.as_ref()
+    }
+
+    /// The checkpoint's `generation_config.json` (empty when it has none).
+    pub fn generation_config(&self) -> &GenerationConfig {
+        &self.generation
+    }
+
+    /// The checkpoint's decoding defaults as options to override: its sampling settings,
+    /// penalties, eos ids and token budget (greedy when it sets none).
+    pub fn generate_options(&self) -> GenerateOptions {
+        self.generation.options(0)
     }
 
     /// The attached adapter.
@@ -391,6 +413,7 @@ impl SurgeredModel {
         let tok = self.tokenizer_or_err()?;
         let seq = self.prepare(prompt, items)?;
         let prompt_tokens = seq.ids.len();
+        let seq_ids = seq.ids.clone();
         let mut stops: BTreeSet<u32> = opts.stop_tokens.iter().copied().collect();
         if opts.default_stops {
             stops.extend(tok.default_stop_tokens());
@@ -404,9 +427,17 @@ impl SurgeredModel {
         // the last emitted piece's tokens start, `settled` where the unemitted ones start
         let (mut window, mut settled) = (0usize, 0usize);
         let mut finish = FinishReason::MaxTokens;
+        let penalized = opts.repetition_penalty != 1.0 || opts.presence_penalty != 0.0;
+        let mut context = if penalized { seq_ids } else { Vec::new() };
         for _ in 0..opts.max_tokens {
-            let row: Vec<f32> = logits.i(0)?.to_vec1()?;
+            let mut row: Vec<f32> = logits.i(0)?.to_vec1()?;
+            if penalized {
+                opts.penalize(&mut row, &context, &tokens);
+            }
             let next = sampler.next(&row);
+            if penalized {
+                context.push(next);
+            }
             if stops.contains(&next) {
                 finish = FinishReason::Stop(next);
                 break;

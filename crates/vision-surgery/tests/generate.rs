@@ -162,6 +162,71 @@ fn greedy_generation_streams_and_matches_a_manual_argmax_loop() {
 }
 
 #[test]
+fn generation_config_defaults_and_penalties_drive_generation() {
+    // the checkpoint's generation_config.json: greedy with penalties, its eos id
+    let dir = tempfile::tempdir().unwrap();
+    common::copy_dir(&fixture_model(FIXTURE), dir.path());
+    std::fs::write(
+        dir.path().join("generation_config.json"),
+        r#"{"eos_token_id": [258], "repetition_penalty": 1.8, "presence_penalty": 0.7,
+            "max_new_tokens": 10}"#,
+    )
+    .unwrap();
+    let mut m = SurgeredModel::load(dir.path().to_str().unwrap(), &LoadOptions::default()).unwrap();
+    let spec = AdapterSpec::mlp(IN_DIM, 48, vision_surgery::Activation::Gelu, 4, 64);
+    m.attach_adapter(EmbeddingAdapter::init(spec, 11, DType::F32, &Device::Cpu).unwrap())
+        .unwrap();
+    let o = m.generate_options();
+    assert_eq!(o.stop_tokens, vec![258]);
+    assert_eq!(
+        (o.repetition_penalty, o.presence_penalty, o.max_tokens),
+        (1.8, 0.7, 10)
+    );
+    let it = items(1, 5);
+    let prompt = Prompt::user("Describe <item> twice.");
+    // run the whole budget so the penalties have repeats to act on
+    let o = GenerateOptions {
+        default_stops: false,
+        stop_tokens: vec![],
+        ..o
+    };
+    let g = m.generate(&prompt, Some(&it), &o, |_| {}).unwrap();
+    assert_eq!(g.tokens.len(), 10);
+
+    // the same loop by hand: penalties on every step's logits, then argmax
+    let model = m.text_model();
+    let seq = m.prepare(&prompt, Some(&it)).unwrap();
+    let mut context = seq.ids.clone();
+    let mut cache = model.new_cache(64);
+    let pre = model
+        .prefill(&[seq], &mut cache, LogitsScope::Last)
+        .unwrap();
+    let mut logits = pre.logits;
+    let mut manual = Vec::new();
+    for _ in 0..10 {
+        let mut row: Vec<f32> = logits.i(0).unwrap().to_vec1().unwrap();
+        o.penalize(&mut row, &context, &manual);
+        let t = vision_surgery::sampling::argmax(&row);
+        manual.push(t);
+        context.push(t);
+        logits = model
+            .extend(&[vec![t]], &pre.deltas, &mut cache, LogitsScope::Last)
+            .unwrap();
+    }
+    assert_eq!(g.tokens, manual);
+    // and the penalties change what a plain greedy run picks
+    let plain = m
+        .generate(
+            &prompt,
+            Some(&it),
+            &GenerateOptions::new().max_tokens(10),
+            |_| {},
+        )
+        .unwrap();
+    assert_ne!(plain.tokens, g.tokens);
+}
+
+#[test]
 fn seeded_sampling_is_reproducible() {
     let m = model_with_adapter(0);
     let it = items(1, 4);
