@@ -1,12 +1,15 @@
 //! Ask the surgered Qwen3-VL about items given as precomputed embeddings; the answer streams.
 //!
 //! ```text
-//! cargo run --example chat -- --model <dir> --adapter <file> --items <file.npy> --prompt "..."
+//! cargo run --example chat -- --model <dir|org/name> --adapter <file> --items <file.npy> --prompt "..."
 //! ```
 //! Every flag has a default pointing at committed files (a tiny random-weight checkpoint,
 //! an adapter written from PyTorch, three item embeddings), so it runs offline as is;
 //! a random-weight model answers with noise, a real checkpoint and adapter with text.
-//! `<item>` in the prompt marks where each item goes (else items come first).
+//! `<item>` in the prompt marks where each item goes (else items come first). The prompt
+//! is rendered with the checkpoint's own chat template, and decoding starts from its
+//! generation_config.json; the sampling flags override it. `--revision`, `--device` and
+//! `--dtype` are described in `--help`.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -14,7 +17,11 @@ use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use mosaic::vision_surgery::{GenerateOptions, LoadOptions, Prompt, SurgeredModel, load_npy_items};
+use mosaic::vision_surgery::{self, Prompt, SurgeredModel, load_npy_items};
+
+#[path = "common/model_args.rs"]
+mod model_args;
+use model_args::ModelArgs;
 
 const FIXTURES: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -24,9 +31,8 @@ const FIXTURES: &str = concat!(
 #[derive(Parser)]
 #[command(about = "Chat with the surgered Qwen3-VL about precomputed item embeddings")]
 struct Args {
-    /// Checkpoint directory or Hugging Face id.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/vision-surgery/tests/fixtures/tiny-s0/model"))]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Adapter file (defaults to the committed PyTorch-made one, or the checkpoint's own when --model is given).
     #[arg(long)]
     adapter: Option<PathBuf>,
@@ -42,12 +48,12 @@ struct Args {
     /// Optional system message.
     #[arg(long)]
     system: Option<String>,
-    /// Most tokens to generate.
-    #[arg(long, default_value_t = 48)]
-    max_tokens: usize,
-    /// Sampling temperature (0 = greedy).
-    #[arg(long, default_value_t = 0.0)]
-    temperature: f32,
+    /// Most tokens to generate (default: the checkpoint's max_new_tokens, else 128).
+    #[arg(long)]
+    max_tokens: Option<usize>,
+    /// Sampling temperature, 0 = greedy (default: the checkpoint's generation_config.json).
+    #[arg(long)]
+    temperature: Option<f32>,
     /// Top-k filter when sampling.
     #[arg(long)]
     top_k: Option<usize>,
@@ -57,40 +63,61 @@ struct Args {
     /// Sampling seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Repetition penalty, 1 = off (default: the checkpoint's).
+    #[arg(long)]
+    repetition_penalty: Option<f32>,
+    /// Presence penalty, 0 = off (default: the checkpoint's).
+    #[arg(long)]
+    presence_penalty: Option<f32>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let default_model = args.model.starts_with(FIXTURES);
+    let default_model = args.model.model.starts_with(FIXTURES);
     let adapter = match (&args.adapter, default_model) {
         (Some(a), _) => Some(a.clone()),
         (None, true) => Some(PathBuf::from(FIXTURES).join("adapter-torch/adapter.safetensors")),
         (None, false) => None,
     };
-    let mut opts = LoadOptions::default();
+    let mut opts = args.model.load_options()?;
     if let Some(a) = &adapter {
         opts = opts.adapter(a);
     }
-    let model = SurgeredModel::load(&args.model, &opts)
-        .with_context(|| format!("loading {}", args.model))?;
-    let items = load_npy_items(&args.items, &candle_core::Device::Cpu)?;
+    let spec = args.model.spec()?;
+    let model = SurgeredModel::load(&spec, &opts).with_context(|| format!("loading {spec}"))?;
+    let items = load_npy_items(&args.items, &opts.device)?;
     let mut prompt = Prompt::user(args.prompt.clone());
     if let Some(s) = &args.system {
         prompt = prompt.with_system(s.clone());
     }
-    let mut gen_opts = GenerateOptions::new().max_tokens(args.max_tokens);
-    if args.temperature > 0.0 {
-        gen_opts = gen_opts.sample(args.temperature, args.seed);
-        if let Some(k) = args.top_k {
-            gen_opts = gen_opts.top_k(k);
-        }
-        if let Some(p) = args.top_p {
-            gen_opts = gen_opts.top_p(p);
-        }
+    // the checkpoint's decoding defaults, then the flags given
+    let mut gen_opts = model.generate_options();
+    if let Some(n) = args.max_tokens {
+        gen_opts = gen_opts.max_tokens(n);
+    }
+    match args.temperature {
+        Some(t) if t <= 0.0 => gen_opts = gen_opts.greedy(),
+        Some(t) => gen_opts = gen_opts.sample(t, args.seed),
+        None => {}
+    }
+    if let Some(k) = args.top_k {
+        gen_opts = gen_opts.top_k(k);
+    }
+    if let Some(p) = args.top_p {
+        gen_opts = gen_opts.top_p(p);
+    }
+    if let Some(p) = args.repetition_penalty {
+        gen_opts = gen_opts.repetition_penalty(p);
+    }
+    if let Some(p) = args.presence_penalty {
+        gen_opts = gen_opts.presence_penalty(p);
+    }
+    if let vision_surgery::Sampling::Sample { seed, .. } = &mut gen_opts.sampling {
+        *seed = args.seed;
     }
     eprintln!(
-        "model: {} | adapter: {} | items: {} x {}",
-        args.model,
+        "model: {spec} ({:?}) | adapter: {} | items: {} x {}",
+        model.dtype(),
         adapter
             .as_ref()
             .map_or("from checkpoint".into(), |a| a.display().to_string()),

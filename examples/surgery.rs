@@ -1,24 +1,30 @@
 //! Remove the vision tower from a Qwen3-VL checkpoint and write a text-only copy.
 //!
 //! ```text
-//! cargo run --example surgery -- --model <hf-id-or-dir> --out <dir>
+//! cargo run --example surgery -- --model <hf-id-or-dir> [--revision <commit>] --out <dir>
 //! ```
 //! With no `--model`, the committed tiny random-weight checkpoint is used, so this runs
-//! offline. Prints what was removed (tensors, parameters, bytes) and what was written.
+//! offline. A hub id is resolved to a commit; only config.json, the shard index, the
+//! tokenizer and side files and the shards holding decoder tensors are downloaded
+//! (progress bars on stderr). Prints what was removed (tensors, parameters, bytes, the
+//! bytes never downloaded, the commit) and what was written.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
-use mosaic::vision_surgery::{LoadOptions, SaveOptions, SurgeredModel};
+use mosaic::vision_surgery::{SaveOptions, SurgeredModel};
+
+#[path = "common/model_args.rs"]
+mod model_args;
+use model_args::ModelArgs;
 
 #[derive(Parser)]
 #[command(about = "Qwen3-VL surgery: drop the vision tower, keep the decoder")]
 struct Args {
-    /// Hugging Face model id (`org/name[@revision]`) or local checkpoint directory.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/crates/vision-surgery/tests/fixtures/tiny-s0/model"))]
-    model: String,
+    #[command(flatten)]
+    model: ModelArgs,
     /// Output directory for the surgered checkpoint.
     #[arg(long, default_value = "target/surgered")]
     out: PathBuf,
@@ -33,14 +39,14 @@ struct Args {
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let t0 = Instant::now();
-    let mut opts = LoadOptions::default();
+    let mut opts = args.model.load_options()?;
     if let Some(a) = &args.adapter {
         opts = opts.adapter(a);
     }
-    let model = SurgeredModel::load(&args.model, &opts)
-        .with_context(|| format!("loading {}", args.model))?;
+    let spec = args.model.spec()?;
+    let model = SurgeredModel::load(&spec, &opts).with_context(|| format!("loading {spec}"))?;
     let load_s = t0.elapsed().as_secs_f64();
-    println!("model: {}", args.model);
+    println!("model: {spec} ({:?})", model.dtype());
     println!("{}", model.surgery_report());
     let t1 = Instant::now();
     let saved = model.save_surgered(

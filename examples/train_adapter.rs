@@ -177,7 +177,8 @@ fn main() -> anyhow::Result<()> {
     let device = Device::Cpu;
     let records = load_pairs(&pairs_path, args.embeddings.as_deref())?;
     let in_dim = records[0].embedding.len();
-    let mut model = SurgeredModel::load(&model_spec, &LoadOptions::default())
+    // the adapter trains against the decoder in f32, whatever the checkpoint's dtype
+    let mut model = SurgeredModel::load(&model_spec, &LoadOptions::default().dtype(DType::F32))
         .with_context(|| format!("loading {model_spec}"))?;
     let hidden = model.config().text.hidden_size;
     let spec = match args.arch {

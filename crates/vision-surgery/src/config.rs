@@ -6,6 +6,7 @@
 
 use std::path::Path;
 
+use candle_core::DType;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -255,6 +256,23 @@ impl Qwen3VlConfig {
             has_vision_config: vision.is_some(),
             raw,
         })
+    }
+
+    /// The dtype the checkpoint was saved in (`text_config.dtype`, or the older
+    /// `torch_dtype`, or the top-level ones); `None` when unset or not a float type.
+    pub fn dtype(&self) -> Option<DType> {
+        let text = self.raw.get("text_config");
+        [text, Some(&self.raw)]
+            .into_iter()
+            .flatten()
+            .flat_map(|v| [v.get("dtype"), v.get("torch_dtype")])
+            .flatten()
+            .find_map(|v| match v.as_str()? {
+                "bfloat16" => Some(DType::BF16),
+                "float16" => Some(DType::F16),
+                "float32" => Some(DType::F32),
+                _ => None,
+            })
     }
 
     /// The vision tower's settings. Parsed on demand: surgery mode never needs them, so a

@@ -28,8 +28,9 @@ use crate::weights::{Weights, read_header};
 /// How to load a checkpoint.
 #[derive(Clone)]
 pub struct LoadOptions {
-    /// Compute dtype of the decoder (f32, bf16 or f16).
-    pub dtype: DType,
+    /// Compute dtype of the decoder (f32, bf16 or f16); `None` takes the checkpoint's
+    /// (`text_config.dtype`, bf16 for the releases) where the device runs it, else f32.
+    pub dtype: Option<DType>,
     /// Device the weights go to.
     pub device: Device,
     /// An adapter file to attach (overrides one shipped in the checkpoint).
@@ -52,7 +53,7 @@ impl fmt::Debug for LoadOptions {
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
-            dtype: DType::F32,
+            dtype: None,
             device: Device::Cpu,
             adapter: None,
             progress: None,
@@ -63,7 +64,7 @@ impl Default for LoadOptions {
 impl LoadOptions {
     /// Set the compute dtype.
     pub fn dtype(mut self, dtype: DType) -> Self {
-        self.dtype = dtype;
+        self.dtype = Some(dtype);
         self
     }
     /// Set the device.
@@ -266,18 +267,19 @@ impl SurgeredModel {
     /// Load `source` in surgery mode: no `model.visual.*` tensor is read, and shards
     /// holding only vision tensors are never opened.
     pub fn load_source(source: &ModelSource, opts: &LoadOptions) -> Result<Self> {
-        if !matches!(opts.dtype, DType::F32 | DType::BF16 | DType::F16) {
-            return Err(Error::Options {
-                option: "dtype",
-                message: format!("{:?} is not supported (use f32, bf16 or f16)", opts.dtype),
-            });
+        if let Some(d) = opts.dtype {
+            check_dtype(d, &opts.device)?;
         }
         let checkpoint = Checkpoint::open(source, opts.progress.clone())?;
         // judged before any weight is fetched: unsupported models cost one small file
         let config = Qwen3VlConfig::from_file(&checkpoint.config_file()?)?;
+        let dtype = match opts.dtype {
+            Some(d) => d,
+            None => default_dtype(&config, &opts.device),
+        };
         let files = checkpoint.fetch_files(|n| !is_visual_tensor(n))?;
         let weights = Weights::open(&files.shards)?;
-        let model = TextModel::new(&config, &weights, opts.dtype, &opts.device)?;
+        let model = TextModel::new(&config, &weights, dtype, &opts.device)?;
         let report = build_report(&weights, &files);
         weights.release_pages();
         let tokenizer = load_tokenizer(&files, &config)?;
@@ -302,9 +304,14 @@ impl SurgeredModel {
             report,
         };
         if let Some(p) = adapter_path {
-            me.attach_adapter(EmbeddingAdapter::load(&p, opts.dtype, &opts.device)?)?;
+            me.attach_adapter(EmbeddingAdapter::load(&p, dtype, &opts.device)?)?;
         }
         Ok(me)
+    }
+
+    /// The decoder's compute dtype.
+    pub fn dtype(&self) -> DType {
+        self.model.decoder().dtype()
     }
 
     /// What the surgery removed and kept.
@@ -735,6 +742,44 @@ fn build_report(weights: &Weights, files: &CheckpointFiles) -> SurgeryReport {
         }
     }
     r
+}
+
+/// Whether `device` runs `dtype` matmuls (CPU: every float type; CUDA: bf16 needs
+/// compute capability 8.0, found by trying one).
+fn device_runs(dtype: DType, device: &Device) -> bool {
+    if device.is_cpu() {
+        return true;
+    }
+    let probe = || -> candle_core::Result<f32> {
+        let a = Tensor::ones((2, 2), dtype, device)?;
+        a.matmul(&a)?.to_dtype(DType::F32)?.sum_all()?.to_scalar()
+    };
+    probe().is_ok_and(|v| v == 8.0)
+}
+
+/// [`Error::Options`] unless `dtype` is a compute dtype `device` runs.
+fn check_dtype(dtype: DType, device: &Device) -> Result<()> {
+    if !matches!(dtype, DType::F32 | DType::BF16 | DType::F16) {
+        return Err(Error::Options {
+            option: "dtype",
+            message: format!("{dtype:?} is not supported (use f32, bf16 or f16)"),
+        });
+    }
+    if !device_runs(dtype, device) {
+        return Err(Error::Options {
+            option: "dtype",
+            message: format!("{dtype:?} does not run on {device:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// The checkpoint's dtype where `device` runs it, else f32.
+fn default_dtype(config: &Qwen3VlConfig, device: &Device) -> DType {
+    match config.dtype() {
+        Some(d) if d != DType::F32 && device_runs(d, device) => d,
+        _ => DType::F32,
+    }
 }
 
 /// The checkpoint's tokenizer with its own chat template (the built-in one when it ships

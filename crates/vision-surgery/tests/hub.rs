@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::{Device, Tensor};
-use common::fake_hub::{FakeHub, Request};
+use candle_core::Tensor;
+use common::fake_hub::{DECODER_SHARDS, FakeHub, Request, VISION_SHARDS, released_layout};
 use common::{case_ids, fixture_case, fixture_model, max_abs_diff};
 use vision_surgery::model::{LogitsScope, SequenceInput};
 use vision_surgery::{
@@ -19,49 +19,6 @@ use vision_surgery::{
 const FIXTURE: &str = "tiny-s0";
 const COMMIT: &str = "89a1f0c2d3e4b5a6978877665544332211000fed";
 const OTHER_COMMIT: &str = "0000000000000000000000000000000000000abc";
-const DECODER_SHARDS: [&str; 2] = [
-    "model-00001-of-00004.safetensors",
-    "model-00002-of-00004.safetensors",
-];
-const VISION_SHARDS: [&str; 2] = [
-    "model-00003-of-00004.safetensors",
-    "model-00004-of-00004.safetensors",
-];
-
-/// The fixture as the released checkpoints lay it out: decoder tensors in two shards,
-/// the vision tower in two shards of its own, an index, the tokenizer and side files.
-fn sharded_repo(dir: &Path) {
-    let src = fixture_model(FIXTURE);
-    for e in std::fs::read_dir(&src).unwrap().flatten() {
-        if e.file_name() != "model.safetensors" {
-            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
-        }
-    }
-    let all = candle_core::safetensors::load(src.join("model.safetensors"), &Device::Cpu).unwrap();
-    let mut names: Vec<&String> = all.keys().collect();
-    names.sort();
-    let mut shards: [HashMap<String, Tensor>; 4] = Default::default();
-    let (mut n_vis, mut n_text) = (0usize, 0usize);
-    let mut map = serde_json::Map::new();
-    for n in names {
-        let i = if n.starts_with("model.visual.") {
-            n_vis += 1;
-            2 + n_vis % 2
-        } else {
-            n_text += 1;
-            n_text % 2
-        };
-        shards[i].insert(n.clone(), all[n].clone());
-        let file = [DECODER_SHARDS, VISION_SHARDS].concat()[i];
-        map.insert(n.clone(), file.into());
-    }
-    for (i, file) in [DECODER_SHARDS, VISION_SHARDS].concat().iter().enumerate() {
-        candle_core::safetensors::save(&shards[i], dir.join(file)).unwrap();
-    }
-    let index = serde_json::json!({"metadata": {}, "weight_map": map});
-    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
-}
-
 /// A copy of `src` whose config.json is edited by `edit`.
 fn with_config(src: &Path, dst: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
     common::copy_dir(src, dst);
@@ -105,7 +62,7 @@ fn hub_loading_fetches_only_what_surgery_reads() {
     let served = tempfile::tempdir().unwrap();
     let dense = served.path().join("dense");
     std::fs::create_dir_all(&dense).unwrap();
-    sharded_repo(&dense);
+    released_layout(&fixture_model(FIXTURE), &dense);
     let moe = served.path().join("moe");
     with_config(&dense, &moe, |c| c["model_type"] = "qwen3_vl_moe".into());
     let fp8 = served.path().join("fp8");

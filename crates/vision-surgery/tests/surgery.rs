@@ -331,6 +331,32 @@ fn half_precision_dtypes_load_and_track_f32() {
 }
 
 #[test]
+fn the_checkpoint_dtype_is_the_default() {
+    // the fixture is saved in float32
+    assert_eq!(load(&fixture_model(FIXTURE)).dtype(), DType::F32);
+    // a checkpoint saved in bfloat16, as the releases are: bf16 unless asked otherwise
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture_model(FIXTURE), dir.path());
+    let p = dir.path().join("config.json");
+    let mut cfg: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    cfg["text_config"]["dtype"] = "bfloat16".into();
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    assert_eq!(load(dir.path()).dtype(), DType::BF16);
+    let f32 = SurgeredModel::load(
+        dir.path().to_str().unwrap(),
+        &LoadOptions::default().dtype(DType::F32),
+    )
+    .unwrap();
+    assert_eq!(f32.dtype(), DType::F32);
+    // an unknown dtype name falls back to f32
+    cfg["text_config"]["dtype"] = "float8_e4m3fn".into();
+    cfg["dtype"] = serde_json::Value::Null;
+    std::fs::write(&p, cfg.to_string()).unwrap();
+    assert_eq!(load(dir.path()).dtype(), DType::F32);
+}
+
+#[test]
 fn adapter_that_does_not_fit_is_refused_with_both_values() {
     let mut m = load(&fixture_model(FIXTURE));
     let wrong =

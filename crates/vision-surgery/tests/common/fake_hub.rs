@@ -3,11 +3,12 @@
 //! with range requests and the hub's `etag` / `x-repo-commit` / `content-range`
 //! headers), serving prepared repositories from directories, and logging every request
 //! so tests can say which files were and were not asked for.
+#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// One repository: a branch name, the commit it points at, and the directory of files.
@@ -227,4 +228,50 @@ fn fnv(bytes: &[u8]) -> u64 {
     bytes.iter().fold(0xcbf29ce484222325u64, |h, &b| {
         (h ^ b as u64).wrapping_mul(0x100000001b3)
     })
+}
+
+pub const DECODER_SHARDS: [&str; 2] = [
+    "model-00001-of-00004.safetensors",
+    "model-00002-of-00004.safetensors",
+];
+pub const VISION_SHARDS: [&str; 2] = [
+    "model-00003-of-00004.safetensors",
+    "model-00004-of-00004.safetensors",
+];
+
+/// The checkpoint `src` (one model.safetensors) laid out as the releases are: decoder
+/// tensors in two shards, the vision tower in two shards of its own, an index, and the
+/// other files copied.
+pub fn released_layout(src: &Path, dir: &Path) {
+    for e in std::fs::read_dir(src).unwrap().flatten() {
+        if e.file_name() != "model.safetensors" {
+            std::fs::copy(e.path(), dir.join(e.file_name())).unwrap();
+        }
+    }
+    let all =
+        candle_core::safetensors::load(src.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    let mut names: Vec<&String> = all.keys().collect();
+    names.sort();
+    let mut shards: [std::collections::HashMap<String, candle_core::Tensor>; 4] =
+        Default::default();
+    let (mut n_vis, mut n_text) = (0usize, 0usize);
+    let mut map = serde_json::Map::new();
+    for n in names {
+        let i = if n.starts_with("model.visual.") {
+            n_vis += 1;
+            2 + n_vis % 2
+        } else {
+            n_text += 1;
+            n_text % 2
+        };
+        shards[i].insert(n.clone(), all[n].clone());
+        let file = [DECODER_SHARDS, VISION_SHARDS].concat()[i];
+        map.insert(n.clone(), file.into());
+    }
+    for (i, file) in [DECODER_SHARDS, VISION_SHARDS].concat().iter().enumerate() {
+        candle_core::safetensors::save(&shards[i], dir.join(file)).unwrap();
+    }
+    let index = serde_json::json!({"metadata": {}, "weight_map": map});
+    std::fs::write(dir.join("model.safetensors.index.json"), index.to_string()).unwrap();
 }
