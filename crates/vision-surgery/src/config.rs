@@ -46,6 +46,34 @@ pub struct TextConfig {
     pub max_position_embeddings: usize,
     /// Rotary settings.
     pub rope: RopeParameters,
+    /// Mixture-of-experts settings (`qwen3_vl_moe`); `None` for the dense models.
+    pub moe: Option<MoeConfig>,
+}
+
+/// The sparse feed-forward of the `qwen3_vl_moe` decoders.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoeConfig {
+    /// Experts per sparse layer (`num_experts`, also written `num_local_experts`).
+    pub num_experts: usize,
+    /// Experts each token is routed to.
+    pub num_experts_per_tok: usize,
+    /// Width of one expert's SwiGLU.
+    pub moe_intermediate_size: usize,
+    /// Layer i is sparse when `(i + 1) % decoder_sparse_step == 0`...
+    pub decoder_sparse_step: usize,
+    /// ...and i is not listed here (those keep a dense MLP of `intermediate_size`).
+    pub mlp_only_layers: Vec<usize>,
+}
+
+impl TextConfig {
+    /// Whether decoder layer `layer` has a sparse (mixture-of-experts) feed-forward.
+    pub fn is_sparse_layer(&self, layer: usize) -> bool {
+        self.moe.as_ref().is_some_and(|m| {
+            m.num_experts > 0
+                && (layer + 1).is_multiple_of(m.decoder_sparse_step)
+                && !m.mlp_only_layers.contains(&layer)
+        })
+    }
 }
 
 /// Token ids the multimodal prompt format relies on.
@@ -227,21 +255,28 @@ impl Qwen3VlConfig {
     /// (`quantization_config`: FP8, AWQ, GPTQ, ...) is refused with
     /// [`Error::QuantizedCheckpoint`] naming its scheme.
     pub fn from_value(raw: Value) -> Result<Self> {
-        if let Some(mt) = raw.get("model_type").and_then(Value::as_str)
-            && mt != "qwen3_vl"
-        {
-            return Err(Error::config(
-                "model_type",
-                format!("expected \"qwen3_vl\", found {mt:?} (only dense Qwen3-VL is supported)"),
-            ));
-        }
+        let moe = match raw.get("model_type").and_then(Value::as_str) {
+            None | Some("qwen3_vl") => false,
+            Some("qwen3_vl_moe") => true,
+            Some(mt) => {
+                return Err(Error::config(
+                    "model_type",
+                    format!(
+                        "expected \"qwen3_vl\" or \"qwen3_vl_moe\", found {mt:?} (only Qwen3-VL is supported)"
+                    ),
+                ));
+            }
+        };
         refuse_quantized(&raw)?;
         let text_raw = raw
             .get("text_config")
             .ok_or_else(|| Error::config("text_config", "missing"))?;
         let t: RawText = serde_json::from_value(text_raw.clone())
             .map_err(|e| Error::config("text_config", e.to_string()))?;
-        let text = TextConfig::from_raw(&t)?;
+        let mut text = TextConfig::from_raw(&t)?;
+        if moe {
+            text.moe = Some(parse_moe(text_raw, text.num_hidden_layers)?);
+        }
         let tokens = SpecialTokens::from_config(&raw, text.vocab_size)?;
         let tie_word_embeddings = field::<bool>(&raw, "tie_word_embeddings")?
             .or(t.tie_word_embeddings)
@@ -412,6 +447,7 @@ impl TextConfig {
             attention_bias: t.attention_bias,
             max_position_embeddings: t.max_position_embeddings,
             rope: parse_rope(t)?,
+            moe: None,
         };
         validate_text(&text)?;
         Ok(text)
@@ -541,6 +577,69 @@ fn parse_rope(t: &RawText) -> Result<RopeParameters> {
         rope_theta: theta,
         mrope_section: sec,
     })
+}
+
+/// The mixture-of-experts settings of a `qwen3_vl_moe` `text_config`, checked.
+fn parse_moe(text: &Value, layers: usize) -> Result<MoeConfig> {
+    let get = |name: &str| -> Result<Option<usize>> {
+        field::<usize>(text, name).map_err(|e| match e {
+            Error::Config { message, .. } => Error::config(format!("text_config.{name}"), message),
+            other => other,
+        })
+    };
+    // the value and the key it was read under
+    let required = |names: &[&'static str]| -> Result<(usize, &'static str)> {
+        for &n in names {
+            if let Some(v) = get(n)? {
+                return Ok((v, n));
+            }
+        }
+        Err(Error::config(
+            format!("text_config.{}", names[0]),
+            "missing",
+        ))
+    };
+    let (num_experts, experts_key) = required(&["num_experts", "num_local_experts"])?;
+    let m = MoeConfig {
+        num_experts,
+        num_experts_per_tok: required(&["num_experts_per_tok"])?.0,
+        moe_intermediate_size: required(&["moe_intermediate_size"])?.0,
+        decoder_sparse_step: get("decoder_sparse_step")?.unwrap_or(1),
+        mlp_only_layers: field::<Vec<usize>>(text, "mlp_only_layers")
+            .map_err(|e| Error::config("text_config.mlp_only_layers", e.to_string()))?
+            .unwrap_or_default(),
+    };
+    let checks = [
+        (experts_key, m.num_experts, 1, 1 << 12),
+        (
+            "num_experts_per_tok",
+            m.num_experts_per_tok,
+            1,
+            m.num_experts,
+        ),
+        ("moe_intermediate_size", m.moe_intermediate_size, 1, 1 << 20),
+        (
+            "decoder_sparse_step",
+            m.decoder_sparse_step,
+            1,
+            layers.max(1),
+        ),
+    ];
+    for (name, v, lo, hi) in checks {
+        if v < lo || v > hi {
+            return Err(Error::config(
+                format!("text_config.{name}"),
+                format!("{v} is outside [{lo}, {hi}]"),
+            ));
+        }
+    }
+    if let Some(&l) = m.mlp_only_layers.iter().find(|&&l| l >= layers) {
+        return Err(Error::config(
+            "text_config.mlp_only_layers",
+            format!("layer {l} does not exist ({layers} layers)"),
+        ));
+    }
+    Ok(m)
 }
 
 fn validate_text(t: &TextConfig) -> Result<()> {

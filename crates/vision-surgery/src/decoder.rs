@@ -14,6 +14,7 @@ use candle_nn::{Embedding, Linear};
 
 use crate::config::{Qwen3VlConfig, TextConfig};
 use crate::error::{Error, Result};
+use crate::moe::SparseMoe;
 use crate::position::Positions;
 use crate::rotary::MRope;
 use crate::weights::Weights;
@@ -75,6 +76,18 @@ impl<'a> Params<'a> {
         }
     }
 
+    /// The checkpoint name of tensor `name` under this prefix.
+    pub fn name_of(&self, name: &str) -> String {
+        self.full(name)
+    }
+
+    /// The stored shape of tensor `name`, when present.
+    pub fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.weights
+            .entry(&self.full(name))
+            .map(|e| e.shape.clone())
+    }
+
     fn full(&self, name: &str) -> String {
         if self.prefix.is_empty() {
             name.to_string()
@@ -124,18 +137,28 @@ pub enum Kernels {
     Differentiable,
 }
 
-/// RMSNorm: `w * x / sqrt(mean(x^2) + eps)`, computed in f32.
+/// RMSNorm: `w * x / sqrt(mean(x^2) + eps)`, in the reference's order of roundings:
+/// `x / sqrt(mean(x^2) + eps)` in f32, rounded to the compute dtype, then times `w` in
+/// the compute dtype (one rounding more than a fused kernel when that is not f32).
 #[derive(Debug, Clone)]
 pub struct RmsNorm {
     weight: Tensor,
+    /// Ones of the weight's width and dtype, for half-precision inputs.
+    ones: Option<Tensor>,
     eps: f32,
 }
 
 impl RmsNorm {
     /// Load `weight` of width `dim`.
     pub fn new(dim: usize, eps: f64, p: Params) -> Result<Self> {
+        let weight = p.get(&[dim], "weight")?;
+        let ones = match weight.dtype() {
+            DType::F32 => None,
+            d => Some(Tensor::ones(dim, d, weight.device())?),
+        };
         Ok(Self {
-            weight: p.get(&[dim], "weight")?,
+            weight,
+            ones,
             eps: eps as f32,
         })
     }
@@ -144,10 +167,24 @@ impl RmsNorm {
 impl RmsNorm {
     /// Normalise `x` over its last axis with the chosen kernels.
     pub fn apply(&self, x: &Tensor, kernels: Kernels) -> candle_core::Result<Tensor> {
-        match kernels {
-            Kernels::Fused => candle_nn::ops::rms_norm(x, &self.weight, self.eps),
-            Kernels::Differentiable => candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps),
+        match (kernels, &self.ones) {
+            (Kernels::Fused, None) => candle_nn::ops::rms_norm(x, &self.weight, self.eps),
+            (Kernels::Fused, Some(ones)) => {
+                candle_nn::ops::rms_norm(x, ones, self.eps)?.broadcast_mul(&self.weight)
+            }
+            (Kernels::Differentiable, _) => {
+                candle_nn::ops::rms_norm_slow(x, &self.weight, self.eps)
+            }
         }
+    }
+}
+
+/// SiLU rounded once, as the reference computes it in half precision (candle's own
+/// bf16/f16 kernel rounds after each of its three operations).
+pub fn silu(x: &Tensor) -> candle_core::Result<Tensor> {
+    match x.dtype() {
+        DType::F32 | DType::F64 => candle_nn::ops::silu(x),
+        d => candle_nn::ops::silu(&x.to_dtype(DType::F32)?)?.to_dtype(d),
     }
 }
 
@@ -191,7 +228,7 @@ impl Mlp {
 
 impl Module for Mlp {
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let gate = candle_nn::ops::silu(&self.gate_proj.forward(x)?)?;
+        let gate = silu(&self.gate_proj.forward(x)?)?;
         self.down_proj.forward(&(gate * self.up_proj.forward(x)?)?)
     }
 }
@@ -301,18 +338,41 @@ impl Attention {
     }
 }
 
+/// A layer's feed-forward: the dense SwiGLU, or a mixture of experts.
+#[derive(Debug, Clone)]
+pub enum FeedForward {
+    /// `mlp.{gate,up,down}_proj`.
+    Dense(Mlp),
+    /// `mlp.gate` and `mlp.experts` (`qwen3_vl_moe`).
+    Sparse(SparseMoe),
+}
+
+impl Module for FeedForward {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            FeedForward::Dense(m) => m.forward(x),
+            FeedForward::Sparse(m) => m.forward(x),
+        }
+    }
+}
+
 /// One Qwen3 decoder block.
 #[derive(Debug, Clone)]
 pub struct DecoderLayer {
     input_layernorm: RmsNorm,
     self_attn: Attention,
     post_attention_layernorm: RmsNorm,
-    mlp: Mlp,
+    mlp: FeedForward,
 }
 
 impl DecoderLayer {
-    /// Load layer tensors under `p`.
-    pub fn new(cfg: &TextConfig, p: Params) -> Result<Self> {
+    /// Load the tensors of layer `index` under `p`.
+    pub fn new(cfg: &TextConfig, index: usize, p: Params) -> Result<Self> {
+        let mlp = if cfg.is_sparse_layer(index) {
+            FeedForward::Sparse(SparseMoe::new(cfg, p.pp("mlp"))?)
+        } else {
+            FeedForward::Dense(Mlp::new(cfg, p.pp("mlp"))?)
+        };
         Ok(Self {
             input_layernorm: RmsNorm::new(
                 cfg.hidden_size,
@@ -325,7 +385,7 @@ impl DecoderLayer {
                 cfg.rms_norm_eps,
                 p.pp("post_attention_layernorm"),
             )?,
-            mlp: Mlp::new(cfg, p.pp("mlp"))?,
+            mlp,
         })
     }
 
@@ -484,7 +544,7 @@ impl TextDecoder {
             .pp("embed_tokens")
             .get(&[t.vocab_size, t.hidden_size], "weight")?;
         let layers = (0..t.num_hidden_layers)
-            .map(|i| DecoderLayer::new(t, p.pp("layers").pp(i)))
+            .map(|i| DecoderLayer::new(t, i, p.pp("layers").pp(i)))
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(t.hidden_size, t.rms_norm_eps, p.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {

@@ -4,7 +4,8 @@
 //! Modules hold what they are named after: [`config`] (config.json), [`checkpoint`]
 //! (local or hub checkpoints, fetched file by file), [`hub`] (hub repositories resolved
 //! to a commit), [`weights`] (memory-mapped safetensors), [`position`] (3-D position
-//! ids), [`rotary`] (interleaved MRoPE), [`decoder`] (the text model), [`model`]
+//! ids), [`rotary`] (interleaved MRoPE), [`decoder`] (the text model), [`moe`] (its
+//! mixture-of-experts feed-forward), [`model`]
 //! (multimodal inputs around the decoder), [`adapter`] (the embedding-to-token adapter
 //! and its file format), [`prompt`] (conversations and the tokenizer), [`chat_template`]
 //! (the checkpoint's Jinja chat template), [`sampling`] (generation options),
@@ -32,6 +33,7 @@ pub mod generation_config;
 pub mod hub;
 pub mod image_processor;
 pub mod model;
+pub mod moe;
 pub mod position;
 pub mod prompt;
 pub mod rotary;

@@ -89,6 +89,7 @@ mod tests {
                 rope_theta: 5e6,
                 mrope_section: sec,
             },
+            moe: None,
         }
     }
 

@@ -63,8 +63,8 @@ fn hub_loading_fetches_only_what_surgery_reads() {
     let dense = served.path().join("dense");
     std::fs::create_dir_all(&dense).unwrap();
     released_layout(&fixture_model(FIXTURE), &dense);
-    let moe = served.path().join("moe");
-    with_config(&dense, &moe, |c| c["model_type"] = "qwen3_vl_moe".into());
+    let other = served.path().join("other");
+    with_config(&dense, &other, |c| c["model_type"] = "qwen2_5_vl".into());
     let fp8 = served.path().join("fp8");
     with_config(
         &dense,
@@ -73,7 +73,7 @@ fn hub_loading_fetches_only_what_surgery_reads() {
     );
     let hub = FakeHub::start();
     hub.add("mosaic/tiny", "main", COMMIT, dense.clone());
-    hub.add("mosaic/tiny-moe", "main", OTHER_COMMIT, moe);
+    hub.add("mosaic/tiny-qwen25", "main", OTHER_COMMIT, other);
     hub.add("mosaic/tiny-fp8", "main", OTHER_COMMIT, fp8);
     hub.add("mosaic/tiny-broken", "main", OTHER_COMMIT, dense.clone());
     hub.fail("mosaic/tiny-broken", "tokenizer.json");
@@ -153,7 +153,7 @@ fn hub_loading_fetches_only_what_surgery_reads() {
     assert_eq!(pinned.surgery_report(), m.surgery_report());
 
     // 4. unsupported models are refused after config.json: no index, no shard
-    let e = SurgeredModel::load("mosaic/tiny-moe", &LoadOptions::default()).unwrap_err();
+    let e = SurgeredModel::load("mosaic/tiny-qwen25", &LoadOptions::default()).unwrap_err();
     assert!(
         matches!(&e, Error::Config { field, .. } if field == "model_type"),
         "{e}"

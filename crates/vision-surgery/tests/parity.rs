@@ -5,7 +5,11 @@
 //! `../shared/tools/qwen3vl_fixture.py`. Checks, in f32, logits of text-only prompts,
 //! of prompts with injected visual embeddings + DeepStack features (cases b, c with the
 //! recorded vision-tower outputs, d with caller-supplied ones), the 3-D position ids
-//! computed here, and every KV-cache decode step of case e, each within 1e-4.
+//! computed here, and every KV-cache decode step of case e, each within 1e-4 in f32.
+//! Fixtures whose manifest says `"dtype": "bfloat16"` (goldens computed by the reference
+//! in bf16, scripts/qwen3vl_fixture_ext.py) run in bf16 on the CPU within [`TOL_BF16`],
+//! or [`TOL_BF16_MOE`] for a mixture of experts; MoE fixtures (`qwen3_vl_moe`) run
+//! through the same checks.
 
 mod common;
 
@@ -21,6 +25,15 @@ use vision_surgery::vision::{PatchGrid, VisionTower};
 use vision_surgery::weights::Weights;
 
 const TOL: f32 = 1e-4;
+/// bf16 on the CPU against the reference in bf16, on logits of scale ~4 (std 1): the
+/// reference's own eager and sdpa attention differ by up to 0.08 on these fixtures.
+const TOL_BF16: f32 = 0.1;
+/// bf16 mixture of experts: bf16 router logits tie or nearly tie at the k-th expert
+/// often (the fixture's smallest k-th/(k+1)-th probability gap is 0), so one rounding
+/// apart flips a token's expert, as between any two bf16 implementations. Measured on
+/// tiny-s6-moe-bf16's text case: the reference against itself 0.047 (sdpa attention)
+/// and 0.031 (eager experts), f32 compute of the same weights 0.155, ours 0.30.
+const TOL_BF16_MOE: f32 = 0.4;
 
 fn fixture_dirs() -> Vec<PathBuf> {
     let mut dirs = Vec::new();
@@ -55,6 +68,7 @@ struct Fixture {
     vision: VisionTower,
     merge: usize,
     cases: PathBuf,
+    tol: f32,
 }
 
 impl Fixture {
@@ -63,15 +77,23 @@ impl Fixture {
         let merge = cfg.raw["vision_config"]["spatial_merge_size"]
             .as_u64()
             .unwrap_or(2) as usize;
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap())
+                .unwrap();
+        let (dtype, tol) = match (manifest["dtype"].as_str(), cfg.text.moe.is_some()) {
+            (Some("bfloat16"), false) => (DType::BF16, TOL_BF16),
+            (Some("bfloat16"), true) => (DType::BF16, TOL_BF16_MOE),
+            _ => (DType::F32, TOL),
+        };
         let weights = Weights::open(&[dir.join("model/model.safetensors")]).expect("weights");
-        let model = TextModel::new(&cfg, &weights, DType::F32, &Device::Cpu).expect("model");
-        let vision =
-            VisionTower::new(&cfg, &weights, DType::F32, &Device::Cpu).expect("vision tower");
+        let model = TextModel::new(&cfg, &weights, dtype, &Device::Cpu).expect("model");
+        let vision = VisionTower::new(&cfg, &weights, dtype, &Device::Cpu).expect("vision tower");
         Self {
             model,
             vision,
             merge,
             cases: dir.join("cases"),
+            tol,
         }
     }
 
@@ -172,11 +194,12 @@ fn parity_with_reference_fixtures() {
     let mut checked = 0;
     for dir in fixture_dirs() {
         let f = Fixture::load(&dir);
+        let tol = f.tol;
         let name = dir.file_name().unwrap().to_string_lossy().to_string();
         let mut report = |case: &str, what: &str, d: f32| {
             println!("{name:>16} {case:<14} {what:<22} max|Δ| = {d:.3e}");
             checked += 1;
-            if d.is_nan() || d > TOL {
+            if d.is_nan() || d > tol {
                 failures.push(format!("{name}/{case}/{what}: {d:.3e}"));
             }
         };
@@ -323,8 +346,21 @@ fn parity_with_reference_fixtures() {
             let mut worst_pos = 0i64;
             let mut logits = pre.logits;
             for (s, &tok) in generated.iter().enumerate() {
+                // the reference's token, unless its lead over the runner-up is within the
+                // tolerance (a near tie that bf16 rounding may flip); the reference's
+                // tokens are fed either way
                 let argmax = logits.argmax(1).unwrap().to_vec1::<u32>().unwrap()[0];
-                assert_eq!(argmax, tok, "{name}: greedy token at step {s}");
+                let mut want: Vec<f32> = steps
+                    .i(s)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap()
+                    .to_vec1()
+                    .unwrap();
+                want.sort_by(|a, b| b.total_cmp(a));
+                if want[0] - want[1] > 2.0 * f.tol {
+                    assert_eq!(argmax, tok, "{name}: greedy token at step {s}");
+                }
                 let p = cache.len() as i64 + pre.deltas[0];
                 for row in &want_pos {
                     worst_pos = worst_pos.max((row[s] - p).abs());
@@ -339,7 +375,9 @@ fn parity_with_reference_fixtures() {
             report("e_decode", "step_position_ids", worst_pos as f32);
         }
     }
-    println!("{checked} comparisons, tolerance {TOL:e}");
+    println!(
+        "{checked} comparisons, tolerance {TOL:e} (f32), {TOL_BF16} (bf16), {TOL_BF16_MOE} (bf16 MoE)"
+    );
     assert!(checked > 0, "no case was checked");
     assert!(failures.is_empty(), "parity failures: {failures:#?}");
 }

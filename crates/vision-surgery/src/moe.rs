@@ -1,0 +1,123 @@
+//! The sparse feed-forward of the `qwen3_vl_moe` decoders (Qwen3-VL-30B-A3B,
+//! 235B-A22B), read against `Qwen3VLMoeTextSparseMoeBlock`:
+//! `probs = softmax(gate(x))` in f32 over every expert, the `top_k` largest renormalised
+//! to sum to 1 and cast to the hidden dtype, then each chosen expert's SwiGLU
+//! `down(silu(g) * u)` with `[g, u] = x @ gate_up` (first half gate, second half up),
+//! weighted in the compute dtype and summed over a token's experts in f32, rounded once
+//! (the reference's default `grouped_mm` experts path).
+//!
+//! Checkpoint tensors, per layer `mlp.`: `gate.weight` (E, H); `experts.gate_up_proj`
+//! and `experts.down_proj` in either layout the reference loads: the released one,
+//! (E, H, 2I) and (E, I, H), or the transposed one transformers 5 saves, (E, 2I, H) and
+//! (E, H, I). As in the reference, a shape that fits both is read as the latter.
+
+use candle_core::{D, DType, Module, Tensor};
+use candle_nn::Linear;
+
+use crate::config::TextConfig;
+use crate::decoder::{Params, silu};
+use crate::error::{Error, Result};
+
+/// A router and its experts, stored matmul-ready: `gate_up` (E, H, 2I), `down` (E, I, H).
+#[derive(Debug, Clone)]
+pub struct SparseMoe {
+    router: Linear,
+    gate_up: Tensor,
+    down: Tensor,
+    top_k: usize,
+    inter: usize,
+}
+
+/// Load `name` of shape `[e, a, b]`, accepting its transpose `[e, b, a]` (taken first,
+/// as the reference does) and returning it as `[e, a, b]`.
+fn experts(p: &Params, name: &str, e: usize, a: usize, b: usize) -> Result<Tensor> {
+    match p.shape(name) {
+        Some(s) if s == [e, b, a] => Ok(p.get(&[e, b, a], name)?.transpose(1, 2)?.contiguous()?),
+        Some(s) if s == [e, a, b] => p.get(&[e, a, b], name),
+        Some(s) => Err(Error::TensorShape {
+            name: p.name_of(name),
+            expected: vec![e, a, b],
+            actual: s,
+        }),
+        None => Err(Error::MissingTensor {
+            name: p.name_of(name),
+        }),
+    }
+}
+
+impl SparseMoe {
+    /// Load `gate` and `experts` under `p` (a layer's `mlp`).
+    pub fn new(cfg: &TextConfig, p: Params) -> Result<Self> {
+        let m = cfg.moe.as_ref().ok_or_else(|| Error::Input {
+            message: "a sparse layer needs the mixture-of-experts settings".into(),
+        })?;
+        let (e, h, i) = (m.num_experts, cfg.hidden_size, m.moe_intermediate_size);
+        let x = p.pp("experts");
+        Ok(Self {
+            router: p.pp("gate").linear(h, e, false)?,
+            gate_up: experts(&x, "gate_up_proj", e, h, 2 * i)?,
+            down: experts(&x, "down_proj", e, i, h)?,
+            top_k: m.num_experts_per_tok,
+            inter: i,
+        })
+    }
+
+    /// Routing of `n` tokens: for each token its `top_k` experts (ascending probability
+    /// order does not matter), as host-side indices.
+    fn route(&self, probs: &Tensor) -> candle_core::Result<Vec<u32>> {
+        let rows: Vec<Vec<f32>> = probs.to_vec2()?;
+        let mut out = Vec::with_capacity(rows.len() * self.top_k);
+        let mut order: Vec<u32> = Vec::new();
+        for row in &rows {
+            order.clear();
+            order.extend(0..row.len() as u32);
+            // largest first; the lower index on ties, as torch.topk on CPU
+            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+            out.extend_from_slice(&order[..self.top_k]);
+        }
+        Ok(out)
+    }
+}
+
+impl Module for SparseMoe {
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let h = x.dim(D::Minus1)?;
+        let xs = x.reshape(((), h))?;
+        let n = xs.dim(0)?;
+        let logits = self.router.forward(&xs)?;
+        let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
+        let chosen = self.route(&probs)?;
+        let idx = Tensor::from_vec(chosen.clone(), (n, self.top_k), xs.device())?;
+        // the chosen probabilities, renormalised: tensor ops, so gradients reach x
+        let top = probs.gather(&idx, 1)?;
+        let weights = top
+            .broadcast_div(&top.sum_keepdim(1)?)?
+            .to_dtype(xs.dtype())?
+            .flatten_all()?;
+        // tokens (and their slot in `weights`) per expert, in token order
+        let experts = self.gate_up.dim(0)?;
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); experts];
+        let mut slots: Vec<Vec<u32>> = vec![Vec::new(); experts];
+        for (j, &e) in chosen.iter().enumerate() {
+            rows[e as usize].push((j / self.top_k) as u32);
+            slots[e as usize].push(j as u32);
+        }
+        let mut out = xs.zeros_like()?.to_dtype(DType::F32)?;
+        for e in 0..experts {
+            if rows[e].is_empty() {
+                continue;
+            }
+            let m = rows[e].len();
+            let r = Tensor::from_slice(&rows[e], m, xs.device())?;
+            let w = weights.index_select(&Tensor::from_slice(&slots[e], m, xs.device())?, 0)?;
+            let gu = xs.index_select(&r, 0)?.matmul(&self.gate_up.get(e)?)?;
+            let gate = silu(&gu.narrow(1, 0, self.inter)?)?;
+            let up = gu.narrow(1, self.inter, self.inter)?;
+            let y = (gate * up)?.matmul(&self.down.get(e)?)?;
+            let y = y.broadcast_mul(&w.unsqueeze(1)?)?.to_dtype(DType::F32)?;
+            out = out.index_add(&r, &y, 0)?;
+        }
+        out.to_dtype(xs.dtype())?.reshape(dims)
+    }
+}
