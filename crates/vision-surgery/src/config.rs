@@ -173,8 +173,11 @@ pub struct Qwen3VlConfig {
     pub deepstack_levels: usize,
     /// Whether the config still describes a vision tower.
     pub has_vision_config: bool,
-    /// The JSON as read, kept so a surgered copy can be written faithfully.
+    /// The Qwen3-VL config JSON (for a surgered checkpoint: the one it recorded, with
+    /// the surgery record under `mosaic_surgery`), kept so a copy can be written faithfully.
     pub raw: Value,
+    /// Whether the checkpoint is a surgered one in the portable Qwen3 layout.
+    pub portable: bool,
 }
 
 /// Key under which a surgered config records what was removed.
@@ -258,6 +261,10 @@ impl Qwen3VlConfig {
         let moe = match raw.get("model_type").and_then(Value::as_str) {
             None | Some("qwen3_vl") => false,
             Some("qwen3_vl_moe") => true,
+            Some(mt @ ("qwen3" | "qwen3_moe")) => {
+                let mt = mt.to_string();
+                return Self::from_portable(raw, &mt);
+            }
             Some(mt) => {
                 return Err(Error::config(
                     "model_type",
@@ -290,7 +297,38 @@ impl Qwen3VlConfig {
             deepstack_levels,
             has_vision_config: vision.is_some(),
             raw,
+            portable: false,
         })
+    }
+
+    /// A surgered checkpoint saved as Qwen3 / Qwen3-MoE: its recorded Qwen3-VL config.
+    fn from_portable(raw: Value, model_type: &str) -> Result<Self> {
+        let record = raw.get(SURGERY_KEY).filter(|r| r.is_object());
+        let vl = record.and_then(|r| r.get(crate::portable::VL_CONFIG_KEY));
+        let Some(vl) = vl.filter(|v| v.is_object()) else {
+            return Err(Error::config(
+                "model_type",
+                format!(
+                    "{model_type:?} is a text-only Qwen3 model; only Qwen3-VL checkpoints and Mosaic-surgered ones (with {SURGERY_KEY}.{}) load",
+                    crate::portable::VL_CONFIG_KEY
+                ),
+            ));
+        };
+        let mut inner = vl.clone();
+        if let (Value::Object(m), Some(Value::Object(r))) = (&mut inner, record) {
+            let mut r = r.clone();
+            r.remove(crate::portable::VL_CONFIG_KEY);
+            m.insert(SURGERY_KEY.into(), Value::Object(r));
+        }
+        let mut cfg = Self::from_value(inner)?;
+        if cfg.text.moe.is_some() != (model_type == "qwen3_moe") {
+            return Err(Error::config(
+                "model_type",
+                format!("{model_type:?} disagrees with the recorded Qwen3-VL config"),
+            ));
+        }
+        cfg.portable = true;
+        Ok(cfg)
     }
 
     /// The dtype the checkpoint was saved in (`text_config.dtype`, or the older
@@ -365,49 +403,44 @@ impl Qwen3VlConfig {
         Ok(vc)
     }
 
-    /// The config of the surgered, text-only checkpoint: `vision_config` removed and a
-    /// `mosaic_surgery` record of what was removed (DeepStack levels, parameters, bytes)
-    /// and where it came from (`source`: hub repository, revision and resolved commit; a
-    /// re-saved checkpoint keeps its first source).
+    /// The config of the surgered, text-only checkpoint: the portable Qwen3 (or
+    /// Qwen3-MoE) config of [`crate::portable::config_json`], whose `mosaic_surgery`
+    /// records what was removed (DeepStack levels, parameters, bytes, accumulated over
+    /// re-saves), where it came from (`source`: hub repository, revision and resolved
+    /// commit; a re-saved checkpoint keeps its first source) and the Qwen3-VL config.
     pub fn surgered_json(
         &self,
         removed_parameters: u64,
         removed_bytes: u64,
         source: Option<Value>,
     ) -> Value {
-        let mut v = self.raw.clone();
-        if let Value::Object(map) = &mut v {
-            let previous = map.remove(SURGERY_KEY);
-            map.remove("vision_config");
-            let (params, bytes) = previous
-                .as_ref()
-                .map(|p| {
-                    (
-                        p.get("removed_parameters")
-                            .and_then(Value::as_u64)
-                            .unwrap_or(0),
-                        p.get("removed_bytes").and_then(Value::as_u64).unwrap_or(0),
-                    )
-                })
-                .unwrap_or((0, 0));
-            let source = previous
-                .as_ref()
-                .and_then(|p| p.get("source"))
-                .filter(|s| !s.is_null())
-                .cloned()
-                .or(source);
-            let mut record = serde_json::json!({
-                "deepstack_levels": self.deepstack_levels,
-                "removed_parameters": params + removed_parameters,
-                "removed_bytes": bytes + removed_bytes,
-                "note": "vision tower removed by mosaic vision-surgery; visual inputs come from an EmbeddingAdapter",
-            });
-            if let (Some(src), Value::Object(r)) = (source, &mut record) {
-                r.insert("source".into(), src);
-            }
-            map.insert(SURGERY_KEY.into(), record);
+        let previous = self.raw.get(SURGERY_KEY);
+        let earlier = |k: &str| previous.and_then(|p| p.get(k)).and_then(Value::as_u64);
+        let source = previous
+            .and_then(|p| p.get("source"))
+            .filter(|s| !s.is_null())
+            .cloned()
+            .or(source);
+        let mut record = serde_json::json!({
+            "deepstack_levels": self.deepstack_levels,
+            "removed_parameters": earlier("removed_parameters").unwrap_or(0) + removed_parameters,
+            "removed_bytes": earlier("removed_bytes").unwrap_or(0) + removed_bytes,
+            "note": "vision tower removed by mosaic vision-surgery; visual inputs come from an EmbeddingAdapter; the Qwen3-VL config is under qwen3_vl",
+        });
+        if let (Some(src), Value::Object(r)) = (source, &mut record) {
+            r.insert("source".into(), src);
         }
-        v
+        crate::portable::config_json(self, record)
+    }
+
+    /// Where the decoder's tensors sit: `model.language_model` in a Qwen3-VL checkpoint,
+    /// `model` in a surgered (portable) one.
+    pub fn text_prefix(&self) -> &'static str {
+        if self.portable {
+            crate::portable::PORTABLE_PREFIX
+        } else {
+            crate::portable::VL_PREFIX
+        }
     }
 }
 
@@ -833,10 +866,22 @@ mod tests {
         let c = Qwen3VlConfig::from_value(base(json!({"rope_parameters": {
             "rope_theta": 5e6, "mrope_section": [4, 2, 2]}})))
         .unwrap();
-        let s = Qwen3VlConfig::from_value(c.surgered_json(10, 40, None)).unwrap();
-        assert!(!s.has_vision_config);
+        let saved = c.surgered_json(10, 40, None);
+        assert_eq!(saved["model_type"], "qwen3");
+        assert_eq!(saved["architectures"][0], "Qwen3ForCausalLM");
+        let s = Qwen3VlConfig::from_value(saved).unwrap();
+        assert!(!s.has_vision_config && s.portable);
+        assert_eq!(s.text_prefix(), "model");
         assert_eq!(s.deepstack_levels, 2);
         assert_eq!(s.raw[SURGERY_KEY]["removed_bytes"], 40);
         assert_eq!(s.text, c.text);
+        assert_eq!(s.tokens, c.tokens);
+        // saved again: the record accumulates and the layout stays
+        let again = Qwen3VlConfig::from_value(s.surgered_json(1, 2, None)).unwrap();
+        assert_eq!(again.raw[SURGERY_KEY]["removed_bytes"], 42);
+        assert_eq!(again.text, c.text);
+        // a plain Qwen3 model is not a Qwen3-VL one
+        let e = Qwen3VlConfig::from_value(json!({"model_type": "qwen3"})).unwrap_err();
+        assert!(e.to_string().contains("text-only Qwen3"), "{e}");
     }
 }

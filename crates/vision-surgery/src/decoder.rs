@@ -19,8 +19,6 @@ use crate::position::Positions;
 use crate::rotary::MRope;
 use crate::weights::Weights;
 
-/// Prefix of the decoder's tensors in a Qwen3-VL checkpoint.
-pub const TEXT_PREFIX: &str = "model.language_model";
 /// Prefix of the vision tower's tensors, never read by the surgered decoder.
 pub const VISUAL_PREFIX: &str = "model.visual.";
 /// Name of the untied output projection.
@@ -539,7 +537,7 @@ impl TextDecoder {
     ) -> Result<Self> {
         let t = &cfg.text;
         let root = Params::new(weights, dtype, device);
-        let p = root.pp(TEXT_PREFIX);
+        let p = root.pp(cfg.text_prefix());
         let embed = p
             .pp("embed_tokens")
             .get(&[t.vocab_size, t.hidden_size], "weight")?;

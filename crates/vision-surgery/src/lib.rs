@@ -10,7 +10,7 @@
 //! and its file format), [`prompt`] (conversations and the tokenizer), [`chat_template`]
 //! (the checkpoint's Jinja chat template), [`sampling`] (generation options),
 //! [`generation_config`] (a checkpoint's decoding defaults), [`surgered`] (the
-//! user-facing model: load, generate, score, save), and for the full-encoder baseline
+//! user-facing model: load, generate, score, save), [`portable`] (the layout it saves), and for the full-encoder baseline
 //! [`vision`] (the vision tower), [`image_processor`] (image preprocessing) and
 //! [`full`] (the unmodified model that wires them to the decoder). With the `testkit`
 //! feature (for the workspace's benches and examples, not part of the API): `bench`
@@ -34,6 +34,7 @@ pub mod hub;
 pub mod image_processor;
 pub mod model;
 pub mod moe;
+pub mod portable;
 pub mod position;
 pub mod prompt;
 pub mod rotary;

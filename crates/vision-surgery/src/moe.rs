@@ -9,7 +9,9 @@
 //! Checkpoint tensors, per layer `mlp.`: `gate.weight` (E, H); `experts.gate_up_proj`
 //! and `experts.down_proj` in either layout the reference loads: the released one,
 //! (E, H, 2I) and (E, I, H), or the transposed one transformers 5 saves, (E, 2I, H) and
-//! (E, H, I). As in the reference, a shape that fits both is read as the latter.
+//! (E, H, I). As in the reference, a shape that fits both is read as the latter. A
+//! surgered (portable) checkpoint has them one per expert, as Qwen3-MoE:
+//! `experts.{j}.{gate,up}_proj.weight` (I, H) and `experts.{j}.down_proj.weight` (H, I).
 
 use candle_core::{D, DType, Module, Tensor};
 use candle_nn::Linear;
@@ -45,6 +47,21 @@ fn experts(p: &Params, name: &str, e: usize, a: usize, b: usize) -> Result<Tenso
     }
 }
 
+/// Experts stored one per expert (the portable layout), stacked as `(E, H, 2I)` and
+/// `(E, I, H)`.
+fn per_expert(x: &Params, e: usize, h: usize, i: usize) -> Result<(Tensor, Tensor)> {
+    let mut gate_up = Vec::with_capacity(e);
+    let mut down = Vec::with_capacity(e);
+    for j in 0..e {
+        let w = x.pp(j);
+        let g = w.pp("gate_proj").get(&[i, h], "weight")?;
+        let u = w.pp("up_proj").get(&[i, h], "weight")?;
+        gate_up.push(Tensor::cat(&[g, u], 0)?.t()?);
+        down.push(w.pp("down_proj").get(&[h, i], "weight")?.t()?);
+    }
+    Ok((Tensor::stack(&gate_up, 0)?, Tensor::stack(&down, 0)?))
+}
+
 impl SparseMoe {
     /// Load `gate` and `experts` under `p` (a layer's `mlp`).
     pub fn new(cfg: &TextConfig, p: Params) -> Result<Self> {
@@ -53,10 +70,18 @@ impl SparseMoe {
         })?;
         let (e, h, i) = (m.num_experts, cfg.hidden_size, m.moe_intermediate_size);
         let x = p.pp("experts");
+        let (gate_up, down) = if x.contains("0.gate_proj.weight") {
+            per_expert(&x, e, h, i)?
+        } else {
+            (
+                experts(&x, "gate_up_proj", e, h, 2 * i)?,
+                experts(&x, "down_proj", e, i, h)?,
+            )
+        };
         Ok(Self {
             router: p.pp("gate").linear(h, e, false)?,
-            gate_up: experts(&x, "gate_up_proj", e, h, 2 * i)?,
-            down: experts(&x, "down_proj", e, i, h)?,
+            gate_up,
+            down,
             top_k: m.num_experts_per_tok,
             inter: i,
         })

@@ -582,24 +582,37 @@ impl SurgeredModel {
     pub fn save_surgered(&self, dir: &Path, opts: &SaveOptions) -> Result<SavedCheckpoint> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         self.refuse_inputs_in(dir)?;
-        let names: Vec<&String> = self
-            .weights
-            .entries()
-            .keys()
-            .filter(|n| !is_visual_tensor(n))
-            .collect();
+        // every decoder tensor under its portable name; fused experts split per expert
+        let mut items: Vec<(String, SaveItem)> = Vec::new();
+        for (name, entry) in self.weights.entries() {
+            if is_visual_tensor(name) {
+                continue;
+            }
+            if crate::portable::is_fused_experts(name) {
+                let (entry, data) = self.weights.raw(name)?;
+                for (n, t) in crate::portable::split_experts(&self.config, name, entry, data)? {
+                    items.push((n, SaveItem::Owned(t)));
+                }
+            } else {
+                items.push((
+                    crate::portable::portable_name(name),
+                    SaveItem::Raw(name.clone(), entry.bytes()),
+                ));
+            }
+        }
+        items.sort_by(|a, b| a.0.cmp(&b.0));
         // pack tensors into shards in name order
-        let mut shards: Vec<Vec<&String>> = vec![Vec::new()];
+        let mut shards: Vec<Vec<&(String, SaveItem)>> = vec![Vec::new()];
         let mut shard_bytes = 0u64;
-        for n in &names {
-            let bytes = self.weights.entry(n).map_or(0, |e| e.bytes());
+        for item in &items {
+            let bytes = item.1.bytes();
             if shard_bytes > 0 && shard_bytes + bytes > opts.max_shard_bytes {
                 shards.push(Vec::new());
                 shard_bytes = 0;
             }
             shard_bytes += bytes;
             if let Some(last) = shards.last_mut() {
-                last.push(n);
+                last.push(item);
             }
         }
         let count = shards.len();
@@ -613,18 +626,28 @@ impl SurgeredModel {
                 format!("model-{:05}-of-{:05}.safetensors", i + 1, count)
             };
             let mut views = Vec::with_capacity(shard.len());
-            for n in shard {
-                let (entry, data) = self.weights.raw(n)?;
-                total += data.len() as u64;
-                views.push((
-                    n.to_string(),
-                    RawView {
-                        dtype: entry.dtype,
-                        shape: entry.shape.clone(),
-                        data: data.into(),
-                    },
-                ));
-                weight_map.insert(n.to_string(), file.clone());
+            for (out_name, item) in shard.iter() {
+                let view = match item {
+                    SaveItem::Raw(name, _) => {
+                        let (entry, data) = self.weights.raw(name)?;
+                        RawView {
+                            dtype: entry.dtype,
+                            shape: entry.shape.clone(),
+                            data: data.into(),
+                        }
+                    }
+                    SaveItem::Owned(t) => {
+                        let (dtype, bytes) = crate::adapter::tensor_bytes(t)?;
+                        RawView {
+                            dtype,
+                            shape: t.dims().to_vec(),
+                            data: bytes.into(),
+                        }
+                    }
+                };
+                total += view.data.len() as u64;
+                views.push((out_name.clone(), view));
+                weight_map.insert(out_name.clone(), file.clone());
             }
             let path = dir.join(&file);
             let meta = std::collections::HashMap::from([("format".to_string(), "pt".to_string())]);
@@ -678,9 +701,25 @@ impl SurgeredModel {
         Ok(SavedCheckpoint {
             dir: dir.to_path_buf(),
             shards: written,
-            tensors: names.len(),
+            tensors: items.len(),
             bytes: total,
         })
+    }
+}
+
+/// One tensor a save writes: stored bytes as read (name in the loaded checkpoint, byte
+/// count), or a tensor made for the portable layout (a split expert).
+enum SaveItem {
+    Raw(String, u64),
+    Owned(Tensor),
+}
+
+impl SaveItem {
+    fn bytes(&self) -> u64 {
+        match self {
+            SaveItem::Raw(_, b) => *b,
+            SaveItem::Owned(t) => (t.elem_count() * t.dtype().size_in_bytes()) as u64,
+        }
     }
 }
 

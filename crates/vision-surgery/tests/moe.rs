@@ -126,7 +126,8 @@ fn adapters_generate_score_and_save_work_on_moe() {
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
             .unwrap();
-    assert_eq!(saved["model_type"], "qwen3_vl_moe");
+    assert_eq!(saved["model_type"], "qwen3_moe");
+    assert_eq!(saved["norm_topk_prob"], true);
     let again = load(out.path());
     assert_eq!(again.surgery_report().skipped_tensors, 0);
     assert_eq!(

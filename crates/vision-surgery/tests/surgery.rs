@@ -379,3 +379,67 @@ fn adapter_that_does_not_fit_is_refused_with_both_values() {
         "{e}"
     );
 }
+
+/// Tensor names and shapes of every safetensors file in `dir`.
+fn saved_layout(dir: &Path) -> std::collections::BTreeMap<String, Vec<usize>> {
+    let mut out = std::collections::BTreeMap::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.extension().is_some_and(|x| x == "safetensors") && !p.ends_with("adapter.safetensors")
+        {
+            for (k, entry) in vision_surgery::weights::read_header(&p).unwrap() {
+                out.insert(k, entry.shape);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn saved_checkpoints_have_the_layout_the_reference_writes() {
+    // goldens: scripts/check_surgered_with_reference.py loads Mosaic's surgered copy with
+    // transformers' AutoModelForCausalLM, checks its text logits against the Qwen3-VL
+    // golden, and records the tensors the reference itself writes for that model
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/surgered");
+    let mut checked = 0;
+    for e in std::fs::read_dir(&dir).unwrap().flatten() {
+        let want: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+        let name = want["fixture"].as_str().unwrap();
+        assert!(
+            want["a_text_logits_max_abs_diff_vs_qwen3_vl_golden"]
+                .as_f64()
+                .unwrap()
+                <= 1e-4,
+            "{name}"
+        );
+        let m = load(&fixture_model(name));
+        let out = tempfile::tempdir().unwrap();
+        m.save_surgered(out.path(), &SaveOptions::default())
+            .unwrap();
+        let reference: std::collections::BTreeMap<String, Vec<usize>> =
+            serde_json::from_value(want["reference_writes"].clone()).unwrap();
+        assert_eq!(saved_layout(out.path()), reference, "{name}");
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["architectures"][0], want["architecture"], "{name}");
+        // and Mosaic reads it back to the Qwen3-VL golden
+        let again = load(out.path());
+        assert!(again.config().portable);
+        let t = fixture_case(name, "a_text");
+        let mut cache = again.text_model().new_cache(64);
+        let seq = SequenceInput {
+            ids: case_ids(&t),
+            visual: None,
+        };
+        let logits = again
+            .text_model()
+            .prefill(&[seq], &mut cache, LogitsScope::All)
+            .unwrap()
+            .logits;
+        assert!(max_abs_diff(&logits, &t["logits"]) <= 1e-4, "{name}");
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
+}
