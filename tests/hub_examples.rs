@@ -64,19 +64,19 @@ fn examples_load_hub_ids_through_the_hub_client() {
     let home = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
 
-    let (ok, text) = run(
-        "surgery",
-        &hub,
-        home.path(),
-        &[
+    let surgery = |revision: &str| {
+        let out = out.path().to_str().unwrap();
+        let args = [
             "--model",
             "acme/tiny-vl",
             "--revision",
-            "main",
+            revision,
             "--out",
-            out.path().to_str().unwrap(),
-        ],
-    );
+            out,
+        ];
+        run("surgery", &hub, home.path(), &args)
+    };
+    let (ok, text) = surgery("main");
     assert!(ok, "{text}");
     assert!(text.contains(&format!("hub commit: {COMMIT}")), "{text}");
     assert!(text.contains("bytes never downloaded"), "{text}");
@@ -112,18 +112,6 @@ fn examples_load_hub_ids_through_the_hub_client() {
     assert!(hub.take_log().iter().all(|r| !r.is_download()));
 
     // a revision the hub does not have is the hub's 404, reported
-    let (ok, text) = run(
-        "surgery",
-        &hub,
-        home.path(),
-        &[
-            "--model",
-            "acme/tiny-vl",
-            "--revision",
-            "v9",
-            "--out",
-            out.path().to_str().unwrap(),
-        ],
-    );
+    let (ok, text) = surgery("v9");
     assert!(!ok && text.contains("404"), "{text}");
 }

@@ -8,13 +8,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use candle_core::Tensor;
 use common::fake_hub::{DECODER_SHARDS, FakeHub, Request, VISION_SHARDS, released_layout};
-use common::{case_ids, fixture_case, fixture_model, max_abs_diff};
-use vision_surgery::model::{LogitsScope, SequenceInput};
-use vision_surgery::{
-    DownloadProgress, Error, LoadOptions, ProgressFn, SaveOptions, SurgeredModel,
-};
+use common::{fixture_case, fixture_model, max_abs_diff};
+use vision_surgery::{DownloadProgress, Error, LoadOptions, ProgressFn, SurgeredModel};
 
 const FIXTURE: &str = "tiny-s0";
 const COMMIT: &str = "89a1f0c2d3e4b5a6978877665544332211000fed";
@@ -27,19 +23,6 @@ fn with_config(src: &Path, dst: &Path, edit: impl FnOnce(&mut serde_json::Value)
         serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
     edit(&mut v);
     std::fs::write(&p, v.to_string()).unwrap();
-}
-
-fn text_logits(m: &SurgeredModel) -> Tensor {
-    let t = fixture_case(FIXTURE, "a_text");
-    let mut cache = m.text_model().new_cache(32);
-    let seq = SequenceInput {
-        ids: case_ids(&t),
-        visual: None,
-    };
-    m.text_model()
-        .prefill(&[seq], &mut cache, LogitsScope::All)
-        .unwrap()
-        .logits
 }
 
 fn files_asked(log: &[Request]) -> BTreeSet<String> {
@@ -125,7 +108,7 @@ fn hub_loading_fetches_only_what_surgery_reads() {
     assert_eq!(r.skipped_shards.len(), 2);
     assert!(r.vision_tensors_read.is_empty());
     assert!(r.to_string().contains(COMMIT), "{r}");
-    assert!(max_abs_diff(&text_logits(&m), &golden) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&m, FIXTURE), &golden) <= 1e-4);
     // every downloaded file reported its whole size
     let progress = progress.lock().unwrap().clone();
     for f in &fetched {
@@ -135,11 +118,7 @@ fn hub_loading_fetches_only_what_surgery_reads() {
 
     // 2. the saved surgered checkpoint records where it came from
     let out = tempfile::tempdir().unwrap();
-    m.save_surgered(out.path(), &SaveOptions::default())
-        .unwrap();
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
-            .unwrap();
+    let saved = common::save_and_read_config(&m, out.path());
     let src = &saved["mosaic_surgery"]["source"];
     assert_eq!(src["repo"], "mosaic/tiny");
     assert_eq!(src["revision"], "main");
@@ -196,7 +175,7 @@ fn hub_loading_fetches_only_what_surgery_reads() {
     let offline = SurgeredModel::load("mosaic/tiny", &LoadOptions::default()).unwrap();
     assert!(hub.take_log().is_empty());
     assert_eq!(offline.surgery_report().commit.as_deref(), Some(COMMIT));
-    assert!(max_abs_diff(&text_logits(&offline), &golden) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&offline, FIXTURE), &golden) <= 1e-4);
     let e = SurgeredModel::load("mosaic/not-cached", &LoadOptions::default()).unwrap_err();
     assert!(matches!(e, Error::Hub { .. }), "{e}");
     assert!(e.to_string().contains("HF_HUB_OFFLINE"), "{e}");

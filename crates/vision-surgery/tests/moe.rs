@@ -7,30 +7,15 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{case_ids, copy_dir, fixture_case, fixture_model, max_abs_diff};
-use vision_surgery::model::{LogitsScope, SequenceInput};
+use common::{copy_dir, fixture_case, fixture_model, max_abs_diff};
 use vision_surgery::{
-    AdapterSpec, EmbeddingAdapter, Error, GenerateOptions, LoadOptions, Prompt, SaveOptions,
-    SurgeredModel,
+    AdapterSpec, EmbeddingAdapter, Error, GenerateOptions, LoadOptions, Prompt, SurgeredModel,
 };
 
 const FIXTURE: &str = "tiny-s4-moe";
 
 fn load(dir: &Path) -> SurgeredModel {
     SurgeredModel::load(dir.to_str().unwrap(), &LoadOptions::default()).unwrap()
-}
-
-fn text_logits(m: &SurgeredModel) -> Tensor {
-    let t = fixture_case(FIXTURE, "a_text");
-    let mut cache = m.text_model().new_cache(32);
-    let seq = SequenceInput {
-        ids: case_ids(&t),
-        visual: None,
-    };
-    m.text_model()
-        .prefill(&[seq], &mut cache, LogitsScope::All)
-        .unwrap()
-        .logits
 }
 
 fn golden() -> Tensor {
@@ -64,7 +49,7 @@ fn surgery_keeps_the_experts_and_matches_the_reference() {
         (8, 2, vec![1])
     );
     assert!(m.config().text.is_sparse_layer(0) && !m.config().text.is_sparse_layer(1));
-    assert!(max_abs_diff(&text_logits(&m), &golden()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&m, FIXTURE), &golden()) <= 1e-4);
 }
 
 #[test]
@@ -85,7 +70,7 @@ fn released_expert_layout_loads_to_the_same_logits() {
         .dims()
         .to_vec();
     assert_eq!(shape, [8, 64, 48]);
-    assert!(max_abs_diff(&text_logits(&load(dir.path())), &golden()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&load(dir.path()), FIXTURE), &golden()) <= 1e-4);
 
     // an expert tensor of neither shape is a typed error naming it
     rewrite(dir.path(), |name, t| {
@@ -121,11 +106,7 @@ fn adapters_generate_score_and_save_work_on_moe() {
 
     // the surgered MoE checkpoint stands alone and answers the same
     let out = tempfile::tempdir().unwrap();
-    m.save_surgered(out.path(), &SaveOptions::default())
-        .unwrap();
-    let saved: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.path().join("config.json")).unwrap())
-            .unwrap();
+    let saved = common::save_and_read_config(&m, out.path());
     assert_eq!(saved["model_type"], "qwen3_moe");
     assert_eq!(saved["norm_topk_prob"], true);
     let again = load(out.path());

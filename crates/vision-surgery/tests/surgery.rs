@@ -6,27 +6,12 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use candle_core::{DType, Device, Tensor};
-use common::{case_ids, copy_dir, fixture_case, fixture_model, max_abs_diff};
-use vision_surgery::model::{LogitsScope, SequenceInput};
+use common::{copy_dir, fixture_case, fixture_model, max_abs_diff};
 use vision_surgery::{AdapterSpec, EmbeddingAdapter, LoadOptions, SaveOptions, SurgeredModel};
 
 const FIXTURE: &str = "tiny-s0";
 
 /// Logits of the text-only golden case through `m`.
-fn text_logits(m: &SurgeredModel) -> Tensor {
-    let t = fixture_case(FIXTURE, "a_text");
-    let model = m.text_model();
-    let mut cache = model.new_cache(32);
-    let seq = SequenceInput {
-        ids: case_ids(&t),
-        visual: None,
-    };
-    model
-        .prefill(&[seq], &mut cache, LogitsScope::All)
-        .unwrap()
-        .logits
-}
-
 fn golden_text_logits() -> Tensor {
     fixture_case(FIXTURE, "a_text")["logits"].clone()
 }
@@ -68,7 +53,7 @@ fn surgery_reports_what_it_skipped_and_reads_no_visual_tensor() {
     assert!(read.iter().all(|n| !n.starts_with("model.visual.")));
     let text = r.to_string();
     assert!(text.contains(&format!("{params} parameters")), "{text}");
-    assert!(max_abs_diff(&text_logits(&m), &golden_text_logits()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&m, FIXTURE), &golden_text_logits()) <= 1e-4);
 }
 
 /// Overwrite the data bytes of every visual tensor of a single-file checkpoint with junk.
@@ -98,7 +83,13 @@ fn garbage_visual_tensors_still_load_with_identical_logits() {
     let m = load(dir.path());
     assert!(m.surgery_report().vision_tensors_read.is_empty());
     let clean = load(&fixture_model(FIXTURE));
-    assert_eq!(max_abs_diff(&text_logits(&m), &text_logits(&clean)), 0.0);
+    assert_eq!(
+        max_abs_diff(
+            &common::text_logits(&m, FIXTURE),
+            &common::text_logits(&clean, FIXTURE)
+        ),
+        0.0
+    );
 }
 
 #[test]
@@ -114,7 +105,7 @@ fn missing_visual_tensors_still_load() {
     candle_core::safetensors::save(&text, &p).unwrap();
     let m = load(dir.path());
     assert_eq!(m.surgery_report().skipped_tensors, 0);
-    assert!(max_abs_diff(&text_logits(&m), &golden_text_logits()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&m, FIXTURE), &golden_text_logits()) <= 1e-4);
 }
 
 /// Split the fixture into a text shard and a vision shard with an index.
@@ -154,7 +145,7 @@ fn sharded_checkpoint_never_opens_the_vision_shard() {
         (n, params, bytes)
     );
     assert_eq!(r.skipped_shards, vec![vis_path.clone()]);
-    assert!(max_abs_diff(&text_logits(&m), &golden_text_logits()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&m, FIXTURE), &golden_text_logits()) <= 1e-4);
 
     // the vision shard is junk: still loads, its tensors are counted but unsized
     std::fs::write(&vis_path, b"definitely not safetensors").unwrap();
@@ -163,13 +154,13 @@ fn sharded_checkpoint_never_opens_the_vision_shard() {
     assert_eq!(r.skipped_tensors, n);
     assert_eq!(r.skipped_unsized.len(), n);
     assert_eq!(r.skipped_bytes, 0);
-    assert!(max_abs_diff(&text_logits(&m), &golden_text_logits()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&m, FIXTURE), &golden_text_logits()) <= 1e-4);
 
     // the vision shard is gone: still loads
     std::fs::remove_file(&vis_path).unwrap();
     let m = load(dir.path());
     assert_eq!(m.surgery_report().skipped_tensors, n);
-    assert!(max_abs_diff(&text_logits(&m), &golden_text_logits()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&m, FIXTURE), &golden_text_logits()) <= 1e-4);
 }
 
 #[test]
@@ -202,7 +193,7 @@ fn save_surgered_round_trips_without_the_original() {
     assert_eq!(again.surgery_report().skipped_tensors, 0);
     assert_eq!(again.adapter().unwrap().spec(), &spec);
     assert!(again.tokenizer().is_some());
-    assert!(max_abs_diff(&text_logits(&again), &golden_text_logits()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&again, FIXTURE), &golden_text_logits()) <= 1e-4);
 
     // small shards: an index and several files, same numbers
     let sharded = tempfile::tempdir().unwrap();
@@ -217,7 +208,7 @@ fn save_surgered_round_trips_without_the_original() {
     assert!(saved.shards.len() > 2, "{:?}", saved.shards);
     assert!(sharded.path().join("model.safetensors.index.json").exists());
     let third = load(sharded.path());
-    assert!(max_abs_diff(&text_logits(&third), &golden_text_logits()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&third, FIXTURE), &golden_text_logits()) <= 1e-4);
     // surgery records accumulate, not reset
     let cfg: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(sharded.path().join("config.json")).unwrap())
@@ -299,7 +290,7 @@ fn legacy_rope_spelling_gives_the_same_logits() {
     text.insert("rope_theta".into(), theta);
     std::fs::write(&p, cfg.to_string()).unwrap();
     let m = load(dir.path());
-    assert!(max_abs_diff(&text_logits(&m), &golden_text_logits()) <= 1e-4);
+    assert!(max_abs_diff(&common::text_logits(&m, FIXTURE), &golden_text_logits()) <= 1e-4);
 }
 
 #[test]
@@ -318,7 +309,7 @@ fn half_precision_dtypes_load_and_track_f32() {
             &LoadOptions::default().dtype(dtype),
         )
         .unwrap();
-        let d = max_abs_diff(&text_logits(&m), &golden);
+        let d = max_abs_diff(&common::text_logits(&m, FIXTURE), &golden);
         println!("{dtype:?}: max|Δ| = {d:.4} (logit scale {scale:.2})");
         assert!(d <= rel * scale, "{dtype:?}: {d} > {rel} * {scale}");
     }
@@ -427,17 +418,8 @@ fn saved_checkpoints_have_the_layout_the_reference_writes() {
         // and Mosaic reads it back to the Qwen3-VL golden
         let again = load(out.path());
         assert!(again.config().portable);
+        let logits = common::text_logits(&again, name);
         let t = fixture_case(name, "a_text");
-        let mut cache = again.text_model().new_cache(64);
-        let seq = SequenceInput {
-            ids: case_ids(&t),
-            visual: None,
-        };
-        let logits = again
-            .text_model()
-            .prefill(&[seq], &mut cache, LogitsScope::All)
-            .unwrap()
-            .logits;
         assert!(max_abs_diff(&logits, &t["logits"]) <= 1e-4, "{name}");
         checked += 1;
     }

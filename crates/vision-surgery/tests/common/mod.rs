@@ -35,6 +35,27 @@ pub fn case_ids(t: &HashMap<String, Tensor>) -> Vec<u32> {
         .unwrap()
 }
 
+/// All-position logits of fixture `fixture`'s text-only golden case through `m`.
+pub fn text_logits(m: &vision_surgery::SurgeredModel, fixture: &str) -> Tensor {
+    let t = fixture_case(fixture, "a_text");
+    let mut cache = m.text_model().new_cache(64);
+    let seq = vision_surgery::model::SequenceInput {
+        ids: case_ids(&t),
+        visual: None,
+    };
+    m.text_model()
+        .prefill(&[seq], &mut cache, vision_surgery::model::LogitsScope::All)
+        .unwrap()
+        .logits
+}
+
+/// Save `m` surgered into `dir` and return the config.json it wrote.
+pub fn save_and_read_config(m: &vision_surgery::SurgeredModel, dir: &Path) -> serde_json::Value {
+    m.save_surgered(dir, &vision_surgery::SaveOptions::default())
+        .unwrap();
+    serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap()
+}
+
 /// Copy every file of `src` into a fresh directory `dst`.
 pub fn copy_dir(src: &Path, dst: &Path) {
     std::fs::create_dir_all(dst).unwrap();
