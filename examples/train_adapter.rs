@@ -28,8 +28,13 @@ use mosaic::vision_surgery::train::{
     AdapterTrainer, DistillLoss, Teacher, TrainExample, TrainOptions, load_pairs,
 };
 use mosaic::vision_surgery::{
-    Activation, AdapterSpec, EmbeddingAdapter, GenerateOptions, LoadOptions, Prompt, SurgeredModel,
+    Activation, AdapterSpec, DeviceSpec, EmbeddingAdapter, GenerateOptions, LoadOptions, Prompt,
+    SurgeredModel,
 };
+
+#[path = "common/model_args.rs"]
+#[allow(dead_code)] // training takes --model/--device/--dtype of its own
+mod model_args;
 
 #[derive(Clone, Copy, ValueEnum)]
 enum Arch {
@@ -109,6 +114,13 @@ struct Args {
     /// Loss log (CSV); defaults to <out>.log.csv.
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Device of the frozen decoder, the teacher and the adapter: cpu, cuda[:N] or auto.
+    #[arg(long, default_value = "cpu")]
+    device: DeviceSpec,
+    /// Compute dtype of the frozen decoder and teacher: f32 (the default, as training
+    /// runs), bf16, f16 or auto (the checkpoint's). The adapter itself trains in f32.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
 }
 
 const FIXTURE_MODEL: &str = concat!(
@@ -174,12 +186,16 @@ fn main() -> anyhow::Result<()> {
     else {
         bail!("--model, --pairs and --out go together");
     };
-    let device = Device::Cpu;
+    let device = args.device.select()?.into_device();
+    let dtype = model_args::parse_dtype(&args.dtype)?;
     let records = load_pairs(&pairs_path, args.embeddings.as_deref())?;
     let in_dim = records[0].embedding.len();
-    // the adapter trains against the decoder in f32, whatever the checkpoint's dtype
-    let mut model = SurgeredModel::load(&model_spec, &LoadOptions::default().dtype(DType::F32))
-        .with_context(|| format!("loading {model_spec}"))?;
+    let mut load = LoadOptions::default()
+        .device(device.clone())
+        .progress(model_args::progress_bars());
+    load.dtype = dtype;
+    let mut model =
+        SurgeredModel::load(&model_spec, &load).with_context(|| format!("loading {model_spec}"))?;
     let hidden = model.config().text.hidden_size;
     let spec = match args.arch {
         Arch::Linear => AdapterSpec::linear(in_dim, args.tokens, hidden),
@@ -197,7 +213,7 @@ fn main() -> anyhow::Result<()> {
     let mut teachers: Vec<Option<Teacher>> = vec![None; records.len()];
     if records.iter().any(|r| r.image.is_some()) && args.distill_weight > 0.0 {
         let t0 = Instant::now();
-        let full = FullModel::load(&model_spec, DType::F32, &device)
+        let full = FullModel::load(&model_spec, model.dtype(), &device)
             .context("image distillation needs the checkpoint's vision tower")?;
         let bar = ProgressBar::new(records.len() as u64);
         bar.set_message("encoding teacher images");

@@ -52,13 +52,7 @@ impl ModelArgs {
 
     /// The dtype asked for; `None` for auto.
     pub fn dtype(&self) -> anyhow::Result<Option<DType>> {
-        Ok(match self.dtype.as_str() {
-            "auto" => None,
-            "f32" | "float32" => Some(DType::F32),
-            "bf16" | "bfloat16" => Some(DType::BF16),
-            "f16" | "float16" => Some(DType::F16),
-            other => bail!("--dtype {other:?}: expected auto, f32, bf16 or f16"),
-        })
+        parse_dtype(&self.dtype)
     }
 
     /// Load options: the device selected, the dtype, download progress bars on stderr.
@@ -76,8 +70,19 @@ impl ModelArgs {
     }
 }
 
+/// A `--dtype` value: `None` for auto (the checkpoint's where the device runs it).
+pub fn parse_dtype(s: &str) -> anyhow::Result<Option<DType>> {
+    Ok(match s {
+        "auto" => None,
+        "f32" | "float32" => Some(DType::F32),
+        "bf16" | "bfloat16" => Some(DType::BF16),
+        "f16" | "float16" => Some(DType::F16),
+        other => bail!("dtype {other:?}: expected auto, f32, bf16 or f16"),
+    })
+}
+
 /// A progress bar per downloaded file.
-fn progress_bars() -> ProgressFn {
+pub fn progress_bars() -> ProgressFn {
     let bars = MultiProgress::new();
     let open: Mutex<HashMap<String, ProgressBar>> = Mutex::new(HashMap::new());
     Arc::new(move |p: &DownloadProgress<'_>| {

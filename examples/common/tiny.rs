@@ -26,9 +26,13 @@ pub fn write_content(store: &Arc<Store>, cat: &Catalogue, name: &str) -> anyhow:
     Ok(store.generation(name)?)
 }
 
-/// The checkpoint at `model` with the adapter at `adapter`.
-pub fn load_model(model: &Path, adapter: &Path) -> anyhow::Result<SurgeredModel> {
-    let opts = LoadOptions::default().adapter(adapter);
+/// The checkpoint at `model` with the adapter at `adapter`, loaded with `opts`.
+pub fn load_model(
+    model: &Path,
+    adapter: &Path,
+    opts: LoadOptions,
+) -> anyhow::Result<SurgeredModel> {
+    let opts = opts.adapter(adapter);
     Ok(SurgeredModel::load(&model.to_string_lossy(), &opts)?)
 }
 
@@ -39,6 +43,7 @@ pub fn tiny_rescorer(content: Snapshot, options: RescoreOptions) -> anyhow::Resu
     let model = load_model(
         &f.join("tiny-s0/model"),
         &f.join("adapter-torch/adapter.safetensors"),
+        LoadOptions::default(),
     )?;
     Ok(Rescorer::new(model, content, options)?)
 }

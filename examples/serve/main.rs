@@ -22,6 +22,9 @@
 //! drains the requests in flight, then syncs the log and checkpoints.
 
 mod http;
+#[path = "../common/model_args.rs"]
+#[allow(dead_code)] // the service takes --rescore-* flags, not ModelArgs
+mod model_args;
 mod settings;
 #[path = "../common/tiny.rs"]
 mod tiny;
@@ -39,6 +42,7 @@ use mosaic::ranker::pipeline::{Attrs, PipelineOptions, build};
 use mosaic::ranker::rescore::batch::BatchOptions;
 use mosaic::ranker::rescore::{RescoreOptions, Rescorer};
 use mosaic::ranker::service::{Service, ServiceOptions, WorkPool};
+use mosaic::vision_surgery::{DeviceSpec, LoadOptions};
 use mosaic_testkit::catalogue::{Catalogue, CatalogueSpec, demo_lightgcn};
 
 use http::App;
@@ -94,7 +98,13 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
         },
     )
     .context("opening the service")?;
-    let model = tiny::load_model(&args.rescore_model, &args.rescore_adapter)
+    let device: DeviceSpec = args
+        .rescore_device
+        .parse()
+        .with_context(|| format!("--rescore-device {}", args.rescore_device))?;
+    let mut opts = LoadOptions::default().device(device.select()?.into_device());
+    opts.dtype = model_args::parse_dtype(&args.rescore_dtype)?;
+    let model = tiny::load_model(&args.rescore_model, &args.rescore_adapter, opts)
         .with_context(|| format!("loading {}", args.rescore_model.display()))?;
     let rescorer = Rescorer::new(model, store.generation(CONTENT)?, RescoreOptions::new())?;
     service.attach_rescorer(

@@ -59,6 +59,13 @@ pub struct Overrides {
     /// Its embedding-to-token adapter (safetensors) [default: the tiny checkpoint's].
     #[arg(long)]
     pub rescore_adapter: Option<PathBuf>,
+    /// Device of the rescoring model: cpu, cuda[:N] or auto [default: cpu].
+    #[arg(long)]
+    pub rescore_device: Option<String>,
+    /// Its compute dtype: auto (the checkpoint's where the device runs it), f32, bf16
+    /// or f16 [default: auto].
+    #[arg(long)]
+    pub rescore_dtype: Option<String>,
     /// How long a rescoring request waits for others to share its prefill, in
     /// milliseconds [default: 2].
     #[arg(long)]
@@ -118,6 +125,10 @@ pub struct Settings {
     pub rescore_model: PathBuf,
     /// See [`Overrides::rescore_adapter`].
     pub rescore_adapter: PathBuf,
+    /// See [`Overrides::rescore_device`].
+    pub rescore_device: String,
+    /// See [`Overrides::rescore_dtype`].
+    pub rescore_dtype: String,
     /// See [`Overrides::rescore_wait_ms`].
     pub rescore_wait_ms: u64,
     /// See [`Overrides::redis`] (split at commas).
@@ -179,6 +190,14 @@ impl Settings {
                 .unwrap_or_else(|| {
                     crate::tiny::fixtures().join("adapter-torch/adapter.safetensors")
                 }),
+            rescore_device: f
+                .rescore_device
+                .or(file.rescore_device)
+                .unwrap_or_else(|| "cpu".into()),
+            rescore_dtype: f
+                .rescore_dtype
+                .or(file.rescore_dtype)
+                .unwrap_or_else(|| "auto".into()),
             rescore_wait_ms: f.rescore_wait_ms.or(file.rescore_wait_ms).unwrap_or(2),
             redis: f
                 .redis
