@@ -8,6 +8,7 @@ hnswlib (M=16, ef_construction=200) lines in `ann_bench`'s format, so the Rust i
 be run on the same files in the same session:
 
     python3 scripts/ann_compare.py --n 1000000 --out /tmp/ann
+    python3 scripts/ann_compare.py --reuse --flat-only --out /tmp/ann   # exact search only
     cargo run --release --example ann_bench -- --base /tmp/ann/base.npy \\
         --queries /tmp/ann/queries.npy --gt /tmp/ann/gt.npy --threads 1 --build-threads 2
 
@@ -42,6 +43,8 @@ def main():
     )
     ap.add_argument("--ef", default="16,32,64,128,256,512", help="ef values to time, comma-separated")
     ap.add_argument("--skip-flat", action="store_true", help="with --reuse: hnswlib only, no FAISS")
+    ap.add_argument("--flat-only", action="store_true",
+                    help="time FAISS flat search at --k (BLAS path and scan) and stop: no hnswlib")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     d = 64
@@ -50,6 +53,9 @@ def main():
         queries = np.load(os.path.join(args.out, "queries.npy"))
         gt = np.load(os.path.join(args.out, "gt.npy"))
         args.n, args.queries = len(base), len(queries)
+        if args.flat_only:
+            flat(args, base, queries, args.k)
+            return
         if not args.skip_flat:
             flat(args, base, queries, args.k)
         hnsw(args, base, queries, gt)
@@ -64,21 +70,35 @@ def main():
 
     gt = flat(args, base, queries, 100)
     np.save(os.path.join(args.out, "gt.npy"), gt.astype(np.int64))
+    if args.flat_only:
+        flat(args, base, queries, args.k)
+        return
     hnsw(args, base, queries, gt)
 
 
 def flat(args, base, queries, k):
-    """FAISS IndexFlatIP at k neighbours on 1 and --build-threads threads; its ids."""
+    """FAISS IndexFlatIP at k neighbours on 1 and --build-threads threads; its ids.
+
+    FAISS searches a batch through BLAS (sgemm + top-k) only when the batch has at least
+    `distance_compute_blas_threshold` queries; the pip wheel's default (20 in the source,
+    128000 in some builds) can leave a 1,000-query batch on its per-query scan. Its best
+    configuration is the BLAS path, so that is the line to compare against
+    (`faiss_flat_ip ... path=blas`); the scan line is printed too, labelled."""
     import faiss
 
+    default = faiss.cvar.distance_compute_blas_threshold
     for threads in (1, args.build_threads):
         faiss.omp_set_num_threads(threads)
         index = faiss.IndexFlatIP(base.shape[1])
         index.add(base)
-        t = time.perf_counter()
-        _, ids = index.search(queries, k)
-        s = time.perf_counter() - t
-        print(f"faiss_flat_ip k={k} threads={threads} search_s={s:.3f} qps={args.queries / s:.0f}")
+        for path, threshold in (("blas", 20), ("scan", 1 << 30)):
+            faiss.cvar.distance_compute_blas_threshold = threshold
+            t = time.perf_counter()
+            _, ids = index.search(queries, k)
+            s = time.perf_counter() - t
+            print(f"faiss_flat_ip k={k} threads={threads} path={path} search_s={s:.3f} "
+                  f"qps={args.queries / s:.0f} (wheel default threshold {default})")
+    faiss.cvar.distance_compute_blas_threshold = default
     return ids
 
 

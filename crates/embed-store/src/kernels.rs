@@ -127,9 +127,89 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     }))(a, b)
 }
 
+/// `out[i * n + j] = q_i · x_j` for the `m` rows of `qs` and the `n` rows of `xs`, each
+/// `d` wide (row-major): one GEMM with the second operand transposed, through the `gemm`
+/// crate candle runs on the CPU (single-threaded: callers parallelise over query blocks).
+///
+/// # Panics
+/// When a slice is shorter than `m`, `n` and `d` say: callers size them from the same
+/// counts (an internal invariant, never caller input).
+pub fn dots_nt(qs: &[f32], m: usize, xs: &[f32], n: usize, d: usize, out: &mut [f32]) {
+    assert!(
+        qs.len() >= m * d && xs.len() >= n * d && out.len() >= m * n,
+        "dots_nt: buffers smaller than {m} x {n} x {d}"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if d == 0 {
+        out[..m * n].fill(0.0);
+        return;
+    }
+    // SAFETY: the assert above keeps every access in bounds: dst is m x n row-major
+    // (column stride 1, row stride n) inside `out`; lhs is m x d row-major inside `qs`;
+    // rhs is the d x n matrix x^T, read from `xs` (n x d row-major) with row stride 1 and
+    // column stride d. read_dst is false, so `out`'s old contents are never read.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            d,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            qs.as_ptr(),
+            1,
+            d as isize,
+            xs.as_ptr(),
+            d as isize,
+            1,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gemm_products_agree_with_dot_products() {
+        let mut x = 0.37f32;
+        let mut next = || {
+            x = (x * 9301.0 + 0.49297).fract();
+            x - 0.5
+        };
+        for (m, n, d) in [
+            (1, 1, 1),
+            (1, 7, 3),
+            (5, 1, 64),
+            (3, 130, 17),
+            (40, 33, 24),
+            (2, 3, 0),
+        ] {
+            let qs: Vec<f32> = (0..m * d).map(|_| next()).collect();
+            let xs: Vec<f32> = (0..n * d).map(|_| next()).collect();
+            let mut out = vec![f32::NAN; m * n];
+            dots_nt(&qs, m, &xs, n, d, &mut out);
+            for i in 0..m {
+                for j in 0..n {
+                    let want = dot_portable(&qs[i * d..(i + 1) * d], &xs[j * d..(j + 1) * d]);
+                    let got = out[i * n + j];
+                    assert!(
+                        (got - want).abs() <= 1e-5,
+                        "{m}x{n}x{d} [{i},{j}]: {got} vs {want}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn dispatched_kernels_agree_with_the_portable_ones() {

@@ -222,10 +222,11 @@ impl Snapshot {
             .unwrap_or_default())
     }
 
-    /// [`Snapshot::search`] for `queries.len() / dim` queries, in parallel: blocks of
-    /// queries share each tile of rows while it is in cache (the scan reads the
-    /// generation once per block instead of once per query); the same scan as
-    /// [`Snapshot::search`] (a block of one), so the hits are exactly its hits.
+    /// [`Snapshot::search`] for `queries.len() / dim` queries, in parallel: each block of
+    /// queries is scored against each tile of rows by one GEMM (the generation is read
+    /// once per block instead of once per query); the same scan as [`Snapshot::search`]
+    /// (a block of one), so the hits are its hits, scores equal up to float rounding
+    /// (the GEMM may sum a block's products in another order than a single query's).
     pub fn search_batch(
         &self,
         queries: &[f32],
@@ -256,11 +257,15 @@ impl Snapshot {
     }
 
     /// Exact search for the (checked) queries of one block: the one scan of both
-    /// [`Snapshot::search`] and [`Snapshot::search_batch`].
+    /// [`Snapshot::search`] and [`Snapshot::search_batch`]. Per tile of rows, the
+    /// admitted ones (in place when every row of an f32 tile is admitted, else gathered
+    /// or decoded from f16 / int8 into one f32 matrix) are scored against every query of
+    /// the block by one GEMM, then offered to each query's top-k past its threshold.
     fn search_block(&self, qs: &[f32], k: usize, metric: Metric, filter: &Filter) -> Vec<Vec<Hit>> {
         let d = self.dim();
+        let nq = qs.len() / d.max(1);
         let norms: Vec<(f32, f32)> = qs
-            .chunks_exact(d)
+            .chunks_exact(d.max(1))
             .map(|q| {
                 let q2 = dot(q, q);
                 (q2.sqrt(), q2)
@@ -270,15 +275,9 @@ impl Snapshot {
         let need_x2 = metric != Metric::InnerProduct;
         let mut rows: Vec<usize> = Vec::with_capacity(ROW_TILE);
         let mut x2s: Vec<f32> = Vec::with_capacity(ROW_TILE);
-        // f16 rows decoded for the tile (allocated on first use).
-        let mut tile = Vec::new();
-        let mut block = Block {
-            qs,
-            d,
-            metric,
-            norms: &norms,
-            tops: &mut tops,
-        };
+        // gathered or decoded rows of the tile (allocated on first use)
+        let mut tile: Vec<f32> = Vec::new();
+        let mut scores = vec![0f32; nq * ROW_TILE];
         for ls in self.segments() {
             let seg = &ls.segment;
             let ids = seg.ids();
@@ -288,39 +287,64 @@ impl Snapshot {
                 let end = (start + ROW_TILE).min(ids.len());
                 rows.clear();
                 rows.extend((start..end).filter(|&r| admits(r)));
-                if rows.is_empty() {
+                let len = rows.len();
+                if len == 0 {
                     continue;
                 }
-                x2s.clear();
-                if let Some(data) = seg.f32_data() {
-                    let x = |r: usize| &data[r * d..(r + 1) * d];
-                    x2s.extend(
-                        rows.iter()
-                            .map(|&r| if need_x2 { dot(x(r), x(r)) } else { 0.0 }),
-                    );
-                    block.scan(ids, &rows, &x2s, |q, _, r| dot(q, x(r)));
-                } else if let Some(data) = seg.f16_data() {
-                    tile.resize(ROW_TILE * d, 0f32);
-                    for (j, &r) in rows.iter().enumerate() {
-                        let buf = &mut tile[j * d..(j + 1) * d];
-                        data[r * d..(r + 1) * d].convert_to_f32_slice(buf);
-                        x2s.push(if need_x2 { dot(buf, buf) } else { 0.0 });
-                    }
-                    let tile = &tile;
-                    block.scan(ids, &rows, &x2s, |q, j, _| {
-                        dot(q, &tile[j * d..(j + 1) * d])
-                    });
-                } else if let Some((codes, scales)) = seg.int8_data() {
-                    let x = |r: usize| &codes[r * d..(r + 1) * d];
-                    x2s.extend(rows.iter().map(|&r| {
-                        if need_x2 {
-                            let n: i32 = x(r).iter().map(|&v| v as i32 * v as i32).sum();
-                            n as f32 * scales[r] * scales[r]
-                        } else {
-                            0.0
+                let mat: &[f32] = if let Some(data) = seg.f32_data() {
+                    if len == end - start {
+                        &data[start * d..end * d]
+                    } else {
+                        tile.clear();
+                        for &r in &rows {
+                            tile.extend_from_slice(&data[r * d..(r + 1) * d]);
                         }
-                    }));
-                    block.scan(ids, &rows, &x2s, |q, _, r| dot_i8(q, x(r)) * scales[r]);
+                        &tile
+                    }
+                } else if let Some(data) = seg.f16_data() {
+                    tile.resize(len * d, 0.0);
+                    for (j, &r) in rows.iter().enumerate() {
+                        data[r * d..(r + 1) * d]
+                            .convert_to_f32_slice(&mut tile[j * d..(j + 1) * d]);
+                    }
+                    &tile
+                } else if let Some((codes, scales)) = seg.int8_data() {
+                    tile.clear();
+                    for &r in &rows {
+                        let s = scales[r];
+                        tile.extend(codes[r * d..(r + 1) * d].iter().map(|&c| c as f32 * s));
+                    }
+                    &tile
+                } else {
+                    continue;
+                };
+                x2s.clear();
+                if need_x2 {
+                    x2s.extend(mat.chunks_exact(d).map(|x| dot(x, x)));
+                } else {
+                    x2s.resize(len, 0.0);
+                }
+                crate::kernels::dots_nt(qs, nq, mat, len, d, &mut scores);
+                for (i, (top, &(q_norm, q2))) in tops.iter_mut().zip(&norms).enumerate() {
+                    let row = &scores[i * len..(i + 1) * len];
+                    let mut threshold = top.threshold();
+                    if metric == Metric::InnerProduct {
+                        // the hot loop: one compare per score, rows looked up on entry only
+                        for (j, &score) in row.iter().enumerate() {
+                            if score >= threshold {
+                                top.push(ids[rows[j]], score);
+                                threshold = top.threshold();
+                            }
+                        }
+                        continue;
+                    }
+                    for ((&s, &r), &x2) in row.iter().zip(&rows).zip(&x2s) {
+                        let score = finish(metric, s, x2, q_norm, q2);
+                        if score >= threshold {
+                            top.push(ids[r], score);
+                            threshold = top.threshold();
+                        }
+                    }
                 }
             }
         }
@@ -328,42 +352,7 @@ impl Snapshot {
     }
 }
 
-/// Queries per block of a batch search.
-const QUERY_BLOCK: usize = 16;
-/// Rows per tile of a batch search (64 KB of f32 at d = 64: the tile stays in cache
-/// while the block's queries are scored against it).
-const ROW_TILE: usize = 256;
-
-/// The queries of one batch-search block and their running top-k.
-struct Block<'a> {
-    qs: &'a [f32],
-    d: usize,
-    metric: Metric,
-    /// (|q|, |q|²) per query.
-    norms: &'a [(f32, f32)],
-    tops: &'a mut [TopK],
-}
-
-impl Block<'_> {
-    /// Scores every query against the admitted `rows` of a tile; `dot(q, j, r)` is the
-    /// product of `q` with the tile's `j`-th admitted row, segment row `r`.
-    #[inline(always)]
-    fn scan(
-        &mut self,
-        ids: &[u64],
-        rows: &[usize],
-        x2s: &[f32],
-        dot: impl Fn(&[f32], usize, usize) -> f32,
-    ) {
-        for ((q, top), &(q_norm, q2)) in self
-            .qs
-            .chunks_exact(self.d)
-            .zip(self.tops.iter_mut())
-            .zip(self.norms)
-        {
-            for (j, (&r, &x2)) in rows.iter().zip(x2s).enumerate() {
-                top.push(ids[r], finish(self.metric, dot(q, j, r), x2, q_norm, q2));
-            }
-        }
-    }
-}
+/// Queries per block of a batch search: the rows of one GEMM, sharing each tile.
+const QUERY_BLOCK: usize = 512;
+/// Rows per tile: the columns of one GEMM (512 KiB of f32 at d = 64).
+const ROW_TILE: usize = 2048;
