@@ -47,6 +47,10 @@ struct Args {
     /// Timed passes over every storage and thread count, alternated.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// Also time this many single-query `search` calls (one thread), the request path's
+    /// latency.
+    #[arg(long, default_value_t = 0)]
+    single: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -119,6 +123,18 @@ fn main() -> anyhow::Result<()> {
                     "exact round={round} storage={name} threads={t} search_s={s:.3} qps={:.0}{}",
                     nq as f64 / s,
                     recall.map_or(String::new(), |r| format!(" recall@{}={r:.4}", a.k))
+                );
+            }
+            if a.single > 0 {
+                let n = a.single.min(nq);
+                let start = Instant::now();
+                for q in queries.chunks_exact(d).take(n) {
+                    snap.search(q, a.k, Metric::InnerProduct, &Filter::none())?;
+                }
+                let s = start.elapsed().as_secs_f64();
+                println!(
+                    "single round={round} storage={name} queries={n} ms_per_query={:.2}",
+                    1e3 * s / n as f64
                 );
             }
         }

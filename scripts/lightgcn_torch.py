@@ -12,6 +12,12 @@ batches of 2048. Prints one line per epoch in `gowalla`'s format:
     python3 scripts/lightgcn_torch.py --data ../shared/datasets/gowalla --epochs 1 --threads 2
     epoch=1 loss=0.5... epoch_s=183.2 sample_s=... threads=2 torch=2.15.0
 
+`--path csr` (the default: PyTorch's fastest CPU path we know) stores the adjacency as
+CSR and takes the backward of `y = G x` as `G dy` through a custom autograd function
+(G is symmetric: the same gradient, no autograd through the sparse product);
+`--path autograd` is the reference's COO tensor with autograd through torch.sparse.mm.
+Each epoch line says which path ran.
+
 Needs `pip install torch numpy`. Run by hand beside
 `cargo run --release --example gowalla -- --data ... --epochs 1 --quiet`; CI never runs it.
 Measured with torch 2.15.0 on 2026-12-01: docs/benchmarks.md, "LightGCN epoch time
@@ -49,6 +55,8 @@ def main():
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--decay", type=float, default=1e-4)
     ap.add_argument("--seed", type=int, default=2020)
+    ap.add_argument("--path", choices=["csr", "autograd"], default="csr",
+                    help="csr: CSR adjacency, backward as G dy (fastest); autograd: the reference's COO + autograd")
     args = ap.parse_args()
 
     import torch
@@ -83,6 +91,24 @@ def main():
         (n, n),
         check_invariants=False,
     ).coalesce()
+    if args.path == "csr":
+        csr = graph.to_sparse_csr()
+
+        class Propagate(torch.autograd.Function):
+            """y = G x with the backward G dy (G symmetric, so G^T = G)."""
+
+            @staticmethod
+            def forward(ctx, x):
+                return csr @ x
+
+            @staticmethod
+            def backward(ctx, dy):
+                return csr @ dy
+
+        propagate = Propagate.apply
+    else:
+        def propagate(x):
+            return torch.sparse.mm(graph, x)
 
     user_emb = torch.nn.Embedding(n_users, args.dim)
     item_emb = torch.nn.Embedding(n_items, args.dim)
@@ -94,14 +120,14 @@ def main():
         all_emb = torch.cat([user_emb.weight, item_emb.weight])
         embs = [all_emb]
         for _ in range(args.layers):
-            all_emb = torch.sparse.mm(graph, all_emb)
+            all_emb = propagate(all_emb)
             embs.append(all_emb)
         out = torch.stack(embs, dim=1).mean(dim=1)
         return torch.split(out, [n_users, n_items])
 
     print(
         f"users={n_users} items={n_items} train={n_train} dim={args.dim} layers={args.layers} "
-        f"batch={args.batch} threads={args.threads} torch={torch.__version__}",
+        f"batch={args.batch} threads={args.threads} path={args.path} torch={torch.__version__}",
         flush=True,
     )
     for epoch in range(1, args.epochs + 1):
@@ -138,7 +164,7 @@ def main():
         epoch_s = time.perf_counter() - t0
         print(
             f"epoch={epoch} loss={total / batches:.4f} epoch_s={epoch_s:.1f} "
-            f"sample_s={sample_s:.1f} threads={args.threads} torch={torch.__version__}",
+            f"sample_s={sample_s:.1f} threads={args.threads} path={args.path} torch={torch.__version__}",
             flush=True,
         )
 
