@@ -96,7 +96,8 @@ impl SparseMoe {
         for row in &rows {
             order.clear();
             order.extend(0..row.len() as u32);
-            // largest first; the lower index on ties, as torch.topk on CPU
+            // largest first; the lower index on ties (torch.topk's tie order is
+            // implementation-defined, so an exact tie may route differently there)
             order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
             out.extend_from_slice(&order[..self.top_k]);
         }
@@ -113,7 +114,7 @@ impl Module for SparseMoe {
         let logits = self.router.forward(&xs)?;
         let probs = candle_nn::ops::softmax_last_dim(&logits.to_dtype(DType::F32)?)?;
         let chosen = self.route(&probs)?;
-        let idx = Tensor::from_vec(chosen.clone(), (n, self.top_k), xs.device())?;
+        let idx = Tensor::from_slice(&chosen, (n, self.top_k), xs.device())?;
         // the chosen probabilities, renormalised: tensor ops, so gradients reach x
         let top = probs.gather(&idx, 1)?;
         let weights = top
@@ -128,7 +129,7 @@ impl Module for SparseMoe {
             rows[e as usize].push((j / self.top_k) as u32);
             slots[e as usize].push(j as u32);
         }
-        let mut out = xs.zeros_like()?.to_dtype(DType::F32)?;
+        let mut out = Tensor::zeros(xs.shape(), DType::F32, xs.device())?;
         for e in 0..experts {
             if rows[e].is_empty() {
                 continue;
