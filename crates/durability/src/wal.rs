@@ -16,7 +16,10 @@
 //!   written is durable before anything is built on it;
 //! - after a failed write or sync the log refuses every call (the kernel may have
 //!   dropped the dirty pages): reopen it to find out what is on disk;
-//! - one process holds a log at a time (the lock file `{name}.lock`).
+//! - one process holds a log at a time (the lock file `{name}.lock`). [`Wal::lock`]
+//!   takes it alone, so that a caller reads what the log guards (a snapshot the log
+//!   continues) only once no other process can change it, then opens the log under it
+//!   ([`Wal::open_locked`]).
 //!
 //! Segment `{name}.{first seq, 20 digits}.wal`: a [`frame`] header (magic `MOSWAL01`,
 //! version 1, body: the first seq, u64), then the records: payload length (u32),
@@ -69,6 +72,30 @@ pub struct Recovered {
     pub discarded_bytes: u64,
 }
 
+/// Exclusive ownership of log `name` in one directory (its lock file), held from
+/// [`Wal::lock`] until the [`Wal`] opened under it is dropped.
+pub struct WalLock {
+    name: String,
+    dir: std::path::PathBuf,
+    _guard: Box<dyn LockGuard>,
+}
+
+impl WalLock {
+    /// The log's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+impl std::fmt::Debug for WalLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WalLock")
+            .field("name", &self.name)
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
 /// An open write-ahead log (see the module documentation).
 pub struct Wal<F: FileSystem> {
     dir: FsDirectory<F>,
@@ -83,7 +110,7 @@ pub struct Wal<F: FileSystem> {
     buf: Vec<u8>,
     failed: bool,
     options: WalOptions,
-    _lock: Box<dyn LockGuard>,
+    _lock: WalLock,
 }
 
 impl<F: FileSystem> std::fmt::Debug for Wal<F> {
@@ -162,18 +189,53 @@ impl<F: FileSystem + Clone> Wal<F> {
     /// Opens log `name` in `dir` (creating it, first seq `start_seq` ≥ 1, if it has no
     /// segment) and passes every record it holds to `visit`, in seq order; an error from
     /// `visit` ends the open with that error. A torn tail is cut off (see the module).
+    /// [`Wal::lock`] then [`Wal::open_locked`].
     pub fn open<E: From<Error>>(
         dir: &FsDirectory<F>,
         name: &str,
         start_seq: u64,
         options: WalOptions,
+        visit: impl FnMut(u64, &[u8]) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(Self, Recovered), E> {
+        let lock = Self::lock(dir, name)?;
+        Self::open_locked(dir, lock, start_seq, options, visit)
+    }
+
+    /// Takes log `name`'s lock in `dir`, or fails at once with [`Error::Locked`] while
+    /// another holder (this process or another) has it.
+    pub fn lock(dir: &FsDirectory<F>, name: &str) -> Result<WalLock> {
+        check_name(name)?;
+        let guard = dir.fs().try_lock(&format!("{name}.lock"))?;
+        Ok(WalLock {
+            name: name.to_string(),
+            dir: dir.fs().describe(),
+            _guard: guard,
+        })
+    }
+
+    /// Opens the log `lock` holds (taken by [`Wal::lock`] on the same directory) as
+    /// [`Wal::open`] does.
+    pub fn open_locked<E: From<Error>>(
+        dir: &FsDirectory<F>,
+        lock: WalLock,
+        start_seq: u64,
+        options: WalOptions,
         mut visit: impl FnMut(u64, &[u8]) -> std::result::Result<(), E>,
     ) -> std::result::Result<(Self, Recovered), E> {
-        check_name(name)?;
+        if lock.dir != dir.fs().describe() {
+            return Err(Error::Invalid(format!(
+                "the lock of log {:?} was taken in {}, not in {}",
+                lock.name,
+                lock.dir.display(),
+                dir.fs().describe().display()
+            ))
+            .into());
+        }
         if start_seq == 0 {
             return Err(Error::Invalid("a log's first seq must be at least 1".into()).into());
         }
-        let lock = dir.fs().try_lock(&format!("{name}.lock"))?;
+        let name = lock.name.clone();
+        let name = name.as_str();
         let mut segments: Vec<u64> = list(dir, name)?;
         let first = segments.first().copied().unwrap_or(start_seq);
         let mut next_seq = first;

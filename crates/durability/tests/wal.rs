@@ -74,6 +74,41 @@ fn a_second_opener_is_refused_while_the_first_holds_the_log() {
 }
 
 #[test]
+fn a_lock_taken_alone_holds_the_log_until_the_log_opened_under_it_is_dropped() {
+    let dir = SimDirectory::simulated();
+    let lock = Wal::lock(&dir, "events").unwrap();
+    assert_eq!(lock.name(), "events");
+    assert!(matches!(open(&dir, small()), Err(Error::Locked { .. })));
+    assert!(matches!(
+        Wal::lock(&dir, "events"),
+        Err(Error::Locked { .. })
+    ));
+    // another log of the same directory is another lock
+    drop(Wal::lock(&dir, "other").unwrap());
+    let (wal, _) = Wal::open_locked(&dir, lock, 1, small(), |_, _| Ok::<(), Error>(())).unwrap();
+    assert!(matches!(open(&dir, small()), Err(Error::Locked { .. })));
+    drop(wal);
+    drop(open(&dir, small()).unwrap());
+    assert!(matches!(Wal::lock(&dir, "../x"), Err(Error::Invalid(_))));
+}
+
+#[test]
+fn a_lock_opens_only_the_directory_it_was_taken_in() {
+    let a = tempfile::tempdir().unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let da = MmapDirectory::open(a.path()).unwrap();
+    let db = MmapDirectory::open(b.path()).unwrap();
+    let lock = Wal::lock(&da, "events").unwrap();
+    let err = Wal::open_locked(&db, lock, 1, small(), |_, _| Ok::<(), Error>(()))
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Invalid(ref m) if m.contains("was taken in")),
+        "{err}"
+    );
+}
+
+#[test]
 fn drop_through_deletes_only_segments_wholly_covered() {
     let dir = SimDirectory::simulated();
     let (mut wal, _) = open(&dir, WalOptions::default()).unwrap();

@@ -13,12 +13,12 @@ use embed_store::{
 use taste_graph::model::EpochStats;
 use taste_graph::refresh::{Installed, Refit};
 use taste_graph::{
-    BipartiteGraph, DeviceSpec, InterestConfig, LightGcn, LightGcnConfig, LiveConfig, LiveModel,
-    Refresher, SyncPolicy, Training,
+    BipartiteGraph, DeviceSpec, FeedbackLock, InterestConfig, LightGcn, LightGcnConfig, LiveConfig,
+    LiveModel, Refresher, SyncPolicy, Training,
 };
 
 use crate::error::{Error, Result};
-use crate::recommender::serving::Reopened;
+use crate::recommender::serving::{Reopened, lock_dir};
 use crate::recommender::{DEFAULT_MAX_LIVE_ITEMS, Recommender};
 use crate::saved::SavedIds;
 
@@ -284,21 +284,54 @@ pub(crate) fn attrs_of(snap: &Snapshot, ids: &[u64]) -> Vec<u32> {
 /// (its HNSW index loaded or built when `opts.hnsw` asks), with the events `dir`'s
 /// feedback log holds after the state replayed and the log attached (acknowledging as
 /// `opts.sync` says) — or `None` when nothing was saved in `dir`.
+///
+/// The directory's lock is taken first and held by the log attached: a directory another
+/// process (or recommender) still holds is [`taste_graph::Error::Locked`], whatever its
+/// files say at that moment.
 pub fn restore(dir: &Path, store: &Arc<Store>, opts: &PipelineOptions) -> Result<Option<Reopened>> {
+    match restore_locked(dir, lock_dir(dir)?, store, opts)? {
+        Restore::Reopened(r) => Ok(Some(r)),
+        Restore::Nothing(_) => Ok(None),
+    }
+}
+
+/// What [`restore_locked`] found.
+pub(crate) enum Restore {
+    /// The saved state, served with the log's events replayed.
+    Reopened(Reopened),
+    /// Nothing saved: the lock, to attach a new log under ([`Recommender::with_log_locked`]).
+    Nothing(FeedbackLock),
+}
+
+/// [`restore`] under `lock` ([`lock_dir`] on `dir`).
+pub(crate) fn restore_locked(
+    dir: &Path,
+    lock: FeedbackLock,
+    store: &Arc<Store>,
+    opts: &PipelineOptions,
+) -> Result<Restore> {
     let selection = opts.device.select()?;
     // The ranker adds no items with content, so the taste graph needs no aggregator.
     let Some(restored) = Refresher::load(dir, &selection, opts.live, None)? else {
-        return Ok(None);
+        return Ok(Restore::Nothing(lock));
     };
     let saved = SavedIds::decode(&restored.app_data)?;
     let snap = store.generation(&saved.generation)?;
     let index = index_if_asked(store, &snap, opts)?;
-    let mut reopened =
-        Recommender::reopen(restored, saved, dir, opts.sync, snap, index, opts.interests)?;
+    let mut reopened = Recommender::reopen(
+        lock,
+        restored,
+        saved,
+        dir,
+        opts.sync,
+        snap,
+        index,
+        opts.interests,
+    )?;
     reopened.recommender = reopened
         .recommender
         .with_max_live_items(opts.max_live_items);
-    Ok(Some(reopened))
+    Ok(Restore::Reopened(reopened))
 }
 
 /// The HNSW index of `snap` ([`index_for`]) when `opts.hnsw` asks for one.

@@ -144,6 +144,47 @@ fn acknowledged_batches_survive_a_restart() {
     );
 }
 
+/// A restarted process must not read the state while the old one may still replace it
+/// (a checkpoint finishing as it exits) and cut the log: the directory is locked first.
+/// Garbage in the state file stands for "changed under the reader": a locked directory
+/// is reported as locked, before its files are looked at.
+#[test]
+fn a_directory_in_use_is_locked_before_its_state_is_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let (s, _) = open(dir.path(), 0);
+    s.record(&events(0, 20)).unwrap();
+    let state = dir.path().join("state").join("refresher.safetensors");
+    let saved = std::fs::read(&state).unwrap();
+    std::fs::write(&state, b"not a state").unwrap();
+    let err = try_open(dir.path(), 0).map(|_| ()).unwrap_err();
+    assert!(
+        matches!(err, Error::Taste(taste_graph::Error::Locked { .. })),
+        "{err}"
+    );
+    let store = Store::open(Arc::new(
+        MmapDirectory::open(dir.path().join("store")).unwrap(),
+    ))
+    .unwrap();
+    let err = ranker::pipeline::restore(&dir.path().join("state"), &store, &options(0).pipeline)
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        matches!(err, Error::Taste(taste_graph::Error::Locked { .. })),
+        "{err}"
+    );
+    std::fs::write(&state, saved).unwrap();
+    s.shutdown().unwrap();
+    drop(s);
+    let (_s, opened) = open(dir.path(), 0);
+    assert_eq!(
+        opened,
+        Opened::Restored {
+            saved_seq: 20,
+            replayed: 0
+        }
+    );
+}
+
 #[test]
 fn a_refit_is_swapped_in_and_the_old_generation_dropped() {
     let dir = tempfile::tempdir().unwrap();

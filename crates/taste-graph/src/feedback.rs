@@ -16,7 +16,7 @@
 use std::time::{Duration, Instant};
 
 use mosaic_durability::le::Reader;
-use mosaic_durability::wal::{Recovered, Wal, WalOptions};
+use mosaic_durability::wal::{Recovered, Wal, WalLock, WalOptions};
 use mosaic_durability::{FileSystem, FsDirectory, OsFs};
 
 use crate::error::{Error, Result};
@@ -123,6 +123,13 @@ impl<E> From<mosaic_durability::Error> for Visit<E> {
     }
 }
 
+/// Exclusive ownership of a directory's feedback log, and so of the saved state it
+/// continues: take it ([`FeedbackLog::lock`]) before reading that state, so that no
+/// other process (an old one still exiting, say) saves a newer state and cuts the log
+/// between the read and [`FeedbackLog::open_locked`].
+#[derive(Debug)]
+pub struct FeedbackLock(WalLock);
+
 /// The append side of the feedback log (see the module documentation).
 #[derive(Debug)]
 pub struct FeedbackLog<F: FileSystem + Clone = OsFs> {
@@ -142,6 +149,24 @@ impl<F: FileSystem + Clone> FeedbackLog<F> {
         dir: &FsDirectory<F>,
         policy: SyncPolicy,
         after_seq: u64,
+        visit: impl FnMut(u64, Feedback) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(Self, Replayed), E> {
+        let lock = Self::lock(dir)?;
+        Self::open_locked(dir, lock, policy, after_seq, visit)
+    }
+
+    /// Takes the log's lock in `dir`, or fails at once with [`Error::Locked`] while
+    /// another holder has it; held until the log opened under it is dropped.
+    pub fn lock(dir: &FsDirectory<F>) -> Result<FeedbackLock> {
+        Ok(FeedbackLock(Wal::lock(dir, LOG_NAME)?))
+    }
+
+    /// [`FeedbackLog::open`] under `lock`, taken by [`FeedbackLog::lock`] on `dir`.
+    pub fn open_locked<E: From<Error>>(
+        dir: &FsDirectory<F>,
+        lock: FeedbackLock,
+        policy: SyncPolicy,
+        after_seq: u64,
         mut visit: impl FnMut(u64, Feedback) -> std::result::Result<(), E>,
     ) -> std::result::Result<(Self, Replayed), E> {
         let mut replayed = 0;
@@ -149,7 +174,7 @@ impl<F: FileSystem + Clone> FeedbackLog<F> {
             message: "saved seq u64::MAX leaves no room for a log".into(),
         })?;
         let name = format!("{LOG_NAME} log");
-        let opened = Wal::open(dir, LOG_NAME, start, WalOptions::default(), |seq, p| {
+        let opened = Wal::open_locked(dir, lock.0, start, WalOptions::default(), |seq, p| {
             if seq > after_seq {
                 let f = Feedback::decode(&name, seq, p).map_err(Visit::Log)?;
                 visit(seq, f).map_err(Visit::Caller)?;

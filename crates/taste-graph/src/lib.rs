@@ -75,7 +75,7 @@ pub mod kernels {
 pub use dataset::Dataset;
 pub use error::{Error, Result};
 pub use eval::{Metrics, evaluate};
-pub use feedback::{Feedback, FeedbackLog, SyncPolicy};
+pub use feedback::{Feedback, FeedbackLock, FeedbackLog, SyncPolicy};
 pub use graph::BipartiteGraph;
 pub use ids::{IdMap, ItemId, UserId};
 pub use inductive::ContentAggregator;

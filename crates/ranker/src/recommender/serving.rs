@@ -18,8 +18,8 @@ use embed_store::hnsw::Hnsw;
 use mosaic_durability::MmapDirectory;
 use taste_graph::refresh::state::{RefresherState, Restored};
 use taste_graph::{
-    Feedback, FeedbackLog, Interaction, InteractionKind, InterestConfig, ItemId, Refresher,
-    SyncPolicy, UserId, feedback::Replayed,
+    Feedback, FeedbackLock, FeedbackLog, Interaction, InteractionKind, InterestConfig, ItemId,
+    Refresher, SyncPolicy, UserId, feedback::Replayed,
 };
 
 use super::{Attached, PREFIX_CHUNK, Recommender, State, no_refresher};
@@ -53,6 +53,14 @@ pub struct Reopened {
 
 fn open_dir(dir: &Path) -> Result<MmapDirectory> {
     Ok(MmapDirectory::open(dir).map_err(taste_graph::Error::from)?)
+}
+
+/// Takes the feedback log's lock in `dir` (created if absent): held before the saved
+/// state there is read or written, so that no other process (an old one still
+/// finishing a checkpoint) replaces the state and cuts the log in between.
+/// [`taste_graph::Error::Locked`] while another holder has it.
+pub(crate) fn lock_dir(dir: &Path) -> Result<FeedbackLock> {
+    Ok(FeedbackLog::lock(&open_dir(dir)?)?)
 }
 
 impl Recommender {
@@ -154,6 +162,17 @@ impl Recommender {
     /// closed (its directory free to [`crate::pipeline::restore`]) when the last of them
     /// is dropped.
     pub fn with_log(self, dir: &Path, policy: SyncPolicy) -> Result<Self> {
+        let lock = lock_dir(dir)?;
+        self.with_log_locked(dir, lock, policy)
+    }
+
+    /// [`Recommender::with_log`] under `lock` ([`lock_dir`] on `dir`).
+    pub(crate) fn with_log_locked(
+        self,
+        dir: &Path,
+        lock: FeedbackLock,
+        policy: SyncPolicy,
+    ) -> Result<Self> {
         if Refresher::has_saved_state(dir) {
             return Err(Error::config(format!(
                 "{} already holds a saved state: restart from it (pipeline::restore), or log to a new directory",
@@ -163,7 +182,8 @@ impl Recommender {
         let fs = open_dir(dir)?;
         // the state first: a log never exists without a state under it
         self.state(0)?.write(dir)?;
-        let (log, replayed) = FeedbackLog::open(&fs, policy, 0, |_, _| Ok::<(), Error>(()))?;
+        let (log, replayed) =
+            FeedbackLog::open_locked(&fs, lock, policy, 0, |_, _| Ok::<(), Error>(()))?;
         if !replayed.seqs.is_empty() {
             return Err(Error::config(format!(
                 "{} holds a feedback log ({} events) but held no saved state",
@@ -181,8 +201,11 @@ impl Recommender {
     /// `restored` (a state [`Refresher::load`]ed from `dir`, with the ranker's `saved`
     /// ids) served over `snap` and `index` (see [`Recommender::restore`]), with the events
     /// `dir`'s feedback log holds after the state replayed in order and the log attached
-    /// ([`crate::pipeline::restore`] does it all).
+    /// ([`crate::pipeline::restore`] does it all), under `lock` ([`lock_dir`] on `dir`,
+    /// taken before `restored` was read).
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn reopen(
+        lock: FeedbackLock,
         restored: Restored,
         saved: SavedIds,
         dir: &Path,
@@ -195,7 +218,7 @@ impl Recommender {
         let fs = open_dir(dir)?;
         let (log, replayed) = {
             let mut st = rec.write();
-            FeedbackLog::open(&fs, policy, saved_seq, |seq, f| {
+            FeedbackLog::open_locked(&fs, lock, policy, saved_seq, |seq, f| {
                 replay(&mut st, f).map_err(|e| Error::Replay {
                     seq,
                     source: Box::new(e),

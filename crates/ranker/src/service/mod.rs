@@ -38,9 +38,9 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::options::{RecommendOptions, RequestOptions};
-use crate::pipeline::{self, Attrs, PipelineOptions};
+use crate::pipeline::{self, Attrs, PipelineOptions, Restore};
 use crate::recommender::Recommender;
-use crate::recommender::serving::Event;
+use crate::recommender::serving::{Event, lock_dir};
 use crate::types::Key;
 pub use items::{ItemUpsert, Upserted};
 pub use keys::{KeyedEvent, Ranked, RankedSource};
@@ -227,17 +227,20 @@ impl Service {
         if options.max_batch == 0 {
             return Err(Error::config("max_batch = 0: no event could be recorded"));
         }
-        let (rec, opened) = match pipeline::restore(dir, &store, &options.pipeline)? {
-            Some(r) => {
+        // the directory is ours before its state is read (see pipeline::restore)
+        let owned = lock_dir(dir)?;
+        let (rec, opened) = match pipeline::restore_locked(dir, owned, &store, &options.pipeline)? {
+            Restore::Reopened(r) => {
                 let opened = Opened::Restored {
                     saved_seq: r.saved_seq,
                     replayed: r.replayed.replayed,
                 };
                 (r.recommender, opened)
             }
-            None => {
+            Restore::Nothing(owned) => {
                 let rec = build(&store, &options.pipeline)?;
-                (rec.with_log(dir, options.pipeline.sync)?, Opened::Built)
+                let rec = rec.with_log_locked(dir, owned, options.pipeline.sync)?;
+                (rec, Opened::Built)
             }
         };
         let names = Names::open(&mosaic_durability::MmapDirectory::open(dir)?)?;

@@ -530,7 +530,9 @@ impl Refresher {
     /// when such items were saved); `None` when nothing was saved there.
     ///
     /// Then observe the events after [`Restored::through_seq`] through the refresher,
-    /// and serve. Damaged or mismatched files are an [`Error::Corrupt`].
+    /// and serve. Damaged or mismatched files are an [`Error::Corrupt`]. With a feedback
+    /// log beside the state, hold [`crate::FeedbackLog::lock`] before loading (then open
+    /// the log under it), so that no other writer replaces the state in between.
     pub fn load(
         dir: impl AsRef<Path>,
         selection: &Selection,
