@@ -415,6 +415,8 @@ fn a_restarted_service_serves_the_state_it_saved() {
     let mut w = store.writer().unwrap();
     w.delete("refit-1", &[first]).unwrap();
     w.commit().unwrap();
+    // (the restored recommender holds the directory until dropped)
+    drop(back);
     let err = restore(dir.path(), &store, &options(true)).unwrap_err();
     assert!(err.to_string().contains("changed since"), "{err}");
     // Nothing saved: None.
