@@ -290,7 +290,7 @@ pub(crate) fn attrs_of(snap: &Snapshot, ids: &[u64]) -> Vec<u32> {
 /// files say at that moment.
 pub fn restore(dir: &Path, store: &Arc<Store>, opts: &PipelineOptions) -> Result<Option<Reopened>> {
     match restore_locked(dir, lock_dir(dir)?, store, opts)? {
-        Restore::Reopened(r) => Ok(Some(r)),
+        Restore::Reopened(r) => Ok(Some(*r)),
         Restore::Nothing(_) => Ok(None),
     }
 }
@@ -298,7 +298,7 @@ pub fn restore(dir: &Path, store: &Arc<Store>, opts: &PipelineOptions) -> Result
 /// What [`restore_locked`] found.
 pub(crate) enum Restore {
     /// The saved state, served with the log's events replayed.
-    Reopened(Reopened),
+    Reopened(Box<Reopened>),
     /// Nothing saved: the lock, to attach a new log under ([`Recommender::with_log_locked`]).
     Nothing(FeedbackLock),
 }
@@ -331,7 +331,7 @@ pub(crate) fn restore_locked(
     reopened.recommender = reopened
         .recommender
         .with_max_live_items(opts.max_live_items);
-    Ok(Restore::Reopened(reopened))
+    Ok(Restore::Reopened(Box::new(reopened)))
 }
 
 /// The HNSW index of `snap` ([`index_for`]) when `opts.hnsw` asks for one.

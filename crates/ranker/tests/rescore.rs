@@ -18,6 +18,8 @@ use vision_surgery::{Prompt, SurgeredModel};
 fn batched_log_odds_equal_the_models_continuation_scores() {
     let (_s, snap) = content(16);
     let reference = model();
+    // the reference scores without the prefix cache the rescorer uses
+    reference.text_model().prefix_cache().set_max_bytes(0);
     let candidates = [3u64, 0, 7, 12, 5];
     let context = [1u64, 2];
     let q = "A user saved <item>, <item>. Would they also save <item>? Answer yes or no.";
@@ -67,9 +69,30 @@ fn check_answers(
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() < 1e-4, "batch {batch}: {got:?} vs {want:?}");
         }
+        // the instruction before the first item was run once, then reused
+        let prefixes = r.model().text_model().prefix_cache().stats();
+        let prefills = candidates.len().div_ceil(batch) as u64
+            * if single_tokens(reference, yes, no) {
+                1
+            } else {
+                2
+            };
+        assert_eq!(prefixes.lookups, prefills, "{prefixes:?}");
+        assert_eq!(prefixes.hits, prefills - 1, "{prefixes:?}");
+        assert!(prefixes.computed_tokens > 0, "{prefixes:?}");
+        assert_eq!(
+            prefixes.reused_tokens,
+            prefixes.hits * prefixes.computed_tokens,
+            "each later prefill reuses the whole prefix: {prefixes:?}"
+        );
     }
     // Not all equal: the candidate's embedding matters.
     assert!(want.iter().any(|w| (w - want[0]).abs() > 1e-4), "{want:?}");
+}
+
+fn single_tokens(m: &SurgeredModel, yes: &str, no: &str) -> bool {
+    let tok = m.tokenizer().unwrap();
+    tok.encode_text(yes).unwrap().len() == 1 && tok.encode_text(no).unwrap().len() == 1
 }
 
 #[test]

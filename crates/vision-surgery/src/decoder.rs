@@ -441,6 +441,11 @@ impl DecoderCache {
         self.len() == 0
     }
 
+    /// Slots preallocated (appending past them grows the cache, copying it).
+    pub fn capacity(&self) -> usize {
+        self.layers.first().map_or(0, |l| l.k_cache().max_seq_len())
+    }
+
     /// Batch size of the cached sequences (0 when empty).
     pub fn batch(&self) -> usize {
         self.valid.len()
@@ -448,28 +453,59 @@ impl DecoderCache {
 
     /// Repeat a single cached sequence `n` times (shared prompt, several continuations).
     pub fn repeat(&self, n: usize, capacity: usize) -> Result<Self> {
-        if self.batch() != 1 {
+        self.prefix(self.len(), n, capacity)
+    }
+
+    /// The first `len` slots of a single cached sequence, repeated `n` times, with room
+    /// for `capacity` slots: exactly the cache a prefill of those `len` tokens leaves
+    /// (causal attention: no slot depends on a later one).
+    pub fn prefix(&self, len: usize, n: usize, capacity: usize) -> Result<Self> {
+        if self.batch() != 1 || len > self.len() || n == 0 {
             return Err(Error::Input {
                 message: format!(
-                    "can only repeat a cache of one sequence, this one holds {}",
-                    self.batch()
+                    "cannot take {n} copies of the first {len} slots of a cache of {} sequences of {} slots (one sequence, at most its length, at least one copy)",
+                    self.batch(),
+                    self.len()
                 ),
             });
         }
         let mut layers = Vec::with_capacity(self.layers.len());
         for l in &self.layers {
-            let mut c = KvCache::new(2, capacity.max(self.len()).max(1));
-            if let (Some(k), Some(v)) = (l.k()?, l.v()?) {
-                let k = k.repeat((n, 1, 1, 1))?;
-                let v = v.repeat((n, 1, 1, 1))?;
+            let mut c = KvCache::new(2, capacity.max(len).max(1));
+            if len > 0
+                && let (Some(k), Some(v)) = (l.k()?, l.v()?)
+            {
+                let k = k.narrow(2, 0, len)?.repeat((n, 1, 1, 1))?.contiguous()?;
+                let v = v.narrow(2, 0, len)?.repeat((n, 1, 1, 1))?.contiguous()?;
                 c.append(&k, &v)?;
             }
             layers.push(c);
         }
         Ok(Self {
             layers,
-            valid: vec![self.valid[0].clone(); n],
+            valid: vec![self.valid[0][..len].to_vec(); n],
         })
+    }
+
+    /// Appends keys and values of `n` valid slots of one sequence to the first layer
+    /// (unit tests of the caches built on this one).
+    #[cfg(test)]
+    pub(crate) fn append_for_tests(&mut self, k: &Tensor, v: &Tensor, n: usize) -> Result<()> {
+        self.layers[0].append(k, v)?;
+        self.valid = vec![vec![true; n]];
+        Ok(())
+    }
+
+    /// Bytes of the cached keys and values.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|l| {
+                let size =
+                    |t: Option<Tensor>| t.map_or(0, |t| t.elem_count() * t.dtype().size_in_bytes());
+                size(l.k().ok().flatten()) + size(l.v().ok().flatten())
+            })
+            .sum()
     }
 }
 

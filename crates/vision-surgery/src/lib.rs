@@ -36,6 +36,7 @@ pub mod model;
 pub mod moe;
 pub mod portable;
 pub mod position;
+pub mod prefix;
 pub mod prompt;
 pub mod rotary;
 pub mod sampling;
@@ -55,6 +56,7 @@ pub use generation_config::GenerationConfig;
 pub use hub::{DownloadProgress, ProgressFn};
 /// Device selection (`auto`, `cpu`, `cuda[:N]`), shared by every Mosaic crate.
 pub use mosaic_device::{DeviceSpec, Selection};
+pub use prefix::{PrefixCache, PrefixStats};
 pub use prompt::{ITEM_MARKER, Prompt, Role, Turn};
 pub use sampling::{GenerateOptions, Sampling};
 pub use surgered::{

@@ -2,12 +2,15 @@
 //! the [`TextDecoder`] (placeholder replacement, 3-D positions, left padding,
 //! DeepStack positions, cached continuation).
 
+use std::sync::Arc;
+
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 
 use crate::config::{Qwen3VlConfig, SpecialTokens};
 use crate::decoder::{DecoderCache, DeepStack, TextDecoder};
 use crate::error::{Error, Result};
-use crate::position::{Positions, VisualGrid, rope_index_batch};
+use crate::position::{Positions, VisualGrid, rope_index_after, rope_index_batch};
+use crate::prefix::PrefixCache;
 use crate::weights::Weights;
 
 /// Visual inputs of one sequence, in placeholder order.
@@ -50,6 +53,9 @@ pub struct Prefill {
     pub deltas: Vec<i64>,
     /// Left padding applied to each sequence.
     pub padding: Vec<usize>,
+    /// Leading tokens taken from the prefix cache ([`TextModel::prefill_cached`]; 0
+    /// for [`TextModel::prefill`]).
+    pub reused: usize,
 }
 
 /// Log-probabilities of one continuation (crosses a service's wire as JSON).
@@ -90,6 +96,7 @@ pub struct TextModel {
     decoder: TextDecoder,
     tokens: SpecialTokens,
     deepstack_levels: usize,
+    prefixes: Arc<PrefixCache>,
 }
 
 impl TextModel {
@@ -104,7 +111,14 @@ impl TextModel {
             decoder: TextDecoder::new(cfg, weights, dtype, device)?,
             tokens: cfg.tokens,
             deepstack_levels: cfg.deepstack_levels,
+            prefixes: Arc::new(PrefixCache::default()),
         })
+    }
+
+    /// The cache of shared prompt prefixes [`TextModel::prefill_cached`] uses (shared
+    /// by this model's clones; [`PrefixCache::set_max_bytes`] bounds or disables it).
+    pub fn prefix_cache(&self) -> &PrefixCache {
+        &self.prefixes
     }
 
     /// The underlying decoder.
@@ -144,7 +158,7 @@ impl TextModel {
                 message: "prefill needs an empty cache".into(),
             });
         }
-        let a = self.assemble(seqs)?;
+        let a = self.assemble(seqs, 0)?;
         let hidden_states =
             self.decoder
                 .forward(&a.embeds, &a.pos, &a.valid, a.deepstack.as_ref(), cache)?;
@@ -163,14 +177,117 @@ impl TextModel {
             logits,
             deltas: a.deltas,
             padding: a.padding,
+            reused: 0,
         })
+    }
+
+    /// [`TextModel::prefill`] with the leading text every sequence shares (up to the
+    /// first visual placeholder, leaving each sequence at least the positions `scope`
+    /// asks logits for) taken from the [`PrefixCache`] where an entry covers it, and
+    /// cached for the next call: the same logits, deltas and cache contents as
+    /// [`TextModel::prefill`], except that the tokens after the prefix are right-padded
+    /// (so `padding` is all 0; continue with the `deltas` as usual). [`LogitsScope::All`],
+    /// or a cache bounded to 0 bytes, is a plain [`TextModel::prefill`].
+    pub fn prefill_cached(
+        &self,
+        seqs: &[SequenceInput],
+        cache: &mut DecoderCache,
+        scope: LogitsScope,
+    ) -> Result<Prefill> {
+        let tail = match scope {
+            LogitsScope::Last => 1,
+            LogitsScope::Tail(n) => n,
+            LogitsScope::All => 0,
+        };
+        let shared = if tail == 0 || self.prefixes.max_bytes() == 0 {
+            0
+        } else {
+            self.shared_prefix(seqs, tail)
+        };
+        if shared == 0 {
+            return self.prefill(seqs, cache, scope);
+        }
+        if !cache.is_empty() {
+            return Err(Error::Input {
+                message: "prefill needs an empty cache".into(),
+            });
+        }
+        let state = self.prefix_state(&seqs[0].ids[..shared])?;
+        let a = self.assemble(seqs, shared)?;
+        let capacity = cache.capacity().max(shared + a.seq_len);
+        *cache = state.prefix(shared, seqs.len(), capacity)?;
+        let hidden =
+            self.decoder
+                .forward(&a.embeds, &a.pos, &a.valid, a.deepstack.as_ref(), cache)?;
+        // each sequence's last `tail` new tokens: the head runs on those rows only
+        let rows = seqs
+            .iter()
+            .enumerate()
+            .map(|(b, q)| {
+                let end = q.ids.len() - shared;
+                hidden.i((b, end - tail..end, ..))
+            })
+            .collect::<candle_core::Result<Vec<_>>>()?;
+        let logits = self.decoder.logits(&Tensor::stack(&rows, 0)?)?;
+        let logits = match scope {
+            LogitsScope::Last => logits.squeeze(1)?,
+            _ => logits,
+        };
+        Ok(Prefill {
+            logits,
+            deltas: a.deltas,
+            padding: a.padding,
+            reused: shared,
+        })
+    }
+
+    /// Length of the text every sequence of `seqs` starts with, before any visual
+    /// placeholder, leaving each sequence at least `tail` tokens after it.
+    fn shared_prefix(&self, seqs: &[SequenceInput], tail: usize) -> usize {
+        let Some(first) = seqs.first() else {
+            return 0;
+        };
+        let ids = &first.ids;
+        let mut len = ids
+            .iter()
+            .position(|&t| self.is_placeholder(t))
+            .unwrap_or(ids.len());
+        for q in &seqs[1..] {
+            len = len.min(ids.iter().zip(&q.ids).take_while(|(a, b)| a == b).count());
+        }
+        let shortest = seqs.iter().map(|q| q.ids.len()).min().unwrap_or(0);
+        len.min(shortest.saturating_sub(tail))
+    }
+
+    /// The decoder state (one sequence) after the text `ids` (at least their length):
+    /// from the prefix cache, the rest of them run and the result cached.
+    fn prefix_state(&self, ids: &[u32]) -> Result<Arc<DecoderCache>> {
+        let found = self.prefixes.longest(ids);
+        let known = found.as_ref().map_or(0, |(_, l)| *l);
+        if let Some((state, l)) = &found
+            && *l == ids.len()
+        {
+            return Ok(Arc::clone(state));
+        }
+        let mut cache = match &found {
+            Some((state, l)) => state.prefix(*l, 1, ids.len())?,
+            None => self.new_cache(ids.len()),
+        };
+        let seq = SequenceInput {
+            ids: ids.to_vec(),
+            visual: None,
+        };
+        let a = self.assemble(std::slice::from_ref(&seq), known)?;
+        self.decoder
+            .forward(&a.embeds, &a.pos, &a.valid, None, &mut cache)?;
+        Ok(self.prefixes.insert(seq.ids, cache, ids.len() - known))
     }
 
     /// Final hidden states (b, s, H) of a batch of prompts (left-padded to the longest)
     /// through [`TextDecoder::forward_differentiable`]: no cache, and gradients flow
     /// back to the soft tokens and DeepStack features. Returns the left padding too.
     pub fn forward_differentiable(&self, seqs: &[SequenceInput]) -> Result<(Tensor, Vec<usize>)> {
-        let a = self.assemble(seqs)?;
+        let a = self.assemble(seqs, 0)?;
         let hidden = self.decoder.forward_differentiable(
             &a.embeds,
             &a.pos,
@@ -180,9 +297,12 @@ impl TextModel {
         Ok((hidden, a.padding))
     }
 
-    /// Lay out a batch for the decoder: ids checked, left padding, placeholders replaced
-    /// by soft tokens, 3-D positions, DeepStack positions.
-    fn assemble(&self, seqs: &[SequenceInput]) -> Result<Assembled> {
+    /// Lay out a batch for the decoder: ids checked, placeholders replaced by soft
+    /// tokens, 3-D positions, DeepStack positions. `offset` 0: whole sequences, left
+    /// padded; otherwise the tokens after the first `offset` (a cached text prefix, no
+    /// placeholder in it), right padded, at the positions they have in the whole
+    /// sequence.
+    fn assemble(&self, seqs: &[SequenceInput], offset: usize) -> Result<Assembled> {
         if seqs.is_empty() {
             return Err(Error::Input {
                 message: "empty batch".into(),
@@ -192,7 +312,18 @@ impl TextModel {
         let dev = self.decoder.device().clone();
         let hidden = cfg.hidden_size;
         let b = seqs.len();
-        let s = seqs.iter().map(|q| q.ids.len()).max().unwrap_or(0);
+        if let Some(bi) = seqs
+            .iter()
+            .position(|q| q.ids.len() <= offset && offset > 0)
+        {
+            return Err(Error::Input {
+                message: format!(
+                    "sequence {bi} has {} tokens, none after the {offset} cached",
+                    seqs[bi].ids.len()
+                ),
+            });
+        }
+        let s = seqs.iter().map(|q| q.ids.len() - offset).max().unwrap_or(0);
         if s == 0 {
             return Err(Error::Input {
                 message: "every sequence is empty".into(),
@@ -209,12 +340,33 @@ impl TextModel {
         let mut n_visual = 0usize;
         let mut levels: Option<usize> = None;
         for (bi, q) in seqs.iter().enumerate() {
-            let pad = s - q.ids.len();
-            padding.push(pad);
-            let mut v = vec![false; pad];
-            v.resize(s, true);
-            valid.push(v);
-            let n_ph = q.ids.iter().filter(|&&t| self.is_placeholder(t)).count();
+            let (head, tail) = q.ids.split_at(offset);
+            let pad = s - tail.len();
+            // where the sequence's first new token sits in its row
+            let start = if offset == 0 { pad } else { 0 };
+            if offset == 0 {
+                padding.push(pad);
+                let mut v = vec![false; pad];
+                v.resize(s, true);
+                valid.push(v);
+                flat_ids.extend(std::iter::repeat_n(0u32, pad));
+                flat_ids.extend_from_slice(tail);
+            } else {
+                padding.push(0);
+                let mut v = vec![true; tail.len()];
+                v.resize(s, false);
+                valid.push(v);
+                flat_ids.extend_from_slice(tail);
+                flat_ids.extend(std::iter::repeat_n(0u32, pad));
+            }
+            if let Some(i) = head.iter().position(|&t| self.is_placeholder(t)) {
+                return Err(Error::Input {
+                    message: format!(
+                        "sequence {bi}, token {i}: a visual placeholder inside the {offset} cached prefix tokens"
+                    ),
+                });
+            }
+            let n_ph = tail.iter().filter(|&&t| self.is_placeholder(t)).count();
             for (i, &t) in q.ids.iter().enumerate() {
                 if t as usize >= cfg.vocab_size {
                     return Err(Error::Input {
@@ -225,8 +377,6 @@ impl TextModel {
                     });
                 }
             }
-            flat_ids.extend(std::iter::repeat_n(0u32, pad));
-            flat_ids.extend_from_slice(&q.ids);
             let base = (bi * s) as u32;
             gather.extend((0..s as u32).map(|i| base + i));
             match &q.visual {
@@ -283,9 +433,9 @@ impl TextModel {
                         }
                     }
                     let mut k = 0u32;
-                    for (i, &t) in q.ids.iter().enumerate() {
+                    for (i, &t) in tail.iter().enumerate() {
                         if self.is_placeholder(t) {
-                            let p = (bi * s + pad + i) as u32;
+                            let p = (bi * s + start + i) as u32;
                             gather[p as usize] = (b * s) as u32 + n_visual as u32 + k;
                             visual_positions.push(p);
                             k += 1;
@@ -302,7 +452,12 @@ impl TextModel {
             .iter()
             .map(|q| q.visual.as_ref().map_or(&[][..], |v| v.grids.as_slice()))
             .collect();
-        let (pos, deltas) = rope_index_batch(&id_refs, s, |t| self.is_placeholder(t), &grid_refs)?;
+        let is_visual = |t| self.is_placeholder(t);
+        let (pos, deltas) = if offset == 0 {
+            rope_index_batch(&id_refs, s, is_visual, &grid_refs)?
+        } else {
+            rope_index_after(&id_refs, offset, s, is_visual, &grid_refs)?
+        };
 
         let ids = Tensor::from_vec(flat_ids, (b, s), &dev)?;
         let mut embeds = self.decoder.embed(&ids)?;
@@ -409,7 +564,7 @@ impl TextModel {
         let longest = continuations.iter().map(Vec::len).max().unwrap_or(1);
         let prompt_len = seq.ids.len();
         let mut cache = self.new_cache(prompt_len);
-        let pre = self.prefill(&[seq], &mut cache, LogitsScope::Last)?;
+        let pre = self.prefill_cached(&[seq], &mut cache, LogitsScope::Last)?;
         let first = TextDecoder::log_softmax(&pre.logits)?
             .i(0)?
             .to_vec1::<f32>()?;
@@ -471,7 +626,7 @@ impl TextModel {
         let n = c.len();
         seq.ids.extend_from_slice(&c[..n - 1]);
         let mut cache = self.new_cache(seq.ids.len());
-        let pre = self.prefill(&[seq], &mut cache, LogitsScope::Tail(n))?;
+        let pre = self.prefill_cached(&[seq], &mut cache, LogitsScope::Tail(n))?;
         let lp = candle_nn::ops::log_softmax(&pre.logits.i(0)?, D::Minus1)?;
         let idx = Tensor::from_vec(c.to_vec(), (n, 1), lp.device())?;
         let token_logprobs: Vec<f32> = lp.gather(&idx, 1)?.flatten_all()?.to_vec1()?;

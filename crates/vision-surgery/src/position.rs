@@ -198,6 +198,45 @@ pub fn rope_index_batch(
     Ok((Positions { batch, seq, data }, deltas))
 }
 
+/// Positions of the tokens after the first `offset` of each sequence (a cached shared
+/// prefix), right-padded to `seq`: each sequence's positions are those of its whole
+/// `ids[b]` (so the same as without the cache), from token `offset` on. Returns the
+/// positions and each sequence's rope delta relative to `offset + seq` cached slots.
+pub fn rope_index_after(
+    ids: &[&[u32]],
+    offset: usize,
+    seq: usize,
+    is_visual: impl Fn(u32) -> bool + Copy,
+    grids: &[&[VisualGrid]],
+) -> Result<(Positions, Vec<i64>)> {
+    let batch = ids.len();
+    if grids.len() != batch {
+        return Err(Error::Input {
+            message: format!("{batch} sequences but {} grid lists", grids.len()),
+        });
+    }
+    let mut data = vec![0i64; 3 * batch * seq];
+    let mut deltas = Vec::with_capacity(batch);
+    for (b, (seq_ids, seq_grids)) in ids.iter().zip(grids).enumerate() {
+        let rest = seq_ids.len().checked_sub(offset).filter(|&r| r <= seq);
+        let Some(rest) = rest else {
+            return Err(Error::Input {
+                message: format!(
+                    "sequence {b} has {} tokens: not {offset} cached plus at most {seq} new",
+                    seq_ids.len()
+                ),
+            });
+        };
+        let (rows, delta) = rope_index_one(seq_ids, is_visual, seq_grids)?;
+        for (r, row) in rows.iter().enumerate() {
+            let start = (r * batch + b) * seq;
+            data[start..start + rest].copy_from_slice(&row[offset..]);
+        }
+        deltas.push(delta - (seq - rest) as i64);
+    }
+    Ok((Positions { batch, seq, data }, deltas))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

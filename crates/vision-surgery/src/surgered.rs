@@ -426,7 +426,9 @@ impl SurgeredModel {
             stops.extend(tok.default_stop_tokens());
         }
         let mut cache = self.model.new_cache(prompt_tokens + opts.max_tokens);
-        let pre = self.model.prefill(&[seq], &mut cache, LogitsScope::Last)?;
+        let pre = self
+            .model
+            .prefill_cached(&[seq], &mut cache, LogitsScope::Last)?;
         let mut logits = pre.logits;
         let mut sampler = Sampler::new(opts.sampling);
         let mut tokens = Vec::new();

@@ -253,7 +253,7 @@ impl Rescorer {
         let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
         let n = prefix.len() + 1;
         let mut cache = tm.new_cache(len);
-        let pre = tm.prefill(&seqs, &mut cache, LogitsScope::Tail(n))?;
+        let pre = tm.prefill_cached(&seqs, &mut cache, LogitsScope::Tail(n))?;
         let lp = TextDecoder::log_softmax(&pre.logits)?;
         let mut out = Vec::with_capacity(seqs.len());
         for b in 0..seqs.len() {

@@ -231,6 +231,7 @@ impl Service {
         let owned = lock_dir(dir)?;
         let (rec, opened) = match pipeline::restore_locked(dir, owned, &store, &options.pipeline)? {
             Restore::Reopened(r) => {
+                let r = *r;
                 let opened = Opened::Restored {
                     saved_seq: r.saved_seq,
                     replayed: r.replayed.replayed,
