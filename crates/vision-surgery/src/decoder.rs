@@ -16,6 +16,7 @@ use crate::config::{Qwen3VlConfig, TextConfig};
 use crate::error::{Error, Result};
 use crate::moe::SparseMoe;
 use crate::position::Positions;
+use crate::quant::{Proj, QuantizedLayers, WeightFormat};
 use crate::rotary::MRope;
 use crate::weights::Weights;
 
@@ -39,6 +40,7 @@ pub struct Params<'a> {
     dtype: DType,
     device: Device,
     allow_visual: bool,
+    format: WeightFormat,
 }
 
 impl<'a> Params<'a> {
@@ -50,7 +52,13 @@ impl<'a> Params<'a> {
             dtype,
             device: device.clone(),
             allow_visual: false,
+            format: WeightFormat::Dense,
         }
+    }
+
+    /// The same view, its [`Params::proj`]ections held in `format`.
+    pub fn with_format(self, format: WeightFormat) -> Self {
+        Self { format, ..self }
     }
 
     /// The root of `weights`, vision-tower names allowed (the unmodified model).
@@ -101,13 +109,32 @@ impl<'a> Params<'a> {
 
     /// Load tensor `name`, checking it has `shape`.
     pub fn get(&self, shape: &[usize], name: &str) -> Result<Tensor> {
+        self.get_as(shape, name, self.dtype)
+    }
+
+    fn get_as(&self, shape: &[usize], name: &str, dtype: DType) -> Result<Tensor> {
         let full = self.full(name);
         if is_visual_tensor(&full) && !self.allow_visual {
             return Err(Error::Input {
                 message: format!("refusing to read vision-tower tensor {full} in surgery mode"),
             });
         }
-        self.weights.tensor(&full, shape, self.dtype, &self.device)
+        self.weights.tensor(&full, shape, dtype, &self.device)
+    }
+
+    /// A decoder projection from `weight` `[out, in]` (and `bias` `[out]`) in this
+    /// view's [`WeightFormat`] (quantized from the f32 values).
+    pub fn proj(&self, in_dim: usize, out_dim: usize, bias: bool) -> Result<Proj> {
+        if self.format == WeightFormat::Dense {
+            return Ok(Proj::Dense(self.linear(in_dim, out_dim, bias)?));
+        }
+        let w = self.get_as(&[out_dim, in_dim], "weight", DType::F32)?;
+        let b = if bias {
+            Some(self.get(&[out_dim], "bias")?)
+        } else {
+            None
+        };
+        Proj::new(w, b, self.format)
     }
 
     /// A `Linear` from `weight` `[out, in]` (and `bias` `[out]`).
@@ -207,9 +234,9 @@ fn rope_differentiable(x: &Tensor, cos: &Tensor, sin: &Tensor) -> candle_core::R
 /// SwiGLU MLP.
 #[derive(Debug, Clone)]
 pub struct Mlp {
-    gate_proj: Linear,
-    up_proj: Linear,
-    down_proj: Linear,
+    gate_proj: Proj,
+    up_proj: Proj,
+    down_proj: Proj,
 }
 
 impl Mlp {
@@ -217,10 +244,16 @@ impl Mlp {
     pub fn new(cfg: &TextConfig, p: Params) -> Result<Self> {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Ok(Self {
-            gate_proj: p.pp("gate_proj").linear(h, i, false)?,
-            up_proj: p.pp("up_proj").linear(h, i, false)?,
-            down_proj: p.pp("down_proj").linear(i, h, false)?,
+            gate_proj: p.pp("gate_proj").proj(h, i, false)?,
+            up_proj: p.pp("up_proj").proj(h, i, false)?,
+            down_proj: p.pp("down_proj").proj(i, h, false)?,
         })
+    }
+}
+
+impl Mlp {
+    fn projections(&self) -> [&Proj; 3] {
+        [&self.gate_proj, &self.up_proj, &self.down_proj]
     }
 }
 
@@ -234,10 +267,10 @@ impl Module for Mlp {
 /// Grouped-query self-attention with per-head q/k RMSNorm and MRoPE.
 #[derive(Debug, Clone)]
 pub struct Attention {
-    q_proj: Linear,
-    k_proj: Linear,
-    v_proj: Linear,
-    o_proj: Linear,
+    q_proj: Proj,
+    k_proj: Proj,
+    v_proj: Proj,
+    o_proj: Proj,
     q_norm: RmsNorm,
     k_norm: RmsNorm,
     n_heads: usize,
@@ -257,10 +290,10 @@ impl Attention {
         );
         let bias = cfg.attention_bias;
         Ok(Self {
-            q_proj: p.pp("q_proj").linear(h, nh * hd, bias)?,
-            k_proj: p.pp("k_proj").linear(h, nkv * hd, bias)?,
-            v_proj: p.pp("v_proj").linear(h, nkv * hd, bias)?,
-            o_proj: p.pp("o_proj").linear(nh * hd, h, bias)?,
+            q_proj: p.pp("q_proj").proj(h, nh * hd, bias)?,
+            k_proj: p.pp("k_proj").proj(h, nkv * hd, bias)?,
+            v_proj: p.pp("v_proj").proj(h, nkv * hd, bias)?,
+            o_proj: p.pp("o_proj").proj(nh * hd, h, bias)?,
             q_norm: RmsNorm::new(hd, cfg.rms_norm_eps, p.pp("q_norm"))?,
             k_norm: RmsNorm::new(hd, cfg.rms_norm_eps, p.pp("k_norm"))?,
             n_heads: nh,
@@ -268,6 +301,10 @@ impl Attention {
             head_dim: hd,
             scale: (hd as f64).powf(-0.5),
         })
+    }
+
+    fn projections(&self) -> [&Proj; 4] {
+        [&self.q_proj, &self.k_proj, &self.v_proj, &self.o_proj]
     }
 
     /// `x`: (b, s, H); `cos`/`sin`: (b, s, hd/2); `mask`: additive f32 (b, 1, s, t) or none.
@@ -556,11 +593,12 @@ pub struct TextDecoder {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    lm_head: Linear,
+    lm_head: Proj,
     rope: MRope,
     cfg: TextConfig,
     dtype: DType,
     device: Device,
+    format: WeightFormat,
 }
 
 impl TextDecoder {
@@ -571,8 +609,20 @@ impl TextDecoder {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::with_format(cfg, weights, dtype, device, WeightFormat::Dense)
+    }
+
+    /// [`TextDecoder::new`] with the projections and the output head held in `format`
+    /// (see [`crate::quant`]).
+    pub fn with_format(
+        cfg: &Qwen3VlConfig,
+        weights: &Weights,
+        dtype: DType,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let t = &cfg.text;
-        let root = Params::new(weights, dtype, device);
+        let root = Params::new(weights, dtype, device).with_format(format);
         let p = root.pp(cfg.text_prefix());
         let embed = p
             .pp("embed_tokens")
@@ -582,10 +632,10 @@ impl TextDecoder {
             .collect::<Result<Vec<_>>>()?;
         let norm = RmsNorm::new(t.hidden_size, t.rms_norm_eps, p.pp("norm"))?;
         let lm_head = if cfg.tie_word_embeddings {
-            Linear::new(embed.clone(), None)
+            Proj::new(embed.clone(), None, format)?
         } else if root.contains(LM_HEAD) {
             root.pp("lm_head")
-                .linear(t.hidden_size, t.vocab_size, false)?
+                .proj(t.hidden_size, t.vocab_size, false)?
         } else {
             return Err(Error::MissingTensor {
                 name: format!("{LM_HEAD} (tie_word_embeddings is false)"),
@@ -600,7 +650,26 @@ impl TextDecoder {
             cfg: t.clone(),
             dtype,
             device: device.clone(),
+            format,
         })
+    }
+
+    /// The format the projections were asked in.
+    pub fn weight_format(&self) -> WeightFormat {
+        self.format
+    }
+
+    /// How the attention and dense MLP projections and the output head are held.
+    pub fn quantized_layers(&self) -> QuantizedLayers {
+        let mut q = QuantizedLayers::default();
+        for l in &self.layers {
+            l.self_attn.projections().into_iter().for_each(|p| q.add(p));
+            if let FeedForward::Dense(m) = &l.mlp {
+                m.projections().into_iter().for_each(|p| q.add(p));
+            }
+        }
+        q.add(&self.lm_head);
+        q
     }
 
     /// The decoder's config.

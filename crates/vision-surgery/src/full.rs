@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::image_processor::{ImageProcessor, PreprocessorConfig};
 use crate::model::{SequenceInput, TextModel, VisualInput};
 use crate::prompt::{Prompt, PromptTokenizer};
+use crate::quant::WeightFormat;
 use crate::vision::VisionTower;
 use crate::weights::Weights;
 
@@ -51,11 +52,23 @@ impl FullModel {
     /// The image processor reads `preprocessor_config.json` when the checkpoint has one
     /// and uses Qwen3-VL's published settings otherwise.
     pub fn load(spec: &str, dtype: DType, device: &Device) -> Result<Self> {
+        Self::load_with(spec, dtype, device, WeightFormat::Dense)
+    }
+
+    /// [`FullModel::load`] with the decoder's projections and head held in `format`
+    /// (the vision tower stays in `dtype`), so both paths of a comparison can share
+    /// one decoder setting.
+    pub fn load_with(
+        spec: &str,
+        dtype: DType,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         let checkpoint = Checkpoint::open(&ModelSource::parse(spec), None)?;
         let config = Qwen3VlConfig::from_file(&checkpoint.config_file()?)?;
         let files = checkpoint.fetch_files(|_| true)?;
         let weights = Weights::open(&files.shards)?;
-        let model = TextModel::new(&config, &weights, dtype, device)?;
+        let model = TextModel::with_format(&config, &weights, dtype, device, format)?;
         let vision = VisionTower::new(&config, &weights, dtype, device)?;
         let pre = checkpoint.fetch_if_present(PREPROCESSOR_CONFIG)?;
         let pre = match pre {

@@ -38,6 +38,7 @@ pub mod portable;
 pub mod position;
 pub mod prefix;
 pub mod prompt;
+pub mod quant;
 pub mod rotary;
 pub mod sampling;
 pub mod surgered;
@@ -58,6 +59,7 @@ pub use hub::{DownloadProgress, ProgressFn};
 pub use mosaic_device::{DeviceSpec, Selection};
 pub use prefix::{PrefixCache, PrefixStats};
 pub use prompt::{ITEM_MARKER, Prompt, Role, Turn};
+pub use quant::WeightFormat;
 pub use sampling::{GenerateOptions, Sampling};
 pub use surgered::{
     ContinuationScore, FinishReason, Generation, LoadOptions, SaveOptions, SavedCheckpoint,

@@ -11,6 +11,7 @@ use crate::decoder::{DecoderCache, DeepStack, TextDecoder};
 use crate::error::{Error, Result};
 use crate::position::{Positions, VisualGrid, rope_index_after, rope_index_batch};
 use crate::prefix::PrefixCache;
+use crate::quant::WeightFormat;
 use crate::weights::Weights;
 
 /// Visual inputs of one sequence, in placeholder order.
@@ -107,8 +108,19 @@ impl TextModel {
         dtype: DType,
         device: &Device,
     ) -> Result<Self> {
+        Self::with_format(cfg, weights, dtype, device, WeightFormat::Dense)
+    }
+
+    /// [`TextModel::new`] with the decoder's projections and head held in `format`.
+    pub fn with_format(
+        cfg: &Qwen3VlConfig,
+        weights: &Weights,
+        dtype: DType,
+        device: &Device,
+        format: WeightFormat,
+    ) -> Result<Self> {
         Ok(Self {
-            decoder: TextDecoder::new(cfg, weights, dtype, device)?,
+            decoder: TextDecoder::with_format(cfg, weights, dtype, device, format)?,
             tokens: cfg.tokens,
             deepstack_levels: cfg.deepstack_levels,
             prefixes: Arc::new(PrefixCache::default()),

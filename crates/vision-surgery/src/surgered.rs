@@ -22,6 +22,7 @@ use crate::generation_config::{GENERATION_CONFIG_FILE, GenerationConfig};
 use crate::hub::ProgressFn;
 use crate::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
 use crate::prompt::{Prompt, PromptTokenizer};
+use crate::quant::{QuantizedLayers, WeightFormat};
 use crate::sampling::{GenerateOptions, Sampler};
 use crate::weights::{Weights, read_header};
 
@@ -37,6 +38,9 @@ pub struct LoadOptions {
     pub adapter: Option<PathBuf>,
     /// Called as hub downloads progress.
     pub progress: Option<ProgressFn>,
+    /// How the decoder's projections and output head hold their weights (quantized
+    /// at load time; see [`crate::quant`]).
+    pub weights: WeightFormat,
 }
 
 impl fmt::Debug for LoadOptions {
@@ -46,6 +50,7 @@ impl fmt::Debug for LoadOptions {
             .field("device", &self.device)
             .field("adapter", &self.adapter)
             .field("progress", &self.progress.is_some())
+            .field("weights", &self.weights)
             .finish()
     }
 }
@@ -57,6 +62,7 @@ impl Default for LoadOptions {
             device: Device::Cpu,
             adapter: None,
             progress: None,
+            weights: WeightFormat::Dense,
         }
     }
 }
@@ -80,6 +86,11 @@ impl LoadOptions {
     /// Report hub download progress to `f`.
     pub fn progress(mut self, f: ProgressFn) -> Self {
         self.progress = Some(f);
+        self
+    }
+    /// Hold the decoder's projections and head in `format`.
+    pub fn weights(mut self, format: WeightFormat) -> Self {
+        self.weights = format;
         self
     }
 }
@@ -112,6 +123,11 @@ pub struct SurgeryReport {
     pub unused_tensors: Vec<String>,
     /// Vision-tower tensors whose bytes were read: always empty (checked by the tests).
     pub vision_tensors_read: Vec<String>,
+    /// The format the decoder's projections were asked in.
+    pub weight_format: WeightFormat,
+    /// How they are held (a projection whose width does not fit the format's block
+    /// stays dense).
+    pub projections: QuantizedLayers,
 }
 
 fn human_bytes(b: u64) -> String {
@@ -173,6 +189,17 @@ impl fmt::Display for SurgeryReport {
                 f,
                 "  {} other tensors present but unused",
                 self.unused_tensors.len()
+            )?;
+        }
+        if self.weight_format != WeightFormat::Dense {
+            let p = &self.projections;
+            writeln!(
+                f,
+                "projections in {}: {} quantized, {} left dense, {} held",
+                self.weight_format,
+                p.quantized,
+                p.dense,
+                human_bytes(p.bytes as u64)
             )?;
         }
         write!(
@@ -279,8 +306,10 @@ impl SurgeredModel {
         };
         let files = checkpoint.fetch_files(|n| !is_visual_tensor(n))?;
         let weights = Weights::open(&files.shards)?;
-        let model = TextModel::new(&config, &weights, dtype, &opts.device)?;
-        let report = build_report(&weights, &files);
+        let model = TextModel::with_format(&config, &weights, dtype, &opts.device, opts.weights)?;
+        let mut report = build_report(&weights, &files);
+        report.weight_format = opts.weights;
+        report.projections = model.decoder().quantized_layers();
         weights.release_pages();
         let tokenizer = load_tokenizer(&files, &config)?;
         let generation = match files
