@@ -37,9 +37,11 @@ use mosaic::vision_surgery::bench::{
 };
 use mosaic::vision_surgery::full::FullModel;
 use mosaic::vision_surgery::model::TextModel;
+use mosaic::vision_surgery::prefix::DEFAULT_PREFIX_CACHE_BYTES;
 use mosaic::vision_surgery::synthetic::{ModelShape, write_random_checkpoint};
 use mosaic::vision_surgery::{
-    Activation, AdapterSpec, DeviceSpec, EmbeddingAdapter, LoadOptions, SurgeredModel,
+    Activation, AdapterSpec, DeviceSpec, EmbeddingAdapter, LoadOptions, PrefixCache, SurgeredModel,
+    WeightFormat,
 };
 
 #[derive(Parser)]
@@ -81,7 +83,17 @@ struct Args {
     /// Compute dtype of both paths: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
-    /// Internal: measure one path's peak RSS in this process ("full:N" or "surgery:N:K").
+    /// Decoder weight formats to measure (dense, q8_0, q6_k, q4_k, q4_0), each with the
+    /// prefix cache; today's path (dense, no prefix cache) is measured too.
+    #[arg(long, value_delimiter = ',')]
+    weights: Option<Vec<WeightFormat>>,
+    /// Run the formats asked for without the prefix cache.
+    #[arg(long)]
+    no_prefix_cache: bool,
+    /// Leave out today's path (dense weights, no prefix cache).
+    #[arg(long)]
+    no_baseline: bool,
+    /// Internal: measure one path's peak RSS in this process.
     #[arg(long, hide = true)]
     rss_probe: Option<String>,
 }
@@ -146,37 +158,83 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// One decoder setting measured on both paths.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Setting {
+    weights: WeightFormat,
+    prefix_cache: bool,
+}
+
+impl Setting {
+    /// Today's path: dense weights, every prompt token run.
+    const BASELINE: Setting = Setting {
+        weights: WeightFormat::Dense,
+        prefix_cache: false,
+    };
+
+    fn label(self) -> String {
+        format!(
+            "weights={} prefix_cache={}",
+            self.weights,
+            if self.prefix_cache { "on" } else { "off" }
+        )
+    }
+
+    fn cache(self) -> PrefixCache {
+        PrefixCache::new(if self.prefix_cache {
+            DEFAULT_PREFIX_CACHE_BYTES
+        } else {
+            0
+        })
+    }
+
+    fn probe_arg(self) -> String {
+        format!("{}:{}", self.weights, u8::from(self.prefix_cache))
+    }
+
+    fn parse_probe(s: &str, c: &str) -> anyhow::Result<Self> {
+        Ok(Setting {
+            weights: s.parse()?,
+            prefix_cache: c == "1",
+        })
+    }
+}
+
 fn probe(args: &Args, shape: &ModelShape, ckpt: &Path, what: &str) -> anyhow::Result<()> {
     let env = Env::from_args(args)?;
     let parts: Vec<&str> = what.split(':').collect();
     let text = RequestText::synthetic(shape.special_base(), 1);
     let spec = ckpt.to_str().context("checkpoint path is not UTF-8")?;
     match parts.as_slice() {
-        ["full", n] => {
+        ["full", n, w, c] => {
             let n: usize = n.parse()?;
-            let full = FullModel::load(spec, env.dtype, &env.device)?;
+            let set = Setting::parse_probe(w, c)?;
+            let full = FullModel::load_with(spec, env.dtype, &env.device, set.weights)?;
+            let model = full.text_model().clone().with_prefix_cache(set.cache());
             let images = synthetic_jpegs(n, args.image_side, 7)?;
+            // the prefix is cached by the first request of a serving process
+            run_full(&full, &model, &images[..1], &text)?;
             reset_peak_rss();
-            run_full(&full, &images, &text)?;
+            run_full(&full, &model, &images, &text)?;
         }
-        ["surgery", n, k] => {
+        ["surgery", n, k, w, c] => {
             let (n, k): (usize, usize) = (n.parse()?, k.parse()?);
+            let set = Setting::parse_probe(w, c)?;
             let model = SurgeredModel::load(
                 spec,
                 &LoadOptions::default()
                     .dtype(env.dtype)
-                    .device(env.device.clone()),
+                    .device(env.device.clone())
+                    .weights(set.weights),
             )?;
+            let tm = model.text_model().clone().with_prefix_cache(set.cache());
             let adapter = adapter_for(shape, args.in_dim, k, &env)?;
-            // serving peak: what is resident after loading plus the request (the full
-            // path's peak is taken the same way, after its load)
+            let items = items_tensor(n, args.in_dim, &env)?;
+            run_surgery(&tm, &adapter, &items.narrow(0, 0, 1)?, &text)?;
+            // serving peak: what is resident after loading plus a request (the full
+            // path's peak is taken the same way)
             reset_peak_rss();
-            run_surgery(
-                model.text_model(),
-                &adapter,
-                &items_tensor(n, args.in_dim, &env)?,
-                &text,
-            )?;
+            run_surgery(&tm, &adapter, &items, &text)?;
         }
         _ => bail!("bad --rss-probe {what:?}"),
     }
@@ -218,11 +276,36 @@ fn child_rss(ckpt: &Path, args: &Args, layers: usize, what: &str) -> anyhow::Res
     Ok(bytes / (1024.0 * 1024.0))
 }
 
+/// The runs of one (setting, items, K) point, in repetition order.
 struct Point {
+    setting: usize,
     items: usize,
     k: usize,
     full: Vec<FullTiming>,
     surgery: Vec<SurgeryTiming>,
+}
+
+/// The settings to measure: today's path first (unless left out), then each format
+/// asked for, with the prefix cache unless it is turned off.
+fn settings(args: &Args) -> Vec<Setting> {
+    let mut out = Vec::new();
+    if !args.no_baseline {
+        out.push(Setting::BASELINE);
+    }
+    let asked = args
+        .weights
+        .clone()
+        .unwrap_or(vec![WeightFormat::Dense, WeightFormat::Q8_0]);
+    for weights in asked {
+        let s = Setting {
+            weights,
+            prefix_cache: !args.no_prefix_cache,
+        };
+        if !out.contains(&s) {
+            out.push(s);
+        }
+    }
+    out
 }
 
 fn main() -> anyhow::Result<()> {
@@ -253,6 +336,7 @@ fn main() -> anyhow::Result<()> {
     {
         bail!("--items and --k need positive values");
     }
+    let settings = settings(&args);
     let env = Env::from_args(&args)?;
     println!(
         "# model=qwen3-vl-2b-shaped random weights, {:?}, {:?}; decoder_layers={layers} (real: 28); vision_depth=24; image={}x{} ({} merged tokens); reps={reps}; threads={}",
@@ -273,85 +357,116 @@ fn main() -> anyhow::Result<()> {
         );
     }
     let spec = ckpt.to_str().context("checkpoint path is not UTF-8")?;
-    let t = Instant::now();
-    let full = FullModel::load(spec, env.dtype, &env.device)?;
-    let wb = full.weight_bytes();
-    println!(
-        "# loaded in {:.1} s: decoder weights {:.0} MiB, vision tower weights {:.0} MiB",
-        t.elapsed().as_secs_f64(),
-        wb.decoder as f64 / 1048576.0,
-        wb.vision as f64 / 1048576.0
-    );
-    // the surgery path runs on the very same decoder (shared tensors)
-    let text_model: TextModel = full.text_model().clone();
+    // one full model per weight format; each setting's decoder is a clone of its
+    // format's (weights shared) with a prefix cache of its own
+    let mut fulls: BTreeMap<String, FullModel> = BTreeMap::new();
+    for s in &settings {
+        if fulls.contains_key(s.weights.name()) {
+            continue;
+        }
+        let t = Instant::now();
+        let full = FullModel::load_with(spec, env.dtype, &env.device, s.weights)?;
+        let wb = full.weight_bytes();
+        let q = full.text_model().decoder().quantized_layers();
+        println!(
+            "# weights={} loaded in {:.1} s: checkpoint decoder {:.0} MiB, vision tower {:.0} MiB; projections held in {:.0} MiB ({} quantized, {} dense)",
+            s.weights,
+            t.elapsed().as_secs_f64(),
+            wb.decoder as f64 / 1048576.0,
+            wb.vision as f64 / 1048576.0,
+            q.bytes as f64 / 1048576.0,
+            q.quantized,
+            q.dense
+        );
+        fulls.insert(s.weights.name().to_string(), full);
+    }
+    let full_of = |s: &Setting| &fulls[s.weights.name()];
+    let models: Vec<TextModel> = settings
+        .iter()
+        .map(|s| full_of(s).text_model().clone().with_prefix_cache(s.cache()))
+        .collect();
     let max_items = items_list.iter().copied().max().unwrap_or(1);
     let images = synthetic_jpegs(max_items, args.image_side, 7)?;
     let items = items_tensor(max_items, args.in_dim, &env)?;
     let text = RequestText::synthetic(shape.special_base(), 1);
-
-    // Phase 1, before any adapter exists: the first full-path run of each size, with
-    // the peak resident set reset before it, so the peak is the full model's alone.
-    let mut full_runs: BTreeMap<usize, Vec<FullTiming>> = BTreeMap::new();
-    let mut full_rss: BTreeMap<usize, f64> = BTreeMap::new();
-    for &n in &items_list {
-        let reset = !args.no_rss && reset_peak_rss();
-        full_runs
-            .entry(n)
-            .or_default()
-            .push(run_full(&full, &images[..n], &text)?.0);
-        if reset && let Some(b) = peak_rss_bytes() {
-            full_rss.insert(n, b as f64 / 1048576.0);
-        }
-    }
-    // Phase 2: the remaining repetitions, alternating full and surgery runs.
     let adapters: BTreeMap<usize, EmbeddingAdapter> = k_list
         .iter()
         .map(|&k| Ok((k, adapter_for(&shape, args.in_dim, k, &env)?)))
         .collect::<anyhow::Result<_>>()?;
-    for a in adapters.values() {
-        run_surgery(&text_model, a, &items.narrow(0, 0, 1)?, &text)?; // warm-up
+    // warm-up: one small request per setting and adapter (a serving process's first
+    // request is also the one that caches the shared prefix)
+    for m in &models {
+        for a in adapters.values() {
+            run_surgery(m, a, &items.narrow(0, 0, 1)?, &text)?;
+        }
     }
+    // the repetitions, settings and paths interleaved
     let mut points: Vec<Point> = Vec::new();
     for &n in &items_list {
-        let mut surg: BTreeMap<usize, Vec<SurgeryTiming>> = BTreeMap::new();
         let batch = items.narrow(0, 0, n)?;
-        for r in 0..reps {
-            if r > 0 {
-                full_runs
-                    .entry(n)
-                    .or_default()
-                    .push(run_full(&full, &images[..n], &text)?.0);
-            }
-            for (&k, a) in &adapters {
-                surg.entry(k)
-                    .or_default()
-                    .push(run_surgery(&text_model, a, &batch, &text)?.0);
+        let first = points.len();
+        for (si, _) in settings.iter().enumerate() {
+            for &k in adapters.keys() {
+                points.push(Point {
+                    setting: si,
+                    items: n,
+                    k,
+                    full: Vec::new(),
+                    surgery: Vec::new(),
+                });
             }
         }
-        for (k, s) in surg {
-            points.push(Point {
-                items: n,
-                k,
-                full: full_runs.get(&n).cloned().unwrap_or_default(),
-                surgery: s,
-            });
+        for _ in 0..reps {
+            for (si, s) in settings.iter().enumerate() {
+                let f = run_full(full_of(s), &models[si], &images[..n], &text)?.0;
+                for (&k, a) in &adapters {
+                    let t = run_surgery(&models[si], a, &batch, &text)?.0;
+                    let p = points[first..]
+                        .iter_mut()
+                        .find(|p| p.setting == si && p.k == k)
+                        .context("point")?;
+                    p.full.push(f);
+                    p.surgery.push(t);
+                }
+            }
         }
         eprintln!("# items={n} done");
     }
-    drop(full);
+    drop(models);
+    drop(fulls);
 
     let mut rows = Vec::new();
+    let mut full_rss: BTreeMap<(usize, usize), f64> = BTreeMap::new();
     for p in &points {
+        let set = settings[p.setting];
         let f = median(p.full.iter().map(|t| ms(t.total())).collect());
         let s = median(p.surgery.iter().map(|t| ms(t.total())).collect());
+        // paired with today's path's runs of the same repetition
+        let base = points
+            .iter()
+            .find(|b| settings[b.setting] == Setting::BASELINE && b.items == p.items && b.k == p.k);
+        let vs_base = base.map_or(f64::NAN, |b| {
+            median(
+                b.surgery
+                    .iter()
+                    .zip(&p.surgery)
+                    .map(|(b, t)| b.total().as_secs_f64() / t.total().as_secs_f64())
+                    .collect(),
+            )
+        });
         let (frss, srss) = if args.no_rss {
             (f64::NAN, f64::NAN)
         } else {
-            let frss = match full_rss.get(&p.items) {
+            let frss = match full_rss.get(&(p.setting, p.items)) {
                 Some(v) => *v,
                 None => {
-                    let v = child_rss(&ckpt, &args, layers, &format!("full:{}", p.items))?;
-                    full_rss.insert(p.items, v);
+                    let v = child_rss(
+                        &ckpt,
+                        &args,
+                        layers,
+                        &format!("full:{}:{}", p.items, set.probe_arg()),
+                    )?;
+                    full_rss.insert((p.setting, p.items), v);
                     v
                 }
             };
@@ -359,7 +474,7 @@ fn main() -> anyhow::Result<()> {
                 &ckpt,
                 &args,
                 layers,
-                &format!("surgery:{}:{}", p.items, p.k),
+                &format!("surgery:{}:{}:{}", p.items, p.k, set.probe_arg()),
             )?;
             (frss, srss)
         };
@@ -369,12 +484,21 @@ fn main() -> anyhow::Result<()> {
         let sa = median(p.surgery.iter().map(|t| ms(t.adapter)).collect());
         let sd = median(p.surgery.iter().map(|t| ms(t.decoder)).collect());
         println!(
-            "items={} k={} full_ms={f:.1} surgery_ms={s:.1} speedup={:.1}x full_peak_rss_mb={frss:.0} surgery_peak_rss_mb={srss:.0} full_preprocess_ms={fp:.1} full_vision_ms={fv:.1} full_decoder_ms={fd:.1} surgery_adapter_ms={sa:.2} surgery_decoder_ms={sd:.1} decoder_layers={layers}",
+            "{} items={} k={} full_ms={f:.1} surgery_ms={s:.1} speedup={:.1}x surgery_vs_baseline={vs_base:.2}x full_peak_rss_mb={frss:.0} surgery_peak_rss_mb={srss:.0} full_preprocess_ms={fp:.1} full_vision_ms={fv:.1} full_decoder_ms={fd:.1} surgery_adapter_ms={sa:.2} surgery_decoder_ms={sd:.1} decoder_layers={layers}",
+            set.label(),
             p.items,
             p.k,
             f / s
         );
-        rows.push((p.items, p.k, f, s, fp + fv, fd, sa, sd));
+        rows.push(Row {
+            label: format!("{} N={} K={}", set.weights, p.items, p.k),
+            full: f,
+            surgery: s,
+            encoder: fp + fv,
+            full_decoder: fd,
+            adapter: sa,
+            surgery_decoder: sd,
+        });
     }
     if let Some(path) = &args.svg {
         std::fs::write(path, svg(&rows, layers))
@@ -388,7 +512,16 @@ fn rayon_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-type Row = (usize, usize, f64, f64, f64, f64, f64, f64);
+/// One bar pair of the plot (milliseconds).
+struct Row {
+    label: String,
+    full: f64,
+    surgery: f64,
+    encoder: f64,
+    full_decoder: f64,
+    adapter: f64,
+    surgery_decoder: f64,
+}
 
 /// Horizontal bars on a log10 time axis: for each point, the full path (encoder part
 /// and decoder part) and the surgery path (adapter + decoder), with the speed-up.
@@ -398,10 +531,10 @@ fn svg(rows: &[Row], layers: usize) -> String {
     let left = 120.0;
     let width = 640.0;
     let top = 40.0;
-    let max_ms = rows.iter().map(|r| r.2).fold(1.0f64, f64::max);
+    let max_ms = rows.iter().map(|r| r.full).fold(1.0f64, f64::max);
     let min_ms = rows
         .iter()
-        .map(|r| r.3)
+        .map(|r| r.surgery)
         .fold(f64::INFINITY, f64::min)
         .max(0.1);
     let lo = min_ms.log10().floor();
@@ -426,16 +559,25 @@ fn svg(rows: &[Row], layers: usize) -> String {
         );
         e += 1.0;
     }
-    for (i, &(n, k, f, su, enc, dec, ad, sdec)) in rows.iter().enumerate() {
+    for (i, r) in rows.iter().enumerate() {
+        let (f, su, enc, dec, ad, sdec) = (
+            r.full,
+            r.surgery,
+            r.encoder,
+            r.full_decoder,
+            r.adapter,
+            r.surgery_decoder,
+        );
         let y = top + i as f64 * (2.0 * bar_h + gap);
         let x0 = x(10f64.powf(lo));
         // full: split at the encoder share of the total (drawn proportionally on the log bar)
         let xf = x(f);
         let split = x0 + (xf - x0) * (enc / (enc + dec).max(1e-9));
         s += &format!(
-            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">N={n} K={k}</text>\n",
+            "<text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text>\n",
             left - 6.0,
-            y + bar_h + 4.0
+            y + bar_h + 4.0,
+            r.label
         );
         s += &format!(
             "<rect x=\"{x0}\" y=\"{y}\" width=\"{}\" height=\"{bar_h}\" fill=\"#d9534f\"/><rect x=\"{split}\" y=\"{y}\" width=\"{}\" height=\"{bar_h}\" fill=\"#f0ad4e\"/><text x=\"{}\" y=\"{}\">full {f:.0} ms</text>\n",

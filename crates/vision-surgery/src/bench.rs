@@ -1,7 +1,10 @@
 //! The two request paths the surgery is measured on, shared by `cargo bench --bench
 //! surgery_vs_full_encoder` and `cargo run --example bench_surgery`.
 //!
-//! One request: a prompt with N items and one scored continuation, on the same decoder.
+//! One request: a prompt with N items and one scored continuation, on the same decoder
+//! with the same settings (weight format, prefix cache): the prompt's leading text (the
+//! chat header, system prompt and instructions, the same on every request) is what a
+//! prefix cache holds, so with one both paths start after it.
 //! - **Full path** (the unmodified model): decode each item's image (JPEG bytes),
 //!   preprocess it, encode it with the vision tower, prefill the prompt with its merged
 //!   tokens (and DeepStack features), score the continuation.
@@ -23,17 +26,18 @@ use crate::model::{ContinuationScore, SequenceInput, TextModel, VisualInput};
 /// Text around the items of a benchmark request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestText {
-    /// Prompt tokens before the first item (chat template header).
+    /// Prompt tokens before the first item (chat header, system prompt, instructions).
     pub head: Vec<u32>,
-    /// Prompt tokens after the last item (question and assistant header).
+    /// Prompt tokens after the last item (end of turn and assistant header).
     pub tail: Vec<u32>,
     /// The continuation to score.
     pub continuation: Vec<u32>,
 }
 
 impl RequestText {
-    /// Deterministic pseudo-random text ids below `special_base` (16 head, 24 tail, 4
+    /// Deterministic pseudo-random text ids below `special_base` (36 head, 4 tail, 4
     /// continuation tokens): the decoder's cost does not depend on which ids they are.
+    /// The same `seed` gives the same head (the shared instructions).
     pub fn synthetic(special_base: u32, seed: u64) -> Self {
         let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         let mut next = |n: usize| -> Vec<u32> {
@@ -47,8 +51,8 @@ impl RequestText {
                 .collect()
         };
         Self {
-            head: next(16),
-            tail: next(24),
+            head: next(36),
+            tail: next(4),
             continuation: next(4),
         }
     }
@@ -125,9 +129,12 @@ impl SurgeryTiming {
     }
 }
 
-/// One request on the full path: `images` are encoded image files.
+/// One request on the full path: `images` are encoded image files, encoded by
+/// `full`'s vision tower; `model` is the decoder to run (`full.text_model()`, or a clone
+/// of it with its own prefix cache).
 pub fn run_full(
     full: &FullModel,
+    model: &TextModel,
     images: &[Vec<u8>],
     text: &RequestText,
 ) -> Result<(FullTiming, ContinuationScore)> {
@@ -136,7 +143,6 @@ pub fn run_full(
         .iter()
         .map(|b| ImageProcessor::decode(b))
         .collect::<Result<Vec<_>>>()?;
-    let model = full.text_model();
     let device = model.decoder().device().clone();
     let px = full.processor().preprocess(&decoded, &device)?;
     let values = px.pixel_values.to_dtype(model.decoder().dtype())?;

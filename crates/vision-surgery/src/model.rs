@@ -127,6 +127,13 @@ impl TextModel {
         })
     }
 
+    /// This model (its weights shared) with `cache` as its own prefix cache instead of
+    /// the one it shares with its clones: to compare settings on one set of weights.
+    pub fn with_prefix_cache(mut self, cache: PrefixCache) -> Self {
+        self.prefixes = Arc::new(cache);
+        self
+    }
+
     /// The cache of shared prompt prefixes [`TextModel::prefill_cached`] uses (shared
     /// by this model's clones; [`PrefixCache::set_max_bytes`] bounds or disables it).
     pub fn prefix_cache(&self) -> &PrefixCache {
