@@ -628,6 +628,96 @@ impl TextModel {
         Ok(out)
     }
 
+    /// Log-probabilities of each continuation after each prompt of a batch:
+    /// `out[p][c]` for prompt `p` and continuation `c`. Continuations sharing all but
+    /// their last token share one batched prefill of the prompts with those tokens
+    /// appended ([`TextModel::prefill_cached`]: prompts of any lengths, their shared
+    /// leading text from the prefix cache, the head only at the scored positions), so
+    /// single-token answers such as "yes" / "no" cost one prefill together.
+    pub fn score_batch(
+        &self,
+        seqs: &[SequenceInput],
+        continuations: &[Vec<u32>],
+    ) -> Result<Vec<Vec<ContinuationScore>>> {
+        if seqs.is_empty() || continuations.is_empty() {
+            return Ok(vec![Vec::new(); seqs.len()]);
+        }
+        self.check_continuations(continuations)?;
+        let mut out: Vec<Vec<Option<ContinuationScore>>> =
+            vec![vec![None; continuations.len()]; seqs.len()];
+        let mut done = vec![false; continuations.len()];
+        for (ci, c) in continuations.iter().enumerate() {
+            if done[ci] {
+                continue;
+            }
+            let lead = &c[..c.len() - 1];
+            let group: Vec<usize> = (ci..continuations.len())
+                .filter(|&j| !done[j] && continuations[j][..continuations[j].len() - 1] == *lead)
+                .collect();
+            let batch: Vec<SequenceInput> = seqs
+                .iter()
+                .map(|q| {
+                    let mut q = q.clone();
+                    q.ids.extend_from_slice(lead);
+                    q
+                })
+                .collect();
+            let n = lead.len() + 1;
+            let mut cache = self.new_cache(batch.iter().map(|q| q.ids.len()).max().unwrap_or(1));
+            let pre = self.prefill_cached(&batch, &mut cache, LogitsScope::Tail(n))?;
+            let lp = TextDecoder::log_softmax(&pre.logits)?;
+            for &j in &group {
+                let tokens = &continuations[j];
+                let idx =
+                    Tensor::from_vec(tokens.repeat(seqs.len()), (seqs.len(), n, 1), lp.device())?;
+                let picked: Vec<Vec<f32>> = lp.gather(&idx, 2)?.squeeze(2)?.to_vec2()?;
+                for (p, token_logprobs) in picked.into_iter().enumerate() {
+                    out[p][j] = Some(ContinuationScore {
+                        tokens: tokens.clone(),
+                        total: token_logprobs.iter().sum(),
+                        token_logprobs,
+                    });
+                }
+                done[j] = true;
+            }
+        }
+        out.into_iter()
+            .map(|row| {
+                row.into_iter()
+                    .map(|s| {
+                        s.ok_or_else(|| Error::Input {
+                            message: "a continuation was left unscored".into(),
+                        })
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    /// Refuses an empty continuation or a token outside the vocabulary or a visual
+    /// placeholder, naming which.
+    fn check_continuations(&self, continuations: &[Vec<u32>]) -> Result<()> {
+        let vocab = self.decoder.config().vocab_size;
+        for (i, c) in continuations.iter().enumerate() {
+            if c.is_empty() {
+                return Err(Error::Prompt {
+                    message: format!("continuation {i} is empty"),
+                });
+            }
+            if let Some(&bad) = c
+                .iter()
+                .find(|&&t| t as usize >= vocab || self.is_placeholder(t))
+            {
+                return Err(Error::Input {
+                    message: format!(
+                        "continuation {i}: token {bad} is outside the vocabulary or a visual placeholder"
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// One continuation in one pass: the prompt and the continuation (but its last token)
     /// are prefilled together and the head runs once, on the continuation's positions.
     fn score_one(&self, mut seq: SequenceInput, c: &[u32]) -> Result<ContinuationScore> {

@@ -203,3 +203,43 @@ fn half_precision_and_mixture_of_experts_checkpoints_agree_too() {
         assert!(reused > 0, "{fixture}");
     }
 }
+
+#[test]
+fn score_batch_gives_each_prompts_own_scores() {
+    let m = model("tiny-s0");
+    let reference = model("tiny-s0");
+    reference.text_model().prefix_cache().set_max_bytes(0);
+    let seqs = prompts(&m, &[1, 2, 3]);
+    // two single-token answers (one prefill together) and two sharing their first token
+    let continuations = vec![vec![5u32], vec![9], vec![7, 3], vec![7, 11, 2]];
+    let got = m.text_model().score_batch(&seqs, &continuations).unwrap();
+    assert_eq!(got.len(), seqs.len());
+    for (p, q) in seqs.iter().enumerate() {
+        let want = reference
+            .text_model()
+            .score(q.clone(), &continuations)
+            .unwrap();
+        for (c, (g, w)) in got[p].iter().zip(&want).enumerate() {
+            assert_eq!(g.tokens, w.tokens);
+            for (a, b) in g.token_logprobs.iter().zip(&w.token_logprobs) {
+                assert!(
+                    (a - b).abs() < 1e-4,
+                    "prompt {p}, continuation {c}: {g:?} vs {w:?}"
+                );
+            }
+        }
+    }
+    // 3 prefills: [5] and [9] together, [7, 3] alone, [7, 11, 2] alone
+    assert_eq!(m.text_model().prefix_cache().stats().lookups, 3);
+    let vocab = m.config().text.vocab_size as u32;
+    let err = m
+        .text_model()
+        .score_batch(&seqs, &[vec![1], vec![]])
+        .unwrap_err();
+    assert!(err.to_string().contains("continuation 1 is empty"), "{err}");
+    let err = m
+        .text_model()
+        .score_batch(&seqs, &[vec![1, vocab]])
+        .unwrap_err();
+    assert!(err.to_string().contains("continuation 0: token"), "{err}");
+}

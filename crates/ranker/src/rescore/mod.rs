@@ -11,11 +11,10 @@
 
 pub mod batch;
 
-use candle_core::{IndexOp, Tensor};
+use candle_core::Tensor;
 use embed_store::{ItemId as StoreId, Snapshot};
 use taste_graph::UserId;
-use vision_surgery::decoder::TextDecoder;
-use vision_surgery::model::{LogitsScope, SequenceInput};
+use vision_surgery::model::{SequenceInput, TextModel};
 use vision_surgery::{Prompt, SurgeredModel};
 
 use crate::error::{Error, Result};
@@ -215,66 +214,20 @@ impl Rescorer {
         Ok(seqs)
     }
 
-    /// The log-odds of each prompt (from [`Rescorer::sequences`], of any lengths: a
-    /// prefill left-pads them), [`RescoreOptions::batch`] prompts per prefill.
+    /// The log-odds of each prompt (from [`Rescorer::sequences`], of any lengths),
+    /// [`RescoreOptions::batch`] prompts per batch: `log P(yes) - log P(no)` by
+    /// [`TextModel::score_batch`] (one prefill for single-token answers, the prompts'
+    /// shared instructions from the model's prefix cache).
     pub fn score_sequences(&self, seqs: &[SequenceInput]) -> Result<Vec<f32>> {
+        let tm: &TextModel = self.model.text_model();
+        let answers = [self.yes.clone(), self.no.clone()];
         let mut out = Vec::with_capacity(seqs.len());
         for chunk in seqs.chunks(self.options.batch) {
-            if self.yes.len() == 1 && self.no.len() == 1 {
-                let lp = self.answer_logprobs(chunk, &[])?;
-                for row in lp {
-                    out.push(row[0][self.yes[0] as usize] - row[0][self.no[0] as usize]);
-                }
-            } else {
-                let y = self.continuation_logprob(chunk, &self.yes)?;
-                let n = self.continuation_logprob(chunk, &self.no)?;
-                out.extend(y.iter().zip(&n).map(|(y, n)| y - n));
+            for s in tm.score_batch(chunk, &answers)? {
+                out.push(s[0].total - s[1].total);
             }
         }
         Ok(out)
-    }
-
-    /// Per sequence, per position of the last `1 + prefix.len()` positions after
-    /// appending `prefix`: the log-softmax over the vocabulary.
-    fn answer_logprobs(
-        &self,
-        seqs: &[SequenceInput],
-        prefix: &[u32],
-    ) -> Result<Vec<Vec<Vec<f32>>>> {
-        let tm = self.model.text_model();
-        let seqs: Vec<SequenceInput> = seqs
-            .iter()
-            .map(|s| {
-                let mut s = s.clone();
-                s.ids.extend_from_slice(prefix);
-                s
-            })
-            .collect();
-        let len = seqs.iter().map(|s| s.ids.len()).max().unwrap_or(0);
-        let n = prefix.len() + 1;
-        let mut cache = tm.new_cache(len);
-        let pre = tm.prefill_cached(&seqs, &mut cache, LogitsScope::Tail(n))?;
-        let lp = TextDecoder::log_softmax(&pre.logits)?;
-        let mut out = Vec::with_capacity(seqs.len());
-        for b in 0..seqs.len() {
-            out.push(lp.i(b)?.to_vec2::<f32>()?);
-        }
-        Ok(out)
-    }
-
-    /// `log P(answer | prompt)` per sequence (the answer's tokens summed).
-    fn continuation_logprob(&self, seqs: &[SequenceInput], answer: &[u32]) -> Result<Vec<f32>> {
-        let lp = self.answer_logprobs(seqs, &answer[..answer.len() - 1])?;
-        Ok(lp
-            .iter()
-            .map(|rows| {
-                answer
-                    .iter()
-                    .enumerate()
-                    .map(|(j, &t)| rows[j][t as usize])
-                    .sum()
-            })
-            .collect())
     }
 
     /// The recommendations re-scored for `user` (context: the medoids of the user's
