@@ -1,6 +1,6 @@
 //! The flags every example that loads a Qwen3-VL checkpoint takes: `--model` (a directory
 //! or a hub id, fetched through the hub client with progress bars), `--revision`,
-//! `--device` and `--dtype`.
+//! `--device`, `--dtype` and `--weights`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, bail};
 use candle_core::DType;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use mosaic::vision_surgery::{DeviceSpec, DownloadProgress, LoadOptions, ModelSource, ProgressFn};
+use mosaic::vision_surgery::{
+    DeviceSpec, DownloadProgress, LoadOptions, ModelSource, ProgressFn, WeightFormat,
+};
 
 /// The committed tiny random-weight checkpoint.
 pub const TINY_MODEL: &str = concat!(
@@ -33,6 +35,10 @@ pub struct ModelArgs {
     /// runs it), f32, bf16 or f16.
     #[arg(long, default_value = "auto")]
     pub dtype: String,
+    /// Decoder weights: dense (as loaded), or quantized at load time to q8_0, q6_k,
+    /// q4_k or q4_0 (the CPU serving formats; see docs/vision-surgery.md).
+    #[arg(long, default_value = "dense")]
+    pub weights: WeightFormat,
 }
 
 impl ModelArgs {
@@ -64,7 +70,8 @@ impl ModelArgs {
             .into_device();
         let mut opts = LoadOptions::default()
             .device(device)
-            .progress(progress_bars());
+            .progress(progress_bars())
+            .weights(self.weights);
         opts.dtype = self.dtype()?;
         Ok(opts)
     }

@@ -104,6 +104,10 @@ fn open_service(args: &Settings) -> anyhow::Result<Arc<Service>> {
         .with_context(|| format!("--rescore-device {}", args.rescore_device))?;
     let mut opts = LoadOptions::default().device(device.select()?.into_device());
     opts.dtype = model_args::parse_dtype(&args.rescore_dtype)?;
+    opts.weights = args
+        .rescore_weights
+        .parse()
+        .with_context(|| format!("--rescore-weights {}", args.rescore_weights))?;
     let model = tiny::load_model(&args.rescore_model, &args.rescore_adapter, opts)
         .with_context(|| format!("loading {}", args.rescore_model.display()))?;
     let rescorer = Rescorer::new(model, store.generation(CONTENT)?, RescoreOptions::new())?;

@@ -66,6 +66,10 @@ pub struct Overrides {
     /// or f16 [default: auto].
     #[arg(long)]
     pub rescore_dtype: Option<String>,
+    /// Its decoder weights: dense, or quantized at load time to q8_0, q6_k, q4_k or
+    /// q4_0 [default: dense].
+    #[arg(long)]
+    pub rescore_weights: Option<String>,
     /// How long a rescoring request waits for others to share its prefill, in
     /// milliseconds [default: 2].
     #[arg(long)]
@@ -129,6 +133,8 @@ pub struct Settings {
     pub rescore_device: String,
     /// See [`Overrides::rescore_dtype`].
     pub rescore_dtype: String,
+    /// See [`Overrides::rescore_weights`].
+    pub rescore_weights: String,
     /// See [`Overrides::rescore_wait_ms`].
     pub rescore_wait_ms: u64,
     /// See [`Overrides::redis`] (split at commas).
@@ -198,6 +204,10 @@ impl Settings {
                 .rescore_dtype
                 .or(file.rescore_dtype)
                 .unwrap_or_else(|| "auto".into()),
+            rescore_weights: f
+                .rescore_weights
+                .or(file.rescore_weights)
+                .unwrap_or_else(|| "dense".into()),
             rescore_wait_ms: f.rescore_wait_ms.or(file.rescore_wait_ms).unwrap_or(2),
             redis: f
                 .redis

@@ -1,0 +1,228 @@
+//! How close each decoder weight format stays to the dense f32 model: one table per
+//! model, one row per format.
+//!
+//! ```text
+//! cargo run --release --example quant_quality -- [--decoder-layers 28] [--formats q8_0,q6_k,q4_k,q4_0]
+//! ```
+//! Models: the committed tiny checkpoint (tiny-s0, 64 wide) with its PyTorch-made
+//! adapter and items, and the Qwen3-VL-2B-shaped random-weight checkpoint of the
+//! surgery bench (`--decoder-layers` of them, 28 by default; written under target/ on
+//! first use). Per format, over every position of the prompts: max |Δlogit|, mean and
+//! max KL(f32 ‖ format) over the vocabulary, top-1 agreement; and the yes/no log-odds
+//! the ranker's rescoring computes (`log P(yes) − log P(no)` after the prompt), as the
+//! mean and max |Δ| over the prompts. Prompts: the tiny model's rescoring-style question
+//! about each pair of its 3 items; the 2B-shaped model's bench request (36 instruction
+//! tokens, N = 8 items of K = 4 soft tokens, 4 tail tokens) with 4 sets of item
+//! embeddings. A layer whose width is not a multiple of the format's block stays dense
+//! (the tiny model under the 256-wide k-quant blocks: its rows say 0 quantized).
+//!
+//! Random weights are a stand-in: their logits are flatter than a trained model's, so
+//! KL and top-1 here bound the arithmetic error, not the released model's quality.
+
+use std::path::Path;
+
+use anyhow::Context;
+use candle_core::{DType, Device, IndexOp, Tensor};
+use clap::Parser;
+use mosaic::vision_surgery::bench::RequestText;
+use mosaic::vision_surgery::decoder::TextDecoder;
+use mosaic::vision_surgery::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
+use mosaic::vision_surgery::quant::Agreement;
+use mosaic::vision_surgery::synthetic::{ModelShape, write_random_checkpoint};
+use mosaic::vision_surgery::{
+    Activation, AdapterSpec, EmbeddingAdapter, LoadOptions, Prompt, SurgeredModel, WeightFormat,
+    load_npy_items,
+};
+
+#[derive(Parser)]
+#[command(about = "Quantized decoder weights against the dense f32 model")]
+struct Args {
+    /// Decoder layers of the 2B-shaped checkpoint (0: skip it).
+    #[arg(long, default_value_t = 28)]
+    decoder_layers: usize,
+    /// Formats to compare with dense f32.
+    #[arg(long, value_delimiter = ',', default_value = "q8_0,q6_k,q4_k,q4_0")]
+    formats: Vec<WeightFormat>,
+}
+
+/// All-position logits of each prompt and its last position's yes/no log-odds.
+struct Outputs {
+    logits: Vec<Tensor>,
+    log_odds: Vec<f32>,
+}
+
+fn outputs(
+    tm: &TextModel,
+    prompts: &[SequenceInput],
+    yes: u32,
+    no: u32,
+) -> anyhow::Result<Outputs> {
+    let mut out = Outputs {
+        logits: Vec::new(),
+        log_odds: Vec::new(),
+    };
+    for q in prompts {
+        let mut c = tm.new_cache(q.ids.len());
+        let l = tm
+            .prefill(std::slice::from_ref(q), &mut c, LogitsScope::All)?
+            .logits
+            .i(0)?;
+        let last = TextDecoder::log_softmax(&l.i(l.dim(0)? - 1)?)?;
+        let lp: Vec<f32> = last.to_vec1()?;
+        out.log_odds.push(lp[yes as usize] - lp[no as usize]);
+        out.logits.push(l);
+    }
+    Ok(out)
+}
+
+fn row(
+    format: WeightFormat,
+    model: &SurgeredModel,
+    want: &Outputs,
+    got: &Outputs,
+) -> anyhow::Result<()> {
+    let a = Agreement::of(
+        &Tensor::cat(&want.logits, 0)?,
+        &Tensor::cat(&got.logits, 0)?,
+    )?;
+    let d: Vec<f32> = want
+        .log_odds
+        .iter()
+        .zip(&got.log_odds)
+        .map(|(w, g)| (w - g).abs())
+        .collect();
+    let p = model.surgery_report().projections;
+    println!(
+        "| {format} | {}/{} | {:.2} | {:.4} | {:.2e} | {:.2e} | {:.3} | {:.4} | {:.4} |",
+        p.quantized,
+        p.quantized + p.dense,
+        p.bytes as f64 / 1048576.0,
+        a.max_abs,
+        a.mean_kl,
+        a.max_kl,
+        a.top1,
+        d.iter().sum::<f32>() / d.len().max(1) as f32,
+        d.iter().copied().fold(0.0f32, f32::max),
+    );
+    Ok(())
+}
+
+fn header(title: &str, want: &Outputs) -> anyhow::Result<()> {
+    let all = Tensor::cat(&want.logits, 0)?;
+    let std = all.var_keepdim(1)?.mean_all()?.sqrt()?.to_scalar::<f32>()?;
+    let odds =
+        want.log_odds.iter().map(|x| x.abs()).sum::<f32>() / want.log_odds.len().max(1) as f32;
+    println!(
+        "\n{title}: {} prompts, {} positions; f32 logits: mean per-row std {std:.3}, mean abs yes/no log-odds {odds:.3}",
+        want.log_odds.len(),
+        all.dim(0)?
+    );
+    println!(
+        "| weights | projections quantized | MiB held | max abs dlogit | mean KL | max KL | top-1 | mean abs d(log-odds) | max abs d(log-odds) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|");
+    Ok(())
+}
+
+fn load(spec: &str, format: WeightFormat, adapter: Option<&Path>) -> anyhow::Result<SurgeredModel> {
+    let mut o = LoadOptions::default().dtype(DType::F32).weights(format);
+    if let Some(a) = adapter {
+        o = o.adapter(a);
+    }
+    let m = SurgeredModel::load(spec, &o)?;
+    // the plain prefill is compared: no prefix cache
+    m.text_model().prefix_cache().set_max_bytes(0);
+    Ok(m)
+}
+
+fn tiny(formats: &[WeightFormat]) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/vision-surgery/tests/fixtures");
+    let spec = root.join("tiny-s0/model");
+    let spec = spec.to_str().context("utf-8 path")?;
+    let adapter = root.join("adapter-torch/adapter.safetensors");
+    let items = load_npy_items(&root.join("adapter-torch/items.npy"), &Device::Cpu)?;
+    let dense = load(spec, WeightFormat::Dense, Some(&adapter))?;
+    let tok = dense
+        .tokenizer()
+        .context("the tiny checkpoint has a tokenizer")?;
+    let (yes, no) = (tok.encode_text("yes")?[0], tok.encode_text("no")?[0]);
+    let q = Prompt::user("A user saved <item>. Would they also save <item>? Answer yes or no.");
+    let mut prompts = Vec::new();
+    for (a, b) in [(0, 1), (1, 2), (2, 0), (0, 2), (1, 0), (2, 1)] {
+        let pair = Tensor::cat(&[items.i(a..a + 1)?, items.i(b..b + 1)?], 0)?;
+        prompts.push(dense.prepare(&q, Some(&pair))?);
+    }
+    let want = outputs(dense.text_model(), &prompts, yes, no)?;
+    header("tiny-s0 (64 wide, 2 layers) with its adapter", &want)?;
+    for &f in formats {
+        let m = load(spec, f, Some(&adapter))?;
+        row(f, &m, &want, &outputs(m.text_model(), &prompts, yes, no)?)?;
+    }
+    Ok(())
+}
+
+fn shaped(layers: usize, formats: &[WeightFormat]) -> anyhow::Result<()> {
+    let shape = ModelShape::qwen3_vl_2b().with_decoder_layers(layers);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("target/bench-checkpoints")
+        .join(format!("qwen3-vl-2b-shaped-{layers}-layers"));
+    let want_cfg = serde_json::to_string_pretty(&shape.config_json())?;
+    if std::fs::read_to_string(dir.join("config.json")).ok() != Some(want_cfg)
+        || !dir.join("model.safetensors").is_file()
+    {
+        write_random_checkpoint(&dir, &shape, 2026)?;
+    }
+    let spec = dir.to_str().context("utf-8 path")?;
+    let (n, k, in_dim) = (8, 4, 256);
+    let adapter_spec = AdapterSpec::mlp(in_dim, 1024, Activation::Gelu, k, shape.hidden_size)
+        .with_deepstack(shape.deepstack_levels);
+    let adapter = EmbeddingAdapter::init(adapter_spec, 4, DType::F32, &Device::Cpu)?;
+    let text = RequestText::synthetic(shape.special_base(), 1);
+    let (yes, no) = (text.continuation[0], text.continuation[1]);
+    let prompts_for = |tm: &TextModel| -> anyhow::Result<Vec<SequenceInput>> {
+        (0..4u64)
+            .map(|seed| {
+                let v: Vec<f32> = (0..n * in_dim)
+                    .map(|i| (((i as u64 + 1) * (seed * 2 + 7919)) % 2003) as f32 / 1001.5 - 1.0)
+                    .collect();
+                let soft = adapter.forward(&Tensor::from_vec(v, (n, in_dim), &Device::Cpu)?)?;
+                let h = shape.hidden_size;
+                Ok(SequenceInput {
+                    ids: text.prompt(tm, &vec![k; n]),
+                    visual: Some(VisualInput {
+                        embeds: soft.tokens.reshape((n * k, h))?,
+                        deepstack: soft
+                            .deepstack
+                            .iter()
+                            .map(|d| d.reshape((n * k, h)))
+                            .collect::<candle_core::Result<Vec<_>>>()?,
+                        grids: vec![adapter.spec().grid; n],
+                    }),
+                })
+            })
+            .collect()
+    };
+    let (want, prompts) = {
+        let dense = load(spec, WeightFormat::Dense, None)?;
+        let prompts = prompts_for(dense.text_model())?;
+        (outputs(dense.text_model(), &prompts, yes, no)?, prompts)
+    };
+    header(
+        &format!("Qwen3-VL-2B-shaped random weights, {layers} decoder layers, N = {n}, K = {k}"),
+        &want,
+    )?;
+    for &f in formats {
+        let m = load(spec, f, None)?;
+        row(f, &m, &want, &outputs(m.text_model(), &prompts, yes, no)?)?;
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tiny(&args.formats)?;
+    if args.decoder_layers > 0 {
+        shaped(args.decoder_layers, &args.formats)?;
+    }
+    Ok(())
+}
