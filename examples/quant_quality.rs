@@ -26,7 +26,7 @@ use candle_core::{DType, Device, IndexOp, Tensor};
 use clap::Parser;
 use mosaic::vision_surgery::bench::RequestText;
 use mosaic::vision_surgery::decoder::TextDecoder;
-use mosaic::vision_surgery::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
+use mosaic::vision_surgery::model::{LogitsScope, SequenceInput, TextModel};
 use mosaic::vision_surgery::quant::Agreement;
 use mosaic::vision_surgery::synthetic::{ModelShape, write_random_checkpoint};
 use mosaic::vision_surgery::{
@@ -185,19 +185,10 @@ fn shaped(layers: usize, formats: &[WeightFormat]) -> anyhow::Result<()> {
                 let v: Vec<f32> = (0..n * in_dim)
                     .map(|i| (((i as u64 + 1) * (seed * 2 + 7919)) % 2003) as f32 / 1001.5 - 1.0)
                     .collect();
-                let soft = adapter.forward(&Tensor::from_vec(v, (n, in_dim), &Device::Cpu)?)?;
-                let h = shape.hidden_size;
+                let items = Tensor::from_vec(v, (n, in_dim), &Device::Cpu)?;
                 Ok(SequenceInput {
                     ids: text.prompt(tm, &vec![k; n]),
-                    visual: Some(VisualInput {
-                        embeds: soft.tokens.reshape((n * k, h))?,
-                        deepstack: soft
-                            .deepstack
-                            .iter()
-                            .map(|d| d.reshape((n * k, h)))
-                            .collect::<candle_core::Result<Vec<_>>>()?,
-                        grids: vec![adapter.spec().grid; n],
-                    }),
+                    visual: Some(adapter.visual_input(&items)?),
                 })
             })
             .collect()

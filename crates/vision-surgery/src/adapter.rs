@@ -29,6 +29,7 @@ use candle_nn::Linear;
 use rand::{Rng, SeedableRng};
 
 use crate::error::{Error, Result};
+use crate::model::VisualInput;
 use crate::position::VisualGrid;
 use crate::weights::{Weights, st_dtype};
 
@@ -534,6 +535,23 @@ impl EmbeddingAdapter {
             ));
         }
         Ok(())
+    }
+
+    /// The visual input of a prompt about `items` (N, in_dim): [`EmbeddingAdapter::forward`]
+    /// laid out as N x K placeholder rows in item order, one grid per item.
+    pub fn visual_input(&self, items: &Tensor) -> Result<VisualInput> {
+        let soft = self.forward(items)?;
+        let n = soft.tokens.dim(0)?;
+        let (k, h) = (self.spec.tokens_per_item, self.spec.hidden_size);
+        Ok(VisualInput {
+            embeds: soft.tokens.reshape((n * k, h))?,
+            deepstack: soft
+                .deepstack
+                .iter()
+                .map(|d| d.reshape((n * k, h)))
+                .collect::<candle_core::Result<Vec<_>>>()?,
+            grids: vec![self.spec.grid; n],
+        })
     }
 
     /// Map item embeddings (N, in_dim) to soft tokens (N, K, H) and DeepStack features.

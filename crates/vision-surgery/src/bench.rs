@@ -21,7 +21,7 @@ use crate::adapter::EmbeddingAdapter;
 use crate::error::{Error, Result};
 use crate::full::FullModel;
 use crate::image_processor::ImageProcessor;
-use crate::model::{ContinuationScore, SequenceInput, TextModel, VisualInput};
+use crate::model::{ContinuationScore, SequenceInput, TextModel};
 
 /// Text around the items of a benchmark request.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -178,18 +178,8 @@ pub fn run_surgery(
     let device = model.decoder().device().clone();
     let t0 = Instant::now();
     let n = items.dim(0)?;
-    let spec = adapter.spec();
-    let (k, h) = (spec.tokens_per_item, spec.hidden_size);
-    let soft = adapter.forward(items)?;
-    let visual = VisualInput {
-        embeds: soft.tokens.reshape((n * k, h))?,
-        deepstack: soft
-            .deepstack
-            .iter()
-            .map(|d| d.reshape((n * k, h)))
-            .collect::<candle_core::Result<Vec<_>>>()?,
-        grids: vec![spec.grid; n],
-    };
+    let k = adapter.spec().tokens_per_item;
+    let visual = adapter.visual_input(items)?;
     sync(&device)?;
     let t1 = Instant::now();
     let seq = SequenceInput {

@@ -172,30 +172,13 @@ pub fn rope_index_batch(
     is_visual: impl Fn(u32) -> bool + Copy,
     grids: &[&[VisualGrid]],
 ) -> Result<(Positions, Vec<i64>)> {
-    let batch = ids.len();
-    if grids.len() != batch {
-        return Err(Error::Input {
-            message: format!("{batch} sequences but {} grid lists", grids.len()),
-        });
-    }
-    let mut data = vec![0i64; 3 * batch * seq];
-    let mut deltas = Vec::with_capacity(batch);
-    for (b, (seq_ids, seq_grids)) in ids.iter().zip(grids).enumerate() {
-        if seq_ids.len() > seq {
-            return Err(Error::Input {
-                message: format!("sequence {b} has {} tokens, more than {seq}", seq_ids.len()),
-            });
-        }
-        let pad = seq - seq_ids.len();
-        let (rows, delta) = rope_index_one(seq_ids, is_visual, seq_grids)?;
-        for (r, row) in rows.iter().enumerate() {
-            let start = (r * batch + b) * seq + pad;
-            data[start..start + row.len()].copy_from_slice(row);
-        }
+    laid_out(ids, seq, is_visual, grids, |b, len| {
+        let pad = seq.checked_sub(len).ok_or_else(|| Error::Input {
+            message: format!("sequence {b} has {len} tokens, more than {seq}"),
+        })?;
         // the reference measures the delta against the padded length
-        deltas.push(delta - pad as i64);
-    }
-    Ok((Positions { batch, seq, data }, deltas))
+        Ok((0, pad, -(pad as i64)))
+    })
 }
 
 /// Positions of the tokens after the first `offset` of each sequence (a cached shared
@@ -209,6 +192,27 @@ pub fn rope_index_after(
     is_visual: impl Fn(u32) -> bool + Copy,
     grids: &[&[VisualGrid]],
 ) -> Result<(Positions, Vec<i64>)> {
+    laid_out(ids, seq, is_visual, grids, |b, len| {
+        let rest = len.checked_sub(offset).filter(|&r| r <= seq);
+        let rest = rest.ok_or_else(|| Error::Input {
+            message: format!(
+                "sequence {b} has {len} tokens: not {offset} cached plus at most {seq} new"
+            ),
+        })?;
+        Ok((offset, 0, -((seq - rest) as i64)))
+    })
+}
+
+/// Positions of a batch laid out by `layout(b, len)` = (the first of sequence b's
+/// tokens placed, the column it goes to, the shift of its rope delta): the rows of
+/// [`rope_index_one`] over each whole sequence, copied into place.
+fn laid_out(
+    ids: &[&[u32]],
+    seq: usize,
+    is_visual: impl Fn(u32) -> bool + Copy,
+    grids: &[&[VisualGrid]],
+    layout: impl Fn(usize, usize) -> Result<(usize, usize, i64)>,
+) -> Result<(Positions, Vec<i64>)> {
     let batch = ids.len();
     if grids.len() != batch {
         return Err(Error::Input {
@@ -218,21 +222,13 @@ pub fn rope_index_after(
     let mut data = vec![0i64; 3 * batch * seq];
     let mut deltas = Vec::with_capacity(batch);
     for (b, (seq_ids, seq_grids)) in ids.iter().zip(grids).enumerate() {
-        let rest = seq_ids.len().checked_sub(offset).filter(|&r| r <= seq);
-        let Some(rest) = rest else {
-            return Err(Error::Input {
-                message: format!(
-                    "sequence {b} has {} tokens: not {offset} cached plus at most {seq} new",
-                    seq_ids.len()
-                ),
-            });
-        };
+        let (from, at, shift) = layout(b, seq_ids.len())?;
         let (rows, delta) = rope_index_one(seq_ids, is_visual, seq_grids)?;
         for (r, row) in rows.iter().enumerate() {
-            let start = (r * batch + b) * seq;
-            data[start..start + rest].copy_from_slice(&row[offset..]);
+            let start = (r * batch + b) * seq + at;
+            data[start..start + row.len() - from].copy_from_slice(&row[from..]);
         }
-        deltas.push(delta - (seq - rest) as i64);
+        deltas.push(delta + shift);
     }
     Ok((Positions { batch, seq, data }, deltas))
 }

@@ -300,13 +300,15 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 3, 256), &dev).unwrap();
         let dense = Proj::new(w.clone(), Some(b.clone()), WeightFormat::Dense).unwrap();
         let want = dense.forward(&x).unwrap();
-        let scale = want
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let max_abs = |t: &Tensor| {
+            t.abs()
+                .unwrap()
+                .max_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap()
+        };
+        let scale = max_abs(&want);
         for (f, tol) in [
             (WeightFormat::Q8_0, 0.02),
             (WeightFormat::Q6K, 0.05),
@@ -317,14 +319,7 @@ mod tests {
             assert!(q.is_quantized(), "{f}");
             assert!(q.weight_bytes() < dense.weight_bytes() / 3, "{f}");
             let got = q.forward(&x).unwrap();
-            let err = (got - &want)
-                .unwrap()
-                .abs()
-                .unwrap()
-                .max_all()
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let err = max_abs(&(got - &want).unwrap());
             assert!(err <= tol * scale, "{f}: max error {err} of {scale}");
         }
         let narrow = Tensor::randn(0f32, 0.05, (8, 64), &dev).unwrap();

@@ -20,7 +20,7 @@ use crate::decoder::is_visual_tensor;
 use crate::error::{Error, Result};
 use crate::generation_config::{GENERATION_CONFIG_FILE, GenerationConfig};
 use crate::hub::ProgressFn;
-use crate::model::{LogitsScope, SequenceInput, TextModel, VisualInput};
+use crate::model::{LogitsScope, SequenceInput, TextModel};
 use crate::prompt::{Prompt, PromptTokenizer};
 use crate::quant::{QuantizedLayers, WeightFormat};
 use crate::sampling::{GenerateOptions, Sampler};
@@ -416,22 +416,10 @@ impl SurgeredModel {
         let items = items.ok_or_else(|| Error::Embeddings {
             message: "missing items".into(),
         })?;
-        let spec = adapter.spec();
-        let soft = adapter.forward(items)?;
-        let (k, h) = (spec.tokens_per_item, spec.hidden_size);
-        let embeds = soft.tokens.reshape((n * k, h))?;
-        let deepstack = soft
-            .deepstack
-            .iter()
-            .map(|d| d.reshape((n * k, h)))
-            .collect::<candle_core::Result<Vec<_>>>()?;
+        let visual = adapter.visual_input(items)?;
         Ok(SequenceInput {
-            ids: tok.encode_prompt(prompt, n, k)?,
-            visual: Some(VisualInput {
-                embeds,
-                deepstack,
-                grids: vec![spec.grid; n],
-            }),
+            ids: tok.encode_prompt(prompt, n, adapter.spec().tokens_per_item)?,
+            visual: Some(visual),
         })
     }
 
