@@ -90,19 +90,29 @@ impl SparseMoe {
     /// Routing of `n` tokens: for each token its `top_k` experts (ascending probability
     /// order does not matter), as host-side indices.
     fn route(&self, probs: &Tensor) -> candle_core::Result<Vec<u32>> {
-        let rows: Vec<Vec<f32>> = probs.to_vec2()?;
-        let mut out = Vec::with_capacity(rows.len() * self.top_k);
-        let mut order: Vec<u32> = Vec::new();
-        for row in &rows {
-            order.clear();
-            order.extend(0..row.len() as u32);
-            // largest first; the lower index on ties (torch.topk's tie order is
-            // implementation-defined, so an exact tie may route differently there)
-            order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-            out.extend_from_slice(&order[..self.top_k]);
-        }
-        Ok(out)
+        Ok(top_k_of_rows(&probs.to_vec2()?, self.top_k))
     }
+}
+
+/// Per row, the indices of its `k` largest values, largest first, the lower index on
+/// ties (torch.topk's tie order is implementation-defined, so an exact tie may route
+/// differently there). A total order, so selecting the k first then sorting them is the
+/// full sort's first k (128 experts, top 8: no sort of the other 120).
+fn top_k_of_rows(rows: &[Vec<f32>], k: usize) -> Vec<u32> {
+    let mut out = Vec::with_capacity(rows.len() * k);
+    let mut order: Vec<u32> = Vec::new();
+    for row in rows {
+        order.clear();
+        order.extend(0..row.len() as u32);
+        let cmp = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
+        let k = k.min(order.len());
+        if k > 0 && k < order.len() {
+            order.select_nth_unstable_by(k - 1, cmp);
+        }
+        order[..k].sort_by(cmp);
+        out.extend_from_slice(&order[..k]);
+    }
+    out
 }
 
 impl Module for SparseMoe {
@@ -145,5 +155,33 @@ impl Module for SparseMoe {
             out = out.index_add(&r, &y, 0)?;
         }
         out.to_dtype(xs.dtype())?.reshape(dims)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_selection_is_the_full_sorts_first_k() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // few distinct values, so ties are common
+            ((seed >> 33) % 13) as f32 / 13.0
+        };
+        for (experts, k) in [(8, 2), (16, 4), (128, 8), (5, 5), (1, 1)] {
+            let rows: Vec<Vec<f32>> = (0..50)
+                .map(|_| (0..experts).map(|_| next()).collect())
+                .collect();
+            let got = top_k_of_rows(&rows, k);
+            for (r, row) in rows.iter().enumerate() {
+                let mut all: Vec<u32> = (0..experts as u32).collect();
+                all.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                assert_eq!(&got[r * k..(r + 1) * k], &all[..k], "row {r} of {experts}");
+            }
+        }
     }
 }
