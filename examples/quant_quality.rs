@@ -3,15 +3,18 @@
 //!
 //! ```text
 //! cargo run --release --example quant_quality -- [--decoder-layers 28] [--formats q8_0,q6_k,q4_k,q4_0]
+//! cargo run --release --example quant_quality -- --model <dir|org/name> [--adapter F --items F.npy] --decoder-layers 0
 //! ```
-//! Models: the committed tiny checkpoint (tiny-s0, 64 wide) with its PyTorch-made
-//! adapter and items, and the Qwen3-VL-2B-shaped random-weight checkpoint of the
+//! Models: `--model` (default: the committed tiny checkpoint, tiny-s0, 64 wide, with its
+//! PyTorch-made adapter and items; a released checkpoint is the run that judges a format
+//! before serving it), and the Qwen3-VL-2B-shaped random-weight checkpoint of the
 //! surgery bench (`--decoder-layers` of them, 28 by default; written under target/ on
 //! first use). Per format, over every position of the prompts: max |Δlogit|, mean and
 //! max KL(f32 ‖ format) over the vocabulary, top-1 agreement; and the yes/no log-odds
 //! the ranker's rescoring computes (`log P(yes) − log P(no)` after the prompt), as the
-//! mean and max |Δ| over the prompts. Prompts: the tiny model's rescoring-style question
-//! about each pair of its 3 items; the 2B-shaped model's bench request (36 instruction
+//! mean and max |Δ| over the prompts. Prompts for `--model`: six rescoring-style text
+//! questions, and with an adapter and items the rescoring question about pairs of the
+//! first three items; the 2B-shaped model's bench request (36 instruction
 //! tokens, N = 8 items of K = 4 soft tokens, 4 tail tokens) with 4 sets of item
 //! embeddings. A layer whose width is not a multiple of the format's block stays dense
 //! (the tiny model under the 256-wide k-quant blocks: its rows say 0 quantized).
@@ -37,6 +40,16 @@ use mosaic::vision_surgery::{
 #[derive(Parser)]
 #[command(about = "Quantized decoder weights against the dense f32 model")]
 struct Args {
+    /// Checkpoint directory or hub id (default: the committed tiny checkpoint, with its
+    /// adapter and items unless --adapter / --items say otherwise).
+    #[arg(long)]
+    model: Option<String>,
+    /// An adapter for --model (item prompts need one).
+    #[arg(long)]
+    adapter: Option<std::path::PathBuf>,
+    /// Item embeddings (.npy, N x in_dim) for the item prompts.
+    #[arg(long)]
+    items: Option<std::path::PathBuf>,
     /// Decoder layers of the 2B-shaped checkpoint (0: skip it).
     #[arg(long, default_value_t = 28)]
     decoder_layers: usize,
@@ -135,27 +148,62 @@ fn load(spec: &str, format: WeightFormat, adapter: Option<&Path>) -> anyhow::Res
     Ok(m)
 }
 
-fn tiny(formats: &[WeightFormat]) -> anyhow::Result<()> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/vision-surgery/tests/fixtures");
-    let spec = root.join("tiny-s0/model");
-    let spec = spec.to_str().context("utf-8 path")?;
-    let adapter = root.join("adapter-torch/adapter.safetensors");
-    let items = load_npy_items(&root.join("adapter-torch/items.npy"), &Device::Cpu)?;
-    let dense = load(spec, WeightFormat::Dense, Some(&adapter))?;
+/// Text questions shaped like the rescoring prompt (no item needed).
+const TEXT_QUESTIONS: [&str; 6] = [
+    "A user saved a red leather handbag. Would they also save a black canvas tote? Answer yes or no.",
+    "A user saved three mid-century armchairs. Would they also save a neon gaming chair? Answer yes or no.",
+    "A user saved photos of alpine lakes at dawn. Would they also save a desert canyon at dusk? Answer yes or no.",
+    "A user saved minimalist line tattoos. Would they also save a full-sleeve traditional koi? Answer yes or no.",
+    "A user saved vegan ramen recipes. Would they also save a steakhouse grilling guide? Answer yes or no.",
+    "A user saved Scandinavian kitchens in white oak. Would they also save a walnut Japandi dining room? Answer yes or no.",
+];
+
+/// `--model`'s table: the text questions, and the item question about pairs of the first
+/// three items when an adapter and items are given.
+fn checkpoint(
+    spec: &str,
+    adapter: Option<&Path>,
+    items: Option<&Path>,
+    formats: &[WeightFormat],
+) -> anyhow::Result<()> {
+    let dense = load(spec, WeightFormat::Dense, adapter)?;
     let tok = dense
         .tokenizer()
-        .context("the tiny checkpoint has a tokenizer")?;
+        .context("the checkpoint has no tokenizer: prompts cannot be written")?;
     let (yes, no) = (tok.encode_text("yes")?[0], tok.encode_text("no")?[0]);
-    let q = Prompt::user("A user saved <item>. Would they also save <item>? Answer yes or no.");
-    let mut prompts = Vec::new();
-    for (a, b) in [(0, 1), (1, 2), (2, 0), (0, 2), (1, 0), (2, 1)] {
-        let pair = Tensor::cat(&[items.i(a..a + 1)?, items.i(b..b + 1)?], 0)?;
-        prompts.push(dense.prepare(&q, Some(&pair))?);
+    let mut prompts = TEXT_QUESTIONS
+        .iter()
+        .map(|q| dense.prepare(&Prompt::user(*q), None))
+        .collect::<mosaic::vision_surgery::Result<Vec<_>>>()?;
+    if let (Some(_), Some(items)) = (dense.adapter(), items) {
+        let items = load_npy_items(items, &Device::Cpu)?;
+        let n = items.dim(0)?.min(3);
+        let q = Prompt::user("A user saved <item>. Would they also save <item>? Answer yes or no.");
+        for a in 0..n {
+            for b in (0..n).filter(|&b| b != a) {
+                let pair = Tensor::cat(&[items.i(a..a + 1)?, items.i(b..b + 1)?], 0)?;
+                prompts.push(dense.prepare(&q, Some(&pair))?);
+            }
+        }
     }
     let want = outputs(dense.text_model(), &prompts, yes, no)?;
-    header("tiny-s0 (64 wide, 2 layers) with its adapter", &want)?;
+    let t = dense.config().text.clone();
+    drop(dense);
+    header(
+        &format!(
+            "{spec} ({} wide, {} layers{})",
+            t.hidden_size,
+            t.num_hidden_layers,
+            if adapter.is_some() {
+                ", with an adapter"
+            } else {
+                ""
+            }
+        ),
+        &want,
+    )?;
     for &f in formats {
-        let m = load(spec, f, Some(&adapter))?;
+        let m = load(spec, f, adapter)?;
         row(f, &m, &want, &outputs(m.text_model(), &prompts, yes, no)?)?;
     }
     Ok(())
@@ -211,7 +259,24 @@ fn shaped(layers: usize, formats: &[WeightFormat]) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tiny(&args.formats)?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("crates/vision-surgery/tests/fixtures");
+    let (spec, adapter, items) = match &args.model {
+        Some(m) => (m.clone(), args.adapter.clone(), args.items.clone()),
+        None => (
+            root.join("tiny-s0/model").to_string_lossy().into_owned(),
+            Some(
+                args.adapter
+                    .clone()
+                    .unwrap_or(root.join("adapter-torch/adapter.safetensors")),
+            ),
+            Some(
+                args.items
+                    .clone()
+                    .unwrap_or(root.join("adapter-torch/items.npy")),
+            ),
+        ),
+    };
+    checkpoint(&spec, adapter.as_deref(), items.as_deref(), &args.formats)?;
     if args.decoder_layers > 0 {
         shaped(args.decoder_layers, &args.formats)?;
     }
