@@ -360,24 +360,15 @@ impl TextModel {
         let mut levels: Option<usize> = None;
         for (bi, q) in seqs.iter().enumerate() {
             let (head, tail) = q.ids.split_at(offset);
-            let pad = s - tail.len();
-            // where the sequence's first new token sits in its row
-            let start = if offset == 0 { pad } else { 0 };
-            if offset == 0 {
-                padding.push(pad);
-                let mut v = vec![false; pad];
-                v.resize(s, true);
-                valid.push(v);
-                flat_ids.extend(std::iter::repeat_n(0u32, pad));
-                flat_ids.extend_from_slice(tail);
-            } else {
-                padding.push(0);
-                let mut v = vec![true; tail.len()];
-                v.resize(s, false);
-                valid.push(v);
-                flat_ids.extend_from_slice(tail);
-                flat_ids.extend(std::iter::repeat_n(0u32, pad));
-            }
+            // where the sequence's first new token sits in its row: after the left
+            // padding, or first (right padding after a cached prefix)
+            let start = if offset == 0 { s - tail.len() } else { 0 };
+            let real = start..start + tail.len();
+            padding.push(start);
+            valid.push((0..s).map(|i| real.contains(&i)).collect());
+            let mut row = vec![0u32; s];
+            row[real].copy_from_slice(tail);
+            flat_ids.extend(row);
             if let Some(i) = head.iter().position(|&t| self.is_placeholder(t)) {
                 return Err(Error::Input {
                     message: format!(
@@ -572,11 +563,7 @@ impl TextModel {
         if continuations.is_empty() {
             return Ok(Vec::new());
         }
-        if let Some(i) = continuations.iter().position(Vec::is_empty) {
-            return Err(Error::Prompt {
-                message: format!("continuation {i} is empty"),
-            });
-        }
+        self.check_continuations(continuations)?;
         if let [c] = continuations {
             return Ok(vec![self.score_one(seq, c)?]);
         }
@@ -643,17 +630,18 @@ impl TextModel {
             return Ok(vec![Vec::new(); seqs.len()]);
         }
         self.check_continuations(continuations)?;
+        // continuations by their tokens but the last, in first-seen order
+        let mut groups: Vec<(&[u32], Vec<usize>)> = Vec::new();
+        for (j, c) in continuations.iter().enumerate() {
+            let lead = &c[..c.len() - 1];
+            match groups.iter_mut().find(|(l, _)| *l == lead) {
+                Some((_, members)) => members.push(j),
+                None => groups.push((lead, vec![j])),
+            }
+        }
         let mut out: Vec<Vec<Option<ContinuationScore>>> =
             vec![vec![None; continuations.len()]; seqs.len()];
-        let mut done = vec![false; continuations.len()];
-        for (ci, c) in continuations.iter().enumerate() {
-            if done[ci] {
-                continue;
-            }
-            let lead = &c[..c.len() - 1];
-            let group: Vec<usize> = (ci..continuations.len())
-                .filter(|&j| !done[j] && continuations[j][..continuations[j].len() - 1] == *lead)
-                .collect();
+        for (lead, group) in groups {
             let batch: Vec<SequenceInput> = seqs
                 .iter()
                 .map(|q| {
@@ -678,7 +666,6 @@ impl TextModel {
                         token_logprobs,
                     });
                 }
-                done[j] = true;
             }
         }
         out.into_iter()
@@ -720,18 +707,8 @@ impl TextModel {
 
     /// One continuation in one pass: the prompt and the continuation (but its last token)
     /// are prefilled together and the head runs once, on the continuation's positions.
+    /// `c` is checked ([`TextModel::check_continuations`]).
     fn score_one(&self, mut seq: SequenceInput, c: &[u32]) -> Result<ContinuationScore> {
-        let vocab = self.decoder.config().vocab_size;
-        if let Some(&bad) = c
-            .iter()
-            .find(|&&t| t as usize >= vocab || self.is_placeholder(t))
-        {
-            return Err(Error::Input {
-                message: format!(
-                    "continuation token {bad} is outside the vocabulary or a visual placeholder"
-                ),
-            });
-        }
         let n = c.len();
         seq.ids.extend_from_slice(&c[..n - 1]);
         let mut cache = self.new_cache(seq.ids.len());

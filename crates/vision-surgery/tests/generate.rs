@@ -3,7 +3,7 @@
 mod common;
 
 use candle_core::{D, DType, Device, IndexOp, Tensor};
-use common::{case_ids, fixture_case, fixture_model, max_abs_diff};
+use common::{IN_DIM, case_ids, fixture_case, fixture_model, items, max_abs_diff};
 use vision_surgery::model::{LogitsScope, SequenceInput, VisualInput};
 use vision_surgery::position::VisualGrid;
 use vision_surgery::{
@@ -12,26 +12,8 @@ use vision_surgery::{
 };
 
 const FIXTURE: &str = "tiny-s0";
-const IN_DIM: usize = 24;
-
 fn model_with_adapter(deepstack: usize) -> SurgeredModel {
-    let mut m = SurgeredModel::load(
-        fixture_model(FIXTURE).to_str().unwrap(),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let spec = AdapterSpec::mlp(IN_DIM, 48, vision_surgery::Activation::Gelu, 4, 64)
-        .with_deepstack(deepstack);
-    m.attach_adapter(EmbeddingAdapter::init(spec, 11, DType::F32, &Device::Cpu).unwrap())
-        .unwrap();
-    m
-}
-
-fn items(n: usize, seed: u64) -> Tensor {
-    let v: Vec<f32> = (0..n * IN_DIM)
-        .map(|i| (((i as u64 + 1) * (seed * 2 + 7919)) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    Tensor::from_vec(v, (n, IN_DIM), &Device::Cpu).unwrap()
+    common::model_with_adapter(FIXTURE, deepstack)
 }
 
 #[test]
@@ -347,6 +329,18 @@ fn bad_input_is_a_typed_error() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("continuation 1 is empty"), "{e}");
+    // a continuation token outside the vocabulary, alone or beside others (the batched
+    // path read its first token's log-probability by index before any check)
+    let vocab = m.config().text.vocab_size as u32;
+    let seq = m.prepare(&Prompt::user("x"), None).unwrap();
+    for continuations in [vec![vec![vocab]], vec![vec![1], vec![vocab, 2]]] {
+        let e = m
+            .text_model()
+            .score(seq.clone(), &continuations)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(&format!("token {vocab} is outside")), "{e}");
+    }
     // bad option
     let e = m
         .generate(
