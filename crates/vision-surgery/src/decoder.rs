@@ -249,9 +249,7 @@ impl Mlp {
             down_proj: p.pp("down_proj").proj(i, h, false)?,
         })
     }
-}
 
-impl Mlp {
     fn projections(&self) -> [&Proj; 3] {
         [&self.gate_proj, &self.up_proj, &self.down_proj]
     }
