@@ -26,7 +26,7 @@ use criterion::{BenchmarkId, Criterion, SamplingMode, criterion_group, criterion
 use mosaic::vision_surgery::bench::{RequestText, run_full, run_surgery, synthetic_jpegs};
 use mosaic::vision_surgery::full::FullModel;
 use mosaic::vision_surgery::prefix::DEFAULT_PREFIX_CACHE_BYTES;
-use mosaic::vision_surgery::synthetic::{ModelShape, write_random_checkpoint};
+use mosaic::vision_surgery::synthetic::{ModelShape, ensure_random_checkpoint};
 use mosaic::vision_surgery::{
     Activation, AdapterSpec, EmbeddingAdapter, PrefixCache, WeightFormat,
 };
@@ -101,12 +101,7 @@ fn bench(c: &mut Criterion) {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/bench-checkpoints")
         .join(format!("qwen3-vl-2b-shaped-{layers}-layers"));
-    let want = serde_json::to_string_pretty(&shape.config_json()).expect("config serialises");
-    if std::fs::read_to_string(dir.join("config.json")).ok() != Some(want)
-        || !dir.join("model.safetensors").is_file()
-    {
-        write_random_checkpoint(&dir, &shape, 2026).expect("writing the synthetic checkpoint");
-    }
+    ensure_random_checkpoint(&dir, &shape, 2026).expect("writing the synthetic checkpoint");
     let spec = dir.to_str().expect("utf-8 path");
     let max_items = items.iter().copied().max().unwrap_or(1);
     let images = synthetic_jpegs(max_items, 448, 7).expect("test images");

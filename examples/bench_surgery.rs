@@ -23,7 +23,7 @@
 //! `--device cuda --dtype bf16 --no-rss` runs both paths on a GPU (build with
 //! `--features cuda`); the peak-RSS columns only mean something on the CPU.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -38,7 +38,7 @@ use mosaic::vision_surgery::bench::{
 use mosaic::vision_surgery::full::FullModel;
 use mosaic::vision_surgery::model::TextModel;
 use mosaic::vision_surgery::prefix::DEFAULT_PREFIX_CACHE_BYTES;
-use mosaic::vision_surgery::synthetic::{ModelShape, write_random_checkpoint};
+use mosaic::vision_surgery::synthetic::{ModelShape, ensure_random_checkpoint};
 use mosaic::vision_surgery::{
     Activation, AdapterSpec, DeviceSpec, EmbeddingAdapter, LoadOptions, PrefixCache, SurgeredModel,
     WeightFormat,
@@ -319,9 +319,6 @@ fn main() -> anyhow::Result<()> {
             .join("target/bench-checkpoints")
             .join(format!("qwen3-vl-2b-shaped-{layers}-layers"))
     });
-    let config_now = serde_json::to_string_pretty(&shape.config_json())?;
-    let fresh = std::fs::read_to_string(ckpt.join("config.json")).ok() != Some(config_now)
-        || !ckpt.join("model.safetensors").is_file();
     if let Some(what) = &args.rss_probe {
         return probe(&args, &shape, &ckpt, what);
     }
@@ -347,9 +344,8 @@ fn main() -> anyhow::Result<()> {
         (args.image_side / 32) * (args.image_side / 32),
         rayon_threads()
     );
-    if fresh {
-        let t = Instant::now();
-        write_random_checkpoint(&ckpt, &shape, 2026)?;
+    let t = Instant::now();
+    if ensure_random_checkpoint(&ckpt, &shape, 2026)? {
         println!(
             "# wrote the checkpoint to {} in {:.1} s",
             ckpt.display(),
@@ -359,9 +355,9 @@ fn main() -> anyhow::Result<()> {
     let spec = ckpt.to_str().context("checkpoint path is not UTF-8")?;
     // one full model per weight format; each setting's decoder is a clone of its
     // format's (weights shared) with a prefix cache of its own
-    let mut fulls: BTreeMap<String, FullModel> = BTreeMap::new();
+    let mut fulls: HashMap<WeightFormat, FullModel> = HashMap::new();
     for s in &settings {
-        if fulls.contains_key(s.weights.name()) {
+        if fulls.contains_key(&s.weights) {
             continue;
         }
         let t = Instant::now();
@@ -378,9 +374,9 @@ fn main() -> anyhow::Result<()> {
             q.quantized,
             q.dense
         );
-        fulls.insert(s.weights.name().to_string(), full);
+        fulls.insert(s.weights, full);
     }
-    let full_of = |s: &Setting| &fulls[s.weights.name()];
+    let full_of = |s: &Setting| &fulls[&s.weights];
     let models: Vec<TextModel> = settings
         .iter()
         .map(|s| full_of(s).text_model().clone().with_prefix_cache(s.cache()))

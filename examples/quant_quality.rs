@@ -31,7 +31,7 @@ use mosaic::vision_surgery::bench::RequestText;
 use mosaic::vision_surgery::decoder::TextDecoder;
 use mosaic::vision_surgery::model::{LogitsScope, SequenceInput, TextModel};
 use mosaic::vision_surgery::quant::Agreement;
-use mosaic::vision_surgery::synthetic::{ModelShape, write_random_checkpoint};
+use mosaic::vision_surgery::synthetic::{ModelShape, ensure_random_checkpoint};
 use mosaic::vision_surgery::{
     Activation, AdapterSpec, EmbeddingAdapter, LoadOptions, Prompt, SurgeredModel, WeightFormat,
     load_npy_items,
@@ -214,12 +214,7 @@ fn shaped(layers: usize, formats: &[WeightFormat]) -> anyhow::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target/bench-checkpoints")
         .join(format!("qwen3-vl-2b-shaped-{layers}-layers"));
-    let want_cfg = serde_json::to_string_pretty(&shape.config_json())?;
-    if std::fs::read_to_string(dir.join("config.json")).ok() != Some(want_cfg)
-        || !dir.join("model.safetensors").is_file()
-    {
-        write_random_checkpoint(&dir, &shape, 2026)?;
-    }
+    ensure_random_checkpoint(&dir, &shape, 2026)?;
     let spec = dir.to_str().context("utf-8 path")?;
     let (n, k, in_dim) = (8, 4, 256);
     let adapter_spec = AdapterSpec::mlp(in_dim, 1024, Activation::Gelu, k, shape.hidden_size)

@@ -291,6 +291,22 @@ enum Init {
     Zeros,
 }
 
+/// [`write_random_checkpoint`] unless `dir` already holds a checkpoint of `shape` (its
+/// config.json as that function writes it, and the weights file); returns whether it
+/// wrote one. Benchmarks cache their synthetic checkpoints this way.
+pub fn ensure_random_checkpoint(dir: &Path, shape: &ModelShape, seed: u64) -> Result<bool> {
+    let want = serde_json::to_string_pretty(&shape.config_json()).map_err(|e| Error::Json {
+        path: dir.join("config.json"),
+        message: e.to_string(),
+    })?;
+    let current = std::fs::read_to_string(dir.join("config.json")).ok() == Some(want)
+        && dir.join("model.safetensors").is_file();
+    if !current {
+        write_random_checkpoint(dir, shape, seed)?;
+    }
+    Ok(!current)
+}
+
 /// Write a random-weight f32 checkpoint of `shape` into `dir`: config.json,
 /// preprocessor_config.json (Qwen3-VL's) and model.safetensors, weights drawn
 /// uniformly with std 0.02 (the checkpoints' initializer range), norms 1, biases 0.
