@@ -61,8 +61,13 @@ fn open(dir: &Path, refit_after_events: u64) -> (Arc<Service>, Opened) {
     }
 }
 
+/// The store under `dir/store`.
+fn store_in(dir: &Path) -> Arc<Store> {
+    Store::open(Arc::new(MmapDirectory::open(dir.join("store")).unwrap())).unwrap()
+}
+
 fn try_open(dir: &Path, refit_after_events: u64) -> ranker::Result<(Arc<Service>, Opened)> {
-    let store = Store::open(Arc::new(MmapDirectory::open(dir.join("store")).unwrap())).unwrap();
+    let store = store_in(dir);
     Service::open(
         &dir.join("state"),
         store,
@@ -161,10 +166,7 @@ fn a_directory_in_use_is_locked_before_its_state_is_read() {
         matches!(err, Error::Taste(taste_graph::Error::Locked { .. })),
         "{err}"
     );
-    let store = Store::open(Arc::new(
-        MmapDirectory::open(dir.path().join("store")).unwrap(),
-    ))
-    .unwrap();
+    let store = store_in(dir.path());
     let err = ranker::pipeline::restore(&dir.path().join("state"), &store, &options(0).pipeline)
         .map(|_| ())
         .unwrap_err();
@@ -205,10 +207,7 @@ fn a_refit_is_swapped_in_and_the_old_generation_dropped() {
     assert_eq!(st.refit_failures, 0, "{st:?}");
     let rec = s.recommender();
     let store_gens = {
-        let store = Store::open(Arc::new(
-            MmapDirectory::open(dir.path().join("store")).unwrap(),
-        ))
-        .unwrap();
+        let store = store_in(dir.path());
         store.generations()
     };
     assert_eq!(store_gens, ["demo.r1"], "the old generation is dropped");
@@ -239,10 +238,7 @@ fn a_refit_is_swapped_in_and_the_old_generation_dropped() {
     drop(s);
     let (s, _) = open(dir.path(), 0);
     assert_eq!(s.stats().generation, "demo.r2");
-    let store = Store::open(Arc::new(
-        MmapDirectory::open(dir.path().join("store")).unwrap(),
-    ))
-    .unwrap();
+    let store = store_in(dir.path());
     assert_eq!(store.generations(), ["demo.r2"]);
     assert_eq!(lists(&s), served);
 }
@@ -480,10 +476,7 @@ fn a_bad_upsert_names_the_field_and_changes_nothing() {
         assert!(matches!(err, Error::Config { .. }), "{err:?}");
         assert!(err.to_string().contains(want), "{err} lacks {want:?}");
     }
-    let store = Store::open(Arc::new(
-        MmapDirectory::open(dir.path().join("store")).unwrap(),
-    ))
-    .unwrap();
+    let store = store_in(dir.path());
     assert_eq!(store.generation("demo").unwrap().opstamp(), opstamp);
     assert_eq!(s.stats().upserted, 0);
 }
@@ -663,10 +656,7 @@ fn services_share_the_served_generation_and_an_upsert_the_shared_store_refuses_c
     shared
         .down
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let local = Store::open(Arc::new(
-        MmapDirectory::open(dir_a.path().join("store")).unwrap(),
-    ))
-    .unwrap();
+    let local = store_in(dir_a.path());
     let before = local.generation("demo").unwrap().opstamp();
     let err = a.upsert(&[item(NEW_ITEM + 1)]).unwrap_err();
     assert!(matches!(err, Error::Shared { .. }), "{err:?}");

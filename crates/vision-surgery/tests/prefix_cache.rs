@@ -4,33 +4,18 @@
 
 mod common;
 
-use candle_core::{DType, Device, IndexOp, Tensor};
-use common::{fixture_model, max_abs_diff};
+use candle_core::{DType, IndexOp, Tensor};
+use common::{items, max_abs_diff};
 use vision_surgery::model::{LogitsScope, SequenceInput};
-use vision_surgery::{AdapterSpec, EmbeddingAdapter, LoadOptions, Prompt, SurgeredModel};
+use vision_surgery::{Prompt, SurgeredModel};
 
-const IN_DIM: usize = 24;
-
+/// Fixture `fixture` with an adapter of up to 2 DeepStack levels (as many as it has).
 fn model(fixture: &str) -> SurgeredModel {
-    let mut m = SurgeredModel::load(
-        fixture_model(fixture).to_str().unwrap(),
-        &LoadOptions::default(),
-    )
-    .unwrap();
-    let h = m.config().text.hidden_size;
-    let spec = AdapterSpec::mlp(IN_DIM, 48, vision_surgery::Activation::Gelu, 4, h)
-        .with_deepstack(m.config().deepstack_levels.min(2));
-    let dtype = m.dtype();
-    m.attach_adapter(EmbeddingAdapter::init(spec, 11, dtype, &Device::Cpu).unwrap())
-        .unwrap();
-    m
-}
-
-fn items(n: usize, seed: u64) -> Tensor {
-    let v: Vec<f32> = (0..n * IN_DIM)
-        .map(|i| (((i as u64 + 1) * (seed * 2 + 7919)) % 1000) as f32 / 500.0 - 1.0)
-        .collect();
-    Tensor::from_vec(v, (n, IN_DIM), &Device::Cpu).unwrap()
+    let config = common::fixture_model(fixture).join("config.json");
+    let levels = vision_surgery::config::Qwen3VlConfig::from_file(&config)
+        .unwrap()
+        .deepstack_levels;
+    common::model_with_adapter(fixture, levels.min(2))
 }
 
 const INSTRUCTION: &str = "You rank pictures for a visual discovery feed. Answer yes or no.";

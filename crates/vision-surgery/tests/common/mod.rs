@@ -92,3 +92,31 @@ pub fn rel_diff(a: &Tensor, b: &Tensor) -> f32 {
     max_abs_diff(&a, &b) / scale
 }
 pub mod fake_hub;
+
+/// Width of the item embeddings of [`items`] and [`model_with_adapter`]'s adapter.
+pub const IN_DIM: usize = 24;
+
+/// Fixture `fixture` in its own dtype with a seeded random MLP adapter (`IN_DIM` in,
+/// K = 4 soft tokens) carrying `deepstack` DeepStack levels.
+pub fn model_with_adapter(fixture: &str, deepstack: usize) -> vision_surgery::SurgeredModel {
+    let mut m = vision_surgery::SurgeredModel::load(
+        fixture_model(fixture).to_str().unwrap(),
+        &vision_surgery::LoadOptions::default(),
+    )
+    .unwrap();
+    let h = m.config().text.hidden_size;
+    let spec = vision_surgery::AdapterSpec::mlp(IN_DIM, 48, vision_surgery::Activation::Gelu, 4, h)
+        .with_deepstack(deepstack);
+    let adapter =
+        vision_surgery::EmbeddingAdapter::init(spec, 11, m.dtype(), &Device::Cpu).unwrap();
+    m.attach_adapter(adapter).unwrap();
+    m
+}
+
+/// `n` deterministic item embeddings of width `IN_DIM` in [-1, 1).
+pub fn items(n: usize, seed: u64) -> Tensor {
+    let v: Vec<f32> = (0..n * IN_DIM)
+        .map(|i| (((i as u64 + 1) * (seed * 2 + 7919)) % 1000) as f32 / 500.0 - 1.0)
+        .collect();
+    Tensor::from_vec(v, (n, IN_DIM), &Device::Cpu).unwrap()
+}
