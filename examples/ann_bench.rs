@@ -117,12 +117,10 @@ fn main() -> anyhow::Result<()> {
         .num_threads(a.threads.max(1))
         .build_global()
         .ok();
-    let storage = match a.storage.as_str() {
-        "f32" => StorageType::F32,
-        "f16" => StorageType::F16,
-        "int8" => StorageType::Int8,
-        s => bail!("--storage must be f32, f16 or int8, not {s:?}"),
-    };
+    let storage: StorageType = a
+        .storage
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("--storage: {e}"))?;
     let store = Store::open(Arc::new(RamDirectory::new()))?;
     let mut w = store.writer()?;
     let (queries, d) = match (&a.synthetic, &a.base, &a.queries) {

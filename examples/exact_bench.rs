@@ -15,7 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
 use mosaic::embed_store::exchange::import_npy;
 use mosaic::embed_store::search::Filter;
@@ -75,12 +75,9 @@ fn main() -> anyhow::Result<()> {
     };
     let mut snaps = Vec::new();
     for s in &a.storage {
-        let storage = match s.as_str() {
-            "f32" => StorageType::F32,
-            "f16" => StorageType::F16,
-            "int8" => StorageType::Int8,
-            s => bail!("--storage takes f32, f16 or int8, not {s:?}"),
-        };
+        let storage: StorageType = s
+            .parse()
+            .map_err(|e: String| anyhow::anyhow!("--storage: {e}"))?;
         let store = Store::open(Arc::new(RamDirectory::new()))?;
         let mut w = store.writer()?;
         w.create_generation(GenerationSpec::new("bench", d, storage))?;

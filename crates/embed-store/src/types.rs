@@ -24,6 +24,20 @@ pub enum StorageType {
     Int8,
 }
 
+impl std::str::FromStr for StorageType {
+    type Err = String;
+
+    /// `f32`, `f16` or `int8` (the names the manifest stores).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(StorageType::F32),
+            "f16" => Ok(StorageType::F16),
+            "int8" => Ok(StorageType::Int8),
+            other => Err(format!("storage type {other:?}: expected f32, f16 or int8")),
+        }
+    }
+}
+
 impl StorageType {
     /// Bytes per stored value.
     pub fn value_bytes(&self) -> usize {
@@ -63,4 +77,19 @@ pub enum Metric {
     Cosine,
     /// `-|q - x|^2` (negated so larger is nearer).
     L2,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_types_parse_by_their_manifest_names() {
+        for t in [StorageType::F32, StorageType::F16, StorageType::Int8] {
+            let name = serde_json::to_string(&t).unwrap();
+            assert_eq!(name.trim_matches('"').parse::<StorageType>(), Ok(t));
+        }
+        let err = "bf16".parse::<StorageType>().unwrap_err();
+        assert!(err.contains("\"bf16\"") && err.contains("int8"), "{err}");
+    }
 }
