@@ -51,8 +51,6 @@ pub(crate) struct Scratch {
     slot: Vec<u32>,
     /// Nodes of the batch, in slot order.
     active: Vec<u32>,
-    /// Layer K on the active rows.
-    last: Vec<f32>,
     /// Final embeddings on the active rows.
     fin: Vec<f32>,
     /// `c · ∂L/∂F` on the active rows.
@@ -86,7 +84,6 @@ impl Scratch {
                 .collect::<Result<_>>()?,
             slot: vec![NO_SLOT; model.n_users + model.n_items],
             active: Vec::new(),
-            last: Vec::new(),
             fin: Vec::new(),
             gadd: Vec::new(),
             regc: Vec::new(),
@@ -143,7 +140,7 @@ pub(crate) fn forward_backward(
         }
     }
     let na = s.active.len();
-    for b in [&mut s.last, &mut s.fin, &mut s.gadd] {
+    for b in [&mut s.fin, &mut s.gadd] {
         b.clear();
         b.resize(na * d, 0.0);
     }
@@ -156,39 +153,68 @@ pub(crate) fn forward_backward(
         let src = if k == 0 { ego } else { &done[k - 1][..] };
         adj.spmm(src, d, &mut rest[0])?;
     }
-    if k_layers >= 1 {
-        let src = if k_layers == 1 {
-            ego
-        } else {
-            &s.dense[k_layers - 2][..]
-        };
-        adj.spmm_rows(&s.active, src, d, &mut s.last)?;
-    }
+    // F = c (E_0 + … + E_K) on the batch rows, E_K computed only there, in parallel
+    // (while a row's E_K runs, the next row's inputs are prefetched).
     let c = 1.0 / (k_layers + 1) as f32;
-    for (a, &node) in s.active.iter().enumerate() {
-        let f = &mut s.fin[a * d..(a + 1) * d];
-        let node = node as usize;
-        f.copy_from_slice(&ego[node * d..(node + 1) * d]);
-        for layer in &s.dense {
-            for (f, &x) in f.iter_mut().zip(&layer[node * d..(node + 1) * d]) {
-                *f += x;
+    let last_src: Option<&[f32]> = match k_layers {
+        0 => None,
+        1 => Some(ego),
+        k => Some(&s.dense[k - 2]),
+    };
+    let dense = &s.dense;
+    s.fin
+        .par_chunks_mut(d * 64)
+        .zip(s.active.par_chunks(64))
+        .for_each(|(fc, nodes)| {
+            let mut last = vec![0f32; d];
+            for (k, (f, &node)) in fc.chunks_exact_mut(d).zip(nodes).enumerate() {
+                let node = node as usize;
+                f.copy_from_slice(&ego[node * d..(node + 1) * d]);
+                for layer in dense {
+                    for (f, &x) in f.iter_mut().zip(&layer[node * d..(node + 1) * d]) {
+                        *f += x;
+                    }
+                }
+                if let Some(x) = last_src {
+                    let next = nodes.get(k + 1).map(|&n| n as usize);
+                    adj.row_product_then(node, next, x, d, &mut last);
+                    for (f, &x) in f.iter_mut().zip(&last) {
+                        *f += x;
+                    }
+                }
+                for f in f.iter_mut() {
+                    *f *= c;
+                }
             }
-        }
-        if k_layers >= 1 {
-            for (f, &x) in f.iter_mut().zip(&s.last[a * d..(a + 1) * d]) {
-                *f += x;
-            }
-        }
-        for f in f.iter_mut() {
-            *f *= c;
-        }
-    }
+        });
 
     // BPR loss and ∂L/∂F on the batch rows (accumulated in `gadd`), L2 coefficients.
     let inv_b = 1.0 / batch.len() as f64;
     let (mut bpr, mut sq) = (0f64, 0f64);
     let regw = (decay as f64 * inv_b) as f32;
-    let dot = |a: &[f32], b: &[f32]| a.iter().zip(b).map(|(x, y)| x * y).sum::<f32>();
+    let dot = |a: &[f32], b: &[f32]| {
+        // eight running sums (one vector), added in a fixed order at the end
+        let mut acc = [0f32; 8];
+        let (ac, ar) = a.as_chunks::<8>();
+        let (bc, br) = b.as_chunks::<8>();
+        for (x, y) in ac.iter().zip(bc) {
+            for j in 0..8 {
+                acc[j] += x[j] * y[j];
+            }
+        }
+        let tail: f32 = ar.iter().zip(br).map(|(x, y)| x * y).sum();
+        acc.iter().sum::<f32>() + tail
+    };
+    let square_sum = |e: &[f32]| {
+        let mut acc = [0f64; 4];
+        let (ec, er) = e.as_chunks::<4>();
+        for x in ec {
+            for j in 0..4 {
+                acc[j] += x[j] as f64 * x[j] as f64;
+            }
+        }
+        acc.iter().sum::<f64>() + er.iter().map(|&v| v as f64 * v as f64).sum::<f64>()
+    };
     for t in batch {
         let nodes = [t.user as usize, nu + t.pos as usize, nu + t.neg as usize]
             .map(|v| model.pos[v] as usize);
@@ -200,15 +226,33 @@ pub(crate) fn forward_backward(
         bpr += softplus(-x);
         // d softplus(-x) / dx = -sigmoid(-x)
         let g = (-(1.0 / (1.0 + x.exp())) * inv_b) as f32;
-        for j in 0..d {
-            let (u, p, q) = (fu[j], fp[j], fnn[j]);
-            s.gadd[su * d + j] += g * (p - q);
-            s.gadd[sp * d + j] += g * u;
-            s.gadd[sn * d + j] -= g * u;
+        let rows = [
+            su * d..(su + 1) * d,
+            sp * d..(sp + 1) * d,
+            sn * d..(sn + 1) * d,
+        ];
+        match s.gadd.get_disjoint_mut(rows) {
+            Ok([gu, gp, gn]) => {
+                for j in 0..d {
+                    let (u, p, q) = (fu[j], fp[j], fnn[j]);
+                    gu[j] += g * (p - q);
+                    gp[j] += g * u;
+                    gn[j] -= g * u;
+                }
+            }
+            // a caller's triple whose positive is its negative: the same, one by one
+            Err(_) => {
+                for j in 0..d {
+                    let (u, p, q) = (fu[j], fp[j], fnn[j]);
+                    s.gadd[su * d + j] += g * (p - q);
+                    s.gadd[sp * d + j] += g * u;
+                    s.gadd[sn * d + j] -= g * u;
+                }
+            }
         }
         for (node, sl) in nodes.into_iter().zip([su, sp, sn]) {
             let e = &ego[node * d..(node + 1) * d];
-            sq += e.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>();
+            sq += square_sum(e);
             s.regc[sl] += regw;
         }
     }

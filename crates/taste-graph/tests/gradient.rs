@@ -104,6 +104,12 @@ fn check(layers: usize, seed: u64) {
             pos: 2,
             neg: 7,
         },
+        // a caller's triple whose positive is its negative (a constant loss term)
+        Triple {
+            user: 6,
+            pos: 4,
+            neg: 4,
+        },
     ];
     let decay = 0.05f32;
     let (loss, grad) = model.batch_loss_and_grad(&batch, decay).unwrap();
