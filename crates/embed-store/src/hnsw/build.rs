@@ -21,8 +21,11 @@ fn draw_levels(n: usize, m: usize, seed: u64) -> Vec<u8> {
 
 /// Nodes inserted one by one before a parallel build starts batching.
 const SERIAL_PREFIX: usize = 4096;
-/// Largest batch of a parallel build.
-const MAX_BATCH: usize = 1024;
+/// Largest batch of a parallel build. Nodes of a batch do not see each other, which
+/// costs links inside dense clusters: on a 300k x 96 set of unequal clusters, batches
+/// of 1,024 gave recall@10 0.986 at ef 32 against 0.990 for 256 and for a serial
+/// build (hnswlib 0.991); the 1M x 64 build took 71 s with 256, 75 s with 1,024.
+const MAX_BATCH: usize = 256;
 
 /// The links planned for one node being inserted.
 struct Plan {
@@ -98,11 +101,11 @@ impl Hnsw {
     /// the entry point.
     ///
     /// One thread: nodes one by one (hnswlib's order). More: after a serial prefix,
-    /// batches of up to 1/32 of the graph so far — each batch's neighbour searches run
-    /// in parallel on the graph before the batch, the reverse-link updates in parallel
-    /// per target node, then everything is written. Nodes of one batch do not see each
-    /// other while searching; at ≤ 3% of the graph that costs little recall (measured
-    /// in tests/hnsw.rs). The graph depends only on whether more than one thread is
+    /// batches of up to 1/32 of the graph so far, at most [`MAX_BATCH`] — each batch's
+    /// neighbour searches run in parallel on the graph before the batch, the
+    /// reverse-link updates in parallel per target node, then everything is written.
+    /// Nodes of one batch do not see each other while searching; at ≤ 3% of the graph
+    /// and at most 256 nodes that costs little recall (measured in tests/hnsw.rs). The graph depends only on whether more than one thread is
     /// available, not on scheduling.
     fn insert_nodes(&mut self, from: usize, ef: usize) {
         let n = self.len();

@@ -333,11 +333,17 @@ impl Hnsw {
                 Some((codes, _)) => (codes[i as usize * self.dim..].as_ptr(), self.dim),
                 None => (self.vector(i).as_ptr() as *const i8, self.dim * 4),
             };
-            for off in (0..bytes).step_by(64) {
-                // SAFETY: a prefetch never faults, and `ptr + off` stays inside row `i`,
-                // which the slicing above bounds-checked.
+            // Every cache line the row touches: a row need not start on a line (level-0
+            // records are 4 (1 + m0 + d) bytes), so step from its first line's start.
+            let skew = ptr as usize % 64;
+            for off in (0..bytes + skew).step_by(64) {
+                // SAFETY: a prefetch never faults (wrapping_sub/add never dereference);
+                // the lines are those of row `i`, which the slicing above bounds-checked.
                 unsafe {
-                    std::arch::x86_64::_mm_prefetch(ptr.add(off), std::arch::x86_64::_MM_HINT_T0)
+                    std::arch::x86_64::_mm_prefetch(
+                        ptr.wrapping_sub(skew).wrapping_add(off),
+                        std::arch::x86_64::_MM_HINT_T0,
+                    )
                 };
             }
         }
