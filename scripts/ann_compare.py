@@ -3,7 +3,8 @@
 
 Writes base.npy / queries.npy / gt.npy (exact top-100 by FAISS IndexFlatIP) of N
 L2-normalised 64-d points from a 1000-cluster Gaussian mixture (unit centres, within-
-cluster std 0.35 over the vector, as `ann_bench --synthetic`), and prints FAISS flat and
+cluster std 0.35 over the vector, as `ann_bench --synthetic`; `--dim 96 --shape uneven`
+gives the second data set of another shape), and prints FAISS flat and
 hnswlib (M=16, ef_construction=200) lines in `ann_bench`'s format, so the Rust index can
 be run on the same files in the same session:
 
@@ -28,6 +29,23 @@ def mixture(rng, n, d, centres):
     return x.astype(np.float32)
 
 
+def uneven(rng, n, d, centres, spread, weight, basis, noise_share):
+    """Clusters of unequal size (`weight`) and spread (`spread`), each stretched along its
+    own low-dimensional subspace (`basis[c]`, rank r: embeddings vary along few
+    directions), plus a `noise_share` of points uniform on the sphere."""
+    x = np.empty((n, d), dtype=np.float32)
+    noise = rng.random(n) < noise_share
+    k = int(noise.sum())
+    x[noise] = rng.standard_normal((k, d), dtype=np.float32)
+    c = rng.choice(len(centres), size=n - k, p=weight)
+    r = basis.shape[2]
+    z = rng.standard_normal((n - k, r), dtype=np.float32) * (spread[c, None] / np.sqrt(r))
+    x[~noise] = (centres[c] + np.einsum("nr,ndr->nd", z, basis[c])
+                 + rng.standard_normal((n - k, d), dtype=np.float32) * (0.02 / np.sqrt(d)))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -35,6 +53,15 @@ def main():
     ap.add_argument("--out", default="/tmp/ann")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--build-threads", type=int, default=2)
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument(
+        "--shape",
+        choices=["mixture", "uneven"],
+        default="mixture",
+        help="mixture: 1000 equal clusters (std 0.35); uneven: 300 clusters of sizes "
+        "~ 1/sqrt(rank), spreads 0.2-0.8 (log-uniform) along a 12-d subspace each, plus 5%% "
+        "uniform noise in the base",
+    )
     ap.add_argument("--repeat", type=int, default=1, help="timed passes over the queries per ef")
     ap.add_argument(
         "--reuse",
@@ -47,7 +74,7 @@ def main():
                     help="time FAISS flat search at --k (BLAS path and scan) and stop: no hnswlib")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    d = 64
+    d = args.dim
     if args.reuse:
         base = np.load(os.path.join(args.out, "base.npy"))
         queries = np.load(os.path.join(args.out, "queries.npy"))
@@ -61,10 +88,21 @@ def main():
         hnsw(args, base, queries, gt)
         return
     rng = np.random.default_rng(2026)
-    centres = rng.standard_normal((1000, d), dtype=np.float32)
-    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
-    base = mixture(rng, args.n, d, centres)
-    queries = mixture(rng, args.queries, d, centres)
+    if args.shape == "mixture":
+        centres = rng.standard_normal((1000, d), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        base = mixture(rng, args.n, d, centres)
+        queries = mixture(rng, args.queries, d, centres)
+    else:
+        centres = rng.standard_normal((300, d), dtype=np.float32)
+        centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+        spread = np.exp(rng.uniform(np.log(0.2), np.log(0.8), 300)).astype(np.float32)
+        weight = 1.0 / np.sqrt(np.arange(1, 301))
+        weight /= weight.sum()
+        basis = np.linalg.qr(rng.standard_normal((300, d, 12)))[0].astype(np.float32)
+        # the noise is in the base only: a uniform query in 96-d has no near neighbours
+        base = uneven(rng, args.n, d, centres, spread, weight, basis, 0.05)
+        queries = uneven(rng, args.queries, d, centres, spread, weight, basis, 0.0)
     np.save(os.path.join(args.out, "base.npy"), base)
     np.save(os.path.join(args.out, "queries.npy"), queries)
 
