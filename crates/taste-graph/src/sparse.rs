@@ -453,6 +453,7 @@ struct Kernels {
 /// at 4, 9.5 at 16, 8.9 at 32 and 48).
 const PREFETCH_AHEAD: usize = 32;
 
+/// Asks the CPU to start loading row `c` of `xrows` (a hint; never faults).
 #[inline(always)]
 fn prefetch_row<const D: usize>(xrows: &[[f32; D]], c: u32) {
     #[cfg(target_arch = "x86_64")]

@@ -105,8 +105,9 @@ impl Hnsw {
     /// neighbour searches run in parallel on the graph before the batch, the
     /// reverse-link updates in parallel per target node, then everything is written.
     /// Nodes of one batch do not see each other while searching; at ≤ 3% of the graph
-    /// and at most 256 nodes that costs little recall (measured in tests/hnsw.rs). The graph depends only on whether more than one thread is
-    /// available, not on scheduling.
+    /// and at most [`MAX_BATCH`] nodes that costs little recall (measured in
+    /// tests/hnsw.rs and at [`MAX_BATCH`]). The graph depends only on whether more than
+    /// one thread is available, not on scheduling.
     fn insert_nodes(&mut self, from: usize, ef: usize) {
         let n = self.len();
         if n == 0 {
